@@ -1,0 +1,233 @@
+//! Builds a [`Graph`] op by op with shape inference.
+//!
+//! Model code calls these methods in forward order. A shape that does not fit (a config whose numbers
+//! disagree with each other) is recorded as the first error and returned by [`GraphBuilder::finish`],
+//! so model code stays free of `?` on every line and nothing panics on a bad config.
+
+use std::collections::HashMap;
+
+use crate::error::{Error, Result};
+use crate::graph::{Activation, Elem, Graph, Op, Storage, TensorDesc, TensorId, WeightKind, WeightSpec};
+
+#[derive(Default)]
+pub struct GraphBuilder {
+    g: Graph,
+    weight_ids: HashMap<String, TensorId>,
+    error: Option<String>,
+}
+
+impl GraphBuilder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn fail(&mut self, msg: String) {
+        if self.error.is_none() {
+            self.error = Some(msg);
+        }
+    }
+
+    fn tensor(&mut self, shape: Vec<usize>, elem: Elem, storage: Storage) -> TensorId {
+        self.g.tensors.push(TensorDesc { shape, elem, storage });
+        self.g.tensors.len() - 1
+    }
+
+    fn act(&mut self, shape: Vec<usize>) -> TensorId {
+        self.tensor(shape, Elem::Act, Storage::Activation)
+    }
+
+    pub fn shape(&self, t: TensorId) -> &[usize] {
+        &self.g.tensors[t].shape
+    }
+
+    /// Channels (last dimension) of `t`.
+    pub fn channels(&self, t: TensorId) -> usize {
+        *self.shape(t).last().unwrap_or(&0)
+    }
+
+    pub fn input(&mut self, shape: &[usize], elem: Elem) -> TensorId {
+        let idx = self.g.inputs.len();
+        let t = self.tensor(shape.to_vec(), elem, Storage::Input(idx));
+        self.g.inputs.push(t);
+        t
+    }
+
+    pub fn output(&mut self, t: TensorId) {
+        self.g.outputs.push(t);
+    }
+
+    /// The weight `name` of `shape`; the same name twice gives the same tensor (and must agree in shape).
+    pub fn weight(&mut self, name: &str, shape: &[usize], kind: WeightKind) -> TensorId {
+        if let Some(&t) = self.weight_ids.get(name) {
+            if self.g.tensors[t].shape != shape {
+                self.fail(format!("weight {name} used with shapes {:?} and {shape:?}", self.g.tensors[t].shape));
+            }
+            return t;
+        }
+        let idx = self.g.weights.len();
+        self.g.weights.push(WeightSpec { name: name.to_string(), shape: shape.to_vec(), kind });
+        let t = self.tensor(shape.to_vec(), Elem::Act, Storage::Weight(idx));
+        self.weight_ids.insert(name.to_string(), t);
+        t
+    }
+
+    fn push(&mut self, op: Op) -> TensorId {
+        let out = op.output();
+        self.g.ops.push(op);
+        out
+    }
+
+    /// `prefix.weight` `[co, ci, k, k]` and optional `prefix.bias`, applied to NHWC `x`.
+    pub fn conv2d(
+        &mut self,
+        prefix: &str,
+        x: TensorId,
+        co: usize,
+        k: usize,
+        stride: usize,
+        pad: [usize; 4],
+        bias: bool,
+    ) -> TensorId {
+        let ci = self.channels(x);
+        let w = self.weight(&format!("{prefix}.weight"), &[co, ci, k, k], WeightKind::Conv);
+        let b = bias.then(|| self.weight(&format!("{prefix}.bias"), &[co], WeightKind::Plain));
+        let s = self.shape(x).to_vec();
+        if s.len() != 4 || stride == 0 {
+            self.fail(format!("{prefix}: conv input must be NHWC, got {s:?}"));
+            return self.act(vec![0; 4]);
+        }
+        let out_dim = |n: usize, p0: usize, p1: usize| (n + p0 + p1).saturating_sub(k) / stride + 1;
+        if s[1] + pad[0] + pad[2] < k || s[2] + pad[1] + pad[3] < k {
+            self.fail(format!("{prefix}: input {}x{} is smaller than the {k}x{k} kernel", s[1], s[2]));
+        }
+        let out = self.act(vec![s[0], out_dim(s[1], pad[0], pad[2]), out_dim(s[2], pad[1], pad[3]), co]);
+        self.push(Op::Conv2d { x, w, bias: b, residual: None, stride, pad, out })
+    }
+
+    /// `prefix.weight` `[n, k]` (and `prefix.bias` if `bias`) over the last dimension of `x`.
+    pub fn linear(&mut self, prefix: &str, x: TensorId, n: usize, bias: bool) -> TensorId {
+        let k = self.channels(x);
+        let w = self.weight(&format!("{prefix}.weight"), &[n, k], WeightKind::Linear);
+        let b = bias.then(|| self.weight(&format!("{prefix}.bias"), &[n], WeightKind::Plain));
+        let mut s = self.shape(x).to_vec();
+        *s.last_mut().expect("linear input has a shape") = n;
+        let out = self.act(s);
+        self.push(Op::Linear { x, w, bias: b, residual: None, out })
+    }
+
+    pub fn group_norm(&mut self, prefix: &str, x: TensorId, groups: usize, eps: f32, silu: bool) -> TensorId {
+        let c = self.channels(x);
+        if groups == 0 || c % groups != 0 {
+            self.fail(format!("{prefix}: {c} channels do not split into {groups} groups"));
+        }
+        let gamma = self.weight(&format!("{prefix}.weight"), &[c], WeightKind::Plain);
+        let beta = self.weight(&format!("{prefix}.bias"), &[c], WeightKind::Plain);
+        let out = self.act(self.shape(x).to_vec());
+        self.push(Op::GroupNorm { x, gamma, beta, groups, eps, silu, out })
+    }
+
+    pub fn layer_norm(&mut self, prefix: &str, x: TensorId, eps: f32) -> TensorId {
+        let c = self.channels(x);
+        let gamma = self.weight(&format!("{prefix}.weight"), &[c], WeightKind::Plain);
+        let beta = self.weight(&format!("{prefix}.bias"), &[c], WeightKind::Plain);
+        let out = self.act(self.shape(x).to_vec());
+        self.push(Op::LayerNorm { x, gamma, beta, eps, out })
+    }
+
+    /// Attention over q `[B, N, C]`, k/v `[B, M, C]`; q may be an NHWC image (its H·W are the tokens).
+    pub fn attention(&mut self, q: TensorId, k: TensorId, v: TensorId, heads: usize, causal: bool) -> TensorId {
+        let c = self.channels(q);
+        if heads == 0 || c % heads != 0 || self.channels(k) != c || self.shape(k) != self.shape(v) {
+            self.fail(format!(
+                "attention: q {:?}, k {:?}, v {:?} do not fit {heads} heads",
+                self.shape(q),
+                self.shape(k),
+                self.shape(v)
+            ));
+        }
+        let out = self.act(self.shape(q).to_vec());
+        self.push(Op::Attention { q, k, v, heads, causal, out })
+    }
+
+    pub fn geglu(&mut self, x: TensorId) -> TensorId {
+        let mut s = self.shape(x).to_vec();
+        let c = s.last_mut().expect("geglu input has a shape");
+        if *c % 2 != 0 {
+            self.fail(format!("geglu: odd width {c}"));
+        }
+        *c /= 2;
+        let out = self.act(s);
+        self.push(Op::Geglu { x, out })
+    }
+
+    pub fn activation(&mut self, x: TensorId, act: Activation) -> TensorId {
+        let out = self.act(self.shape(x).to_vec());
+        self.push(Op::Act { x, act, out })
+    }
+
+    pub fn add(&mut self, a: TensorId, b: TensorId) -> TensorId {
+        if self.shape(a) != self.shape(b) {
+            self.fail(format!("add: shapes {:?} and {:?} differ", self.shape(a), self.shape(b)));
+        }
+        let out = self.act(self.shape(a).to_vec());
+        self.push(Op::Add { a, b, out })
+    }
+
+    pub fn add_channel(&mut self, x: TensorId, bias: TensorId) -> TensorId {
+        let (s, bs) = (self.shape(x), self.shape(bias));
+        if s.len() != 4 || bs != [s[0], s[3]] {
+            self.fail(format!("add_channel: {s:?} + {bs:?}"));
+        }
+        let out = self.act(self.shape(x).to_vec());
+        self.push(Op::AddChannel { x, bias, out })
+    }
+
+    pub fn concat(&mut self, a: TensorId, b: TensorId) -> TensorId {
+        let (sa, sb) = (self.shape(a).to_vec(), self.shape(b).to_vec());
+        if sa.len() != sb.len() || sa[..sa.len() - 1] != sb[..sb.len() - 1] {
+            self.fail(format!("concat: shapes {sa:?} and {sb:?} differ outside the channels"));
+        }
+        let mut s = sa.clone();
+        *s.last_mut().expect("concat input has a shape") += sb.last().copied().unwrap_or(0);
+        let out = self.act(s);
+        self.push(Op::Concat { a, b, out })
+    }
+
+    /// Nearest-neighbour resize of NHWC `x` to `h`×`w`.
+    pub fn upsample(&mut self, x: TensorId, h: usize, w: usize) -> TensorId {
+        let s = self.shape(x).to_vec();
+        let out = self.act(vec![s[0], h, w, s[3]]);
+        self.push(Op::Upsample { x, out })
+    }
+
+    pub fn embed(&mut self, ids: TensorId, table: TensorId, positions: TensorId) -> TensorId {
+        let (ids_s, ts, ps) = (self.shape(ids).to_vec(), self.shape(table).to_vec(), self.shape(positions).to_vec());
+        if ids_s.len() != 2 || ts.len() != 2 || ps.len() != 2 || ts[1] != ps[1] || ps[0] < ids_s[1] {
+            self.fail(format!("embed: ids {ids_s:?}, table {ts:?}, positions {ps:?}"));
+        }
+        let out = self.act(vec![ids_s[0], ids_s[1], ts[1]]);
+        self.push(Op::Embed { ids, table, positions, out })
+    }
+
+    pub fn timestep_embed(&mut self, t: TensorId, dim: usize, flip_sin_to_cos: bool, freq_shift: f32) -> TensorId {
+        let b = self.shape(t)[0];
+        if dim < 2 {
+            self.fail(format!("timestep embedding of width {dim}"));
+        }
+        let out = self.act(vec![b, dim]);
+        self.push(Op::TimestepEmbed { t, flip_sin_to_cos, freq_shift, out })
+    }
+
+    pub fn scale(&mut self, x: TensorId, mul: f32, add: f32) -> TensorId {
+        let out = self.act(self.shape(x).to_vec());
+        self.push(Op::Scale { x, mul, add, out })
+    }
+
+    /// The finished graph, or the first inconsistency met while building it.
+    pub fn finish(self) -> Result<Graph> {
+        match self.error {
+            Some(e) => Err(Error::invalid("model graph", e)),
+            None => Ok(self.g),
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! Fusion as a graph rewrite, so model code stays a plain transcription of diffusers:
+//! - `GroupNorm` then `SiLU` becomes one `GroupNorm { silu: true }`;
+//! - `Add` of a conv/linear result and another tensor moves the add into that op's epilogue
+//!   (`residual`), which also removes the intermediate from the arena.
+
+use crate::graph::{Activation, Graph, Op, Storage, TensorId};
+
+pub fn fuse(mut g: Graph) -> Graph {
+    let uses = g.use_counts();
+    let is_output = {
+        let mut v = vec![false; g.tensors.len()];
+        for &t in &g.outputs {
+            v[t] = true;
+        }
+        v
+    };
+    // producer[t] = index of the op writing t
+    let mut producer: Vec<Option<usize>> = vec![None; g.tensors.len()];
+    for (i, op) in g.ops.iter().enumerate() {
+        producer[op.output()] = Some(i);
+    }
+    // A tensor may be read by an op at index i if it exists before i runs.
+    let ready_before = |producer: &[Option<usize>], g: &Graph, t: TensorId, i: usize| match g.tensors[t].storage {
+        Storage::Input(_) | Storage::Weight(_) => true,
+        Storage::Activation => producer[t].is_some_and(|p| p < i),
+    };
+    let single_use = |t: TensorId| uses[t] == 1 && !is_output[t];
+
+    let mut dead = vec![false; g.ops.len()];
+    for i in 0..g.ops.len() {
+        match g.ops[i].clone() {
+            Op::Act { x, act: Activation::Silu, out } if single_use(x) => {
+                if let Some(p) = producer[x] {
+                    if let Op::GroupNorm { silu: silu @ false, out: gn_out, .. } = &mut g.ops[p] {
+                        *silu = true;
+                        *gn_out = out;
+                        producer[out] = Some(p);
+                        dead[i] = true;
+                    }
+                }
+            }
+            Op::Add { a, b, out } => {
+                for (main, other) in [(a, b), (b, a)] {
+                    if !single_use(main) {
+                        continue;
+                    }
+                    let Some(p) = producer[main] else { continue };
+                    if !ready_before(&producer, &g, other, p) {
+                        continue;
+                    }
+                    if let Op::Conv2d { residual: r @ None, out: o, .. }
+                    | Op::Linear { residual: r @ None, out: o, .. } = &mut g.ops[p]
+                    {
+                        *r = Some(other);
+                        *o = out;
+                        producer[out] = Some(p);
+                        dead[i] = true;
+                        break;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut i = 0;
+    g.ops.retain(|_| {
+        i += 1;
+        !dead[i - 1]
+    });
+    g
+}

@@ -1,0 +1,22 @@
+//! lcm-core: what every backend and model shares — element types, errors, weight files, the op graph,
+//! its fusion pass, the arena planner, the executor and the [`Backend`] trait.
+
+pub mod backend;
+pub mod builder;
+pub mod dtype;
+pub mod error;
+pub mod executor;
+pub mod fuse;
+pub mod graph;
+pub mod planner;
+pub mod tensor;
+pub mod weights;
+
+pub use backend::{Backend, HostData, ModelWeights};
+pub use builder::GraphBuilder;
+pub use dtype::DType;
+pub use error::{Error, Result};
+pub use executor::Executor;
+pub use graph::{Activation, Elem, Graph, Op, Storage, TensorId, WeightKind, WeightSpec};
+pub use tensor::{rel_l2, Tensor};
+pub use weights::{SafeTensorsFile, TensorView, WeightFiles};

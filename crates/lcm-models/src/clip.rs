@@ -1,0 +1,134 @@
+//! CLIPTextModel (SD1.5's text encoder) from `text_encoder/config.json`: token and position
+//! embeddings, pre-LayerNorm causal transformer layers, the final LayerNorm.
+
+use std::path::Path;
+
+use lcm_core::{Activation, Backend, Elem, Error, Graph, GraphBuilder, HostData, Result, Tensor};
+
+use crate::config::Config;
+use crate::loader::{component_config, find_weights, load_weights, LoadOptions};
+use crate::runner::Runner;
+
+#[derive(Debug, Clone)]
+pub struct ClipConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub max_positions: usize,
+    pub eps: f32,
+    pub act: Activation,
+    /// Layers skipped at the end, as diffusers' `clip_skip`: the output is hidden_states[-(skip+1)]
+    /// through the final LayerNorm.
+    pub clip_skip: usize,
+}
+
+impl ClipConfig {
+    pub fn from_file(path: &Path, clip_skip: usize) -> Result<Self> {
+        let c = Config::read(path)?;
+        // transformers nests the text config under `text_config` in full CLIPModel configs.
+        let c = match c.get("text_config") {
+            Some(v) if v.is_object() => Config::from_value(path, v.clone()),
+            _ => c,
+        };
+        let act = match c.str_or("hidden_act", "quick_gelu")? {
+            "quick_gelu" => Activation::QuickGelu,
+            "gelu" => Activation::Gelu,
+            other => return Err(c.error("hidden_act", format!("`{other}` is not supported (quick_gelu or gelu)"))),
+        };
+        let cfg = ClipConfig {
+            vocab_size: c.usize_or("vocab_size", 49408)?,
+            hidden_size: c.usize_or("hidden_size", 512)?,
+            intermediate_size: c.usize_or("intermediate_size", 2048)?,
+            layers: c.usize_or("num_hidden_layers", 12)?,
+            heads: c.usize_or("num_attention_heads", 8)?,
+            max_positions: c.usize_or("max_position_embeddings", 77)?,
+            eps: c.f32_or("layer_norm_eps", 1e-5)?,
+            act,
+            clip_skip,
+        };
+        if cfg.heads == 0 || cfg.hidden_size % cfg.heads != 0 {
+            return Err(c.error(
+                "num_attention_heads",
+                format!("{} heads do not divide hidden_size {}", cfg.heads, cfg.hidden_size),
+            ));
+        }
+        if clip_skip >= cfg.layers {
+            return Err(Error::invalid(
+                "clip_skip",
+                format!("{clip_skip} skips every one of the {} layers", cfg.layers),
+            ));
+        }
+        Ok(cfg)
+    }
+
+    pub fn graph(&self, batch: usize, tokens: usize) -> Result<Graph> {
+        if tokens == 0 || tokens > self.max_positions {
+            return Err(Error::invalid(
+                "token ids",
+                format!("{tokens} tokens; the text encoder takes 1..={}", self.max_positions),
+            ));
+        }
+        let c = self.hidden_size;
+        let mut b = GraphBuilder::new();
+        let ids = b.input(&[batch, tokens], Elem::I32);
+        let table = b.weight(
+            "text_model.embeddings.token_embedding.weight",
+            &[self.vocab_size, c],
+            lcm_core::WeightKind::Plain,
+        );
+        let pos = b.weight(
+            "text_model.embeddings.position_embedding.weight",
+            &[self.max_positions, c],
+            lcm_core::WeightKind::Plain,
+        );
+        let mut x = b.embed(ids, table, pos);
+        for l in 0..self.layers - self.clip_skip {
+            let p = format!("text_model.encoder.layers.{l}");
+            let h = b.layer_norm(&format!("{p}.layer_norm1"), x, self.eps);
+            let q = b.linear(&format!("{p}.self_attn.q_proj"), h, c, true);
+            let k = b.linear(&format!("{p}.self_attn.k_proj"), h, c, true);
+            let v = b.linear(&format!("{p}.self_attn.v_proj"), h, c, true);
+            let a = b.attention(q, k, v, self.heads, true);
+            let a = b.linear(&format!("{p}.self_attn.out_proj"), a, c, true);
+            x = b.add(a, x);
+            let h = b.layer_norm(&format!("{p}.layer_norm2"), x, self.eps);
+            let h = b.linear(&format!("{p}.mlp.fc1"), h, self.intermediate_size, true);
+            let h = b.activation(h, self.act);
+            let h = b.linear(&format!("{p}.mlp.fc2"), h, c, true);
+            x = b.add(h, x);
+        }
+        let out = b.layer_norm("text_model.final_layer_norm", x, self.eps);
+        b.output(out);
+        b.finish()
+    }
+}
+
+pub struct ClipTextModel<B: Backend> {
+    pub config: ClipConfig,
+    runner: Runner<B>,
+}
+
+impl<B: Backend> ClipTextModel<B> {
+    /// Loads `dir` (a diffusers `text_encoder/` folder).
+    pub fn load(backend: &B, dir: &Path, clip_skip: usize, opts: LoadOptions) -> Result<Self> {
+        let config = ClipConfig::from_file(&component_config(dir)?, clip_skip)?;
+        let files = find_weights(dir, "model", opts.variant)?;
+        let specs = config.graph(1, 1)?.weights;
+        let weights = load_weights(backend, &specs, &files, opts.hook)?;
+        Ok(ClipTextModel { config, runner: Runner::new(weights) })
+    }
+
+    /// `ids` `[B, T]` -> last hidden state `[B, T, hidden]`.
+    pub fn forward(&mut self, backend: &B, ids: &[i32], batch: usize) -> Result<Tensor> {
+        if batch == 0 || ids.len() % batch != 0 {
+            return Err(Error::invalid("token ids", format!("{} ids do not split into {batch} prompts", ids.len())));
+        }
+        let tokens = ids.len() / batch;
+        let cfg = &self.config;
+        let (out, shape) =
+            self.runner.run(backend, &[batch, tokens], || cfg.graph(batch, tokens), &[HostData::I32(ids)])?;
+        Ok(Tensor::new(shape, out))
+    }
+}

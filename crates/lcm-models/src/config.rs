@@ -1,0 +1,137 @@
+//! Reading a component's `config.json` with errors that name the file and the key.
+
+use std::path::{Path, PathBuf};
+
+use lcm_core::{Error, Result};
+use serde_json::Value;
+
+pub struct Config {
+    pub path: PathBuf,
+    value: Value,
+}
+
+impl Config {
+    pub fn read(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, format!("cannot read config: {e}")))?;
+        let value: Value =
+            serde_json::from_str(&text).map_err(|e| Error::config(path, format!("not valid JSON: {e}")))?;
+        if !value.is_object() {
+            return Err(Error::config(path, "expected a JSON object"));
+        }
+        Ok(Config { path: path.to_path_buf(), value })
+    }
+
+    pub fn from_value(path: &Path, value: Value) -> Config {
+        Config { path: path.to_path_buf(), value }
+    }
+
+    fn err(&self, key: &str, msg: impl std::fmt::Display) -> Error {
+        Error::config(&self.path, format!("`{key}`: {msg}"))
+    }
+
+    /// The value of `key`, treating JSON null as absent.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.value.get(key).filter(|v| !v.is_null())
+    }
+
+    pub fn usize(&self, key: &str) -> Result<usize> {
+        self.usize_opt(key)?.ok_or_else(|| self.err(key, "missing"))
+    }
+
+    pub fn usize_or(&self, key: &str, default: usize) -> Result<usize> {
+        Ok(self.usize_opt(key)?.unwrap_or(default))
+    }
+
+    pub fn usize_opt(&self, key: &str) -> Result<Option<usize>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .map(|n| Some(n as usize))
+                .ok_or_else(|| self.err(key, format!("expected a non-negative integer, got {v}"))),
+        }
+    }
+
+    pub fn f32_or(&self, key: &str, default: f32) -> Result<f32> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => v.as_f64().map(|x| x as f32).ok_or_else(|| self.err(key, format!("expected a number, got {v}"))),
+        }
+    }
+
+    pub fn f32_opt(&self, key: &str) -> Result<Option<f32>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => {
+                v.as_f64().map(|x| Some(x as f32)).ok_or_else(|| self.err(key, format!("expected a number, got {v}")))
+            }
+        }
+    }
+
+    pub fn bool_or(&self, key: &str, default: bool) -> Result<bool> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => v.as_bool().ok_or_else(|| self.err(key, format!("expected true or false, got {v}"))),
+        }
+    }
+
+    pub fn str_or<'a>(&'a self, key: &str, default: &'a str) -> Result<&'a str> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => v.as_str().ok_or_else(|| self.err(key, format!("expected a string, got {v}"))),
+        }
+    }
+
+    pub fn strings(&self, key: &str) -> Result<Vec<String>> {
+        let v = self.get(key).ok_or_else(|| self.err(key, "missing"))?;
+        v.as_array()
+            .and_then(|a| a.iter().map(|s| s.as_str().map(str::to_string)).collect::<Option<Vec<_>>>())
+            .ok_or_else(|| self.err(key, format!("expected a list of strings, got {v}")))
+    }
+
+    pub fn usizes(&self, key: &str) -> Result<Vec<usize>> {
+        let v = self.get(key).ok_or_else(|| self.err(key, "missing"))?;
+        v.as_array()
+            .and_then(|a| a.iter().map(|n| n.as_u64().map(|n| n as usize)).collect::<Option<Vec<_>>>())
+            .ok_or_else(|| self.err(key, format!("expected a list of integers, got {v}")))
+    }
+
+    /// An integer applying to every block, or one per block (diffusers accepts both).
+    pub fn per_block(&self, key: &str, blocks: usize, default: Option<usize>) -> Result<Option<Vec<usize>>> {
+        match self.get(key) {
+            None => Ok(default.map(|d| vec![d; blocks])),
+            Some(Value::Number(n)) => {
+                let n = n.as_u64().ok_or_else(|| self.err(key, "expected a non-negative integer"))? as usize;
+                Ok(Some(vec![n; blocks]))
+            }
+            Some(Value::Array(_)) => {
+                let v = self.usizes(key)?;
+                if v.len() != blocks {
+                    return Err(self.err(key, format!("has {} entries for {blocks} blocks", v.len())));
+                }
+                Ok(Some(v))
+            }
+            Some(v) => Err(self.err(key, format!("expected an integer or a list, got {v}"))),
+        }
+    }
+
+    /// Errors unless `key` is absent, null, or equal to `expected` (features this engine does not build).
+    pub fn require(&self, key: &str, expected: &Value) -> Result<()> {
+        match self.get(key) {
+            Some(v) if v != expected => Err(self.err(key, format!("{v} is not supported (only {expected})"))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Errors unless `key` is absent or null.
+    pub fn require_absent(&self, key: &str) -> Result<()> {
+        match self.get(key) {
+            Some(v) => Err(self.err(key, format!("{v} is not supported"))),
+            None => Ok(()),
+        }
+    }
+
+    pub fn error(&self, key: &str, msg: impl std::fmt::Display) -> Error {
+        self.err(key, msg)
+    }
+}

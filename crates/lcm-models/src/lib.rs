@@ -1,0 +1,15 @@
+//! lcm-models: CLIPTextModel, UNet2DConditionModel and AutoencoderKL as lcm graphs, built from the
+//! `config.json` of each diffusers component and loaded from its safetensors weights by checkpoint name.
+
+pub mod blocks;
+pub mod clip;
+pub mod config;
+pub mod loader;
+pub mod runner;
+pub mod unet;
+pub mod vae;
+
+pub use clip::{ClipConfig, ClipTextModel};
+pub use loader::{LoadOptions, Variant, WeightHook};
+pub use unet::{Unet, UnetConfig};
+pub use vae::{Vae, VaeConfig, VaeParts};

@@ -1,0 +1,116 @@
+//! Finding a component's weight file in a diffusers folder and loading exactly the tensors a graph
+//! names into a backend, one tensor at a time.
+
+use std::path::{Path, PathBuf};
+
+use lcm_core::{Backend, Error, ModelWeights, Result, SafeTensorsFile, WeightFiles, WeightSpec};
+
+/// Which weight file to take when a folder holds both the full-precision and the `.fp16` variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Variant {
+    /// The full-precision file if present, else the fp16 one (what the f32 CPU backend wants).
+    #[default]
+    PreferFull,
+    /// The fp16 file if present, else the full one (half the bytes to read for an f16 backend).
+    PreferHalf,
+}
+
+/// A hook that may change a weight (in torch layout, f32) before it is uploaded: LoRA merging.
+pub type WeightHook<'a> = &'a mut dyn FnMut(&WeightSpec, &mut Vec<f32>) -> Result<()>;
+
+/// Lends the hook out for one `load_weights` call (a VAE loads its decoder and encoder with one hook).
+pub fn reborrow<'s>(hook: &'s mut Option<WeightHook<'_>>) -> Option<WeightHook<'s>> {
+    hook.as_mut().map(|f| &mut **f as WeightHook<'s>)
+}
+
+pub struct LoadOptions<'a> {
+    pub variant: Variant,
+    pub hook: Option<WeightHook<'a>>,
+}
+
+impl Default for LoadOptions<'_> {
+    fn default() -> Self {
+        LoadOptions { variant: Variant::PreferFull, hook: None }
+    }
+}
+
+/// Checks that `dir` is a component folder and returns its `config.json` path.
+pub fn component_config(dir: &Path) -> Result<PathBuf> {
+    if !dir.is_dir() {
+        return Err(Error::file(dir, "missing component folder (expected a diffusers folder with text_encoder/, unet/, vae/, tokenizer/, scheduler/)"));
+    }
+    let cfg = dir.join("config.json");
+    if !cfg.is_file() {
+        return Err(Error::file(&cfg, "missing config.json"));
+    }
+    Ok(cfg)
+}
+
+/// Opens `<stem>.safetensors`, `<stem>.fp16.safetensors`, or the shards of their `.index.json`.
+/// A pickle (`.bin`, `.ckpt`, `.pt`) in their place is refused with a way to convert it.
+pub fn find_weights(dir: &Path, stem: &str, variant: Variant) -> Result<WeightFiles> {
+    let full = [format!("{stem}.safetensors"), format!("{stem}.safetensors.index.json")];
+    let half = [format!("{stem}.fp16.safetensors"), format!("{stem}.fp16.safetensors.index.json")];
+    let order: Vec<&String> = match variant {
+        Variant::PreferFull => full.iter().chain(&half).collect(),
+        Variant::PreferHalf => half.iter().chain(&full).collect(),
+    };
+    for name in order {
+        let p = dir.join(name);
+        if p.is_file() {
+            return if name.ends_with(".index.json") { open_sharded(&p) } else { WeightFiles::open(&p) };
+        }
+    }
+    let pickles = [format!("{stem}.bin"), format!("{stem}.fp16.bin"), format!("{stem}.ckpt"), format!("{stem}.pt")];
+    if let Some(p) = pickles.iter().map(|n| dir.join(n)).find(|p| p.is_file()) {
+        return Err(Error::file(
+            &p,
+            "is a PyTorch pickle; lcm never unpickles (loading a pickle can run arbitrary code). Convert it to safetensors, e.g. \
+             `python -c \"import torch, safetensors.torch as st; st.save_file(torch.load('IN', weights_only=True), 'OUT.safetensors')\"`, \
+             or load the folder with diffusers and save_pretrained(..., safe_serialization=True)",
+        ));
+    }
+    Err(Error::file(
+        dir.join(&full[0]),
+        format!("missing weight file (also looked for {} and sharded index files)", half[0]),
+    ))
+}
+
+fn open_sharded(index: &Path) -> Result<WeightFiles> {
+    let text = std::fs::read_to_string(index).map_err(|e| Error::file(index, format!("cannot read: {e}")))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::file(index, format!("not valid JSON: {e}")))?;
+    let map =
+        v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::file(index, "no `weight_map` object"))?;
+    let mut shards: Vec<String> = map.values().filter_map(|s| s.as_str().map(str::to_string)).collect();
+    shards.sort();
+    shards.dedup();
+    let dir = index.parent().unwrap_or(Path::new("."));
+    let files = shards.iter().map(|s| SafeTensorsFile::open(dir.join(s))).collect::<Result<Vec<_>>>()?;
+    Ok(WeightFiles::from_files(files))
+}
+
+/// Loads every tensor `specs` names from `files` into `backend`, checking shapes; the hook (LoRA) sees
+/// each tensor in f32 torch layout first. Peak extra memory is one tensor in f32.
+pub fn load_weights<B: Backend>(
+    backend: &B,
+    specs: &[WeightSpec],
+    files: &WeightFiles,
+    mut hook: Option<WeightHook>,
+) -> Result<ModelWeights<B>> {
+    let mut weights = Vec::with_capacity(specs.len());
+    let mut buf = Vec::new();
+    for spec in specs {
+        let view = files.get_shaped(&spec.name, &spec.shape)?;
+        view.to_f32_into(&mut buf);
+        if let Some(h) = hook.as_mut() {
+            h(spec, &mut buf)?;
+        }
+        if let Some(i) = buf.iter().position(|v| !v.is_finite()) {
+            let at = files.file_of(&spec.name).map(Path::to_path_buf).unwrap_or_default();
+            return Err(Error::tensor(at, &spec.name, format!("element {i} is {} (weights must be finite)", buf[i])));
+        }
+        weights.push(backend.upload_weight(spec, &buf)?);
+    }
+    Ok(ModelWeights { specs: specs.to_vec(), weights })
+}

@@ -1,0 +1,54 @@
+//! Weights plus one executor per input shape: the graph for a shape is built, fused and planned the
+//! first time that shape is seen, then reused (its arena too) for every later call.
+
+use std::collections::HashMap;
+
+use lcm_core::{Backend, Executor, Graph, HostData, ModelWeights, Result};
+
+pub struct Runner<B: Backend> {
+    pub weights: ModelWeights<B>,
+    executors: HashMap<Vec<usize>, Executor<B>>,
+}
+
+impl<B: Backend> Runner<B> {
+    pub fn new(weights: ModelWeights<B>) -> Self {
+        Runner { weights, executors: HashMap::new() }
+    }
+
+    /// The executor for `key`, building it with `build` on first use.
+    pub fn executor(
+        &mut self,
+        backend: &B,
+        key: &[usize],
+        build: impl FnOnce() -> Result<Graph>,
+    ) -> Result<&mut Executor<B>> {
+        if !self.executors.contains_key(key) {
+            let ex = Executor::new(backend, build()?, &self.weights)?;
+            self.executors.insert(key.to_vec(), ex);
+        }
+        Ok(self.executors.get_mut(key).expect("inserted above"))
+    }
+
+    /// Writes `inputs` (in graph order), runs, and returns output 0.
+    pub fn run(
+        &mut self,
+        backend: &B,
+        key: &[usize],
+        build: impl FnOnce() -> Result<Graph>,
+        inputs: &[HostData<'_>],
+    ) -> Result<(Vec<f32>, Vec<usize>)> {
+        let ex = self.executor(backend, key, build)?;
+        for (i, d) in inputs.iter().enumerate() {
+            ex.set_input(backend, i, *d)?;
+        }
+        // Split borrow: the executor lives in `executors`, the weights beside it.
+        let ex = self.executors.get_mut(key).expect("built above");
+        ex.run(backend, &self.weights)?;
+        Ok((ex.output(backend, 0)?, ex.output_shape(0).to_vec()))
+    }
+
+    /// Shapes planned so far, with their arena sizes in bytes.
+    pub fn arenas(&self) -> Vec<(Vec<usize>, usize)> {
+        self.executors.iter().map(|(k, e)| (k.clone(), e.plan().size)).collect()
+    }
+}

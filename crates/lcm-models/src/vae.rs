@@ -1,0 +1,233 @@
+//! AutoencoderKL (the SD VAE) from `vae/config.json`: the decoder that turns latents into pixels and
+//! the encoder (for img2img) that turns pixels into the latent distribution's moments.
+
+use std::path::Path;
+
+use lcm_core::{Activation, Backend, Elem, Error, Graph, GraphBuilder, HostData, Result, Tensor, TensorId};
+use serde_json::json;
+
+use crate::blocks::{resnet, vae_attention, Norm};
+use crate::config::Config;
+use crate::loader::{component_config, find_weights, load_weights, reborrow, LoadOptions};
+use crate::runner::Runner;
+
+#[derive(Debug, Clone)]
+pub struct VaeConfig {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub latent_channels: usize,
+    pub block_out_channels: Vec<usize>,
+    pub layers_per_block: usize,
+    pub norm_groups: usize,
+    pub scaling_factor: f32,
+    pub shift_factor: Option<f32>,
+    pub use_quant_conv: bool,
+    pub use_post_quant_conv: bool,
+    pub mid_block_attention: bool,
+}
+
+/// The VAE's norms: its blocks are built with `resnet_eps=1e-6`.
+const EPS: f32 = 1e-6;
+
+impl VaeConfig {
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let c = Config::read(path)?;
+        c.require("act_fn", &json!("silu"))?;
+        c.require("norm_type", &json!("group"))?;
+        let block_out_channels = c.usizes("block_out_channels")?;
+        let n = block_out_channels.len();
+        for (key, want) in [("down_block_types", "DownEncoderBlock2D"), ("up_block_types", "UpDecoderBlock2D")] {
+            let types = c.strings(key)?;
+            if let Some(bad) = types.iter().find(|t| *t != want) {
+                return Err(c.error(key, format!("unknown block type `{bad}` (expected {want})")));
+            }
+            if types.len() != n {
+                return Err(c.error(key, format!("{} blocks for {n} channel counts", types.len())));
+            }
+        }
+        let cfg = VaeConfig {
+            in_channels: c.usize_or("in_channels", 3)?,
+            out_channels: c.usize_or("out_channels", 3)?,
+            latent_channels: c.usize_or("latent_channels", 4)?,
+            layers_per_block: c.usize_or("layers_per_block", 1)?,
+            norm_groups: c.usize_or("norm_num_groups", 32)?,
+            scaling_factor: c.f32_or("scaling_factor", 0.18215)?,
+            shift_factor: c.f32_opt("shift_factor")?,
+            use_quant_conv: c.bool_or("use_quant_conv", true)?,
+            use_post_quant_conv: c.bool_or("use_post_quant_conv", true)?,
+            mid_block_attention: c.bool_or("mid_block_add_attention", true)?,
+            block_out_channels,
+        };
+        if let Some(&bad) = cfg.block_out_channels.iter().find(|&&ch| ch % cfg.norm_groups != 0) {
+            return Err(
+                c.error("block_out_channels", format!("{bad} channels do not divide into {} groups", cfg.norm_groups))
+            );
+        }
+        Ok(cfg)
+    }
+
+    fn norm(&self) -> Norm {
+        Norm { groups: self.norm_groups, eps: EPS }
+    }
+
+    /// UNetMidBlock2D: resnet, attention (one head of the full width), resnet.
+    fn mid(&self, b: &mut GraphBuilder, p: &str, x: TensorId) -> TensorId {
+        let c = b.channels(x);
+        let norm = self.norm();
+        let mut x = resnet(b, &format!("{p}.resnets.0"), x, None, c, &norm, 1.0);
+        if self.mid_block_attention {
+            x = vae_attention(b, &format!("{p}.attentions.0"), x, 1, &norm, 1.0);
+        }
+        resnet(b, &format!("{p}.resnets.1"), x, None, c, &norm, 1.0)
+    }
+
+    /// Latents `[B, h, w, latent]` (already divided by the scaling factor) -> image `[B, 8h, 8w, 3]`.
+    pub fn decoder_graph(&self, batch: usize, h: usize, w: usize) -> Result<Graph> {
+        let mut b = GraphBuilder::new();
+        let z = b.input(&[batch, h, w, self.latent_channels], Elem::Act);
+        let lc = self.latent_channels;
+        let mut x = if self.use_post_quant_conv { b.conv2d("post_quant_conv", z, lc, 1, 1, [0; 4], true) } else { z };
+        let top = *self.block_out_channels.last().expect("at least one block");
+        x = b.conv2d("decoder.conv_in", x, top, 3, 1, [1; 4], true);
+        x = self.mid(&mut b, "decoder.mid_block", x);
+        let n = self.block_out_channels.len();
+        let norm = self.norm();
+        for i in 0..n {
+            let out_c = self.block_out_channels[n - 1 - i];
+            for l in 0..self.layers_per_block + 1 {
+                x = resnet(&mut b, &format!("decoder.up_blocks.{i}.resnets.{l}"), x, None, out_c, &norm, 1.0);
+            }
+            if i + 1 < n {
+                let s = b.shape(x).to_vec();
+                x = b.upsample(x, 2 * s[1], 2 * s[2]);
+                x = b.conv2d(&format!("decoder.up_blocks.{i}.upsamplers.0.conv"), x, out_c, 3, 1, [1; 4], true);
+            }
+        }
+        let x = b.group_norm("decoder.conv_norm_out", x, self.norm_groups, EPS, false);
+        let x = b.activation(x, Activation::Silu);
+        let out = b.conv2d("decoder.conv_out", x, self.out_channels, 3, 1, [1; 4], true);
+        b.output(out);
+        b.finish()
+    }
+
+    /// Image `[B, H, W, 3]` in [-1, 1] -> moments `[B, H/8, W/8, 2·latent]` (mean, then log-variance).
+    pub fn encoder_graph(&self, batch: usize, h: usize, w: usize) -> Result<Graph> {
+        let mut b = GraphBuilder::new();
+        let img = b.input(&[batch, h, w, self.in_channels], Elem::Act);
+        let mut x = b.conv2d("encoder.conv_in", img, self.block_out_channels[0], 3, 1, [1; 4], true);
+        let n = self.block_out_channels.len();
+        let norm = self.norm();
+        for i in 0..n {
+            let out_c = self.block_out_channels[i];
+            for l in 0..self.layers_per_block {
+                x = resnet(&mut b, &format!("encoder.down_blocks.{i}.resnets.{l}"), x, None, out_c, &norm, 1.0);
+            }
+            if i + 1 < n {
+                // diffusers pads (0, 1, 0, 1) — right and bottom only — then convolves with stride 2.
+                x = b.conv2d(
+                    &format!("encoder.down_blocks.{i}.downsamplers.0.conv"),
+                    x,
+                    out_c,
+                    3,
+                    2,
+                    [0, 0, 1, 1],
+                    true,
+                );
+            }
+        }
+        x = self.mid(&mut b, "encoder.mid_block", x);
+        let x = b.group_norm("encoder.conv_norm_out", x, self.norm_groups, EPS, false);
+        let x = b.activation(x, Activation::Silu);
+        let moments = 2 * self.latent_channels;
+        let mut out = b.conv2d("encoder.conv_out", x, moments, 3, 1, [1; 4], true);
+        if self.use_quant_conv {
+            out = b.conv2d("quant_conv", out, moments, 1, 1, [0; 4], true);
+        }
+        b.output(out);
+        b.finish()
+    }
+
+    /// The size factor between pixels and latents: 2^(blocks-1).
+    pub fn downscale(&self) -> usize {
+        1 << (self.block_out_channels.len() - 1)
+    }
+}
+
+/// What to build: the decoder alone (txt2img) or the encoder too (img2img).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VaeParts {
+    Decoder,
+    Both,
+}
+
+pub struct Vae<B: Backend> {
+    pub config: VaeConfig,
+    decoder: Runner<B>,
+    encoder: Option<Runner<B>>,
+}
+
+impl<B: Backend> Vae<B> {
+    pub fn load(backend: &B, dir: &Path, parts: VaeParts, mut opts: LoadOptions) -> Result<Self> {
+        let config = VaeConfig::from_file(&component_config(dir)?)?;
+        let files = find_weights(dir, "diffusion_pytorch_model", opts.variant)?;
+        let s = config.downscale();
+        let dec = config.decoder_graph(1, 1, 1)?.weights;
+        let decoder = Runner::new(load_weights(backend, &dec, &files, reborrow(&mut opts.hook))?);
+        let encoder = match parts {
+            VaeParts::Decoder => None,
+            VaeParts::Both => {
+                let enc = config.encoder_graph(1, s, s)?.weights;
+                Some(Runner::new(load_weights(backend, &enc, &files, reborrow(&mut opts.hook))?))
+            }
+        };
+        Ok(Vae { config, decoder, encoder })
+    }
+
+    /// `vae.decode(z)`: `z` NCHW `[B, latent, h, w]`, already divided by the scaling factor.
+    pub fn decode(&mut self, backend: &B, z: &Tensor) -> Result<Tensor> {
+        let (bsz, h, w) = match z.shape.as_slice() {
+            &[b, c, h, w] if c == self.config.latent_channels => (b, h, w),
+            s => {
+                return Err(Error::invalid(
+                    "vae latents",
+                    format!("shape {s:?}, expected [B, {}, h, w]", self.config.latent_channels),
+                ))
+            }
+        };
+        let nhwc = z.nchw_to_nhwc();
+        let cfg = &self.config;
+        let (out, shape) =
+            self.decoder.run(backend, &[bsz, h, w], || cfg.decoder_graph(bsz, h, w), &[HostData::F32(&nhwc.data)])?;
+        Ok(Tensor::new(shape, out).nhwc_to_nchw())
+    }
+
+    /// The encoder's moments `[B, 2·latent, H/8, W/8]` for an NCHW image in [-1, 1].
+    pub fn encode_moments(&mut self, backend: &B, image: &Tensor) -> Result<Tensor> {
+        let s = self.config.downscale();
+        let (bsz, h, w) = match image.shape.as_slice() {
+            &[b, c, h, w] if c == self.config.in_channels && h % s == 0 && w % s == 0 => (b, h, w),
+            sh => {
+                return Err(Error::invalid(
+                    "vae image",
+                    format!(
+                        "shape {sh:?}, expected [B, {}, H, W] with H and W multiples of {s}",
+                        self.config.in_channels
+                    ),
+                ))
+            }
+        };
+        let cfg = &self.config;
+        let enc = self
+            .encoder
+            .as_mut()
+            .ok_or_else(|| Error::invalid("vae", "loaded without its encoder (VaeParts::Decoder)"))?;
+        let nhwc = image.nchw_to_nhwc();
+        let (out, shape) =
+            enc.run(backend, &[bsz, h, w], || cfg.encoder_graph(bsz, h, w), &[HostData::F32(&nhwc.data)])?;
+        Ok(Tensor::new(shape, out).nhwc_to_nchw())
+    }
+
+    pub fn decoder_runner(&self) -> &Runner<B> {
+        &self.decoder
+    }
+}

@@ -1,0 +1,3 @@
+pub mod rng;
+pub mod scheduler;
+pub mod tokenizer;

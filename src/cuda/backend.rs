@@ -1,0 +1,271 @@
+//! [`CudaBackend`]: the `lcm_core::Backend` on the GPU. f16 weights uploaded once in the kernels'
+//! layouts; one arena allocation per executor (plus one small scratch buffer sized on the first run);
+//! a run is recorded once per (graph, arena, weights) as a list of launches and captured as a CUDA
+//! graph, then replayed — so the steady state makes no allocation, no lookup and one driver call.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use half::f16;
+use lcm_core::planner::ArenaPlan;
+use lcm_core::{Backend, Error, Graph, HostData, Result, WeightKind, WeightSpec};
+
+use super::driver::{self, Device, DeviceBuffer, GraphExec};
+use super::functions::{Functions, Kernel};
+use super::launch::{self, Limits, Params, Step};
+use super::lora::LoraBuffers;
+use super::record::Recorder;
+
+/// Bytes at the start of the scratch buffer for status words (the embed error flag: int[2]).
+pub(crate) const STATUS_BYTES: usize = 256;
+
+pub struct CudaBackend {
+    pub(crate) dev: Arc<Device>,
+    pub(crate) funcs: Functions,
+    pub(crate) limits: Limits,
+    graphs: bool,
+}
+
+/// A weight on the GPU: f16, in the layout its kernel reads (see `launch::gemm_weight_layout`), and
+/// optionally an attached LoRA slot for the unmerged path.
+pub struct CudaWeight {
+    pub(crate) buf: DeviceBuffer,
+    pub(crate) spec: WeightSpec,
+    pub(crate) lora: Option<Arc<LoraBuffers>>,
+}
+
+impl CudaWeight {
+    pub fn spec(&self) -> &WeightSpec {
+        &self.spec
+    }
+
+    pub fn device_ptr(&self) -> u64 {
+        self.buf.ptr
+    }
+}
+
+/// An executor's activations: the planner's arena, a scratch buffer for kernel workspaces, and the
+/// recorded run (launch list and CUDA graph) for the graph last run in it.
+pub struct CudaArena {
+    pub(crate) buf: DeviceBuffer,
+    pub(crate) scratch: Option<DeviceBuffer>,
+    recorded: Option<Recorded>,
+}
+
+struct Recorded {
+    key: u64,
+    steps: Vec<Step>,
+    exec: Option<GraphExec>,
+}
+
+impl CudaArena {
+    pub fn bytes(&self) -> usize {
+        self.buf.bytes
+    }
+
+    pub fn device_ptr(&self) -> u64 {
+        self.buf.ptr
+    }
+
+    /// Launches in the recorded run (0 before the first run).
+    pub fn recorded_launches(&self) -> usize {
+        self.recorded.as_ref().map_or(0, |r| r.steps.len())
+    }
+}
+
+impl CudaBackend {
+    /// Opens GPU 0 (or `$LCM_CUDA_DEVICE`), loads the kernels and resolves every function. An error —
+    /// never a panic — when the binary was built without nvcc, the driver is missing, there is no GPU,
+    /// or the GPU is older than sm_80. `$LCM_CUDA_GRAPHS=0` turns graph capture off (replays the
+    /// launch list instead; useful under compute-sanitizer and for profiling single kernels).
+    pub fn new() -> Result<CudaBackend> {
+        if !super::kernels::compiled() {
+            return Err(Error::backend(
+                "this binary was built without nvcc, so it has no CUDA kernels: run scripts/install-nvcc.sh (or set NVCC / CUDA_HOME) and rebuild",
+            ));
+        }
+        let ordinal = std::env::var("LCM_CUDA_DEVICE").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+        let dev = Device::open(ordinal, super::kernels::FATBIN)?;
+        let funcs = Functions::resolve(&dev)?;
+        let limits = Limits { sm_count: dev.sm_count, smem_optin: dev.smem_optin };
+        let graphs = std::env::var("LCM_CUDA_GRAPHS").map_or(true, |v| v != "0");
+        Ok(CudaBackend { dev, funcs, limits, graphs })
+    }
+
+    /// e.g. "NVIDIA H100 80GB HBM3 (sm_90, 132 SMs)".
+    pub fn device_name(&self) -> String {
+        format!("{} (sm_{}{}, {} SMs)", self.dev.name, self.dev.cc.0, self.dev.cc.1, self.dev.sm_count)
+    }
+
+    /// How many device allocations this backend has made so far (weights, arenas, scratch, LoRA slots).
+    /// A second run of the same executor must not move it.
+    pub fn device_allocations(&self) -> u64 {
+        self.dev.allocations()
+    }
+
+    /// Bytes currently allocated on the device through this backend.
+    pub fn device_bytes(&self) -> u64 {
+        self.dev.live_bytes()
+    }
+
+    /// Capture runs as CUDA graphs (the default) or replay the recorded launch list one by one.
+    pub fn set_cuda_graphs(&mut self, on: bool) {
+        self.graphs = on;
+    }
+
+    /// Waits for all queued work; reports a failed kernel.
+    pub fn synchronize(&self) -> Result<()> {
+        self.dev.synchronize()
+    }
+
+    /// Fills the whole arena with f16 NaN, so a test sees any element a kernel failed to write.
+    pub fn poison(&self, arena: &mut CudaArena) -> Result<()> {
+        arena.buf.fill_u16(0, 0x7E00, arena.buf.bytes / 2)
+    }
+
+    /// Enqueues recorded steps on the stream (directly, or inside a capture).
+    pub(crate) fn enqueue(&self, steps: &[Step]) -> Result<()> {
+        self.dev.bind()?;
+        for s in steps {
+            match *s {
+                Step::Kernel(ref l) => self.launch(l)?,
+                Step::Zero32 { ptr, words } => {
+                    // SAFETY: `ptr` is inside the scratch buffer the recorder sized for it.
+                    driver::check(
+                        unsafe { cudarc::driver::sys::cuMemsetD32Async(ptr, 0, words, self.dev.stream) },
+                        "cuMemsetD32Async",
+                    )?
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn launch(&self, l: &launch::Launch) -> Result<()> {
+        let f = self.funcs.get(l.kernel);
+        // SAFETY: each Params variant is the struct its kernels take (Launch is only built by the
+        // `launch` planners, which pair them); pointers come from live buffers of this backend.
+        unsafe {
+            match &l.params {
+                Params::Gemm(p) => driver::launch(&self.dev, f, l.grid, l.block, l.smem, p),
+                Params::Attn(p) => driver::launch(&self.dev, f, l.grid, l.block, l.smem, p),
+                Params::GroupNorm(p) => driver::launch(&self.dev, f, l.grid, l.block, l.smem, p),
+                Params::LayerNorm(p) => driver::launch(&self.dev, f, l.grid, l.block, l.smem, p),
+                Params::Eltwise(p) => driver::launch(&self.dev, f, l.grid, l.block, l.smem, p),
+                Params::Concat(p) => driver::launch(&self.dev, f, l.grid, l.block, l.smem, p),
+                Params::Upsample(p) => driver::launch(&self.dev, f, l.grid, l.block, l.smem, p),
+                Params::Embed(p) => driver::launch(&self.dev, f, l.grid, l.block, l.smem, p),
+                Params::Timestep(p) => driver::launch(&self.dev, f, l.grid, l.block, l.smem, p),
+                Params::LoraMerge(p) => driver::launch(&self.dev, f, l.grid, l.block, l.smem, p),
+                Params::Step(p) => driver::launch(&self.dev, f, l.grid, l.block, l.smem, p),
+            }
+        }
+        .map_err(|e| Error::backend(format!("{}: {e}", l.kernel.name())))
+    }
+
+    /// Identifies what a recording depends on: the graph (by identity and op sequence), the plan, the
+    /// arena and every weight's device address (a re-uploaded weight or an attached LoRA changes it).
+    fn fingerprint(&self, graph: &Graph, plan: &ArenaPlan, weights: &[CudaWeight], arena: &CudaArena) -> u64 {
+        let mut h = DefaultHasher::new();
+        (graph as *const Graph as usize, graph.ops.len(), graph.tensors.len(), plan.size, arena.buf.ptr, self.graphs).hash(&mut h);
+        for op in &graph.ops {
+            (std::mem::discriminant(op), op.output()).hash(&mut h);
+        }
+        for w in weights {
+            (w.buf.ptr, w.lora.as_ref().map(|l| Arc::as_ptr(l) as usize)).hash(&mut h);
+        }
+        h.finish()
+    }
+}
+
+impl Backend for CudaBackend {
+    type Weight = CudaWeight;
+    type Arena = CudaArena;
+
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn act_bytes(&self) -> usize {
+        2
+    }
+
+    fn upload_weight(&self, spec: &WeightSpec, data: &[f32]) -> Result<CudaWeight> {
+        let numel: usize = spec.shape.iter().product();
+        if data.len() != numel {
+            return Err(Error::invalid(&spec.name, format!("{} values for shape {:?}", data.len(), spec.shape)));
+        }
+        let stored: Vec<f16> = match (spec.kind, spec.shape.as_slice()) {
+            (WeightKind::Conv, &[co, ci, kh, kw]) => launch::gemm_weight_layout(data, co, ci, kh, kw),
+            (WeightKind::Linear, &[n, k]) => launch::gemm_weight_layout(data, n, k, 1, 1),
+            (WeightKind::Conv | WeightKind::Linear, s) => {
+                return Err(Error::invalid(&spec.name, format!("{:?} weight of shape {s:?}", spec.kind)));
+            }
+            (WeightKind::Plain, _) => data.iter().map(|&v| f16::from_f32(v)).collect(),
+        };
+        let buf = DeviceBuffer::alloc(&self.dev, stored.len() * 2)?;
+        buf.upload(0, &stored)?;
+        Ok(CudaWeight { buf, spec: spec.clone(), lora: None })
+    }
+
+    fn alloc_arena(&self, bytes: usize) -> Result<CudaArena> {
+        Ok(CudaArena { buf: DeviceBuffer::alloc(&self.dev, bytes)?, scratch: None, recorded: None })
+    }
+
+    fn write(&self, arena: &mut CudaArena, offset: usize, data: HostData<'_>) -> Result<()> {
+        match data {
+            HostData::F32(d) => {
+                let h: Vec<f16> = d.iter().map(|&v| f16::from_f32(v)).collect();
+                arena.buf.upload(offset, &h)
+            }
+            HostData::I32(d) => arena.buf.upload(offset, d),
+        }
+    }
+
+    fn read(&self, arena: &CudaArena, offset: usize, out: &mut [f32]) -> Result<()> {
+        let mut h = vec![f16::ZERO; out.len()];
+        arena.buf.download(offset, &mut h)?;
+        for (o, v) in out.iter_mut().zip(&h) {
+            *o = v.to_f32();
+        }
+        if let Some(s) = &arena.scratch {
+            let mut status = [0i32; 2];
+            s.download(0, &mut status)?;
+            if status[0] != 0 {
+                s.upload(0, &[0i32; 2])?;
+                return Err(Error::invalid("token ids", format!("id {} is outside the embedding table", status[1])));
+            }
+        }
+        Ok(())
+    }
+
+    fn run(&self, graph: &Graph, plan: &ArenaPlan, weights: &[CudaWeight], arena: &mut CudaArena) -> Result<()> {
+        let key = self.fingerprint(graph, plan, weights, arena);
+        if arena.recorded.as_ref().map(|r| r.key) != Some(key) {
+            arena.recorded = None;
+            let mut rec = Recorder::new(self, graph, plan, weights, arena.buf.ptr);
+            let need = STATUS_BYTES + rec.scratch_bytes()?;
+            if arena.scratch.as_ref().is_none_or(|s| s.bytes < need) {
+                arena.scratch = None;
+                let s = DeviceBuffer::alloc(&self.dev, need)?;
+                s.upload(0, &[0i32; 2])?;
+                arena.scratch = Some(s);
+            }
+            let scratch = arena.scratch.as_ref().expect("allocated above").ptr;
+            let steps = rec.record(scratch)?;
+            let exec = if self.graphs { Some(GraphExec::capture(&self.dev, || self.enqueue(&steps))?) } else { None };
+            arena.recorded = Some(Recorded { key, steps, exec });
+        }
+        let r = arena.recorded.as_ref().expect("recorded above");
+        match &r.exec {
+            Some(e) => e.launch(),
+            None => self.enqueue(&r.steps),
+        }
+    }
+}
+
+/// Kernels every test and bench can name without a GPU: the number of instantiations compiled.
+pub fn kernel_names() -> Vec<&'static str> {
+    Kernel::ALL.iter().map(|k| k.name()).collect()
+}
