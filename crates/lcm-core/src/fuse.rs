@@ -27,8 +27,9 @@ pub fn fuse(mut g: Graph) -> Graph {
     let single_use = |t: TensorId| uses[t] == 1 && !is_output[t];
 
     let mut dead = vec![false; g.ops.len()];
-    for i in 0..g.ops.len() {
-        match g.ops[i].clone() {
+    let ops = g.ops.clone();
+    for (i, op) in ops.into_iter().enumerate() {
+        match op {
             Op::Act { x, act: Activation::Silu, out } if single_use(x) => {
                 if let Some(p) = producer[x] {
                     if let Op::GroupNorm { silu: silu @ false, out: gn_out, .. } = &mut g.ops[p] {

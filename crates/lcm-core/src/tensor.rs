@@ -81,8 +81,9 @@ mod tests {
         let t = Tensor::new(vec![2, 3, 2, 2], (0..24).map(|i| i as f32).collect());
         let nhwc = t.nchw_to_nhwc();
         assert_eq!(nhwc.shape, [2, 2, 2, 3]);
-        // element (b=1, c=2, h=0, w=1) sits at NHWC index ((1*2+0)*2+1)*3+2
-        assert_eq!(nhwc.data[((2 + 0) * 2 + 1) * 3 + 2], t.data[(3 + 2) * 4 + 1]);
+        // element (b=1, c=2, h=0, w=1): NHWC index ((b·H + h)·W + w)·C + c, NCHW ((b·C + c)·H + h)·W + w
+        let (b, c, h, w) = (1, 2, 0, 1);
+        assert_eq!(nhwc.data[((b * 2 + h) * 2 + w) * 3 + c], t.data[((b * 3 + c) * 2 + h) * 2 + w]);
         assert_eq!(nhwc.nhwc_to_nchw(), t);
     }
 

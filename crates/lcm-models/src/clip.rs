@@ -26,10 +26,23 @@ pub struct ClipConfig {
 
 impl ClipConfig {
     pub fn from_file(path: &Path, clip_skip: usize) -> Result<Self> {
-        let c = Config::read(path)?;
+        Self::parse(&Config::read(path)?, clip_skip)
+    }
+
+    /// From JSON text; `origin` names it in errors.
+    pub fn from_json(origin: &Path, text: &str, clip_skip: usize) -> Result<Self> {
+        Self::parse(&Config::parse(origin, text)?, clip_skip)
+    }
+
+    fn parse(c: &Config, clip_skip: usize) -> Result<Self> {
+        let path = c.path.clone();
         // transformers nests the text config under `text_config` in full CLIPModel configs.
+        let nested;
         let c = match c.get("text_config") {
-            Some(v) if v.is_object() => Config::from_value(path, v.clone()),
+            Some(v) if v.is_object() => {
+                nested = Config::from_value(&path, v.clone());
+                &nested
+            }
             _ => c,
         };
         let act = match c.str_or("hidden_act", "quick_gelu")? {

@@ -13,6 +13,11 @@ pub struct Config {
 impl Config {
     pub fn read(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, format!("cannot read config: {e}")))?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses JSON `text`; `path` names where it came from in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<Config> {
         let value: Value =
             serde_json::from_str(&text).map_err(|e| Error::config(path, format!("not valid JSON: {e}")))?;
         if !value.is_object() {

@@ -6,6 +6,7 @@ pub mod clip;
 pub mod config;
 pub mod loader;
 pub mod runner;
+pub mod sd15;
 pub mod unet;
 pub mod vae;
 

@@ -101,16 +101,25 @@ pub fn load_weights<B: Backend>(
     let mut weights = Vec::with_capacity(specs.len());
     let mut buf = Vec::new();
     for spec in specs {
-        let view = files.get_shaped(&spec.name, &spec.shape)?;
+        let view = files.get_shaped(file_name_of(files, &spec.name), &spec.shape)?;
         view.to_f32_into(&mut buf);
         if let Some(h) = hook.as_mut() {
             h(spec, &mut buf)?;
         }
         if let Some(i) = buf.iter().position(|v| !v.is_finite()) {
-            let at = files.file_of(&spec.name).map(Path::to_path_buf).unwrap_or_default();
+            let at = files.file_of(file_name_of(files, &spec.name)).map(Path::to_path_buf).unwrap_or_default();
             return Err(Error::tensor(at, &spec.name, format!("element {i} is {} (weights must be finite)", buf[i])));
         }
         weights.push(backend.upload_weight(spec, &buf)?);
     }
     Ok(ModelWeights { specs: specs.to_vec(), weights })
+}
+
+/// The name a weight has in the file: transformers 5 saves CLIPTextModel without the `text_model.`
+/// level that SD checkpoints (and the graph) use, so both spellings are accepted.
+fn file_name_of<'a>(files: &WeightFiles, name: &'a str) -> &'a str {
+    match name.strip_prefix("text_model.") {
+        Some(rest) if !files.contains(name) && files.contains(rest) => rest,
+        _ => name,
+    }
 }

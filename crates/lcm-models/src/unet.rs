@@ -49,6 +49,11 @@ impl UnetConfig {
         Self::parse(&Config::read(path)?)
     }
 
+    /// From JSON text; `origin` names it in errors.
+    pub fn from_json(origin: &Path, text: &str) -> Result<Self> {
+        Self::parse(&Config::parse(origin, text)?)
+    }
+
     pub fn parse(c: &Config) -> Result<Self> {
         for (key, value) in [
             ("act_fn", json!("silu")),

@@ -31,7 +31,15 @@ const EPS: f32 = 1e-6;
 
 impl VaeConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
-        let c = Config::read(path)?;
+        Self::parse(&Config::read(path)?)
+    }
+
+    /// From JSON text; `origin` names it in errors.
+    pub fn from_json(origin: &Path, text: &str) -> Result<Self> {
+        Self::parse(&Config::parse(origin, text)?)
+    }
+
+    fn parse(c: &Config) -> Result<Self> {
         c.require("act_fn", &json!("silu"))?;
         c.require("norm_type", &json!("group"))?;
         let block_out_channels = c.usizes("block_out_channels")?;

@@ -3,36 +3,11 @@
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use common::fixtures;
+use common::{fixtures, rewrite, Scratch};
 use lcm_cpu::CpuBackend;
 use lcm_models::{LoadOptions, Unet, Vae, VaeParts};
-
-/// A scratch copy of a fixture component, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn copy_of(component: &str, tag: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("lcm-bad-input-{}-{tag}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        for e in fs::read_dir(fixtures().join(component)).unwrap() {
-            let e = e.unwrap();
-            fs::copy(e.path(), dir.join(e.file_name())).unwrap();
-        }
-        Scratch(dir)
-    }
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
 
 fn unet_error(dir: &Path) -> String {
     match Unet::load(&CpuBackend::new(), dir, LoadOptions::default()) {
@@ -91,32 +66,17 @@ fn corrupt_header() {
     assert_mentions(&unet_error(s.path()), &[WEIGHTS, "not a valid safetensors file"]);
 }
 
-/// Rewrites the UNet's weight file with `edit` applied to the (name, dtype, shape, bytes) list.
-fn rewrite(dir: &Path, edit: impl FnOnce(&mut Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)>)) {
-    let p = dir.join(WEIGHTS);
-    let bytes = fs::read(&p).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut tensors: Vec<_> =
-        st.tensors().into_iter().map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec())).collect();
-    edit(&mut tensors);
-    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
-        .iter()
-        .map(|(n, d, s, b)| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()))
-        .collect();
-    safetensors::serialize_to_file(views, None, &p).unwrap();
-}
-
 #[test]
 fn missing_tensor() {
     let s = Scratch::copy_of("tiny-sd/unet", "missing-tensor");
-    rewrite(s.path(), |t| t.retain(|(n, ..)| n != "mid_block.resnets.0.conv1.weight"));
+    rewrite(s.path(), WEIGHTS, |t| t.retain(|(n, ..)| n != "mid_block.resnets.0.conv1.weight"));
     assert_mentions(&unet_error(s.path()), &["mid_block.resnets.0.conv1.weight", "missing"]);
 }
 
 #[test]
 fn tensor_of_wrong_shape() {
     let s = Scratch::copy_of("tiny-sd/unet", "wrong-shape");
-    rewrite(s.path(), |t| {
+    rewrite(s.path(), WEIGHTS, |t| {
         let e = t.iter_mut().find(|(n, ..)| n == "conv_in.bias").unwrap();
         e.2 = vec![e.2[0] / 2, 2];
     });
@@ -126,9 +86,10 @@ fn tensor_of_wrong_shape() {
 #[test]
 fn tensor_of_wrong_dtype() {
     let s = Scratch::copy_of("tiny-sd/unet", "wrong-dtype");
-    rewrite(s.path(), |t| {
+    rewrite(s.path(), WEIGHTS, |t| {
         let e = t.iter_mut().find(|(n, ..)| n == "conv_in.bias").unwrap();
         e.1 = safetensors::Dtype::I32;
+        e.3 = vec![0; e.2.iter().product::<usize>() * 4];
     });
     assert_mentions(&unet_error(s.path()), &["conv_in.bias", "dtype I32", "F32, F16 or BF16"]);
 }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{assert_close, fixtures, record, tensor};
+use common::{assert_close, fixtures, record, rewrite, tensor, Scratch};
 use lcm_core::Tensor;
 use lcm_cpu::CpuBackend;
 use lcm_models::{ClipTextModel, LoadOptions, Unet, Vae, VaeParts};
@@ -66,4 +66,21 @@ fn vae_decoder_and_encoder_match_diffusers() {
     let x = tensor(&rec, "encode_in");
     let moments: Tensor = vae.encode_moments(&be, &x).unwrap();
     assert_close("vae encode moments", &moments.data, &tensor(&rec, "encode_moments").data, TOL);
+}
+
+/// transformers 5 saves CLIPTextModel without the `text_model.` level; such files load the same.
+#[test]
+fn clip_weights_without_the_text_model_prefix_load_the_same() {
+    let s = Scratch::copy_of("tiny-sd/text_encoder", "no-prefix");
+    rewrite(s.path(), "model.fp16.safetensors", |t| {
+        for e in t.iter_mut() {
+            e.0 = e.0.strip_prefix("text_model.").unwrap_or(&e.0).to_string();
+        }
+    });
+    let rec = record("clip.safetensors");
+    let ids: Vec<i32> = tensor(&rec, "input_ids").data.iter().map(|&x| x as i32).collect();
+    let be = CpuBackend::new();
+    let mut clip = ClipTextModel::load(&be, s.path(), 0, LoadOptions::default()).unwrap();
+    let out = clip.forward(&be, &ids, 2).unwrap();
+    assert_close("clip, unprefixed weights", &out.data, &tensor(&rec, "last_hidden_state").data, TOL);
 }

@@ -1,6 +1,7 @@
 //! Shared by the integration tests: where the fixtures are and how to read recorded tensors.
 #![allow(dead_code)]
 
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use lcm_core::{SafeTensorsFile, Tensor};
@@ -25,4 +26,44 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f64) {
     let r = lcm_core::rel_l2(got, want);
     println!("{what}: relative L2 {r:.3e} (tolerance {tol:.0e})");
     assert!(r < tol, "{what}: relative L2 {r:.3e} exceeds {tol:.0e}");
+}
+
+/// A scratch copy of a fixture component, removed on drop.
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    pub fn copy_of(component: &str, tag: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("lcm-bad-input-{}-{tag}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        for e in fs::read_dir(fixtures().join(component)).unwrap() {
+            let e = e.unwrap();
+            fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+        }
+        Scratch(dir)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Rewrites `file` in `dir` with `edit` applied to the (name, dtype, shape, bytes) list.
+pub fn rewrite(dir: &Path, file: &str, edit: impl FnOnce(&mut Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)>)) {
+    let p = dir.join(file);
+    let bytes = fs::read(&p).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<_> =
+        st.tensors().into_iter().map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec())).collect();
+    edit(&mut tensors);
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    safetensors::serialize_to_file(views, None, &p).unwrap();
 }

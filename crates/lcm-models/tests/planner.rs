@@ -1,0 +1,47 @@
+//! The arena plan at full SD1.5 size: no two live tensors share bytes, and the arena is close to the
+//! live-set lower bound. Also reports the f16 arena sizes (the DESIGN target: activations ≈ 0.3 GB at
+//! 512² batch 1).
+
+use std::path::Path;
+
+use lcm_core::fuse::fuse;
+use lcm_core::planner::plan;
+use lcm_core::Graph;
+use lcm_models::{sd15, ClipConfig, UnetConfig, VaeConfig};
+
+fn check(name: &str, g: Graph) -> usize {
+    let ops_before = g.ops.len();
+    let g = fuse(g);
+    let p = plan(&g, 2);
+    assert_eq!(p.overlaps(), None, "{name}: live tensors overlap");
+    let mib = |b: usize| b as f64 / (1 << 20) as f64;
+    println!(
+        "{name}: {} ops ({} before fusion), arena {:.1} MiB f16, live-set bound {:.1} MiB ({:.1}% over)",
+        g.ops.len(),
+        ops_before,
+        mib(p.size),
+        mib(p.live_peak),
+        100.0 * (p.size as f64 / p.live_peak as f64 - 1.0)
+    );
+    assert!(p.size >= p.live_peak);
+    assert!(
+        (p.size as f64) < 1.25 * p.live_peak as f64,
+        "{name}: arena {} far above the bound {}",
+        p.size,
+        p.live_peak
+    );
+    p.size
+}
+
+#[test]
+fn sd15_plans_are_valid_and_tight() {
+    let origin = Path::new("sd15");
+    let unet = UnetConfig::from_json(origin, sd15::UNET_CONFIG).unwrap();
+    let vae = VaeConfig::from_json(origin, sd15::VAE_CONFIG).unwrap();
+    let clip = ClipConfig::from_json(origin, sd15::TEXT_ENCODER_CONFIG, 0).unwrap();
+    let total = check("unet 64x64 b1", unet.graph(1, 64, 64, 77).unwrap())
+        .max(check("vae decoder 512x512 b1", vae.decoder_graph(1, 64, 64).unwrap()))
+        .max(check("clip b1", clip.graph(1, 77).unwrap()));
+    check("unet 96x64 b2 (CFG)", unet.graph(2, 96, 64, 77).unwrap());
+    assert!(total < 400 << 20, "largest arena at 512² batch 1 is {} MiB", total >> 20);
+}

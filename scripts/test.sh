@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The test suite, as CI runs it: installs nvcc 13.0 into .toolchain/ if needed (so every CUDA kernel is
+# compiled for every listed architecture, LCM_REQUIRE_CUDA=1), then runs every test of the workspace.
+# GPU tests print SKIPPED with the reason when no GPU is present.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-nvcc.sh
+export LCM_REQUIRE_CUDA=1
+cargo test --workspace --locked "$@"
