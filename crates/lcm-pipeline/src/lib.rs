@@ -1,3 +1,10 @@
+//! lcm-pipeline: from a prompt to pixels — the CLIP tokenizer, the LCM scheduler, a torch-compatible
+//! RNG, LoRA merging, the txt2img pipeline (load once, generate many) and PNG/latent output.
+
+pub mod ldm_names;
+pub mod lora;
+pub mod output;
+pub mod pipeline;
 pub mod rng;
 pub mod scheduler;
 pub mod tokenizer;

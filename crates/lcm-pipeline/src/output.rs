@@ -1,0 +1,124 @@
+//! Writing results: 8-bit RGB PNGs with the generation settings in a `parameters` tEXt chunk, and the
+//! final latents as safetensors. Every file is written to a temporary name beside its target and renamed
+//! into place, so a failure never leaves a half-written file under the requested name.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use lcm_core::{Error, Result, Tensor};
+
+use crate::pipeline::{LoraSpec, Request};
+
+/// `out.png` for one image; `out-0.png` … `out-{n-1}.png` for several.
+pub fn numbered_paths(path: &Path, n: usize) -> Vec<PathBuf> {
+    if n == 1 {
+        return vec![path.to_path_buf()];
+    }
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let ext = path.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
+    (0..n).map(|i| path.with_file_name(format!("{stem}-{i}{ext}"))).collect()
+}
+
+/// The settings line stored in each PNG, in the spirit of other SD tools' `parameters` chunk.
+pub fn parameters_text(req: &Request, model: &str, loras: &[LoraSpec]) -> String {
+    let mut s = format!("prompt: {}\n", req.prompt);
+    s += &format!("negative prompt: {}\n", req.negative_prompt.as_deref().unwrap_or(""));
+    s += &format!(
+        "steps: {}, guidance scale: {}, seed: {}, size: {}x{}, model: {}, sampler: LCM",
+        req.steps, req.guidance_scale, req.seed, req.width, req.height, model
+    );
+    for l in loras {
+        s += &format!(", lora: {}:{}", l.path.display(), l.scale);
+    }
+    s
+}
+
+/// Writes `write` to a sibling temporary file, then renames it to `path`.
+fn atomically(path: &Path, write: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        return Err(Error::file(dir, "output folder does not exist"));
+    }
+    let name = path.file_name().ok_or_else(|| Error::file(path, "not a file name"))?;
+    let tmp = dir.join(format!(".{}.part{}", name.to_string_lossy(), std::process::id()));
+    let result = (|| {
+        let mut w = BufWriter::new(File::create(&tmp)?);
+        write(&mut w)?;
+        w.flush()?;
+        w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    result.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::file(path, format!("cannot write: {e}"))
+    })
+}
+
+pub fn write_png(path: &Path, width: usize, height: usize, rgb: &[u8], parameters: &str) -> Result<()> {
+    if rgb.len() != width * height * 3 {
+        return Err(Error::invalid("png", format!("{} bytes for a {width}x{height} RGB image", rgb.len())));
+    }
+    atomically(path, |w| {
+        let mut enc = png::Encoder::new(w, width as u32, height as u32);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        enc.add_text_chunk("parameters".to_string(), parameters.to_string()).map_err(std::io::Error::other)?;
+        let mut writer = enc.write_header().map_err(std::io::Error::other)?;
+        writer.write_image_data(rgb).map_err(std::io::Error::other)?;
+        writer.finish().map_err(std::io::Error::other)
+    })
+}
+
+/// One f32 tensor named `latents`.
+pub fn write_latents(path: &Path, latents: &Tensor) -> Result<()> {
+    let bytes: Vec<u8> = latents.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, latents.shape.clone(), &bytes)
+        .map_err(|e| Error::invalid("latents", e.to_string()))?;
+    let data = safetensors::serialize([("latents", view)], None).map_err(|e| Error::invalid("latents", e.to_string()))?;
+    atomically(path, |w| w.write_all(&data))
+}
+
+/// Reads a PNG written by [`write_png`]: (width, height, rgb, parameters).
+pub fn read_png(path: &Path) -> Result<(usize, usize, Vec<u8>, Option<String>)> {
+    let file = File::open(path).map_err(|e| Error::file(path, format!("cannot open: {e}")))?;
+    let mut reader = png::Decoder::new(std::io::BufReader::new(file)).read_info().map_err(|e| Error::file(path, format!("not a PNG: {e}")))?;
+    let mut buf = vec![0; reader.output_buffer_size().unwrap_or(0)];
+    let info = reader.next_frame(&mut buf).map_err(|e| Error::file(path, format!("bad PNG data: {e}")))?;
+    if info.color_type != png::ColorType::Rgb || info.bit_depth != png::BitDepth::Eight {
+        return Err(Error::file(path, format!("expected 8-bit RGB, got {:?} {:?}", info.color_type, info.bit_depth)));
+    }
+    buf.truncate(info.buffer_size());
+    let params = reader.info().uncompressed_latin1_text.iter().find(|t| t.keyword == "parameters").map(|t| t.text.clone());
+    Ok((info.width as usize, info.height as usize, buf, params))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbering() {
+        assert_eq!(numbered_paths(Path::new("out.png"), 1), [PathBuf::from("out.png")]);
+        assert_eq!(numbered_paths(Path::new("d/out.png"), 2), [PathBuf::from("d/out-0.png"), PathBuf::from("d/out-1.png")]);
+    }
+
+    #[test]
+    fn png_round_trip_keeps_pixels_and_parameters() {
+        let dir = std::env::temp_dir().join(format!("lcm-png-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("x.png");
+        let rgb: Vec<u8> = (0..4 * 3 * 3).map(|i| (i * 7) as u8).collect();
+        write_png(&p, 4, 3, &rgb, "prompt: a cat").unwrap();
+        let (w, h, data, params) = read_png(&p).unwrap();
+        assert_eq!((w, h, data), (4, 3, rgb));
+        assert_eq!(params.as_deref(), Some("prompt: a cat"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn missing_folder_is_an_error_and_writes_nothing() {
+        let err = write_png(Path::new("/no/such/dir/x.png"), 1, 1, &[0, 0, 0], "").unwrap_err().to_string();
+        assert!(err.contains("/no/such/dir") && err.contains("does not exist"), "{err}");
+    }
+}
