@@ -5,6 +5,8 @@
 //! diffusers folders) and `lcm_pipeline` (tokenizer, scheduler, RNG, LoRA, txt2img). This crate adds the
 //! CUDA backend and the `lcm` command.
 
+pub mod bench;
 pub mod cuda;
+pub mod hub;
 
 pub use lcm_core as core;

@@ -17,6 +17,14 @@ use super::launch::{self, Limits, Params, Step};
 use super::lora::LoraBuffers;
 use super::record::Recorder;
 
+// A service holds these across threads: keep them Send + Sync (checked at compile time).
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<CudaBackend>();
+    send_sync::<CudaWeight>();
+    send_sync::<CudaArena>();
+};
+
 /// Bytes at the start of the scratch buffer for status words (the embed error flag: int[2]).
 pub(crate) const STATUS_BYTES: usize = 256;
 
@@ -120,13 +128,13 @@ impl CudaBackend {
     }
 
     /// Fills the whole arena with f16 NaN, so a test sees any element a kernel failed to write.
-    pub fn poison(&self, arena: &mut CudaArena) -> Result<()> {
+    pub fn poison(&self, arena: &CudaArena) -> Result<()> {
         arena.buf.fill_u16(0, 0x7E00, arena.buf.bytes / 2)
     }
 
-    /// Enqueues recorded steps on the stream (directly, or inside a capture).
+    /// Enqueues recorded steps on the stream (directly, or inside a capture). The caller has bound the
+    /// context, so only stream work happens here — safe inside a capture.
     pub(crate) fn enqueue(&self, steps: &[Step]) -> Result<()> {
-        self.dev.bind()?;
         for s in steps {
             match *s {
                 Step::Kernel(ref l) => self.launch(l)?,
@@ -168,7 +176,9 @@ impl CudaBackend {
     /// arena and every weight's device address (a re-uploaded weight or an attached LoRA changes it).
     fn fingerprint(&self, graph: &Graph, plan: &ArenaPlan, weights: &[CudaWeight], arena: &CudaArena) -> u64 {
         let mut h = DefaultHasher::new();
-        (graph as *const Graph as usize, graph.ops.len(), graph.tensors.len(), plan.size, arena.buf.ptr, self.graphs).hash(&mut h);
+        // The op list's heap address, not the Graph's: an Executor may move, its op list does not.
+        let ops = graph.ops.as_ptr() as usize;
+        (ops, graph.ops.len(), graph.tensors.len(), plan.size, arena.buf.ptr, self.graphs).hash(&mut h);
         for op in &graph.ops {
             (std::mem::discriminant(op), op.output()).hash(&mut h);
         }
@@ -241,6 +251,7 @@ impl Backend for CudaBackend {
     }
 
     fn run(&self, graph: &Graph, plan: &ArenaPlan, weights: &[CudaWeight], arena: &mut CudaArena) -> Result<()> {
+        self.dev.bind()?;
         let key = self.fingerprint(graph, plan, weights, arena);
         if arena.recorded.as_ref().map(|r| r.key) != Some(key) {
             arena.recorded = None;

@@ -68,17 +68,26 @@ impl Device {
             };
             use sys::CUdevice_attribute::*;
             let sm_count = attr(CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as u32;
-            let cc = (attr(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?, attr(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?);
+            let cc = (
+                attr(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
+                attr(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
+            );
             let smem_optin = attr(CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)? as u32;
             let mut raw = [0 as std::ffi::c_char; 256];
             check(sys::cuDeviceGetName(raw.as_mut_ptr(), raw.len() as i32, dev), "cuDeviceGetName")?;
             let name = std::ffi::CStr::from_ptr(raw.as_ptr()).to_string_lossy().into_owned();
             if cc.0 < 8 {
                 sys::cuDevicePrimaryCtxRelease_v2(dev);
-                return Err(Error::backend(format!("{name} is compute capability {}.{}; the kernels need 8.0 or newer", cc.0, cc.1)));
+                return Err(Error::backend(format!(
+                    "{name} is compute capability {}.{}; the kernels need 8.0 or newer",
+                    cc.0, cc.1
+                )));
             }
             let mut stream = std::ptr::null_mut();
-            check(sys::cuStreamCreate(&mut stream, sys::CUstream_flags::CU_STREAM_NON_BLOCKING as u32), "cuStreamCreate")?;
+            check(
+                sys::cuStreamCreate(&mut stream, sys::CUstream_flags::CU_STREAM_NON_BLOCKING as u32),
+                "cuStreamCreate",
+            )?;
             // cuModuleLoadData reads the fatbin header as 8-byte words: copy it into an aligned buffer.
             let mut aligned = vec![0u64; fatbin.len().div_ceil(8)];
             bytemuck::cast_slice_mut::<u64, u8>(&mut aligned)[..fatbin.len()].copy_from_slice(fatbin);
@@ -113,14 +122,20 @@ impl Device {
         let c = CString::new(name).expect("kernel names have no NUL");
         let mut f = std::ptr::null_mut();
         // SAFETY: the module lives as long as the device.
-        check(unsafe { sys::cuModuleGetFunction(&mut f, self.module, c.as_ptr()) }, &format!("kernel `{name}` in the fatbin"))?;
+        check(
+            unsafe { sys::cuModuleGetFunction(&mut f, self.module, c.as_ptr()) },
+            &format!("kernel `{name}` in the fatbin"),
+        )?;
         Ok(f)
     }
 
     pub(crate) fn synchronize(&self) -> Result<()> {
         self.bind()?;
         // SAFETY: valid stream.
-        check(unsafe { sys::cuStreamSynchronize(self.stream) }, "cuStreamSynchronize (a kernel failed, or the copy did)")
+        check(
+            unsafe { sys::cuStreamSynchronize(self.stream) },
+            "cuStreamSynchronize (a kernel failed, or the copy did)",
+        )
     }
 
     pub(crate) fn allocations(&self) -> u64 {
@@ -169,12 +184,22 @@ impl DeviceBuffer {
     pub(crate) fn upload<T: bytemuck::Pod>(&self, offset: usize, data: &[T]) -> Result<()> {
         let bytes = std::mem::size_of_val(data);
         if offset + bytes > self.bytes {
-            return Err(Error::backend(format!("upload of {bytes} bytes at {offset} past a {}-byte buffer", self.bytes)));
+            return Err(Error::backend(format!(
+                "upload of {bytes} bytes at {offset} past a {}-byte buffer",
+                self.bytes
+            )));
         }
         self.dev.bind()?;
         // SAFETY: in bounds (checked); the source is a live host slice.
         check(
-            unsafe { sys::cuMemcpyHtoDAsync_v2(self.ptr + offset as u64, data.as_ptr() as *const c_void, bytes, self.dev.stream) },
+            unsafe {
+                sys::cuMemcpyHtoDAsync_v2(
+                    self.ptr + offset as u64,
+                    data.as_ptr() as *const c_void,
+                    bytes,
+                    self.dev.stream,
+                )
+            },
             "copy to the GPU",
         )
     }
@@ -190,7 +215,12 @@ impl DeviceBuffer {
         // the stream is synchronised before it is released.
         unsafe {
             check(
-                sys::cuMemcpyDtoHAsync_v2(out.as_mut_ptr() as *mut c_void, self.ptr + offset as u64, bytes, self.dev.stream),
+                sys::cuMemcpyDtoHAsync_v2(
+                    out.as_mut_ptr() as *mut c_void,
+                    self.ptr + offset as u64,
+                    bytes,
+                    self.dev.stream,
+                ),
                 "copy from the GPU",
             )?;
         }
@@ -204,7 +234,10 @@ impl DeviceBuffer {
         }
         self.dev.bind()?;
         // SAFETY: in bounds (checked).
-        check(unsafe { sys::cuMemsetD16Async(self.ptr + offset as u64, value, count, self.dev.stream) }, "cuMemsetD16Async")
+        check(
+            unsafe { sys::cuMemsetD16Async(self.ptr + offset as u64, value, count, self.dev.stream) },
+            "cuMemsetD16Async",
+        )
     }
 }
 
@@ -226,6 +259,11 @@ pub(crate) struct GraphExec {
     dev: Arc<Device>,
     pub(crate) exec: sys::CUgraphExec,
 }
+
+// SAFETY: the exec handle is only launched through `&self` with the context bound; the driver allows
+// launching an exec from any thread (launches of one exec are serialised on the one stream).
+unsafe impl Send for GraphExec {}
+unsafe impl Sync for GraphExec {}
 
 impl GraphExec {
     /// Records whatever `record` enqueues on the device's stream into a graph and instantiates it.
@@ -278,10 +316,29 @@ impl Drop for GraphExec {
 /// # Safety
 /// `f` must be a kernel of the loaded module whose single parameter has exactly the layout of `P`, and
 /// every device pointer inside `params` must be valid for what the kernel does with it.
-pub(crate) unsafe fn launch<P>(dev: &Device, f: sys::CUfunction, grid: [u32; 3], block: [u32; 3], smem: u32, params: &P) -> Result<()> {
+pub(crate) unsafe fn launch<P>(
+    dev: &Device,
+    f: sys::CUfunction,
+    grid: [u32; 3],
+    block: [u32; 3],
+    smem: u32,
+    params: &P,
+) -> Result<()> {
     let mut args = [params as *const P as *mut c_void];
     check(
-        sys::cuLaunchKernel(f, grid[0], grid[1], grid[2], block[0], block[1], block[2], smem, dev.stream, args.as_mut_ptr(), std::ptr::null_mut()),
+        sys::cuLaunchKernel(
+            f,
+            grid[0],
+            grid[1],
+            grid[2],
+            block[0],
+            block[1],
+            block[2],
+            smem,
+            dev.stream,
+            args.as_mut_ptr(),
+            std::ptr::null_mut(),
+        ),
         "cuLaunchKernel",
     )
 }

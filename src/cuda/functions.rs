@@ -72,6 +72,11 @@ pub(crate) struct Functions {
     funcs: Vec<sys::CUfunction>,
 }
 
+// SAFETY: CUfunction handles are immutable identifiers of the loaded module, valid from any thread with
+// the context bound (every launch path binds it).
+unsafe impl Send for Functions {}
+unsafe impl Sync for Functions {}
+
 impl Functions {
     /// Resolves every kernel and lets each use the device's full opt-in shared memory (the launch
     /// planner checks each launch's request against that limit).
@@ -83,7 +88,11 @@ impl Functions {
             // SAFETY: `f` is a valid function of the loaded module.
             unsafe {
                 check(
-                    sys::cuFuncGetAttribute(&mut static_smem, sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES, f),
+                    sys::cuFuncGetAttribute(
+                        &mut static_smem,
+                        sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES,
+                        f,
+                    ),
                     "cuFuncGetAttribute",
                 )?;
                 check(

@@ -1,4 +1,24 @@
-//! The CUDA backend: kernels compiled by build.rs, launched through the driver API (cudarc).
+//! The CUDA backend: kernels compiled by build.rs, launched through the driver API (cudarc, loaded at
+//! run time, so the binary starts where no driver is installed and reports that as an error).
+//!
+//! - `kernels`: the embedded fatbin and ptxas report; `abi`: the kernel parameter structs;
+//! - `functions`: every kernel resolved once into a handle table; `launch`: launch planning (tile
+//!   tables, grids, limits; pure, unit-tested); `record`: a graph -> the launches of one run;
+//! - `backend`: [`CudaBackend`], the `lcm_core::Backend`; `lora`: merged and unmerged LoRA;
+//! - `driver`: context, stream, counted allocations, CUDA graph capture.
+//!
+//! docs/kernels.md describes each kernel family, its tiling and its status.
 
 pub mod abi;
+mod backend;
+mod driver;
+mod emulate;
+pub mod functions;
 pub mod kernels;
+pub mod launch;
+mod lora;
+mod record;
+
+pub use backend::{kernel_names, CudaArena, CudaBackend, CudaWeight};
+pub use functions::Kernel;
+pub use lora::LoraSlot;

@@ -6,7 +6,7 @@ use std::path::Path;
 use lcm_core::{Activation, Backend, Elem, Error, Graph, GraphBuilder, HostData, Result, Tensor};
 
 use crate::config::Config;
-use crate::loader::{component_config, find_weights, load_weights, LoadOptions};
+use crate::loader::{component_config, find_weights, load_weights, upload_weights, LoadOptions, WeightSource};
 use crate::runner::Runner;
 
 #[derive(Debug, Clone)]
@@ -130,6 +130,13 @@ impl<B: Backend> ClipTextModel<B> {
         let files = find_weights(dir, "model", opts.variant)?;
         let specs = config.graph(1, 1)?.weights;
         let weights = load_weights(backend, &specs, &files, opts.hook)?;
+        Ok(ClipTextModel { config, runner: Runner::new(weights) })
+    }
+
+    /// A text encoder whose weights come from `source` (synthetic weights for benchmarks).
+    pub fn from_source(backend: &B, config: ClipConfig, origin: &Path, source: WeightSource) -> Result<Self> {
+        let specs = config.graph(1, 1)?.weights;
+        let weights = upload_weights(backend, &specs, origin, source, None)?;
         Ok(ClipTextModel { config, runner: Runner::new(weights) })
     }
 

@@ -7,10 +7,11 @@ pub mod config;
 pub mod loader;
 pub mod runner;
 pub mod sd15;
+pub mod synthetic;
 pub mod unet;
 pub mod vae;
 
 pub use clip::{ClipConfig, ClipTextModel};
-pub use loader::{LoadOptions, Variant, WeightHook};
+pub use loader::{LoadOptions, Variant, WeightHook, WeightSource};
 pub use unet::{Unet, UnetConfig};
 pub use vae::{Vae, VaeConfig, VaeParts};

@@ -90,25 +90,46 @@ fn open_sharded(index: &Path) -> Result<WeightFiles> {
     Ok(WeightFiles::from_files(files))
 }
 
+/// Produces one weight's values (f32, torch layout) into the buffer: from a file, or synthetic.
+pub type WeightSource<'a> = &'a mut dyn FnMut(&WeightSpec, &mut Vec<f32>) -> Result<()>;
+
 /// Loads every tensor `specs` names from `files` into `backend`, checking shapes; the hook (LoRA) sees
 /// each tensor in f32 torch layout first. Peak extra memory is one tensor in f32.
 pub fn load_weights<B: Backend>(
     backend: &B,
     specs: &[WeightSpec],
     files: &WeightFiles,
+    hook: Option<WeightHook>,
+) -> Result<ModelWeights<B>> {
+    let mut from_file = |spec: &WeightSpec, buf: &mut Vec<f32>| {
+        files.get_shaped(file_name_of(files, &spec.name), &spec.shape)?.to_f32_into(buf);
+        Ok(())
+    };
+    upload_weights(backend, specs, &files.location(), &mut from_file, hook)
+}
+
+/// Uploads every weight of `specs`, taking values from `source` (then `hook`); `origin` names where
+/// they come from in errors.
+pub fn upload_weights<B: Backend>(
+    backend: &B,
+    specs: &[WeightSpec],
+    origin: &Path,
+    source: WeightSource,
     mut hook: Option<WeightHook>,
 ) -> Result<ModelWeights<B>> {
     let mut weights = Vec::with_capacity(specs.len());
     let mut buf = Vec::new();
     for spec in specs {
-        let view = files.get_shaped(file_name_of(files, &spec.name), &spec.shape)?;
-        view.to_f32_into(&mut buf);
+        source(spec, &mut buf)?;
         if let Some(h) = hook.as_mut() {
             h(spec, &mut buf)?;
         }
         if let Some(i) = buf.iter().position(|v| !v.is_finite()) {
-            let at = files.file_of(file_name_of(files, &spec.name)).map(Path::to_path_buf).unwrap_or_default();
-            return Err(Error::tensor(at, &spec.name, format!("element {i} is {} (weights must be finite)", buf[i])));
+            return Err(Error::tensor(
+                origin,
+                &spec.name,
+                format!("element {i} is {} (weights must be finite)", buf[i]),
+            ));
         }
         weights.push(backend.upload_weight(spec, &buf)?);
     }

@@ -7,7 +7,7 @@ use serde_json::json;
 
 use crate::blocks::{resnet, transformer_2d, Norm};
 use crate::config::Config;
-use crate::loader::{component_config, find_weights, load_weights, LoadOptions};
+use crate::loader::{component_config, find_weights, load_weights, upload_weights, LoadOptions, WeightSource};
 use crate::runner::Runner;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -281,6 +281,13 @@ impl<B: Backend> Unet<B> {
         let files = find_weights(dir, "diffusion_pytorch_model", opts.variant)?;
         let specs = config.graph(1, 8, 8, 1)?.weights;
         let weights = load_weights(backend, &specs, &files, opts.hook)?;
+        Ok(Unet { config, runner: Runner::new(weights) })
+    }
+
+    /// A UNet whose weights come from `source` (synthetic weights for benchmarks).
+    pub fn from_source(backend: &B, config: UnetConfig, origin: &Path, source: WeightSource) -> Result<Self> {
+        let specs = config.graph(1, 8, 8, 1)?.weights;
+        let weights = upload_weights(backend, &specs, origin, source, None)?;
         Ok(Unet { config, runner: Runner::new(weights) })
     }
 

@@ -8,7 +8,9 @@ use serde_json::json;
 
 use crate::blocks::{resnet, vae_attention, Norm};
 use crate::config::Config;
-use crate::loader::{component_config, find_weights, load_weights, reborrow, LoadOptions};
+use crate::loader::{
+    component_config, find_weights, load_weights, reborrow, upload_weights, LoadOptions, WeightSource,
+};
 use crate::runner::Runner;
 
 #[derive(Debug, Clone)]
@@ -189,6 +191,13 @@ impl<B: Backend> Vae<B> {
             }
         };
         Ok(Vae { config, decoder, encoder })
+    }
+
+    /// A decoder-only VAE whose weights come from `source` (synthetic weights for benchmarks).
+    pub fn from_source(backend: &B, config: VaeConfig, origin: &Path, source: WeightSource) -> Result<Self> {
+        let specs = config.decoder_graph(1, 1, 1)?.weights;
+        let decoder = Runner::new(upload_weights(backend, &specs, origin, source, None)?);
+        Ok(Vae { config, decoder, encoder: None })
     }
 
     /// `vae.decode(z)`: `z` NCHW `[B, latent, h, w]`, already divided by the scaling factor.

@@ -75,21 +75,25 @@ pub fn write_latents(path: &Path, latents: &Tensor) -> Result<()> {
     let bytes: Vec<u8> = latents.data.iter().flat_map(|v| v.to_le_bytes()).collect();
     let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, latents.shape.clone(), &bytes)
         .map_err(|e| Error::invalid("latents", e.to_string()))?;
-    let data = safetensors::serialize([("latents", view)], None).map_err(|e| Error::invalid("latents", e.to_string()))?;
+    let data =
+        safetensors::serialize([("latents", view)], None).map_err(|e| Error::invalid("latents", e.to_string()))?;
     atomically(path, |w| w.write_all(&data))
 }
 
 /// Reads a PNG written by [`write_png`]: (width, height, rgb, parameters).
 pub fn read_png(path: &Path) -> Result<(usize, usize, Vec<u8>, Option<String>)> {
     let file = File::open(path).map_err(|e| Error::file(path, format!("cannot open: {e}")))?;
-    let mut reader = png::Decoder::new(std::io::BufReader::new(file)).read_info().map_err(|e| Error::file(path, format!("not a PNG: {e}")))?;
+    let mut reader = png::Decoder::new(std::io::BufReader::new(file))
+        .read_info()
+        .map_err(|e| Error::file(path, format!("not a PNG: {e}")))?;
     let mut buf = vec![0; reader.output_buffer_size().unwrap_or(0)];
     let info = reader.next_frame(&mut buf).map_err(|e| Error::file(path, format!("bad PNG data: {e}")))?;
     if info.color_type != png::ColorType::Rgb || info.bit_depth != png::BitDepth::Eight {
         return Err(Error::file(path, format!("expected 8-bit RGB, got {:?} {:?}", info.color_type, info.bit_depth)));
     }
     buf.truncate(info.buffer_size());
-    let params = reader.info().uncompressed_latin1_text.iter().find(|t| t.keyword == "parameters").map(|t| t.text.clone());
+    let params =
+        reader.info().uncompressed_latin1_text.iter().find(|t| t.keyword == "parameters").map(|t| t.text.clone());
     Ok((info.width as usize, info.height as usize, buf, params))
 }
 
@@ -100,7 +104,10 @@ mod tests {
     #[test]
     fn numbering() {
         assert_eq!(numbered_paths(Path::new("out.png"), 1), [PathBuf::from("out.png")]);
-        assert_eq!(numbered_paths(Path::new("d/out.png"), 2), [PathBuf::from("d/out-0.png"), PathBuf::from("d/out-1.png")]);
+        assert_eq!(
+            numbered_paths(Path::new("d/out.png"), 2),
+            [PathBuf::from("d/out-0.png"), PathBuf::from("d/out-1.png")]
+        );
     }
 
     #[test]

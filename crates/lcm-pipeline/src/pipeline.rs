@@ -82,7 +82,10 @@ impl Request {
             return Err(Error::invalid("--num-images", "0: expected at least 1"));
         }
         if !self.guidance_scale.is_finite() || self.guidance_scale < 0.0 {
-            return Err(Error::invalid("--guidance-scale", format!("{}: expected a finite number ≥ 0", self.guidance_scale)));
+            return Err(Error::invalid(
+                "--guidance-scale",
+                format!("{}: expected a finite number ≥ 0", self.guidance_scale),
+            ));
         }
         Ok(())
     }
@@ -153,22 +156,41 @@ impl<B: Backend> Pipeline<B> {
         let mut merger = loras.resolve(&Targets::for_models(&unet_cfg, &te_cfg)?)?;
         let text_encoder = {
             let mut hook = merger.hook();
-            ClipTextModel::load(&backend, &te_dir, spec.clip_skip, LoadOptions { variant: spec.variant, hook: Some(&mut hook) })?
+            ClipTextModel::load(
+                &backend,
+                &te_dir,
+                spec.clip_skip,
+                LoadOptions { variant: spec.variant, hook: Some(&mut hook) },
+            )?
         };
         let unet = {
             let mut hook = merger.hook();
             Unet::load(&backend, &unet_dir, LoadOptions { variant: spec.variant, hook: Some(&mut hook) })?
         };
         merger.finish()?;
-        let vae = Vae::load(&backend, &component(&dir, "vae")?, VaeParts::Decoder, LoadOptions { variant: spec.variant, hook: None })?;
+        let vae = Vae::load(
+            &backend,
+            &component(&dir, "vae")?,
+            VaeParts::Decoder,
+            LoadOptions { variant: spec.variant, hook: None },
+        )?;
         if unet.config.cross_attention_dim != text_encoder.config.hidden_size {
             return Err(Error::config(
                 unet_dir.join("config.json"),
-                format!("cross_attention_dim {} differs from the text encoder's hidden_size {}", unet.config.cross_attention_dim, text_encoder.config.hidden_size),
+                format!(
+                    "cross_attention_dim {} differs from the text encoder's hidden_size {}",
+                    unet.config.cross_attention_dim, text_encoder.config.hidden_size
+                ),
             ));
         }
         if unet.config.in_channels != vae.config.latent_channels {
-            return Err(Error::config(unet_dir.join("config.json"), format!("in_channels {} differs from the VAE's latent_channels {}", unet.config.in_channels, vae.config.latent_channels)));
+            return Err(Error::config(
+                unet_dir.join("config.json"),
+                format!(
+                    "in_channels {} differs from the VAE's latent_channels {}",
+                    unet.config.in_channels, vae.config.latent_channels
+                ),
+            ));
         }
         Ok(Pipeline { backend, spec, tokenizer, text_encoder, unet, vae, scheduler })
     }
@@ -218,9 +240,11 @@ impl<B: Backend> Pipeline<B> {
         let numel: usize = shape.iter().product();
         let mut rng = TorchRng::new(req.seed);
         let mut latents = rng.randn(numel); // init_noise_sigma is 1 for LCM
-        let w_embedding = self.unet.config.time_cond_proj_dim.map(|d| {
-            Tensor::new(vec![n, d], guidance_embedding(&vec![req.guidance_scale - 1.0; n], d))
-        });
+        let w_embedding = self
+            .unet
+            .config
+            .time_cond_proj_dim
+            .map(|d| Tensor::new(vec![n, d], guidance_embedding(&vec![req.guidance_scale - 1.0; n], d)));
 
         let mut denoised = vec![0.0f32; numel];
         let mut unet_steps = Vec::with_capacity(timesteps.len());
@@ -233,7 +257,13 @@ impl<B: Backend> Pipeline<B> {
             }
             let mut in_shape = shape.clone();
             in_shape[0] = batch;
-            let eps = self.unet.forward(&self.backend, &Tensor::new(in_shape, input), &vec![t as f32; batch], &context, w_embedding.as_ref())?;
+            let eps = self.unet.forward(
+                &self.backend,
+                &Tensor::new(in_shape, input),
+                &vec![t as f32; batch],
+                &context,
+                w_embedding.as_ref(),
+            )?;
             let eps = if cfg {
                 let (u, c) = eps.data.split_at(numel);
                 let g = req.guidance_scale;

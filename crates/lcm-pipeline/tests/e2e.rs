@@ -42,7 +42,10 @@ fn cases() -> Vec<Case> {
                 .as_array()
                 .unwrap()
                 .iter()
-                .map(|l| LoraSpec { path: fixtures().join(l[0].as_str().unwrap()), scale: l[1].as_f64().unwrap() as f32 })
+                .map(|l| LoraSpec {
+                    path: fixtures().join(l[0].as_str().unwrap()),
+                    scale: l[1].as_f64().unwrap() as f32,
+                })
                 .collect(),
             req: Request {
                 prompt: c["prompt"].as_str().unwrap().to_string(),
@@ -67,7 +70,8 @@ fn every_recorded_case_matches_diffusers() {
     for case in &all {
         let key = format!("{}|{:?}", case.model, case.loras);
         let pipe = pipes.entry(key).or_insert_with(|| {
-            let spec = LoadSpec { model_dir: fixtures().join(&case.model), loras: case.loras.clone(), ..LoadSpec::default() };
+            let spec =
+                LoadSpec { model_dir: fixtures().join(&case.model), loras: case.loras.clone(), ..LoadSpec::default() };
             Pipeline::load(CpuBackend::new(), spec).unwrap_or_else(|e| panic!("{}: {e}", case.name))
         });
         let out = pipe.generate(&case.req, &mut |_| {}).unwrap_or_else(|e| panic!("{}: {e}", case.name));
@@ -85,7 +89,12 @@ fn every_recorded_case_matches_diffusers() {
             None => ours.iter().zip(&u8s).map(|(&a, &b)| (a as f64 - b as f64).abs() / 255.0).sum::<f64>(),
         } / u8s.len() as f64;
         let same = ours.iter().zip(&u8s).filter(|(a, b)| **a as f32 == **b).count() as f64 / u8s.len() as f64;
-        println!("{:<22} latents rel L2 {lat_err:.2e}  image MAD {:.2e}  identical 8-bit pixels {:.2}%", case.name, mad, 100.0 * same);
+        println!(
+            "{:<22} latents rel L2 {lat_err:.2e}  image MAD {:.2e}  identical 8-bit pixels {:.2}%",
+            case.name,
+            mad,
+            100.0 * same
+        );
         if !(lat_err < 1e-3 && mad < 1.0 / 255.0) {
             failures.push(format!("{}: latents rel L2 {lat_err:.2e}, image MAD {mad:.2e}", case.name));
         }

@@ -1,0 +1,80 @@
+//! `lcm bench` flags.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use lcm::bench::{run as bench, BenchConfig};
+use lcm_core::{Backend, Error, Result};
+use lcm_models::Variant;
+
+use super::device::{choose, Chosen, Device};
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// A diffusers folder to time; default: SD1.5-shaped models with seeded random weights (no download).
+    #[arg(long, value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// Image width (default 512 on CUDA, 256 on the CPU).
+    #[arg(long)]
+    pub width: Option<usize>,
+    /// Image height (default 512 on CUDA, 256 on the CPU).
+    #[arg(long)]
+    pub height: Option<usize>,
+    /// UNet steps per generation.
+    #[arg(long, default_value_t = 4)]
+    pub steps: usize,
+    /// Batch size (images per generation).
+    #[arg(long = "num-images", default_value_t = 1)]
+    pub num_images: usize,
+    /// cpu or cuda (default: cuda when available).
+    #[arg(long, value_enum)]
+    pub device: Option<Device>,
+    /// Untimed generations first.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Timed generations.
+    #[arg(long, default_value_t = 5)]
+    pub repeat: usize,
+    /// Seed of the synthetic weights and the latents.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    if args.steps == 0 || args.num_images == 0 || args.repeat == 0 {
+        return Err(Error::invalid("lcm bench", "--steps, --num-images and --repeat must be at least 1"));
+    }
+    match choose(args.device)? {
+        Chosen::Cpu(b) => go(&b, &args, 256, Variant::PreferFull),
+        Chosen::Cuda(b) => go(&*b, &args, 512, Variant::PreferHalf),
+    }
+}
+
+fn go<B: Backend>(backend: &B, args: &BenchArgs, default_size: usize, variant: Variant) -> Result<()> {
+    let (width, height) = (args.width.unwrap_or(default_size), args.height.unwrap_or(default_size));
+    for (flag, v) in [("--width", width), ("--height", height)] {
+        if v % 8 != 0 || !(64..=2048).contains(&v) {
+            return Err(Error::invalid(flag, format!("{v}: expected a multiple of 8 in 64..=2048")));
+        }
+    }
+    let cfg = BenchConfig {
+        model: args.model.clone(),
+        width,
+        height,
+        steps: args.steps,
+        batch: args.num_images,
+        warmup: args.warmup,
+        repeat: args.repeat,
+        seed: args.seed,
+    };
+    let report = bench(backend, &cfg, variant, &mut |line| eprintln!("{line}"))?;
+    if args.json {
+        println!("{}", report.json());
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(())
+}

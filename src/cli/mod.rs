@@ -1,0 +1,5 @@
+pub mod bench;
+pub mod device;
+pub mod generate;
+pub mod kernels;
+pub mod progress;

@@ -1,0 +1,159 @@
+//! Element-wise, copy and embedding launch planning (kernels/eltwise.cu).
+
+use lcm_core::Result;
+
+use super::{dim, stride_grid, Launch, Limits, Params};
+use crate::cuda::abi::{LcmConcatParams, LcmEltwiseParams, LcmEmbedParams, LcmTimestepParams, LcmUpsampleParams};
+use crate::cuda::functions::Kernel;
+
+/// Which element-wise kernel, for [`eltwise`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum EltOp {
+    Add,
+    AddChannel {
+        hw: usize,
+        c: usize,
+    },
+    Scale {
+        mul: f32,
+        add: f32,
+    },
+    Act(u32),
+    /// Output width `c` (input rows are `2c`).
+    Geglu {
+        c: usize,
+    },
+}
+
+/// `n` output elements; `a`, `b` inputs (b unused for unary ops).
+pub fn eltwise(op: EltOp, n: usize, a: u64, b: u64, out: u64, lim: Limits) -> Result<Launch> {
+    let v8 = n % 8 == 0
+        && match op {
+            EltOp::AddChannel { c, .. } | EltOp::Geglu { c } => c % 8 == 0,
+            _ => true,
+        };
+    let (k8, k1) = match op {
+        EltOp::Add => (Kernel::AddV8, Kernel::AddV1),
+        EltOp::AddChannel { .. } => (Kernel::AddChannelV8, Kernel::AddChannelV1),
+        EltOp::Scale { .. } => (Kernel::ScaleV8, Kernel::ScaleV1),
+        EltOp::Act(_) => (Kernel::ActivationV8, Kernel::ActivationV1),
+        EltOp::Geglu { .. } => (Kernel::GegluV8, Kernel::GegluV1),
+    };
+    let mut p = LcmEltwiseParams { a, b, out, n: n as u64, hw: 0, c: 0, act: 0, mul: 1.0, add: 0.0 };
+    match op {
+        EltOp::AddChannel { hw, c } => {
+            p.hw = hw as u64;
+            p.c = dim(c, "channels")?;
+        }
+        EltOp::Scale { mul, add } => {
+            p.mul = mul;
+            p.add = add;
+        }
+        EltOp::Act(a) => p.act = a as i32,
+        EltOp::Geglu { c } => p.c = dim(c, "channels")?,
+        EltOp::Add => {}
+    }
+    let vec = if v8 { 8 } else { 1 };
+    Ok(Launch {
+        kernel: if v8 { k8 } else { k1 },
+        grid: stride_grid(n / vec, lim),
+        block: [256, 1, 1],
+        smem: 0,
+        params: Params::Eltwise(p),
+    })
+}
+
+pub fn concat(rows: usize, ca: usize, cb: usize, a: u64, b: u64, out: u64, lim: Limits) -> Result<Launch> {
+    let v8 = ca % 8 == 0 && cb % 8 == 0;
+    let units = rows * (ca + cb) / if v8 { 8 } else { 1 };
+    Ok(Launch {
+        kernel: if v8 { Kernel::ConcatV8 } else { Kernel::ConcatV1 },
+        grid: stride_grid(units, lim),
+        block: [256, 1, 1],
+        smem: 0,
+        params: Params::Concat(LcmConcatParams {
+            a,
+            b,
+            out,
+            rows: rows as u64,
+            ca: dim(ca, "channels")?,
+            cb: dim(cb, "channels")?,
+        }),
+    })
+}
+
+/// Nearest resize `[B, h, w, c]` -> `[B, ho, wo, c]`.
+pub fn upsample(shape: [usize; 6], x: u64, out: u64, lim: Limits) -> Result<Launch> {
+    let [batch, h, w, c, ho, wo] = shape;
+    let v8 = c % 8 == 0;
+    let units = batch * ho * wo * c / if v8 { 8 } else { 1 };
+    dim(batch * h.max(ho) * w.max(wo) * c, "upsample elements")?;
+    Ok(Launch {
+        kernel: if v8 { Kernel::UpsampleV8 } else { Kernel::UpsampleV1 },
+        grid: stride_grid(units, lim),
+        block: [256, 1, 1],
+        smem: 0,
+        params: Params::Upsample(LcmUpsampleParams {
+            x,
+            out,
+            batch: dim(batch, "batch")?,
+            h: dim(h, "height")?,
+            w: dim(w, "width")?,
+            c: dim(c, "channels")?,
+            ho: dim(ho, "height")?,
+            wo: dim(wo, "width")?,
+            // torch's rule: the scale is computed in f32 from the two sizes.
+            scale_h: h as f32 / ho as f32,
+            scale_w: w as f32 / wo as f32,
+        }),
+    })
+}
+
+/// Token + position embedding; `ptrs` = ids, table, positions, out, error flag.
+pub fn embed(batch: usize, tokens: usize, c: usize, vocab: usize, ptrs: [u64; 5], lim: Limits) -> Result<Launch> {
+    let [ids, table, positions, out, error] = ptrs;
+    let v8 = c % 8 == 0;
+    dim(vocab * c, "embedding table elements")?;
+    Ok(Launch {
+        kernel: if v8 { Kernel::EmbedV8 } else { Kernel::EmbedV1 },
+        grid: stride_grid(batch * tokens * c / if v8 { 8 } else { 1 }, lim),
+        block: [256, 1, 1],
+        smem: 0,
+        params: Params::Embed(LcmEmbedParams {
+            ids,
+            table,
+            positions,
+            out,
+            error,
+            batch: dim(batch, "batch")?,
+            tokens: dim(tokens, "tokens")?,
+            c: dim(c, "channels")?,
+            vocab: dim(vocab, "vocabulary")?,
+        }),
+    })
+}
+
+pub fn timestep_embed(
+    batch: usize,
+    dimension: usize,
+    flip_sin_to_cos: bool,
+    freq_shift: f32,
+    t: u64,
+    out: u64,
+    lim: Limits,
+) -> Result<Launch> {
+    Ok(Launch {
+        kernel: Kernel::TimestepEmbed,
+        grid: stride_grid(batch * dimension, lim),
+        block: [256, 1, 1],
+        smem: 0,
+        params: Params::Timestep(LcmTimestepParams {
+            t,
+            out,
+            batch: dim(batch, "batch")?,
+            dim: dim(dimension, "embedding width")?,
+            freq_shift,
+            flip_sin_to_cos: flip_sin_to_cos as i32,
+        }),
+    })
+}

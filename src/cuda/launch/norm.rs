@@ -1,0 +1,149 @@
+//! GroupNorm and LayerNorm launch planning (kernels/norm.cu).
+
+use lcm_core::{Error, Result};
+
+use super::{cdiv, check_smem, dim, Launch, Limits, Params};
+use crate::cuda::abi::{LcmGroupNormParams, LcmLayerNormParams};
+use crate::cuda::functions::Kernel;
+
+/// The GroupNorm launch shape: every block is `cols · rows` threads over chunks of `chunk_pixels`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupNormPlan {
+    pub vec: usize,
+    pub threads: usize,
+    pub rows: usize,
+    pub chunk_pixels: usize,
+    pub chunks: usize,
+    pub stats_smem: usize,
+    /// f32 scratch: partials `[B, chunks, G, 2]` then stats `[B, G, 2]`.
+    pub scratch_floats: usize,
+}
+
+pub fn group_norm_plan(batch: usize, hw: usize, c: usize, groups: usize, lim: Limits) -> Result<GroupNormPlan> {
+    if groups == 0 || c % groups != 0 || hw == 0 || batch == 0 {
+        return Err(Error::backend(format!("group norm of {c} channels in {groups} groups over {hw} pixels")));
+    }
+    let vec = if c % 8 == 0 { 8 } else { 1 };
+    let cols = c / vec;
+    if cols > 1024 {
+        return Err(Error::backend(format!(
+            "group norm over {c} channels: at most {} supported",
+            if vec == 8 { 8192 } else { 1024 }
+        )));
+    }
+    let rows = (256 / cols).max(1);
+    let threads = cols * rows;
+    // About four blocks per SM in all, each chunk at least one pixel per thread row.
+    let wanted = cdiv(4 * lim.sm_count as usize, batch).clamp(1, hw);
+    let chunk_pixels = cdiv(hw, wanted).max(rows.min(hw));
+    let chunks = cdiv(hw, chunk_pixels);
+    let stats_smem = (2 * rows * c + 2 * c) * 4;
+    Ok(GroupNormPlan {
+        vec,
+        threads,
+        rows,
+        chunk_pixels,
+        chunks,
+        stats_smem,
+        scratch_floats: batch * chunks * groups * 2 + batch * groups * 2,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn group_norm(
+    batch: usize,
+    hw: usize,
+    c: usize,
+    groups: usize,
+    eps: f32,
+    silu: bool,
+    ptrs: [u64; 4],
+    scratch: u64,
+    lim: Limits,
+) -> Result<[Launch; 3]> {
+    let plan = group_norm_plan(batch, hw, c, groups, lim)?;
+    let [x, gamma, beta, out] = ptrs;
+    let partial_bytes = (batch * plan.chunks * groups * 2 * 4) as u64;
+    let params = LcmGroupNormParams {
+        x,
+        gamma,
+        beta,
+        out,
+        partial: scratch,
+        stats: scratch + partial_bytes,
+        batch: dim(batch, "batch")?,
+        hw: dim(hw, "pixels")?,
+        c: dim(c, "channels")?,
+        groups: dim(groups, "groups")?,
+        chunks: dim(plan.chunks, "chunks")?,
+        chunk_pixels: dim(plan.chunk_pixels, "chunk")?,
+        eps,
+        silu: silu as i32,
+    };
+    dim(batch * hw * c, "group norm elements")?;
+    let (stats_k, apply_k) = if plan.vec == 8 {
+        (Kernel::GroupNormStatsV8, Kernel::GroupNormApplyV8)
+    } else {
+        (Kernel::GroupNormStatsV1, Kernel::GroupNormApplyV1)
+    };
+    let grid = [plan.chunks as u32, batch as u32, 1];
+    let block = [plan.threads as u32, 1, 1];
+    Ok([
+        Launch {
+            kernel: stats_k,
+            grid,
+            block,
+            smem: check_smem(stats_k, plan.stats_smem, lim)?,
+            params: Params::GroupNorm(params),
+        },
+        Launch {
+            kernel: Kernel::GroupNormFinalize,
+            grid: [batch as u32, 1, 1],
+            block: [(groups.min(32) * 32) as u32, 1, 1],
+            smem: 0,
+            params: Params::GroupNorm(params),
+        },
+        Launch { kernel: apply_k, grid, block, smem: 0, params: Params::GroupNorm(params) },
+    ])
+}
+
+pub fn layer_norm(rows: usize, c: usize, eps: f32, ptrs: [u64; 4]) -> Result<Launch> {
+    let [x, gamma, beta, out] = ptrs;
+    dim(rows * c, "layer norm elements")?;
+    Ok(Launch {
+        kernel: if c % 8 == 0 { Kernel::LayerNormV8 } else { Kernel::LayerNormV1 },
+        grid: [cdiv(rows, 4) as u32, 1, 1],
+        block: [128, 1, 1],
+        smem: 0,
+        params: Params::LayerNorm(LcmLayerNormParams {
+            x,
+            gamma,
+            beta,
+            out,
+            rows: dim(rows, "rows")?,
+            c: dim(c, "channels")?,
+            eps,
+            pad0: 0,
+        }),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{H100, RTX};
+    use super::*;
+
+    #[test]
+    fn group_norm_chunks_cover_the_pixels_exactly() {
+        for (b, hw, c) in
+            [(1, 4096, 320), (2, 64, 1280), (1, 512 * 512, 128), (1, 1, 2560), (2, 17, 96), (1, 9, 12), (1, 4096, 8192)]
+        {
+            let p = group_norm_plan(b, hw, c, if c % 32 == 0 { 32 } else { 4 }, H100).unwrap();
+            assert!(p.threads <= 1024 && p.threads % (c / p.vec) == 0);
+            assert!((p.chunks - 1) * p.chunk_pixels < hw && p.chunks * p.chunk_pixels >= hw, "{b} {hw} {c}: {p:?}");
+            assert_eq!(p.threads / (c / p.vec), p.rows);
+        }
+        assert!(group_norm_plan(1, 64, 2560, 32, RTX).unwrap().stats_smem <= RTX.smem_optin as usize);
+        assert!(group_norm_plan(1, 64, 320, 7, H100).is_err());
+    }
+}
