@@ -19,7 +19,7 @@ impl Config {
     /// Parses JSON `text`; `path` names where it came from in errors.
     pub fn parse(path: &Path, text: &str) -> Result<Config> {
         let value: Value =
-            serde_json::from_str(&text).map_err(|e| Error::config(path, format!("not valid JSON: {e}")))?;
+            serde_json::from_str(text).map_err(|e| Error::config(path, format!("not valid JSON: {e}")))?;
         if !value.is_object() {
             return Err(Error::config(path, "expected a JSON object"));
         }

@@ -1,0 +1,216 @@
+// Memory-bound element-wise ops: add, add_channel, scale, activations, GEGLU (unfused form), concat,
+// nearest upsample, token + position embedding, timestep embedding. See lcm_abi.h for each contract.
+//
+// Each kernel is a grid-stride loop over "vector units" of V halves: V = 8 (one 16-byte load/store)
+// when the sizes allow it, V = 1 otherwise; the `_v8`/`_v1` suffix says which. The host picks the
+// variant and a grid of about 4 waves of blocks (src/cuda/launch.rs).
+#include "lcm_abi.h"
+#include "lcm_device.cuh"
+
+namespace lcm {
+namespace elt {
+
+template <int V>
+struct Vec {
+    float v[V];
+    static __device__ __forceinline__ Vec load(const __half* p) {
+        Vec r;
+        if constexpr (V == 8) {
+            const dev::Half8 h = *reinterpret_cast<const dev::Half8*>(p);
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const float2 f = __half22float2(h.h[j]);
+                r.v[2 * j] = f.x;
+                r.v[2 * j + 1] = f.y;
+            }
+        } else {
+#pragma unroll
+            for (int j = 0; j < V; ++j) r.v[j] = __half2float(p[j]);
+        }
+        return r;
+    }
+    __device__ __forceinline__ void store(__half* p) const {
+        if constexpr (V == 8) {
+            dev::Half8 h;
+#pragma unroll
+            for (int j = 0; j < 4; ++j) h.h[j] = __floats2half2_rn(v[2 * j], v[2 * j + 1]);
+            *reinterpret_cast<dev::Half8*>(p) = h;
+        } else {
+#pragma unroll
+            for (int j = 0; j < V; ++j) p[j] = __float2half(v[j]);
+        }
+    }
+};
+
+#define LCM_GRID_STRIDE(i, count) \
+    for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < (count); \
+         i += (unsigned long long)gridDim.x * blockDim.x)
+
+static __device__ __forceinline__ float activate(float x, int act) {
+    return act == LCM_ACT_SILU ? dev::silu(x) : act == LCM_ACT_GELU ? dev::gelu_erf(x) : dev::quick_gelu(x);
+}
+
+template <int V>
+static __device__ __forceinline__ void add(const LcmEltwiseParams& p) {
+    LCM_GRID_STRIDE(i, p.n / V) {
+        Vec<V> a = Vec<V>::load(p.a + i * V);
+        const Vec<V> b = Vec<V>::load(p.b + i * V);
+#pragma unroll
+        for (int j = 0; j < V; ++j) a.v[j] += b.v[j];
+        a.store(p.out + i * V);
+    }
+}
+
+template <int V>
+static __device__ __forceinline__ void add_channel(const LcmEltwiseParams& p) {
+    const unsigned long long per_batch = p.hw * p.c;
+    LCM_GRID_STRIDE(i, p.n / V) {
+        const unsigned long long e = i * V;
+        const unsigned long long b = e / per_batch;
+        const int ch = (int)(e % p.c);
+        Vec<V> a = Vec<V>::load(p.a + e);
+        const Vec<V> t = Vec<V>::load(p.b + b * p.c + ch);
+#pragma unroll
+        for (int j = 0; j < V; ++j) a.v[j] += t.v[j];
+        a.store(p.out + e);
+    }
+}
+
+template <int V>
+static __device__ __forceinline__ void scale(const LcmEltwiseParams& p) {
+    LCM_GRID_STRIDE(i, p.n / V) {
+        Vec<V> a = Vec<V>::load(p.a + i * V);
+#pragma unroll
+        for (int j = 0; j < V; ++j) a.v[j] = a.v[j] * p.mul + p.add;
+        a.store(p.out + i * V);
+    }
+}
+
+template <int V>
+static __device__ __forceinline__ void activation(const LcmEltwiseParams& p) {
+    LCM_GRID_STRIDE(i, p.n / V) {
+        Vec<V> a = Vec<V>::load(p.a + i * V);
+#pragma unroll
+        for (int j = 0; j < V; ++j) a.v[j] = activate(a.v[j], p.act);
+        a.store(p.out + i * V);
+    }
+}
+
+template <int V>
+static __device__ __forceinline__ void geglu(const LcmEltwiseParams& p) {
+    LCM_GRID_STRIDE(i, p.n / V) {
+        const unsigned long long e = i * V;
+        const unsigned long long r = e / p.c;
+        const int j0 = (int)(e % p.c);
+        const __half* row = p.a + r * 2 * p.c;
+        Vec<V> h = Vec<V>::load(row + j0);
+        const Vec<V> g = Vec<V>::load(row + p.c + j0);
+#pragma unroll
+        for (int j = 0; j < V; ++j) h.v[j] *= dev::gelu_erf(g.v[j]);
+        h.store(p.out + e);
+    }
+}
+
+template <int V>
+static __device__ __forceinline__ void copy_vec(__half* dst, const __half* src) {
+    if constexpr (V == 8) {
+        *reinterpret_cast<dev::Half8*>(dst) = *reinterpret_cast<const dev::Half8*>(src);
+    } else {
+#pragma unroll
+        for (int j = 0; j < V; ++j) dst[j] = src[j];
+    }
+}
+
+template <int V>
+static __device__ __forceinline__ void concat(const LcmConcatParams& p) {
+    const int co = p.ca + p.cb;
+    LCM_GRID_STRIDE(i, p.rows * (unsigned long long)co / V) {
+        const unsigned long long e = i * V;
+        const unsigned long long r = e / co;
+        const int c = (int)(e % co);
+        const __half* src = c < p.ca ? p.a + r * p.ca + c : p.b + r * p.cb + (c - p.ca);
+        copy_vec<V>(p.out + e, src);
+    }
+}
+
+template <int V>
+static __device__ __forceinline__ void upsample(const LcmUpsampleParams& p) {
+    const unsigned long long total = (unsigned long long)p.batch * p.ho * p.wo * p.c;
+    LCM_GRID_STRIDE(i, total / V) {
+        const unsigned long long e = i * V;
+        const int c = (int)(e % p.c);
+        const unsigned long long px = e / p.c;
+        const int ox = (int)(px % p.wo);
+        const unsigned long long by = px / p.wo;
+        const int oy = (int)(by % p.ho);
+        const int b = (int)(by / p.ho);
+        // torch's nearest: floor(dst · (in/out)) in f32, clamped.
+        const int iy = min((int)floorf((float)oy * p.scale_h), p.h - 1);
+        const int ix = min((int)floorf((float)ox * p.scale_w), p.w - 1);
+        copy_vec<V>(p.out + e, p.x + (((long long)b * p.h + iy) * p.w + ix) * p.c + c);
+    }
+}
+
+template <int V>
+static __device__ __forceinline__ void embed(const LcmEmbedParams& p) {
+    const unsigned long long total = (unsigned long long)p.batch * p.tokens * p.c;
+    LCM_GRID_STRIDE(i, total / V) {
+        const unsigned long long e = i * V;
+        const unsigned long long r = e / p.c;  // token row b·tokens + t
+        const int c = (int)(e % p.c), t = (int)(r % p.tokens);
+        const int id = p.ids[r];
+        Vec<V> out;
+        if (id < 0 || id >= p.vocab) {
+#pragma unroll
+            for (int j = 0; j < V; ++j) out.v[j] = 0.0f;
+            // The first bad id wins the flag and leaves itself for the host's error message.
+            if (c == 0 && atomicCAS(p.error, 0, 1) == 0) p.error[1] = id;
+        } else {
+            out = Vec<V>::load(p.table + (long long)id * p.c + c);
+            const Vec<V> pos = Vec<V>::load(p.positions + (long long)t * p.c + c);
+#pragma unroll
+            for (int j = 0; j < V; ++j) out.v[j] += pos.v[j];
+        }
+        out.store(p.out + e);
+    }
+}
+
+// Computed in double: the arguments reach ~1000 rad, where --use_fast_math's sinf would be off by far
+// more than f16 resolution. A few hundred values per call; the cost is nil.
+static __device__ __forceinline__ void timestep(const LcmTimestepParams& p) {
+    const int half = p.dim / 2;
+    LCM_GRID_STRIDE(i, (unsigned long long)p.batch * p.dim) {
+        const int b = (int)(i / p.dim), k = (int)(i % p.dim);
+        float v = 0.0f;  // the zero column of an odd dim
+        if (k < 2 * half) {
+            const int j = k < half ? k : k - half;
+            const bool first = k < half;
+            // The frequency and t·f rounded in f32 exactly as torch (and the CPU reference) do — the _rn
+            // intrinsics are IEEE even under --use_fast_math — then sin/cos of that f32 in double.
+            const float e = __fdiv_rn(__fmul_rn(-9.210340371976184f, (float)j), (float)half - p.freq_shift);
+            const float f = (float)exp((double)e);
+            const double arg = (double)__fmul_rn(__half2float(p.t[b]), f);
+            const bool use_sin = p.flip_sin_to_cos ? !first : first;
+            v = (float)(use_sin ? sin(arg) : cos(arg));
+        }
+        p.out[i] = __float2half(v);
+    }
+}
+
+}  // namespace elt
+}  // namespace lcm
+
+#define LCM_ELT(name, fn, P)                                                                       \
+    extern "C" __global__ void name##_v8_f16(const __grid_constant__ P p) { lcm::elt::fn<8>(p); } \
+    extern "C" __global__ void name##_v1_f16(const __grid_constant__ P p) { lcm::elt::fn<1>(p); }
+LCM_ELT(add, add, LcmEltwiseParams)
+LCM_ELT(add_channel, add_channel, LcmEltwiseParams)
+LCM_ELT(scale, scale, LcmEltwiseParams)
+LCM_ELT(activation, activation, LcmEltwiseParams)
+LCM_ELT(geglu, geglu, LcmEltwiseParams)
+LCM_ELT(concat, concat, LcmConcatParams)
+LCM_ELT(upsample_nearest, upsample, LcmUpsampleParams)
+LCM_ELT(embed, embed, LcmEmbedParams)
+#undef LCM_ELT
+
+extern "C" __global__ void timestep_embed_f16(const __grid_constant__ LcmTimestepParams p) { lcm::elt::timestep(p); }

@@ -1,0 +1,80 @@
+// Device helpers shared by the kernel files: tensor-core fragments (ldmatrix, mma.sync m16n8k16),
+// cp.async with zero fill, and warp reductions. Everything is `static __device__ __forceinline__` inside
+// namespace lcm::dev so the files can be compiled as one translation unit (build.rs) without clashes.
+//
+// Fragment layouts (PTX ISA, "Matrix Fragments for mma.m16n8k16", f16 inputs, f32 accumulators); with
+// lane = 4·g + t (g = lane/4, t = lane%4):
+//   A (16x16, row-major): a0 = A[g][2t..2t+1], a1 = A[g+8][2t..], a2 = A[g][2t+8..], a3 = A[g+8][2t+8..]
+//   B (16x8, "col"):      b0 = B[2t..2t+1][g],  b1 = B[2t+8..2t+9][g]
+//   C (16x8):             c0,c1 = C[g][2t..2t+1], c2,c3 = C[g+8][2t..2t+1]
+// ldmatrix.x4 hands matrix i (lanes 8i..8i+7 give its 8 row addresses) to register i; each thread gets
+// row g, columns 2t..2t+1 of every matrix (with .trans: row 2t..2t+1, column g).
+#ifndef LCM_DEVICE_CUH
+#define LCM_DEVICE_CUH
+
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+namespace lcm {
+namespace dev {
+
+static __device__ __forceinline__ uint32_t smem_addr(const void* p) {
+    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16 bytes global -> shared, bypassing L1; `bytes` < 16 zero-fills the rest (0 = write zeros, read
+// nothing, so `src` need only be a valid address).
+static __device__ __forceinline__ void cp_async16(void* dst, const void* src, int bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(bytes));
+}
+static __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+static __device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+static __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(p)));
+}
+static __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(p)));
+}
+
+// d += a·b, 16x8x16, f16 inputs, f32 accumulators.
+static __device__ __forceinline__ void mma_f16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+static __device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {
+    __half2 h = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&h);
+}
+
+static __device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// Exact (erf) GELU, as torch's default. erff is not replaced by --use_fast_math.
+static __device__ __forceinline__ float gelu_erf(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
+static __device__ __forceinline__ float silu(float x) { return x / (1.0f + __expf(-x)); }
+static __device__ __forceinline__ float quick_gelu(float x) { return x / (1.0f + __expf(-1.702f * x)); }
+
+// Eight halves as one 16-byte value.
+struct alignas(16) Half8 {
+    __half2 h[4];
+};
+
+}  // namespace dev
+}  // namespace lcm
+
+#endif  // LCM_DEVICE_CUH
