@@ -84,10 +84,12 @@ pub fn default_model(log: &mut dyn FnMut(&str)) -> Result<DefaultModel> {
 #[cfg(feature = "download")]
 fn download(cache: &Path, log: &mut dyn FnMut(&str)) -> std::result::Result<(), String> {
     use hf_hub::api::sync::ApiBuilder;
-    let api = ApiBuilder::from_cache(hf_hub::Cache::new(cache.to_path_buf()))
-        .with_progress(true)
-        .build()
-        .map_err(|e| format!("cannot start the Hub client: {e}"))?;
+    let mut builder =
+        ApiBuilder::from_cache(hf_hub::Cache::new(cache.to_path_buf())).with_progress(true).with_retries(1);
+    if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
+        builder = builder.with_endpoint(endpoint); // a mirror, as huggingface_hub honours it
+    }
+    let api = builder.build().map_err(|e| format!("cannot start the Hub client: {e}"))?;
     for (repo, files) in [(SD15_REPO, SD15_FILES), (LCM_LORA_REPO, &[LCM_LORA_FILE][..])] {
         let r = api.model(repo.to_string());
         for f in files {

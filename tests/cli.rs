@@ -161,3 +161,40 @@ fn help_explains_every_flag() {
         assert!(stdout.contains(flag), "--help lacks {flag}");
     }
 }
+
+#[test]
+fn without_model_or_network_the_error_says_what_to_download() {
+    let cache = scratch("empty-hf-cache");
+    let out = Command::new(env!("CARGO_BIN_EXE_lcm"))
+        .args(["generate", "--prompt", "x", "--device", "cpu"])
+        .env("HF_HUB_CACHE", &cache)
+        // Nothing listens on the discard port: the download fails at once instead of timing out.
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    for needle in [
+        "stable-diffusion-v1-5/stable-diffusion-v1-5",
+        "latent-consistency/lcm-lora-sdv1-5",
+        "pytorch_lora_weights.safetensors",
+        "unet/diffusion_pytorch_model.fp16.safetensors",
+        "--model",
+        cache.to_str().unwrap(),
+    ] {
+        assert!(stderr.contains(needle), "message lacks `{needle}`: {stderr}");
+    }
+}
+
+#[test]
+fn bench_lora_rank_is_cuda_only_and_says_so() {
+    for (args, needle) in [
+        (&["bench", "--device", "cpu", "--lora-rank", "8"][..], "CUDA backend only"),
+        (&["bench", "--device", "cpu", "--lora-rank", "0"][..], "at least 1"),
+    ] {
+        let (ok, _, stderr) = lcm(args);
+        assert!(!ok, "{args:?} should fail");
+        assert!(stderr.contains("--lora-rank") && stderr.contains(needle), "{args:?}: {stderr}");
+        assert!(!stderr.contains("warm-up"), "{args:?} failed only after loading: {stderr}");
+    }
+}

@@ -3,8 +3,9 @@
 use std::path::PathBuf;
 
 use clap::Args;
+use lcm::bench::lora::{cpu_refusal, BenchBackend};
 use lcm::bench::{run as bench, BenchConfig};
-use lcm_core::{Backend, Error, Result};
+use lcm_core::{Error, Result};
 use lcm_models::Variant;
 
 use super::device::{choose, Chosen, Device};
@@ -41,19 +42,43 @@ pub struct BenchArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Add an unmerged LoRA of this rank on every UNet LoRA target (to_q/k/v, to_out.0, proj_in/out,
+    /// ff, resnet convs, time_emb_proj, down/upsampler convs), applied at run time. CUDA only.
+    #[arg(long, value_name = "R")]
+    pub lora_rank: Option<usize>,
+    /// CPU only: also print the time spent in each op family (conv2d, linear, attention, ...).
+    #[arg(long)]
+    pub profile: bool,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
     if args.steps == 0 || args.num_images == 0 || args.repeat == 0 {
         return Err(Error::invalid("lcm bench", "--steps, --num-images and --repeat must be at least 1"));
     }
+    if args.lora_rank == Some(0) {
+        return Err(Error::invalid("--lora-rank", "0: expected at least 1"));
+    }
     match choose(args.device)? {
+        Chosen::Cpu(_) if args.lora_rank.is_some() => Err(cpu_refusal()),
+        Chosen::Cpu(_) if args.profile => {
+            let b = lcm_cpu::CpuBackend::profiling();
+            go(&b, &args, 256, Variant::PreferFull)?;
+            eprintln!("{:<18} {:>7} {:>11} {:>9}", "op (all stages)", "calls", "time ms", "GFLOP/s");
+            for (name, calls, t, macs) in b.profile() {
+                let gflops = 2.0 * macs as f64 / t.as_secs_f64().max(1e-12) / 1e9;
+                eprintln!("{name:<18} {calls:>7} {:>11.1} {gflops:>9.1}", t.as_secs_f64() * 1e3);
+            }
+            Ok(())
+        }
         Chosen::Cpu(b) => go(&b, &args, 256, Variant::PreferFull),
+        Chosen::Cuda(_) if args.profile => {
+            Err(Error::invalid("--profile", "per-op profiles are CPU-only; on CUDA use nsys/ncu"))
+        }
         Chosen::Cuda(b) => go(&*b, &args, 512, Variant::PreferHalf),
     }
 }
 
-fn go<B: Backend>(backend: &B, args: &BenchArgs, default_size: usize, variant: Variant) -> Result<()> {
+fn go<B: BenchBackend>(backend: &B, args: &BenchArgs, default_size: usize, variant: Variant) -> Result<()> {
     let (width, height) = (args.width.unwrap_or(default_size), args.height.unwrap_or(default_size));
     for (flag, v) in [("--width", width), ("--height", height)] {
         if v % 8 != 0 || !(64..=2048).contains(&v) {
@@ -69,6 +94,7 @@ fn go<B: Backend>(backend: &B, args: &BenchArgs, default_size: usize, variant: V
         warmup: args.warmup,
         repeat: args.repeat,
         seed: args.seed,
+        lora_rank: args.lora_rank,
     };
     let report = bench(backend, &cfg, variant, &mut |line| eprintln!("{line}"))?;
     if args.json {

@@ -1,11 +1,12 @@
-//! Multi-head attention, a block of 64 queries of one head at a time: the score block `[64, M]` lives in
-//! a per-task buffer, so memory stays bounded even for the VAE's 4096×4096 single-head attention.
+//! Multi-head attention, a block of queries of one head at a time: the score block `[256, M]` lives in
+//! a per-task buffer, so memory stays bounded even for the VAE's 4096×4096 single-head attention. The
+//! block is large because each task re-packs that head's K and V for the GEMMs.
 
 use rayon::prelude::*;
 
 use crate::gemm::{gemm_into_block, MatRef};
 
-const QUERY_BLOCK: usize = 64;
+const QUERY_BLOCK: usize = 256;
 
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
@@ -60,14 +61,13 @@ pub fn attention(s: &AttnShape, q: &[f32], k: &[f32], v: &[f32], out: &mut [f32]
 }
 
 fn softmax_row(row: &mut [f32], scale: f32) {
-    let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x * scale));
-    let mut sum = 0.0f32;
-    for x in row.iter_mut() {
-        *x = (*x * scale - max).exp();
-        sum += *x;
-    }
-    let inv = 1.0 / sum;
-    row.iter_mut().for_each(|x| *x *= inv);
+    crate::elementwise::simd(|| {
+        let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x * scale));
+        row.iter_mut().for_each(|x| *x = crate::elementwise::exp(*x * scale - max));
+        let sum: f32 = row.iter().sum();
+        let inv = 1.0 / sum;
+        row.iter_mut().for_each(|x| *x *= inv);
+    })
 }
 
 #[cfg(test)]

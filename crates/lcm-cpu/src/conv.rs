@@ -7,7 +7,7 @@
 
 use rayon::prelude::*;
 
-use crate::gemm::{gemm, gemm_serial, MatRef};
+use crate::gemm::{gemm, MatRef};
 
 pub struct ConvShape {
     pub batch: usize,
@@ -39,8 +39,10 @@ pub fn pack_weight(w: &[f32], co: usize, ci: usize, kh: usize, kw: usize) -> Vec
     out
 }
 
-/// Target bytes of one task's patch block.
-const PATCH_BYTES: usize = 1 << 20;
+/// Bytes of one block of gathered patches. Large enough that the weight (packed by the GEMM for each
+/// block) is packed a handful of times per convolution, small enough to stay far below a full im2col of
+/// the big VAE convolutions (a 512² × 9·256 im2col would be 2.4 GB).
+const PATCH_BYTES: usize = 24 << 20;
 
 /// `out = conv(x, w)`, then the epilogue (bias, residual) is applied by the caller.
 pub fn conv2d(s: &ConvShape, x: &[f32], w_packed: &[f32], out: &mut [f32]) {
@@ -50,18 +52,14 @@ pub fn conv2d(s: &ConvShape, x: &[f32], w_packed: &[f32], out: &mut [f32]) {
     if s.kh == 1 && s.kw == 1 && s.stride == 1 && s.pad == [0; 4] {
         return gemm(pixels, s.co, k, MatRef { data: x, rs: s.ci, cs: 1 }, wm, out);
     }
-    let rows = (PATCH_BYTES / (4 * k)).clamp(16, 256);
-    out[..pixels * s.co].par_chunks_mut(rows * s.co).enumerate().for_each_init(
-        || vec![0.0f32; rows * k],
-        |patch, (chunk, ob)| {
-            let p0 = chunk * rows;
-            let n = ob.len() / s.co;
-            for r in 0..n {
-                gather_patch(s, x, p0 + r, &mut patch[r * k..(r + 1) * k]);
-            }
-            gemm_serial(n, s.co, k, MatRef { data: patch, rs: k, cs: 1 }, wm, ob, s.co, false);
-        },
-    );
+    let rows = (PATCH_BYTES / (4 * k)).max(64).min(pixels.max(1));
+    let mut patch = vec![0.0f32; rows * k];
+    for (chunk, ob) in out[..pixels * s.co].chunks_mut(rows * s.co).enumerate() {
+        let p0 = chunk * rows;
+        let n = ob.len() / s.co;
+        patch[..n * k].par_chunks_mut(k).enumerate().for_each(|(r, dst)| gather_patch(s, x, p0 + r, dst));
+        gemm(n, s.co, k, MatRef { data: &patch[..n * k], rs: k, cs: 1 }, wm, ob);
+    }
 }
 
 /// Writes the receptive field of output pixel `p` (flattened over batch, rows, cols) in (ky, kx, ci)

@@ -83,9 +83,12 @@ pub fn gemm(m: usize, n: usize, k: usize, a: MatRef, b: MatRef, c: &mut [f32]) {
     if threads == 1 || work < 1 << 16 {
         return gemm_serial(m, n, k, a, b, c, n, false);
     }
-    if m >= 16 * threads {
+    // Each task packs its own copy of the operand it does not split (matrixmultiply packs per call):
+    // split the larger of A and B's free dimension so the shared operand is the smaller one, and use
+    // one task per thread so it is packed as few times as possible.
+    if m >= n && m >= 8 * threads {
         // Row blocks: each task owns whole rows of C.
-        let rows = m.div_ceil(threads * 4).max(8);
+        let rows = m.div_ceil(threads).max(8);
         c[..m * n].par_chunks_mut(rows * n).enumerate().for_each(|(i, cb)| {
             let r0 = i * rows;
             let mr = cb.len() / n;
@@ -94,7 +97,7 @@ pub fn gemm(m: usize, n: usize, k: usize, a: MatRef, b: MatRef, c: &mut [f32]) {
         });
     } else {
         // Column blocks: C's columns [j0, j0+w) are disjoint between tasks.
-        let cols = n.div_ceil(threads * 2).max(16);
+        let cols = n.div_ceil(threads).max(16);
         let ptr = SendPtr(c.as_mut_ptr());
         (0..n.div_ceil(cols)).into_par_iter().for_each(|bi| {
             let j0 = bi * cols;

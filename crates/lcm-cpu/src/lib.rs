@@ -8,6 +8,10 @@ pub mod elementwise;
 pub mod gemm;
 pub mod norm;
 
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use lcm_core::planner::ArenaPlan;
 use lcm_core::{Backend, Error, Graph, HostData, Op, Result, Storage, TensorId, WeightKind, WeightSpec};
 
@@ -20,12 +24,28 @@ pub struct CpuWeight {
     pub data: Vec<f32>,
 }
 
-#[derive(Debug, Default, Clone, Copy)]
-pub struct CpuBackend;
+#[derive(Debug, Default)]
+pub struct CpuBackend {
+    /// Per op family: (calls, time, multiply-accumulates), when profiling is on.
+    profile: Option<Mutex<BTreeMap<&'static str, (u64, Duration, u64)>>>,
+}
 
 impl CpuBackend {
     pub fn new() -> Self {
-        CpuBackend
+        CpuBackend { profile: None }
+    }
+
+    /// A backend that times every op (see [`CpuBackend::profile`]).
+    pub fn profiling() -> Self {
+        CpuBackend { profile: Some(Mutex::new(BTreeMap::new())) }
+    }
+
+    /// Time per op family so far, most expensive first: (name, calls, time, MACs).
+    pub fn profile(&self) -> Vec<(&'static str, u64, Duration, u64)> {
+        let Some(p) = &self.profile else { return Vec::new() };
+        let mut v: Vec<_> = p.lock().expect("profile lock").iter().map(|(k, &(n, t, m))| (*k, n, t, m)).collect();
+        v.sort_by(|a, b| b.2.cmp(&a.2));
+        v
     }
 }
 
@@ -78,7 +98,13 @@ impl Backend for CpuBackend {
     fn run(&self, graph: &Graph, plan: &ArenaPlan, weights: &[CpuWeight], arena: &mut Vec<f32>) -> Result<()> {
         let mem = Memory { graph, plan, weights, base: arena.as_mut_ptr(), len: arena.len() };
         for op in &graph.ops {
+            let start = self.profile.as_ref().map(|_| Instant::now());
             run_op(&mem, op)?;
+            if let (Some(p), Some(t)) = (&self.profile, start) {
+                let mut p = p.lock().expect("profile lock");
+                let e = p.entry(op.name()).or_default();
+                *e = (e.0 + 1, e.1 + t.elapsed(), e.2 + graph.op_macs(op));
+            }
         }
         Ok(())
     }
