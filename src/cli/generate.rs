@@ -7,8 +7,8 @@ use clap::Args;
 use lcm_core::{Backend, Error, Result};
 use lcm_models::Variant;
 use lcm_pipeline::lora::LoraSet;
-use lcm_pipeline::output::{numbered_paths, parameters_text, write_latents, write_png};
-use lcm_pipeline::pipeline::{LoadSpec, LoraSpec, Pipeline, Request};
+use lcm_pipeline::output::{numbered_paths, parameters_text, read_image_rgb8, write_latents, write_png};
+use lcm_pipeline::pipeline::{InitImage, LoadSpec, LoraSpec, Pipeline, Request};
 use lcm_pipeline::scheduler::LcmScheduler;
 
 use super::device::{choose, Chosen, Device};
@@ -42,12 +42,20 @@ pub struct GenerateArgs {
     /// Random and printed when not given.
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Image width in pixels, a multiple of 8 in 64..=2048.
-    #[arg(long, default_value_t = 512)]
-    pub width: usize,
-    /// Image height in pixels, a multiple of 8 in 64..=2048.
-    #[arg(long, default_value_t = 512)]
-    pub height: usize,
+    /// Image width in pixels, a multiple of 8 in 64..=2048 [default: 512, or the --image's width].
+    #[arg(long)]
+    pub width: Option<usize>,
+    /// Image height in pixels, a multiple of 8 in 64..=2048 [default: 512, or the --image's height].
+    #[arg(long)]
+    pub height: Option<usize>,
+    /// img2img: start from this PNG instead of pure noise (its size is the output size; sides must be
+    /// multiples of 8).
+    #[arg(long, value_name = "FILE.png")]
+    pub image: Option<PathBuf>,
+    /// img2img: how much of --image to repaint, in (0, 1]. SD + LCM-LoRA runs the last
+    /// int(steps·strength) of the steps; LCM models shorten their schedule instead (as diffusers does).
+    #[arg(long, default_value_t = 0.8)]
+    pub strength: f32,
     /// Images per prompt, generated as one batch; FILE.png becomes FILE-0.png, FILE-1.png, ...
     #[arg(long, default_value_t = 1)]
     pub num_images: usize,
@@ -99,15 +107,44 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     };
     loras.extend(args.loras.iter().cloned());
     let seed = args.seed.unwrap_or_else(random_seed);
+    let init_image = match &args.image {
+        None => None,
+        Some(path) => {
+            let (w, h, rgb) = read_image_rgb8(path)?;
+            for (flag, given, actual) in [("--width", args.width, w), ("--height", args.height, h)] {
+                if given.is_some_and(|g| g != actual) {
+                    return Err(Error::invalid(
+                        flag,
+                        format!(
+                            "{} differs from the --image's {actual}; img2img keeps the image's size",
+                            given.unwrap_or(0)
+                        ),
+                    ));
+                }
+            }
+            if w % 8 != 0 || h % 8 != 0 {
+                return Err(Error::file(
+                    path,
+                    format!("is {w}x{h}; img2img needs sides that are multiples of 8 (resize or crop it)"),
+                ));
+            }
+            Some(InitImage::from_rgb8(w, h, &rgb, args.strength))
+        }
+    };
+    let (width, height) = match &init_image {
+        Some(i) => (i.pixels.shape[3], i.pixels.shape[2]),
+        None => (args.width.unwrap_or(512), args.height.unwrap_or(512)),
+    };
     let req = Request {
         prompt: args.prompt.clone(),
         negative_prompt: args.negative_prompt.clone(),
         steps: args.steps,
         guidance_scale: args.guidance_scale,
         seed,
-        width: args.width,
-        height: args.height,
+        width,
+        height,
         num_images: args.num_images,
+        init_image,
     };
     // Everything that can be checked without loading a model is checked first.
     if !model_dir.is_dir() {

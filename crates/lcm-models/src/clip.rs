@@ -151,4 +151,8 @@ impl<B: Backend> ClipTextModel<B> {
             self.runner.run(backend, &[batch, tokens], || cfg.graph(batch, tokens), &[HostData::I32(ids)])?;
         Ok(Tensor::new(shape, out))
     }
+
+    pub fn runner(&self) -> &Runner<B> {
+        &self.runner
+    }
 }

@@ -47,6 +47,12 @@ impl<B: Backend> Runner<B> {
         Ok((ex.output(backend, 0)?, ex.output_shape(0).to_vec()))
     }
 
+    /// Every executor built so far (one per input shape): tests reach their arenas through it, e.g. to
+    /// poison them before a run.
+    pub fn executors(&self) -> impl Iterator<Item = &Executor<B>> {
+        self.executors.values()
+    }
+
     /// Shapes planned so far, with their arena sizes in bytes.
     pub fn arenas(&self) -> Vec<(Vec<usize>, usize)> {
         self.executors.iter().map(|(k, e)| (k.clone(), e.plan().size)).collect()

@@ -344,4 +344,10 @@ impl<B: Backend> Unet<B> {
     pub fn runner(&self) -> &Runner<B> {
         &self.runner
     }
+
+    /// Mutable access to the weights, for backend-specific changes after loading (attaching an
+    /// unmerged LoRA to a CUDA weight). A change of weight addresses is seen by the next run.
+    pub fn runner_mut(&mut self) -> &mut Runner<B> {
+        &mut self.runner
+    }
 }

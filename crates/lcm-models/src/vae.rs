@@ -9,7 +9,7 @@ use serde_json::json;
 use crate::blocks::{resnet, vae_attention, Norm};
 use crate::config::Config;
 use crate::loader::{
-    component_config, find_weights, load_weights, reborrow, upload_weights, LoadOptions, WeightSource,
+    component_config, find_weights, load_weights, reborrow, upload_weights, LoadOptions, Variant, WeightSource,
 };
 use crate::runner::Runner;
 
@@ -193,6 +193,17 @@ impl<B: Backend> Vae<B> {
         Ok(Vae { config, decoder, encoder })
     }
 
+    /// Loads the encoder (for img2img) into a VAE loaded with its decoder only; a no-op if it is there.
+    pub fn load_encoder(&mut self, backend: &B, dir: &Path, variant: Variant) -> Result<()> {
+        if self.encoder.is_none() {
+            let files = find_weights(dir, "diffusion_pytorch_model", variant)?;
+            let s = self.config.downscale();
+            let specs = self.config.encoder_graph(1, s, s)?.weights;
+            self.encoder = Some(Runner::new(load_weights(backend, &specs, &files, None)?));
+        }
+        Ok(())
+    }
+
     /// A decoder-only VAE whose weights come from `source` (synthetic weights for benchmarks).
     pub fn from_source(backend: &B, config: VaeConfig, origin: &Path, source: WeightSource) -> Result<Self> {
         let specs = config.decoder_graph(1, 1, 1)?.weights;
@@ -246,5 +257,10 @@ impl<B: Backend> Vae<B> {
 
     pub fn decoder_runner(&self) -> &Runner<B> {
         &self.decoder
+    }
+
+    /// The encoder's runner, when loaded with `VaeParts::Both`.
+    pub fn encoder_runner(&self) -> Option<&Runner<B>> {
+        self.encoder.as_ref()
     }
 }

@@ -28,6 +28,9 @@ pub fn parameters_text(req: &Request, model: &str, loras: &[LoraSpec]) -> String
         "steps: {}, guidance scale: {}, seed: {}, size: {}x{}, model: {}, sampler: LCM",
         req.steps, req.guidance_scale, req.seed, req.width, req.height, model
     );
+    if let Some(init) = &req.init_image {
+        s += &format!(", img2img strength: {}", init.strength);
+    }
     for l in loras {
         s += &format!(", lora: {}:{}", l.path.display(), l.scale);
     }
@@ -78,6 +81,30 @@ pub fn write_latents(path: &Path, latents: &Tensor) -> Result<()> {
     let data =
         safetensors::serialize([("latents", view)], None).map_err(|e| Error::invalid("latents", e.to_string()))?;
     atomically(path, |w| w.write_all(&data))
+}
+
+/// Reads any 8- or 16-bit PNG as 8-bit RGB (grey is replicated, alpha dropped, palettes expanded), for
+/// img2img inputs: (width, height, rgb).
+pub fn read_image_rgb8(path: &Path) -> Result<(usize, usize, Vec<u8>)> {
+    let file = File::open(path).map_err(|e| Error::file(path, format!("cannot open image: {e}")))?;
+    let mut dec = png::Decoder::new(std::io::BufReader::new(file));
+    dec.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
+    let mut reader = dec.read_info().map_err(|e| Error::file(path, format!("not a PNG image: {e}")))?;
+    let mut buf = vec![0; reader.output_buffer_size().unwrap_or(0)];
+    let info = reader.next_frame(&mut buf).map_err(|e| Error::file(path, format!("bad PNG data: {e}")))?;
+    buf.truncate(info.buffer_size());
+    let channels = match info.color_type {
+        png::ColorType::Grayscale => 1,
+        png::ColorType::GrayscaleAlpha => 2,
+        png::ColorType::Rgb => 3,
+        png::ColorType::Rgba => 4,
+        other => return Err(Error::file(path, format!("unsupported PNG colour type {other:?}"))),
+    };
+    let rgb = buf
+        .chunks_exact(channels)
+        .flat_map(|px| if channels < 3 { [px[0], px[0], px[0]] } else { [px[0], px[1], px[2]] })
+        .collect();
+    Ok((info.width as usize, info.height as usize, rgb))
 }
 
 /// Reads a PNG written by [`write_png`]: (width, height, rgb, parameters).

@@ -1,8 +1,9 @@
 //! txt2img with a Latent Consistency Model: load a diffusers folder once, generate many times.
 //!
 //! The order of work and of random draws is diffusers' (StableDiffusionPipeline with LCMScheduler, or
-//! LatentConsistencyModelPipeline for UNets with `time_cond_proj_dim`), so the same seed gives the same
-//! image: latents first, then one noise draw after each UNet call but the last, all from one
+//! LatentConsistencyModelPipeline for UNets with `time_cond_proj_dim`; their Img2Img variants with an
+//! init image), so the same seed gives the same image: latents first (for img2img: the VAE posterior
+//! sample, then the noise), then one noise draw after each UNet call but the last, all from one
 //! torch-compatible generator.
 
 use std::path::{Path, PathBuf};
@@ -33,6 +34,28 @@ pub struct LoadSpec {
     pub variant: Variant,
 }
 
+/// img2img: the image to start from and how much of it to repaint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InitImage {
+    /// `[1, 3, H, W]` in [-1, 1] (diffusers' preprocessing: u8/255·2−1).
+    pub pixels: Tensor,
+    /// In (0, 1]: 1 starts from noise, small values keep more of the image.
+    pub strength: f32,
+}
+
+impl InitImage {
+    /// From 8-bit RGB pixels, row-major `[H, W, 3]`.
+    pub fn from_rgb8(width: usize, height: usize, rgb: &[u8], strength: f32) -> Self {
+        let mut data = vec![0.0f32; 3 * width * height];
+        for (p, px) in rgb.chunks_exact(3).enumerate() {
+            for c in 0..3 {
+                data[c * width * height + p] = 2.0 * (px[c] as f32 / 255.0) - 1.0;
+            }
+        }
+        InitImage { pixels: Tensor::new(vec![1, 3, height, width], data), strength }
+    }
+}
+
 /// What to generate. `validate` checks everything before any model runs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Request {
@@ -44,6 +67,8 @@ pub struct Request {
     pub width: usize,
     pub height: usize,
     pub num_images: usize,
+    /// img2img when given; the output then has the image's size (width/height must match it).
+    pub init_image: Option<InitImage>,
 }
 
 impl Default for Request {
@@ -57,6 +82,7 @@ impl Default for Request {
             width: 512,
             height: 512,
             num_images: 1,
+            init_image: None,
         }
     }
 }
@@ -86,6 +112,17 @@ impl Request {
                 "--guidance-scale",
                 format!("{}: expected a finite number ≥ 0", self.guidance_scale),
             ));
+        }
+        if let Some(init) = &self.init_image {
+            if !(init.strength > 0.0 && init.strength <= 1.0) {
+                return Err(Error::invalid("--strength", format!("{}: expected a value in (0, 1]", init.strength)));
+            }
+            if init.pixels.shape != [1, 3, self.height, self.width] {
+                return Err(Error::invalid(
+                    "--image",
+                    format!("pixels {:?} do not match the requested {}x{}", init.pixels.shape, self.width, self.height),
+                ));
+            }
         }
         Ok(())
     }
@@ -219,7 +256,7 @@ impl<B: Backend> Pipeline<B> {
         req.validate(self.original_steps())?;
         let start = Instant::now();
         let n = req.num_images;
-        let timesteps = self.scheduler.set_timesteps(req.steps, 1.0)?.to_vec();
+        let (timesteps, first) = self.timesteps(req)?;
         let cfg = !self.has_guidance_embedding() && req.guidance_scale > 1.0;
 
         let t0 = Instant::now();
@@ -239,7 +276,10 @@ impl<B: Backend> Pipeline<B> {
         let shape = vec![n, self.unet.config.in_channels, h, w];
         let numel: usize = shape.iter().product();
         let mut rng = TorchRng::new(req.seed);
-        let mut latents = rng.randn(numel); // init_noise_sigma is 1 for LCM
+        let mut latents = match &req.init_image {
+            None => rng.randn(numel), // init_noise_sigma is 1 for LCM
+            Some(init) => self.noised_image_latents(init, n, timesteps[first], &mut rng)?,
+        };
         let w_embedding = self
             .unet
             .config
@@ -248,7 +288,7 @@ impl<B: Backend> Pipeline<B> {
 
         let mut denoised = vec![0.0f32; numel];
         let mut unet_steps = Vec::with_capacity(timesteps.len());
-        for (i, &t) in timesteps.iter().enumerate() {
+        for (i, &t) in timesteps.iter().enumerate().skip(first) {
             let ts = Instant::now();
             let batch = if cfg { 2 * n } else { n };
             let mut input = latents.clone();
@@ -274,7 +314,12 @@ impl<B: Backend> Pipeline<B> {
             let noise = self.scheduler.noise_needed(i).then(|| rng.randn(numel));
             self.scheduler.step_into(i, &eps, &mut latents, &mut denoised, noise.as_deref())?;
             unet_steps.push(ts.elapsed());
-            progress(StepEvent { step: i + 1, steps: timesteps.len(), timestep: t, elapsed: start.elapsed() });
+            progress(StepEvent {
+                step: i + 1 - first,
+                steps: timesteps.len() - first,
+                timestep: t,
+                elapsed: start.elapsed(),
+            });
         }
 
         let tv = Instant::now();
@@ -285,6 +330,49 @@ impl<B: Backend> Pipeline<B> {
             images,
             times: StageTimes { text_encoder: text_time, unet_steps, vae_decode: vae_time, total: start.elapsed() },
         })
+    }
+
+    /// The schedule and the index of its first step to run. txt2img and LCM img2img run all of it (LCM's
+    /// img2img shortens the origin grid by the strength: LatentConsistencyModelImg2ImgPipeline); SD img2img
+    /// keeps the last int(n·strength) steps (StableDiffusionImg2ImgPipeline's `get_timesteps`).
+    fn timesteps(&mut self, req: &Request) -> Result<(Vec<i64>, usize)> {
+        let n = req.steps;
+        match &req.init_image {
+            None => Ok((self.scheduler.set_timesteps(n, 1.0)?.to_vec(), 0)),
+            Some(init) if self.has_guidance_embedding() => {
+                Ok((self.scheduler.set_timesteps(n, init.strength as f64)?.to_vec(), 0))
+            }
+            Some(init) => {
+                let all = self.scheduler.set_timesteps(n, 1.0)?.to_vec();
+                let keep = ((n as f64 * init.strength as f64) as usize).min(n);
+                if keep == 0 {
+                    return Err(Error::invalid(
+                        "--strength",
+                        format!("{} of {n} steps runs none; raise --strength or --steps", init.strength),
+                    ));
+                }
+                Ok((all, n - keep))
+            }
+        }
+    }
+
+    /// diffusers' img2img `prepare_latents`: a sample of the VAE posterior (`mean + std·z`, log-variance
+    /// clamped to [-30, 20]) times the scaling factor, repeated for the batch, then noised to the first
+    /// timestep — two draws from the generator, in that order.
+    fn noised_image_latents(&mut self, init: &InitImage, n: usize, t: i64, rng: &mut TorchRng) -> Result<Vec<f32>> {
+        let vae_dir = self.spec.model_dir.join("vae");
+        self.vae.load_encoder(&self.backend, &vae_dir, self.spec.variant)?;
+        let moments = self.vae.encode_moments(&self.backend, &init.pixels)?;
+        let per = moments.numel() / 2;
+        let (mean, logvar) = moments.data.split_at(per);
+        let z = rng.randn(per);
+        let sf = self.vae.config.scaling_factor;
+        let one: Vec<f32> =
+            (0..per).map(|i| (mean[i] + (0.5 * logvar[i].clamp(-30.0, 20.0)).exp() * z[i]) * sf).collect();
+        let mut latents = one.repeat(n);
+        let noise = rng.randn(latents.len());
+        self.scheduler.add_noise(&mut latents, &noise, t)?;
+        Ok(latents)
     }
 
     /// `vae.decode(latents / scaling_factor)` then diffusers' postprocessing to [0, 1], as `[N, H, W, 3]`.

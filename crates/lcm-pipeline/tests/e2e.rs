@@ -1,6 +1,6 @@
 //! The whole pipeline against diffusers: for every case recorded by tests/fixtures/generate_pipeline.py
-//! (StableDiffusionPipeline + LCMScheduler, LatentConsistencyModelPipeline, CFG, LoRAs in each format,
-//! non-square sizes, several images), the same prompt and seed must give the same denoised latents
+//! (StableDiffusionPipeline + LCMScheduler, LatentConsistencyModelPipeline, their img2img variants, CFG,
+//! LoRAs in each format, non-square sizes, several images), the same prompt and seed must give the same denoised latents
 //! (relative L2 < 1e-3) and the same image (mean absolute difference < 1/255).
 
 use std::collections::HashMap;
@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use lcm_core::{rel_l2, SafeTensorsFile};
 use lcm_cpu::CpuBackend;
-use lcm_pipeline::pipeline::{LoadSpec, LoraSpec, Pipeline, Request};
+use lcm_pipeline::output::read_png;
+use lcm_pipeline::pipeline::{InitImage, LoadSpec, LoraSpec, Pipeline, Request};
 use serde_json::Value;
 
 fn fixtures() -> PathBuf {
@@ -56,6 +57,10 @@ fn cases() -> Vec<Case> {
                 width: c["width"].as_u64().unwrap() as usize,
                 height: c["height"].as_u64().unwrap() as usize,
                 num_images: c["num_images"].as_u64().unwrap() as usize,
+                init_image: c.get("image").map(|img| {
+                    let (w, h, rgb, _) = read_png(&fixtures().join(img.as_str().unwrap())).unwrap();
+                    InitImage::from_rgb8(w, h, &rgb, c["strength"].as_f64().unwrap() as f32)
+                }),
             },
         })
         .collect()
@@ -64,7 +69,7 @@ fn cases() -> Vec<Case> {
 #[test]
 fn every_recorded_case_matches_diffusers() {
     let all = cases();
-    assert!(all.len() >= 16, "expected the full case list, found {}", all.len());
+    assert!(all.len() >= 19, "expected the full case list, found {}", all.len());
     let mut pipes: HashMap<String, Pipeline<CpuBackend>> = HashMap::new();
     let mut failures = Vec::new();
     for case in &all {
