@@ -28,21 +28,26 @@ pub fn silu(x: f32) -> f32 {
     x / (1.0 + exp(-x))
 }
 
-/// e^x to within ~2 ulp, written branch-free so loops over slices vectorise (libm's `expf` is a call
-/// per element): x = k·ln2 + r with |r| ≤ ln2/2, e^r by its degree-7 Taylor polynomial (truncation
-/// error r⁸/8! < 1e-8), times 2^k built in the exponent bits.
+/// e^x to within ~2 ulp, written without branches, calls or float→int conversions so loops over slices
+/// vectorise (libm's `expf` is a call per element; Rust's saturating `as i32` does not vectorise well):
+/// x = k·ln2 + r with |r| ≤ ln2/2, k rounded by adding 1.5·2²³ (k then sits in the low mantissa bits),
+/// e^r by its degree-7 Taylor polynomial (truncation error r⁸/8! < 1e-8), times 2^k built in the
+/// exponent bits.
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
+    const ROUND: f32 = 12_582_912.0; // 1.5·2²³
     let x = x.clamp(-87.0, 88.0);
-    let k = (x * std::f32::consts::LOG2_E + 0.5).floor();
+    let t = x * std::f32::consts::LOG2_E + ROUND;
+    let k = t - ROUND;
     let r = x - k * LN2_HI - k * LN2_LO;
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
-    p * f32::from_bits(((k as i32 + 127) as u32) << 23)
+    let k_int = (t.to_bits() as i32).wrapping_sub(0x4B40_0000);
+    p * f32::from_bits(((k_int + 127) as u32) << 23)
 }
 
 /// Exact GELU, `x·Φ(x)` (torch's default `approximate="none"`).

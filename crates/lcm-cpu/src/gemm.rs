@@ -1,7 +1,5 @@
-//! f32 GEMM: `C = A·B (+ C)` with arbitrary strides, on matrixmultiply's packed SIMD kernel, split across
-//! rayon's threads by rows of C (or by columns when C has few rows, as in CLIP or the time embedding).
-
-use rayon::prelude::*;
+//! f32 GEMM: `C = A·B (+ C)` with arbitrary strides, on the `gemm` crate's packed SIMD kernels (AVX-512
+//! where the CPU has it), threaded on rayon.
 
 /// A row-major or transposed view: element (i, j) is at `data[i*rs + j*cs]`.
 #[derive(Clone, Copy)]
@@ -11,13 +9,8 @@ pub struct MatRef<'a> {
     pub cs: usize,
 }
 
-/// Raw pointer that may cross threads: each task writes a disjoint block of C.
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
 /// Single-threaded `C[m×n] (+)= A[m×k]·B[k×n]`; C row-major with leading dimension `ldc`.
+#[allow(clippy::too_many_arguments)]
 pub fn gemm_serial(m: usize, n: usize, k: usize, a: MatRef, b: MatRef, c: &mut [f32], ldc: usize, accumulate: bool) {
     if m == 0 || n == 0 {
         return;
@@ -26,7 +19,7 @@ pub fn gemm_serial(m: usize, n: usize, k: usize, a: MatRef, b: MatRef, c: &mut [
     check_extent("A", a, m, k);
     check_extent("B", b, k, n);
     // SAFETY: extents checked above; C is exclusively borrowed.
-    unsafe { raw(m, n, k, a, b, c.as_mut_ptr(), ldc, accumulate) }
+    unsafe { raw(m, n, k, a, b, c.as_mut_ptr(), ldc, accumulate, gemm::Parallelism::None) }
 }
 
 fn check_extent(which: &str, x: MatRef, rows: usize, cols: usize) {
@@ -39,22 +32,38 @@ fn check_extent(which: &str, x: MatRef, rows: usize, cols: usize) {
 /// # Safety
 /// `c` must be valid for writes of the `m×n` block with leading dimension `ldc`, and A/B views in bounds.
 #[allow(clippy::too_many_arguments)]
-unsafe fn raw(m: usize, n: usize, k: usize, a: MatRef, b: MatRef, c: *mut f32, ldc: usize, accumulate: bool) {
-    matrixmultiply::sgemm(
+unsafe fn raw(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: MatRef,
+    b: MatRef,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+    threads: gemm::Parallelism,
+) {
+    // gemm's convention: dst = alpha·dst (when read) + beta·lhs·rhs, strides given (column, row).
+    gemm::gemm(
         m,
-        k,
         n,
-        1.0,
-        a.data.as_ptr(),
-        a.rs as isize,
-        a.cs as isize,
-        b.data.as_ptr(),
-        b.rs as isize,
-        b.cs as isize,
-        if accumulate { 1.0 } else { 0.0 },
+        k,
         c,
-        ldc as isize,
         1,
+        ldc as isize,
+        accumulate,
+        a.data.as_ptr(),
+        a.cs as isize,
+        a.rs as isize,
+        b.data.as_ptr(),
+        b.cs as isize,
+        b.rs as isize,
+        1.0,
+        1.0,
+        false,
+        false,
+        false,
+        threads,
     );
 }
 
@@ -67,10 +76,10 @@ unsafe fn raw(m: usize, n: usize, k: usize, a: MatRef, b: MatRef, c: *mut f32, l
 pub unsafe fn gemm_into_block(m: usize, n: usize, k: usize, a: MatRef, b: MatRef, c: *mut f32, ldc: usize) {
     check_extent("A", a, m, k);
     check_extent("B", b, k, n);
-    raw(m, n, k, a, b, c, ldc, false)
+    raw(m, n, k, a, b, c, ldc, false, gemm::Parallelism::None)
 }
 
-/// Multi-threaded `C[m×n] = A[m×k]·B[k×n]` (C row-major, `ldc = n`).
+/// Multi-threaded `C[m×n] = A[m×k]·B[k×n]` (C row-major, `ldc = n`), on all of rayon's threads.
 pub fn gemm(m: usize, n: usize, k: usize, a: MatRef, b: MatRef, c: &mut [f32]) {
     if m == 0 || n == 0 {
         return;
@@ -78,37 +87,9 @@ pub fn gemm(m: usize, n: usize, k: usize, a: MatRef, b: MatRef, c: &mut [f32]) {
     assert!(c.len() >= m * n, "gemm: C too small");
     check_extent("A", a, m, k);
     check_extent("B", b, k, n);
-    let threads = rayon::current_num_threads().max(1);
-    let work = m * n * k;
-    if threads == 1 || work < 1 << 16 {
-        return gemm_serial(m, n, k, a, b, c, n, false);
-    }
-    // Each task packs its own copy of the operand it does not split (matrixmultiply packs per call):
-    // split the larger of A and B's free dimension so the shared operand is the smaller one, and use
-    // one task per thread so it is packed as few times as possible.
-    if m >= n && m >= 8 * threads {
-        // Row blocks: each task owns whole rows of C.
-        let rows = m.div_ceil(threads).max(8);
-        c[..m * n].par_chunks_mut(rows * n).enumerate().for_each(|(i, cb)| {
-            let r0 = i * rows;
-            let mr = cb.len() / n;
-            let ab = MatRef { data: &a.data[r0 * a.rs..], ..a };
-            gemm_serial(mr, n, k, ab, b, cb, n, false);
-        });
-    } else {
-        // Column blocks: C's columns [j0, j0+w) are disjoint between tasks.
-        let cols = n.div_ceil(threads).max(16);
-        let ptr = SendPtr(c.as_mut_ptr());
-        (0..n.div_ceil(cols)).into_par_iter().for_each(|bi| {
-            let j0 = bi * cols;
-            let w = cols.min(n - j0);
-            let bb = MatRef { data: &b.data[j0 * b.cs..], ..b };
-            let p = ptr;
-            // SAFETY: the block [0,m)×[j0,j0+w) of C is written by this task alone; C was checked to
-            // hold m×n elements.
-            unsafe { raw(m, w, k, a, bb, p.0.add(j0), n, false) };
-        });
-    }
+    let threads = if m * n * k < 1 << 16 { gemm::Parallelism::None } else { gemm::Parallelism::Rayon(0) };
+    // SAFETY: extents checked above; C is exclusively borrowed.
+    unsafe { raw(m, n, k, a, b, c.as_mut_ptr(), n, false, threads) }
 }
 
 #[cfg(test)]
