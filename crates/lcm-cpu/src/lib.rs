@@ -24,10 +24,12 @@ pub struct CpuWeight {
     pub data: Vec<f32>,
 }
 
+type Profile = BTreeMap<&'static str, (u64, Duration, u64)>;
+
 #[derive(Debug, Default)]
 pub struct CpuBackend {
     /// Per op family: (calls, time, multiply-accumulates), when profiling is on.
-    profile: Option<Mutex<BTreeMap<&'static str, (u64, Duration, u64)>>>,
+    profile: Option<Mutex<Profile>>,
 }
 
 impl CpuBackend {
@@ -44,7 +46,7 @@ impl CpuBackend {
     pub fn profile(&self) -> Vec<(&'static str, u64, Duration, u64)> {
         let Some(p) = &self.profile else { return Vec::new() };
         let mut v: Vec<_> = p.lock().expect("profile lock").iter().map(|(k, &(n, t, m))| (*k, n, t, m)).collect();
-        v.sort_by(|a, b| b.2.cmp(&a.2));
+        v.sort_by_key(|e| std::cmp::Reverse(e.2));
         v
     }
 }
