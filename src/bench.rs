@@ -1,6 +1,9 @@
 //! `lcm bench`: the whole pipeline — CLIP, n UNet steps, VAE decode — after warm-up, repeated, with the
 //! median/min/max of each stage and of the end to end. With no model folder it builds SD1.5-shaped models
-//! with seeded random weights (f16-rounded), so it needs no download.
+//! with seeded random weights (f16-rounded), so it needs no download. `lora_rank` adds an unmerged
+//! LoRA on the UNet (CUDA only; see [`lora`]).
+
+pub mod lora;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -8,6 +11,7 @@ use std::time::{Duration, Instant};
 use lcm_core::{Backend, Result, Tensor};
 use lcm_models::synthetic::random_source;
 use lcm_models::{sd15, ClipConfig, ClipTextModel, LoadOptions, Unet, UnetConfig, Vae, VaeConfig, VaeParts, Variant};
+use lora::{BenchBackend, LoraSummary};
 use serde_json::json;
 
 #[derive(Debug, Clone)]
@@ -20,6 +24,8 @@ pub struct BenchConfig {
     pub warmup: usize,
     pub repeat: usize,
     pub seed: u64,
+    /// An unmerged LoRA of this rank on every UNet LoRA target (CUDA backend only).
+    pub lora_rank: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -54,6 +60,7 @@ pub struct BenchReport {
     pub model: String,
     /// text_encoder, unet (all steps), unet_step (one step), vae_decode, end_to_end
     pub stages: Vec<Stage>,
+    pub lora: Option<LoraSummary>,
 }
 
 struct Models<B: Backend> {
@@ -88,13 +95,17 @@ fn load<B: Backend>(backend: &B, model: Option<&Path>, variant: Variant, seed: u
 }
 
 /// Runs the benchmark; `log` receives one line per timed repetition.
-pub fn run<B: Backend>(
+pub fn run<B: BenchBackend>(
     backend: &B,
     cfg: &BenchConfig,
     variant: Variant,
     log: &mut dyn FnMut(&str),
 ) -> Result<BenchReport> {
     let (mut m, model) = load(backend, cfg.model.as_deref(), variant, cfg.seed)?;
+    let lora = match cfg.lora_rank {
+        Some(rank) => Some(backend.attach_unmerged_lora(&mut m.unet, rank, cfg.seed)?),
+        None => None,
+    };
     let scale = m.vae.config.downscale();
     let (h, w, b) = (cfg.height / scale, cfg.width / scale, cfg.batch);
     let lc = m.unet.config.in_channels;
@@ -142,7 +153,7 @@ pub fn run<B: Backend>(
             log(&format!("warm-up {}/{}: {:.1} ms", rep + 1, cfg.warmup, total.as_secs_f64() * 1e3));
         }
     }
-    Ok(BenchReport { device: backend.name().to_string(), config: cfg.clone(), model, stages })
+    Ok(BenchReport { device: backend.name().to_string(), config: cfg.clone(), model, stages, lora })
 }
 
 impl BenchReport {
@@ -152,6 +163,14 @@ impl BenchReport {
             "lcm bench: {} on {}, {}x{}, batch {}, {} steps, {} repeats after {} warm-up\n",
             self.model, self.device, c.width, c.height, c.batch, c.steps, c.repeat, c.warmup
         );
+        if let Some(l) = &self.lora {
+            s += &format!(
+                "unmerged LoRA: rank {} on {} UNet weights ({:.1} M parameters; not counted in TFLOP/s)\n",
+                l.rank,
+                l.targets,
+                l.params as f64 / 1e6
+            );
+        }
         s += &format!("{:<13} {:>11} {:>11} {:>11} {:>12}\n", "stage", "median ms", "min ms", "max ms", "TFLOP/s");
         for st in &self.stages {
             let ms = |d: Duration| d.as_secs_f64() * 1e3;
@@ -174,6 +193,9 @@ impl BenchReport {
             "device": self.device, "model": self.model,
             "width": c.width, "height": c.height, "batch": c.batch, "steps": c.steps,
             "warmup": c.warmup, "repeat": c.repeat,
+            "lora_rank": self.lora.map(|l| l.rank),
+            "lora_targets": self.lora.map(|l| l.targets),
+            "lora_params": self.lora.map(|l| l.params),
             "stages": self.stages.iter().map(|st| json!({
                 "name": st.name, "macs": st.macs,
                 "median_ms": st.median().as_secs_f64() * 1e3,

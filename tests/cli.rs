@@ -115,6 +115,37 @@ fn several_images_are_numbered_and_loras_apply() {
 }
 
 #[test]
+fn img2img_reproduces_diffusers_png() {
+    let dir = scratch("img2img");
+    let model = fixtures().join("tiny-sd");
+    let image = fixtures().join("images/init_64x64.png");
+    let out = dir.join("i2i.png");
+    let (ok, _, stderr) = lcm(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "a photo of a cat",
+        "--seed",
+        "20",
+        "--device",
+        "cpu",
+        "--image",
+        image.to_str().unwrap(),
+        "--strength",
+        "0.5",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("2/2"), "strength 0.5 of 4 steps runs 2: {stderr}");
+    let (w, h, rgb, _) = read_png(&out).unwrap();
+    assert_eq!((w, h), (64, 64));
+    let (frac, max) = compare(&rgb, &recorded_u8("sd_img2img"));
+    assert!(frac < 0.001 && max <= 1, "{frac} of pixels differ, by up to {max}");
+}
+
+#[test]
 fn bad_flags_fail_before_any_work() {
     let model = fixtures().join("tiny-sd");
     let m = model.to_str().unwrap();
@@ -126,6 +157,7 @@ fn bad_flags_fail_before_any_work() {
         (&["--num-images", "0"], "--num-images"),
         (&["--lora", "/no/such/lora.safetensors"], "/no/such/lora.safetensors"),
         (&["--guidance-scale", "NaN"], "--guidance-scale"),
+        (&["--image", "/no/such/image.png"], "/no/such/image.png"),
     ];
     for (extra, needle) in cases {
         let mut args = vec!["generate", "--model", m, "--prompt", "x", "--device", "cpu"];
@@ -134,6 +166,18 @@ fn bad_flags_fail_before_any_work() {
         assert!(!ok, "{extra:?} should fail");
         assert!(stderr.contains(needle) && !stderr.contains("loading"), "{extra:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    let image = fixtures().join("images/init_64x64.png");
+    for (extra, needle) in [
+        (vec!["--strength", "0"], "--strength"),
+        (vec!["--strength", "1.5"], "--strength"),
+        (vec!["--width", "96"], "--width"),
+    ] {
+        let mut args =
+            vec!["generate", "--model", m, "--prompt", "x", "--device", "cpu", "--image", image.to_str().unwrap()];
+        args.extend(extra.iter());
+        let (ok, _, stderr) = lcm(&args);
+        assert!(!ok && stderr.contains(needle) && !stderr.contains("loading"), "{extra:?}: {stderr}");
     }
     let (ok, _, stderr) = lcm(&["generate", "--model", "/no/such/model", "--prompt", "x"]);
     assert!(!ok && stderr.contains("/no/such/model") && stderr.contains("model folder not found"), "{stderr}");

@@ -1,7 +1,7 @@
 //! Whole blocks on the CUDA backend: a ResNet block and a transformer block wired like the UNet's, run
 //! against the CPU reference, and the steady-state facts — a second run allocates nothing on the device,
 //! a CUDA graph replay with new inputs is still right, replay and plain launches agree bit for bit, and
-//! runs are deterministic. (Whole models on the fixtures come with the model wiring.)
+//! runs are deterministic. (Whole models on the fixtures: tests/gpu_pipeline.rs.)
 
 mod gpu_util;
 

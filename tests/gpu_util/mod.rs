@@ -9,7 +9,11 @@ use lcm_cpu::CpuBackend;
 /// The GPU test runner (these test files use `harness = false`). libtest has no run-time skip: a test
 /// that returns early without a GPU would be counted as passed. Here, without a CUDA backend, the whole
 /// suite prints one `SKIPPED` line with the reason and runs nothing; with one, each test gets a fresh
-/// backend and a libtest-style `test NAME ... ok|FAILED` line. The first free argument filters by name.
+/// backend and a libtest-style `test NAME ... ok|FAILED` line. Free arguments filter by name (a test
+/// runs when its name contains any of them; as with libtest, a filter may match nothing, and the
+/// device scripts count "0 passed" as a failure). libtest's own options are accepted and ignored —
+/// with their values, so `--test-threads 2` does not become a filter "2" — and tests run one after
+/// another.
 /// A named GPU test: it gets its own freshly opened backend.
 pub type GpuTest<'a> = (&'a str, fn(CudaBackend));
 
@@ -19,10 +23,10 @@ pub fn run_gpu_tests(suite: &str, tests: &[GpuTest]) -> std::process::ExitCode {
         println!("SKIPPED: {suite}: {} GPU tests not run: no CUDA backend here ({e})", tests.len());
         return ExitCode::SUCCESS;
     }
-    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let filters = name_filters(std::env::args().skip(1));
     let (mut passed, mut failed) = (0, Vec::new());
     for (name, test) in tests {
-        if filter.as_deref().is_some_and(|f| !name.contains(f)) {
+        if !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str())) {
             continue;
         }
         let be = CudaBackend::new().expect("the CUDA backend opened a moment ago");
@@ -42,6 +46,21 @@ pub fn run_gpu_tests(suite: &str, tests: &[GpuTest]) -> std::process::ExitCode {
         println!("failed: {}", failed.join(", "));
         ExitCode::FAILURE
     }
+}
+
+/// The free arguments of a test command line, skipping libtest's options and the values of those
+/// that take one.
+pub fn name_filters(mut args: impl Iterator<Item = String>) -> Vec<String> {
+    const WITH_VALUE: &[&str] = &["--test-threads", "--skip", "--logfile", "--format", "--color", "-Z"];
+    let mut filters = Vec::new();
+    while let Some(a) = args.next() {
+        if WITH_VALUE.contains(&a.as_str()) {
+            args.next();
+        } else if !a.starts_with('-') {
+            filters.push(a);
+        }
+    }
+    filters
 }
 
 /// xorshift64*: deterministic per seed, different for every test that picks its own seed.

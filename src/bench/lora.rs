@@ -1,0 +1,157 @@
+//! `lcm bench --lora-rank R`: an unmerged LoRA of rank R on every LoRA target of the UNet, through the
+//! CUDA backend's second-K-segment GEMM (docs/kernels.md, "LoRA"), so the bench shows what run-time
+//! (swappable) adapters cost per step against merged weights. The factors are seeded random numbers:
+//! only their shapes matter for the timing.
+
+use lcm_core::{Backend, Error, Result, WeightKind, WeightSpec};
+use lcm_cpu::CpuBackend;
+use lcm_models::synthetic::random_source;
+use lcm_models::Unet;
+
+use crate::cuda::CudaBackend;
+
+/// Module suffixes LCM-LoRA (and kohya's SD1.5 LoRAs) adapt in the UNet: attention projections,
+/// transformer proj_in/out and feed-forward, resnet convs and time projection, down/upsampler convs.
+pub const UNET_LORA_TARGETS: &[&str] = &[
+    "to_q",
+    "to_k",
+    "to_v",
+    "to_out.0",
+    "proj_in",
+    "proj_out",
+    "ff.net.0.proj",
+    "ff.net.2",
+    "conv1",
+    "conv2",
+    "conv_shortcut",
+    "time_emb_proj",
+    "downsamplers.0.conv",
+    "upsamplers.0.conv",
+];
+
+/// Indices of the UNet weights a LoRA adapts (linear and conv weights whose module ends in one of
+/// [`UNET_LORA_TARGETS`]).
+pub fn unet_lora_targets(specs: &[WeightSpec]) -> Vec<usize> {
+    specs
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| matches!(s.kind, WeightKind::Linear | WeightKind::Conv))
+        .filter(|(_, s)| {
+            s.name.strip_suffix(".weight").is_some_and(|m| {
+                UNET_LORA_TARGETS.iter().any(|t| m == *t || m.strip_suffix(t).is_some_and(|p| p.ends_with('.')))
+            })
+        })
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// Parameters of a rank-`rank` LoRA on `spec`: down `[rank, in·kh·kw]` plus up `[out, rank]`.
+pub fn lora_params(spec: &WeightSpec, rank: usize) -> usize {
+    let fan_in: usize = spec.shape[1..].iter().product();
+    rank * (fan_in + spec.shape[0])
+}
+
+/// What `--lora-rank` attached.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoraSummary {
+    pub rank: usize,
+    pub targets: usize,
+    pub params: usize,
+}
+
+/// The user scale of the bench's LoRA: with fan-in scaled factors it keeps the delta below the base
+/// weight, as a real adapter's is.
+pub const BENCH_LORA_SCALE: f32 = 0.25;
+
+/// Calls `f(weight index, down, up)` with seeded random factors of `rank` for every LoRA target in
+/// `specs`, one target at a time (rank 64 on SD1.5 is 67 M values: not all held at once). down is
+/// `[rank, in, kh, kw]` (or `[rank, in]`), up `[out, rank]`, both from the synthetic-weight source
+/// (fan-in scaled, f16-rounded). A GPU test merges the same factors on the CPU to check the unmerged path.
+pub fn for_each_random_lora(
+    specs: &[WeightSpec],
+    rank: usize,
+    seed: u64,
+    mut f: impl FnMut(usize, &[f32], &[f32]) -> Result<()>,
+) -> Result<LoraSummary> {
+    if rank == 0 {
+        return Err(Error::invalid("--lora-rank", "0: expected at least 1"));
+    }
+    let targets = unet_lora_targets(specs);
+    let mut source = random_source(seed ^ 0x4C6F_5241);
+    let (mut down, mut up) = (Vec::new(), Vec::new());
+    let mut summary = LoraSummary { rank, targets: targets.len(), params: 0 };
+    for i in targets {
+        let spec = &specs[i];
+        let mut down_shape = spec.shape.clone();
+        down_shape[0] = rank;
+        let down_spec = WeightSpec { name: format!("{}.lora_down", spec.name), shape: down_shape, kind: spec.kind };
+        let up_shape = vec![spec.shape[0], rank];
+        let up_spec = WeightSpec { name: format!("{}.lora_up", spec.name), shape: up_shape, kind: WeightKind::Linear };
+        source(&down_spec, &mut down)?;
+        source(&up_spec, &mut up)?;
+        f(i, &down, &up)?;
+        summary.params += lora_params(spec, rank);
+    }
+    Ok(summary)
+}
+
+/// A backend `lcm bench` runs on: the unmerged LoRA is the backend's own business.
+pub trait BenchBackend: Backend + Sized {
+    /// Attaches the seeded random LoRA of [`for_each_random_lora`] to every LoRA target of `unet`,
+    /// unmerged, with [`BENCH_LORA_SCALE`].
+    fn attach_unmerged_lora(&self, unet: &mut Unet<Self>, rank: usize, seed: u64) -> Result<LoraSummary>;
+}
+
+/// The CLI checks this before loading anything; this is the library's own refusal.
+pub fn cpu_refusal() -> Error {
+    Error::invalid(
+        "--lora-rank",
+        "an unmerged LoRA runs on the CUDA backend only (the CPU backend merges LoRAs into the weights at \
+         load, which costs nothing per step); use --device cuda, or leave --lora-rank out",
+    )
+}
+
+impl BenchBackend for CpuBackend {
+    fn attach_unmerged_lora(&self, _: &mut Unet<Self>, _: usize, _: u64) -> Result<LoraSummary> {
+        Err(cpu_refusal())
+    }
+}
+
+impl BenchBackend for CudaBackend {
+    fn attach_unmerged_lora(&self, unet: &mut Unet<Self>, rank: usize, seed: u64) -> Result<LoraSummary> {
+        let weights = &mut unet.runner_mut().weights;
+        let specs = weights.specs.clone();
+        for_each_random_lora(&specs, rank, seed, |i, down, up| {
+            // A slot per target, filled once; attaching changes the weight's fingerprint, so the next
+            // run records (and captures) the LoRA launches.
+            let slot = self.lora_slot(&specs[i], rank)?;
+            self.set_lora(&slot, down, up, rank, BENCH_LORA_SCALE)?;
+            weights.weights[i].attach_lora(&slot)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lcm_models::{sd15, UnetConfig};
+    use std::path::Path;
+
+    /// DESIGN.md: LCM-LoRA (rank 64) on SD1.5 has 67.3 M parameters on these targets.
+    #[test]
+    fn sd15_targets_at_rank_64_are_lcm_lora_sized() {
+        let cfg = UnetConfig::from_json(Path::new("sd15"), sd15::UNET_CONFIG).unwrap();
+        let specs = cfg.graph(1, 8, 8, 1).unwrap().weights;
+        let targets = unet_lora_targets(&specs);
+        let params: usize = targets.iter().map(|&i| lora_params(&specs[i], 64)).sum();
+        let names: Vec<&str> = targets.iter().map(|&i| specs[i].name.as_str()).collect();
+        assert!(names.contains(&"down_blocks.0.attentions.0.transformer_blocks.0.ff.net.0.proj.weight"));
+        assert!(names.contains(&"up_blocks.0.upsamplers.0.conv.weight"));
+        assert!(names.contains(&"down_blocks.1.resnets.0.conv_shortcut.weight"));
+        assert!(!names
+            .iter()
+            .any(|n| n.starts_with("conv_in") || n.starts_with("conv_out") || n.contains("time_embedding")));
+        println!("{} targets, {params} parameters at rank 64", targets.len());
+        assert!((67_000_000..67_600_000).contains(&params), "{} targets, {params} parameters", targets.len());
+    }
+}

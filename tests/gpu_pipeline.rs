@@ -1,0 +1,270 @@
+//! Whole models and the whole pipeline on the CUDA backend against the CPU reference, on the tiny
+//! SD1.5-structured fixtures (tests/fixtures/README.md): CLIP (with and without clip_skip), the UNet
+//! (cases a/b/c: square, non-square batch 2, a size not divisible by 8), the LCM UNet with its
+//! guidance embedding (`timestep_cond`), the VAE decoder and encoder, and recorded pipeline cases
+//! (plain, CFG with two images, LCM w-embedding, a merged LoRA), and the UNet with an unmerged LoRA on
+//! every target (the CUDA run-time path `lcm bench --lora-rank` times) against the same LoRA merged on
+//! the CPU. Relative L2 < 1e-2 per model call; end to end, latents < 1e-2 and the image's mean absolute
+//! difference < 2/255.
+//!
+//! Every model call runs twice on the GPU: once, then again after every arena the model owns is
+//! poisoned with NaN. The second run (a CUDA-graph replay) must rewrite everything it reads and give
+//! the same bits as the first. The diffusers records are printed beside, for the margin.
+
+mod gpu_util;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use gpu_util::{run_gpu_tests, TOL};
+use lcm::bench::lora::{for_each_random_lora, BenchBackend, BENCH_LORA_SCALE};
+use lcm::cuda::CudaBackend;
+use lcm_core::{rel_l2, Result, SafeTensorsFile, Tensor, WeightSpec};
+use lcm_cpu::CpuBackend;
+use lcm_models::runner::Runner;
+use lcm_models::{ClipTextModel, LoadOptions, Unet, Vae, VaeParts};
+use lcm_pipeline::pipeline::{LoadSpec, LoraSpec, Pipeline, Request};
+use serde_json::Value;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn record(name: &str) -> SafeTensorsFile {
+    let p = fixtures().join("records").join(name);
+    SafeTensorsFile::open(&p).unwrap_or_else(|e| panic!("fixture {}: {e}", p.display()))
+}
+
+fn tensor(file: &SafeTensorsFile, name: &str) -> Tensor {
+    let v = file.get(name).unwrap_or_else(|e| panic!("{e}"));
+    Tensor::new(v.shape.to_vec(), v.to_f32())
+}
+
+fn reduced() -> bool {
+    std::env::var("LCM_GPU_TESTS_REDUCED").is_ok_and(|v| v != "0")
+}
+
+fn poison(be: &CudaBackend, runner: &Runner<CudaBackend>) {
+    for ex in runner.executors() {
+        be.poison(ex.arena()).expect("poison arena");
+    }
+}
+
+/// Asserts the poisoned rerun gave the same bits, and the GPU output is within TOL of the CPU's.
+fn check(what: &str, gpu: &Tensor, rerun: &Tensor, cpu: &Tensor, torch: Option<&Tensor>) {
+    assert_eq!(gpu.shape, cpu.shape, "{what}: shape");
+    let same = gpu.data.iter().zip(&rerun.data).all(|(a, b)| a.to_bits() == b.to_bits());
+    let e = rel_l2(&gpu.data, &cpu.data);
+    let vs_torch = torch.map_or(String::new(), |t| format!(", vs diffusers {:.2e}", rel_l2(&gpu.data, &t.data)));
+    println!("{what}: CUDA vs CPU rel L2 {e:.2e}{vs_torch}");
+    assert!(same, "{what}: the run after poisoning the arenas differs from the first (an unwritten or racy element)");
+    assert!(e < TOL, "{what}: CUDA vs CPU rel L2 {e:.3e} (limit {TOL:.0e})");
+}
+
+fn clip_matches_cpu(be: CudaBackend) {
+    let rec = record("clip.safetensors");
+    let ids: Vec<i32> = tensor(&rec, "input_ids").data.iter().map(|&x| x as i32).collect();
+    let cpu = CpuBackend::new();
+    let dir = fixtures().join("tiny-sd/text_encoder");
+    for (skip, name) in [(0, "last_hidden_state"), (1, "last_hidden_state_clip_skip1")] {
+        let mut g = ClipTextModel::load(&be, &dir, skip, LoadOptions::default()).expect("load CLIP on CUDA");
+        let mut c = ClipTextModel::load(&cpu, &dir, skip, LoadOptions::default()).expect("load CLIP on CPU");
+        let first = g.forward(&be, &ids, 2).expect("CUDA CLIP");
+        poison(&be, g.runner());
+        let again = g.forward(&be, &ids, 2).expect("CUDA CLIP, poisoned");
+        let want = c.forward(&cpu, &ids, 2).expect("CPU CLIP");
+        check(&format!("clip (clip_skip {skip})"), &first, &again, &want, Some(&tensor(&rec, name)));
+    }
+}
+
+fn check_unet(be: &CudaBackend, folder: &str, record_name: &str, cases: &[&str], with_cond: bool) {
+    let rec = record(record_name);
+    let cpu = CpuBackend::new();
+    let dir = fixtures().join(folder);
+    let mut g = Unet::load(be, &dir, LoadOptions::default()).expect("load UNet on CUDA");
+    let mut c = Unet::load(&cpu, &dir, LoadOptions::default()).expect("load UNet on CPU");
+    let cases = if reduced() { &cases[..1] } else { cases };
+    for case in cases {
+        let sample = tensor(&rec, &format!("sample_{case}"));
+        let ctx = tensor(&rec, &format!("encoder_hidden_states_{case}"));
+        let t = vec![tensor(&rec, &format!("timestep_{case}")).data[0]; sample.shape[0]];
+        let cond = with_cond.then(|| tensor(&rec, &format!("timestep_cond_{case}")));
+        let first = g.forward(be, &sample, &t, &ctx, cond.as_ref()).expect("CUDA UNet");
+        poison(be, g.runner());
+        let again = g.forward(be, &sample, &t, &ctx, cond.as_ref()).expect("CUDA UNet, poisoned");
+        let want = c.forward(&cpu, &sample, &t, &ctx, cond.as_ref()).expect("CPU UNet");
+        let what = format!("{folder} case {case} (t={}, {:?})", t[0], sample.shape);
+        check(&what, &first, &again, &want, Some(&tensor(&rec, &format!("out_{case}"))));
+    }
+}
+
+fn unet_matches_cpu(be: CudaBackend) {
+    check_unet(&be, "tiny-sd/unet", "unet.safetensors", &["a", "b", "c"], false);
+}
+
+fn lcm_unet_with_timestep_cond_matches_cpu(be: CudaBackend) {
+    check_unet(&be, "tiny-lcm/unet", "unet_lcm.safetensors", &["a", "b"], true);
+}
+
+/// ΔW = scale·up@down over the flattened fan-in (torch layouts: down `[rank, in·kh·kw]`, up `[out, rank]`).
+fn lora_delta(spec: &WeightSpec, down: &[f32], up: &[f32], rank: usize, scale: f32) -> Vec<f32> {
+    let (out, fan_in) = (spec.shape[0], spec.shape[1..].iter().product::<usize>());
+    let mut d = vec![0.0f32; out * fan_in];
+    for o in 0..out {
+        for r in 0..rank {
+            let u = scale * up[o * rank + r];
+            for (dj, &dn) in d[o * fan_in..(o + 1) * fan_in].iter_mut().zip(&down[r * fan_in..(r + 1) * fan_in]) {
+                *dj += u * dn;
+            }
+        }
+    }
+    d
+}
+
+fn unmerged_lora_on_the_unet_matches_merged_on_cpu(be: CudaBackend) {
+    let (rank, seed) = (4, 7);
+    let rec = record("unet.safetensors");
+    let dir = fixtures().join("tiny-sd/unet");
+    let mut g = Unet::load(&be, &dir, LoadOptions::default()).expect("load UNet on CUDA");
+    let summary = be.attach_unmerged_lora(&mut g, rank, seed).expect("attach the unmerged LoRA");
+    // The same factors merged into the CPU's weights as they load.
+    let specs = g.runner().weights.specs.clone();
+    let mut deltas = HashMap::new();
+    for_each_random_lora(&specs, rank, seed, |i, down, up| {
+        deltas.insert(specs[i].name.clone(), lora_delta(&specs[i], down, up, rank, BENCH_LORA_SCALE));
+        Ok(())
+    })
+    .expect("factors");
+    assert!(deltas.keys().any(|n| n.ends_with("ff.net.0.proj.weight")), "the GEGLU projection is a target");
+    let mut merge = |spec: &WeightSpec, w: &mut Vec<f32>| -> Result<()> {
+        if let Some(d) = deltas.get(&spec.name) {
+            w.iter_mut().zip(d).for_each(|(w, d)| *w += d);
+        }
+        Ok(())
+    };
+    let cpu = CpuBackend::new();
+    let opts = LoadOptions { hook: Some(&mut merge), ..LoadOptions::default() };
+    let mut c = Unet::load(&cpu, &dir, opts).expect("load UNet on CPU with the LoRA merged");
+    println!("unmerged LoRA: rank {rank} on {} weights", summary.targets);
+
+    let sample = tensor(&rec, "sample_b");
+    let ctx = tensor(&rec, "encoder_hidden_states_b");
+    let t = vec![tensor(&rec, "timestep_b").data[0]; sample.shape[0]];
+    let first = g.forward(&be, &sample, &t, &ctx, None).expect("CUDA UNet + LoRA");
+    poison(&be, g.runner());
+    let again = g.forward(&be, &sample, &t, &ctx, None).expect("CUDA UNet + LoRA, poisoned");
+    let want = c.forward(&cpu, &sample, &t, &ctx, None).expect("CPU UNet, LoRA merged");
+    // The LoRA must matter, or this compares the base model twice.
+    let changed = rel_l2(&want.data, &tensor(&rec, "out_b").data);
+    println!("the LoRA changes the UNet output by {changed:.2e} (relative L2)");
+    assert!(changed > 0.05, "the LoRA changed the output by only {changed:.2e}");
+    check("tiny-sd unet case b, unmerged LoRA vs merged", &first, &again, &want, None);
+}
+
+fn vae_decode_and_encode_match_cpu(be: CudaBackend) {
+    let rec = record("vae.safetensors");
+    let cpu = CpuBackend::new();
+    let dir = fixtures().join("tiny-sd/vae");
+    let mut g = Vae::load(&be, &dir, VaeParts::Both, LoadOptions::default()).expect("load VAE on CUDA");
+    let mut c = Vae::load(&cpu, &dir, VaeParts::Both, LoadOptions::default()).expect("load VAE on CPU");
+    let cases: &[&str] = if reduced() { &["a"] } else { &["a", "b"] };
+    for case in cases {
+        let z = tensor(&rec, &format!("decode_in_{case}"));
+        let first = g.decode(&be, &z).expect("CUDA decode");
+        poison(&be, g.decoder_runner());
+        let again = g.decode(&be, &z).expect("CUDA decode, poisoned");
+        let want = c.decode(&cpu, &z).expect("CPU decode");
+        let torch = tensor(&rec, &format!("decode_out_{case}"));
+        check(&format!("vae decode {case} {:?}", z.shape), &first, &again, &want, Some(&torch));
+    }
+    let x = tensor(&rec, "encode_in");
+    let first = g.encode_moments(&be, &x).expect("CUDA encode");
+    poison(&be, g.encoder_runner().expect("encoder loaded"));
+    let again = g.encode_moments(&be, &x).expect("CUDA encode, poisoned");
+    let want = c.encode_moments(&cpu, &x).expect("CPU encode");
+    check("vae encode moments", &first, &again, &want, Some(&tensor(&rec, "encode_moments")));
+}
+
+/// Recorded pipeline cases that between them cover the paths: plain SD + LCMScheduler, CFG with a
+/// negative prompt and two images (UNet batch 4), the distilled LCM UNet's w-embedding with two
+/// images, and a LoRA merged at load.
+const PIPELINE_CASES: &[&str] = &["sd_4step", "sd_cfg_x2", "lcm_x2", "lora_peft"];
+
+struct Case {
+    model: PathBuf,
+    loras: Vec<LoraSpec>,
+    req: Request,
+}
+
+fn case(name: &str) -> Case {
+    let text = std::fs::read_to_string(fixtures().join("records/pipeline/cases.json")).expect("cases.json");
+    let all: Value = serde_json::from_str(&text).expect("cases.json is JSON");
+    let c = all.as_array().expect("a list").iter().find(|c| c["name"] == name).expect("case recorded");
+    let num = |k: &str| c[k].as_f64().unwrap_or_else(|| panic!("{name}: {k}"));
+    Case {
+        model: fixtures().join(c["model"].as_str().expect("model")),
+        loras: c["loras"]
+            .as_array()
+            .expect("loras")
+            .iter()
+            .map(|l| LoraSpec {
+                path: fixtures().join(l[0].as_str().expect("path")),
+                scale: l[1].as_f64().expect("scale") as f32,
+            })
+            .collect(),
+        req: Request {
+            prompt: c["prompt"].as_str().expect("prompt").to_string(),
+            negative_prompt: c["negative_prompt"].as_str().map(str::to_string),
+            steps: num("steps") as usize,
+            guidance_scale: num("guidance_scale") as f32,
+            seed: num("seed") as u64,
+            width: num("width") as usize,
+            height: num("height") as usize,
+            num_images: num("num_images") as usize,
+            ..Request::default()
+        },
+    }
+}
+
+fn pipeline_matches_cpu(be: CudaBackend) {
+    let names = if reduced() { &PIPELINE_CASES[..1] } else { PIPELINE_CASES };
+    let mut gpu = Some(be);
+    for name in names {
+        let c = case(name);
+        let spec = LoadSpec { model_dir: c.model.clone(), loras: c.loras.clone(), ..LoadSpec::default() };
+        // Each pipeline owns its backend: the first case takes the runner's, later ones open their own.
+        let be = gpu.take().unwrap_or_else(|| CudaBackend::new().expect("a second CUDA backend"));
+        let mut g = Pipeline::load(be, spec.clone()).unwrap_or_else(|e| panic!("{name}: load on CUDA: {e}"));
+        let mut p = Pipeline::load(CpuBackend::new(), spec).unwrap_or_else(|e| panic!("{name}: load on CPU: {e}"));
+        let go = g.generate(&c.req, &mut |_| {}).unwrap_or_else(|e| panic!("{name}: CUDA: {e}"));
+        let co = p.generate(&c.req, &mut |_| {}).unwrap_or_else(|e| panic!("{name}: CPU: {e}"));
+        assert_eq!(go.latents.shape, co.latents.shape, "{name}: latent shape");
+        assert_eq!(go.images.shape, co.images.shape, "{name}: image shape");
+        let lat = rel_l2(&go.latents.data, &co.latents.data);
+        let mad = go.images.data.iter().zip(&co.images.data).map(|(a, b)| (a - b).abs() as f64).sum::<f64>()
+            / go.images.numel() as f64;
+        let rec =
+            SafeTensorsFile::open(fixtures().join(format!("records/pipeline/{name}.safetensors"))).expect("record");
+        let vs_torch = rel_l2(&go.latents.data, &rec.get("latents").expect("latents").to_f32());
+        println!(
+            "pipeline {name}: latents CUDA vs CPU rel L2 {lat:.2e} (vs diffusers {vs_torch:.2e}), image MAD {:.3}/255",
+            mad * 255.0
+        );
+        assert!(lat < TOL, "{name}: latents rel L2 {lat:.3e} (limit {TOL:.0e})");
+        assert!(mad < 2.0 / 255.0, "{name}: image mean absolute difference {:.3}/255 (limit 2/255)", mad * 255.0);
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    run_gpu_tests(
+        "gpu_pipeline",
+        &[
+            ("clip_matches_cpu", clip_matches_cpu),
+            ("unet_matches_cpu", unet_matches_cpu),
+            ("lcm_unet_with_timestep_cond_matches_cpu", lcm_unet_with_timestep_cond_matches_cpu),
+            ("unmerged_lora_on_the_unet_matches_merged_on_cpu", unmerged_lora_on_the_unet_matches_merged_on_cpu),
+            ("vae_decode_and_encode_match_cpu", vae_decode_and_encode_match_cpu),
+            ("pipeline_matches_cpu", pipeline_matches_cpu),
+        ],
+    )
+}
