@@ -274,11 +274,29 @@ impl Graph {
             }
             Op::Linear { w, out, .. } => n(out) * self.shape(w)[1] as u64,
             Op::Attention { q, k, .. } => {
-                // QKᵀ and PV: 2 · N · M · C per batch.
-                let (qs, ks) = (self.shape(q), self.shape(k));
-                2 * (qs[0] * qs[1] * ks[1] * qs[2]) as u64
+                // QKᵀ and PV: 2 · N · M · C per batch entry; q may be an NHWC image (N = H·W).
+                let (qs, c) = (self.shape(q), *self.shape(q).last().unwrap_or(&1) as u64);
+                let batch = qs[0] as u64;
+                let tokens = |t: TensorId| n(t) / (batch * c).max(1);
+                2 * batch * tokens(q) * tokens(k) * c
             }
             _ => 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Elem, GraphBuilder};
+
+    #[test]
+    fn attention_macs_count_image_queries_as_tokens() {
+        let mut b = GraphBuilder::new();
+        let q = b.input(&[2, 4, 8, 16], Elem::Act); // 32 query tokens of 16 channels
+        let k = b.input(&[2, 77, 16], Elem::Act);
+        let o = b.attention(q, k, k, 2, false);
+        b.output(o);
+        let g = b.finish().unwrap();
+        assert_eq!(g.macs(), 2 * 2 * 32 * 77 * 16);
     }
 }
