@@ -11,6 +11,14 @@ use super::abi::{LcmAct_LCM_ACT_GELU, LcmAct_LCM_ACT_QUICK_GELU, LcmAct_LCM_ACT_
 use super::backend::{CudaBackend, CudaWeight, STATUS_BYTES};
 use super::launch::{self, AttnShape, EltOp, GemmPtrs, GemmShape, Step};
 
+/// Whether tensors `a` and `b` occupy disjoint arena bytes (weights live outside the arena).
+fn arena_disjoint(plan: &ArenaPlan, a: TensorId, b: TensorId) -> bool {
+    match (plan.offsets[a], plan.offsets[b]) {
+        (Some(oa), Some(ob)) => oa + plan.bytes[a] <= ob || ob + plan.bytes[b] <= oa,
+        _ => true,
+    }
+}
+
 pub(crate) struct Recorder<'a> {
     be: &'a CudaBackend,
     g: &'a Graph,
@@ -83,13 +91,20 @@ impl<'a> Recorder<'a> {
     }
 
     /// `Linear` at `i` whose single-use output feeds the `Geglu` at `i + 1`: the GEGLU epilogue applies.
+    ///
+    /// The planner placed the Geglu's output for a lifetime starting at `i + 1`, so it may share bytes
+    /// with the Linear's input (whose last read is op `i`): writing it from op `i`'s GEMM would then
+    /// overwrite rows other blocks still read. Fuse only when the two are disjoint.
     fn geglu_after(&self, i: usize) -> Option<TensorId> {
-        let (Op::Linear { out, residual: None, .. }, Some(Op::Geglu { x, out: gout })) =
+        let (Op::Linear { x: lx, bias, out, residual: None, .. }, Some(Op::Geglu { x, out: gout })) =
             (&self.g.ops[i], self.g.ops.get(i + 1))
         else {
             return None;
         };
-        (*x == *out && self.uses[*out] == 1 && !self.is_output[*out] && self.last(*out) % 2 == 0).then_some(*gout)
+        let no_alias =
+            arena_disjoint(self.plan, *gout, *lx) && bias.is_none_or(|b| arena_disjoint(self.plan, *gout, b));
+        (*x == *out && self.uses[*out] == 1 && !self.is_output[*out] && self.last(*out) % 2 == 0 && no_alias)
+            .then_some(*gout)
     }
 
     /// The conv/linear of op `op` as a GEMM problem (without LoRA or GEGLU).
@@ -299,5 +314,28 @@ impl<'a> Recorder<'a> {
             i += 1;
         }
         Ok(steps)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lcm_core::{Elem, GraphBuilder};
+
+    use super::*;
+
+    /// The hazard `geglu_after` guards against: in the plain `x -> Linear -> Geglu` graph the planner
+    /// puts the Geglu's output on the Linear's input (their lifetimes do not meet), so a GEMM writing
+    /// the Geglu's output would overwrite rows of x that other blocks still read.
+    #[test]
+    fn planner_may_place_the_geglu_output_on_the_linear_input() {
+        let mut b = GraphBuilder::new();
+        let x = b.input(&[1, 4096, 320], Elem::Act);
+        let y = b.linear("ff", x, 2560, true);
+        let g = b.geglu(y);
+        b.output(g);
+        let graph = lcm_core::fuse::fuse(b.finish().unwrap());
+        let plan = lcm_core::planner::plan(&graph, 2);
+        assert!(!arena_disjoint(&plan, g, x), "the plan changed: this test no longer shows the hazard");
+        assert!(arena_disjoint(&plan, y, x) && arena_disjoint(&plan, g, y));
     }
 }
