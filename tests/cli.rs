@@ -16,6 +16,14 @@ fn lcm(args: &[&str]) -> (bool, String, String) {
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
 }
 
+/// `lcm generate` on the tiny fixture model (tests/fixtures/tiny-sd), on the CPU, with `extra` flags.
+fn generate(prompt: &str, extra: &[&str]) -> (bool, String, String) {
+    let model = fixtures().join("tiny-sd");
+    let mut args = vec!["generate", "--model", model.to_str().unwrap(), "--prompt", prompt, "--device", "cpu"];
+    args.extend_from_slice(extra);
+    lcm(&args)
+}
+
 fn scratch(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("lcm-cli-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -38,28 +46,23 @@ fn compare(a: &[u8], b: &[u8]) -> (f64, u8) {
 #[test]
 fn generate_reproduces_diffusers_png() {
     let dir = scratch("png");
-    let model = fixtures().join("tiny-sd");
     let out = dir.join("cat.png");
     let lat = dir.join("cat.safetensors");
-    let (ok, stdout, stderr) = lcm(&[
-        "generate",
-        "--model",
-        model.to_str().unwrap(),
-        "--prompt",
+    let (ok, stdout, stderr) = generate(
         "a photo of a cat",
-        "--seed",
-        "0",
-        "--width",
-        "64",
-        "--height",
-        "64",
-        "--device",
-        "cpu",
-        "--output",
-        out.to_str().unwrap(),
-        "--save-latents",
-        lat.to_str().unwrap(),
-    ]);
+        &[
+            "--seed",
+            "0",
+            "--width",
+            "64",
+            "--height",
+            "64",
+            "--output",
+            out.to_str().unwrap(),
+            "--save-latents",
+            lat.to_str().unwrap(),
+        ],
+    );
     assert!(ok, "lcm generate failed: {stderr}");
     assert!(stdout.contains("cat.png") && stderr.contains("text encoder") && stderr.contains("4/4"), "{stderr}");
     let (w, h, rgb, params) = read_png(&out).unwrap();
@@ -80,30 +83,25 @@ fn generate_reproduces_diffusers_png() {
 #[test]
 fn several_images_are_numbered_and_loras_apply() {
     let dir = scratch("multi");
-    let model = fixtures().join("tiny-sd");
     let lora = fixtures().join("loras/lora_kohya_ldm.safetensors");
     let out = dir.join("img.png");
-    let (ok, _, stderr) = lcm(&[
-        "generate",
-        "--model",
-        model.to_str().unwrap(),
-        "--prompt",
+    let (ok, _, stderr) = generate(
         "a photo of a cat",
-        "--seed",
-        "0",
-        "--width",
-        "64",
-        "--height",
-        "64",
-        "--device",
-        "cpu",
-        "--lora",
-        &format!("{}:1.0", lora.display()),
-        "--num-images",
-        "2",
-        "--output",
-        out.to_str().unwrap(),
-    ]);
+        &[
+            "--seed",
+            "0",
+            "--width",
+            "64",
+            "--height",
+            "64",
+            "--lora",
+            &format!("{}:1.0", lora.display()),
+            "--num-images",
+            "2",
+            "--output",
+            out.to_str().unwrap(),
+        ],
+    );
     assert!(ok, "{stderr}");
     assert!(!out.exists() && dir.join("img-0.png").is_file() && dir.join("img-1.png").is_file());
     let (_, _, first, params) = read_png(&dir.join("img-0.png")).unwrap();
@@ -117,26 +115,12 @@ fn several_images_are_numbered_and_loras_apply() {
 #[test]
 fn img2img_reproduces_diffusers_png() {
     let dir = scratch("img2img");
-    let model = fixtures().join("tiny-sd");
     let image = fixtures().join("images/init_64x64.png");
     let out = dir.join("i2i.png");
-    let (ok, _, stderr) = lcm(&[
-        "generate",
-        "--model",
-        model.to_str().unwrap(),
-        "--prompt",
+    let (ok, _, stderr) = generate(
         "a photo of a cat",
-        "--seed",
-        "20",
-        "--device",
-        "cpu",
-        "--image",
-        image.to_str().unwrap(),
-        "--strength",
-        "0.5",
-        "--output",
-        out.to_str().unwrap(),
-    ]);
+        &["--seed", "20", "--image", image.to_str().unwrap(), "--strength", "0.5", "--output", out.to_str().unwrap()],
+    );
     assert!(ok, "{stderr}");
     assert!(stderr.contains("2/2"), "strength 0.5 of 4 steps runs 2: {stderr}");
     let (w, h, rgb, _) = read_png(&out).unwrap();

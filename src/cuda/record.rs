@@ -110,24 +110,24 @@ impl<'a> Recorder<'a> {
     /// The conv/linear of op `op` as a GEMM problem (without LoRA or GEGLU).
     fn gemm_shape(&self, op: &Op) -> Result<GemmShape> {
         Ok(match *op {
-            Op::Conv2d { x, w, stride, pad, out, .. } => {
-                let (xs, os, ws) = (self.shape(x), self.shape(out), self.shape(w));
-                if xs.len() != 4 || os.len() != 4 || ws.len() != 4 {
-                    return Err(Error::backend("conv2d wants NHWC input and output and a 4-d weight"));
-                }
+            Op::Conv2d { .. } => {
+                let c = self
+                    .g
+                    .conv_geometry(op)
+                    .ok_or_else(|| Error::backend("conv2d wants NHWC input and output and a 4-d weight"))?;
                 GemmShape {
-                    batch: xs[0],
-                    h: xs[1],
-                    w: xs[2],
-                    ci: xs[3],
-                    ho: os[1],
-                    wo: os[2],
-                    co: os[3],
-                    kh: ws[2],
-                    kw: ws[3],
-                    stride,
-                    pad_top: pad[0],
-                    pad_left: pad[1],
+                    batch: c.batch,
+                    h: c.h,
+                    w: c.w,
+                    ci: c.ci,
+                    ho: c.ho,
+                    wo: c.wo,
+                    co: c.co,
+                    kh: c.kh,
+                    kw: c.kw,
+                    stride: c.stride,
+                    pad_top: c.pad[0],
+                    pad_left: c.pad[1],
                     k2: 0,
                     geglu: false,
                 }

@@ -231,6 +231,23 @@ impl Op {
     }
 }
 
+/// A Conv2d op's geometry, read off its tensors' shapes once for every backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvGeometry {
+    pub batch: usize,
+    pub h: usize,
+    pub w: usize,
+    pub ci: usize,
+    pub ho: usize,
+    pub wo: usize,
+    pub co: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: usize,
+    /// top, left, bottom, right
+    pub pad: [usize; 4],
+}
+
 /// A model instantiated for one input shape.
 #[derive(Debug, Clone, Default)]
 pub struct Graph {
@@ -258,6 +275,17 @@ impl Graph {
             uses[t] += 1;
         }
         uses
+    }
+
+    /// The geometry of a `Conv2d` op (NHWC input and output, `[Co, Ci, kh, kw]` weight); `None` for any
+    /// other op or malformed shapes.
+    pub fn conv_geometry(&self, op: &Op) -> Option<ConvGeometry> {
+        let Op::Conv2d { x, w, stride, pad, out, .. } = *op else { return None };
+        let (xs, ws, os) = (self.shape(x), self.shape(w), self.shape(out));
+        let [batch, h, wd, ci] = <[usize; 4]>::try_from(xs).ok()?;
+        let [_, _, kh, kw] = <[usize; 4]>::try_from(ws).ok()?;
+        let [_, ho, wo, co] = <[usize; 4]>::try_from(os).ok()?;
+        Some(ConvGeometry { batch, h, w: wd, ci, ho, wo, co, kh, kw, stride, pad })
     }
 
     /// Multiply-accumulate count of the whole graph (conv, linear, attention), for FLOP reports.

@@ -17,6 +17,6 @@ pub use builder::GraphBuilder;
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use executor::Executor;
-pub use graph::{Activation, Elem, Graph, Op, Storage, TensorId, WeightKind, WeightSpec};
+pub use graph::{Activation, ConvGeometry, Elem, Graph, Op, Storage, TensorId, WeightKind, WeightSpec};
 pub use tensor::{rel_l2, Tensor};
 pub use weights::{SafeTensorsFile, TensorView, WeightFiles};

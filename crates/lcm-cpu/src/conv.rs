@@ -9,20 +9,8 @@ use rayon::prelude::*;
 
 use crate::gemm::{gemm, MatRef};
 
-pub struct ConvShape {
-    pub batch: usize,
-    pub h: usize,
-    pub w: usize,
-    pub ci: usize,
-    pub ho: usize,
-    pub wo: usize,
-    pub co: usize,
-    pub kh: usize,
-    pub kw: usize,
-    pub stride: usize,
-    /// top, left, bottom, right
-    pub pad: [usize; 4],
-}
+/// The geometry of one convolution (shared with every backend).
+pub use lcm_core::ConvGeometry as ConvShape;
 
 /// Reorders a torch conv weight `[Co, Ci, kh, kw]` into `[kh, kw, Ci, Co]`.
 pub fn pack_weight(w: &[f32], co: usize, ci: usize, kh: usize, kw: usize) -> Vec<f32> {

@@ -16,7 +16,6 @@ use lcm_core::planner::ArenaPlan;
 use lcm_core::{Backend, Error, Graph, HostData, Op, Result, Storage, TensorId, WeightKind, WeightSpec};
 
 use crate::attention::AttnShape;
-use crate::conv::ConvShape;
 use crate::gemm::MatRef;
 
 /// A weight in the layout the CPU ops read: conv weights as `[kh·kw·Ci, Co]`, the rest as given.
@@ -183,21 +182,8 @@ fn epilogue(out: &mut [f32], n: usize, bias: Option<&[f32]>, residual: Option<&[
 fn run_op(m: &Memory, op: &Op) -> Result<()> {
     let out = m.dst(op);
     match *op {
-        Op::Conv2d { x, w, bias, residual, stride, pad, out: o } => {
-            let (xs, ws, os) = (m.shape(x), m.shape(w), m.shape(o));
-            let s = ConvShape {
-                batch: xs[0],
-                h: xs[1],
-                w: xs[2],
-                ci: xs[3],
-                ho: os[1],
-                wo: os[2],
-                co: os[3],
-                kh: ws[2],
-                kw: ws[3],
-                stride,
-                pad,
-            };
+        Op::Conv2d { x, w, bias, residual, .. } => {
+            let s = m.graph.conv_geometry(op).expect("conv2d shapes were checked when the graph was built");
             conv::conv2d(&s, m.src(x), m.src(w), out);
             epilogue(out, s.co, bias.map(|b| m.src(b)), residual.map(|r| m.src(r)));
         }
