@@ -15,31 +15,10 @@ struct Vec {
     float v[V];
     static __device__ __forceinline__ Vec load(const __half* p) {
         Vec r;
-        if constexpr (V == 8) {
-            const dev::Half8 h = *reinterpret_cast<const dev::Half8*>(p);
-#pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                const float2 f = __half22float2(h.h[j]);
-                r.v[2 * j] = f.x;
-                r.v[2 * j + 1] = f.y;
-            }
-        } else {
-#pragma unroll
-            for (int j = 0; j < V; ++j) r.v[j] = __half2float(p[j]);
-        }
+        dev::load_vec<V>(p, r.v);
         return r;
     }
-    __device__ __forceinline__ void store(__half* p) const {
-        if constexpr (V == 8) {
-            dev::Half8 h;
-#pragma unroll
-            for (int j = 0; j < 4; ++j) h.h[j] = __floats2half2_rn(v[2 * j], v[2 * j + 1]);
-            *reinterpret_cast<dev::Half8*>(p) = h;
-        } else {
-#pragma unroll
-            for (int j = 0; j < V; ++j) p[j] = __float2half(v[j]);
-        }
-    }
+    __device__ __forceinline__ void store(__half* p) const { dev::store_vec<V>(p, v); }
 };
 
 #define LCM_GRID_STRIDE(i, count) \

@@ -18,35 +18,6 @@ namespace lcm {
 namespace norm {
 
 template <int V>
-static __device__ __forceinline__ void load_vec(const __half* src, float (&v)[V]) {
-    if constexpr (V == 8) {
-        const dev::Half8 h = *reinterpret_cast<const dev::Half8*>(src);
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const float2 f = __half22float2(h.h[j]);
-            v[2 * j] = f.x;
-            v[2 * j + 1] = f.y;
-        }
-    } else {
-#pragma unroll
-        for (int j = 0; j < V; ++j) v[j] = __half2float(src[j]);
-    }
-}
-
-template <int V>
-static __device__ __forceinline__ void store_vec(__half* dst, const float (&v)[V]) {
-    if constexpr (V == 8) {
-        dev::Half8 h;
-#pragma unroll
-        for (int j = 0; j < 4; ++j) h.h[j] = __floats2half2_rn(v[2 * j], v[2 * j + 1]);
-        *reinterpret_cast<dev::Half8*>(dst) = h;
-    } else {
-#pragma unroll
-        for (int j = 0; j < V; ++j) dst[j] = __float2half(v[j]);
-    }
-}
-
-template <int V>
 static __device__ __forceinline__ void group_norm_stats(const LcmGroupNormParams& p) {
     extern __shared__ float sm[];
     const int C = p.c, cols = C / V, rows = blockDim.x / cols;
@@ -60,12 +31,12 @@ static __device__ __forceinline__ void group_norm_stats(const LcmGroupNormParams
     float* QC = MC + C;             // [C] per-channel M2 of the chunk
 
     float shift[V], s1[V], s2[V];
-    load_vec<V>(xb + (long long)p0 * C + col * V, shift);
+    dev::load_vec<V>(xb + (long long)p0 * C + col * V, shift);
 #pragma unroll
     for (int j = 0; j < V; ++j) s1[j] = s2[j] = 0.0f;
     for (int px = p0 + row; px < p1; px += rows) {
         float v[V];
-        load_vec<V>(xb + (long long)px * C + col * V, v);
+        dev::load_vec<V>(xb + (long long)px * C + col * V, v);
 #pragma unroll
         for (int j = 0; j < V; ++j) {
             const float d = v[j] - shift[j];
@@ -166,13 +137,13 @@ static __device__ __forceinline__ void group_norm_apply(const LcmGroupNormParams
     const long long base = (long long)b * p.hw * C + col * V;
     for (int px = p0 + row; px < p1; px += rows) {
         float v[V];
-        load_vec<V>(p.x + base + (long long)px * C, v);
+        dev::load_vec<V>(p.x + base + (long long)px * C, v);
 #pragma unroll
         for (int j = 0; j < V; ++j) {
             const float y = v[j] * sc[j] + sh[j];
             v[j] = p.silu ? dev::silu(y) : y;
         }
-        store_vec<V>(p.out + base + (long long)px * C, v);
+        dev::store_vec<V>(p.out + base + (long long)px * C, v);
     }
 }
 
@@ -188,7 +159,7 @@ static __device__ __forceinline__ void layer_norm(const LcmLayerNormParams& p) {
     float sum = 0.0f;
     for (int i = lane; i < nv; i += 32) {
         float v[V];
-        load_vec<V>(x + i * V, v);
+        dev::load_vec<V>(x + i * V, v);
 #pragma unroll
         for (int j = 0; j < V; ++j) sum += v[j];
     }
@@ -196,20 +167,20 @@ static __device__ __forceinline__ void layer_norm(const LcmLayerNormParams& p) {
     float sq = 0.0f;
     for (int i = lane; i < nv; i += 32) {
         float v[V];
-        load_vec<V>(x + i * V, v);
+        dev::load_vec<V>(x + i * V, v);
 #pragma unroll
         for (int j = 0; j < V; ++j) sq += (v[j] - mean) * (v[j] - mean);
     }
     const float rstd = rsqrtf(dev::warp_sum(sq) / (float)C + p.eps);
     for (int i = lane; i < nv; i += 32) {
         float v[V];
-        load_vec<V>(x + i * V, v);
+        dev::load_vec<V>(x + i * V, v);
 #pragma unroll
         for (int j = 0; j < V; ++j) {
             const int c = i * V + j;
             v[j] = (v[j] - mean) * rstd * __half2float(p.gamma[c]) + __half2float(p.beta[c]);
         }
-        store_vec<V>(y + i * V, v);
+        dev::store_vec<V>(y + i * V, v);
     }
 }
 

@@ -74,6 +74,37 @@ struct alignas(16) Half8 {
     __half2 h[4];
 };
 
+// V consecutive halves <-> V floats: one 16-byte access when V = 8 (the caller guarantees alignment),
+// element by element otherwise. Shared by the element-wise and normalisation kernels.
+template <int V>
+static __device__ __forceinline__ void load_vec(const __half* src, float (&v)[V]) {
+    if constexpr (V == 8) {
+        const Half8 h = *reinterpret_cast<const Half8*>(src);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const float2 f = __half22float2(h.h[j]);
+            v[2 * j] = f.x;
+            v[2 * j + 1] = f.y;
+        }
+    } else {
+#pragma unroll
+        for (int j = 0; j < V; ++j) v[j] = __half2float(src[j]);
+    }
+}
+
+template <int V>
+static __device__ __forceinline__ void store_vec(__half* dst, const float (&v)[V]) {
+    if constexpr (V == 8) {
+        Half8 h;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) h.h[j] = __floats2half2_rn(v[2 * j], v[2 * j + 1]);
+        *reinterpret_cast<Half8*>(dst) = h;
+    } else {
+#pragma unroll
+        for (int j = 0; j < V; ++j) dst[j] = __float2half(v[j]);
+    }
+}
+
 }  // namespace dev
 }  // namespace lcm
 

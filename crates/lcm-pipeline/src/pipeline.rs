@@ -211,23 +211,20 @@ impl<B: Backend> Pipeline<B> {
             VaeParts::Decoder,
             LoadOptions { variant: spec.variant, hook: None },
         )?;
-        if unet.config.cross_attention_dim != text_encoder.config.hidden_size {
-            return Err(Error::config(
-                unet_dir.join("config.json"),
-                format!(
-                    "cross_attention_dim {} differs from the text encoder's hidden_size {}",
-                    unet.config.cross_attention_dim, text_encoder.config.hidden_size
-                ),
-            ));
-        }
-        if unet.config.in_channels != vae.config.latent_channels {
-            return Err(Error::config(
-                unet_dir.join("config.json"),
-                format!(
-                    "in_channels {} differs from the VAE's latent_channels {}",
-                    unet.config.in_channels, vae.config.latent_channels
-                ),
-            ));
+        // The components must fit each other; a mismatch names the UNet config and both numbers.
+        for (what, unet_value, other, other_value) in [
+            (
+                "cross_attention_dim",
+                unet.config.cross_attention_dim,
+                "the text encoder's hidden_size",
+                text_encoder.config.hidden_size,
+            ),
+            ("in_channels", unet.config.in_channels, "the VAE's latent_channels", vae.config.latent_channels),
+        ] {
+            if unet_value != other_value {
+                let msg = format!("{what} {unet_value} differs from {other} {other_value}");
+                return Err(Error::config(unet_dir.join("config.json"), msg));
+            }
         }
         Ok(Pipeline { backend, spec, tokenizer, text_encoder, unet, vae, scheduler })
     }
