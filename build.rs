@@ -9,6 +9,11 @@
 //! `scripts/install-nvcc.sh` from PyPI). Without nvcc the build succeeds CPU-only with a warning, unless
 //! `LCM_REQUIRE_CUDA=1`. A kernel that fails to compile always fails the build.
 //!
+//! The same kernel files are also compiled as host C++ (the `cc` crate, g++/clang++) against the CUDA
+//! headers nvcc brings, with `LCM_EMULATE` defined and `kernels/include/lcm_emulate.h` force-included,
+//! plus the emulator's runtime (`kernels/emulate/runtime.cpp`): the emulated device that runs every
+//! kernel on the CPU (`cfg(lcm_emulator)`; see docs/kernels.md).
+//!
 //! The kernel ABI header is also compiled as C (the `cc` crate) into a layout probe, and run through
 //! bindgen when libclang is present, so tests can prove the Rust structs match it.
 
@@ -28,6 +33,7 @@ fn main() {
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let kernels = root.join("kernels");
     println!("cargo:rerun-if-changed=kernels");
+    println!("cargo::rustc-check-cfg=cfg(lcm_emulator)");
     for var in ["NVCC", "CUDA_HOME", "LCM_REQUIRE_CUDA", "PATH"] {
         println!("cargo:rerun-if-env-changed={var}");
     }
@@ -41,7 +47,7 @@ fn main() {
         .filter(|p| p.extension().is_some_and(|x| x == "cu"))
         .collect();
     sources.sort();
-    for dir in [&kernels, &kernels.join("include")] {
+    for dir in [&kernels, &kernels.join("include"), &kernels.join("emulate")] {
         for e in fs::read_dir(dir).into_iter().flatten().flatten() {
             println!("cargo:rerun-if-changed={}", e.path().display());
         }
@@ -62,7 +68,8 @@ fn main() {
 
     let unit = out.join("lcm_kernels.cu");
     let body: String = sources.iter().map(|s| format!("#include \"{}\"\n", s.display())).collect();
-    fs::write(&unit, body).expect("write OUT_DIR");
+    fs::write(&unit, &body).expect("write OUT_DIR");
+    emulator(&kernels, &nvcc, &out, &body, require);
 
     let common = |cmd: &mut Command| {
         cmd.args(["-O3", "-lineinfo", "-std=c++17", "--use_fast_math", "-Xptxas", "-v", "-I"])
@@ -135,6 +142,46 @@ fn main() {
     let status = fatbin_cmd.status().expect("run fatbinary");
     assert!(status.success(), "fatbinary failed");
     fs::write(&report, tsv).expect("write OUT_DIR");
+}
+
+/// The emulation build: the kernels' unit as host C++ plus the runtime, one static library. The CUDA
+/// headers are the ones next to nvcc (`<cuda>/bin/nvcc` -> `<cuda>/include`).
+fn emulator(kernels: &Path, nvcc: &Path, out: &Path, unit_body: &str, require: bool) {
+    let cuda_include = nvcc.parent().and_then(Path::parent).map(|root| root.join("include"));
+    let Some(cuda_include) = cuda_include.filter(|d| d.join("cuda_fp16.h").is_file()) else {
+        let msg = format!("no cuda_fp16.h next to {}: building without the kernel emulator", nvcc.display());
+        if require {
+            panic!("LCM_REQUIRE_CUDA=1: {msg}");
+        }
+        println!("cargo:warning={msg}");
+        return;
+    };
+    let unit = out.join("lcm_kernels_emulated.cpp");
+    fs::write(&unit, unit_body).expect("write OUT_DIR");
+    let include = kernels.join("include");
+    let built = cc::Build::new()
+        .cpp(true)
+        .std("c++17")
+        .opt_level(3)
+        .define("LCM_EMULATE", "1")
+        .include(&include)
+        .include(&cuda_include)
+        // Kernels pun halves through integer types (as CUDA code does); the host compiler must not assume
+        // otherwise. `#pragma unroll` means nothing to it.
+        .flag("-fno-strict-aliasing")
+        .flag_if_supported("-Wno-unknown-pragmas")
+        // Same bits on every machine: no fused multiply-adds the source did not ask for.
+        .flag("-ffp-contract=off")
+        .flag("-include")
+        .flag(include.join("lcm_emulate.h").display().to_string())
+        .file(&unit)
+        .file(kernels.join("emulate/runtime.cpp"))
+        .try_compile("lcm_emulated_kernels");
+    match built {
+        Ok(()) => println!("cargo:rustc-cfg=lcm_emulator"),
+        Err(e) if require => panic!("LCM_REQUIRE_CUDA=1 and the kernel emulation build failed: {e}"),
+        Err(e) => println!("cargo:warning=building without the kernel emulator: {e}"),
+    }
 }
 
 fn find_nvcc(root: &Path) -> Option<PathBuf> {

@@ -132,7 +132,7 @@ struct Flash {
 template <int DP, int BKV, bool CAUSAL>
 static __device__ __forceinline__ void flash_fwd(const LcmAttnParams& p) {
     constexpr int LD = Flash<DP, BKV, CAUSAL>::kLD;
-    extern __shared__ __align__(16) unsigned char smem_raw[];
+    unsigned char* smem_raw = dev::dynamic_smem();
     __half(*Qs)[LD] = reinterpret_cast<__half(*)[LD]>(smem_raw);
     __half(*Ks)[BKV][LD] = reinterpret_cast<__half(*)[BKV][LD]>(smem_raw + BQ * LD * 2);
     __half(*Vs)[BKV][LD] = reinterpret_cast<__half(*)[BKV][LD]>(smem_raw + (BQ + 2 * BKV) * LD * 2);
@@ -230,7 +230,7 @@ struct Wide {
 template <int DP>
 static __device__ __forceinline__ void flash_fwd_wide(const LcmAttnParams& p) {
     constexpr int LD = Wide<DP>::kLD, SL = Wide<DP>::kSlice;
-    extern __shared__ __align__(16) unsigned char smem_raw[];
+    unsigned char* smem_raw = dev::dynamic_smem();
     auto Kst = [&](int s) { return reinterpret_cast<__half(*)[LD]>(smem_raw + s * Wide<DP>::kTileBytes); };
     auto Vst = [&](int s) { return reinterpret_cast<__half(*)[LD]>(smem_raw + s * Wide<DP>::kTileBytes + BKW * LD * 2); };
     float(*Sp)[4][32][8] = reinterpret_cast<float(*)[4][32][8]>(smem_raw + 2 * Wide<DP>::kTileBytes);

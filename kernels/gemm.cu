@@ -45,7 +45,7 @@ struct ARow {
 template <int BM, int BN, int WM, int WN, bool VecA>
 static __device__ __forceinline__ void igemm(const LcmGemmParams& p) {
     using T = Tile<BM, BN, WM, WN>;
-    extern __shared__ __align__(16) unsigned char smem_raw[];
+    unsigned char* smem_raw = dev::dynamic_smem();
     __half(*As)[BM][LDS] = reinterpret_cast<__half(*)[BM][LDS]>(smem_raw);
     __half(*Bs)[BN][LDS] = reinterpret_cast<__half(*)[BN][LDS]>(smem_raw + STAGES * BM * LDS * 2);
 

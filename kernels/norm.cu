@@ -19,7 +19,7 @@ namespace norm {
 
 template <int V>
 static __device__ __forceinline__ void group_norm_stats(const LcmGroupNormParams& p) {
-    extern __shared__ float sm[];
+    float* sm = reinterpret_cast<float*>(dev::dynamic_smem());
     const int C = p.c, cols = C / V, rows = blockDim.x / cols;
     const int tid = threadIdx.x, col = tid % cols, row = tid / cols;
     const int b = blockIdx.y, chunk = blockIdx.x;

@@ -69,7 +69,10 @@ fn generate_reproduces_diffusers_png() {
     assert_eq!((w, h), (64, 64));
     let (frac, max) = compare(&rgb, &recorded_u8("sd_4step"));
     println!("pixels differing from diffusers: {:.3}% (max {max})", 100.0 * frac);
-    assert!(frac < 0.001 && max <= 1, "{frac} of pixels differ, by up to {max}");
+    // The CPU backend's GEMM (the `gemm` crate) picks AVX-512 or AVX2 micro-kernels by machine, and the
+    // f32 summation order with them: on AVX2 machines ~0.12% of values sit close enough to a rounding
+    // boundary to land one step away (0.01% with AVX-512). More, or any difference above 1, is a bug.
+    assert!(frac < 0.005 && max <= 1, "{frac} of pixels differ, by up to {max}");
     let params = params.expect("parameters chunk");
     assert!(
         params.contains("prompt: a photo of a cat") && params.contains("seed: 0") && params.contains("steps: 4"),
@@ -126,7 +129,10 @@ fn img2img_reproduces_diffusers_png() {
     let (w, h, rgb, _) = read_png(&out).unwrap();
     assert_eq!((w, h), (64, 64));
     let (frac, max) = compare(&rgb, &recorded_u8("sd_img2img"));
-    assert!(frac < 0.001 && max <= 1, "{frac} of pixels differ, by up to {max}");
+    // The CPU backend's GEMM (the `gemm` crate) picks AVX-512 or AVX2 micro-kernels by machine, and the
+    // f32 summation order with them: on AVX2 machines ~0.12% of values sit close enough to a rounding
+    // boundary to land one step away (0.01% with AVX-512). More, or any difference above 1, is a bug.
+    assert!(frac < 0.005 && max <= 1, "{frac} of pixels differ, by up to {max}");
 }
 
 #[test]

@@ -5,7 +5,7 @@
 
 mod gpu_util;
 
-use gpu_util::{random_inputs, random_weight, run_gpu_tests, Input, Pair, Rng, TOL};
+use gpu_util::{random_inputs, random_weight, run_gpu_tests, Input, Pair, Rng};
 use lcm::cuda::CudaBackend;
 use lcm_core::{Activation, Elem, Graph, GraphBuilder};
 
@@ -65,16 +65,16 @@ fn unet_block_matches_cpu_and_second_run_allocates_nothing(be: CudaBackend) {
     let mut rng = Rng::new(1);
     let mut pair = Pair::new(&be, g.clone(), &mut rng);
     let first = random_inputs(&g, &mut rng, 1);
-    let e = pair.run(&first)[0];
-    println!("unet block, first run: rel L2 {e:.2e}");
-    assert!(e < TOL, "first run: rel L2 {e:.3e}");
+    let d = pair.run(&first)[0];
+    println!("unet block, first run: {d}");
+    assert!(d.ok(), "first run: {d}; kernels: {}", pair.kernels());
 
     // The first run recorded and captured; from here on a run is a graph replay.
     let allocations = be.device_allocations();
     let second = random_inputs(&g, &mut rng, 1);
-    let e = pair.run(&second)[0];
-    println!("unet block, replay with new inputs: rel L2 {e:.2e}");
-    assert!(e < TOL, "replay with new inputs: rel L2 {e:.3e}");
+    let d = pair.run(&second)[0];
+    println!("unet block, replay with new inputs: {d}");
+    assert!(d.ok(), "replay with new inputs: {d}");
     assert_eq!(be.device_allocations(), allocations, "a second run allocated on the device");
     assert!(pair.ge.arena().recorded_launches() > 0);
 }
@@ -86,7 +86,7 @@ fn run_once(be: &CudaBackend, g: &Graph, data: &[Vec<f32>], inputs: &[Input]) ->
 }
 
 fn graph_replay_and_plain_launches_agree_bit_for_bit(be: CudaBackend) {
-    let Ok(mut plain) = CudaBackend::new() else { return };
+    let mut plain = gpu_util::backend();
     plain.set_cuda_graphs(false);
     let g = unet_block();
     let mut rng = Rng::new(2);

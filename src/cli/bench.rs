@@ -27,7 +27,8 @@ pub struct BenchArgs {
     /// Batch size (images per generation).
     #[arg(long = "num-images", default_value_t = 1)]
     pub num_images: usize,
-    /// cpu or cuda (default: cuda when available).
+    /// cpu, cuda or emulated (default: cuda when available). Default size: 512 on cuda, 256 on cpu, 64
+    /// on the emulator.
     #[arg(long, value_enum)]
     pub device: Option<Device>,
     /// Untimed generations first.
@@ -74,7 +75,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Chosen::Cuda(_) if args.profile => {
             Err(Error::invalid("--profile", "per-op profiles are CPU-only; on CUDA use nsys/ncu"))
         }
-        Chosen::Cuda(b) => go(&*b, &args, 512, Variant::PreferHalf),
+        Chosen::Cuda(b) => go(&*b, &args, if b.is_emulated() { 64 } else { 512 }, Variant::PreferHalf),
     }
 }
 

@@ -59,7 +59,8 @@ pub struct GenerateArgs {
     /// Images per prompt, generated as one batch; FILE.png becomes FILE-0.png, FILE-1.png, ...
     #[arg(long, default_value_t = 1)]
     pub num_images: usize,
-    /// cpu or cuda. Default: cuda when a GPU and the kernels are present, else cpu (with a note).
+    /// cpu, cuda or emulated (the CUDA kernels run on the CPU by the emulator: slow, for debugging on
+    /// tiny models). Default: cuda when a GPU and the kernels are present, else cpu (with a note).
     #[arg(long, value_enum)]
     pub device: Option<Device>,
     /// diffusers' clip_skip: use the text encoder's output that many layers before the last.

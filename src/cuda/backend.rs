@@ -11,9 +11,9 @@ use half::f16;
 use lcm_core::planner::ArenaPlan;
 use lcm_core::{Backend, Error, Graph, HostData, Result, WeightKind, WeightSpec};
 
-use super::driver::{self, Device, DeviceBuffer, GraphExec};
-use super::functions::{Functions, Kernel};
-use super::launch::{self, Limits, Params, Step};
+use super::device::{Device, DeviceBuffer, DeviceKind, GraphExec};
+use super::functions::Kernel;
+use super::launch::{self, Limits, Step};
 use super::lora::LoraBuffers;
 use super::record::Recorder;
 
@@ -30,7 +30,6 @@ pub(crate) const STATUS_BYTES: usize = 256;
 
 pub struct CudaBackend {
     pub(crate) dev: Arc<Device>,
-    pub(crate) funcs: Functions,
     pub(crate) limits: Limits,
     graphs: bool,
 }
@@ -80,30 +79,68 @@ impl CudaArena {
     pub fn recorded_launches(&self) -> usize {
         self.recorded.as_ref().map_or(0, |r| r.steps.len())
     }
+
+    /// The recorded run's launches, one line each: kernel, grid, block, dynamic shared memory (what a
+    /// failing test prints so the failure names its kernel and geometry).
+    pub fn recorded_kernels(&self) -> Vec<String> {
+        let steps = self.recorded.as_ref().map_or(&[][..], |r| &r.steps[..]);
+        steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Kernel(l) => Some(format!(
+                    "{} grid {:?} block {} smem {}",
+                    l.kernel.name(),
+                    l.grid,
+                    l.block[0] * l.block[1] * l.block[2],
+                    l.smem
+                )),
+                Step::Zero32 { .. } => None,
+            })
+            .collect()
+    }
 }
 
 impl CudaBackend {
-    /// Opens GPU 0 (or `$LCM_CUDA_DEVICE`), loads the kernels and resolves every function. An error —
-    /// never a panic — when the binary was built without nvcc, the driver is missing, there is no GPU,
-    /// or the GPU is older than sm_80. `$LCM_CUDA_GRAPHS=0` turns graph capture off (replays the
-    /// launch list instead; useful under compute-sanitizer and for profiling single kernels).
+    /// Opens the device `$LCM_CUDA_DEVICE` names: a GPU ordinal (default 0), or `emulated` for the
+    /// kernel emulator. An error — never a panic — when the binary was built without nvcc, the driver is
+    /// missing, there is no GPU, or the GPU is older than sm_80. `$LCM_CUDA_GRAPHS=0` turns graph capture
+    /// off (replays the launch list instead; useful under compute-sanitizer and for profiling single
+    /// kernels).
     pub fn new() -> Result<CudaBackend> {
-        if !super::kernels::compiled() {
-            return Err(Error::backend(
-                "this binary was built without nvcc, so it has no CUDA kernels: run scripts/install-nvcc.sh (or set NVCC / CUDA_HOME) and rebuild",
-            ));
-        }
-        let ordinal = std::env::var("LCM_CUDA_DEVICE").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
-        let dev = Device::open(ordinal, super::kernels::FATBIN)?;
-        let funcs = Functions::resolve(&dev)?;
-        let limits = Limits { sm_count: dev.sm_count, smem_optin: dev.smem_optin };
-        let graphs = std::env::var("LCM_CUDA_GRAPHS").map_or(true, |v| v != "0");
-        Ok(CudaBackend { dev, funcs, limits, graphs })
+        let kind = match std::env::var("LCM_CUDA_DEVICE") {
+            Ok(v) if v == "emulated" => DeviceKind::Emulated,
+            Ok(v) => DeviceKind::Gpu(v.parse().map_err(|_| {
+                Error::invalid("LCM_CUDA_DEVICE", format!("`{v}`: a GPU ordinal (0, 1, …) or `emulated`"))
+            })?),
+            Err(_) => DeviceKind::Gpu(0),
+        };
+        CudaBackend::open(kind)
     }
 
-    /// e.g. "NVIDIA H100 80GB HBM3 (sm_90, 132 SMs)".
+    /// Opens `kind`: a GPU, or the emulator that runs the same kernels on the CPU (slowly; for tests and
+    /// debugging — see docs/kernels.md for what it does and does not model).
+    pub fn open(kind: DeviceKind) -> Result<CudaBackend> {
+        let dev = Device::open(kind)?;
+        let limits = Limits { sm_count: dev.sm_count, smem_optin: dev.smem_optin };
+        let graphs = std::env::var("LCM_CUDA_GRAPHS").map_or(true, |v| v != "0");
+        Ok(CudaBackend { dev, limits, graphs })
+    }
+
+    /// Another backend on the same device (context, module, allocation counters): cheap, unlike `open`,
+    /// which loads the kernels again. Its CUDA-graph setting starts as this one's.
+    pub fn share(&self) -> CudaBackend {
+        CudaBackend { dev: self.dev.clone(), limits: self.limits, graphs: self.graphs }
+    }
+
+    /// Whether this backend runs on the kernel emulator rather than a GPU.
+    pub fn is_emulated(&self) -> bool {
+        self.dev.is_emulated()
+    }
+
+    /// e.g. "NVIDIA H100 80GB HBM3 (sm_90, 132 SMs)", or "emulated (sm_80 model, 4 SMs)".
     pub fn device_name(&self) -> String {
-        format!("{} (sm_{}{}, {} SMs)", self.dev.name, self.dev.cc.0, self.dev.cc.1, self.dev.sm_count)
+        let kind = if self.is_emulated() { " model" } else { "" };
+        format!("{} (sm_{}{}{kind}, {} SMs)", self.dev.name, self.dev.cc.0, self.dev.cc.1, self.dev.sm_count)
     }
 
     /// How many device allocations this backend has made so far (weights, arenas, scratch, LoRA slots).
@@ -138,38 +175,17 @@ impl CudaBackend {
         for s in steps {
             match *s {
                 Step::Kernel(ref l) => self.launch(l)?,
-                Step::Zero32 { ptr, words } => {
-                    // SAFETY: `ptr` is inside the scratch buffer the recorder sized for it.
-                    driver::check(
-                        unsafe { cudarc::driver::sys::cuMemsetD32Async(ptr, 0, words, self.dev.stream) },
-                        "cuMemsetD32Async",
-                    )?
-                }
+                // SAFETY: `ptr` is inside the scratch buffer the recorder sized for it.
+                Step::Zero32 { ptr, words } => unsafe { self.dev.zero_d32(ptr, words)? },
             }
         }
         Ok(())
     }
 
     pub(crate) fn launch(&self, l: &launch::Launch) -> Result<()> {
-        let f = self.funcs.get(l.kernel);
-        // SAFETY: each Params variant is the struct its kernels take (Launch is only built by the
-        // `launch` planners, which pair them); pointers come from live buffers of this backend.
-        unsafe {
-            match &l.params {
-                Params::Gemm(p) => driver::launch(&self.dev, f, l.grid, l.block, l.smem, p),
-                Params::Attn(p) => driver::launch(&self.dev, f, l.grid, l.block, l.smem, p),
-                Params::GroupNorm(p) => driver::launch(&self.dev, f, l.grid, l.block, l.smem, p),
-                Params::LayerNorm(p) => driver::launch(&self.dev, f, l.grid, l.block, l.smem, p),
-                Params::Eltwise(p) => driver::launch(&self.dev, f, l.grid, l.block, l.smem, p),
-                Params::Concat(p) => driver::launch(&self.dev, f, l.grid, l.block, l.smem, p),
-                Params::Upsample(p) => driver::launch(&self.dev, f, l.grid, l.block, l.smem, p),
-                Params::Embed(p) => driver::launch(&self.dev, f, l.grid, l.block, l.smem, p),
-                Params::Timestep(p) => driver::launch(&self.dev, f, l.grid, l.block, l.smem, p),
-                Params::LoraMerge(p) => driver::launch(&self.dev, f, l.grid, l.block, l.smem, p),
-                Params::Step(p) => driver::launch(&self.dev, f, l.grid, l.block, l.smem, p),
-            }
-        }
-        .map_err(|e| Error::backend(format!("{}: {e}", l.kernel.name())))
+        // SAFETY: launches are only built by the `launch` planners from addresses of live buffers of
+        // this backend (the device checks the parameter struct against the kernel).
+        unsafe { self.dev.launch(l) }
     }
 
     /// Identifies what a recording depends on: the graph (by identity and op sequence), the plan, the
@@ -194,7 +210,11 @@ impl Backend for CudaBackend {
     type Arena = CudaArena;
 
     fn name(&self) -> &'static str {
-        "cuda"
+        if self.is_emulated() {
+            "cuda (emulated)"
+        } else {
+            "cuda"
+        }
     }
 
     fn act_bytes(&self) -> usize {

@@ -1,15 +1,15 @@
-//! The thin layer over the CUDA driver API (cudarc's `sys`, loaded at run time): one device, its primary
-//! context, one stream, the kernel module, and device buffers that count their allocations.
+//! The GPU side of the device seam: the CUDA driver API through cudarc's `sys`, loaded at run time. One
+//! device, its primary context, one stream, the kernel module with every function resolved once.
 //!
-//! Every entry point binds the context to the calling thread first (`Device::bind`), so the handles can
-//! be used from whichever thread holds the backend.
+//! Every entry point binds the context to the calling thread first, so the handles can be used from
+//! whichever thread holds the backend.
 
-use std::ffi::{c_void, CString};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::ffi::c_void;
 
 use cudarc::driver::sys;
 use lcm_core::{Error, Result};
+
+use super::functions::Kernel;
 
 /// Turns a driver status into the engine's error, naming what was being done.
 pub(crate) fn check(r: sys::CUresult, what: &str) -> Result<()> {
@@ -22,29 +22,32 @@ pub(crate) fn check(r: sys::CUresult, what: &str) -> Result<()> {
     Err(Error::backend(format!("{what}: {name} ({text})")))
 }
 
-pub(crate) struct Device {
-    pub(crate) dev: sys::CUdevice,
-    ctx: sys::CUcontext,
-    pub(crate) stream: sys::CUstream,
-    pub(crate) module: sys::CUmodule,
+/// What the GPU is, read once at start-up.
+pub(crate) struct GpuFacts {
     pub(crate) name: String,
     pub(crate) sm_count: u32,
     pub(crate) cc: (i32, i32),
-    /// Opt-in shared memory per block, bytes (the most a kernel may ask for).
     pub(crate) smem_optin: u32,
-    allocations: AtomicU64,
-    live_bytes: AtomicU64,
+}
+
+pub(crate) struct Gpu {
+    dev: sys::CUdevice,
+    ctx: sys::CUcontext,
+    stream: sys::CUstream,
+    module: sys::CUmodule,
+    /// Resolved in `Kernel::ALL` order: a launch is an array load, no lookup, no string.
+    funcs: Vec<sys::CUfunction>,
 }
 
 // SAFETY: driver handles are plain identifiers valid from any thread once the context is current, and
-// every method binds it first; the Rust-side state is atomics. One stream orders all work.
-unsafe impl Send for Device {}
-unsafe impl Sync for Device {}
+// every method binds it first. One stream orders all work.
+unsafe impl Send for Gpu {}
+unsafe impl Sync for Gpu {}
 
-impl Device {
-    /// Opens device `ordinal` and loads `fatbin`. Fails cleanly (never panics) when the driver library
-    /// is missing, no GPU is present, or the fatbin has no image for this GPU.
-    pub(crate) fn open(ordinal: i32, fatbin: &[u8]) -> Result<Arc<Device>> {
+impl Gpu {
+    /// Opens device `ordinal`, loads `fatbin` and resolves every kernel. Fails cleanly (never panics)
+    /// when the driver library is missing, no GPU is present, or the fatbin has no image for this GPU.
+    pub(crate) fn open(ordinal: i32, fatbin: &[u8]) -> Result<(Gpu, GpuFacts)> {
         // SAFETY: probing for the library has no preconditions; everything after runs only if it loaded.
         if !unsafe { sys::is_culib_present() } {
             return Err(Error::backend("the NVIDIA driver library (libcuda.so) was not found: no CUDA device"));
@@ -98,35 +101,49 @@ impl Device {
                 sys::cuDevicePrimaryCtxRelease_v2(dev);
                 check(r, &format!("loading the kernel fatbin on {name} (sm_{}{})", cc.0, cc.1))?;
             }
-            Ok(Arc::new(Device {
-                dev,
-                ctx,
-                stream,
-                module,
-                name,
-                sm_count,
-                cc,
-                smem_optin,
-                allocations: AtomicU64::new(0),
-                live_bytes: AtomicU64::new(0),
-            }))
+            let mut gpu = Gpu { dev, ctx, stream, module, funcs: Vec::new() };
+            gpu.resolve(smem_optin)?; // on error, Drop releases what was created
+            Ok((gpu, GpuFacts { name, sm_count, cc, smem_optin }))
         }
+    }
+
+    /// Resolves every kernel and lets each use the device's full opt-in shared memory (the launch
+    /// planner checks each launch's request against that limit).
+    fn resolve(&mut self, smem_optin: u32) -> Result<()> {
+        for &k in Kernel::ALL {
+            let mut f = std::ptr::null_mut();
+            let mut static_smem = 0;
+            // SAFETY: the module lives as long as `self`; `f` is one of its functions once found.
+            unsafe {
+                check(
+                    sys::cuModuleGetFunction(&mut f, self.module, k.c_name().as_ptr()),
+                    &format!("kernel `{}` in the fatbin", k.name()),
+                )?;
+                check(
+                    sys::cuFuncGetAttribute(
+                        &mut static_smem,
+                        sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES,
+                        f,
+                    ),
+                    "cuFuncGetAttribute",
+                )?;
+                check(
+                    sys::cuFuncSetAttribute(
+                        f,
+                        sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                        smem_optin as i32 - static_smem,
+                    ),
+                    &format!("raising the shared-memory limit of {}", k.name()),
+                )?;
+            }
+            self.funcs.push(f);
+        }
+        Ok(())
     }
 
     pub(crate) fn bind(&self) -> Result<()> {
         // SAFETY: the context is retained for the device's lifetime.
         check(unsafe { sys::cuCtxSetCurrent(self.ctx) }, "cuCtxSetCurrent")
-    }
-
-    pub(crate) fn function(&self, name: &str) -> Result<sys::CUfunction> {
-        let c = CString::new(name).expect("kernel names have no NUL");
-        let mut f = std::ptr::null_mut();
-        // SAFETY: the module lives as long as the device.
-        check(
-            unsafe { sys::cuModuleGetFunction(&mut f, self.module, c.as_ptr()) },
-            &format!("kernel `{name}` in the fatbin"),
-        )?;
-        Ok(f)
     }
 
     pub(crate) fn synchronize(&self) -> Result<()> {
@@ -138,16 +155,147 @@ impl Device {
         )
     }
 
-    pub(crate) fn allocations(&self) -> u64 {
-        self.allocations.load(Ordering::Relaxed)
+    pub(crate) fn alloc(&self, bytes: usize) -> Result<u64> {
+        self.bind()?;
+        let mut ptr = 0;
+        // Zero-byte allocations are legal in the API but not in the driver; round up to one word.
+        // SAFETY: plain allocation on the current context.
+        check(unsafe { sys::cuMemAlloc_v2(&mut ptr, bytes.max(4)) }, &format!("allocating {bytes} bytes on the GPU"))?;
+        Ok(ptr)
     }
 
-    pub(crate) fn live_bytes(&self) -> u64 {
-        self.live_bytes.load(Ordering::Relaxed)
+    /// Frees after draining the stream, so no queued kernel still uses the memory; errors at teardown
+    /// are not actionable.
+    pub(crate) fn free(&self, ptr: u64) {
+        // SAFETY: `ptr` came from `alloc` and is freed once.
+        unsafe {
+            sys::cuCtxSetCurrent(self.ctx);
+            sys::cuStreamSynchronize(self.stream);
+            sys::cuMemFree_v2(ptr);
+        }
+    }
+
+    /// Stream-ordered; pageable copies are staged by the driver before it returns, so `src` may go.
+    ///
+    /// # Safety
+    /// `dst .. dst + src.len()` must be inside one live allocation.
+    pub(crate) unsafe fn upload(&self, dst: u64, src: &[u8]) -> Result<()> {
+        self.bind()?;
+        check(
+            unsafe { sys::cuMemcpyHtoDAsync_v2(dst, src.as_ptr() as *const c_void, src.len(), self.stream) },
+            "copy to the GPU",
+        )
+    }
+
+    /// Waits for the stream, so `out` is filled on return.
+    ///
+    /// # Safety
+    /// `src .. src + out.len()` must be inside one live allocation.
+    pub(crate) unsafe fn download(&self, src: u64, out: &mut [u8]) -> Result<()> {
+        self.bind()?;
+        check(
+            unsafe { sys::cuMemcpyDtoHAsync_v2(out.as_mut_ptr() as *mut c_void, src, out.len(), self.stream) },
+            "copy from the GPU",
+        )?;
+        self.synchronize()
+    }
+
+    /// # Safety
+    /// The words must be inside one live allocation.
+    pub(crate) unsafe fn memset_d16(&self, dst: u64, value: u16, count: usize) -> Result<()> {
+        self.bind()?;
+        check(unsafe { sys::cuMemsetD16Async(dst, value, count, self.stream) }, "cuMemsetD16Async")
+    }
+
+    /// Stream work only (no bind): safe inside a capture.
+    ///
+    /// # Safety
+    /// The words must be inside one live allocation.
+    pub(crate) unsafe fn memset_d32(&self, dst: u64, value: u32, count: usize) -> Result<()> {
+        check(unsafe { sys::cuMemsetD32Async(dst, value, count, self.stream) }, "cuMemsetD32Async")
+    }
+
+    /// Enqueues `kernel` with `arg` (its parameter struct) as the only argument. Stream work only.
+    ///
+    /// # Safety
+    /// `arg` must point at the struct `kernel` takes, and every device pointer in it must be valid for
+    /// what the kernel does with it.
+    pub(crate) unsafe fn launch(
+        &self,
+        kernel: Kernel,
+        grid: [u32; 3],
+        block: [u32; 3],
+        smem: u32,
+        arg: *const c_void,
+    ) -> Result<()> {
+        let mut args = [arg as *mut c_void];
+        check(
+            unsafe {
+                sys::cuLaunchKernel(
+                    self.funcs[kernel as usize],
+                    grid[0],
+                    grid[1],
+                    grid[2],
+                    block[0],
+                    block[1],
+                    block[2],
+                    smem,
+                    self.stream,
+                    args.as_mut_ptr(),
+                    std::ptr::null_mut(),
+                )
+            },
+            "cuLaunchKernel",
+        )
+    }
+
+    /// Records what `record` enqueues into a CUDA graph and instantiates it; nothing runs. The capture
+    /// is always ended, also when `record` fails.
+    pub(crate) fn capture(&self, record: impl FnOnce() -> Result<()>) -> Result<sys::CUgraphExec> {
+        self.bind()?;
+        // SAFETY: valid stream; thread-local mode so other threads' driver calls are not disturbed.
+        unsafe {
+            check(
+                sys::cuStreamBeginCapture_v2(
+                    self.stream,
+                    sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
+                ),
+                "cuStreamBeginCapture",
+            )?;
+        }
+        let recorded = record();
+        let mut graph = std::ptr::null_mut();
+        // SAFETY: ends the capture begun above on the same stream.
+        let ended = check(unsafe { sys::cuStreamEndCapture(self.stream, &mut graph) }, "cuStreamEndCapture");
+        recorded?;
+        ended?;
+        let mut exec = std::ptr::null_mut();
+        // SAFETY: `graph` is the captured graph; it is destroyed once instantiated (the exec is independent).
+        unsafe {
+            let r = sys::cuGraphInstantiateWithFlags(&mut exec, graph, 0);
+            sys::cuGraphDestroy(graph);
+            check(r, "cuGraphInstantiateWithFlags")?;
+        }
+        Ok(exec)
+    }
+
+    pub(crate) fn replay(&self, exec: sys::CUgraphExec) -> Result<()> {
+        self.bind()?;
+        // SAFETY: an exec from `capture` on this device, not yet destroyed.
+        check(unsafe { sys::cuGraphLaunch(exec, self.stream) }, "cuGraphLaunch")
+    }
+
+    pub(crate) fn destroy(&self, exec: sys::CUgraphExec) {
+        // SAFETY: destroyed once, after the stream has drained.
+        unsafe {
+            sys::cuCtxSetCurrent(self.ctx);
+            sys::cuStreamSynchronize(self.stream);
+            sys::cuGraphExecDestroy(exec);
+        }
     }
 }
 
-impl Drop for Device {
+impl Drop for Gpu {
     fn drop(&mut self) {
         // SAFETY: handles created in `open`, released once; errors at teardown are not actionable.
         unsafe {
@@ -158,187 +306,4 @@ impl Drop for Device {
             sys::cuDevicePrimaryCtxRelease_v2(self.dev);
         }
     }
-}
-
-/// One device allocation, freed on drop. Every one is counted: the steady state must make none.
-pub(crate) struct DeviceBuffer {
-    dev: Arc<Device>,
-    pub(crate) ptr: sys::CUdeviceptr,
-    pub(crate) bytes: usize,
-}
-
-impl DeviceBuffer {
-    pub(crate) fn alloc(dev: &Arc<Device>, bytes: usize) -> Result<DeviceBuffer> {
-        dev.bind()?;
-        let mut ptr = 0;
-        // Zero-byte allocations are legal in the API but not in the driver; round up to one word.
-        // SAFETY: plain allocation on the current context.
-        check(unsafe { sys::cuMemAlloc_v2(&mut ptr, bytes.max(4)) }, &format!("allocating {bytes} bytes on the GPU"))?;
-        dev.allocations.fetch_add(1, Ordering::Relaxed);
-        dev.live_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
-        Ok(DeviceBuffer { dev: dev.clone(), ptr, bytes })
-    }
-
-    /// Copies `data` into the buffer at byte `offset` (stream-ordered; the host slice may be dropped on
-    /// return — pageable copies are staged by the driver before it returns).
-    pub(crate) fn upload<T: bytemuck::Pod>(&self, offset: usize, data: &[T]) -> Result<()> {
-        let bytes = std::mem::size_of_val(data);
-        if offset + bytes > self.bytes {
-            return Err(Error::backend(format!(
-                "upload of {bytes} bytes at {offset} past a {}-byte buffer",
-                self.bytes
-            )));
-        }
-        self.dev.bind()?;
-        // SAFETY: in bounds (checked); the source is a live host slice.
-        check(
-            unsafe {
-                sys::cuMemcpyHtoDAsync_v2(
-                    self.ptr + offset as u64,
-                    data.as_ptr() as *const c_void,
-                    bytes,
-                    self.dev.stream,
-                )
-            },
-            "copy to the GPU",
-        )
-    }
-
-    /// Copies bytes at `offset` into `out`, waiting for the stream first.
-    pub(crate) fn download<T: bytemuck::Pod>(&self, offset: usize, out: &mut [T]) -> Result<()> {
-        let bytes = std::mem::size_of_val(out);
-        if offset + bytes > self.bytes {
-            return Err(Error::backend(format!("read of {bytes} bytes at {offset} past a {}-byte buffer", self.bytes)));
-        }
-        self.dev.bind()?;
-        // SAFETY: in bounds (checked); the destination is a live, exclusively borrowed host slice, and
-        // the stream is synchronised before it is released.
-        unsafe {
-            check(
-                sys::cuMemcpyDtoHAsync_v2(
-                    out.as_mut_ptr() as *mut c_void,
-                    self.ptr + offset as u64,
-                    bytes,
-                    self.dev.stream,
-                ),
-                "copy from the GPU",
-            )?;
-        }
-        self.dev.synchronize()
-    }
-
-    /// Fills `count` 16-bit words from byte `offset` with `value` (stream-ordered).
-    pub(crate) fn fill_u16(&self, offset: usize, value: u16, count: usize) -> Result<()> {
-        if offset + 2 * count > self.bytes {
-            return Err(Error::backend("fill past the end of a device buffer"));
-        }
-        self.dev.bind()?;
-        // SAFETY: in bounds (checked).
-        check(
-            unsafe { sys::cuMemsetD16Async(self.ptr + offset as u64, value, count, self.dev.stream) },
-            "cuMemsetD16Async",
-        )
-    }
-}
-
-impl Drop for DeviceBuffer {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `alloc`, freed once. The stream is drained first so no queued kernel
-        // still uses the memory; errors at teardown are not actionable.
-        unsafe {
-            sys::cuCtxSetCurrent(self.dev.ctx);
-            sys::cuStreamSynchronize(self.dev.stream);
-            sys::cuMemFree_v2(self.ptr);
-        }
-        self.dev.live_bytes.fetch_sub(self.bytes as u64, Ordering::Relaxed);
-    }
-}
-
-/// An instantiated CUDA graph, destroyed on drop.
-pub(crate) struct GraphExec {
-    dev: Arc<Device>,
-    pub(crate) exec: sys::CUgraphExec,
-}
-
-// SAFETY: the exec handle is only launched through `&self` with the context bound; the driver allows
-// launching an exec from any thread (launches of one exec are serialised on the one stream).
-unsafe impl Send for GraphExec {}
-unsafe impl Sync for GraphExec {}
-
-impl GraphExec {
-    /// Records whatever `record` enqueues on the device's stream into a graph and instantiates it.
-    /// Nothing is executed. The capture is always ended, also when `record` fails.
-    pub(crate) fn capture(dev: &Arc<Device>, record: impl FnOnce() -> Result<()>) -> Result<GraphExec> {
-        dev.bind()?;
-        // SAFETY: valid stream; thread-local mode so other threads' driver calls are not disturbed.
-        unsafe {
-            check(
-                sys::cuStreamBeginCapture_v2(dev.stream, sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL),
-                "cuStreamBeginCapture",
-            )?;
-        }
-        let recorded = record();
-        let mut graph = std::ptr::null_mut();
-        // SAFETY: ends the capture begun above on the same stream.
-        let ended = check(unsafe { sys::cuStreamEndCapture(dev.stream, &mut graph) }, "cuStreamEndCapture");
-        recorded?;
-        ended?;
-        let mut exec = std::ptr::null_mut();
-        // SAFETY: `graph` is the captured graph; it is destroyed once instantiated (the exec is independent).
-        unsafe {
-            let r = sys::cuGraphInstantiateWithFlags(&mut exec, graph, 0);
-            sys::cuGraphDestroy(graph);
-            check(r, "cuGraphInstantiateWithFlags")?;
-        }
-        Ok(GraphExec { dev: dev.clone(), exec })
-    }
-
-    pub(crate) fn launch(&self) -> Result<()> {
-        self.dev.bind()?;
-        // SAFETY: valid exec and stream.
-        check(unsafe { sys::cuGraphLaunch(self.exec, self.dev.stream) }, "cuGraphLaunch")
-    }
-}
-
-impl Drop for GraphExec {
-    fn drop(&mut self) {
-        // SAFETY: created in `capture`, destroyed once, after the stream has drained.
-        unsafe {
-            sys::cuCtxSetCurrent(self.dev.ctx);
-            sys::cuStreamSynchronize(self.dev.stream);
-            sys::cuGraphExecDestroy(self.exec);
-        }
-    }
-}
-
-/// Enqueues one kernel on the device's stream with its parameter struct as the only argument.
-///
-/// # Safety
-/// `f` must be a kernel of the loaded module whose single parameter has exactly the layout of `P`, and
-/// every device pointer inside `params` must be valid for what the kernel does with it.
-pub(crate) unsafe fn launch<P>(
-    dev: &Device,
-    f: sys::CUfunction,
-    grid: [u32; 3],
-    block: [u32; 3],
-    smem: u32,
-    params: &P,
-) -> Result<()> {
-    let mut args = [params as *const P as *mut c_void];
-    check(
-        sys::cuLaunchKernel(
-            f,
-            grid[0],
-            grid[1],
-            grid[2],
-            block[0],
-            block[1],
-            block[2],
-            smem,
-            dev.stream,
-            args.as_mut_ptr(),
-            std::ptr::null_mut(),
-        ),
-        "cuLaunchKernel",
-    )
 }

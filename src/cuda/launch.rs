@@ -32,6 +32,30 @@ pub enum Params {
     Step(LcmStepParams),
 }
 
+impl Params {
+    /// The struct's name (as in lcm_abi.h) and its address: what the kernel takes as its one argument.
+    pub(crate) fn as_arg(&self) -> (&'static str, *const std::ffi::c_void) {
+        macro_rules! arg {
+            ($($variant:ident($t:ident)),*) => {
+                match self { $(Params::$variant(p) => (stringify!($t), p as *const $t as *const std::ffi::c_void),)* }
+            };
+        }
+        arg!(
+            Gemm(LcmGemmParams),
+            Attn(LcmAttnParams),
+            GroupNorm(LcmGroupNormParams),
+            LayerNorm(LcmLayerNormParams),
+            Eltwise(LcmEltwiseParams),
+            Concat(LcmConcatParams),
+            Upsample(LcmUpsampleParams),
+            Embed(LcmEmbedParams),
+            Timestep(LcmTimestepParams),
+            LoraMerge(LcmLoraMergeParams),
+            Step(LcmStepParams)
+        )
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct Launch {
     pub kernel: Kernel,

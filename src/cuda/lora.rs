@@ -16,7 +16,7 @@ use lcm_core::{Error, Result, WeightKind, WeightSpec};
 
 use super::abi::LcmLoraMergeParams;
 use super::backend::{CudaBackend, CudaWeight};
-use super::driver::DeviceBuffer;
+use super::device::DeviceBuffer;
 use super::functions::Kernel;
 use super::launch::{gemm_weight_layout, Launch, Params};
 

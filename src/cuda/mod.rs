@@ -2,17 +2,21 @@
 //! run time, so the binary starts where no driver is installed and reports that as an error).
 //!
 //! - `kernels`: the embedded fatbin and ptxas report; `abi`: the kernel parameter structs;
-//! - `functions`: every kernel resolved once into a handle table; `launch`: launch planning (tile
-//!   tables, grids, limits; pure, unit-tested); `record`: a graph -> the launches of one run;
+//! - `functions`: the kernel table (name and parameter struct of each); `launch`: launch planning
+//!   (tile tables, grids, limits; pure, unit-tested); `record`: a graph -> the launches of one run;
 //! - `backend`: [`CudaBackend`], the `lcm_core::Backend`; `lora`: merged and unmerged LoRA;
-//! - `driver`: context, stream, counted allocations, CUDA graph capture.
+//! - `device`: the seam below all of that — counted allocations, copies, launches, graph capture —
+//!   over `driver` (a GPU through the driver API) or `emulator` (the same kernels compiled as host C++
+//!   and run on the CPU).
 //!
 //! docs/kernels.md describes each kernel family, its tiling and its status.
 
 pub mod abi;
 mod backend;
+mod device;
 mod driver;
-mod emulate;
+#[cfg(lcm_emulator)]
+mod emulator;
 pub mod functions;
 pub mod kernels;
 pub mod launch;
@@ -20,5 +24,6 @@ mod lora;
 mod record;
 
 pub use backend::{kernel_names, CudaArena, CudaBackend, CudaWeight};
+pub use device::DeviceKind;
 pub use functions::Kernel;
 pub use lora::LoraSlot;
