@@ -7,7 +7,9 @@
 //!
 //! nvcc is found from `$NVCC`, `$CUDA_HOME/bin`, `PATH`, or `.toolchain/cuda/bin` (filled by
 //! `scripts/install-nvcc.sh` from PyPI). Without nvcc the build succeeds CPU-only with a warning, unless
-//! `LCM_REQUIRE_CUDA=1`. A kernel that fails to compile always fails the build.
+//! `LCM_REQUIRE_CUDA=1`. A kernel that fails to compile always fails the build. `LCM_EMULATOR_ONLY=1`
+//! skips the nvcc compiles (the binary then has no GPU kernels) and builds only the emulator: the quick
+//! loop for editing a kernel on a machine without a GPU (scripts/sabotage.sh uses it).
 //!
 //! The same kernel files are also compiled as host C++ (the `cc` crate, g++/clang++) against the CUDA
 //! headers nvcc brings, with `LCM_EMULATE` defined and `kernels/include/lcm_emulate.h` force-included,
@@ -34,7 +36,7 @@ fn main() {
     let kernels = root.join("kernels");
     println!("cargo:rerun-if-changed=kernels");
     println!("cargo::rustc-check-cfg=cfg(lcm_emulator)");
-    for var in ["NVCC", "CUDA_HOME", "LCM_REQUIRE_CUDA", "PATH"] {
+    for var in ["NVCC", "CUDA_HOME", "LCM_REQUIRE_CUDA", "LCM_EMULATOR_ONLY", "PATH"] {
         println!("cargo:rerun-if-env-changed={var}");
     }
     println!("cargo:rerun-if-changed=.toolchain/cuda/bin/nvcc");
@@ -70,6 +72,12 @@ fn main() {
     let body: String = sources.iter().map(|s| format!("#include \"{}\"\n", s.display())).collect();
     fs::write(&unit, &body).expect("write OUT_DIR");
     emulator(&kernels, &nvcc, &out, &body, require);
+    if env::var("LCM_EMULATOR_ONLY").is_ok_and(|v| v == "1") {
+        println!("cargo:warning=LCM_EMULATOR_ONLY=1: no GPU kernels in this build (the emulator only)");
+        fs::write(&fatbin, b"").expect("write OUT_DIR");
+        fs::write(&report, "").expect("write OUT_DIR");
+        return;
+    }
 
     let common = |cmd: &mut Command| {
         cmd.args(["-O3", "-lineinfo", "-std=c++17", "--use_fast_math", "-Xptxas", "-v", "-I"])

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Breaks the kernels on purpose, one way at a time, and checks that the emulated GPU tests catch each
+# break (the emulation issue's sabotage list; results in docs/kernels.md). Works in a throwaway git
+# worktree of HEAD, so the checkout is never touched (commit what you want tested first); builds with
+# LCM_EMULATOR_ONLY=1 (no nvcc compiles) into target/sabotage. Prints one line per sabotage: CAUGHT with
+# the first failure the tests reported, or MISSED. Exits 1 if any was missed.
+#
+#   scripts/sabotage.sh            all of them (~2 minutes after the first build)
+#   scripts/sabotage.sh NAME...    only those (names as printed)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+scripts/install-nvcc.sh >/dev/null  # the emulator compiles against the CUDA headers nvcc brings
+wt=$(mktemp -d /tmp/lcm-sabotage.XXXXXX)
+git worktree add -q --detach "$wt" HEAD
+trap 'git -C "$root" worktree remove --force "$wt"' EXIT
+ln -s "$root/.toolchain" "$wt/.toolchain"
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$root/target/sabotage} LCM_EMULATOR_ONLY=1 LCM_TEST_DEVICE=emulated
+wanted=("$@")
+missed=0
+
+# sabotage NAME FILE OLD NEW TEST [FILTER...]: replaces the one occurrence of OLD in FILE with NEW, runs
+# the TEST suite (gpu_kernels, …) with the filters, expects it to fail, restores FILE.
+sabotage() {
+    local name=$1 file=$2 old=$3 new=$4 suite=$5
+    shift 5
+    if [ ${#wanted[@]} -gt 0 ] && [[ " ${wanted[*]} " != *" $name "* ]]; then return; fi
+    python3 - "$wt/$file" "$old" "$new" <<'EOF'
+import sys
+path, old, new = sys.argv[1:4]
+text = open(path).read()
+if text.count(old) != 1:
+    sys.exit(f"{path}: expected exactly one occurrence of {old!r}, found {text.count(old)}")
+open(path, "w").write(text.replace(old, new))
+EOF
+    local log="$CARGO_TARGET_DIR/sabotage-$name.log"
+    mkdir -p "$CARGO_TARGET_DIR"
+    if (cd "$wt" && cargo test -q --locked --test "$suite" -- "$@") >"$log" 2>&1; then
+        printf '%-26s MISSED: %s %s passed with the break in %s\n' "$name" "$suite" "$*" "$file"
+        missed=1
+    else
+        local why
+        why=$(grep -m1 -E "FAILED case|panicked at|error(\[|:)" "$log" -A1 | tr '\n' ' ' | cut -c1-240)
+        printf '%-26s CAUGHT by %s: %s\n' "$name" "$suite" "$why"
+    fi
+    git -C "$wt" checkout -q -- "$file"
+}
+
+echo "building the emulator in $wt (first run: a few minutes)..."
+(cd "$wt" && cargo test -q --locked --no-run --test gpu_kernels >/dev/null 2>&1)
+
+sabotage mma-a-fragment-row kernels/emulate/runtime.cpp \
+    'A[g][2 * t + e] = h2f(half_of(s.a[0], e));' 'A[g][2 * t + e] = h2f(half_of(s.a[1], e));' \
+    gpu_kernels smoke_every_family linear_matches_cpu
+sabotage dropped-cp-async-wait kernels/gemm.cu \
+    'dev::cp_async_wait<STAGES - 2>();' '' \
+    gpu_kernels smoke_every_family linear_matches_cpu
+sabotage gemm-overhang-off-by-one kernels/gemm.cu \
+    'brow[i] = n >= N ? -1' 'brow[i] = n > N ? -1' \
+    gpu_kernels smoke_every_family linear_matches_cpu
+sabotage softmax-rescale kernels/attention.cu \
+    'const float alpha = exp2f(mrow[r] - m_use);' 'const float alpha = exp2f(0.5f * (mrow[r] - m_use));' \
+    gpu_kernels attention_matches_cpu
+sabotage smem-one-row-short src/cuda/launch.rs \
+    'GEMM_STAGES * (bm + bn) * GEMM_BK_PADDED * 2' '(GEMM_STAGES * (bm + bn) - 1) * GEMM_BK_PADDED * 2' \
+    gpu_kernels smoke_every_family linear_matches_cpu
+sabotage group-norm-last-pixel kernels/norm.cu \
+    'for (int px = p0 + row; px < p1; px += rows) {
+        float v[V];
+        dev::load_vec<V>(xb' 'for (int px = p0 + row; px < p1 - 1; px += rows) {
+        float v[V];
+        dev::load_vec<V>(xb' \
+    gpu_kernels group_norm_matches_cpu
+exit $missed
