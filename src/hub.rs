@@ -1,5 +1,5 @@
-//! The default model when `--model` is not given: Stable Diffusion 1.5 plus the LCM-LoRA, looked up in
-//! the Hugging Face cache (`$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`) and,
+//! The default model when `--model` is not given: Stable Diffusion 1.5 plus the LCM-LoRA (and SD1.5's
+//! tokenizer for a single-file `--model` without `--config`), looked up in the Hugging Face cache (`$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`) and,
 //! with the `download` feature, fetched into it when missing and the network allows.
 
 use std::path::{Path, PathBuf};
@@ -24,6 +24,15 @@ pub const SD15_FILES: &[&str] = &[
     "unet/diffusion_pytorch_model.fp16.safetensors",
     "vae/config.json",
     "vae/diffusion_pytorch_model.fp16.safetensors",
+];
+
+/// SD1.5's tokenizer files: what a single-file checkpoint without `--config` tokenizes with (diffusers'
+/// `from_single_file` fetches the same from the SD1.5 repository).
+pub const SD15_TOKENIZER_FILES: &[&str] = &[
+    "tokenizer/merges.txt",
+    "tokenizer/special_tokens_map.json",
+    "tokenizer/tokenizer_config.json",
+    "tokenizer/vocab.json",
 ];
 
 pub fn cache_dir() -> PathBuf {
@@ -62,7 +71,7 @@ pub fn default_model(log: &mut dyn FnMut(&str)) -> Result<DefaultModel> {
     if let Some(found) = lookup() {
         return Ok(found);
     }
-    let download_error = download(&cache, log).err();
+    let download_error = download(&cache, &[(SD15_REPO, SD15_FILES), (LCM_LORA_REPO, &[LCM_LORA_FILE])], log).err();
     if let Some(found) = lookup() {
         return Ok(found);
     }
@@ -81,8 +90,32 @@ pub fn default_model(log: &mut dyn FnMut(&str)) -> Result<DefaultModel> {
     ))
 }
 
+/// SD1.5's `tokenizer/` folder from the cache, downloading its four small files when missing.
+pub fn sd15_tokenizer(log: &mut dyn FnMut(&str)) -> Result<PathBuf> {
+    let cache = cache_dir();
+    let lookup = || cached_snapshot(&cache, SD15_REPO, SD15_TOKENIZER_FILES).map(|s| s.join("tokenizer"));
+    if let Some(found) = lookup() {
+        return Ok(found);
+    }
+    let download_error = download(&cache, &[(SD15_REPO, SD15_TOKENIZER_FILES)], log).err();
+    if let Some(found) = lookup() {
+        return Ok(found);
+    }
+    let why = download_error.unwrap_or_else(|| "the files are still incomplete after downloading".into());
+    Err(Error::invalid(
+        "--config",
+        format!(
+            "not given, so the single-file checkpoint needs SD1.5's tokenizer, which is not in the Hugging Face cache \
+             at {} ({why}).\nEither pass --config DIR (a diffusers folder with tokenizer/, e.g. SD1.5's), or download \
+             it into that cache:\n  huggingface-cli download {SD15_REPO} {}",
+            cache.display(),
+            SD15_TOKENIZER_FILES.join(" ")
+        ),
+    ))
+}
+
 #[cfg(feature = "download")]
-fn download(cache: &Path, log: &mut dyn FnMut(&str)) -> std::result::Result<(), String> {
+fn download(cache: &Path, wanted: &[(&str, &[&str])], log: &mut dyn FnMut(&str)) -> std::result::Result<(), String> {
     use hf_hub::api::sync::ApiBuilder;
     let mut builder =
         ApiBuilder::from_cache(hf_hub::Cache::new(cache.to_path_buf())).with_progress(true).with_retries(1);
@@ -90,7 +123,7 @@ fn download(cache: &Path, log: &mut dyn FnMut(&str)) -> std::result::Result<(), 
         builder = builder.with_endpoint(endpoint); // a mirror, as huggingface_hub honours it
     }
     let api = builder.build().map_err(|e| format!("cannot start the Hub client: {e}"))?;
-    for (repo, files) in [(SD15_REPO, SD15_FILES), (LCM_LORA_REPO, &[LCM_LORA_FILE][..])] {
+    for &(repo, files) in wanted {
         let r = api.model(repo.to_string());
         for f in files {
             log(&format!("fetching {repo}/{f}"));
@@ -101,7 +134,7 @@ fn download(cache: &Path, log: &mut dyn FnMut(&str)) -> std::result::Result<(), 
 }
 
 #[cfg(not(feature = "download"))]
-fn download(_cache: &Path, _log: &mut dyn FnMut(&str)) -> std::result::Result<(), String> {
+fn download(_cache: &Path, _wanted: &[(&str, &[&str])], _log: &mut dyn FnMut(&str)) -> std::result::Result<(), String> {
     Err("this lcm was built without the `download` feature".into())
 }
 

@@ -9,17 +9,29 @@ use lcm_models::Variant;
 use lcm_pipeline::lora::LoraSet;
 use lcm_pipeline::output::{numbered_paths, parameters_text, read_image_rgb8, write_latents, write_png};
 use lcm_pipeline::pipeline::{InitImage, LoadSpec, LoraSpec, Pipeline, Request};
-use lcm_pipeline::scheduler::LcmScheduler;
 
 use super::device::{choose, Chosen, Device};
 use super::progress::{ms, Progress};
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
-    /// A diffusers folder (model_index.json, text_encoder/, tokenizer/, unet/, vae/, scheduler/). Without
-    /// it, SD1.5 + the LCM-LoRA are taken from the Hugging Face cache (downloaded if missing).
-    #[arg(long, value_name = "DIR")]
+    /// A diffusers folder (model_index.json, text_encoder/, tokenizer/, unet/, vae/, scheduler/), or a
+    /// single-file SD1.5-family checkpoint (.safetensors with original SD key names, as A1111, ComfyUI and
+    /// civitai ship fine-tunes: its architecture is read from the tensor shapes). Without it, SD1.5 + the
+    /// LCM-LoRA are taken from the Hugging Face cache (downloaded if missing).
+    #[arg(long, value_name = "DIR|FILE")]
     pub model: Option<PathBuf>,
+    /// With a single-file --model: a diffusers folder whose unet/, vae/, text_encoder/ configs, tokenizer/
+    /// and scheduler/ are used instead of what the shapes say (diffusers' from_single_file(config=...)),
+    /// for non-standard architectures. Only configs are read from it, never weights. Without it, the
+    /// tokenizer is SD1.5's from the Hugging Face cache and the scheduler SD1.5's.
+    #[arg(long, value_name = "DIR")]
+    pub config: Option<PathBuf>,
+    /// A separate VAE instead of the model's: a diffusers VAE folder (config.json + weights), a model folder
+    /// with vae/, or a .safetensors file in original SD or diffusers names (e.g.
+    /// vae-ft-mse-840000-ema-pruned.safetensors).
+    #[arg(long, value_name = "FILE|DIR")]
+    pub vae: Option<PathBuf>,
     /// The prompt (may be empty).
     #[arg(long, value_name = "TEXT")]
     pub prompt: String,
@@ -98,6 +110,12 @@ fn random_seed() -> u64 {
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
+    if args.config.is_some() && args.model.as_ref().is_none_or(|m| m.is_dir()) {
+        return Err(Error::invalid(
+            "--config",
+            "names the configs of a single-file checkpoint; give --model FILE.safetensors with it",
+        ));
+    }
     let (model_dir, mut loras) = match &args.model {
         Some(dir) => (dir.clone(), Vec::new()),
         None => {
@@ -148,21 +166,32 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         init_image,
     };
     // Everything that can be checked without loading a model is checked first.
-    if !model_dir.is_dir() {
-        return Err(Error::file(&model_dir, "model folder not found (expected a diffusers folder: model_index.json, text_encoder/, tokenizer/, unet/, vae/, scheduler/)"));
-    }
-    let sched = LcmScheduler::from_config_json(model_dir.join("scheduler/scheduler_config.json"))?;
+    let mut spec = LoadSpec {
+        model_dir: model_dir.clone(),
+        loras,
+        clip_skip: args.clip_skip,
+        variant: Variant::PreferFull,
+        config_dir: args.config.clone(),
+        vae: args.vae.clone(),
+        tokenizer_dir: None,
+    };
+    let sched = lcm_pipeline::load::scheduler(&spec)?;
     req.validate(sched.config().original_inference_steps)?;
+    if let Some(vae) = args.vae.as_ref().filter(|v| !v.exists()) {
+        return Err(Error::file(vae, "VAE not found (expected a .safetensors file or a diffusers VAE folder)"));
+    }
     // Parsing is cheap (headers of memory-mapped files); shapes are checked against the model at load.
-    LoraSet::open(&loras.iter().map(|l| (l.path.clone(), l.scale)).collect::<Vec<_>>())?;
+    LoraSet::open(&spec.loras.iter().map(|l| (l.path.clone(), l.scale)).collect::<Vec<_>>())?;
     if let Some(dir) = args.output.parent().filter(|p| !p.as_os_str().is_empty()) {
         if !dir.is_dir() {
             return Err(Error::file(dir, "output folder does not exist"));
         }
     }
+    if model_dir.is_file() && args.config.is_none() {
+        // A single file holds no tokenizer; diffusers' from_single_file fetches SD1.5's too.
+        spec.tokenizer_dir = Some(lcm::hub::sd15_tokenizer(&mut |m| eprintln!("{m}"))?);
+    }
     eprintln!("seed: {seed}");
-    let spec =
-        LoadSpec { model_dir: model_dir.clone(), loras, clip_skip: args.clip_skip, variant: Variant::PreferFull };
     match choose(args.device)? {
         Chosen::Cpu(b) => generate_with(b, spec, &req, &args),
         Chosen::Cuda(b) => generate_with(*b, LoadSpec { variant: Variant::PreferHalf, ..spec }, &req, &args),
@@ -174,6 +203,12 @@ fn generate_with<B: Backend>(backend: B, spec: LoadSpec, req: &Request, args: &G
     eprintln!("loading {} on {}", spec.model_dir.display(), backend.name());
     let mut pipe = Pipeline::load(backend, spec)?;
     let load_time = t_load.elapsed();
+    if !pipe.has_guidance_embedding() && pipe.spec.loras.is_empty() && req.steps < 8 {
+        eprintln!(
+            "note: this UNet is not LCM-distilled and no --lora was given; a few steps give blurry images \
+             (add the LCM-LoRA: --lora lcm-lora-sdv1-5/pytorch_lora_weights.safetensors)"
+        );
+    }
     let mut bar = Progress::new("unet");
     let out = pipe.generate(req, &mut |e| bar.update(e.step, e.steps, &format!("t={}", e.timestep), e.elapsed))?;
 

@@ -34,6 +34,11 @@ impl ClipConfig {
         Self::parse(&Config::parse(origin, text)?, clip_skip)
     }
 
+    /// From a JSON value (an inferred config); `origin` names it in errors.
+    pub fn parse_value(origin: &Path, value: serde_json::Value, clip_skip: usize) -> Result<Self> {
+        Self::parse(&Config::from_value(origin, value), clip_skip)
+    }
+
     fn parse(c: &Config, clip_skip: usize) -> Result<Self> {
         let path = c.path.clone();
         // transformers nests the text config under `text_config` in full CLIPModel configs.
@@ -120,7 +125,7 @@ impl ClipConfig {
 
 pub struct ClipTextModel<B: Backend> {
     pub config: ClipConfig,
-    runner: Runner<B>,
+    pub(crate) runner: Runner<B>,
 }
 
 impl<B: Backend> ClipTextModel<B> {

@@ -1,17 +1,22 @@
 //! lcm-models: CLIPTextModel, UNet2DConditionModel and AutoencoderKL as lcm graphs, built from the
-//! `config.json` of each diffusers component and loaded from its safetensors weights by checkpoint name.
+//! `config.json` of each diffusers component and loaded from its safetensors weights by checkpoint name,
+//! or from a single-file (LDM-layout) checkpoint with configs read from its shapes.
 
 pub mod blocks;
 pub mod clip;
 pub mod config;
+pub mod infer;
+pub mod ldm;
 pub mod loader;
 pub mod runner;
 pub mod sd15;
+pub mod single_file;
 pub mod synthetic;
 pub mod unet;
 pub mod vae;
 
 pub use clip::{ClipConfig, ClipTextModel};
 pub use loader::{LoadOptions, Variant, WeightHook, WeightSource};
+pub use single_file::{Checkpoint, VaeFile, VaeLayout};
 pub use unet::{Unet, UnetConfig};
 pub use vae::{Vae, VaeConfig, VaeParts};

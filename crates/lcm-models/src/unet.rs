@@ -271,7 +271,7 @@ impl UnetConfig {
 /// A loaded UNet on a backend.
 pub struct Unet<B: Backend> {
     pub config: UnetConfig,
-    runner: Runner<B>,
+    pub(crate) runner: Runner<B>,
 }
 
 impl<B: Backend> Unet<B> {

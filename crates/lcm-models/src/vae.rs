@@ -1,7 +1,7 @@
 //! AutoencoderKL (the SD VAE) from `vae/config.json`: the decoder that turns latents into pixels and
 //! the encoder (for img2img) that turns pixels into the latent distribution's moments.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use lcm_core::{Activation, Backend, Elem, Error, Graph, GraphBuilder, HostData, Result, Tensor, TensorId};
 use serde_json::json;
@@ -12,6 +12,7 @@ use crate::loader::{
     component_config, find_weights, load_weights, reborrow, upload_weights, LoadOptions, Variant, WeightSource,
 };
 use crate::runner::Runner;
+use crate::single_file::{load_vae_encoder, VaeLayout};
 
 #[derive(Debug, Clone)]
 pub struct VaeConfig {
@@ -39,6 +40,11 @@ impl VaeConfig {
     /// From JSON text; `origin` names it in errors.
     pub fn from_json(origin: &Path, text: &str) -> Result<Self> {
         Self::parse(&Config::parse(origin, text)?)
+    }
+
+    /// From a JSON value (an inferred config); `origin` names it in errors.
+    pub fn parse_value(origin: &Path, value: serde_json::Value) -> Result<Self> {
+        Self::parse(&Config::from_value(origin, value))
     }
 
     fn parse(c: &Config) -> Result<Self> {
@@ -170,10 +176,19 @@ pub enum VaeParts {
     Both,
 }
 
+/// Where a loaded VAE's weights came from, so that its encoder can be loaded later (img2img) from the
+/// same place.
+#[derive(Debug, Clone)]
+pub(crate) enum VaeOrigin {
+    Folder(PathBuf, Variant),
+    File(PathBuf, VaeLayout),
+}
+
 pub struct Vae<B: Backend> {
     pub config: VaeConfig,
-    decoder: Runner<B>,
-    encoder: Option<Runner<B>>,
+    pub(crate) decoder: Runner<B>,
+    pub(crate) encoder: Option<Runner<B>>,
+    pub(crate) origin: Option<VaeOrigin>,
 }
 
 impl<B: Backend> Vae<B> {
@@ -190,17 +205,30 @@ impl<B: Backend> Vae<B> {
                 Some(Runner::new(load_weights(backend, &enc, &files, reborrow(&mut opts.hook))?))
             }
         };
-        Ok(Vae { config, decoder, encoder })
+        let origin = Some(VaeOrigin::Folder(dir.to_path_buf(), opts.variant));
+        Ok(Vae { config, decoder, encoder, origin })
     }
 
     /// Loads the encoder (for img2img) into a VAE loaded with its decoder only; a no-op if it is there.
+    /// It comes from where the decoder came from (the VAE's folder, or the single-file checkpoint or
+    /// VAE file it was read from); `dir` and `variant` are used only for a VAE made by `from_source`.
     pub fn load_encoder(&mut self, backend: &B, dir: &Path, variant: Variant) -> Result<()> {
-        if self.encoder.is_none() {
-            let files = find_weights(dir, "diffusion_pytorch_model", variant)?;
-            let s = self.config.downscale();
-            let specs = self.config.encoder_graph(1, s, s)?.weights;
-            self.encoder = Some(Runner::new(load_weights(backend, &specs, &files, None)?));
+        if self.encoder.is_some() {
+            return Ok(());
         }
+        let s = self.config.downscale();
+        let weights = match &self.origin {
+            Some(VaeOrigin::File(path, layout)) => load_vae_encoder(backend, path, layout, &self.config)?,
+            origin => {
+                let (dir, variant) = match origin {
+                    Some(VaeOrigin::Folder(d, v)) => (d.as_path(), *v),
+                    _ => (dir, variant),
+                };
+                let files = find_weights(dir, "diffusion_pytorch_model", variant)?;
+                load_weights(backend, &self.config.encoder_graph(1, s, s)?.weights, &files, None)?
+            }
+        };
+        self.encoder = Some(Runner::new(weights));
         Ok(())
     }
 
@@ -208,7 +236,7 @@ impl<B: Backend> Vae<B> {
     pub fn from_source(backend: &B, config: VaeConfig, origin: &Path, source: WeightSource) -> Result<Self> {
         let specs = config.decoder_graph(1, 1, 1)?.weights;
         let decoder = Runner::new(upload_weights(backend, &specs, origin, source, None)?);
-        Ok(Vae { config, decoder, encoder: None })
+        Ok(Vae { config, decoder, encoder: None, origin: None })
     }
 
     /// `vae.decode(z)`: `z` NCHW `[B, latent, h, w]`, already divided by the scaling factor.

@@ -2,7 +2,9 @@
 //! RNG, LoRA merging, the txt2img pipeline (load once, generate many) and PNG/latent output.
 
 pub mod ldm_names;
+pub mod load;
 pub mod lora;
+mod lora_peft;
 pub mod output;
 pub mod pipeline;
 pub mod rng;

@@ -3,14 +3,22 @@
 //! Files ([`LoraFile::open`]), detected per key, mixed files allowed:
 //! - kohya: `lora_unet_<module>` / `lora_te_<module>` + `.lora_down.weight`, `.lora_up.weight`, `.alpha`
 //!   (0-dim; absent → alpha = rank). `<module>` is the module path with dots turned into underscores, in
-//!   diffusers naming (LCM-LoRA's own exporter) or LDM naming (`input_blocks_1_1_…`, older files); text
-//!   encoder paths with or without the `text_model` level.
+//!   diffusers naming (LCM-LoRA's own exporter, kohya's sd-scripts) or LDM naming (`input_blocks_1_1_…`,
+//!   older files); text encoder paths with or without the `text_model` level. `lora_te1_` is an alias of
+//!   `lora_te_` (the SDXL-era spelling of the first text encoder, which diffusers' and ComfyUI's loaders
+//!   also take for SD1.5).
 //! - peft (diffusers' `save_lora_weights`): `unet.<module>` / `text_encoder.<module>` + `.lora_A.weight`
 //!   (down), `.lora_B.weight` (up); older diffusers' `.lora.down/up.weight` and
-//!   `.lora_linear_layer.down/up.weight`; an optional `.alpha` tensor. Without one, alpha comes from the
-//!   peft config diffusers stores as JSON in the header (`__metadata__["lora_adapter_metadata"]`:
-//!   `unet.lora_alpha`, `unet.r`, `unet.alpha_pattern`, `unet.rank_pattern`, `unet.use_rslora`, …);
-//!   without that, alpha = rank, as diffusers assumes.
+//!   `.lora_linear_layer.down/up.weight`, and its attention-processor files
+//!   (`unet.….attn1.processor.to_q_lora.down.weight`, `…to_out_lora…` for `to_out.0`); an optional `.alpha`
+//!   tensor. Without one, alpha comes from the peft config diffusers stores as JSON in the header
+//!   (`__metadata__["lora_adapter_metadata"]`: `unet.lora_alpha`, `unet.r`, `unet.alpha_pattern`,
+//!   `unet.rank_pattern`, `unet.use_rslora`, …); without that, alpha = rank, as diffusers assumes.
+//!
+//! Refused by name ([`refused_kind`]), as diffusers 0.42 cannot load them either or would load them
+//! wrongly: LoCon convs with a CP middle factor (`lora_mid`), DoRA (`dora_scale`, or `use_dora` in a
+//! peft header; diffusers drops the magnitude with a warning), LoHa/LoKr (`hada_*`, `lokr_*`), SDXL's
+//! second text encoder (`lora_te2_`) and `lycoris_`-prefixed names.
 //!
 //! s_net = alpha/rank (alpha/√rank for rsLoRA). Underscored kohya names are ambiguous (`to_q`,
 //! `conv_shortcut`, `down_blocks` hold underscores themselves), so nothing is un-underscored: every
@@ -21,16 +29,14 @@
 //! runs, so the LoRA could not change the output anyway, and the same file must work at any clip_skip.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::fs::File;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use lcm_core::{Error, Result, SafeTensorsFile, WeightKind, WeightSpec};
 use lcm_cpu::gemm::{gemm, MatRef};
 use lcm_models::{ClipConfig, UnetConfig};
-use serde_json::{Map, Value};
 
 use crate::ldm_names::UnetLayout;
+use crate::lora_peft::PeftConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Component {
@@ -90,23 +96,59 @@ enum Part {
 
 const KOHYA_PARTS: [(&str, Part); 3] =
     [(".lora_down.weight", Part::Down), (".lora_up.weight", Part::Up), (".alpha", Part::Alpha)];
-const PEFT_PARTS: [(&str, Part); 7] = [
+const PEFT_PARTS: [(&str, Part); 9] = [
     (".lora_A.weight", Part::Down),
     (".lora_B.weight", Part::Up),
     (".lora.down.weight", Part::Down),
     (".lora.up.weight", Part::Up),
     (".lora_linear_layer.down.weight", Part::Down),
     (".lora_linear_layer.up.weight", Part::Up),
+    // diffusers' attention-processor LoRAs: `…attn1.processor.to_q_lora.down.weight`.
+    ("_lora.down.weight", Part::Down),
+    ("_lora.up.weight", Part::Up),
     (".alpha", Part::Alpha),
 ];
-const FORMATS: &str = "expected kohya `lora_unet_…`/`lora_te_…` + `.lora_down.weight`/`.lora_up.weight`/`.alpha`, \
-                       or peft `unet.…`/`text_encoder.…` + `.lora_A.weight`/`.lora_B.weight`";
+const FORMATS: &str = "expected kohya `lora_unet_…`/`lora_te_…`/`lora_te1_…` + `.lora_down.weight`/`.lora_up.weight`/\
+                       `.alpha`, or peft `unet.…`/`text_encoder.…` + `.lora_A.weight`/`.lora_B.weight`";
+
+/// What a key of a LoRA-like format lcm does not merge is, or `None`.
+pub fn refused_kind(key: &str) -> Option<&'static str> {
+    let last = key.rsplit('.').next().unwrap_or(key);
+    let module_part = key.rsplit('.').nth(1).unwrap_or("");
+    if module_part == "lora_mid" {
+        return Some(
+            "is the middle factor of a LoCon conv LoRA with CP decomposition (`lora_mid`); only plain \
+             down/up factors are supported (diffusers cannot load these either)",
+        );
+    }
+    if last == "dora_scale" {
+        return Some(
+            "is a DoRA magnitude (`dora_scale`); only plain LoRA is supported (diffusers drops it with a warning \
+             and merges the rest as a LoRA, which is not the adapter as trained)",
+        );
+    }
+    if key.starts_with("lora_te2_") {
+        return Some("targets SDXL's second text encoder (`lora_te2_`); SD1.5 has one text encoder");
+    }
+    if last.starts_with("hada_") || module_part.starts_with("hada_") {
+        return Some("is a LyCORIS LoHa factor (`hada_…`); only plain LoRA is supported (diffusers cannot load LoHa)");
+    }
+    if last.starts_with("lokr_") || module_part.starts_with("lokr_") {
+        return Some("is a LyCORIS LoKr factor (`lokr_…`); only plain LoRA is supported");
+    }
+    if key.starts_with("lycoris_") {
+        return Some(
+            "uses the `lycoris_` prefix, which diffusers does not load; kohya names (`lora_unet_…`) are expected",
+        );
+    }
+    None
+}
 
 /// `key` → (format, component, stem, part), or `None` for a key in no known format.
 fn classify(key: &str) -> Option<(LoraFormat, Component, &str, Part)> {
     let (format, component, parts): (_, _, &[(&str, Part)]) = if key.starts_with("lora_unet_") {
         (LoraFormat::Kohya, Component::Unet, &KOHYA_PARTS)
-    } else if key.starts_with("lora_te_") {
+    } else if key.starts_with("lora_te_") || key.starts_with("lora_te1_") {
         (LoraFormat::Kohya, Component::TextEncoder, &KOHYA_PARTS)
     } else if key.starts_with("unet.") {
         (LoraFormat::Peft, Component::Unet, &PEFT_PARTS)
@@ -137,6 +179,9 @@ impl LoraFile {
         let meta = PeftConfig::read(&path)?;
         let mut modules: BTreeMap<(String, LoraFormat, Component), Keys> = BTreeMap::new();
         for key in file.names() {
+            if let Some(why) = refused_kind(key) {
+                return Err(Error::tensor(&path, key, why));
+            }
             let (format, component, stem, part) = classify(key).ok_or_else(|| {
                 Error::tensor(&path, key, format!("is in none of the known LoRA formats ({FORMATS})"))
             })?;
@@ -223,63 +268,6 @@ fn module(
     Ok(LoraTensor { key_stem, component, format, down_key, up_key, down_shape, up_shape, rank, alpha, scale })
 }
 
-/// The peft `LoraConfig`s diffusers writes into the header, keyed `"<component>.<field>"`.
-struct PeftConfig(Map<String, Value>);
-
-impl PeftConfig {
-    /// Reads the header's `__metadata__["lora_adapter_metadata"]` (empty when absent). Called after
-    /// `SafeTensorsFile::open` validated the header.
-    fn read(path: &Path) -> Result<PeftConfig> {
-        let bad = |e: &dyn std::fmt::Display| Error::file(path, format!("cannot read the safetensors header: {e}"));
-        let mut f = File::open(path).map_err(|e| bad(&e))?;
-        let mut len = [0u8; 8];
-        f.read_exact(&mut len).map_err(|e| bad(&e))?;
-        let mut header = vec![0u8; u64::from_le_bytes(len) as usize];
-        f.read_exact(&mut header).map_err(|e| bad(&e))?;
-        let header: Value = serde_json::from_slice(&header).map_err(|e| bad(&e))?;
-        let Some(text) = header.pointer("/__metadata__/lora_adapter_metadata").and_then(Value::as_str) else {
-            return Ok(PeftConfig(Map::new()));
-        };
-        match serde_json::from_str(text) {
-            Ok(Value::Object(map)) => Ok(PeftConfig(map)),
-            _ => Err(Error::file(path, "header metadata `lora_adapter_metadata` is not a JSON object")),
-        }
-    }
-
-    fn get(&self, component: Component, field: &str) -> Option<&Value> {
-        let prefix = match component {
-            Component::Unet => "unet",
-            Component::TextEncoder => "text_encoder",
-        };
-        self.0.get(&format!("{prefix}.{field}")).filter(|v| !v.is_null())
-    }
-
-    /// A per-module override from `alpha_pattern`/`rank_pattern`. peft matches a pattern key against the
-    /// end of the module path at a dot; diffusers writes literal module paths, so no regex is needed.
-    fn pattern(&self, component: Component, field: &str, module: &str) -> Option<&Value> {
-        let patterns = self.get(component, field)?.as_object()?;
-        patterns.iter().find(|(k, _)| module == k.as_str() || module.ends_with(&format!(".{k}"))).map(|(_, v)| v)
-    }
-
-    fn alpha(&self, path: &Path, component: Component, stem: &str, rank: usize) -> Result<Option<f32>> {
-        let module = stem.split_once('.').map_or(stem, |(_, m)| m);
-        let r = self.pattern(component, "rank_pattern", module).or(self.get(component, "r"));
-        if let Some(r) = r.and_then(Value::as_u64).filter(|&r| r != rank as u64) {
-            return Err(Error::tensor(
-                path,
-                stem,
-                format!("header metadata says rank {r}, the factors have rank {rank}"),
-            ));
-        }
-        let alpha = self.pattern(component, "alpha_pattern", module).or(self.get(component, "lora_alpha"));
-        Ok(alpha.and_then(Value::as_f64).map(|a| a as f32))
-    }
-
-    fn flag(&self, component: Component, field: &str) -> bool {
-        self.get(component, field).and_then(Value::as_bool).unwrap_or(false)
-    }
-}
-
 /// The weights LoRAs may target, as the models' graphs name them.
 #[derive(Debug, Clone, Default)]
 pub struct Targets {
@@ -333,6 +321,9 @@ impl<'t> Index<'t> {
             if let Some(ldm) = t.unet_layout.as_ref().and_then(|l| l.to_ldm(m)) {
                 add(format!("lora_unet_{}", ldm.replace('.', "_")), spec, false);
             }
+            if let Some(processor) = attention_processor_name(m) {
+                add(format!("unet.{processor}"), spec, false);
+            }
         }
         let te = lora_targets(&t.text_encoder).map(|x| (x, false));
         for ((spec, m), skipped) in te.chain(lora_targets(&t.text_encoder_skipped).map(|x| (x, true))) {
@@ -340,6 +331,7 @@ impl<'t> Index<'t> {
             for m in [m, m.strip_prefix("text_model.").unwrap_or(m)] {
                 add(format!("text_encoder.{m}"), spec, skipped);
                 add(format!("lora_te_{}", m.replace('.', "_")), spec, skipped);
+                add(format!("lora_te1_{}", m.replace('.', "_")), spec, skipped);
             }
         }
         Index { by_key }
@@ -364,6 +356,22 @@ impl<'t> Index<'t> {
             }
         }
     }
+}
+
+/// The name diffusers' attention-processor LoRA files give an attention projection:
+/// `….attn1.to_q` → `….attn1.processor.to_q`, `….to_out.0` → `….processor.to_out` (its
+/// `_lora.down.weight` suffix is split off by [`classify`]).
+fn attention_processor_name(module: &str) -> Option<String> {
+    let (attn, proj) = module.rsplit_once(".to_")?;
+    if !(attn.ends_with(".attn1") || attn.ends_with(".attn2")) {
+        return None;
+    }
+    let proj = match proj {
+        "q" | "k" | "v" => proj,
+        "out.0" => "out",
+        _ => return None,
+    };
+    Some(format!("{attn}.processor.to_{proj}"))
 }
 
 /// Checks that `t`'s delta has `spec`'s shape. A 1×1 conv and a linear layer take the same factors

@@ -6,13 +6,12 @@
 //! sample, then the noise), then one noise draw after each UNet call but the last, all from one
 //! torch-compatible generator.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use lcm_core::{Backend, Error, Result, Tensor};
-use lcm_models::{ClipTextModel, LoadOptions, Unet, Vae, VaeParts, Variant};
+use lcm_models::{ClipTextModel, Unet, Vae, Variant};
 
-use crate::lora::{LoraSet, Targets};
 use crate::rng::TorchRng;
 use crate::scheduler::{guidance_embedding, LcmScheduler};
 use crate::tokenizer::ClipTokenizer;
@@ -24,14 +23,26 @@ pub struct LoraSpec {
     pub scale: f32,
 }
 
-/// How to load a model folder.
+/// How to load a model: a diffusers folder, or a single-file checkpoint with its configs read from the
+/// shapes or taken from `config_dir`, plus LoRAs and optionally a separate VAE.
 #[derive(Debug, Clone, Default)]
 pub struct LoadSpec {
+    /// A diffusers folder, or a single-file checkpoint (`.safetensors`, original SD / LDM key names).
     pub model_dir: PathBuf,
     pub loras: Vec<LoraSpec>,
     /// diffusers' `clip_skip`: 0 uses the text encoder's last layer.
     pub clip_skip: usize,
     pub variant: Variant,
+    /// For a single-file model: a diffusers folder whose `unet/`, `vae/`, `text_encoder/` configs,
+    /// `tokenizer/` and `scheduler/` are used instead of what the shapes say and SD1.5's defaults, as
+    /// diffusers' `from_single_file(config=…)`. Only configs are read from it, never weights.
+    pub config_dir: Option<PathBuf>,
+    /// A separate VAE instead of the model's: a diffusers VAE folder (or a model folder with `vae/`),
+    /// or a file with LDM or diffusers names.
+    pub vae: Option<PathBuf>,
+    /// The tokenizer folder (`tokenizer.json`, or `vocab.json` + `merges.txt`) instead of the model's
+    /// or `config_dir`'s; a single-file model without `config_dir` needs it (SD1.5's).
+    pub tokenizer_dir: Option<PathBuf>,
 }
 
 /// img2img: the image to start from and how much of it to repaint.
@@ -172,60 +183,12 @@ pub struct Pipeline<B: Backend> {
     scheduler: LcmScheduler,
 }
 
-fn component(dir: &Path, name: &str) -> Result<PathBuf> {
-    if !dir.is_dir() {
-        return Err(Error::file(dir, "model folder not found (expected a diffusers folder: model_index.json, text_encoder/, tokenizer/, unet/, vae/, scheduler/)"));
-    }
-    Ok(dir.join(name))
-}
-
 impl<B: Backend> Pipeline<B> {
-    /// Loads every component of `spec.model_dir`, merging the LoRAs into the weights as they load.
+    /// Loads every component `spec` names, merging the LoRAs into the weights as they load (see
+    /// [`crate::load`] for what is read from where).
     pub fn load(backend: B, spec: LoadSpec) -> Result<Self> {
-        let dir = spec.model_dir.clone();
-        let loras = LoraSet::open(&spec.loras.iter().map(|l| (l.path.clone(), l.scale)).collect::<Vec<_>>())?;
-        let scheduler = LcmScheduler::from_config_json(component(&dir, "scheduler")?.join("scheduler_config.json"))?;
-        let tokenizer = ClipTokenizer::from_dir(component(&dir, "tokenizer")?)?;
-        let unet_dir = component(&dir, "unet")?;
-        let te_dir = component(&dir, "text_encoder")?;
-        let unet_cfg = lcm_models::UnetConfig::from_file(&unet_dir.join("config.json"))?;
-        let te_cfg = lcm_models::ClipConfig::from_file(&te_dir.join("config.json"), spec.clip_skip)?;
-        let mut merger = loras.resolve(&Targets::for_models(&unet_cfg, &te_cfg)?)?;
-        let text_encoder = {
-            let mut hook = merger.hook();
-            ClipTextModel::load(
-                &backend,
-                &te_dir,
-                spec.clip_skip,
-                LoadOptions { variant: spec.variant, hook: Some(&mut hook) },
-            )?
-        };
-        let unet = {
-            let mut hook = merger.hook();
-            Unet::load(&backend, &unet_dir, LoadOptions { variant: spec.variant, hook: Some(&mut hook) })?
-        };
-        merger.finish()?;
-        let vae = Vae::load(
-            &backend,
-            &component(&dir, "vae")?,
-            VaeParts::Decoder,
-            LoadOptions { variant: spec.variant, hook: None },
-        )?;
-        // The components must fit each other; a mismatch names the UNet config and both numbers.
-        for (what, unet_value, other, other_value) in [
-            (
-                "cross_attention_dim",
-                unet.config.cross_attention_dim,
-                "the text encoder's hidden_size",
-                text_encoder.config.hidden_size,
-            ),
-            ("in_channels", unet.config.in_channels, "the VAE's latent_channels", vae.config.latent_channels),
-        ] {
-            if unet_value != other_value {
-                let msg = format!("{what} {unet_value} differs from {other} {other_value}");
-                return Err(Error::config(unet_dir.join("config.json"), msg));
-            }
-        }
+        let c = crate::load::load(&backend, &spec)?;
+        let (tokenizer, text_encoder, unet, vae, scheduler) = (c.tokenizer, c.text_encoder, c.unet, c.vae, c.scheduler);
         Ok(Pipeline { backend, spec, tokenizer, text_encoder, unet, vae, scheduler })
     }
 

@@ -67,3 +67,35 @@ pub fn rewrite(dir: &Path, file: &str, edit: impl FnOnce(&mut Vec<(String, safet
         .collect();
     safetensors::serialize_to_file(views, None, &p).unwrap();
 }
+
+impl Scratch {
+    /// An empty scratch folder, removed on drop.
+    pub fn empty(tag: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("lcm-bad-input-{}-{tag}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+}
+
+/// Converts every F16 tensor of a `rewrite` list to `dtype` (F32 or BF16), asserting no value changes.
+pub fn convert(tensors: &mut [(String, safetensors::Dtype, Vec<usize>, Vec<u8>)], dtype: safetensors::Dtype) {
+    use half::{bf16, f16};
+    for (name, d, _, bytes) in tensors.iter_mut().filter(|t| t.1 == safetensors::Dtype::F16) {
+        let values: Vec<f32> =
+            bytes.chunks_exact(2).map(|c| f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()).collect();
+        *bytes = match dtype {
+            safetensors::Dtype::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            safetensors::Dtype::BF16 => values
+                .iter()
+                .flat_map(|&v| {
+                    let b = bf16::from_f32(v);
+                    assert_eq!(b.to_f32(), v, "{name}: {v} is not exact in bf16");
+                    b.to_bits().to_le_bytes()
+                })
+                .collect(),
+            other => panic!("no conversion to {other:?}"),
+        };
+        *d = dtype;
+    }
+}
