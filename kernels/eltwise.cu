@@ -1,5 +1,5 @@
 // Memory-bound element-wise ops: add, add_channel, scale, activations, GEGLU (unfused form), concat,
-// nearest upsample, token + position embedding, timestep embedding. See lcm_abi.h for each contract.
+// nearest upsample, token + position embedding, timestep embedding, f32 <-> f16 casts. See lcm_abi.h for each contract.
 //
 // Each kernel is a grid-stride loop over "vector units" of V halves: V = 8 (one 16-byte load/store)
 // when the sizes allow it, V = 1 otherwise; the `_v8`/`_v1` suffix says which. The host picks the
@@ -176,6 +176,18 @@ static __device__ __forceinline__ void timestep(const LcmTimestepParams& p) {
     }
 }
 
+// out[i] = x[i mod n_in] / div + add between f32 and f16 (LcmCastParams), each operation one IEEE
+// rounding as on the host.
+template <typename In, typename Out>
+static __device__ __forceinline__ void cast(const LcmCastParams& p) {
+    const In* x = static_cast<const In*>(p.x);
+    Out* out = static_cast<Out*>(p.out);
+    LCM_GRID_STRIDE(i, p.n) {
+        const float v = __fadd_rn(__fdiv_rn((float)x[i % p.n_in], p.div), p.add);
+        out[i] = Out(v);
+    }
+}
+
 }  // namespace elt
 }  // namespace lcm
 
@@ -193,3 +205,5 @@ LCM_ELT(embed, embed, LcmEmbedParams)
 #undef LCM_ELT
 
 extern "C" __global__ void timestep_embed_f16(const __grid_constant__ LcmTimestepParams p) { lcm::elt::timestep(p); }
+extern "C" __global__ void cast_f32_f16(const __grid_constant__ LcmCastParams p) { lcm::elt::cast<float, __half>(p); }
+extern "C" __global__ void cast_f16_f32(const __grid_constant__ LcmCastParams p) { lcm::elt::cast<__half, float>(p); }

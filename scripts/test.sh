@@ -7,3 +7,5 @@ cd "$(dirname "$0")/.."
 scripts/install-nvcc.sh
 export LCM_REQUIRE_CUDA=1
 cargo test --workspace --locked "$@"
+# A service embeds the library without the CLI's dependencies (`default-features = false`): keep that building.
+cargo check --lib --no-default-features --locked

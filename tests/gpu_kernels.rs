@@ -120,13 +120,7 @@ fn linear_graph(c: &LinearCase) -> Graph {
         let x = b.input(&[batch, t, k], Elem::Act);
         let y = b.linear("fc", x, n, bias);
         if geglu {
-            // A later reader keeps x alive past the Geglu, so the planner cannot put the Geglu's output
-            // on x and the recorder takes the fused GEMM epilogue (it falls back to two launches when
-            // they would share bytes).
-            let g = b.geglu(y);
-            let keep = b.scale(x, 1.0, 0.0);
-            b.output(keep);
-            g
+            b.geglu(y) // fused into the GEMM's epilogue by lcm_core::fuse
         } else if residual {
             let r = b.input(&[batch, t, n], Elem::Act);
             b.add(y, r)

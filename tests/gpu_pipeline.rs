@@ -276,6 +276,35 @@ fn pipeline_matches_cpu(be: CudaBackend) {
     }
 }
 
+/// The steady state of a generation, counted: a second generation of the same shape (another prompt and
+/// seed) allocates nothing on the device, records nothing, and copies only its inputs in — the token ids
+/// of each prompt, the latents, timesteps, schedule and noise (all steps' at once) and, for an LCM UNet,
+/// the guidance embedding — and the latents and the image out. Nothing crosses between the steps.
+fn second_generation_copies_only_inputs_and_outputs(be: CudaBackend) {
+    for name in ["sd_cfg_x2", "lcm_x2"] {
+        let c = case(name);
+        let spec = LoadSpec { model_dir: c.model.clone(), loras: c.loras.clone(), ..LoadSpec::default() };
+        let mut g = Pipeline::load(be.share(), spec).unwrap_or_else(|e| panic!("{name}: load: {e}"));
+        g.generate(&c.req, &mut |_| {}).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let (allocs, recs, (to_dev, to_host)) = (be.device_allocations(), be.recordings(), be.transfers());
+        let again = Request { prompt: "another prompt".into(), seed: c.req.seed + 1, ..c.req.clone() };
+        let out = g.generate(&again, &mut |_| {}).unwrap_or_else(|e| panic!("{name}: second generation: {e}"));
+        let (d_dev, d_host) = (be.transfers().0 - to_dev, be.transfers().1 - to_host);
+        let prompts = if g.has_guidance_embedding() || again.guidance_scale <= 1.0 { 1 } else { 2 };
+        let want_in = prompts + 4 + g.has_guidance_embedding() as u64;
+        println!(
+            "{name}: {} steps: {d_dev} copies in, {d_host} out, {} allocations, {} recordings",
+            again.steps,
+            be.device_allocations() - allocs,
+            be.recordings() - recs
+        );
+        assert_eq!(be.device_allocations(), allocs, "{name}: the second generation allocated on the device");
+        assert_eq!(be.recordings(), recs, "{name}: the second generation re-recorded a graph");
+        assert_eq!((d_dev, d_host), (want_in, 2), "{name}: host<->device copies (in, out)");
+        assert!(out.latents.data.iter().all(|v| v.is_finite()));
+    }
+}
+
 fn main() -> std::process::ExitCode {
     run_gpu_tests(
         "gpu_pipeline",
@@ -286,6 +315,7 @@ fn main() -> std::process::ExitCode {
             ("unmerged_lora_on_the_unet_matches_merged_on_cpu", unmerged_lora_on_the_unet_matches_merged_on_cpu),
             ("vae_decode_and_encode_match_cpu", vae_decode_and_encode_match_cpu),
             ("pipeline_matches_cpu", pipeline_matches_cpu),
+            ("second_generation_copies_only_inputs_and_outputs", second_generation_copies_only_inputs_and_outputs),
         ],
     )
 }

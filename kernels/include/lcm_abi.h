@@ -32,30 +32,40 @@
 // What the model predicts (diffusers' `prediction_type`).
 enum LcmPrediction { LCM_PRED_EPSILON = 0, LCM_PRED_V = 1, LCM_PRED_SAMPLE = 2 };
 
-// One LCM scheduler step over `n` latent elements (diffusers' LCMScheduler.step):
-//   x0 = (x - sqrt(1-a_t)·eps)/sqrt(a_t)   (epsilon; v and sample predictions likewise)
-//   denoised = c_out·x0 + c_skip·x
-//   prev = sqrt(a_prev)·denoised + sqrt(1-a_prev)·noise   (or prev = denoised on the last step)
-// Latents stay f32 on the device: they are tiny and this keeps the loop as exact as the CPU reference.
-typedef struct LcmStepParams {
-    LCM_CPTR(float) model_output;
-    LCM_CPTR(float) sample;
-    LCM_CPTR(float) noise;      // read only when add_noise != 0
-    LCM_PTR(float) prev_sample;
-    LCM_PTR(float) denoised;
-    unsigned long long n;
+// One step's coefficients: a row of the denoising graph's schedule input. The same layout as
+// lcm_core::lcm::StepRow on the Rust side (tests/abi.rs compares them).
+typedef struct LcmStepRow {
+    float timestep;
     float sqrt_alpha_t;
     float sqrt_beta_t;
     float sqrt_alpha_prev;
     float sqrt_beta_prev;
     float c_skip;
     float c_out;
-    float clip_range;           // clamp x0 to ±clip_range when clip != 0
+    float guidance;
+} LcmStepRow;
+LCM_STATIC_ASSERT(sizeof(LcmStepRow) == 32, "LcmStepRow layout changed: update src/cuda/abi.rs and lcm_core::lcm");
+
+// One LCM scheduler step over `n` latent elements (kernels/lcm_step.cu; diffusers' LCMScheduler.step,
+// lcm_core::lcm::step on the host):
+//   e = guided ? u + g·(c − u) : model_output[i]       (u = model_output[i], c = model_output[n + i])
+//   x0 = (x − sqrt(1−a_t)·e)/sqrt(a_t)   (epsilon; v and sample predictions likewise), clamped when clip
+//   denoised = c_out·x0 + c_skip·x
+//   out = sqrt(a_prev)·denoised + sqrt(1−a_prev)·noise, or denoised on the last step (noise = 0)
+// Latents, noise and the row are f32: they travel from step to step, where f16 would cost accuracy.
+typedef struct LcmStepParams {
+    LCM_CPTR(float) sample;
+    LCM_CPTR(__half) model_output;  // [n] or [2n] when guided
+    LCM_CPTR(float) noise;          // 0 on the last step
+    LCM_CPTR(LcmStepRow) row;
+    LCM_PTR(float) out;
+    unsigned long long n;
+    float clip_range;               // clamp x0 to ±clip_range when clip != 0
     int clip;
-    int prediction;             // enum LcmPrediction
-    int add_noise;
+    int prediction;                 // enum LcmPrediction
+    int guided;
 } LcmStepParams;
-LCM_STATIC_ASSERT(sizeof(LcmStepParams) == 88, "LcmStepParams layout changed: update src/cuda/abi.rs");
+LCM_STATIC_ASSERT(sizeof(LcmStepParams) == 64, "LcmStepParams layout changed: update src/cuda/abi.rs");
 
 // Implicit GEMM on tensor cores (kernels/gemm.cu), serving conv2d and linear alike:
 //   out[m, n] = alpha·Σ_k A[m, k]·W[n, k] (+ bias[n]) (+ residual[m, n])
@@ -171,6 +181,18 @@ typedef struct LcmConcatParams {
     int ca, cb;
 } LcmConcatParams;
 LCM_STATIC_ASSERT(sizeof(LcmConcatParams) == 40, "LcmConcatParams layout changed: update src/cuda/abi.rs");
+
+// Element-type conversion (kernels/eltwise.cu, `cast_f32_f16` and `cast_f16_f32`):
+// out[i] = x[i mod n_in] / div + add for i < n, so the output may repeat the input (a guided batch).
+typedef struct LcmCastParams {
+    LCM_CPTR(void) x;
+    LCM_PTR(void) out;
+    unsigned long long n;
+    unsigned long long n_in;
+    float div;
+    float add;
+} LcmCastParams;
+LCM_STATIC_ASSERT(sizeof(LcmCastParams) == 40, "LcmCastParams layout changed: update src/cuda/abi.rs");
 
 // Nearest-neighbour resize NHWC `[B, h, w, c]` -> `[B, ho, wo, c]`, torch's rule:
 // src = min(floor(dst · (in/out as f32)), in − 1), with scale_* = (float)in / (float)out from the host.

@@ -9,7 +9,9 @@
 include!("abi_bindings.rs");
 
 // The header asserts the same sizes on the C side.
-const _: () = assert!(std::mem::size_of::<LcmStepParams>() == 88);
+const _: () = assert!(std::mem::size_of::<LcmStepRow>() == 32);
+const _: () = assert!(std::mem::size_of::<LcmStepParams>() == 64);
+const _: () = assert!(std::mem::size_of::<LcmCastParams>() == 40);
 const _: () = assert!(std::mem::size_of::<LcmGemmParams>() == 128);
 const _: () = assert!(std::mem::size_of::<LcmAttnParams>() == 72);
 const _: () = assert!(std::mem::size_of::<LcmGroupNormParams>() == 80);
@@ -20,19 +22,6 @@ const _: () = assert!(std::mem::size_of::<LcmUpsampleParams>() == 48);
 const _: () = assert!(std::mem::size_of::<LcmEmbedParams>() == 56);
 const _: () = assert!(std::mem::size_of::<LcmTimestepParams>() == 32);
 const _: () = assert!(std::mem::size_of::<LcmLoraMergeParams>() == 56);
-
-// SAFETY: plain-old-data `#[repr(C)]` structs of integers and floats, passed to kernels by value.
-unsafe impl cudarc::driver::DeviceRepr for LcmStepParams {}
-unsafe impl cudarc::driver::DeviceRepr for LcmGemmParams {}
-unsafe impl cudarc::driver::DeviceRepr for LcmAttnParams {}
-unsafe impl cudarc::driver::DeviceRepr for LcmGroupNormParams {}
-unsafe impl cudarc::driver::DeviceRepr for LcmLayerNormParams {}
-unsafe impl cudarc::driver::DeviceRepr for LcmEltwiseParams {}
-unsafe impl cudarc::driver::DeviceRepr for LcmConcatParams {}
-unsafe impl cudarc::driver::DeviceRepr for LcmUpsampleParams {}
-unsafe impl cudarc::driver::DeviceRepr for LcmEmbedParams {}
-unsafe impl cudarc::driver::DeviceRepr for LcmTimestepParams {}
-unsafe impl cudarc::driver::DeviceRepr for LcmLoraMergeParams {}
 
 /// (name, value) pairs: `"Struct"` → size, `"Struct.field"` → offset, from the C compiler.
 pub fn c_layout() -> Vec<(String, u64)> {
@@ -68,24 +57,17 @@ pub fn rust_layout() -> Vec<(String, u64)> {
         }};
     }
     let mut v = Vec::new();
-    v.extend(layout!(LcmStepParams {
-        model_output,
-        sample,
-        noise,
-        prev_sample,
-        denoised,
-        n,
+    v.extend(layout!(LcmStepRow {
+        timestep,
         sqrt_alpha_t,
         sqrt_beta_t,
         sqrt_alpha_prev,
         sqrt_beta_prev,
         c_skip,
         c_out,
-        clip_range,
-        clip,
-        prediction,
-        add_noise
+        guidance
     }));
+    v.extend(layout!(LcmStepParams { sample, model_output, noise, row, out, n, clip_range, clip, prediction, guided }));
     v.extend(layout!(LcmGemmParams {
         x,
         weight,
@@ -148,6 +130,7 @@ pub fn rust_layout() -> Vec<(String, u64)> {
     v.extend(layout!(LcmLayerNormParams { x, gamma, beta, out, rows, c, eps, pad0 }));
     v.extend(layout!(LcmEltwiseParams { a, b, out, n, hw, c, act, mul, add }));
     v.extend(layout!(LcmConcatParams { a, b, out, rows, ca, cb }));
+    v.extend(layout!(LcmCastParams { x, out, n, n_in, div, add }));
     v.extend(layout!(LcmUpsampleParams { x, out, batch, h, w, c, ho, wo, scale_h, scale_w }));
     v.extend(layout!(LcmEmbedParams { ids, table, positions, out, error, batch, tokens, c, vocab }));
     v.extend(layout!(LcmTimestepParams { t, out, batch, dim, freq_shift, flip_sin_to_cos }));

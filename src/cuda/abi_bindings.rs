@@ -9,23 +9,29 @@ pub enum LcmPrediction {
 }
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
-pub struct LcmStepParams {
-    pub model_output: ::std::os::raw::c_ulonglong,
-    pub sample: ::std::os::raw::c_ulonglong,
-    pub noise: ::std::os::raw::c_ulonglong,
-    pub prev_sample: ::std::os::raw::c_ulonglong,
-    pub denoised: ::std::os::raw::c_ulonglong,
-    pub n: ::std::os::raw::c_ulonglong,
+pub struct LcmStepRow {
+    pub timestep: f32,
     pub sqrt_alpha_t: f32,
     pub sqrt_beta_t: f32,
     pub sqrt_alpha_prev: f32,
     pub sqrt_beta_prev: f32,
     pub c_skip: f32,
     pub c_out: f32,
+    pub guidance: f32,
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct LcmStepParams {
+    pub sample: ::std::os::raw::c_ulonglong,
+    pub model_output: ::std::os::raw::c_ulonglong,
+    pub noise: ::std::os::raw::c_ulonglong,
+    pub row: ::std::os::raw::c_ulonglong,
+    pub out: ::std::os::raw::c_ulonglong,
+    pub n: ::std::os::raw::c_ulonglong,
     pub clip_range: f32,
     pub clip: ::std::os::raw::c_int,
     pub prediction: ::std::os::raw::c_int,
-    pub add_noise: ::std::os::raw::c_int,
+    pub guided: ::std::os::raw::c_int,
 }
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
@@ -130,6 +136,16 @@ pub struct LcmConcatParams {
     pub rows: ::std::os::raw::c_ulonglong,
     pub ca: ::std::os::raw::c_int,
     pub cb: ::std::os::raw::c_int,
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct LcmCastParams {
+    pub x: ::std::os::raw::c_ulonglong,
+    pub out: ::std::os::raw::c_ulonglong,
+    pub n: ::std::os::raw::c_ulonglong,
+    pub n_in: ::std::os::raw::c_ulonglong,
+    pub div: f32,
+    pub add: f32,
 }
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]

@@ -8,8 +8,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use half::f16;
-use lcm_core::planner::ArenaPlan;
-use lcm_core::{Backend, Error, Graph, HostData, Result, WeightKind, WeightSpec};
+use lcm_core::{Backend, Elem, Error, HostData, Program, Result, WeightKind, WeightSpec};
 
 use super::device::{Device, DeviceBuffer, DeviceKind, GraphExec};
 use super::functions::Kernel;
@@ -118,12 +117,18 @@ impl CudaBackend {
     }
 
     /// Opens `kind`: a GPU, or the emulator that runs the same kernels on the CPU (slowly; for tests and
-    /// debugging — see docs/kernels.md for what it does and does not model).
+    /// debugging — see docs/kernels.md for what it does and does not model). Then runs the self-check
+    /// (every kernel family once against the CPU; `LCM_SKIP_SELF_CHECK=1` skips it): a device that
+    /// computes wrong results is an error naming the family, never silently used.
     pub fn open(kind: DeviceKind) -> Result<CudaBackend> {
         let dev = Device::open(kind)?;
         let limits = Limits { sm_count: dev.sm_count, smem_optin: dev.smem_optin };
         let graphs = std::env::var("LCM_CUDA_GRAPHS").map_or(true, |v| v != "0");
-        Ok(CudaBackend { dev, limits, graphs })
+        let backend = CudaBackend { dev, limits, graphs };
+        if std::env::var("LCM_SKIP_SELF_CHECK").map_or(true, |v| v != "1") {
+            backend.self_check()?;
+        }
+        Ok(backend)
     }
 
     /// Another backend on the same device (context, module, allocation counters): cheap, unlike `open`,
@@ -147,6 +152,18 @@ impl CudaBackend {
     /// A second run of the same executor must not move it.
     pub fn device_allocations(&self) -> u64 {
         self.dev.allocations()
+    }
+
+    /// (host -> device, device -> host) copies so far on this device: a generation's are a fixed few,
+    /// however many steps it runs.
+    pub fn transfers(&self) -> (u64, u64) {
+        self.dev.transfers()
+    }
+
+    /// Runs recorded so far (a graph walked into launches and captured): a repeated generation of the
+    /// same shape must not add any.
+    pub fn recordings(&self) -> u64 {
+        self.dev.recordings.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Bytes currently allocated on the device through this backend.
@@ -190,7 +207,8 @@ impl CudaBackend {
 
     /// Identifies what a recording depends on: the graph (by identity and op sequence), the plan, the
     /// arena and every weight's device address (a re-uploaded weight or an attached LoRA changes it).
-    fn fingerprint(&self, graph: &Graph, plan: &ArenaPlan, weights: &[CudaWeight], arena: &CudaArena) -> u64 {
+    fn fingerprint(&self, program: &Program, weights: &[CudaWeight], arena: &CudaArena) -> u64 {
+        let (graph, plan) = (&program.graph, &program.plan);
         let mut h = DefaultHasher::new();
         // The op list's heap address, not the Graph's: an Executor may move, its op list does not.
         let ops = graph.ops.as_ptr() as usize;
@@ -243,23 +261,31 @@ impl Backend for CudaBackend {
         Ok(CudaArena { buf: DeviceBuffer::alloc(&self.dev, bytes)?, scratch: None, recorded: None })
     }
 
-    fn write(&self, arena: &mut CudaArena, offset: usize, data: HostData<'_>) -> Result<()> {
-        match data {
-            HostData::F32(d) => {
+    fn write(&self, arena: &mut CudaArena, offset: usize, elem: Elem, data: HostData<'_>) -> Result<()> {
+        match (elem, data) {
+            (Elem::Act, HostData::F32(d)) => {
                 let h: Vec<f16> = d.iter().map(|&v| f16::from_f32(v)).collect();
                 arena.buf.upload(offset, &h)
             }
-            HostData::I32(d) => arena.buf.upload(offset, d),
+            (_, HostData::F32(d)) => arena.buf.upload(offset, d),
+            (_, HostData::I32(d)) => arena.buf.upload(offset, d),
         }
     }
 
-    fn read(&self, arena: &CudaArena, offset: usize, out: &mut [f32]) -> Result<()> {
-        let mut h = vec![f16::ZERO; out.len()];
-        arena.buf.download(offset, &mut h)?;
-        for (o, v) in out.iter_mut().zip(&h) {
-            *o = v.to_f32();
+    fn read(&self, arena: &CudaArena, offset: usize, elem: Elem, out: &mut [f32]) -> Result<()> {
+        if elem == Elem::Act {
+            let mut h = vec![f16::ZERO; out.len()];
+            arena.buf.download(offset, &mut h)?;
+            for (o, v) in out.iter_mut().zip(&h) {
+                *o = v.to_f32();
+            }
+        } else {
+            arena.buf.download(offset, out)?;
         }
-        if let Some(s) = &arena.scratch {
+        // Only a run with token ids has a status word worth a second download.
+        let has_status =
+            arena.recorded.as_ref().is_some_and(|r| r.steps.iter().any(|s| matches!(s, Step::Zero32 { .. })));
+        if let (Some(s), true) = (&arena.scratch, has_status) {
             let mut status = [0i32; 2];
             s.download(0, &mut status)?;
             if status[0] != 0 {
@@ -270,12 +296,30 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
-    fn run(&self, graph: &Graph, plan: &ArenaPlan, weights: &[CudaWeight], arena: &mut CudaArena) -> Result<()> {
+    fn copy(
+        &self,
+        src: &CudaArena,
+        src_offset: usize,
+        dst: &mut CudaArena,
+        dst_offset: usize,
+        bytes: usize,
+    ) -> Result<()> {
+        dst.buf.copy_from(dst_offset, &src.buf, src_offset, bytes)
+    }
+
+    /// Queues the whole graph (one CUDA-graph replay after the first run): `watch` is not called.
+    fn run(
+        &self,
+        program: &Program,
+        weights: &[CudaWeight],
+        arena: &mut CudaArena,
+        _watch: Option<&mut dyn FnMut(usize) -> Result<()>>,
+    ) -> Result<()> {
         self.dev.bind()?;
-        let key = self.fingerprint(graph, plan, weights, arena);
+        let key = self.fingerprint(program, weights, arena);
         if arena.recorded.as_ref().map(|r| r.key) != Some(key) {
             arena.recorded = None;
-            let mut rec = Recorder::new(self, graph, plan, weights, arena.buf.ptr);
+            let mut rec = Recorder::new(self, program, weights, arena.buf.ptr);
             let need = STATUS_BYTES + rec.scratch_bytes()?;
             if arena.scratch.as_ref().is_none_or(|s| s.bytes < need) {
                 arena.scratch = None;
@@ -287,6 +331,7 @@ impl Backend for CudaBackend {
             let steps = rec.record(scratch)?;
             let exec = if self.graphs { Some(GraphExec::capture(&self.dev, || self.enqueue(&steps))?) } else { None };
             arena.recorded = Some(Recorded { key, steps, exec });
+            self.dev.recordings.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         let r = arena.recorded.as_ref().expect("recorded above");
         match &r.exec {

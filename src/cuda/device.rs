@@ -33,6 +33,11 @@ pub(crate) struct Device {
     pub(crate) smem_optin: u32,
     allocations: AtomicU64,
     live_bytes: AtomicU64,
+    /// Host -> device and device -> host copies so far (a generation's must be a fixed handful).
+    to_device: AtomicU64,
+    to_host: AtomicU64,
+    /// Graph runs recorded (walked into launches and captured) so far.
+    pub(crate) recordings: AtomicU64,
     imp: Imp,
 }
 
@@ -45,6 +50,9 @@ impl Device {
             smem_optin,
             allocations: AtomicU64::new(0),
             live_bytes: AtomicU64::new(0),
+            to_device: AtomicU64::new(0),
+            to_host: AtomicU64::new(0),
+            recordings: AtomicU64::new(0),
             imp,
         };
         match kind {
@@ -98,6 +106,11 @@ impl Device {
 
     pub(crate) fn live_bytes(&self) -> u64 {
         self.live_bytes.load(Ordering::Relaxed)
+    }
+
+    /// (host -> device, device -> host) copies so far.
+    pub(crate) fn transfers(&self) -> (u64, u64) {
+        (self.to_device.load(Ordering::Relaxed), self.to_host.load(Ordering::Relaxed))
     }
 
     /// Enqueues one kernel. The launch must carry the parameter struct its kernel takes.
@@ -171,6 +184,7 @@ impl DeviceBuffer {
     pub(crate) fn upload<T: bytemuck::Pod>(&self, offset: usize, data: &[T]) -> Result<()> {
         let src: &[u8] = bytemuck::cast_slice(data);
         self.check_range(offset, src.len(), "upload")?;
+        self.dev.to_device.fetch_add(1, Ordering::Relaxed);
         let dst = self.ptr + offset as u64;
         match &self.dev.imp {
             // SAFETY: in bounds (checked).
@@ -189,6 +203,7 @@ impl DeviceBuffer {
     pub(crate) fn download<T: bytemuck::Pod>(&self, offset: usize, out: &mut [T]) -> Result<()> {
         let out: &mut [u8] = bytemuck::cast_slice_mut(out);
         self.check_range(offset, out.len(), "read")?;
+        self.dev.to_host.fetch_add(1, Ordering::Relaxed);
         let src = self.ptr + offset as u64;
         match &self.dev.imp {
             // SAFETY: in bounds (checked).
@@ -197,6 +212,24 @@ impl DeviceBuffer {
             Imp::Emulated(_) => {
                 // SAFETY: as in `upload`.
                 unsafe { std::ptr::copy_nonoverlapping(src as *const u8, out.as_mut_ptr(), out.len()) };
+                Ok(())
+            }
+        }
+    }
+
+    /// Copies `bytes` of `src` from `src_offset` to this buffer at `offset`, device to device
+    /// (stream-ordered).
+    pub(crate) fn copy_from(&self, offset: usize, src: &DeviceBuffer, src_offset: usize, bytes: usize) -> Result<()> {
+        self.check_range(offset, bytes, "copy")?;
+        src.check_range(src_offset, bytes, "copy")?;
+        let (dst, from) = (self.ptr + offset as u64, src.ptr + src_offset as u64);
+        match &self.dev.imp {
+            // SAFETY: both ranges in bounds (checked).
+            Imp::Gpu(g) => unsafe { g.copy(dst, from, bytes) },
+            #[cfg(lcm_emulator)]
+            Imp::Emulated(_) => {
+                // SAFETY: both in bounds (checked); `copy` handles an overlap within one buffer.
+                unsafe { std::ptr::copy(from as *const u8, dst as *mut u8, bytes) };
                 Ok(())
             }
         }

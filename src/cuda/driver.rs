@@ -63,6 +63,9 @@ impl Gpu {
             check(sys::cuDeviceGet(&mut dev, ordinal), "cuDeviceGet")?;
             let mut ctx = std::ptr::null_mut();
             check(sys::cuDevicePrimaryCtxRetain(&mut ctx, dev), "cuDevicePrimaryCtxRetain")?;
+            // From here on `gpu` owns what was created: an early return releases it (Drop).
+            let mut gpu =
+                Gpu { dev, ctx, stream: std::ptr::null_mut(), module: std::ptr::null_mut(), funcs: Vec::new() };
             check(sys::cuCtxSetCurrent(ctx), "cuCtxSetCurrent")?;
             let attr = |a: sys::CUdevice_attribute| -> Result<i32> {
                 let mut v = 0;
@@ -80,29 +83,23 @@ impl Gpu {
             check(sys::cuDeviceGetName(raw.as_mut_ptr(), raw.len() as i32, dev), "cuDeviceGetName")?;
             let name = std::ffi::CStr::from_ptr(raw.as_ptr()).to_string_lossy().into_owned();
             if cc.0 < 8 {
-                sys::cuDevicePrimaryCtxRelease_v2(dev);
                 return Err(Error::backend(format!(
                     "{name} is compute capability {}.{}; the kernels need 8.0 or newer",
                     cc.0, cc.1
                 )));
             }
-            let mut stream = std::ptr::null_mut();
             check(
-                sys::cuStreamCreate(&mut stream, sys::CUstream_flags::CU_STREAM_NON_BLOCKING as u32),
+                sys::cuStreamCreate(&mut gpu.stream, sys::CUstream_flags::CU_STREAM_NON_BLOCKING as u32),
                 "cuStreamCreate",
             )?;
             // cuModuleLoadData reads the fatbin header as 8-byte words: copy it into an aligned buffer.
             let mut aligned = vec![0u64; fatbin.len().div_ceil(8)];
             bytemuck::cast_slice_mut::<u64, u8>(&mut aligned)[..fatbin.len()].copy_from_slice(fatbin);
-            let mut module = std::ptr::null_mut();
-            let r = sys::cuModuleLoadData(&mut module, aligned.as_ptr() as *const c_void);
-            if r != sys::CUresult::CUDA_SUCCESS {
-                sys::cuStreamDestroy_v2(stream);
-                sys::cuDevicePrimaryCtxRelease_v2(dev);
-                check(r, &format!("loading the kernel fatbin on {name} (sm_{}{})", cc.0, cc.1))?;
-            }
-            let mut gpu = Gpu { dev, ctx, stream, module, funcs: Vec::new() };
-            gpu.resolve(smem_optin)?; // on error, Drop releases what was created
+            check(
+                sys::cuModuleLoadData(&mut gpu.module, aligned.as_ptr() as *const c_void),
+                &format!("loading the kernel fatbin on {name} (sm_{}{})", cc.0, cc.1),
+            )?;
+            gpu.resolve(smem_optin)?;
             Ok((gpu, GpuFacts { name, sm_count, cc, smem_optin }))
         }
     }
@@ -198,6 +195,15 @@ impl Gpu {
             "copy from the GPU",
         )?;
         self.synchronize()
+    }
+
+    /// Device to device, stream-ordered.
+    ///
+    /// # Safety
+    /// Both ranges must be inside live allocations.
+    pub(crate) unsafe fn copy(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
+        self.bind()?;
+        check(unsafe { sys::cuMemcpyDtoDAsync_v2(dst, src, bytes, self.stream) }, "copy on the GPU")
     }
 
     /// # Safety
@@ -297,12 +303,19 @@ impl Gpu {
 
 impl Drop for Gpu {
     fn drop(&mut self) {
-        // SAFETY: handles created in `open`, released once; errors at teardown are not actionable.
+        // SAFETY: handles created in `open` (null when `open` failed before making them), released once;
+        // errors at teardown are not actionable.
         unsafe {
             sys::cuCtxSetCurrent(self.ctx);
-            sys::cuStreamSynchronize(self.stream);
-            sys::cuModuleUnload(self.module);
-            sys::cuStreamDestroy_v2(self.stream);
+            if !self.stream.is_null() {
+                sys::cuStreamSynchronize(self.stream);
+            }
+            if !self.module.is_null() {
+                sys::cuModuleUnload(self.module);
+            }
+            if !self.stream.is_null() {
+                sys::cuStreamDestroy_v2(self.stream);
+            }
             sys::cuDevicePrimaryCtxRelease_v2(self.dev);
         }
     }

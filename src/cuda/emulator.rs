@@ -143,8 +143,9 @@ fn launch(l: &Launch) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use crate::cuda::device::{DeviceBuffer, DeviceKind};
-    use crate::cuda::launch::{self, EltOp, GemmPtrs, GemmShape, Params};
+    use crate::cuda::launch::{self, EltOp, GemmPtrs, Params};
     use crate::cuda::CudaBackend;
+    use lcm_core::Gemm;
 
     fn emulated() -> CudaBackend {
         CudaBackend::open(DeviceKind::Emulated).expect("the emulator is built into this binary")
@@ -163,7 +164,7 @@ mod tests {
         // K = 128: four k-tiles, so all three pipeline stages get used.
         let (x, w, out) = (buf(128 * 128 * 2), buf(64 * 128 * 2), buf(128 * 64 * 2));
         let p = GemmPtrs { x: x.ptr, weight: w.ptr, out: out.ptr, ..Default::default() };
-        let mut l = launch::gemm(&GemmShape::linear(128, 128, 64), p, be.limits).unwrap();
+        let mut l = launch::gemm(&Gemm::linear(128, 128, 64), 0, p, be.limits).unwrap();
         be.launch(&l).expect("the planned launch runs");
         l.smem -= 40 * 2; // one 40-half row of the B tile's last stage
         let e = err(&be, &l);
@@ -181,6 +182,11 @@ mod tests {
             e.contains("activation_v8_f16") && e.contains("read at byte 128 of a 128-byte device allocation"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_self_check_passes_on_the_emulated_device() {
+        emulated().self_check().expect("every kernel family matches the CPU");
     }
 
     #[test]

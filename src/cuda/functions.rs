@@ -96,6 +96,8 @@ kernels! {
     EmbedV8 => "embed_v8_f16" (LcmEmbedParams),
     EmbedV1 => "embed_v1_f16" (LcmEmbedParams),
     TimestepEmbed => "timestep_embed_f16" (LcmTimestepParams),
+    CastF32F16 => "cast_f32_f16" (LcmCastParams),
+    CastF16F32 => "cast_f16_f32" (LcmCastParams),
     LoraMerge => "lora_merge_f16" (LcmLoraMergeParams),
     LcmStep => "lcm_step_f32" (LcmStepParams),
 }

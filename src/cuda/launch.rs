@@ -4,7 +4,7 @@
 //! instantiations).
 
 use half::f16;
-use lcm_core::{Error, Result};
+use lcm_core::{Attention, Error, Gemm, Result};
 
 use super::abi::*;
 use super::functions::Kernel;
@@ -25,6 +25,7 @@ pub enum Params {
     LayerNorm(LcmLayerNormParams),
     Eltwise(LcmEltwiseParams),
     Concat(LcmConcatParams),
+    Cast(LcmCastParams),
     Upsample(LcmUpsampleParams),
     Embed(LcmEmbedParams),
     Timestep(LcmTimestepParams),
@@ -47,6 +48,7 @@ impl Params {
             LayerNorm(LcmLayerNormParams),
             Eltwise(LcmEltwiseParams),
             Concat(LcmConcatParams),
+            Cast(LcmCastParams),
             Upsample(LcmUpsampleParams),
             Embed(LcmEmbedParams),
             Timestep(LcmTimestepParams),
@@ -131,49 +133,6 @@ pub fn gemm_weight_layout(data: &[f32], co: usize, ci: usize, kh: usize, kw: usi
     out
 }
 
-/// The conv/linear problem as the implicit GEMM sees it.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct GemmShape {
-    pub batch: usize,
-    pub h: usize,
-    pub w: usize,
-    pub ci: usize,
-    pub ho: usize,
-    pub wo: usize,
-    pub co: usize,
-    pub kh: usize,
-    pub kw: usize,
-    pub stride: usize,
-    pub pad_top: usize,
-    pub pad_left: usize,
-    /// Second K segment width (LoRA rank padded to 8), 0 for none.
-    pub k2: usize,
-    pub geglu: bool,
-}
-
-impl GemmShape {
-    /// A linear layer over `rows` rows of `k` as a 1x1 conv.
-    pub fn linear(rows: usize, k: usize, n: usize) -> GemmShape {
-        GemmShape {
-            batch: 1,
-            h: 1,
-            w: rows,
-            ci: k,
-            ho: 1,
-            wo: rows,
-            co: n,
-            kh: 1,
-            kw: 1,
-            stride: 1,
-            ..Default::default()
-        }
-    }
-
-    pub fn m(&self) -> usize {
-        self.batch * self.ho * self.wo
-    }
-}
-
 #[derive(Debug, Clone, Copy, Default)]
 pub struct GemmPtrs {
     pub x: u64,
@@ -185,7 +144,9 @@ pub struct GemmPtrs {
     pub weight2: u64,
 }
 
-pub fn gemm(s: &GemmShape, p: GemmPtrs, lim: Limits) -> Result<Launch> {
+/// The launch of the implicit GEMM `s`, plus (`k2 > 0`) a second K segment of width `k2` (the unmerged
+/// LoRA: `p.a2` `[M, k2]` against `p.weight2` `[N, k2]`).
+pub fn gemm(s: &Gemm, k2: usize, p: GemmPtrs, lim: Limits) -> Result<Launch> {
     let (m, n) = (s.m(), s.co);
     if m == 0 || n == 0 {
         return Err(Error::backend("empty GEMM"));
@@ -193,7 +154,7 @@ pub fn gemm(s: &GemmShape, p: GemmPtrs, lim: Limits) -> Result<Launch> {
     if s.geglu && (n % 2 != 0 || p.residual != 0) {
         return Err(Error::backend("GEGLU GEMM needs an even width and no residual"));
     }
-    if s.k2 % 8 != 0 {
+    if k2 % 8 != 0 {
         return Err(Error::backend("LoRA segment width must be a multiple of 8"));
     }
     let kernel = if s.ci % 8 != 0 {
@@ -226,11 +187,11 @@ pub fn gemm(s: &GemmShape, p: GemmPtrs, lim: Limits) -> Result<Launch> {
         kh: dim(s.kh, "kernel height")?,
         kw: dim(s.kw, "kernel width")?,
         stride: dim(s.stride, "stride")?,
-        pad_top: dim(s.pad_top, "padding")?,
-        pad_left: dim(s.pad_left, "padding")?,
+        pad_top: dim(s.pad[0], "padding")?,
+        pad_left: dim(s.pad[1], "padding")?,
         cip: dim(padded_channels(s.ci), "padded channels")?,
-        k2: dim(s.k2, "LoRA width")?,
-        ldc: dim(if s.geglu { n / 2 } else { n }, "ldc")?,
+        k2: dim(k2, "LoRA width")?,
+        ldc: dim(s.out_cols(), "ldc")?,
         geglu: s.geglu as i32,
         alpha: 1.0,
         pad0: 0,
@@ -265,17 +226,7 @@ pub const ATTN_TABLE: &[(usize, usize, bool, Kernel)] = &[
 ];
 pub const ATTN_WIDE_DIM: usize = 512;
 
-#[derive(Debug, Clone, Copy)]
-pub struct AttnShape {
-    pub batch: usize,
-    pub heads: usize,
-    pub n_q: usize,
-    pub n_kv: usize,
-    pub head_dim: usize,
-    pub causal: bool,
-}
-
-pub fn attention(s: &AttnShape, q: u64, k: u64, v: u64, out: u64, lim: Limits) -> Result<Launch> {
+pub fn attention(s: &Attention, q: u64, k: u64, v: u64, out: u64, lim: Limits) -> Result<Launch> {
     if s.n_kv == 0 || s.n_q == 0 || s.head_dim == 0 {
         return Err(Error::backend("attention over an empty sequence"));
     }
@@ -340,7 +291,7 @@ mod tests {
     #[test]
     fn attention_table_covers_every_sd15_head_and_the_general_path() {
         let plan = |d: usize, causal: bool| {
-            let s = AttnShape { batch: 1, heads: 1, n_q: 77, n_kv: 77, head_dim: d, causal };
+            let s = Attention { batch: 1, heads: 1, n_q: 77, n_kv: 77, head_dim: d, causal };
             attention(&s, 0, 0, 0, 0, RTX)
         };
         let pick = |d: usize, causal: bool| plan(d, causal).map(|l| l.kernel);
@@ -368,16 +319,16 @@ mod tests {
 
     #[test]
     fn gemm_picks_tiles_by_size_and_channel_alignment() {
-        let l = gemm(&GemmShape::linear(4096, 320, 1280), GemmPtrs::default(), H100).unwrap();
+        let l = gemm(&Gemm::linear(4096, 320, 1280), 0, GemmPtrs::default(), H100).unwrap();
         assert_eq!(l.kernel, Kernel::IgemmLarge);
         assert_eq!(l.grid, [32, 10, 1]);
         // 32x3 large tiles would leave a third of an H100 idle: the small tile gives 64x5.
-        let l = gemm(&GemmShape::linear(4096, 320, 320), GemmPtrs::default(), H100).unwrap();
+        let l = gemm(&Gemm::linear(4096, 320, 320), 0, GemmPtrs::default(), H100).unwrap();
         assert_eq!((l.kernel, l.grid), (Kernel::IgemmSmall, [64, 5, 1]));
-        let l = gemm(&GemmShape::linear(77, 768, 768), GemmPtrs::default(), H100).unwrap();
+        let l = gemm(&Gemm::linear(77, 768, 768), 0, GemmPtrs::default(), H100).unwrap();
         assert_eq!(l.kernel, Kernel::IgemmSmall);
         assert_eq!(l.grid, [2, 12, 1]);
-        let conv_in = GemmShape {
+        let conv_in = Gemm {
             batch: 1,
             h: 64,
             w: 64,
@@ -388,17 +339,16 @@ mod tests {
             kh: 3,
             kw: 3,
             stride: 1,
-            pad_top: 1,
-            pad_left: 1,
-            ..Default::default()
+            pad: [1; 4],
+            geglu: false,
         };
-        let l = gemm(&conv_in, GemmPtrs::default(), H100).unwrap();
+        let l = gemm(&conv_in, 0, GemmPtrs::default(), H100).unwrap();
         assert_eq!(l.kernel, Kernel::IgemmScalarA);
         let Params::Gemm(p) = l.params else { panic!() };
         assert_eq!(p.cip, 8);
         assert!(l.smem <= RTX.smem_optin);
-        let geglu = GemmShape { geglu: true, ..GemmShape::linear(4096, 320, 2560) };
-        let Params::Gemm(p) = gemm(&geglu, GemmPtrs::default(), H100).unwrap().params else { panic!() };
+        let geglu = Gemm { geglu: true, ..Gemm::linear(4096, 320, 2560) };
+        let Params::Gemm(p) = gemm(&geglu, 0, GemmPtrs::default(), H100).unwrap().params else { panic!() };
         assert_eq!((p.ldc, p.co, p.geglu), (1280, 2560, 1));
     }
 

@@ -22,8 +22,14 @@ pub mod kernels;
 pub mod launch;
 mod lora;
 mod record;
+mod self_check;
 
 pub use backend::{kernel_names, CudaArena, CudaBackend, CudaWeight};
 pub use device::DeviceKind;
 pub use functions::Kernel;
 pub use lora::LoraSlot;
+
+/// Whether this build has the kernel emulator (it needs the CUDA headers nvcc brings at build time).
+pub fn emulator_built() -> bool {
+    cfg!(lcm_emulator)
+}

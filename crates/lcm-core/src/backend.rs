@@ -3,17 +3,20 @@
 //! replay it.
 
 use crate::error::Result;
-use crate::graph::{Graph, WeightSpec};
-use crate::planner::ArenaPlan;
+use crate::executor::Program;
+use crate::graph::{Elem, WeightSpec};
 
 /// Host data written into an input slot.
 #[derive(Debug, Clone, Copy)]
 pub enum HostData<'a> {
+    /// For `Act` and `F32` inputs (latents, timesteps, text context, the LCM schedule).
     F32(&'a [f32]),
+    /// For `I32` inputs (token ids).
     I32(&'a [i32]),
 }
 
 impl HostData<'_> {
+    /// Element count.
     pub fn len(&self) -> usize {
         match self {
             HostData::F32(d) => d.len(),
@@ -21,17 +24,21 @@ impl HostData<'_> {
         }
     }
 
+    /// Whether there are no elements.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }
 
+/// A compute device: owns weight storage and activation arenas, and runs a whole [`Program`] per call.
+/// Arena offsets are in bytes, as the planner places tensors.
 pub trait Backend {
     /// A weight in the backend's own storage and layout.
     type Weight;
     /// The one activation allocation of an executor.
     type Arena;
 
+    /// Short name for reports and errors (`cpu`, `cuda`).
     fn name(&self) -> &'static str;
 
     /// Bytes per activation element (4 for f32, 2 for f16).
@@ -40,25 +47,52 @@ pub trait Backend {
     /// Takes a weight in torch layout as f32 (already widened, LoRA already merged) into backend storage.
     fn upload_weight(&self, spec: &WeightSpec, data: &[f32]) -> Result<Self::Weight>;
 
+    /// An arena of `bytes` bytes (a plan's `size`), allocated once per executor.
     fn alloc_arena(&self, bytes: usize) -> Result<Self::Arena>;
 
-    fn write(&self, arena: &mut Self::Arena, offset: usize, data: HostData<'_>) -> Result<()>;
+    /// Writes `data` into a tensor of element type `elem` at byte `offset` (`Act` takes the backend's
+    /// activation precision; `F32` and `I32` keep their 32 bits).
+    fn write(&self, arena: &mut Self::Arena, offset: usize, elem: Elem, data: HostData<'_>) -> Result<()>;
 
-    fn read(&self, arena: &Self::Arena, offset: usize, out: &mut [f32]) -> Result<()>;
+    /// Reads a tensor of element type `elem` at byte `offset` as f32.
+    fn read(&self, arena: &Self::Arena, offset: usize, elem: Elem, out: &mut [f32]) -> Result<()>;
 
-    /// Runs every op of `graph` in order. Tensor `t` lives at `plan.offsets[t]` in `arena`, or is
-    /// `weights[i]` when its storage is `Weight(i)`.
-    fn run(&self, graph: &Graph, plan: &ArenaPlan, weights: &[Self::Weight], arena: &mut Self::Arena) -> Result<()>;
+    /// Copies `bytes` from `src` at `src_offset` into `dst` at `dst_offset` without a trip through the
+    /// host (one executor's output into another's input).
+    fn copy(
+        &self,
+        src: &Self::Arena,
+        src_offset: usize,
+        dst: &mut Self::Arena,
+        dst_offset: usize,
+        bytes: usize,
+    ) -> Result<()>;
+
+    /// Runs every op of `program.graph` in order, op `i` solving `program.problems[i]`. Tensor `t`
+    /// lives at `program.plan.offsets[t]` in `arena`, or is `weights[i]` when its storage is
+    /// `Weight(i)`. A backend that runs ops synchronously calls `watch` with each op's index after it
+    /// ran, and stops with its error (progress and cancellation between denoising steps); one that
+    /// queues the whole graph (CUDA) does not call it.
+    fn run(
+        &self,
+        program: &Program,
+        weights: &[Self::Weight],
+        arena: &mut Self::Arena,
+        watch: Option<&mut dyn FnMut(usize) -> Result<()>>,
+    ) -> Result<()>;
 }
 
 /// A model's weights on a backend, in the order of the graph's weight list.
 pub struct ModelWeights<B: Backend> {
+    /// Name, torch shape and use of each weight; must equal the graph's `weights` ([`crate::Executor::new`]
+    /// checks).
     pub specs: Vec<WeightSpec>,
+    /// The uploaded weights: `weights[i]` holds `specs[i]`.
     pub weights: Vec<B::Weight>,
 }
 
 impl<B: Backend> ModelWeights<B> {
-    /// Bytes the weights take as f32 (their size in the CPU backend).
+    /// Elements over all weights (four bytes each as f32, their size in the CPU backend).
     pub fn numel(&self) -> usize {
         self.specs.iter().map(|s| s.shape.iter().product::<usize>()).sum()
     }

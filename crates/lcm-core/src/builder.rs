@@ -8,7 +8,10 @@ use std::collections::HashMap;
 
 use crate::error::{Error, Result};
 use crate::graph::{Activation, Elem, Graph, Op, Storage, TensorDesc, TensorId, WeightKind, WeightSpec};
+use crate::lcm::{Prediction, STEP_ROW};
 
+/// A graph under construction: its tensors and ops in forward order, weights deduplicated by checkpoint
+/// name, and the first shape error met.
 #[derive(Default)]
 pub struct GraphBuilder {
     g: Graph,
@@ -17,6 +20,7 @@ pub struct GraphBuilder {
 }
 
 impl GraphBuilder {
+    /// An empty graph.
     pub fn new() -> Self {
         Self::default()
     }
@@ -36,6 +40,7 @@ impl GraphBuilder {
         self.tensor(shape, Elem::Act, Storage::Activation)
     }
 
+    /// Shape of `t`.
     pub fn shape(&self, t: TensorId) -> &[usize] {
         &self.g.tensors[t].shape
     }
@@ -45,6 +50,7 @@ impl GraphBuilder {
         *self.shape(t).last().unwrap_or(&0)
     }
 
+    /// A new graph input; inputs are numbered in call order (the `i` of [`crate::Executor::set_input`]).
     pub fn input(&mut self, shape: &[usize], elem: Elem) -> TensorId {
         let idx = self.g.inputs.len();
         let t = self.tensor(shape.to_vec(), elem, Storage::Input(idx));
@@ -52,6 +58,7 @@ impl GraphBuilder {
         t
     }
 
+    /// Marks `t` as the next graph output (the `i` of [`crate::Executor::output`]).
     pub fn output(&mut self, t: TensorId) {
         self.g.outputs.push(t);
     }
@@ -112,9 +119,11 @@ impl GraphBuilder {
         let mut s = self.shape(x).to_vec();
         *s.last_mut().expect("linear input has a shape") = n;
         let out = self.act(s);
-        self.push(Op::Linear { x, w, bias: b, residual: None, out })
+        self.push(Op::Linear { x, w, bias: b, residual: None, geglu: false, out })
     }
 
+    /// GroupNorm of NHWC `x` in `groups` groups, affine `prefix.weight` and `prefix.bias` `[C]`; `silu` applies
+    /// SiLU after. `groups` must divide C.
     pub fn group_norm(&mut self, prefix: &str, x: TensorId, groups: usize, eps: f32, silu: bool) -> TensorId {
         let c = self.channels(x);
         if groups == 0 || c % groups != 0 {
@@ -126,6 +135,7 @@ impl GraphBuilder {
         self.push(Op::GroupNorm { x, gamma, beta, groups, eps, silu, out })
     }
 
+    /// LayerNorm of `x` over its last dimension, affine `prefix.weight` and `prefix.bias` `[C]`.
     pub fn layer_norm(&mut self, prefix: &str, x: TensorId, eps: f32) -> TensorId {
         let c = self.channels(x);
         let gamma = self.weight(&format!("{prefix}.weight"), &[c], WeightKind::Plain);
@@ -149,6 +159,8 @@ impl GraphBuilder {
         self.push(Op::Attention { q, k, v, heads, causal, out })
     }
 
+    /// GEGLU: `x = [hidden | gate]` on the last dimension -> `hidden·gelu(gate)`, half the width (which
+    /// must be even).
     pub fn geglu(&mut self, x: TensorId) -> TensorId {
         let mut s = self.shape(x).to_vec();
         let c = s.last_mut().expect("geglu input has a shape");
@@ -160,11 +172,13 @@ impl GraphBuilder {
         self.push(Op::Geglu { x, out })
     }
 
+    /// `act` applied element-wise.
     pub fn activation(&mut self, x: TensorId, act: Activation) -> TensorId {
         let out = self.act(self.shape(x).to_vec());
         self.push(Op::Act { x, act, out })
     }
 
+    /// `a + b`, of equal shapes.
     pub fn add(&mut self, a: TensorId, b: TensorId) -> TensorId {
         if self.shape(a) != self.shape(b) {
             self.fail(format!("add: shapes {:?} and {:?} differ", self.shape(a), self.shape(b)));
@@ -173,6 +187,7 @@ impl GraphBuilder {
         self.push(Op::Add { a, b, out })
     }
 
+    /// `x [B, H, W, C] + bias [B, C]` broadcast over space (a ResNet's time embedding).
     pub fn add_channel(&mut self, x: TensorId, bias: TensorId) -> TensorId {
         let (s, bs) = (self.shape(x), self.shape(bias));
         if s.len() != 4 || bs != [s[0], s[3]] {
@@ -182,6 +197,7 @@ impl GraphBuilder {
         self.push(Op::AddChannel { x, bias, out })
     }
 
+    /// `a` then `b` on the channel (last) dimension; the other dimensions must agree.
     pub fn concat(&mut self, a: TensorId, b: TensorId) -> TensorId {
         let (sa, sb) = (self.shape(a).to_vec(), self.shape(b).to_vec());
         if sa.len() != sb.len() || sa[..sa.len() - 1] != sb[..sb.len() - 1] {
@@ -200,6 +216,8 @@ impl GraphBuilder {
         self.push(Op::Upsample { x, out })
     }
 
+    /// Token plus position embedding: ids `[B, T]` (`I32`), table `[V, C]`, positions `[P, C]` (P ≥ T) ->
+    /// `[B, T, C]`.
     pub fn embed(&mut self, ids: TensorId, table: TensorId, positions: TensorId) -> TensorId {
         let (ids_s, ts, ps) = (self.shape(ids).to_vec(), self.shape(table).to_vec(), self.shape(positions).to_vec());
         if ids_s.len() != 2 || ts.len() != 2 || ps.len() != 2 || ts[1] != ps[1] || ps[0] < ids_s[1] {
@@ -209,15 +227,88 @@ impl GraphBuilder {
         self.push(Op::Embed { ids, table, positions, out })
     }
 
+    /// The embedding of timesteps `t` `[B]`.
     pub fn timestep_embed(&mut self, t: TensorId, dim: usize, flip_sin_to_cos: bool, freq_shift: f32) -> TensorId {
-        let b = self.shape(t)[0];
-        if dim < 2 {
-            self.fail(format!("timestep embedding of width {dim}"));
-        }
-        let out = self.act(vec![b, dim]);
-        self.push(Op::TimestepEmbed { t, flip_sin_to_cos, freq_shift, out })
+        self.timestep_embed_row(t, 0, dim, flip_sin_to_cos, freq_shift)
     }
 
+    /// The embedding of row `row` of timesteps `t` `[R, B]` (or `[B]`, row 0).
+    pub fn timestep_embed_row(
+        &mut self,
+        t: TensorId,
+        row: usize,
+        dim: usize,
+        flip_sin_to_cos: bool,
+        freq_shift: f32,
+    ) -> TensorId {
+        let (rows, b) = match *self.shape(t) {
+            [b] => (1, b),
+            [r, b] => (r, b),
+            ref s => {
+                let msg = format!("timesteps of shape {s:?}: expected [B] or [rows, B]");
+                self.fail(msg);
+                (1, 0)
+            }
+        };
+        if dim < 2 || row >= rows {
+            self.fail(format!("timestep embedding of width {dim} from row {row} of {rows}"));
+        }
+        let out = self.act(vec![b, dim]);
+        self.push(Op::TimestepEmbed { t, row, flip_sin_to_cos, freq_shift, out })
+    }
+
+    /// `x / div + add` as `elem` (`Act` or `F32`), repeated `copies` times along the batch.
+    pub fn cast(&mut self, x: TensorId, elem: Elem, copies: usize, div: f32, add: f32) -> TensorId {
+        let mut s = self.shape(x).to_vec();
+        if s.is_empty() || copies == 0 || elem == Elem::I32 || self.g.tensors[x].elem == Elem::I32 {
+            self.fail(format!("cast of {s:?} ({:?}) to {elem:?} x{copies}", self.g.tensors[x].elem));
+        } else {
+            s[0] *= copies;
+        }
+        let out = self.tensor(s, elem, Storage::Activation);
+        self.push(Op::Cast { x, div, add, out })
+    }
+
+    /// One LCM step (see [`Op::LcmStep`]); returns the next latents (`F32`, x's shape).
+    #[allow(clippy::too_many_arguments)]
+    pub fn lcm_step(
+        &mut self,
+        x: TensorId,
+        model_output: TensorId,
+        noise: Option<TensorId>,
+        schedule: TensorId,
+        step: usize,
+        guided: bool,
+        prediction: Prediction,
+        clip: Option<f32>,
+    ) -> TensorId {
+        let xs = self.shape(x).to_vec();
+        let mut want = xs.clone();
+        if let Some(b) = want.first_mut() {
+            *b *= if guided { 2 } else { 1 };
+        }
+        let steps = match *self.shape(schedule) {
+            [steps, STEP_ROW] => steps,
+            _ => 0,
+        };
+        let noise_ok = noise.is_none_or(|z| {
+            let zs = self.shape(z);
+            zs.len() == xs.len() + 1 && zs[1..] == xs[..] && step < zs[0] && self.g.tensors[z].elem == Elem::F32
+        });
+        let elems_ok = self.g.tensors[x].elem == Elem::F32 && self.g.tensors[schedule].elem == Elem::F32;
+        if self.shape(model_output) != want || step >= steps || !noise_ok || !elems_ok {
+            self.fail(format!(
+                "lcm_step {step}: latents {xs:?}, model output {:?} (guided: {guided}), schedule {:?}, noise {:?}",
+                self.shape(model_output),
+                self.shape(schedule),
+                noise.map(|z| self.shape(z).to_vec())
+            ));
+        }
+        let out = self.tensor(xs, Elem::F32, Storage::Activation);
+        self.push(Op::LcmStep { x, model_output, noise, schedule, step, guided, prediction, clip, out })
+    }
+
+    /// `x·mul + add`.
     pub fn scale(&mut self, x: TensorId, mul: f32, add: f32) -> TensorId {
         let out = self.act(self.shape(x).to_vec());
         self.push(Op::Scale { x, mul, add, out })

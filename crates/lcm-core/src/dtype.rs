@@ -2,14 +2,19 @@
 
 use half::{bf16, f16};
 
+/// Element type of a tensor in a weight file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DType {
+    /// IEEE binary32.
     F32,
+    /// IEEE binary16.
     F16,
+    /// bfloat16: f32's 8-bit exponent, 7-bit mantissa.
     BF16,
 }
 
 impl DType {
+    /// Bytes per element.
     pub fn size_bytes(self) -> usize {
         match self {
             DType::F32 => 4,
@@ -17,6 +22,7 @@ impl DType {
         }
     }
 
+    /// Lower-case name for messages (`f32`, `f16`, `bf16`).
     pub fn name(self) -> &'static str {
         match self {
             DType::F32 => "f32",

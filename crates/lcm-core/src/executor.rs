@@ -1,21 +1,46 @@
-//! Runs one graph on one backend: plans the arena once, allocates it once, then each `run` only writes
-//! inputs, launches, and reads outputs.
+//! Runs one graph on one backend: fuses, lowers and plans it once, allocates its arena once, then each
+//! `run` only writes inputs, launches, and reads outputs.
 
 use crate::backend::{Backend, HostData, ModelWeights};
 use crate::error::{Error, Result};
 use crate::fuse::fuse;
 use crate::graph::{Elem, Graph};
+use crate::lower::Problem;
 use crate::planner::{plan, ArenaPlan};
 
+/// A graph ready to run: fused, every op lowered to its problem (`problems[i]` is `graph.ops[i]`'s),
+/// and planned into an arena. What a backend's `run` gets.
+#[derive(Debug, Clone)]
+pub struct Program {
+    /// The fused graph.
+    pub graph: Graph,
+    /// One per op of `graph`, in op order.
+    pub problems: Vec<Problem>,
+    /// Where each activation and input lives in the arena, and the arena's size.
+    pub plan: ArenaPlan,
+}
+
+impl Program {
+    /// Fuses, lowers and plans `graph` for a backend whose activations take `act_bytes`.
+    pub fn new(graph: Graph, act_bytes: usize) -> Result<Program> {
+        let graph = fuse(graph);
+        let problems = graph.lower()?;
+        let plan = plan(&graph, act_bytes);
+        Ok(Program { graph, problems, plan })
+    }
+}
+
+/// One graph on one backend for one input shape: its program and its arena. Weights are passed to each
+/// call, so executors for several shapes share one [`ModelWeights`].
 pub struct Executor<B: Backend> {
-    graph: Graph,
-    plan: ArenaPlan,
+    program: Program,
     arena: B::Arena,
 }
 
 impl<B: Backend> Executor<B> {
-    /// Fuses `graph`, plans it, and allocates its arena. `weights` must be the weights the graph names,
-    /// in the same order (the model builds both from one description; this checks it).
+    /// Fuses, lowers and plans `graph`, and allocates its arena. `weights` must be the weights the graph
+    /// names, in the same order (the model builds both from one description; this checks it). Errors
+    /// name the first mismatched weight, or the op whose shapes do not fit.
     pub fn new(backend: &B, graph: Graph, weights: &ModelWeights<B>) -> Result<Self> {
         if graph.weights != weights.specs {
             let first = graph
@@ -29,30 +54,43 @@ impl<B: Backend> Executor<B> {
                 });
             return Err(Error::invalid("executor", format!("weights do not match the graph: {first}")));
         }
-        let graph = fuse(graph);
-        let plan = plan(&graph, backend.act_bytes());
-        let arena = backend.alloc_arena(plan.size)?;
-        Ok(Executor { graph, plan, arena })
+        let program = Program::new(graph, backend.act_bytes())?;
+        let arena = backend.alloc_arena(program.plan.size)?;
+        Ok(Executor { program, arena })
     }
 
+    /// The fused graph.
     pub fn graph(&self) -> &Graph {
-        &self.graph
+        &self.program.graph
     }
 
+    /// The arena plan.
     pub fn plan(&self) -> &ArenaPlan {
-        &self.plan
+        &self.program.plan
     }
 
+    /// What the backend runs: graph, problems and plan.
+    pub fn program(&self) -> &Program {
+        &self.program
+    }
+
+    /// The backend's arena, for backend-level checks (poisoning, recorded launches).
     pub fn arena(&self) -> &B::Arena {
         &self.arena
     }
 
-    /// Writes input `i` (in graph order). Its length must equal the input's element count.
+    /// Writes input `i` (in graph order). Its data must be f32 for an `Act` or `F32` input, i32 for an
+    /// `I32` one, and its length the input's element count.
     pub fn set_input(&mut self, backend: &B, i: usize, data: HostData<'_>) -> Result<()> {
-        let t =
-            *self.graph.inputs.get(i).ok_or_else(|| Error::invalid("executor", format!("graph has no input {i}")))?;
-        let desc = &self.graph.tensors[t];
-        let kind_ok = matches!((desc.elem, data), (Elem::Act, HostData::F32(_)) | (Elem::I32, HostData::I32(_)));
+        let t = *self
+            .program
+            .graph
+            .inputs
+            .get(i)
+            .ok_or_else(|| Error::invalid("executor", format!("graph has no input {i}")))?;
+        let desc = &self.program.graph.tensors[t];
+        let kind_ok =
+            matches!((desc.elem, data), (Elem::Act | Elem::F32, HostData::F32(_)) | (Elem::I32, HostData::I32(_)));
         if !kind_ok || data.len() != desc.numel() {
             return Err(Error::invalid(
                 "executor",
@@ -65,27 +103,69 @@ impl<B: Backend> Executor<B> {
                 ),
             ));
         }
-        match self.plan.offsets[t] {
-            Some(off) => backend.write(&mut self.arena, off, data),
+        match self.program.plan.offsets[t] {
+            Some(off) => backend.write(&mut self.arena, off, desc.elem, data),
             None => Ok(()), // an input nothing reads
         }
     }
 
+    /// Runs the graph once on the inputs as last written. `weights` must have the specs the executor
+    /// was built with (checked by [`Executor::new`], not here).
     pub fn run(&mut self, backend: &B, weights: &ModelWeights<B>) -> Result<()> {
-        backend.run(&self.graph, &self.plan, &weights.weights, &mut self.arena)
+        backend.run(&self.program, &weights.weights, &mut self.arena, None)
+    }
+
+    /// [`Executor::run`], with `watch` called after each op where the backend runs ops one by one (the
+    /// CPU): an error from it stops the run.
+    pub fn run_watched(
+        &mut self,
+        backend: &B,
+        weights: &ModelWeights<B>,
+        watch: &mut dyn FnMut(usize) -> Result<()>,
+    ) -> Result<()> {
+        backend.run(&self.program, &weights.weights, &mut self.arena, Some(watch))
+    }
+
+    /// Copies output `i` into input `j` of `dst`, starting at its element `at`, on the backend (no host
+    /// trip): one model's result straight into the next model's input.
+    pub fn copy_output_to(&self, backend: &B, i: usize, dst: &mut Executor<B>, j: usize, at: usize) -> Result<()> {
+        let missing = |what: &str| Error::invalid("executor", format!("no {what}"));
+        let src_t = *self.program.graph.outputs.get(i).ok_or_else(|| missing(&format!("output {i}")))?;
+        let dst_t = *dst.program.graph.inputs.get(j).ok_or_else(|| missing(&format!("input {j}")))?;
+        let (s, d) = (&self.program.graph.tensors[src_t], &dst.program.graph.tensors[dst_t]);
+        if s.elem != d.elem || at + s.numel() > d.numel() {
+            return Err(Error::invalid(
+                "executor",
+                format!(
+                    "output {i} ({:?} {:?}) does not fit input {j} ({:?} {:?}) at element {at}",
+                    s.elem, s.shape, d.elem, d.shape
+                ),
+            ));
+        }
+        let eb = s.elem.bytes(backend.act_bytes());
+        let (Some(src_off), Some(dst_off)) = (self.program.plan.offsets[src_t], dst.program.plan.offsets[dst_t]) else {
+            return Ok(()); // an input nothing reads
+        };
+        backend.copy(&self.arena, src_off, &mut dst.arena, dst_off + at * eb, s.numel() * eb)
     }
 
     /// Reads output `i` as f32 (NHWC as the graph holds it).
     pub fn output(&self, backend: &B, i: usize) -> Result<Vec<f32>> {
-        let t =
-            *self.graph.outputs.get(i).ok_or_else(|| Error::invalid("executor", format!("graph has no output {i}")))?;
-        let mut out = vec![0.0; self.graph.tensors[t].numel()];
-        let off = self.plan.offsets[t].ok_or_else(|| Error::invalid("executor", "output is not in the arena"))?;
-        backend.read(&self.arena, off, &mut out)?;
+        let t = *self
+            .program
+            .graph
+            .outputs
+            .get(i)
+            .ok_or_else(|| Error::invalid("executor", format!("graph has no output {i}")))?;
+        let mut out = vec![0.0; self.program.graph.tensors[t].numel()];
+        let off =
+            self.program.plan.offsets[t].ok_or_else(|| Error::invalid("executor", "output is not in the arena"))?;
+        backend.read(&self.arena, off, self.program.graph.tensors[t].elem, &mut out)?;
         Ok(out)
     }
 
+    /// Shape of output `i` (NHWC as the graph holds it); panics if there is no output `i`.
     pub fn output_shape(&self, i: usize) -> &[usize] {
-        &self.graph.tensors[self.graph.outputs[i]].shape
+        &self.program.graph.tensors[self.program.graph.outputs[i]].shape
     }
 }

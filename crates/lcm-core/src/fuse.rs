@@ -1,10 +1,16 @@
 //! Fusion as a graph rewrite, so model code stays a plain transcription of diffusers:
 //! - `GroupNorm` then `SiLU` becomes one `GroupNorm { silu: true }`;
 //! - `Add` of a conv/linear result and another tensor moves the add into that op's epilogue
-//!   (`residual`), which also removes the intermediate from the arena.
+//!   (`residual`), which also removes the intermediate from the arena;
+//! - `Linear` then `Geglu` becomes one `Linear { geglu: true }` (the GEMM epilogue computes
+//!   hidden·gelu(gate)): the planner then sees the fused op's real lifetimes, so its output is never
+//!   placed on its input, and the 2·hidden intermediate never exists.
 
 use crate::graph::{Activation, Graph, Op, Storage, TensorId};
 
+/// Applies the rewrites above. The fused op writes the removed op's output tensor, so tensor ids, graph
+/// inputs and outputs are unchanged; an intermediate that another op or the caller reads is never fused
+/// away.
 pub fn fuse(mut g: Graph) -> Graph {
     let uses = g.use_counts();
     let is_output = {
@@ -40,6 +46,16 @@ pub fn fuse(mut g: Graph) -> Graph {
                     }
                 }
             }
+            Op::Geglu { x, out } if single_use(x) => {
+                if let Some(p) = producer[x] {
+                    if let Op::Linear { residual: None, geglu: fused @ false, out: o, .. } = &mut g.ops[p] {
+                        *fused = true;
+                        *o = out;
+                        producer[out] = Some(p);
+                        dead[i] = true;
+                    }
+                }
+            }
             Op::Add { a, b, out } => {
                 for (main, other) in [(a, b), (b, a)] {
                     if !single_use(main) {
@@ -49,8 +65,9 @@ pub fn fuse(mut g: Graph) -> Graph {
                     if !ready_before(&producer, &g, other, p) {
                         continue;
                     }
+                    // No residual after GEGLU: the epilogue has one or the other.
                     if let Op::Conv2d { residual: r @ None, out: o, .. }
-                    | Op::Linear { residual: r @ None, out: o, .. } = &mut g.ops[p]
+                    | Op::Linear { residual: r @ None, geglu: false, out: o, .. } = &mut g.ops[p]
                     {
                         *r = Some(other);
                         *o = out;

@@ -5,6 +5,7 @@
 //! its inputs and its one output; nothing aliases. Weights are named by their checkpoint names and kept in
 //! torch layout here; each backend reorders them once at upload.
 
+/// Index of a tensor in [`Graph::tensors`].
 pub type TensorId = usize;
 
 /// What an element of a tensor is stored as.
@@ -12,10 +13,24 @@ pub type TensorId = usize;
 pub enum Elem {
     /// An activation: f32 on the CPU, f16 on CUDA.
     Act,
+    /// f32 on every backend: what must not lose precision between model calls (latents, noise, the
+    /// LCM schedule).
+    F32,
     /// A 32-bit integer (token ids).
     I32,
 }
 
+impl Elem {
+    /// Bytes per element on a backend whose activations take `act_bytes`.
+    pub fn bytes(self, act_bytes: usize) -> usize {
+        match self {
+            Elem::Act => act_bytes,
+            Elem::F32 | Elem::I32 => 4,
+        }
+    }
+}
+
+/// Where a tensor's data comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Storage {
     /// Written by the caller before a run; index into `Graph::inputs`.
@@ -26,14 +41,19 @@ pub enum Storage {
     Activation,
 }
 
+/// A tensor of the graph.
 #[derive(Debug, Clone)]
 pub struct TensorDesc {
+    /// Dimensions, outermost first (`[B, H, W, C]` for images, torch layout for weights).
     pub shape: Vec<usize>,
+    /// Element type.
     pub elem: Elem,
+    /// Input, weight or activation.
     pub storage: Storage,
 }
 
 impl TensorDesc {
+    /// Element count.
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
@@ -50,15 +70,21 @@ pub enum WeightKind {
     Plain,
 }
 
+/// A weight the graph reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WeightSpec {
+    /// Checkpoint name (`down_blocks.0.resnets.0.conv1.weight`).
     pub name: String,
+    /// Shape in torch layout.
     pub shape: Vec<usize>,
+    /// How ops use it.
     pub kind: WeightKind,
 }
 
+/// An element-wise activation function.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {
+    /// `x·sigmoid(x)`.
     Silu,
     /// Exact (erf) GELU, as `torch.nn.functional.gelu`.
     Gelu,
@@ -66,110 +92,216 @@ pub enum Activation {
     QuickGelu,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// One op: its input tensors, its parameters and the one tensor `out` it writes.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Op {
     /// NHWC convolution, weight `[Co, Ci, kh, kw]`; `pad` is (top, left, bottom, right).
     Conv2d {
+        /// Input `[B, H, W, Ci]`.
         x: TensorId,
+        /// Weight `[Co, Ci, kh, kw]`.
         w: TensorId,
+        /// Bias `[Co]`.
         bias: Option<TensorId>,
+        /// Added after the bias (a fused `Add`); `out`'s shape.
         residual: Option<TensorId>,
+        /// Stride on both axes.
         stride: usize,
+        /// Zero padding: top, left, bottom, right.
         pad: [usize; 4],
+        /// Output `[B, Ho, Wo, Co]`.
         out: TensorId,
     },
-    /// `out = x·Wᵀ (+ bias) (+ residual)` over the last dimension; weight `[N, K]`.
+    /// `out = x·Wᵀ (+ bias) (+ residual)` over the last dimension; weight `[N, K]`. With `geglu` (a
+    /// fused `Linear → Geglu`) the output is hidden·gelu(gate) of the two halves of N: N/2 columns.
     Linear {
+        /// Input `[…, K]`.
         x: TensorId,
+        /// Weight `[N, K]`.
         w: TensorId,
+        /// Bias `[N]`.
         bias: Option<TensorId>,
+        /// Added after the bias (a fused `Add`); `out`'s shape. Never with `geglu`.
         residual: Option<TensorId>,
+        /// The GEGLU epilogue (a fused `Geglu`).
+        geglu: bool,
+        /// Output `[…, N]`, or `[…, N/2]` with `geglu`.
         out: TensorId,
     },
     /// GroupNorm over NHWC with per-channel affine, optionally followed by SiLU.
     GroupNorm {
+        /// Input `[B, H, W, C]`.
         x: TensorId,
+        /// Scale `[C]`.
         gamma: TensorId,
+        /// Shift `[C]`.
         beta: TensorId,
+        /// Groups, each of C/groups contiguous channels.
         groups: usize,
+        /// Added to the variance.
         eps: f32,
+        /// SiLU after the affine (a fused `Act`).
         silu: bool,
+        /// Output, x's shape.
         out: TensorId,
     },
     /// LayerNorm over the last dimension.
     LayerNorm {
+        /// Input `[…, C]`.
         x: TensorId,
+        /// Scale `[C]`.
         gamma: TensorId,
+        /// Shift `[C]`.
         beta: TensorId,
+        /// Added to the variance.
         eps: f32,
+        /// Output, x's shape.
         out: TensorId,
     },
     /// Multi-head scaled dot-product attention. q `[B, N, H·d]`, k and v `[B, M, H·d]`; head h uses
     /// channels `h·d..(h+1)·d`. `causal` masks key j > query i.
     Attention {
+        /// Queries `[B, N, H·d]`, or an NHWC image whose H·W pixels are the N tokens.
         q: TensorId,
+        /// Keys `[B, M, H·d]`.
         k: TensorId,
+        /// Values, k's shape.
         v: TensorId,
+        /// Heads H.
         heads: usize,
+        /// Mask keys after the query (CLIP's text encoder).
         causal: bool,
+        /// Output, q's shape.
         out: TensorId,
     },
     /// `x = [hidden | gate]` on the last dimension -> `hidden · gelu(gate)`.
     Geglu {
+        /// Input `[…, 2C]`.
         x: TensorId,
+        /// Output `[…, C]`.
         out: TensorId,
     },
+    /// `out = act(x)` element-wise.
     Act {
+        /// Input.
         x: TensorId,
+        /// The function.
         act: Activation,
+        /// Output, x's shape.
         out: TensorId,
     },
+    /// `out = a + b`, equal shapes.
     Add {
+        /// First operand.
         a: TensorId,
+        /// Second operand.
         b: TensorId,
+        /// Sum.
         out: TensorId,
     },
     /// `x [B, H, W, C] + bias [B, C]` broadcast over space (a ResNet's time embedding).
     AddChannel {
+        /// Input `[B, H, W, C]`.
         x: TensorId,
+        /// Per-image channel bias `[B, C]`.
         bias: TensorId,
+        /// Output, x's shape.
         out: TensorId,
     },
     /// Concatenation on the last (channel) dimension.
     Concat {
+        /// `[…, Ca]`.
         a: TensorId,
+        /// `[…, Cb]`, a's other dimensions.
         b: TensorId,
+        /// `[…, Ca + Cb]`.
         out: TensorId,
     },
     /// Nearest-neighbour resize to `out`'s spatial size (×2, or to a skip connection's size).
     Upsample {
+        /// Input `[B, H, W, C]`.
         x: TensorId,
+        /// Output `[B, Ho, Wo, C]`.
         out: TensorId,
     },
     /// Token plus position embedding: ids `[B, T]` (I32), table `[V, C]`, positions `[P, C]` (P ≥ T).
     Embed {
+        /// Token ids `[B, T]` (`I32`).
         ids: TensorId,
+        /// Token embedding `[V, C]`.
         table: TensorId,
+        /// Position embedding `[P, C]`; rows `0..T` are read.
         positions: TensorId,
+        /// Output `[B, T, C]`.
         out: TensorId,
     },
-    /// Sinusoidal embedding of timesteps `[B]` -> `[B, dim]`, as diffusers' `get_timestep_embedding`.
+    /// Sinusoidal embedding of timesteps -> `[B, dim]`, as diffusers' `get_timestep_embedding`; `t` is
+    /// `[R, B]` (or `[B]`) and row `row` is embedded (a denoising loop keeps every step's timesteps in
+    /// one input).
     TimestepEmbed {
+        /// Timesteps `[R, B]` or `[B]`.
         t: TensorId,
+        /// The row of `t` embedded.
+        row: usize,
+        /// Cosines in the first half, sines in the second (diffusers' `flip_sin_to_cos`).
         flip_sin_to_cos: bool,
+        /// diffusers' `downscale_freq_shift`: frequency j is exp(−ln(10000)·j / (dim/2 − shift)).
         freq_shift: f32,
+        /// Output `[B, dim]`.
         out: TensorId,
     },
     /// `out = x·mul + add`.
     Scale {
+        /// Input.
         x: TensorId,
+        /// Multiplier.
         mul: f32,
+        /// Offset, added after the product.
         add: f32,
+        /// Output, x's shape.
+        out: TensorId,
+    },
+    /// `out[i] = x[i mod numel(x)] / div + add`, converted between element types (`Act` ↔ `F32`):
+    /// latents into the UNet (repeated for a guided batch), denoised latents into the VAE
+    /// (`/ scaling_factor + shift`, the division diffusers does).
+    Cast {
+        /// Input, `Act` or `F32`.
+        x: TensorId,
+        /// Divisor.
+        div: f32,
+        /// Offset, added after the division.
+        add: f32,
+        /// Output, `Act` or `F32`: x's shape with its batch repeated a whole number of times.
+        out: TensorId,
+    },
+    /// One LCM scheduler step (`lcm::step`) over latents `x` (`F32`): row `step` of `schedule`
+    /// (`F32 [steps, STEP_ROW]`) gives the coefficients, row `step` of `noise` (`F32 [steps − 1, …x]`)
+    /// the re-injected noise (absent on the last step). `model_output` (`Act`) has x's shape, or twice
+    /// its batch when `guided`: then it is [uncond; cond], combined as u + g·(c − u) first.
+    LcmStep {
+        /// Latents x_t (`F32`).
+        x: TensorId,
+        /// The UNet's output (`Act`).
+        model_output: TensorId,
+        /// Noise `F32 [rows, …x]`, row `step` read.
+        noise: Option<TensorId>,
+        /// Coefficients `F32 [steps, STEP_ROW]`, one [`crate::lcm::StepRow`] per step.
+        schedule: TensorId,
+        /// Step index: the row of `schedule` and `noise`.
+        step: usize,
+        /// `model_output` is a guided [uncond; cond] batch.
+        guided: bool,
+        /// What the model output means (the scheduler's `prediction_type`).
+        prediction: crate::lcm::Prediction,
+        /// x0 clamped to ±this (`clip_sample_range`, when `clip_sample` is on).
+        clip: Option<f32>,
+        /// Next latents (`F32`, x's shape).
         out: TensorId,
     },
 }
 
 impl Op {
+    /// The tensor the op writes.
     pub fn output(&self) -> TensorId {
         match *self {
             Op::Conv2d { out, .. }
@@ -185,7 +317,9 @@ impl Op {
             | Op::Upsample { out, .. }
             | Op::Embed { out, .. }
             | Op::TimestepEmbed { out, .. }
-            | Op::Scale { out, .. } => out,
+            | Op::Scale { out, .. }
+            | Op::Cast { out, .. }
+            | Op::LcmStep { out, .. } => out,
         }
     }
 
@@ -200,11 +334,19 @@ impl Op {
             }
             Op::GroupNorm { x, gamma, beta, .. } | Op::LayerNorm { x, gamma, beta, .. } => v.extend([x, gamma, beta]),
             Op::Attention { q, k, v: vv, .. } => v.extend([q, k, vv]),
-            Op::Geglu { x, .. } | Op::Act { x, .. } | Op::Upsample { x, .. } | Op::Scale { x, .. } => v.push(x),
+            Op::Geglu { x, .. }
+            | Op::Act { x, .. }
+            | Op::Upsample { x, .. }
+            | Op::Scale { x, .. }
+            | Op::Cast { x, .. } => v.push(x),
             Op::Add { a, b, .. } | Op::Concat { a, b, .. } => v.extend([a, b]),
             Op::AddChannel { x, bias, .. } => v.extend([x, bias]),
             Op::Embed { ids, table, positions, .. } => v.extend([ids, table, positions]),
             Op::TimestepEmbed { t, .. } => v.push(t),
+            Op::LcmStep { x, model_output, noise, schedule, .. } => {
+                v.extend([x, model_output, schedule]);
+                v.extend(noise);
+            }
         }
         v
     }
@@ -213,6 +355,7 @@ impl Op {
     pub fn name(&self) -> &'static str {
         match self {
             Op::Conv2d { .. } => "conv2d",
+            Op::Linear { geglu: true, .. } => "linear_geglu",
             Op::Linear { .. } => "linear",
             Op::GroupNorm { silu: true, .. } => "group_norm_silu",
             Op::GroupNorm { .. } => "group_norm",
@@ -227,38 +370,29 @@ impl Op {
             Op::Embed { .. } => "embed",
             Op::TimestepEmbed { .. } => "timestep_embed",
             Op::Scale { .. } => "scale",
+            Op::Cast { .. } => "cast",
+            Op::LcmStep { .. } => "lcm_step",
         }
     }
-}
-
-/// A Conv2d op's geometry, read off its tensors' shapes once for every backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConvGeometry {
-    pub batch: usize,
-    pub h: usize,
-    pub w: usize,
-    pub ci: usize,
-    pub ho: usize,
-    pub wo: usize,
-    pub co: usize,
-    pub kh: usize,
-    pub kw: usize,
-    pub stride: usize,
-    /// top, left, bottom, right
-    pub pad: [usize; 4],
 }
 
 /// A model instantiated for one input shape.
 #[derive(Debug, Clone, Default)]
 pub struct Graph {
+    /// Every tensor, indexed by [`TensorId`].
     pub tensors: Vec<TensorDesc>,
+    /// The weights in upload order; a tensor of storage `Weight(i)` is `weights[i]`.
     pub weights: Vec<WeightSpec>,
+    /// Ops in execution (topological) order.
     pub ops: Vec<Op>,
+    /// Input tensors in the order callers write them; a tensor of storage `Input(i)` is `inputs[i]`.
     pub inputs: Vec<TensorId>,
+    /// Output tensors in the order callers read them.
     pub outputs: Vec<TensorId>,
 }
 
 impl Graph {
+    /// Shape of `t`.
     pub fn shape(&self, t: TensorId) -> &[usize] {
         &self.tensors[t].shape
     }
@@ -275,56 +409,5 @@ impl Graph {
             uses[t] += 1;
         }
         uses
-    }
-
-    /// The geometry of a `Conv2d` op (NHWC input and output, `[Co, Ci, kh, kw]` weight); `None` for any
-    /// other op or malformed shapes.
-    pub fn conv_geometry(&self, op: &Op) -> Option<ConvGeometry> {
-        let Op::Conv2d { x, w, stride, pad, out, .. } = *op else { return None };
-        let (xs, ws, os) = (self.shape(x), self.shape(w), self.shape(out));
-        let [batch, h, wd, ci] = <[usize; 4]>::try_from(xs).ok()?;
-        let [_, _, kh, kw] = <[usize; 4]>::try_from(ws).ok()?;
-        let [_, ho, wo, co] = <[usize; 4]>::try_from(os).ok()?;
-        Some(ConvGeometry { batch, h, w: wd, ci, ho, wo, co, kh, kw, stride, pad })
-    }
-
-    /// Multiply-accumulate count of the whole graph (conv, linear, attention), for FLOP reports.
-    pub fn macs(&self) -> u64 {
-        self.ops.iter().map(|op| self.op_macs(op)).sum()
-    }
-
-    pub fn op_macs(&self, op: &Op) -> u64 {
-        let n = |t: TensorId| self.tensors[t].numel() as u64;
-        match *op {
-            Op::Conv2d { w, out, .. } => {
-                let ws = self.shape(w);
-                n(out) * (ws[1] * ws[2] * ws[3]) as u64
-            }
-            Op::Linear { w, out, .. } => n(out) * self.shape(w)[1] as u64,
-            Op::Attention { q, k, .. } => {
-                // QKᵀ and PV: 2 · N · M · C per batch entry; q may be an NHWC image (N = H·W).
-                let (qs, c) = (self.shape(q), *self.shape(q).last().unwrap_or(&1) as u64);
-                let batch = qs[0] as u64;
-                let tokens = |t: TensorId| n(t) / (batch * c).max(1);
-                2 * batch * tokens(q) * tokens(k) * c
-            }
-            _ => 0,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use crate::{Elem, GraphBuilder};
-
-    #[test]
-    fn attention_macs_count_image_queries_as_tokens() {
-        let mut b = GraphBuilder::new();
-        let q = b.input(&[2, 4, 8, 16], Elem::Act); // 32 query tokens of 16 channels
-        let k = b.input(&[2, 77, 16], Elem::Act);
-        let o = b.attention(q, k, k, 2, false);
-        b.output(o);
-        let g = b.finish().unwrap();
-        assert_eq!(g.macs(), 2 * 2 * 32 * 77 * 16);
     }
 }

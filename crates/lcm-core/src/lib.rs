@@ -1,6 +1,8 @@
 //! lcm-core: what every backend and model shares — element types, errors, weight files, the op graph,
 //! its fusion pass, the arena planner, the executor and the [`Backend`] trait.
 
+#![warn(missing_docs)]
+
 pub mod backend;
 pub mod builder;
 pub mod dtype;
@@ -8,6 +10,8 @@ pub mod error;
 pub mod executor;
 pub mod fuse;
 pub mod graph;
+pub mod lcm;
+pub mod lower;
 pub mod planner;
 pub mod tensor;
 pub mod weights;
@@ -17,6 +21,8 @@ pub use builder::GraphBuilder;
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use executor::Executor;
-pub use graph::{Activation, ConvGeometry, Elem, Graph, Op, Storage, TensorId, WeightKind, WeightSpec};
+pub use executor::Program;
+pub use graph::{Activation, Elem, Graph, Op, Storage, TensorId, WeightKind, WeightSpec};
+pub use lower::{Attention, Gemm, Problem};
 pub use tensor::{rel_l2, Tensor};
 pub use weights::{SafeTensorsFile, TensorView, WeightFiles};

@@ -5,11 +5,12 @@
 //! memory. Placement is greedy, largest first, at the lowest offset that fits — the classic
 //! offset-assignment heuristic, within a few percent of the live-set lower bound on these graphs.
 
-use crate::graph::{Elem, Graph, Storage};
+use crate::graph::{Graph, Storage};
 
 /// Offsets are multiples of this many bytes: enough for vectorised loads and cp.async on the GPU.
 pub const ALIGN: usize = 256;
 
+/// Where every activation and input of a graph lives in one arena, with the figures to check it by.
 #[derive(Debug, Clone)]
 pub struct ArenaPlan {
     /// Byte offset of each tensor in the arena; `None` for weights and tensors nothing uses.
@@ -49,17 +50,7 @@ pub fn plan(g: &Graph, act_bytes: usize) -> ArenaPlan {
     for &t in &g.outputs {
         last[t] = Some(n_ops);
     }
-    let bytes: Vec<usize> = g
-        .tensors
-        .iter()
-        .map(|d| {
-            let eb = match d.elem {
-                Elem::Act => act_bytes,
-                Elem::I32 => 4,
-            };
-            round_up(d.numel() * eb)
-        })
-        .collect();
+    let bytes: Vec<usize> = g.tensors.iter().map(|d| round_up(d.numel() * d.elem.bytes(act_bytes))).collect();
     let lifetimes: Vec<Option<(usize, usize)>> = (0..nt)
         .map(|t| match (g.tensors[t].storage, first[t], last[t]) {
             (Storage::Weight(_), ..) => None,

@@ -1,23 +1,29 @@
 //! A plain host tensor (f32, row-major) for inputs, outputs and tests, and the layout moves at the
 //! engine's edges: callers speak NCHW like diffusers, the graph computes in NHWC.
 
+/// A host tensor.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tensor {
+    /// Dimensions, outermost first.
     pub shape: Vec<usize>,
+    /// Elements, row-major.
     pub data: Vec<f32>,
 }
 
 impl Tensor {
+    /// `data` of `shape`; panics if the element counts differ.
     pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Self {
         assert_eq!(shape.iter().product::<usize>(), data.len(), "tensor data does not fill its shape");
         Tensor { shape, data }
     }
 
+    /// Zeros of `shape`.
     pub fn zeros(shape: Vec<usize>) -> Self {
         let n = shape.iter().product();
         Tensor { shape, data: vec![0.0; n] }
     }
 
+    /// Element count.
     pub fn numel(&self) -> usize {
         self.data.len()
     }

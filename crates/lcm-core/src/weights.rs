@@ -35,12 +35,16 @@ pub struct SafeTensorsFile {
 /// A tensor as it lies in the file: element type, shape, and the little-endian bytes.
 #[derive(Debug, Clone, Copy)]
 pub struct TensorView<'a> {
+    /// Element type in the file.
     pub dtype: DType,
+    /// Shape as stored (torch layout).
     pub shape: &'a [usize],
+    /// The data, little-endian, borrowed from the map.
     pub bytes: &'a [u8],
 }
 
 impl TensorView<'_> {
+    /// Element count.
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
@@ -50,6 +54,7 @@ impl TensorView<'_> {
         widen_to_f32(self.dtype, self.bytes, out);
     }
 
+    /// The tensor widened to f32, in a new vector.
     pub fn to_f32(&self) -> Vec<f32> {
         let mut v = Vec::with_capacity(self.numel());
         self.to_f32_into(&mut v);
@@ -89,18 +94,22 @@ impl SafeTensorsFile {
         Ok(SafeTensorsFile { path, map, entries })
     }
 
+    /// The file's path.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// Names of the tensors in the file, sorted.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.entries.keys().map(String::as_str)
     }
 
+    /// Whether the file holds tensor `name`.
     pub fn contains(&self, name: &str) -> bool {
         self.entries.contains_key(name)
     }
 
+    /// Shape of tensor `name` as stored; `None` when absent.
     pub fn shape(&self, name: &str) -> Option<&[usize]> {
         self.entries.get(name).map(|e| e.shape.as_slice())
     }
@@ -128,6 +137,7 @@ pub struct WeightFiles {
 }
 
 impl WeightFiles {
+    /// The tensors of all `files`; a name in several files is read from the last of them.
     pub fn from_files(files: Vec<SafeTensorsFile>) -> Self {
         let mut owner = BTreeMap::new();
         for (i, f) in files.iter().enumerate() {
@@ -138,6 +148,7 @@ impl WeightFiles {
         WeightFiles { files, owner }
     }
 
+    /// One `.safetensors` file (see [`SafeTensorsFile::open`]).
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         Ok(Self::from_files(vec![SafeTensorsFile::open(path)?]))
     }
@@ -150,18 +161,23 @@ impl WeightFiles {
         }
     }
 
+    /// Names of the tensors over all files, sorted.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.owner.keys().map(String::as_str)
     }
 
+    /// Whether any file holds tensor `name`.
     pub fn contains(&self, name: &str) -> bool {
         self.owner.contains_key(name)
     }
 
+    /// The file holding tensor `name`.
     pub fn file_of(&self, name: &str) -> Option<&Path> {
         self.owner.get(name).map(|&i| self.files[i].path())
     }
 
+    /// The tensor `name` from the file that holds it; an error names the tensor and file, or the
+    /// weights' [`location`](WeightFiles::location) when no file holds it.
     pub fn get(&self, name: &str) -> Result<TensorView<'_>> {
         match self.owner.get(name) {
             Some(&i) => self.files[i].get(name),
@@ -179,6 +195,7 @@ impl WeightFiles {
         Ok(v)
     }
 
+    /// Bytes of all the files as mapped.
     pub fn mapped_bytes(&self) -> usize {
         self.files.iter().map(SafeTensorsFile::mapped_len).sum()
     }

@@ -13,7 +13,9 @@ struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
+/// The dimensions of one attention call.
 pub struct AttnShape {
+    /// Batch.
     pub batch: usize,
     /// query tokens
     pub n: usize,
@@ -21,7 +23,9 @@ pub struct AttnShape {
     pub m: usize,
     /// channels = heads · head dim
     pub c: usize,
+    /// Heads; `c` must be a multiple.
     pub heads: usize,
+    /// Query i sees keys 0..=i only.
     pub causal: bool,
 }
 

@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use crate::gemm::{gemm, MatRef};
 
 /// The geometry of one convolution (shared with every backend).
-pub use lcm_core::ConvGeometry as ConvShape;
+pub use lcm_core::Gemm as ConvShape;
 
 /// Reorders a torch conv weight `[Co, Ci, kh, kw]` into `[kh, kw, Ci, Co]`.
 pub fn pack_weight(w: &[f32], co: usize, ci: usize, kh: usize, kw: usize) -> Vec<f32> {
@@ -114,7 +114,7 @@ mod tests {
         for (batch, h, w, ci, co, k, stride, pad) in cases {
             let ho = (h + pad[0] + pad[2] - k) / stride + 1;
             let wo = (w + pad[1] + pad[3] - k) / stride + 1;
-            let s = ConvShape { batch, h, w, ci, ho, wo, co, kh: k, kw: k, stride, pad };
+            let s = ConvShape { batch, h, w, ci, ho, wo, co, kh: k, kw: k, stride, pad, geglu: false };
             let x: Vec<f32> = (0..batch * h * w * ci).map(|i| ((i * 37 % 19) as f32 - 9.0) / 9.0).collect();
             let wt: Vec<f32> = (0..co * ci * k * k).map(|i| ((i * 11 % 23) as f32 - 11.0) / 11.0).collect();
             let mut out = vec![f32::NAN; batch * ho * wo * co];

@@ -23,6 +23,7 @@ pub fn simd<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// SiLU, `x·sigmoid(x)`.
 #[inline(always)]
 pub fn silu(x: f32) -> f32 {
     x / (1.0 + exp(-x))
@@ -61,6 +62,7 @@ pub fn quick_gelu(x: f32) -> f32 {
     x / (1.0 + exp(-1.702 * x))
 }
 
+/// `out = act(x)` element-wise.
 pub fn activation(x: &[f32], act: Activation, out: &mut [f32]) {
     let f = match act {
         Activation::Silu => silu,
@@ -70,12 +72,14 @@ pub fn activation(x: &[f32], act: Activation, out: &mut [f32]) {
     map(x, out, f);
 }
 
+/// `out[i] = f(x[i])`, in parallel chunks, each under [`simd`].
 pub fn map(x: &[f32], out: &mut [f32], f: impl Fn(f32) -> f32 + Sync) {
     out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(o, i)| {
         simd(|| o.iter_mut().zip(i).for_each(|(o, &i)| *o = f(i)));
     });
 }
 
+/// `out = a + b` element-wise.
 pub fn add(a: &[f32], b: &[f32], out: &mut [f32]) {
     out.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK))).for_each(|(o, (a, b))| {
         for i in 0..o.len() {

@@ -4,8 +4,11 @@
 /// A row-major or transposed view: element (i, j) is at `data[i*rs + j*cs]`.
 #[derive(Clone, Copy)]
 pub struct MatRef<'a> {
+    /// The elements.
     pub data: &'a [f32],
+    /// Row stride, in elements.
     pub rs: usize,
+    /// Column stride, in elements.
     pub cs: usize,
 }
 

@@ -2,6 +2,8 @@
 //! statistics, exact GELU), parallel over rayon's threads, with real GEMMs underneath. The CUDA kernels
 //! and every model are judged against it.
 
+#![warn(missing_docs)]
+
 pub mod attention;
 pub mod conv;
 pub mod elementwise;
@@ -12,33 +14,41 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use lcm_core::lcm::{self, StepRow};
 use lcm_core::planner::ArenaPlan;
-use lcm_core::{Backend, Error, Graph, HostData, Op, Result, Storage, TensorId, WeightKind, WeightSpec};
+use lcm_core::{Backend, Elem, Error, Graph, HostData, Op, Result, Storage, TensorId, WeightKind, WeightSpec};
+use lcm_core::{Problem, Program};
 
 use crate::attention::AttnShape;
 use crate::gemm::MatRef;
 
 /// A weight in the layout the CPU ops read: conv weights as `[kh·kw·Ci, Co]`, the rest as given.
 pub struct CpuWeight {
+    /// f32 values in that layout.
     pub data: Vec<f32>,
 }
 
 type Profile = BTreeMap<&'static str, (u64, Duration, u64)>;
 
+/// The f32 reference backend. An arena is one `Vec<f32>`; `I32` inputs keep their bits in f32 slots.
 #[derive(Debug, Default)]
 pub struct CpuBackend {
     /// Per op family: (calls, time, multiply-accumulates), when profiling is on.
     profile: Option<Mutex<Profile>>,
+    /// The fused Linear → GEGLU's full-width product before the epilogue halves it: kept between calls
+    /// (it only grows), so the steady state allocates nothing.
+    scratch: Mutex<Vec<f32>>,
 }
 
 impl CpuBackend {
+    /// A backend without profiling.
     pub fn new() -> Self {
-        CpuBackend { profile: None }
+        CpuBackend::default()
     }
 
     /// A backend that times every op (see [`CpuBackend::profile`]).
     pub fn profiling() -> Self {
-        CpuBackend { profile: Some(Mutex::new(BTreeMap::new())) }
+        CpuBackend { profile: Some(Mutex::new(BTreeMap::new())), ..CpuBackend::default() }
     }
 
     /// Time per op family so far, most expensive first: (name, calls, time, MACs).
@@ -78,7 +88,7 @@ impl Backend for CpuBackend {
         Ok(vec![0.0; bytes / 4])
     }
 
-    fn write(&self, arena: &mut Vec<f32>, offset: usize, data: HostData<'_>) -> Result<()> {
+    fn write(&self, arena: &mut Vec<f32>, offset: usize, _elem: Elem, data: HostData<'_>) -> Result<()> {
         let at = offset / 4;
         match data {
             HostData::F32(d) => arena[at..at + d.len()].copy_from_slice(d),
@@ -90,21 +100,44 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn read(&self, arena: &Vec<f32>, offset: usize, out: &mut [f32]) -> Result<()> {
+    fn read(&self, arena: &Vec<f32>, offset: usize, _elem: Elem, out: &mut [f32]) -> Result<()> {
         let at = offset / 4;
         out.copy_from_slice(&arena[at..at + out.len()]);
         Ok(())
     }
 
-    fn run(&self, graph: &Graph, plan: &ArenaPlan, weights: &[CpuWeight], arena: &mut Vec<f32>) -> Result<()> {
-        let mem = Memory { graph, plan, weights, base: arena.as_mut_ptr(), len: arena.len() };
-        for op in &graph.ops {
+    fn copy(
+        &self,
+        src: &Vec<f32>,
+        src_offset: usize,
+        dst: &mut Vec<f32>,
+        dst_offset: usize,
+        bytes: usize,
+    ) -> Result<()> {
+        let (s, d, n) = (src_offset / 4, dst_offset / 4, bytes / 4);
+        dst[d..d + n].copy_from_slice(&src[s..s + n]);
+        Ok(())
+    }
+
+    fn run(
+        &self,
+        program: &Program,
+        weights: &[CpuWeight],
+        arena: &mut Vec<f32>,
+        mut watch: Option<&mut dyn FnMut(usize) -> Result<()>>,
+    ) -> Result<()> {
+        let graph = &program.graph;
+        let mem = Memory { graph, plan: &program.plan, weights, base: arena.as_mut_ptr(), len: arena.len() };
+        for (i, (op, problem)) in graph.ops.iter().zip(&program.problems).enumerate() {
             let start = self.profile.as_ref().map(|_| Instant::now());
-            run_op(&mem, op)?;
+            self.run_op(&mem, op, problem)?;
             if let (Some(p), Some(t)) = (&self.profile, start) {
                 let mut p = p.lock().expect("profile lock");
                 let e = p.entry(op.name()).or_default();
-                *e = (e.0 + 1, e.1 + t.elapsed(), e.2 + graph.op_macs(op));
+                *e = (e.0 + 1, e.1 + t.elapsed(), e.2 + problem.macs());
+            }
+            if let Some(w) = watch.as_mut() {
+                w(i)?;
             }
         }
         Ok(())
@@ -157,10 +190,6 @@ impl Memory<'_> {
         // SAFETY: in bounds, and disjoint from every input of this op (checked above).
         unsafe { std::slice::from_raw_parts_mut(self.base.add(off), n) }
     }
-
-    fn shape(&self, t: TensorId) -> &[usize] {
-        &self.graph.tensors[t].shape
-    }
 }
 
 /// `out += bias (per last-dim channel) + residual`, the GEMM epilogue.
@@ -179,77 +208,87 @@ fn epilogue(out: &mut [f32], n: usize, bias: Option<&[f32]>, residual: Option<&[
     });
 }
 
-fn run_op(m: &Memory, op: &Op) -> Result<()> {
-    let out = m.dst(op);
-    match *op {
-        Op::Conv2d { x, w, bias, residual, .. } => {
-            let s = m.graph.conv_geometry(op).expect("conv2d shapes were checked when the graph was built");
-            conv::conv2d(&s, m.src(x), m.src(w), out);
-            epilogue(out, s.co, bias.map(|b| m.src(b)), residual.map(|r| m.src(r)));
+impl CpuBackend {
+    fn run_op(&self, m: &Memory, op: &Op, problem: &Problem) -> Result<()> {
+        let out = m.dst(op);
+        match (*op, *problem) {
+            (Op::Conv2d { x, w, bias, residual, .. }, Problem::Gemm(g)) => {
+                conv::conv2d(&g, m.src(x), m.src(w), out);
+                epilogue(out, g.co, bias.map(|b| m.src(b)), residual.map(|r| m.src(r)));
+            }
+            (Op::Linear { x, w, bias, residual, .. }, Problem::Gemm(g)) => {
+                let (rows, n, k) = (g.m(), g.co, g.ci);
+                // y = x·Wᵀ: W is [n, k] row-major, so Wᵀ is the view with strides (1, k).
+                let (a, b) = (MatRef { data: m.src(x), rs: k, cs: 1 }, MatRef { data: m.src(w), rs: 1, cs: k });
+                if g.geglu {
+                    let mut full = self.scratch.lock().expect("scratch lock");
+                    if full.len() < rows * n {
+                        full.resize(rows * n, 0.0);
+                    }
+                    let full = &mut full[..rows * n];
+                    gemm::gemm(rows, n, k, a, b, full);
+                    epilogue(full, n, bias.map(|b| m.src(b)), None);
+                    elementwise::geglu(full, n / 2, out);
+                } else {
+                    gemm::gemm(rows, n, k, a, b, out);
+                    epilogue(out, n, bias.map(|b| m.src(b)), residual.map(|r| m.src(r)));
+                }
+            }
+            (Op::GroupNorm { x, gamma, beta, eps, silu, .. }, Problem::GroupNorm { batch, hw, c, groups }) => {
+                norm::group_norm(m.src(x), m.src(gamma), m.src(beta), batch, hw, c, groups, eps, silu, out);
+            }
+            (Op::LayerNorm { x, gamma, beta, eps, .. }, Problem::LayerNorm { c, .. }) => {
+                norm::layer_norm(m.src(x), m.src(gamma), m.src(beta), c, eps, out);
+            }
+            (Op::Attention { q, k, v, .. }, Problem::Attention(a)) => {
+                let s = AttnShape {
+                    batch: a.batch,
+                    n: a.n_q,
+                    m: a.n_kv,
+                    c: a.channels(),
+                    heads: a.heads,
+                    causal: a.causal,
+                };
+                attention::attention(&s, m.src(q), m.src(k), m.src(v), out);
+            }
+            (Op::Geglu { x, .. }, Problem::Geglu { c, .. }) => elementwise::geglu(m.src(x), c, out),
+            (Op::Act { x, act, .. }, _) => elementwise::activation(m.src(x), act, out),
+            (Op::Add { a, b, .. }, _) => elementwise::add(m.src(a), m.src(b), out),
+            (Op::AddChannel { x, bias, .. }, Problem::AddChannel { batch, c, .. }) => {
+                elementwise::add_channel(m.src(x), m.src(bias), batch, c, out);
+            }
+            (Op::Concat { a, b, .. }, Problem::Concat { ca, cb, .. }) => {
+                elementwise::concat(m.src(a), m.src(b), ca, cb, out)
+            }
+            (Op::Upsample { x, .. }, Problem::Upsample { h, w, c, ho, wo, .. }) => {
+                elementwise::upsample_nearest(m.src(x), h, w, c, ho, wo, out);
+            }
+            (Op::Embed { ids, table, positions, .. }, Problem::Embed { tokens, c, vocab, .. }) => {
+                elementwise::embed(m.src(ids), m.src(table), m.src(positions), tokens, c, vocab, out).map_err(
+                    |id| Error::invalid("token ids", format!("id {id} is outside the vocabulary of {vocab} tokens")),
+                )?;
+            }
+            (Op::TimestepEmbed { t, row, flip_sin_to_cos, freq_shift, .. }, Problem::Timestep { batch, dim }) => {
+                let ts = &m.src(t)[row * batch..(row + 1) * batch];
+                elementwise::timestep_embed(ts, dim, flip_sin_to_cos, freq_shift, out);
+            }
+            (Op::Scale { x, mul, add, .. }, _) => elementwise::map(m.src(x), out, |v| v * mul + add),
+            (Op::Cast { x, div, add, .. }, _) => {
+                let src = m.src(x);
+                out.chunks_mut(src.len()).for_each(|o| elementwise::map(src, o, |v| v / div + add));
+            }
+            (Op::LcmStep { x, model_output, noise, schedule, step, guided, prediction, clip, .. }, _) => {
+                let n = out.len();
+                let row = &StepRow::of(m.src(schedule), step);
+                let noise = noise.map(|z| &m.src(z)[step * n..(step + 1) * n]);
+                let (xs, eps) = (m.src(x), m.src(model_output));
+                for (i, o) in out.iter_mut().enumerate() {
+                    let e = if guided { lcm::guide(eps[i], eps[n + i], row.guidance) } else { eps[i] };
+                    *o = lcm::step(xs[i], e, noise.map(|z| z[i]), row, prediction, clip);
+                }
+            }
+            (op, p) => return Err(Error::backend(format!("{} was lowered to {p:?}", op.name()))),
         }
-        Op::Linear { x, w, bias, residual, .. } => {
-            let (n, k) = (m.shape(w)[0], m.shape(w)[1]);
-            let rows = m.graph.tensors[x].numel() / k;
-            // y = x·Wᵀ: W is [n, k] row-major, so Wᵀ is the view with strides (1, k).
-            gemm::gemm(
-                rows,
-                n,
-                k,
-                MatRef { data: m.src(x), rs: k, cs: 1 },
-                MatRef { data: m.src(w), rs: 1, cs: k },
-                out,
-            );
-            epilogue(out, n, bias.map(|b| m.src(b)), residual.map(|r| m.src(r)));
-        }
-        Op::GroupNorm { x, gamma, beta, groups, eps, silu, .. } => {
-            let s = m.shape(x);
-            let (c, batch) = (s[s.len() - 1], s[0]);
-            let hw = m.graph.tensors[x].numel() / (batch * c);
-            norm::group_norm(m.src(x), m.src(gamma), m.src(beta), batch, hw, c, groups, eps, silu, out);
-        }
-        Op::LayerNorm { x, gamma, beta, eps, .. } => {
-            let c = *m.shape(x).last().expect("shaped");
-            norm::layer_norm(m.src(x), m.src(gamma), m.src(beta), c, eps, out);
-        }
-        Op::Attention { q, k, v, heads, causal, .. } => {
-            let (qs, ks) = (m.shape(q), m.shape(k));
-            let c = *qs.last().expect("shaped");
-            let batch = qs[0];
-            let s = AttnShape {
-                batch,
-                n: m.graph.tensors[q].numel() / (batch * c),
-                m: m.graph.tensors[k].numel() / (ks[0] * c),
-                c,
-                heads,
-                causal,
-            };
-            attention::attention(&s, m.src(q), m.src(k), m.src(v), out);
-        }
-        Op::Geglu { x, .. } => elementwise::geglu(m.src(x), *m.shape(op.output()).last().expect("shaped"), out),
-        Op::Act { x, act, .. } => elementwise::activation(m.src(x), act, out),
-        Op::Add { a, b, .. } => elementwise::add(m.src(a), m.src(b), out),
-        Op::AddChannel { x, bias, .. } => {
-            let s = m.shape(x);
-            elementwise::add_channel(m.src(x), m.src(bias), s[0], s[3], out);
-        }
-        Op::Concat { a, b, .. } => {
-            let (ca, cb) = (*m.shape(a).last().expect("shaped"), *m.shape(b).last().expect("shaped"));
-            elementwise::concat(m.src(a), m.src(b), ca, cb, out);
-        }
-        Op::Upsample { x, out: o } => {
-            let (xs, os) = (m.shape(x), m.shape(o));
-            elementwise::upsample_nearest(m.src(x), xs[1], xs[2], xs[3], os[1], os[2], out);
-        }
-        Op::Embed { ids, table, positions, .. } => {
-            let (ts, tokens) = (m.shape(table), m.shape(ids)[1]);
-            elementwise::embed(m.src(ids), m.src(table), m.src(positions), tokens, ts[1], ts[0], out).map_err(
-                |id| Error::invalid("token ids", format!("id {id} is outside the vocabulary of {} tokens", ts[0])),
-            )?;
-        }
-        Op::TimestepEmbed { t, flip_sin_to_cos, freq_shift, out: o } => {
-            elementwise::timestep_embed(m.src(t), m.shape(o)[1], flip_sin_to_cos, freq_shift, out);
-        }
-        Op::Scale { x, mul, add, .. } => elementwise::map(m.src(x), out, |v| v * mul + add),
+        Ok(())
     }
-    Ok(())
 }

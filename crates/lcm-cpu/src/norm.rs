@@ -87,6 +87,7 @@ pub fn group_norm(
     }
 }
 
+/// Each row of `c` channels: `(x − mean)/sqrt(var + eps)·gamma + beta`, mean and (biased) variance in f64.
 pub fn layer_norm(x: &[f32], gamma: &[f32], beta: &[f32], c: usize, eps: f32, out: &mut [f32]) {
     out.par_chunks_mut(c).zip(x.par_chunks(c)).for_each(|(o, r)| {
         let mean = r.iter().map(|&v| v as f64).sum::<f64>() / c as f64;

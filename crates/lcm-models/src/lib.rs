@@ -5,6 +5,7 @@
 pub mod blocks;
 pub mod clip;
 pub mod config;
+pub mod denoise;
 pub mod infer;
 pub mod ldm;
 pub mod loader;

@@ -29,6 +29,19 @@ impl<B: Backend> Runner<B> {
         Ok(self.executors.get_mut(key).expect("inserted above"))
     }
 
+    /// The executor for `key` (built with `build` on first use) beside the weights it runs with, for
+    /// callers that write inputs, run and move results themselves (the denoising loop).
+    pub fn prepare(
+        &mut self,
+        backend: &B,
+        key: &[usize],
+        build: impl FnOnce() -> Result<Graph>,
+    ) -> Result<(&mut Executor<B>, &ModelWeights<B>)> {
+        self.executor(backend, key, build)?;
+        let ex = self.executors.get_mut(key).expect("built above");
+        Ok((ex, &self.weights))
+    }
+
     /// Writes `inputs` (in graph order), runs, and returns output 0.
     pub fn run(
         &mut self,

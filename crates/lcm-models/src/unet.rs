@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use lcm_core::{Activation, Backend, Elem, Error, Graph, GraphBuilder, HostData, Result, Tensor};
+use lcm_core::{Activation, Backend, Elem, Error, Graph, GraphBuilder, HostData, Result, Tensor, TensorId};
 use serde_json::json;
 
 use crate::blocks::{resnet, transformer_2d, Norm};
@@ -180,10 +180,26 @@ impl UnetConfig {
         let sample = b.input(&[batch, h, w, self.in_channels], Elem::Act);
         let t = b.input(&[batch], Elem::Act);
         let ctx = b.input(&[batch, ctx_len, self.cross_attention_dim], Elem::Act);
+        let cond = self.time_cond_proj_dim.map(|d| b.input(&[batch, d], Elem::Act));
+        let out = self.build(&mut b, sample, (t, 0), ctx, cond);
+        b.output(out);
+        b.finish()
+    }
+
+    /// The UNet's ops on `sample` `[B, H, W, in_channels]` with timesteps row `t.1` of `t.0` (`[B]` or
+    /// `[rows, B]`), context `ctx` and, for LCM UNets, the guidance embedding `cond`: the model output.
+    /// Weights are declared by name, so building it twice in one graph shares them.
+    pub fn build(
+        &self,
+        b: &mut GraphBuilder,
+        sample: TensorId,
+        t: (TensorId, usize),
+        ctx: TensorId,
+        cond: Option<TensorId>,
+    ) -> TensorId {
         let c0 = self.block_out_channels[0];
-        let mut temb = b.timestep_embed(t, c0, self.flip_sin_to_cos, self.freq_shift);
-        if let Some(d) = self.time_cond_proj_dim {
-            let cond = b.input(&[batch, d], Elem::Act);
+        let mut temb = b.timestep_embed_row(t.0, t.1, c0, self.flip_sin_to_cos, self.freq_shift);
+        if let Some(cond) = cond {
             let proj = b.linear("time_embedding.cond_proj", cond, c0, false);
             temb = b.add(temb, proj);
         }
@@ -200,9 +216,9 @@ impl UnetConfig {
         for i in 0..n {
             let out_c = self.block_out_channels[i];
             for l in 0..self.layers_per_block[i] {
-                x = resnet(&mut b, &format!("down_blocks.{i}.resnets.{l}"), x, temb_act, out_c, &norm, 1.0);
+                x = resnet(b, &format!("down_blocks.{i}.resnets.{l}"), x, temb_act, out_c, &norm, 1.0);
                 if self.down_blocks[i] == DownBlock::CrossAttn {
-                    x = self.transformer(&mut b, &format!("down_blocks.{i}.attentions.{l}"), x, ctx, i);
+                    x = self.transformer(b, &format!("down_blocks.{i}.attentions.{l}"), x, ctx, i);
                 }
                 skips.push(x);
             }
@@ -215,9 +231,9 @@ impl UnetConfig {
         if self.mid_block {
             let last = n - 1;
             let c = self.block_out_channels[last];
-            x = resnet(&mut b, "mid_block.resnets.0", x, temb_act, c, &norm, self.mid_block_scale_factor);
-            x = self.transformer(&mut b, "mid_block.attentions.0", x, ctx, last);
-            x = resnet(&mut b, "mid_block.resnets.1", x, temb_act, c, &norm, self.mid_block_scale_factor);
+            x = resnet(b, "mid_block.resnets.0", x, temb_act, c, &norm, self.mid_block_scale_factor);
+            x = self.transformer(b, "mid_block.attentions.0", x, ctx, last);
+            x = resnet(b, "mid_block.resnets.1", x, temb_act, c, &norm, self.mid_block_scale_factor);
         }
         for i in 0..n {
             let level = n - 1 - i; // the down level this up block mirrors
@@ -225,9 +241,9 @@ impl UnetConfig {
             for l in 0..self.layers_per_block[level] + 1 {
                 let skip = skips.pop().expect("one skip per resnet");
                 x = b.concat(x, skip);
-                x = resnet(&mut b, &format!("up_blocks.{i}.resnets.{l}"), x, temb_act, out_c, &norm, 1.0);
+                x = resnet(b, &format!("up_blocks.{i}.resnets.{l}"), x, temb_act, out_c, &norm, 1.0);
                 if self.up_blocks[i] == DownBlock::CrossAttn {
-                    x = self.transformer(&mut b, &format!("up_blocks.{i}.attentions.{l}"), x, ctx, level);
+                    x = self.transformer(b, &format!("up_blocks.{i}.attentions.{l}"), x, ctx, level);
                 }
             }
             if i + 1 < n {
@@ -242,9 +258,7 @@ impl UnetConfig {
         let x = b.group_norm("conv_norm_out", x, self.norm_groups, self.norm_eps, false);
         let x = b.activation(x, Activation::Silu);
         let pad = self.conv_out_kernel / 2;
-        let out = b.conv2d("conv_out", x, self.out_channels, self.conv_out_kernel, 1, [pad; 4], true);
-        b.output(out);
-        b.finish()
+        b.conv2d("conv_out", x, self.out_channels, self.conv_out_kernel, 1, [pad; 4], true)
     }
 
     fn transformer(

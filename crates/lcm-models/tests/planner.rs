@@ -45,3 +45,35 @@ fn sd15_plans_are_valid_and_tight() {
     check("unet 96x64 b2 (CFG)", unet.graph(2, 96, 64, 77).unwrap());
     assert!(total < 400 << 20, "largest arena at 512² batch 1 is {} MiB", total >> 20);
 }
+
+/// `Linear → Geglu` is fused as a graph rewrite on every transformer block of SD1.5's UNet (16), and
+/// the plan keeps the fused op's output off its input — what a GEMM writing the GEGLU result needs.
+/// The denoising loop graph (4 steps) shares the UNet's weights and fuses every block of every step.
+#[test]
+fn sd15_geglu_is_fused_on_every_transformer_block() {
+    use lcm_core::lcm::Prediction;
+    use lcm_core::{Op, Program};
+    use lcm_models::denoise::{DenoiseConfig, DenoiseShape};
+    let unet = UnetConfig::from_json(Path::new("sd15"), sd15::UNET_CONFIG).unwrap();
+    let count = |p: &Program| {
+        let mut fused = 0;
+        for op in &p.graph.ops {
+            assert!(!matches!(op, Op::Geglu { .. }), "an unfused Geglu is left");
+            if let Op::Linear { x, geglu: true, out, .. } = *op {
+                let (ox, oo) = (p.plan.offsets[x].unwrap(), p.plan.offsets[out].unwrap());
+                let (bx, bo) = (p.plan.bytes[x], p.plan.bytes[out]);
+                assert!(ox + bx <= oo || oo + bo <= ox, "the fused GEGLU output shares bytes with its input");
+                fused += 1;
+            }
+        }
+        fused
+    };
+    let step = Program::new(unet.graph(1, 64, 64, 77).unwrap(), 2).unwrap();
+    assert_eq!(count(&step), 16);
+    let d = DenoiseShape { images: 1, h: 64, w: 64, ctx_len: 77, steps: 4, guided: false };
+    let cfg = DenoiseConfig { prediction: Prediction::Epsilon, clip: None, vae_scale: 0.18215, vae_shift: 0.0 };
+    let lp = Program::new(unet.denoise_graph(&d, &cfg).unwrap(), 2).unwrap();
+    assert_eq!(count(&lp), 4 * 16);
+    assert_eq!(lp.graph.weights.len(), step.graph.weights.len(), "the loop shares the UNet's weights");
+    println!("denoising loop, 4 steps at 64x64: {} ops, arena {} MiB f16", lp.graph.ops.len(), lp.plan.size >> 20);
+}

@@ -7,14 +7,18 @@
 //! torch-compatible generator.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+use lcm_core::{HostData, Op};
+use lcm_models::denoise::{input, DenoiseConfig, DenoiseShape};
 
 use lcm_core::{Backend, Error, Result, Tensor};
 use lcm_models::{ClipTextModel, Unet, Vae, Variant};
 
 use crate::rng::TorchRng;
 use crate::scheduler::{guidance_embedding, LcmScheduler};
-use crate::tokenizer::ClipTokenizer;
+use crate::tokenizer::{ClipTokenizer, CLIP_MAX_LEN};
 
 /// A LoRA file and the scale it is merged with.
 #[derive(Debug, Clone, PartialEq)]
@@ -201,92 +205,135 @@ impl<B: Backend> Pipeline<B> {
         self.unet.config.time_cond_proj_dim.is_some()
     }
 
-    fn encode_prompt(&mut self, prompt: &str, copies: usize) -> Result<Tensor> {
-        let ids: Vec<i32> = self.tokenizer.encode(prompt)?.iter().map(|&i| i as i32).collect();
-        let one = self.text_encoder.forward(&self.backend, &ids, 1)?;
-        let mut data = Vec::with_capacity(one.numel() * copies);
-        for _ in 0..copies {
-            data.extend_from_slice(&one.data);
-        }
-        Ok(Tensor::new(vec![copies, one.shape[1], one.shape[2]], data))
+    /// Runs one request. `progress` is called after each UNet step (on CUDA, where the loop is one
+    /// graph replay, once per step after the loop has run).
+    pub fn generate(&mut self, req: &Request, progress: &mut dyn FnMut(StepEvent)) -> Result<Output> {
+        self.generate_with(req, progress, None)
     }
 
-    /// Runs one request. `progress` is called after each UNet step.
-    pub fn generate(&mut self, req: &Request, progress: &mut dyn FnMut(StepEvent)) -> Result<Output> {
+    /// [`Pipeline::generate`] that stops with `Error::Cancelled` once `cancel` is set: checked between
+    /// the stages, and between steps where the backend runs ops one by one (the CPU).
+    ///
+    /// The whole denoising loop is one graph (`lcm_models::denoise`): every random number is drawn up
+    /// front in diffusers' order and written once with the schedule and the timesteps; the prompt's
+    /// embeddings go from the text encoder into the loop, and the final latents from the loop into the
+    /// VAE, on the backend. Only the latents and the image come back.
+    pub fn generate_with(
+        &mut self,
+        req: &Request,
+        progress: &mut dyn FnMut(StepEvent),
+        cancel: Option<&AtomicBool>,
+    ) -> Result<Output> {
         req.validate(self.original_steps())?;
         let start = Instant::now();
+        let stop = || if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) { Err(Error::Cancelled) } else { Ok(()) };
         let n = req.num_images;
         let (timesteps, first) = self.timesteps(req)?;
-        let cfg = !self.has_guidance_embedding() && req.guidance_scale > 1.0;
+        let run = &timesteps[first..];
+        let guided = !self.has_guidance_embedding() && req.guidance_scale > 1.0;
+        let scale = self.vae.config.downscale();
+        let (h, w, c) = (req.height / scale, req.width / scale, self.unet.config.in_channels);
+        let nchw = vec![n, c, h, w];
+        let numel = n * c * h * w;
 
-        let t0 = Instant::now();
-        let cond = self.encode_prompt(&req.prompt, n)?;
-        let context = if cfg {
-            let uncond = self.encode_prompt(req.negative_prompt.as_deref().unwrap_or(""), n)?;
-            let mut data = uncond.data;
-            data.extend_from_slice(&cond.data);
-            Tensor::new(vec![2 * n, cond.shape[1], cond.shape[2]], data)
-        } else {
-            cond
+        // Every draw of the generation, in diffusers' order: the latents (img2img: the posterior
+        // sample, then the noise), then one noise tensor per step but the last.
+        let mut rng = TorchRng::new(req.seed);
+        let latents = match &req.init_image {
+            None => rng.randn(numel), // init_noise_sigma is 1 for LCM
+            Some(init) => self.noised_image_latents(init, n, run[0], &mut rng)?,
         };
+        let mut noise = Vec::with_capacity(numel * run.len().max(2));
+        for _ in 1..run.len() {
+            noise.extend(Tensor::new(nchw.clone(), rng.randn(numel)).nchw_to_nhwc().data);
+        }
+        if noise.is_empty() {
+            noise.resize(numel, 0.0); // one step: the noise input exists but no step reads it
+        }
+        let shape = DenoiseShape { images: n, h, w, ctx_len: CLIP_MAX_LEN, steps: run.len(), guided };
+        let batch = shape.batch();
+        let timestep_rows: Vec<f32> = run.iter().flat_map(|&t| std::iter::repeat_n(t as f32, batch)).collect();
+        let schedule: Vec<f32> = (first..timesteps.len())
+            .flat_map(|i| self.scheduler.row(i, req.guidance_scale).as_slice().to_vec())
+            .collect();
+        let w_embedding =
+            self.unet.config.time_cond_proj_dim.map(|d| guidance_embedding(&vec![req.guidance_scale - 1.0; n], d));
+        let vae = &self.vae.config;
+        let dcfg = DenoiseConfig {
+            prediction: self.scheduler.config().prediction_type,
+            clip: self.scheduler.config().clip_sample,
+            vae_scale: vae.scaling_factor,
+            vae_shift: vae.shift_factor.unwrap_or(0.0),
+        };
+
+        let Pipeline { backend, tokenizer, text_encoder, unet, vae, .. } = self;
+        let (den, weights) = unet.denoiser(backend, &shape, &dcfg)?;
+        stop()?;
+        let t0 = Instant::now();
+        let per_prompt = CLIP_MAX_LEN * text_encoder.config.hidden_size;
+        let prompts: Vec<(&str, usize)> = if guided {
+            vec![(req.negative_prompt.as_deref().unwrap_or(""), 0), (&req.prompt, n)]
+        } else {
+            vec![(&req.prompt, 0)]
+        };
+        for (prompt, first_image) in prompts {
+            let ids: Vec<i32> = tokenizer.encode(prompt)?.iter().map(|&i| i as i32).collect();
+            let at: Vec<usize> = (first_image..first_image + n).map(|i| i * per_prompt).collect();
+            text_encoder.encode_into(backend, &ids, den, input::CONTEXT, &at)?;
+        }
         let text_time = t0.elapsed();
 
-        let scale = self.vae.config.downscale();
-        let (h, w) = (req.height / scale, req.width / scale);
-        let shape = vec![n, self.unet.config.in_channels, h, w];
-        let numel: usize = shape.iter().product();
-        let mut rng = TorchRng::new(req.seed);
-        let mut latents = match &req.init_image {
-            None => rng.randn(numel), // init_noise_sigma is 1 for LCM
-            Some(init) => self.noised_image_latents(init, n, timesteps[first], &mut rng)?,
-        };
-        let w_embedding = self
-            .unet
-            .config
-            .time_cond_proj_dim
-            .map(|d| Tensor::new(vec![n, d], guidance_embedding(&vec![req.guidance_scale - 1.0; n], d)));
-
-        let mut denoised = vec![0.0f32; numel];
-        let mut unet_steps = Vec::with_capacity(timesteps.len());
-        for (i, &t) in timesteps.iter().enumerate().skip(first) {
-            let ts = Instant::now();
-            let batch = if cfg { 2 * n } else { n };
-            let mut input = latents.clone();
-            if cfg {
-                input.extend_from_slice(&latents);
-            }
-            let mut in_shape = shape.clone();
-            in_shape[0] = batch;
-            let eps = self.unet.forward(
-                &self.backend,
-                &Tensor::new(in_shape, input),
-                &vec![t as f32; batch],
-                &context,
-                w_embedding.as_ref(),
-            )?;
-            let eps = if cfg {
-                let (u, c) = eps.data.split_at(numel);
-                let g = req.guidance_scale;
-                u.iter().zip(c).map(|(&u, &c)| u + g * (c - u)).collect()
-            } else {
-                eps.data
-            };
-            let noise = self.scheduler.noise_needed(i).then(|| rng.randn(numel));
-            self.scheduler.step_into(i, &eps, &mut latents, &mut denoised, noise.as_deref())?;
-            unet_steps.push(ts.elapsed());
-            progress(StepEvent {
-                step: i + 1 - first,
-                steps: timesteps.len() - first,
-                timestep: t,
-                elapsed: start.elapsed(),
-            });
+        den.set_input(backend, input::LATENTS, HostData::F32(&Tensor::new(nchw.clone(), latents).nchw_to_nhwc().data))?;
+        den.set_input(backend, input::TIMESTEPS, HostData::F32(&timestep_rows))?;
+        den.set_input(backend, input::SCHEDULE, HostData::F32(&schedule))?;
+        den.set_input(backend, input::NOISE, HostData::F32(&noise))?;
+        if let Some(e) = &w_embedding {
+            den.set_input(backend, input::COND, HostData::F32(e))?;
         }
+        stop()?;
+
+        // Progress and cancellation at each LCM step op, where the backend runs ops one by one.
+        let step_ops: Vec<usize> = den
+            .graph()
+            .ops
+            .iter()
+            .enumerate()
+            .filter(|(_, op)| matches!(op, Op::LcmStep { .. }))
+            .map(|(i, _)| i)
+            .collect();
+        let t_loop = Instant::now();
+        let mut unet_steps = Vec::with_capacity(run.len());
+        let mut last = t_loop;
+        let mut report = |k: usize, unet_steps: &mut Vec<Duration>, now: Instant| {
+            unet_steps.push(now - last);
+            last = now;
+            progress(StepEvent { step: k + 1, steps: run.len(), timestep: run[k], elapsed: start.elapsed() });
+        };
+        den.run_watched(backend, weights, &mut |op| {
+            if let Some(k) = step_ops.iter().position(|&o| o == op) {
+                report(k, &mut unet_steps, Instant::now());
+                stop()?;
+            }
+            Ok(())
+        })?;
+        let denoised = Tensor::new(vec![n, h, w, c], den.output(backend, 0)?).nhwc_to_nchw();
+        // A backend that queued the whole loop called nothing: its steps share the loop's time.
+        let done = unet_steps.len();
+        if done < run.len() {
+            let each = t_loop.elapsed() / run.len() as u32;
+            for k in done..run.len() {
+                unet_steps.push(each);
+                progress(StepEvent { step: k + 1, steps: run.len(), timestep: run[k], elapsed: start.elapsed() });
+            }
+        }
+        stop()?;
 
         let tv = Instant::now();
-        let images = self.decode(&Tensor::new(shape.clone(), denoised.clone()))?;
+        let img = vae.decode_from(backend, den, 1)?.nchw_to_nhwc();
+        let images = Tensor::new(img.shape, img.data.iter().map(|&v| (v / 2.0 + 0.5).clamp(0.0, 1.0)).collect());
         let vae_time = tv.elapsed();
         Ok(Output {
-            latents: Tensor::new(shape, denoised),
+            latents: denoised,
             images,
             times: StageTimes { text_encoder: text_time, unet_steps, vae_decode: vae_time, total: start.elapsed() },
         })

@@ -4,16 +4,9 @@
 
 use std::path::Path;
 
+use lcm_core::lcm::{self, Prediction, StepRow};
 use lcm_core::{Error, Result};
 use serde_json::Value;
-
-/// What model outputs mean: the noise, v = sqrt(ā)·eps − sqrt(1−ā)·x0, or x0 itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PredictionType {
-    Epsilon,
-    VPrediction,
-    Sample,
-}
 
 /// The scheduler settings LCM reads from a `scheduler_config.json` (any `_class_name`: SD1.5 ships
 /// a PNDMScheduler config, which diffusers turns into an LCMScheduler with `from_config`).
@@ -23,7 +16,7 @@ pub struct LcmConfig {
     /// f32 betas, one per training timestep.
     pub betas: Vec<f32>,
     pub set_alpha_to_one: bool,
-    pub prediction_type: PredictionType,
+    pub prediction_type: Prediction,
     /// `clip_sample_range` when `clip_sample` is on.
     pub clip_sample: Option<f32>,
     pub timestep_scaling: f32,
@@ -38,7 +31,7 @@ impl LcmConfig {
             num_train_timesteps: 1000,
             betas: scaled_linear_betas(0.00085, 0.012, 1000),
             set_alpha_to_one: true,
-            prediction_type: PredictionType::Epsilon,
+            prediction_type: Prediction::Epsilon,
             clip_sample: None,
             timestep_scaling: 10.0,
             original_inference_steps: 50,
@@ -109,9 +102,9 @@ impl LcmConfig {
             return Err("`rescale_betas_zero_snr`: true is not supported".into());
         }
         let prediction_type = match get("prediction_type").map_or(Some("epsilon"), Value::as_str) {
-            Some("epsilon") => PredictionType::Epsilon,
-            Some("v_prediction") => PredictionType::VPrediction,
-            Some("sample") => PredictionType::Sample,
+            Some("epsilon") => Prediction::Epsilon,
+            Some("v_prediction") => Prediction::VPrediction,
+            Some("sample") => Prediction::Sample,
             _ => {
                 return Err(format!(
                     "`prediction_type` {}: expected \"epsilon\", \"v_prediction\" or \"sample\"",
@@ -337,12 +330,12 @@ impl LcmScheduler {
         denoised: &mut [f32],
         noise: Option<&[f32]>,
     ) -> Result<()> {
-        let &t = self.timesteps.get(step_index).ok_or_else(|| {
-            Error::invalid(
+        if step_index >= self.timesteps.len() {
+            return Err(Error::invalid(
                 "step_index",
                 format!("{step_index}: the schedule has {} timesteps (call set_timesteps first)", self.timesteps.len()),
-            )
-        })?;
+            ));
+        }
         let n = sample.len();
         check_len("model_output", model_output.len(), n)?;
         check_len("denoised", denoised.len(), n)?;
@@ -357,34 +350,45 @@ impl LcmScheduler {
             }
         };
 
-        let prev_t = self.timesteps.get(step_index + 1).copied().unwrap_or(t);
-        let alpha_t = self.alpha_cumprod_at(t);
-        let alpha_prev = self.alpha_cumprod_at(prev_t);
-        let (sqrt_alpha_t, sqrt_beta_t) = (alpha_t.sqrt(), (1.0 - alpha_t).sqrt());
-        let (sqrt_alpha_prev, sqrt_beta_prev) = (alpha_prev.sqrt(), (1.0 - alpha_prev).sqrt());
-        let (c_skip, c_out) = self.scalings(t);
-        let prediction = self.config.prediction_type;
-        let clip = self.config.clip_sample;
-
+        let row = self.row(step_index, 1.0);
+        let (prediction, clip) = (self.config.prediction_type, self.config.clip_sample);
         for i in 0..n {
             let x = sample[i];
-            let out = model_output[i];
-            let mut x0 = match prediction {
-                PredictionType::Epsilon => (x - sqrt_beta_t * out) / sqrt_alpha_t,
-                PredictionType::VPrediction => sqrt_alpha_t * x - sqrt_beta_t * out,
-                PredictionType::Sample => out,
-            };
-            if let Some(range) = clip {
-                x0 = x0.clamp(-range, range);
-            }
-            let d = c_out * x0 + c_skip * x;
+            // The same value the last step returns as the next sample: x_prev without noise.
+            let d = lcm::step(x, model_output[i], None, &row, prediction, clip);
             denoised[i] = d;
             sample[i] = match noise {
-                Some(z) => sqrt_alpha_prev * d + sqrt_beta_prev * z[i],
+                Some(z) => lcm::step(x, model_output[i], Some(z[i]), &row, prediction, clip),
                 None => d,
             };
         }
         Ok(())
+    }
+
+    /// The coefficients of step `step_index` of the current schedule (see [`StepRow`]), with
+    /// classifier-free guidance scale `guidance`. ā_prev is the next step's ā (at the last step, where
+    /// no noise is added, diffusers takes t itself).
+    pub fn row(&self, step_index: usize, guidance: f32) -> StepRow {
+        let t = self.timesteps[step_index];
+        let prev_t = self.timesteps.get(step_index + 1).copied().unwrap_or(t);
+        let alpha_t = self.alpha_cumprod_at(t);
+        let alpha_prev = self.alpha_cumprod_at(prev_t);
+        let (c_skip, c_out) = self.scalings(t);
+        StepRow {
+            timestep: t as f32,
+            sqrt_alpha_t: alpha_t.sqrt(),
+            sqrt_beta_t: (1.0 - alpha_t).sqrt(),
+            sqrt_alpha_prev: alpha_prev.sqrt(),
+            sqrt_beta_prev: (1.0 - alpha_prev).sqrt(),
+            c_skip,
+            c_out,
+            guidance,
+        }
+    }
+
+    /// Every step's row of the current schedule, for the denoising graph's `schedule` input.
+    pub fn rows(&self, guidance: f32) -> Vec<StepRow> {
+        (0..self.timesteps.len()).map(|i| self.row(i, guidance)).collect()
     }
 
     /// diffusers' `add_noise` (img2img): sqrt(ā_t)·x0 + sqrt(1−ā_t)·noise, in place on `x0`.

@@ -3,8 +3,12 @@
 use lcm_core::Result;
 
 use super::{dim, stride_grid, Launch, Limits, Params};
-use crate::cuda::abi::{LcmConcatParams, LcmEltwiseParams, LcmEmbedParams, LcmTimestepParams, LcmUpsampleParams};
+use crate::cuda::abi::{
+    LcmCastParams, LcmConcatParams, LcmEltwiseParams, LcmEmbedParams, LcmPrediction, LcmStepParams, LcmStepRow,
+    LcmTimestepParams, LcmUpsampleParams,
+};
 use crate::cuda::functions::Kernel;
+use lcm_core::lcm::Prediction;
 
 /// Which element-wise kernel, for [`eltwise`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -154,6 +158,55 @@ pub fn timestep_embed(
             dim: dim(dimension, "embedding width")?,
             freq_shift,
             flip_sin_to_cos: flip_sin_to_cos as i32,
+        }),
+    })
+}
+
+/// `n` outputs `x[i mod n_in] / div + add`, f32 -> f16 (`to_act`) or f16 -> f32; `sizes` = [n, n_in].
+pub fn cast(to_act: bool, sizes: [usize; 2], div: f32, add: f32, x: u64, out: u64, lim: Limits) -> Result<Launch> {
+    let [n, n_in] = sizes;
+    Ok(Launch {
+        kernel: if to_act { Kernel::CastF32F16 } else { Kernel::CastF16F32 },
+        grid: stride_grid(n, lim),
+        block: [256, 1, 1],
+        smem: 0,
+        params: Params::Cast(LcmCastParams { x, out, n: n as u64, n_in: n_in.max(1) as u64, div, add }),
+    })
+}
+
+/// The LCM step over `n` latent elements; `ptrs` = sample, model output, noise (0 on the last step),
+/// schedule row, out.
+pub fn lcm_step(
+    n: usize,
+    guided: bool,
+    prediction: Prediction,
+    clip: Option<f32>,
+    ptrs: [u64; 5],
+    lim: Limits,
+) -> Result<Launch> {
+    let [sample, model_output, noise, row, out] = ptrs;
+    const _: () = assert!(std::mem::size_of::<LcmStepRow>() == std::mem::size_of::<lcm_core::lcm::StepRow>());
+    let prediction = match prediction {
+        Prediction::Epsilon => LcmPrediction::LCM_PRED_EPSILON,
+        Prediction::VPrediction => LcmPrediction::LCM_PRED_V,
+        Prediction::Sample => LcmPrediction::LCM_PRED_SAMPLE,
+    };
+    Ok(Launch {
+        kernel: Kernel::LcmStep,
+        grid: stride_grid(n, lim),
+        block: [256, 1, 1],
+        smem: 0,
+        params: Params::Step(LcmStepParams {
+            sample,
+            model_output,
+            noise,
+            row,
+            out,
+            n: n as u64,
+            clip_range: clip.unwrap_or(0.0),
+            clip: clip.is_some() as i32,
+            prediction: prediction as i32,
+            guided: guided as i32,
         }),
     })
 }
