@@ -172,7 +172,7 @@ fn prepare(be: &CudaBackend, g: Graph) -> (Executor<CudaBackend>, ModelWeights<C
             be.upload_weight(spec, &data).expect("upload")
         })
         .collect();
-    let mw = ModelWeights { specs: g.weights.clone(), weights };
+    let mw = ModelWeights::new(g.weights.clone(), weights);
     let inputs: Vec<Vec<f32>> = g.inputs.iter().map(|&t| (0..g.tensors[t].numel()).map(|_| rnd()).collect()).collect();
     let mut ex = Executor::new(be, g, &mw).expect("executor");
     for (i, x) in inputs.iter().enumerate() {

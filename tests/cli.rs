@@ -232,3 +232,51 @@ fn bench_lora_rank_is_cuda_only_and_says_so() {
         assert!(!stderr.contains("warm-up"), "{args:?} failed only after loading: {stderr}");
     }
 }
+
+/// `--device emulated`: the CUDA backend with its kernels run by the emulator gives the CPU's image
+/// (latents within the f16 tolerance of 1e-2 relative L2), and says which device ran.
+#[test]
+fn generate_on_the_emulated_device_gives_the_cpu_image() {
+    if !lcm::cuda::emulator_built() {
+        println!("SKIPPED: this build has no kernel emulator (no CUDA headers at build time)");
+        return;
+    }
+    let dir = scratch("emulated");
+    let run = |device: &str| {
+        let (png, lat) = (dir.join(format!("{device}.png")), dir.join(format!("{device}.safetensors")));
+        let model = fixtures().join("tiny-sd");
+        let (ok, _, stderr) = lcm(&[
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            "a red house by a lake",
+            "--device",
+            device,
+            "--seed",
+            "5",
+            "--steps",
+            "2",
+            "--width",
+            "96",
+            "--height",
+            "64",
+            "--output",
+            png.to_str().unwrap(),
+            "--save-latents",
+            lat.to_str().unwrap(),
+        ]);
+        assert!(ok, "--device {device}: {stderr}");
+        let named = if device == "cpu" { "on cpu" } else { "on cuda (emulated)" };
+        assert!(stderr.contains(named), "--device {device} does not say where it ran: {stderr}");
+        let latents = SafeTensorsFile::open(&lat).unwrap().get("latents").unwrap().to_f32();
+        (latents, read_png(&png).unwrap().2)
+    };
+    let (gpu, gpu_rgb) = run("emulated");
+    let (cpu, cpu_rgb) = run("cpu");
+    let e = lcm_core::rel_l2(&gpu, &cpu);
+    let mad = gpu_rgb.iter().zip(&cpu_rgb).map(|(a, b)| a.abs_diff(*b) as f64).sum::<f64>() / cpu_rgb.len() as f64;
+    println!("emulated vs CPU: latents rel L2 {e:.2e}, pixel MAD {mad:.2}/255");
+    assert!(e < 1e-2, "latents rel L2 {e:.3e}");
+    assert!(mad < 2.0, "pixel mean absolute difference {mad:.2}/255");
+}

@@ -8,42 +8,9 @@ use lcm_cpu::CpuBackend;
 use lcm_models::synthetic::random_source;
 use lcm_models::Unet;
 
+use lcm_pipeline::lora_swap::unet_lora_targets;
+
 use crate::cuda::CudaBackend;
-
-/// Module suffixes LCM-LoRA (and kohya's SD1.5 LoRAs) adapt in the UNet: attention projections,
-/// transformer proj_in/out and feed-forward, resnet convs and time projection, down/upsampler convs.
-pub const UNET_LORA_TARGETS: &[&str] = &[
-    "to_q",
-    "to_k",
-    "to_v",
-    "to_out.0",
-    "proj_in",
-    "proj_out",
-    "ff.net.0.proj",
-    "ff.net.2",
-    "conv1",
-    "conv2",
-    "conv_shortcut",
-    "time_emb_proj",
-    "downsamplers.0.conv",
-    "upsamplers.0.conv",
-];
-
-/// Indices of the UNet weights a LoRA adapts (linear and conv weights whose module ends in one of
-/// [`UNET_LORA_TARGETS`]).
-pub fn unet_lora_targets(specs: &[WeightSpec]) -> Vec<usize> {
-    specs
-        .iter()
-        .enumerate()
-        .filter(|(_, s)| matches!(s.kind, WeightKind::Linear | WeightKind::Conv))
-        .filter(|(_, s)| {
-            s.name.strip_suffix(".weight").is_some_and(|m| {
-                UNET_LORA_TARGETS.iter().any(|t| m == *t || m.strip_suffix(t).is_some_and(|p| p.ends_with('.')))
-            })
-        })
-        .map(|(i, _)| i)
-        .collect()
-}
 
 /// Parameters of a rank-`rank` LoRA on `spec`: down `[rank, in·kh·kw]` plus up `[out, rank]`.
 pub fn lora_params(spec: &WeightSpec, rank: usize) -> usize {

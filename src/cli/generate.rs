@@ -7,6 +7,7 @@ use clap::Args;
 use lcm_core::{Backend, Error, Result};
 use lcm_models::Variant;
 use lcm_pipeline::lora::LoraSet;
+use lcm_pipeline::lora_swap::LoraMode;
 use lcm_pipeline::output::{numbered_paths, parameters_text, read_image_rgb8, write_latents, write_png};
 use lcm_pipeline::pipeline::{InitImage, LoadSpec, LoraSpec, Pipeline, Request};
 
@@ -39,10 +40,18 @@ pub struct GenerateArgs {
     /// UNet without a guidance embedding).
     #[arg(long, value_name = "TEXT")]
     pub negative_prompt: Option<String>,
-    /// A LoRA (kohya or peft/diffusers safetensors) merged into the weights at load, with an optional
-    /// scale (default 1). Repeat for several.
+    /// A LoRA (kohya or peft/diffusers safetensors) with an optional scale (default 1). Repeat for
+    /// several.
     #[arg(long = "lora", value_name = "FILE[:SCALE]", value_parser = parse_lora)]
     pub loras: Vec<LoraSpec>,
+    /// merged: LoRAs are merged into the weights at load (no cost per step). runtime: on CUDA the UNet
+    /// runs them unmerged from fixed buffers that a service swaps by copying (Pipeline::set_loras);
+    /// the CPU merges either way.
+    #[arg(long, value_enum, default_value = "merged")]
+    pub lora_mode: LoraModeArg,
+    /// runtime mode: the largest LoRA rank on one layer the buffers hold [default: 64, or the LoRAs'].
+    #[arg(long, value_name = "N")]
+    pub max_lora_rank: Option<usize>,
     /// Denoising steps, 1..=original_inference_steps (50 for SD1.5); LCMs look good at 2-8.
     #[arg(long, default_value_t = 4)]
     pub steps: usize,
@@ -84,6 +93,13 @@ pub struct GenerateArgs {
     /// Also write the final denoised latents (f32 tensor `latents`, [N,4,H/8,W/8], before VAE scaling).
     #[arg(long, value_name = "FILE.safetensors")]
     pub save_latents: Option<PathBuf>,
+}
+
+/// `--lora-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LoraModeArg {
+    Merged,
+    Runtime,
 }
 
 fn parse_lora(s: &str) -> std::result::Result<LoraSpec, String> {
@@ -174,6 +190,11 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         config_dir: args.config.clone(),
         vae: args.vae.clone(),
         tokenizer_dir: None,
+        lora_mode: match args.lora_mode {
+            LoraModeArg::Merged => LoraMode::Merged,
+            LoraModeArg::Runtime => LoraMode::Runtime,
+        },
+        max_lora_rank: args.max_lora_rank,
     };
     let sched = lcm_pipeline::load::scheduler(&spec)?;
     req.validate(sched.config().original_inference_steps)?;

@@ -8,7 +8,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use half::f16;
-use lcm_core::{Backend, Elem, Error, HostData, Program, Result, WeightKind, WeightSpec};
+use lcm_core::{Backend, Elem, Error, HostData, LoraDelta, Program, Result, WeightKind, WeightSpec};
 
 use super::device::{Device, DeviceBuffer, DeviceKind, GraphExec};
 use super::functions::Kernel;
@@ -240,21 +240,35 @@ impl Backend for CudaBackend {
     }
 
     fn upload_weight(&self, spec: &WeightSpec, data: &[f32]) -> Result<CudaWeight> {
-        let numel: usize = spec.shape.iter().product();
-        if data.len() != numel {
-            return Err(Error::invalid(&spec.name, format!("{} values for shape {:?}", data.len(), spec.shape)));
-        }
-        let stored: Vec<f16> = match (spec.kind, spec.shape.as_slice()) {
-            (WeightKind::Conv, &[co, ci, kh, kw]) => launch::gemm_weight_layout(data, co, ci, kh, kw),
-            (WeightKind::Linear, &[n, k]) => launch::gemm_weight_layout(data, n, k, 1, 1),
-            (WeightKind::Conv | WeightKind::Linear, s) => {
-                return Err(Error::invalid(&spec.name, format!("{:?} weight of shape {s:?}", spec.kind)));
-            }
-            (WeightKind::Plain, _) => data.iter().map(|&v| f16::from_f32(v)).collect(),
-        };
+        let stored = stored_layout(spec, data)?;
         let buf = DeviceBuffer::alloc(&self.dev, stored.len() * 2)?;
         buf.upload(0, &stored)?;
         Ok(CudaWeight { buf, spec: spec.clone(), lora: None })
+    }
+
+    fn update_weight(&self, w: &mut CudaWeight, spec: &WeightSpec, data: &[f32]) -> Result<()> {
+        if *spec != w.spec {
+            return Err(Error::invalid(&spec.name, format!("updating the weight stored for {}", w.spec.name)));
+        }
+        w.buf.upload(0, &stored_layout(spec, data)?)
+    }
+
+    fn supports_unmerged_lora(&self) -> bool {
+        true
+    }
+
+    fn attach_lora(&self, w: &mut CudaWeight, spec: &WeightSpec, max_rank: usize) -> Result<()> {
+        let slot = self.lora_slot(spec, max_rank)?;
+        w.attach_lora(&slot)
+    }
+
+    fn set_lora(&self, w: &CudaWeight, spec: &WeightSpec, lora: Option<&LoraDelta>) -> Result<()> {
+        let slot =
+            w.lora.as_ref().ok_or_else(|| Error::invalid(&spec.name, "has no LoRA buffers (attach_lora first)"))?;
+        match lora {
+            Some(d) => self.fill_lora(slot, &d.down, &d.up, d.rank, 1.0),
+            None => self.zero_lora(slot),
+        }
     }
 
     fn alloc_arena(&self, bytes: usize) -> Result<CudaArena> {
@@ -339,6 +353,22 @@ impl Backend for CudaBackend {
             None => self.enqueue(&r.steps),
         }
     }
+}
+
+/// A weight in the layout its kernels read: GEMM weights `[co, kh, kw, cip]` f16, the rest f16 as given.
+fn stored_layout(spec: &WeightSpec, data: &[f32]) -> Result<Vec<f16>> {
+    let numel: usize = spec.shape.iter().product();
+    if data.len() != numel {
+        return Err(Error::invalid(&spec.name, format!("{} values for shape {:?}", data.len(), spec.shape)));
+    }
+    Ok(match (spec.kind, spec.shape.as_slice()) {
+        (WeightKind::Conv, &[co, ci, kh, kw]) => launch::gemm_weight_layout(data, co, ci, kh, kw),
+        (WeightKind::Linear, &[n, k]) => launch::gemm_weight_layout(data, n, k, 1, 1),
+        (WeightKind::Conv | WeightKind::Linear, s) => {
+            return Err(Error::invalid(&spec.name, format!("{:?} weight of shape {s:?}", spec.kind)));
+        }
+        (WeightKind::Plain, _) => data.iter().map(|&v| f16::from_f32(v)).collect(),
+    })
 }
 
 /// Kernels every test and bench can name without a GPU: the number of instantiations compiled.

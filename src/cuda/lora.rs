@@ -103,7 +103,10 @@ impl CudaBackend {
     /// Copies a LoRA (torch layouts, f32) into `slot`: Δ = scale·up@down. Stream-ordered with runs, so
     /// the next run (or graph replay) sees the new adapter.
     pub fn set_lora(&self, slot: &LoraSlot, down: &[f32], up: &[f32], rank: usize, scale: f32) -> Result<()> {
-        let l = &slot.inner;
+        self.fill_lora(&slot.inner, down, up, rank, scale)
+    }
+
+    pub(crate) fn fill_lora(&self, l: &LoraBuffers, down: &[f32], up: &[f32], rank: usize, scale: f32) -> Result<()> {
         let (o, i, kh, kw) = check_factors(&l.target, down, up, rank)?;
         if rank > l.rp {
             return Err(Error::invalid(&l.target.name, format!("LoRA rank {rank} exceeds the slot's {}", l.rp)));
@@ -122,7 +125,11 @@ impl CudaBackend {
 
     /// Switches the slot's LoRA off (zero up factor).
     pub fn clear_lora(&self, slot: &LoraSlot) -> Result<()> {
-        slot.inner.up.fill_u16(0, 0, slot.inner.up.bytes / 2)
+        self.zero_lora(&slot.inner)
+    }
+
+    pub(crate) fn zero_lora(&self, l: &LoraBuffers) -> Result<()> {
+        l.up.fill_u16(0, 0, l.up.bytes / 2)
     }
 
     /// Merged mode: weight += scale·up@down, in place, in f32 arithmetic rounded once to f16. Undoing it

@@ -114,7 +114,7 @@ fn families() -> Result<Vec<(&'static str, Graph)>> {
 
 fn upload<B: Backend>(be: &B, g: &Graph, values: &[Vec<f32>]) -> Result<ModelWeights<B>> {
     let weights = g.weights.iter().zip(values).map(|(s, v)| be.upload_weight(s, v)).collect::<Result<_>>()?;
-    Ok(ModelWeights { specs: g.weights.clone(), weights })
+    Ok(ModelWeights::new(g.weights.clone(), weights))
 }
 
 /// Runs `g` on both backends with the same data; the worst relative L2 over its outputs.

@@ -215,7 +215,7 @@ pub fn random_inputs(g: &Graph, rng: &mut Rng, vocab: usize) -> Vec<Input> {
 
 pub fn upload<B: Backend>(be: &B, specs: &[WeightSpec], data: &[Vec<f32>]) -> ModelWeights<B> {
     let weights = specs.iter().zip(data).map(|(s, d)| be.upload_weight(s, d).expect("upload weight")).collect();
-    ModelWeights { specs: specs.to_vec(), weights }
+    ModelWeights::new(specs.to_vec(), weights)
 }
 
 /// Both backends with the same weights, ready to run one graph.

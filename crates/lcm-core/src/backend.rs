@@ -47,6 +47,34 @@ pub trait Backend {
     /// Takes a weight in torch layout as f32 (already widened, LoRA already merged) into backend storage.
     fn upload_weight(&self, spec: &WeightSpec, data: &[f32]) -> Result<Self::Weight>;
 
+    /// Rewrites weight `w` (of `spec`) with new values in place: same storage, same address, so a
+    /// recorded run stays valid (a merged LoRA swapped).
+    fn update_weight(&self, w: &mut Self::Weight, spec: &WeightSpec, data: &[f32]) -> Result<()>;
+
+    /// Whether [`Backend::attach_lora`] works: a weight's products then add an unmerged LoRA kept in
+    /// fixed buffers, which [`Backend::set_lora`] swaps by copying.
+    fn supports_unmerged_lora(&self) -> bool {
+        false
+    }
+
+    /// Gives weight `w` (of `spec`) fixed LoRA buffers for ranks up to `max_rank`, zero (no change).
+    fn attach_lora(&self, w: &mut Self::Weight, spec: &WeightSpec, max_rank: usize) -> Result<()> {
+        let _ = (w, max_rank);
+        Err(crate::Error::invalid(
+            &spec.name,
+            format!("the {} backend merges LoRAs; it has no unmerged path", self.name()),
+        ))
+    }
+
+    /// Copies `lora` into the buffers [`Backend::attach_lora`] gave `w` (`None`: switched off).
+    fn set_lora(&self, w: &Self::Weight, spec: &WeightSpec, lora: Option<&LoraDelta>) -> Result<()> {
+        let _ = (w, lora);
+        Err(crate::Error::invalid(
+            &spec.name,
+            format!("the {} backend merges LoRAs; it has no unmerged path", self.name()),
+        ))
+    }
+
     /// An arena of `bytes` bytes (a plan's `size`), allocated once per executor.
     fn alloc_arena(&self, bytes: usize) -> Result<Self::Arena>;
 
@@ -82,6 +110,22 @@ pub trait Backend {
     ) -> Result<()>;
 }
 
+/// A LoRA delta for one weight, unmerged: Δ = up @ down (the scales already folded into `up`; several
+/// LoRAs on one weight are their factors side by side: rank r1 + r2).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraDelta {
+    /// `[rank, in·kh·kw]` row-major (torch's down, flattened).
+    pub down: Vec<f32>,
+    /// `[out, rank]` row-major.
+    pub up: Vec<f32>,
+    /// Rows of `down`, columns of `up`.
+    pub rank: usize,
+}
+
+/// Produces a weight's pristine values (f32, torch layout, before any LoRA) again, from where it was
+/// loaded: what a LoRA swap merges from.
+pub type WeightSource = Box<dyn FnMut(&WeightSpec, &mut Vec<f32>) -> Result<()> + Send>;
+
 /// A model's weights on a backend, in the order of the graph's weight list.
 pub struct ModelWeights<B: Backend> {
     /// Name, torch shape and use of each weight; must equal the graph's `weights` ([`crate::Executor::new`]
@@ -89,11 +133,43 @@ pub struct ModelWeights<B: Backend> {
     pub specs: Vec<WeightSpec>,
     /// The uploaded weights: `weights[i]` holds `specs[i]`.
     pub weights: Vec<B::Weight>,
+    /// Where the pristine values can be read again (`None`: nowhere, e.g. synthetic weights).
+    pub source: Option<WeightSource>,
 }
 
 impl<B: Backend> ModelWeights<B> {
+    /// Weights with no source to read them again from.
+    pub fn new(specs: Vec<WeightSpec>, weights: Vec<B::Weight>) -> Self {
+        ModelWeights { specs, weights, source: None }
+    }
+
     /// Elements over all weights (four bytes each as f32, their size in the CPU backend).
     pub fn numel(&self) -> usize {
         self.specs.iter().map(|s| s.shape.iter().product::<usize>()).sum()
+    }
+
+    /// The index of weight `name`.
+    pub fn index(&self, name: &str) -> Option<usize> {
+        self.specs.iter().position(|s| s.name == name)
+    }
+
+    /// Reads weight `name` pristine from the source, lets `hook` change it (a LoRA merge), and rewrites
+    /// it in place on the backend. `buf` is scratch.
+    pub fn reload(
+        &mut self,
+        backend: &B,
+        name: &str,
+        hook: &mut dyn FnMut(&WeightSpec, &mut Vec<f32>) -> Result<()>,
+        buf: &mut Vec<f32>,
+    ) -> Result<()> {
+        let i = self.index(name).ok_or_else(|| crate::Error::invalid(name, "no such weight in this model"))?;
+        let source = self
+            .source
+            .as_mut()
+            .ok_or_else(|| crate::Error::invalid(name, "these weights have no file to read them again from"))?;
+        let spec = &self.specs[i];
+        source(spec, buf)?;
+        hook(spec, buf)?;
+        backend.update_weight(&mut self.weights[i], spec, buf)
     }
 }

@@ -16,7 +16,7 @@ pub mod planner;
 pub mod tensor;
 pub mod weights;
 
-pub use backend::{Backend, HostData, ModelWeights};
+pub use backend::{Backend, HostData, LoraDelta, ModelWeights, WeightSource};
 pub use builder::GraphBuilder;
 pub use dtype::DType;
 pub use error::{Error, Result};

@@ -84,6 +84,11 @@ impl Backend for CpuBackend {
         Ok(CpuWeight { data })
     }
 
+    fn update_weight(&self, w: &mut CpuWeight, spec: &WeightSpec, data: &[f32]) -> Result<()> {
+        *w = self.upload_weight(spec, data)?;
+        Ok(())
+    }
+
     fn alloc_arena(&self, bytes: usize) -> Result<Vec<f32>> {
         Ok(vec![0.0; bytes / 4])
     }

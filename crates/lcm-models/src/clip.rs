@@ -6,7 +6,9 @@ use std::path::Path;
 use lcm_core::{Activation, Backend, Elem, Error, Graph, GraphBuilder, HostData, Result, Tensor};
 
 use crate::config::Config;
-use crate::loader::{component_config, find_weights, load_weights, upload_weights, LoadOptions, WeightSource};
+use crate::loader::{
+    component_config, file_source, find_weights, load_weights, upload_weights, LoadOptions, WeightSource,
+};
 use crate::runner::Runner;
 
 #[derive(Debug, Clone)]
@@ -134,7 +136,8 @@ impl<B: Backend> ClipTextModel<B> {
         let config = ClipConfig::from_file(&component_config(dir)?, clip_skip)?;
         let files = find_weights(dir, "model", opts.variant)?;
         let specs = config.graph(1, 1)?.weights;
-        let weights = load_weights(backend, &specs, &files, opts.hook)?;
+        let mut weights = load_weights(backend, &specs, &files, opts.hook)?;
+        weights.source = Some(file_source(files));
         Ok(ClipTextModel { config, runner: Runner::new(weights) })
     }
 
@@ -159,5 +162,10 @@ impl<B: Backend> ClipTextModel<B> {
 
     pub fn runner(&self) -> &Runner<B> {
         &self.runner
+    }
+
+    /// The runner, mutably: a LoRA swap rewrites weights in place.
+    pub fn runner_mut(&mut self) -> &mut Runner<B> {
+        &mut self.runner
     }
 }

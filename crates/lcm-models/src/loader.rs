@@ -129,6 +129,15 @@ pub fn load_weights<B: Backend>(
     upload_weights(backend, specs, &files.location(), &mut from_file, hook)
 }
 
+/// A source that reads weights from `files` again, pristine (kept by a model whose weights a LoRA swap
+/// re-merges).
+pub fn file_source(files: WeightFiles) -> lcm_core::WeightSource {
+    Box::new(move |spec: &WeightSpec, buf: &mut Vec<f32>| {
+        files.get_shaped(file_name_of(&files, &spec.name), &spec.shape)?.to_f32_into(buf);
+        Ok(())
+    })
+}
+
 /// Uploads every weight of `specs`, taking values from `source` (then `hook`); `origin` names where
 /// they come from in errors.
 pub fn upload_weights<B: Backend>(
@@ -154,7 +163,7 @@ pub fn upload_weights<B: Backend>(
         }
         weights.push(backend.upload_weight(spec, &buf)?);
     }
-    Ok(ModelWeights { specs: specs.to_vec(), weights })
+    Ok(ModelWeights::new(specs.to_vec(), weights))
 }
 
 /// The name a weight has in the file: transformers 5 saves CLIPTextModel without the `text_model.`

@@ -15,6 +15,7 @@
 
 use std::collections::HashSet;
 use std::path::Path;
+use std::sync::Arc;
 
 use lcm_core::{Backend, Error, ModelWeights, Result, SafeTensorsFile, WeightSpec};
 use serde_json::Value;
@@ -227,9 +228,29 @@ fn upload_mapped<B: Backend>(
     upload_weights(backend, specs, file.path(), &mut source, hook)
 }
 
-/// A single-file SD1.5-family checkpoint, memory-mapped.
+/// A text-encoder weight's key in the file: `text_model.…` under the file's CLIP prefix.
+fn clip_key(prefix: &str, name: &str) -> Option<String> {
+    name.strip_prefix("text_model.").map(|rest| format!("{prefix}{rest}"))
+}
+
+/// Reads weights from a mapped file again (a LoRA swap's pristine values), names mapped by `key`.
+fn mapped_source(
+    file: Arc<SafeTensorsFile>,
+    key: impl Fn(&str) -> Option<String> + Send + 'static,
+    what: &'static str,
+) -> lcm_core::WeightSource {
+    Box::new(move |spec: &WeightSpec, buf: &mut Vec<f32>| {
+        let k = key(&spec.name).ok_or_else(|| {
+            Error::tensor(file.path(), &spec.name, format!("{what} weight has no name in this file's layout"))
+        })?;
+        fetch(&file, &k, spec, what, buf)
+    })
+}
+
+/// A single-file SD1.5-family checkpoint, memory-mapped (shared with the models loaded from it, which
+/// read their weights again from it on a LoRA swap).
 pub struct Checkpoint {
-    file: SafeTensorsFile,
+    file: Arc<SafeTensorsFile>,
     /// `cond_stage_model.transformer.` plus `text_model.` when the file has that level.
     clip_prefix: String,
     vae: Option<(VaeLayout, usize)>,
@@ -276,7 +297,7 @@ impl Checkpoint {
             let levels = l.levels(&file);
             (l, levels)
         });
-        Ok(Checkpoint { file, clip_prefix, vae })
+        Ok(Checkpoint { file: Arc::new(file), clip_prefix, vae })
     }
 
     pub fn path(&self) -> &Path {
@@ -296,7 +317,7 @@ impl Checkpoint {
     }
 
     fn clip_key(&self, name: &str) -> Option<String> {
-        name.strip_prefix("text_model.").map(|rest| format!("{}{rest}", self.clip_prefix))
+        clip_key(&self.clip_prefix, name)
     }
 
     fn vae_part(&self) -> Option<VaePart<'_>> {
@@ -306,7 +327,7 @@ impl Checkpoint {
     /// The UNet's config as diffusers would write it, read from the shapes.
     pub fn infer_unet_json(&self) -> Result<Value> {
         let key = |n: &str| Some(format!("{UNET_PREFIX}{n}"));
-        infer::unet_config(&View { file: &self.file, key: &key, what: "the UNet" })
+        infer::unet_config(&View { file: &*self.file, key: &key, what: "the UNet" })
     }
 
     pub fn infer_unet(&self) -> Result<UnetConfig> {
@@ -316,7 +337,7 @@ impl Checkpoint {
     /// The text encoder's config as transformers would write it, read from the shapes.
     pub fn infer_text_encoder_json(&self) -> Result<Value> {
         let key = |n: &str| self.clip_key(n);
-        infer::clip_config(&View { file: &self.file, key: &key, what: "the text encoder" })
+        infer::clip_config(&View { file: &*self.file, key: &key, what: "the text encoder" })
     }
 
     pub fn infer_text_encoder(&self, clip_skip: usize) -> Result<ClipConfig> {
@@ -373,9 +394,10 @@ impl Checkpoint {
     /// The UNet, its weights through `hook` (LoRA merging) as they load.
     pub fn load_unet<B: Backend>(&self, backend: &B, config: UnetConfig, hook: Option<WeightHook>) -> Result<Unet<B>> {
         let layout = UnetLayout::from_config(&config);
-        let key = |n: &str| Some(Self::unet_key(&layout, n));
+        let key = move |n: &str| Some(Self::unet_key(&layout, n));
         let specs = config.graph(1, 8, 8, 1)?.weights;
-        let weights = upload_mapped(backend, &self.file, &specs, &key, "the UNet", hook)?;
+        let mut weights = upload_mapped(backend, &self.file, &specs, &key, "the UNet", hook)?;
+        weights.source = Some(mapped_source(self.file.clone(), key, "the UNet"));
         Ok(Unet { config, runner: Runner::new(weights) })
     }
 
@@ -385,9 +407,11 @@ impl Checkpoint {
         config: ClipConfig,
         hook: Option<WeightHook>,
     ) -> Result<ClipTextModel<B>> {
-        let key = |n: &str| self.clip_key(n);
+        let prefix = self.clip_prefix.clone();
+        let key = move |n: &str| clip_key(&prefix, n);
         let specs = config.graph(1, 1)?.weights;
-        let weights = upload_mapped(backend, &self.file, &specs, &key, "the text encoder", hook)?;
+        let mut weights = upload_mapped(backend, &self.file, &specs, &key, "the text encoder", hook)?;
+        weights.source = Some(mapped_source(self.file.clone(), key, "the text encoder"));
         Ok(ClipTextModel { config, runner: Runner::new(weights) })
     }
 

@@ -7,7 +7,9 @@ use serde_json::json;
 
 use crate::blocks::{resnet, transformer_2d, Norm};
 use crate::config::Config;
-use crate::loader::{component_config, find_weights, load_weights, upload_weights, LoadOptions, WeightSource};
+use crate::loader::{
+    component_config, file_source, find_weights, load_weights, upload_weights, LoadOptions, WeightSource,
+};
 use crate::runner::Runner;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -294,7 +296,8 @@ impl<B: Backend> Unet<B> {
         let config = UnetConfig::from_file(&component_config(dir)?)?;
         let files = find_weights(dir, "diffusion_pytorch_model", opts.variant)?;
         let specs = config.graph(1, 8, 8, 1)?.weights;
-        let weights = load_weights(backend, &specs, &files, opts.hook)?;
+        let mut weights = load_weights(backend, &specs, &files, opts.hook)?;
+        weights.source = Some(file_source(files));
         Ok(Unet { config, runner: Runner::new(weights) })
     }
 

@@ -5,6 +5,7 @@ pub mod ldm_names;
 pub mod load;
 pub mod lora;
 mod lora_peft;
+pub mod lora_swap;
 pub mod output;
 pub mod pipeline;
 pub mod rng;

@@ -2,6 +2,7 @@
 //! with its configs read from the shapes or taken from a `config_dir` (diffusers'
 //! `from_single_file(config=…)`), plus an optional separate VAE.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use lcm_core::{Backend, Error, Result};
@@ -24,6 +25,8 @@ pub(crate) struct Components<B: Backend> {
     pub unet: Unet<B>,
     pub vae: Vae<B>,
     pub scheduler: LcmScheduler,
+    /// The weights a LoRA was merged into.
+    pub lora_merged: BTreeSet<String>,
 }
 
 const FOLDER_LAYOUT: &str = "a diffusers folder: model_index.json, text_encoder/, tokenizer/, unet/, vae/, scheduler/";
@@ -125,6 +128,7 @@ fn from_folder<B: Backend>(backend: &B, spec: &LoadSpec) -> Result<Components<B>
         Unet::load(backend, &unet_dir, LoadOptions { variant: spec.variant, hook: Some(&mut hook) })?
     };
     merger.finish()?;
+    let lora_merged = merger.targets().map(str::to_string).collect();
     let vae_dir = component(dir, "vae")?;
     let vae = match &spec.vae {
         Some(v) => {
@@ -133,7 +137,7 @@ fn from_folder<B: Backend>(backend: &B, spec: &LoadSpec) -> Result<Components<B>
         }
         None => Vae::load(backend, &vae_dir, VaeParts::Decoder, LoadOptions { variant: spec.variant, hook: None })?,
     };
-    Ok(Components { tokenizer, text_encoder, unet, vae, scheduler })
+    Ok(Components { tokenizer, text_encoder, unet, vae, scheduler, lora_merged })
 }
 
 fn from_single_file<B: Backend>(backend: &B, spec: &LoadSpec) -> Result<Components<B>> {
@@ -183,6 +187,7 @@ fn from_single_file<B: Backend>(backend: &B, spec: &LoadSpec) -> Result<Componen
         ck.load_unet(backend, unet_cfg, Some(&mut hook))?
     };
     merger.finish()?;
+    let lora_merged = merger.targets().map(str::to_string).collect();
     let (scaling, shift) = vae_cfg.as_ref().map_or((SD15_SCALING_FACTOR, None), |c| (c.scaling_factor, c.shift_factor));
     let vae = match (&spec.vae, vae_cfg) {
         (Some(v), _) => separate_vae(backend, v, spec.variant, scaling, shift)?,
@@ -194,7 +199,7 @@ fn from_single_file<B: Backend>(backend: &B, spec: &LoadSpec) -> Result<Componen
             ))
         }
     };
-    Ok(Components { tokenizer, text_encoder, unet, vae, scheduler })
+    Ok(Components { tokenizer, text_encoder, unet, vae, scheduler, lora_merged })
 }
 
 fn open_loras(spec: &LoadSpec) -> Result<LoraSet> {

@@ -6,16 +6,17 @@
 //! sample, then the noise), then one noise draw after each UNet call but the last, all from one
 //! torch-compatible generator.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use lcm_core::{HostData, Op};
+use lcm_core::{Backend, Error, HostData, Op, Result, Tensor};
 use lcm_models::denoise::{input, DenoiseConfig, DenoiseShape};
-
-use lcm_core::{Backend, Error, Result, Tensor};
 use lcm_models::{ClipTextModel, Unet, Vae, Variant};
 
+use crate::lora::LoraSet;
+use crate::lora_swap::{LoraMode, Slots, DEFAULT_MAX_LORA_RANK};
 use crate::rng::TorchRng;
 use crate::scheduler::{guidance_embedding, LcmScheduler};
 use crate::tokenizer::{ClipTokenizer, CLIP_MAX_LEN};
@@ -47,6 +48,12 @@ pub struct LoadSpec {
     /// The tokenizer folder (`tokenizer.json`, or `vocab.json` + `merges.txt`) instead of the model's
     /// or `config_dir`'s; a single-file model without `config_dir` needs it (SD1.5's).
     pub tokenizer_dir: Option<PathBuf>,
+    /// Merged into the weights (default), or unmerged from fixed buffers a swap copies into
+    /// ([`Pipeline::set_loras`], `crate::lora_swap`).
+    pub lora_mode: LoraMode,
+    /// Runtime mode: the largest rank (summed over the LoRAs on one weight) the buffers hold; default
+    /// [`crate::lora_swap::DEFAULT_MAX_LORA_RANK`], or the load's LoRAs' if larger.
+    pub max_lora_rank: Option<usize>,
 }
 
 /// img2img: the image to start from and how much of it to repaint.
@@ -181,19 +188,48 @@ pub struct Pipeline<B: Backend> {
     pub backend: B,
     pub spec: LoadSpec,
     tokenizer: ClipTokenizer,
-    text_encoder: ClipTextModel<B>,
-    unet: Unet<B>,
+    pub(crate) text_encoder: ClipTextModel<B>,
+    pub(crate) unet: Unet<B>,
     vae: Vae<B>,
     scheduler: LcmScheduler,
+    /// Weights a LoRA is merged into now (re-read pristine on a swap).
+    pub(crate) lora_merged: BTreeSet<String>,
+    /// Runtime mode: the UNet weights with unmerged LoRA buffers.
+    pub(crate) slots: Option<Slots>,
 }
 
 impl<B: Backend> Pipeline<B> {
     /// Loads every component `spec` names, merging the LoRAs into the weights as they load (see
     /// [`crate::load`] for what is read from where).
     pub fn load(backend: B, spec: LoadSpec) -> Result<Self> {
-        let c = crate::load::load(&backend, &spec)?;
+        // Runtime mode on a backend with an unmerged path loads the base weights, gives the UNet's LoRA
+        // targets their buffers, then sets the LoRAs as a swap would.
+        let unmerged = spec.lora_mode == LoraMode::Runtime && backend.supports_unmerged_lora();
+        let base = LoadSpec { loras: if unmerged { Vec::new() } else { spec.loras.clone() }, ..spec.clone() };
+        let c = crate::load::load(&backend, &base)?;
         let (tokenizer, text_encoder, unet, vae, scheduler) = (c.tokenizer, c.text_encoder, c.unet, c.vae, c.scheduler);
-        Ok(Pipeline { backend, spec, tokenizer, text_encoder, unet, vae, scheduler })
+        let mut p = Pipeline {
+            backend,
+            spec: base,
+            tokenizer,
+            text_encoder,
+            unet,
+            vae,
+            scheduler,
+            lora_merged: c.lora_merged,
+            slots: None,
+        };
+        if unmerged {
+            let load_rank = LoraSet::open(&spec.loras.iter().map(|l| (l.path.clone(), l.scale)).collect::<Vec<_>>())?
+                .files
+                .iter()
+                .flat_map(|f| f.tensors.iter().map(|t| t.rank))
+                .sum::<usize>();
+            let max_rank = spec.max_lora_rank.unwrap_or(DEFAULT_MAX_LORA_RANK.max(load_rank));
+            p.attach_lora_slots(max_rank)?;
+            p.set_loras(&spec.loras)?;
+        }
+        Ok(p)
     }
 
     pub fn original_steps(&self) -> usize {
