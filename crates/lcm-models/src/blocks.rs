@@ -4,8 +4,11 @@
 
 use lcm_core::{Activation, GraphBuilder, TensorId};
 
+/// A GroupNorm's settings, shared by the blocks of one model.
 pub struct Norm {
+    /// Groups the channels are normalised in (`norm_num_groups`, 32 in SD).
     pub groups: usize,
+    /// Added to the variance (`norm_eps` / `resnet_eps`).
     pub eps: f32,
 }
 

@@ -11,15 +11,25 @@ use crate::loader::{
 };
 use crate::runner::Runner;
 
+/// CLIPTextModel's `config.json` (a `CLIPTextConfig`, or the `text_config` of a full CLIPModel's), plus
+/// `clip_skip`. Defaults are transformers'.
 #[derive(Debug, Clone)]
 pub struct ClipConfig {
+    /// `vocab_size`: rows of the token embedding (49408).
     pub vocab_size: usize,
+    /// `hidden_size`: the model width (768 for CLIP-L).
     pub hidden_size: usize,
+    /// `intermediate_size`: the MLP's inner width (3072 for CLIP-L).
     pub intermediate_size: usize,
+    /// `num_hidden_layers`: transformer layers (12).
     pub layers: usize,
+    /// `num_attention_heads` (12 for CLIP-L: 64-wide heads).
     pub heads: usize,
+    /// `max_position_embeddings`: the longest token sequence (77).
     pub max_positions: usize,
+    /// `layer_norm_eps` (1e-5).
     pub eps: f32,
+    /// `hidden_act`: the MLP activation, `quick_gelu` (CLIP-L) or `gelu`.
     pub act: Activation,
     /// Layers skipped at the end, as diffusers' `clip_skip`: the output is hidden_states[-(skip+1)]
     /// through the final LayerNorm.
@@ -27,6 +37,7 @@ pub struct ClipConfig {
 }
 
 impl ClipConfig {
+    /// Reads a `text_encoder/config.json`; `clip_skip` must leave at least one layer.
     pub fn from_file(path: &Path, clip_skip: usize) -> Result<Self> {
         Self::parse(&Config::read(path)?, clip_skip)
     }
@@ -83,6 +94,9 @@ impl ClipConfig {
         Ok(cfg)
     }
 
+    /// The text encoder as a graph: token ids `I32 [batch, tokens]` -> hidden states `[batch, tokens,
+    /// hidden_size]` after the last kept layer (causal self-attention) and the final LayerNorm.
+    /// `tokens` must be in 1..=`max_positions` (an error naming the token ids).
     pub fn graph(&self, batch: usize, tokens: usize) -> Result<Graph> {
         if tokens == 0 || tokens > self.max_positions {
             return Err(Error::invalid(
@@ -125,13 +139,17 @@ impl ClipConfig {
     }
 }
 
+/// A loaded CLIP text encoder on a backend.
 pub struct ClipTextModel<B: Backend> {
+    /// The config the graph is built from (its `clip_skip` included).
     pub config: ClipConfig,
     pub(crate) runner: Runner<B>,
 }
 
 impl<B: Backend> ClipTextModel<B> {
-    /// Loads `dir` (a diffusers `text_encoder/` folder).
+    /// Loads `dir` (a diffusers `text_encoder/` folder: `config.json` and `model.safetensors` or its
+    /// variants, see [`crate::loader::find_weights`]), each weight through `opts.hook` (LoRA merging);
+    /// the weights keep the file as their source for a LoRA swap.
     pub fn load(backend: &B, dir: &Path, clip_skip: usize, opts: LoadOptions) -> Result<Self> {
         let config = ClipConfig::from_file(&component_config(dir)?, clip_skip)?;
         let files = find_weights(dir, "model", opts.variant)?;
@@ -148,7 +166,9 @@ impl<B: Backend> ClipTextModel<B> {
         Ok(ClipTextModel { config, runner: Runner::new(weights) })
     }
 
-    /// `ids` `[B, T]` -> last hidden state `[B, T, hidden]`.
+    /// `ids` row-major `[batch, T]` -> hidden states `[batch, T, hidden_size]` through the final
+    /// LayerNorm (of the last layer, or hidden_states[-(clip_skip+1)]). An id outside the vocabulary is
+    /// an error from the backend's embedding.
     pub fn forward(&mut self, backend: &B, ids: &[i32], batch: usize) -> Result<Tensor> {
         if batch == 0 || ids.len() % batch != 0 {
             return Err(Error::invalid("token ids", format!("{} ids do not split into {batch} prompts", ids.len())));
@@ -160,6 +180,7 @@ impl<B: Backend> ClipTextModel<B> {
         Ok(Tensor::new(shape, out))
     }
 
+    /// The weights and the executors built so far.
     pub fn runner(&self) -> &Runner<B> {
         &self.runner
     }

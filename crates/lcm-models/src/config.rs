@@ -5,12 +5,16 @@ use std::path::{Path, PathBuf};
 use lcm_core::{Error, Result};
 use serde_json::Value;
 
+/// A component's `config.json` as a JSON object, kept with where it came from so that every error
+/// names the file and the key.
 pub struct Config {
+    /// The config file, or the checkpoint an inferred config was read from; errors name it.
     pub path: PathBuf,
     value: Value,
 }
 
 impl Config {
+    /// Reads and parses `path`; an unreadable file, invalid JSON or a non-object is an error naming it.
     pub fn read(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, format!("cannot read config: {e}")))?;
         Self::parse(path, &text)
@@ -26,6 +30,8 @@ impl Config {
         Ok(Config { path: path.to_path_buf(), value })
     }
 
+    /// Wraps an already-built JSON value (a config inferred from tensor shapes); `path` names it in
+    /// errors.
     pub fn from_value(path: &Path, value: Value) -> Config {
         Config { path: path.to_path_buf(), value }
     }
@@ -39,14 +45,17 @@ impl Config {
         self.value.get(key).filter(|v| !v.is_null())
     }
 
+    /// The non-negative integer at `key`; missing or of another type is an error naming the key.
     pub fn usize(&self, key: &str) -> Result<usize> {
         self.usize_opt(key)?.ok_or_else(|| self.err(key, "missing"))
     }
 
+    /// The non-negative integer at `key`, or `default` when absent or null.
     pub fn usize_or(&self, key: &str, default: usize) -> Result<usize> {
         Ok(self.usize_opt(key)?.unwrap_or(default))
     }
 
+    /// The non-negative integer at `key`, `None` when absent or null.
     pub fn usize_opt(&self, key: &str) -> Result<Option<usize>> {
         match self.get(key) {
             None => Ok(None),
@@ -57,6 +66,7 @@ impl Config {
         }
     }
 
+    /// The number at `key` as f32, or `default` when absent or null.
     pub fn f32_or(&self, key: &str, default: f32) -> Result<f32> {
         match self.get(key) {
             None => Ok(default),
@@ -64,6 +74,7 @@ impl Config {
         }
     }
 
+    /// The number at `key` as f32, `None` when absent or null.
     pub fn f32_opt(&self, key: &str) -> Result<Option<f32>> {
         match self.get(key) {
             None => Ok(None),
@@ -73,6 +84,7 @@ impl Config {
         }
     }
 
+    /// The boolean at `key`, or `default` when absent or null.
     pub fn bool_or(&self, key: &str, default: bool) -> Result<bool> {
         match self.get(key) {
             None => Ok(default),
@@ -80,6 +92,7 @@ impl Config {
         }
     }
 
+    /// The string at `key`, or `default` when absent or null.
     pub fn str_or<'a>(&'a self, key: &str, default: &'a str) -> Result<&'a str> {
         match self.get(key) {
             None => Ok(default),
@@ -87,6 +100,7 @@ impl Config {
         }
     }
 
+    /// The list of strings at `key` (required), e.g. `down_block_types`.
     pub fn strings(&self, key: &str) -> Result<Vec<String>> {
         let v = self.get(key).ok_or_else(|| self.err(key, "missing"))?;
         v.as_array()
@@ -94,6 +108,7 @@ impl Config {
             .ok_or_else(|| self.err(key, format!("expected a list of strings, got {v}")))
     }
 
+    /// The list of non-negative integers at `key` (required), e.g. `block_out_channels`.
     pub fn usizes(&self, key: &str) -> Result<Vec<usize>> {
         let v = self.get(key).ok_or_else(|| self.err(key, "missing"))?;
         v.as_array()
@@ -136,6 +151,7 @@ impl Config {
         }
     }
 
+    /// A config error naming this file and `key`.
     pub fn error(&self, key: &str, msg: impl std::fmt::Display) -> Error {
         self.err(key, msg)
     }

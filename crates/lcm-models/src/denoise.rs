@@ -5,7 +5,8 @@
 //! Inputs (in this order, see [`input`]): the initial latents `F32 [N, h, w, c]` (NHWC), the text
 //! context `Act [B, T, D]` (B = 2N when guided: uncond then cond), the UNet's timesteps
 //! `Act [steps, B]`, the schedule `F32 [steps, STEP_ROW]` (`lcm_core::lcm::StepRow`), the noise
-//! `F32 [max(steps − 1, 1), N, h, w, c]` and, for LCM UNets, the guidance embedding `Act [N, d]`.
+//! `F32 [max(steps − 1, 1), N, h, w, c]` and, for LCM UNets, the guidance embedding `Act [B, d]`
+//! (B = N: the pipeline never runs such a UNet with CFG).
 //! Outputs: 0 the final denoised latents (`F32`, NHWC), 1 the VAE decoder's input
 //! (`Act`, latents / scaling_factor + shift).
 
@@ -18,10 +19,15 @@ use crate::vae::Vae;
 
 /// Input indices of the denoising graph.
 pub mod input {
+    /// The initial latents x_T (img2img: the noised image latents), `F32 [N, h, w, c]`.
     pub const LATENTS: usize = 0;
+    /// The text context `Act [B, T, D]`: the N uncond rows first when guided, then the N cond rows.
     pub const CONTEXT: usize = 1;
+    /// The UNet's timestep for each step and batch entry, `Act [steps, B]`.
     pub const TIMESTEPS: usize = 2;
+    /// One `lcm_core::lcm::StepRow` per step, `F32 [steps, STEP_ROW]`.
     pub const SCHEDULE: usize = 3;
+    /// The noise z re-injected after step k in row k, `F32 [noise_rows, N, h, w, c]`.
     pub const NOISE: usize = 4;
     /// LCM UNets only (`time_cond_proj_dim`).
     pub const COND: usize = 5;
@@ -32,8 +38,9 @@ pub mod input {
 pub struct DenoiseShape {
     /// Images per generation (N).
     pub images: usize,
-    /// Latent height and width.
+    /// Latent height (image height / the VAE's downscale).
     pub h: usize,
+    /// Latent width.
     pub w: usize,
     /// Text tokens (77 for CLIP).
     pub ctx_len: usize,
@@ -46,11 +53,13 @@ pub struct DenoiseShape {
 /// The scheduler's and the VAE's settings the graph bakes in (fixed per pipeline).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DenoiseConfig {
+    /// The scheduler's `prediction_type`: what the UNet outputs.
     pub prediction: Prediction,
     /// `clip_sample_range` when `clip_sample` is on.
     pub clip: Option<f32>,
-    /// The VAE's `scaling_factor` and `shift_factor` (0 when absent).
+    /// The VAE's `scaling_factor`: output 1 is latents / vae_scale + vae_shift.
     pub vae_scale: f32,
+    /// The VAE's `shift_factor` (0 when absent).
     pub vae_shift: f32,
 }
 

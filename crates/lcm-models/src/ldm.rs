@@ -56,14 +56,17 @@ impl UnetLayout {
         UnetLayout { layers_per_block, attention, blocks }
     }
 
+    /// The layout of a UNet with config `c`.
     pub fn from_config(c: &UnetConfig) -> Self {
         Self::new(c.layers_per_block.clone(), c.down_blocks.iter().map(|b| *b == DownBlock::CrossAttn).collect())
     }
 
+    /// Resnets per down block, per level.
     pub fn layers_per_block(&self) -> &[usize] {
         &self.layers_per_block
     }
 
+    /// Whether each level has transformers.
     pub fn attention(&self) -> &[bool] {
         &self.attention
     }

@@ -2,6 +2,8 @@
 //! `config.json` of each diffusers component and loaded from its safetensors weights by checkpoint name,
 //! or from a single-file (LDM-layout) checkpoint with configs read from its shapes.
 
+#![warn(missing_docs)]
+
 pub mod blocks;
 pub mod clip;
 pub mod config;

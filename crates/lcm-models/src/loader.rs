@@ -23,8 +23,11 @@ pub fn reborrow<'s>(hook: &'s mut Option<WeightHook<'_>>) -> Option<WeightHook<'
     hook.as_mut().map(|f| &mut **f as WeightHook<'s>)
 }
 
+/// How a diffusers component folder is loaded.
 pub struct LoadOptions<'a> {
+    /// Which weight file to read when both precisions are there.
     pub variant: Variant,
+    /// Sees every weight before upload (LoRA merging); `None`: weights load as stored.
     pub hook: Option<WeightHook<'a>>,
 }
 
@@ -139,7 +142,7 @@ pub fn file_source(files: WeightFiles) -> lcm_core::WeightSource {
 }
 
 /// Uploads every weight of `specs`, taking values from `source` (then `hook`); `origin` names where
-/// they come from in errors.
+/// they come from in errors. A non-finite value is an error naming the weight and the element.
 pub fn upload_weights<B: Backend>(
     backend: &B,
     specs: &[WeightSpec],

@@ -5,12 +5,15 @@ use std::collections::HashMap;
 
 use lcm_core::{Backend, Executor, Graph, HostData, ModelWeights, Result};
 
+/// A model's weights and its executors, one per input-shape key.
 pub struct Runner<B: Backend> {
+    /// The weights every executor runs with, in the graph's weight order.
     pub weights: ModelWeights<B>,
     executors: HashMap<Vec<usize>, Executor<B>>,
 }
 
 impl<B: Backend> Runner<B> {
+    /// A runner with no executor built yet.
     pub fn new(weights: ModelWeights<B>) -> Self {
         Runner { weights, executors: HashMap::new() }
     }

@@ -2,6 +2,8 @@
 //! download: `lcm bench` with synthetic weights, and planner/memory checks at full size. Models never read
 //! these when given a folder.
 
+/// `unet/config.json`: four levels of 320/640/1280/1280 channels, cross-attention on the first three,
+/// `attention_head_dim: 8` read as 8 heads, a 768-wide context.
 pub const UNET_CONFIG: &str = r#"{
   "_class_name": "UNet2DConditionModel", "act_fn": "silu", "attention_head_dim": 8,
   "block_out_channels": [320, 640, 1280, 1280], "center_input_sample": false, "cross_attention_dim": 768,
@@ -11,6 +13,7 @@ pub const UNET_CONFIG: &str = r#"{
   "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]
 }"#;
 
+/// `vae/config.json`: 128/256/512/512 channels, 4 latent channels, `scaling_factor` 0.18215.
 pub const VAE_CONFIG: &str = r#"{
   "_class_name": "AutoencoderKL", "act_fn": "silu", "block_out_channels": [128, 256, 512, 512],
   "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"],
@@ -19,6 +22,7 @@ pub const VAE_CONFIG: &str = r#"{
   "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"]
 }"#;
 
+/// `text_encoder/config.json`: CLIP ViT-L/14's text tower (768 wide, 12 layers of 12 heads, quick_gelu).
 pub const TEXT_ENCODER_CONFIG: &str = r#"{
   "architectures": ["CLIPTextModel"], "hidden_act": "quick_gelu", "hidden_size": 768, "intermediate_size": 3072,
   "layer_norm_eps": 1e-05, "max_position_embeddings": 77, "num_attention_heads": 12, "num_hidden_layers": 12,

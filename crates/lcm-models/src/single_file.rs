@@ -29,8 +29,11 @@ use crate::runner::Runner;
 use crate::unet::{Unet, UnetConfig};
 use crate::vae::{Vae, VaeConfig, VaeOrigin, VaeParts};
 
+/// Key prefix of the UNet's weights (LDM names follow).
 pub const UNET_PREFIX: &str = "model.diffusion_model.";
+/// Key prefix of the VAE's weights (LDM names follow).
 pub const VAE_PREFIX: &str = "first_stage_model.";
+/// Key prefix of the CLIP-L text encoder's weights (HF names follow, with or without `text_model.`).
 pub const CLIP_PREFIX: &str = "cond_stage_model.transformer.";
 
 /// The DDPM schedule buffers LatentDiffusion registers; SD1.5 checkpoints store them at the top level.
@@ -86,9 +89,15 @@ fn open_safetensors(path: &Path) -> Result<SafeTensorsFile> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VaeLayout {
     /// `encoder.down.0.block.0…` after `prefix` (`first_stage_model.`, `vae.` or nothing).
-    Ldm { prefix: String },
+    Ldm {
+        /// What precedes the VAE's names.
+        prefix: String,
+    },
     /// diffusers' own names (`decoder.up_blocks.0.resnets.0…`) after `prefix`.
-    Diffusers { prefix: String },
+    Diffusers {
+        /// What precedes the VAE's names.
+        prefix: String,
+    },
 }
 
 impl VaeLayout {
@@ -105,6 +114,7 @@ impl VaeLayout {
         })
     }
 
+    /// What precedes the VAE's names in the file.
     pub fn prefix(&self) -> &str {
         match self {
             VaeLayout::Ldm { prefix } | VaeLayout::Diffusers { prefix } => prefix,
@@ -300,6 +310,7 @@ impl Checkpoint {
         Ok(Checkpoint { file: Arc::new(file), clip_prefix, vae })
     }
 
+    /// The checkpoint file.
     pub fn path(&self) -> &Path {
         self.file.path()
     }
@@ -330,6 +341,7 @@ impl Checkpoint {
         infer::unet_config(&View { file: &*self.file, key: &key, what: "the UNet" })
     }
 
+    /// [`Self::infer_unet_json`], parsed.
     pub fn infer_unet(&self) -> Result<UnetConfig> {
         UnetConfig::parse(&Config::from_value(self.path(), self.infer_unet_json()?))
     }
@@ -340,6 +352,7 @@ impl Checkpoint {
         infer::clip_config(&View { file: &*self.file, key: &key, what: "the text encoder" })
     }
 
+    /// [`Self::infer_text_encoder_json`], parsed with `clip_skip`.
     pub fn infer_text_encoder(&self, clip_skip: usize) -> Result<ClipConfig> {
         ClipConfig::parse_value(self.path(), self.infer_text_encoder_json()?, clip_skip)
     }
@@ -391,7 +404,8 @@ impl Checkpoint {
         }
     }
 
-    /// The UNet, its weights through `hook` (LoRA merging) as they load.
+    /// The UNet, its weights through `hook` (LoRA merging) as they load; a LoRA swap reads them
+    /// again from this file.
     pub fn load_unet<B: Backend>(&self, backend: &B, config: UnetConfig, hook: Option<WeightHook>) -> Result<Unet<B>> {
         let layout = UnetLayout::from_config(&config);
         let key = move |n: &str| Some(Self::unet_key(&layout, n));
@@ -401,6 +415,8 @@ impl Checkpoint {
         Ok(Unet { config, runner: Runner::new(weights) })
     }
 
+    /// The text encoder, its weights through `hook` (LoRA merging) as they load; a LoRA swap reads
+    /// them again from this file.
     pub fn load_text_encoder<B: Backend>(
         &self,
         backend: &B,
@@ -457,6 +473,8 @@ pub struct VaeFile {
 }
 
 impl VaeFile {
+    /// Opens `path` and finds the VAE in it: LDM or diffusers names after `first_stage_model.`, `vae.`
+    /// or nothing, tried in that order. A pickle, or a file with no VAE decoder, is refused.
     pub fn open(path: impl AsRef<Path>) -> Result<VaeFile> {
         let path = path.as_ref();
         let file = open_safetensors(path)?;
@@ -472,10 +490,12 @@ impl VaeFile {
         Ok(VaeFile { file, layout, levels })
     }
 
+    /// The VAE file.
     pub fn path(&self) -> &Path {
         self.file.path()
     }
 
+    /// How the file names the VAE's weights.
     pub fn layout(&self) -> &VaeLayout {
         &self.layout
     }
@@ -515,6 +535,8 @@ impl VaeFile {
         }
     }
 
+    /// Loads the VAE as `config` describes it: the decoder, and the encoder too with
+    /// [`VaeParts::Both`]; each tensor is checked for presence and shape as it is read.
     pub fn load<B: Backend>(&self, backend: &B, config: VaeConfig, parts: VaeParts) -> Result<Vae<B>> {
         self.part().load(backend, config, parts)
     }

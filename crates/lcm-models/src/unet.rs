@@ -12,41 +12,71 @@ use crate::loader::{
 };
 use crate::runner::Runner;
 
+/// The kind of a UNet level's block, for the down path and (mirrored) the up path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DownBlock {
+    /// Resnets each followed by a Transformer2DModel (`CrossAttnDownBlock2D` / `CrossAttnUpBlock2D`).
     CrossAttn,
+    /// Resnets only (`DownBlock2D` / `UpBlock2D`).
     Plain,
 }
 
+/// UNet2DConditionModel's `config.json`, as far as the graph depends on it. Defaults are diffusers'.
 #[derive(Debug, Clone)]
 pub struct UnetConfig {
+    /// `in_channels`: latent channels in (4).
     pub in_channels: usize,
+    /// `out_channels`: channels of the prediction (4).
     pub out_channels: usize,
+    /// `block_out_channels`: the width of each level, full resolution first (SD1.5: 320, 640, 1280,
+    /// 1280); its length is the number of levels.
     pub block_out_channels: Vec<usize>,
-    /// Per down block: with cross-attention or not. Up blocks mirror them (checked).
+    /// `down_block_types`, per down block: with cross-attention or not. Up blocks mirror them (checked).
     pub down_blocks: Vec<DownBlock>,
+    /// `up_block_types`, lowest resolution first: `down_blocks` reversed.
     pub up_blocks: Vec<DownBlock>,
+    /// `mid_block_type` is `UNetMidBlock2DCrossAttn` (resnet, transformer, resnet), the only kind built.
     pub mid_block: bool,
+    /// `layers_per_block` (an int or one per level): resnets per down block; each up block has one more.
     pub layers_per_block: Vec<usize>,
+    /// `transformer_layers_per_block` (an int or one per level): BasicTransformerBlocks in each
+    /// Transformer2DModel of a level.
     pub transformer_layers: Vec<usize>,
     /// Attention heads per down block (diffusers reads `attention_head_dim` as heads when
     /// `num_attention_heads` is absent — SD1.5's config relies on that).
     pub heads: Vec<usize>,
+    /// `cross_attention_dim`: the width of the text context the cross-attention reads (768 for
+    /// CLIP-L); one value for every block.
     pub cross_attention_dim: usize,
+    /// `norm_num_groups`: GroupNorm groups (32).
     pub norm_groups: usize,
+    /// `norm_eps`: the resnets' and `conv_norm_out`'s GroupNorm eps (1e-5); the transformers' GroupNorm
+    /// uses 1e-6, as diffusers hard-codes.
     pub norm_eps: f32,
+    /// `use_linear_projection`: `proj_in`/`proj_out` are linear layers `[C, C]` rather than 1x1 convs
+    /// `[C, C, 1, 1]`.
     pub use_linear_projection: bool,
+    /// `time_cond_proj_dim`: the guidance-scale embedding's width in a full LCM UNet (256), added to the
+    /// timestep sinusoid through `time_embedding.cond_proj` (no bias); `None` for SD UNets.
     pub time_cond_proj_dim: Option<usize>,
+    /// `time_embedding_dim`, default 4·`block_out_channels[0]` (1280): the timestep embedding's width.
     pub time_embed_dim: usize,
+    /// `flip_sin_to_cos`: the timestep sinusoid puts cos first (true for SD).
     pub flip_sin_to_cos: bool,
+    /// `freq_shift`: the sinusoid's `downscale_freq_shift` (0 for SD).
     pub freq_shift: f32,
+    /// `downsample_padding`: padding of the stride-2 3x3 downsampler convs (1).
     pub downsample_padding: usize,
+    /// `mid_block_scale_factor`: the mid block's resnets divide their output by it (1).
     pub mid_block_scale_factor: f32,
+    /// `conv_in_kernel`: `conv_in`'s kernel size (3; odd, padded by half).
     pub conv_in_kernel: usize,
+    /// `conv_out_kernel`: `conv_out`'s kernel size (3; odd, padded by half).
     pub conv_out_kernel: usize,
 }
 
 impl UnetConfig {
+    /// Reads a `unet/config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
         Self::parse(&Config::read(path)?)
     }
@@ -56,6 +86,8 @@ impl UnetConfig {
         Self::parse(&Config::parse(origin, text)?)
     }
 
+    /// Reads `c`. Features the graph does not build (class or added embeddings, other block, mid-block
+    /// or activation types, …) and inconsistent sizes are errors naming the key.
     pub fn parse(c: &Config) -> Result<Self> {
         for (key, value) in [
             ("act_fn", json!("silu")),
@@ -170,7 +202,11 @@ impl UnetConfig {
         Ok(cfg)
     }
 
-    /// The latent sizes must survive every downsampler (each halves, rounding up).
+    /// One UNet call as a graph: inputs `sample` NHWC `Act [batch, h, w, in_channels]`, timesteps
+    /// `Act [batch]`, context `Act [batch, ctx_len, cross_attention_dim]` and, with `time_cond_proj_dim`,
+    /// the guidance embedding `Act [batch, d]`; output NHWC `[batch, h, w, out_channels]`. Any latent
+    /// size builds: each downsampler halves it (rounding up with `downsample_padding` 1) and each
+    /// upsampler restores its skip's size. An empty shape is an error naming `unet input`.
     pub fn graph(&self, batch: usize, h: usize, w: usize, ctx_len: usize) -> Result<Graph> {
         if batch == 0 || h == 0 || w == 0 || ctx_len == 0 {
             return Err(Error::invalid(
@@ -286,12 +322,15 @@ impl UnetConfig {
 
 /// A loaded UNet on a backend.
 pub struct Unet<B: Backend> {
+    /// The config the graph is built from.
     pub config: UnetConfig,
     pub(crate) runner: Runner<B>,
 }
 
 impl<B: Backend> Unet<B> {
-    /// Loads `dir` (a diffusers `unet/` folder).
+    /// Loads `dir` (a diffusers `unet/` folder: `config.json` and the weights, see
+    /// [`crate::loader::find_weights`]), each weight through `opts.hook` (LoRA merging); the weights
+    /// keep the file as their source for a LoRA swap.
     pub fn load(backend: &B, dir: &Path, opts: LoadOptions) -> Result<Self> {
         let config = UnetConfig::from_file(&component_config(dir)?)?;
         let files = find_weights(dir, "diffusion_pytorch_model", opts.variant)?;
@@ -358,6 +397,7 @@ impl<B: Backend> Unet<B> {
         Ok(Tensor::new(shape, out).nhwc_to_nchw())
     }
 
+    /// The weights and the executors built so far.
     pub fn runner(&self) -> &Runner<B> {
         &self.runner
     }

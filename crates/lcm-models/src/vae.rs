@@ -14,18 +14,32 @@ use crate::loader::{
 use crate::runner::Runner;
 use crate::single_file::{load_vae_encoder, VaeLayout};
 
+/// AutoencoderKL's `config.json`, as far as the graphs depend on it. Defaults are diffusers'.
 #[derive(Debug, Clone)]
 pub struct VaeConfig {
+    /// `in_channels`: image channels into the encoder (3).
     pub in_channels: usize,
+    /// `out_channels`: image channels out of the decoder (3).
     pub out_channels: usize,
+    /// `latent_channels`: channels of the latent space (4).
     pub latent_channels: usize,
+    /// `block_out_channels`: the width of each level in encoder order, full resolution first (SD:
+    /// 128, 256, 512, 512); the decoder runs them reversed.
     pub block_out_channels: Vec<usize>,
+    /// `layers_per_block`: resnets per encoder block (SD: 2); each decoder block has one more.
     pub layers_per_block: usize,
+    /// `norm_num_groups`: GroupNorm groups (32).
     pub norm_groups: usize,
+    /// `scaling_factor` (SD1.5: 0.18215): latents are the encoder's sample times it, and are divided
+    /// by it before decoding.
     pub scaling_factor: f32,
+    /// `shift_factor`: added after dividing by `scaling_factor`, before decoding; `None` for SD1.5.
     pub shift_factor: Option<f32>,
+    /// `use_quant_conv`: a 1x1 `quant_conv` on the encoder's moments.
     pub use_quant_conv: bool,
+    /// `use_post_quant_conv`: a 1x1 `post_quant_conv` on the latents before the decoder.
     pub use_post_quant_conv: bool,
+    /// `mid_block_add_attention`: the mid blocks have their single-head self-attention.
     pub mid_block_attention: bool,
 }
 
@@ -33,6 +47,7 @@ pub struct VaeConfig {
 const EPS: f32 = 1e-6;
 
 impl VaeConfig {
+    /// Reads a `vae/config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
         Self::parse(&Config::read(path)?)
     }
@@ -97,7 +112,8 @@ impl VaeConfig {
         resnet(b, &format!("{p}.resnets.1"), x, None, c, &norm, 1.0)
     }
 
-    /// Latents `[B, h, w, latent]` (already divided by the scaling factor) -> image `[B, 8h, 8w, 3]`.
+    /// Latents NHWC `Act [B, h, w, latent]` (already divided by the scaling factor) -> image NHWC
+    /// `[B, s·h, s·w, out_channels]` with s = [`Self::downscale`] (8 for SD), nominally in [-1, 1].
     pub fn decoder_graph(&self, batch: usize, h: usize, w: usize) -> Result<Graph> {
         let mut b = GraphBuilder::new();
         let z = b.input(&[batch, h, w, self.latent_channels], Elem::Act);
@@ -126,7 +142,8 @@ impl VaeConfig {
         b.finish()
     }
 
-    /// Image `[B, H, W, 3]` in [-1, 1] -> moments `[B, H/8, W/8, 2·latent]` (mean, then log-variance).
+    /// Image NHWC `Act [B, H, W, in_channels]` in [-1, 1] -> moments NHWC `[B, H/s, W/s, 2·latent]`
+    /// (mean channels, then log-variance channels), s = [`Self::downscale`].
     pub fn encoder_graph(&self, batch: usize, h: usize, w: usize) -> Result<Graph> {
         let mut b = GraphBuilder::new();
         let img = b.input(&[batch, h, w, self.in_channels], Elem::Act);
@@ -172,7 +189,9 @@ impl VaeConfig {
 /// What to build: the decoder alone (txt2img) or the encoder too (img2img).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VaeParts {
+    /// The decoder only.
     Decoder,
+    /// The decoder and the encoder.
     Both,
 }
 
@@ -184,7 +203,9 @@ pub(crate) enum VaeOrigin {
     File(PathBuf, VaeLayout),
 }
 
+/// A loaded AutoencoderKL on a backend: its decoder, and its encoder when loaded.
 pub struct Vae<B: Backend> {
+    /// The config the graphs are built from.
     pub config: VaeConfig,
     pub(crate) decoder: Runner<B>,
     pub(crate) encoder: Option<Runner<B>>,
@@ -192,6 +213,8 @@ pub struct Vae<B: Backend> {
 }
 
 impl<B: Backend> Vae<B> {
+    /// Loads `dir` (a diffusers `vae/` folder): the decoder, and the encoder too with
+    /// [`VaeParts::Both`]; every weight passes through `opts.hook`.
     pub fn load(backend: &B, dir: &Path, parts: VaeParts, mut opts: LoadOptions) -> Result<Self> {
         let config = VaeConfig::from_file(&component_config(dir)?)?;
         let files = find_weights(dir, "diffusion_pytorch_model", opts.variant)?;
@@ -239,7 +262,8 @@ impl<B: Backend> Vae<B> {
         Ok(Vae { config, decoder, encoder: None, origin: None })
     }
 
-    /// `vae.decode(z)`: `z` NCHW `[B, latent, h, w]`, already divided by the scaling factor.
+    /// `vae.decode(z)`: `z` NCHW `[B, latent, h, w]`, already divided by the scaling factor (plus
+    /// shift). Returns NCHW `[B, out_channels, s·h, s·w]`, nominally in [-1, 1] (not clamped).
     pub fn decode(&mut self, backend: &B, z: &Tensor) -> Result<Tensor> {
         let (bsz, h, w) = match z.shape.as_slice() {
             &[b, c, h, w] if c == self.config.latent_channels => (b, h, w),
@@ -257,7 +281,9 @@ impl<B: Backend> Vae<B> {
         Ok(Tensor::new(shape, out).nhwc_to_nchw())
     }
 
-    /// The encoder's moments `[B, 2·latent, H/8, W/8]` for an NCHW image in [-1, 1].
+    /// The encoder's moments NCHW `[B, 2·latent, H/s, W/s]` (mean, then log-variance) for an NCHW
+    /// image `[B, in_channels, H, W]` in [-1, 1], H and W multiples of s = [`VaeConfig::downscale`].
+    /// An error if the encoder is not loaded.
     pub fn encode_moments(&mut self, backend: &B, image: &Tensor) -> Result<Tensor> {
         let s = self.config.downscale();
         let (bsz, h, w) = match image.shape.as_slice() {
@@ -283,6 +309,7 @@ impl<B: Backend> Vae<B> {
         Ok(Tensor::new(shape, out).nhwc_to_nchw())
     }
 
+    /// The decoder's weights and executors.
     pub fn decoder_runner(&self) -> &Runner<B> {
         &self.decoder
     }

@@ -1,5 +1,8 @@
 //! lcm-pipeline: from a prompt to pixels — the CLIP tokenizer, the LCM scheduler, a torch-compatible
-//! RNG, LoRA merging, the txt2img pipeline (load once, generate many) and PNG/latent output.
+//! RNG, LoRA merging and hot-swap, the txt2img/img2img pipeline (load once, generate many) and
+//! PNG/latent output.
+
+#![warn(missing_docs)]
 
 pub mod ldm_names;
 pub mod load;

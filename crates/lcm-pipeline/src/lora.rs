@@ -38,9 +38,12 @@ use lcm_models::{ClipConfig, UnetConfig};
 use crate::ldm_names::UnetLayout;
 use crate::lora_peft::PeftConfig;
 
+/// The model a LoRA module adapts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Component {
+    /// `lora_unet_…`, `unet.…`.
     Unet,
+    /// `lora_te_…`, `lora_te1_…`, `text_encoder.…`.
     TextEncoder,
 }
 
@@ -53,9 +56,13 @@ impl Component {
     }
 }
 
+/// The naming convention of a LoRA module's keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum LoraFormat {
+    /// `lora_unet_`/`lora_te_` + underscored module path + `.lora_down.weight`/`.lora_up.weight`/`.alpha`.
     Kohya,
+    /// `unet.`/`text_encoder.` + dotted module path + `.lora_A.weight`/`.lora_B.weight` (or older
+    /// diffusers spellings), alpha from an `.alpha` tensor or the header's peft config.
     Peft,
 }
 
@@ -65,15 +72,22 @@ pub enum LoraFormat {
 pub struct LoraTensor {
     /// The key without its factor suffix: `lora_unet_down_blocks_0_…_to_q`, `unet.down_blocks.0.….to_q`.
     pub key_stem: String,
+    /// The model it adapts.
     pub component: Component,
+    /// The key convention it was found in.
     pub format: LoraFormat,
+    /// The file key of the down factor (A).
     pub down_key: String,
+    /// The file key of the up factor (B).
     pub up_key: String,
     /// `[rank, in]` or `[rank, in, kh, kw]`.
     pub down_shape: Vec<usize>,
     /// `[out, rank]` or `[out, rank, 1, 1]`.
     pub up_shape: Vec<usize>,
+    /// r: rows of down, columns of up.
     pub rank: usize,
+    /// From the `.alpha` tensor or, for peft files, the header's `lora_alpha`/`alpha_pattern`; `None`
+    /// when neither gives one.
     pub alpha: Option<f32>,
     /// s_net: alpha/rank, alpha/√rank for rsLoRA, 1 when no alpha is known.
     pub scale: f32,
@@ -81,8 +95,11 @@ pub struct LoraTensor {
 
 /// A parsed LoRA file with the user's scale for it.
 pub struct LoraFile {
+    /// The `.safetensors` file.
     pub path: PathBuf,
+    /// s_user: multiplies every delta of this file.
     pub user_scale: f32,
+    /// Its modules, ordered by key stem.
     pub tensors: Vec<LoraTensor>,
     file: SafeTensorsFile,
 }
@@ -271,15 +288,18 @@ fn module(
 /// The weights LoRAs may target, as the models' graphs name them.
 #[derive(Debug, Clone, Default)]
 pub struct Targets {
+    /// The UNet graph's weights.
     pub unet: Vec<WeightSpec>,
     /// Needed to read LDM-named kohya keys (`lora_unet_input_blocks_…`); `None`: diffusers names only.
     pub unet_layout: Option<UnetLayout>,
+    /// The text-encoder graph's weights (the layers `clip_skip` keeps).
     pub text_encoder: Vec<WeightSpec>,
     /// Text-encoder weights of layers that clip_skip leaves out (never loaded).
     pub text_encoder_skipped: Vec<WeightSpec>,
 }
 
 impl Targets {
+    /// The weights of a UNet and a text encoder with these configs, with the UNet's LDM layout.
     pub fn for_models(unet: &UnetConfig, clip: &ClipConfig) -> Result<Targets> {
         let text_encoder = clip.graph(1, 1)?.weights;
         let loaded: HashSet<&str> = text_encoder.iter().map(|s| s.name.as_str()).collect();
@@ -403,6 +423,7 @@ fn check_fit(file: &LoraFile, t: &LoraTensor, spec: &WeightSpec) -> Result<()> {
 
 /// Several LoRA files applied together, each with its own user scale.
 pub struct LoraSet {
+    /// The files, in the order given.
     pub files: Vec<LoraFile>,
 }
 
@@ -419,6 +440,7 @@ struct Plan {
 }
 
 impl LoraSet {
+    /// A set of already opened files.
     pub fn new(files: Vec<LoraFile>) -> Self {
         LoraSet { files }
     }
@@ -460,14 +482,17 @@ impl LoraSet {
 /// A LoRA's factors for one target, for a backend that applies them unmerged: Δ = scale · up @ down.
 #[derive(Debug, Clone)]
 pub struct LoraFactors {
+    /// The LoRA file they come from.
     pub file: PathBuf,
+    /// The module's key stem in that file.
     pub key_stem: String,
     /// `[rank, in·kh·kw]` row-major (torch's layout of down, flattened).
     pub down: Vec<f32>,
     /// `[out, rank]` row-major.
     pub up: Vec<f32>,
+    /// r: rows of `down`, columns of `up`.
     pub rank: usize,
-    /// user scale · alpha/rank.
+    /// s_user · s_net (s_net: alpha/rank, alpha/√rank for rsLoRA, 1 without an alpha).
     pub scale: f32,
 }
 

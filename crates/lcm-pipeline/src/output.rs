@@ -20,7 +20,8 @@ pub fn numbered_paths(path: &Path, n: usize) -> Vec<PathBuf> {
     (0..n).map(|i| path.with_file_name(format!("{stem}-{i}{ext}"))).collect()
 }
 
-/// The settings line stored in each PNG, in the spirit of other SD tools' `parameters` chunk.
+/// The settings text stored in each PNG (prompt, negative prompt, then one line of settings and
+/// LoRAs), in the spirit of other SD tools' `parameters` chunk.
 pub fn parameters_text(req: &Request, model: &str, loras: &[LoraSpec]) -> String {
     let mut s = format!("prompt: {}\n", req.prompt);
     s += &format!("negative prompt: {}\n", req.negative_prompt.as_deref().unwrap_or(""));
@@ -58,6 +59,8 @@ fn atomically(path: &Path, write: impl FnOnce(&mut BufWriter<File>) -> std::io::
     })
 }
 
+/// Writes `rgb` (8-bit, row-major `[height, width, 3]`) as a PNG with `parameters` in a `parameters`
+/// tEXt chunk. A buffer of the wrong length is an error naming `png`; I/O errors name `path`.
 pub fn write_png(path: &Path, width: usize, height: usize, rgb: &[u8], parameters: &str) -> Result<()> {
     if rgb.len() != width * height * 3 {
         return Err(Error::invalid("png", format!("{} bytes for a {width}x{height} RGB image", rgb.len())));

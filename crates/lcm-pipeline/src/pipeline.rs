@@ -21,10 +21,12 @@ use crate::rng::TorchRng;
 use crate::scheduler::{guidance_embedding, LcmScheduler};
 use crate::tokenizer::{ClipTokenizer, CLIP_MAX_LEN};
 
-/// A LoRA file and the scale it is merged with.
+/// A LoRA file and the scale it is applied with.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoraSpec {
+    /// The LoRA's `.safetensors` file (kohya or peft names).
     pub path: PathBuf,
+    /// s_user, multiplying the file's every delta (1: as trained).
     pub scale: f32,
 }
 
@@ -34,9 +36,11 @@ pub struct LoraSpec {
 pub struct LoadSpec {
     /// A diffusers folder, or a single-file checkpoint (`.safetensors`, original SD / LDM key names).
     pub model_dir: PathBuf,
+    /// The LoRAs to apply, together.
     pub loras: Vec<LoraSpec>,
     /// diffusers' `clip_skip`: 0 uses the text encoder's last layer.
     pub clip_skip: usize,
+    /// Which weight file a diffusers folder's components are read from (`.fp16` or full precision).
     pub variant: Variant,
     /// For a single-file model: a diffusers folder whose `unet/`, `vae/`, `text_encoder/` configs,
     /// `tokenizer/` and `scheduler/` are used instead of what the shapes say and SD1.5's defaults, as
@@ -66,7 +70,7 @@ pub struct InitImage {
 }
 
 impl InitImage {
-    /// From 8-bit RGB pixels, row-major `[H, W, 3]`.
+    /// From 8-bit RGB pixels, row-major `[height, width, 3]` (`rgb` holds width·height pixels).
     pub fn from_rgb8(width: usize, height: usize, rgb: &[u8], strength: f32) -> Self {
         let mut data = vec![0.0f32; 3 * width * height];
         for (p, px) in rgb.chunks_exact(3).enumerate() {
@@ -81,13 +85,24 @@ impl InitImage {
 /// What to generate. `validate` checks everything before any model runs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Request {
+    /// The text the image follows (cut to the 75 tokens CLIP's 77 positions leave between bos and eos).
     pub prompt: String,
+    /// The uncond prompt of classic CFG (`None`: ""); unused without CFG.
     pub negative_prompt: Option<String>,
+    /// LCM steps (UNet calls), 1..=`original_inference_steps`; SD img2img runs the last
+    /// int(steps·strength) of them.
     pub steps: usize,
+    /// A UNet with a guidance embedding gets w = guidance_scale − 1 embedded; any other UNet runs
+    /// classic CFG when it is above 1 (1, LCM-LoRA's usual value, means no CFG).
     pub guidance_scale: f32,
+    /// Seeds the torch-compatible generator as `torch.Generator("cpu").manual_seed(seed)` (its low
+    /// 32 bits count).
     pub seed: u64,
+    /// Image width in pixels: a multiple of 8 in [`MIN_SIZE`]..=[`MAX_SIZE`].
     pub width: usize,
+    /// Image height in pixels: a multiple of 8 in [`MIN_SIZE`]..=[`MAX_SIZE`].
     pub height: usize,
+    /// Images per generation (N), from one prompt and one generator stream.
     pub num_images: usize,
     /// img2img when given; the output then has the image's size (width/height must match it).
     pub init_image: Option<InitImage>,
@@ -109,11 +124,15 @@ impl Default for Request {
     }
 }
 
-/// Image sizes accepted: multiples of 8 (the VAE's factor) in this range.
+/// The smallest image side accepted, in pixels; sides must be multiples of 8 (the VAE's factor).
 pub const MIN_SIZE: usize = 64;
+/// The largest image side accepted, in pixels.
 pub const MAX_SIZE: usize = 2048;
 
 impl Request {
+    /// Checks sizes, steps against `original_steps`, the image count, the guidance scale and the init
+    /// image; an error names the CLI flag (`--width`, `--steps`, `--strength`, `--image`, …) and what
+    /// it accepts.
     pub fn validate(&self, original_steps: usize) -> Result<()> {
         for (flag, v) in [("--width", self.width), ("--height", self.height)] {
             if v % 8 != 0 || !(MIN_SIZE..=MAX_SIZE).contains(&v) {
@@ -153,17 +172,25 @@ impl Request {
 /// Wall time of each stage of one generation.
 #[derive(Debug, Clone, Default)]
 pub struct StageTimes {
+    /// Tokenizing and encoding the prompts into the denoising loop's context.
     pub text_encoder: Duration,
+    /// Each step (UNet call and LCM step); a backend that runs the loop as one graph has its time
+    /// split evenly.
     pub unet_steps: Vec<Duration>,
+    /// VAE decoding and the postprocessing to [0, 1].
     pub vae_decode: Duration,
+    /// From after validation to the decoded images, noise drawing and img2img encoding included.
     pub total: Duration,
 }
 
+/// What one generation produced.
 pub struct Output {
-    /// Final denoised latents `[N, 4, H/8, W/8]`, before the VAE's scaling (diffusers' `output_type="latent"`).
+    /// Final denoised latents NCHW `[N, C, H/8, W/8]` (C: the UNet's `in_channels`, 4), before the
+    /// VAE's scaling (diffusers' `output_type="latent"`).
     pub latents: Tensor,
-    /// Decoded images `[N, H, W, 3]` in [0, 1] (diffusers' `output_type="np"`).
+    /// Decoded images NHWC `[N, H, W, 3]` in [0, 1] (diffusers' `output_type="np"`).
     pub images: Tensor,
+    /// Wall time of each stage.
     pub times: StageTimes,
 }
 
@@ -178,14 +205,22 @@ impl Output {
 /// Progress events, one per UNet step.
 #[derive(Debug, Clone, Copy)]
 pub struct StepEvent {
+    /// The step just run, from 1.
     pub step: usize,
+    /// Steps this generation runs.
     pub steps: usize,
+    /// The step's timestep.
     pub timestep: i64,
+    /// Since the generation started.
     pub elapsed: Duration,
 }
 
+/// A loaded model on one backend: tokenizer, text encoder, UNet, VAE (decoder; its encoder on first
+/// img2img) and LCM scheduler, with its LoRAs applied.
 pub struct Pipeline<B: Backend> {
+    /// The backend every model runs on.
     pub backend: B,
+    /// What was loaded; `loras` are those applied now ([`Pipeline::set_loras`] updates them).
     pub spec: LoadSpec,
     tokenizer: ClipTokenizer,
     pub(crate) text_encoder: ClipTextModel<B>,
@@ -200,7 +235,9 @@ pub struct Pipeline<B: Backend> {
 
 impl<B: Backend> Pipeline<B> {
     /// Loads every component `spec` names, merging the LoRAs into the weights as they load (see
-    /// [`crate::load`] for what is read from where).
+    /// [`crate::load`] for what is read from where). In [`LoraMode::Runtime`] on a backend with an
+    /// unmerged path, the UNet's LoRA targets get their buffers instead and the LoRAs are set as
+    /// [`Pipeline::set_loras`] sets them.
     pub fn load(backend: B, spec: LoadSpec) -> Result<Self> {
         // Runtime mode on a backend with an unmerged path loads the base weights, gives the UNet's LoRA
         // targets their buffers, then sets the LoRAs as a swap would.
@@ -232,6 +269,7 @@ impl<B: Backend> Pipeline<B> {
         Ok(p)
     }
 
+    /// The scheduler's `original_inference_steps`: the most steps a request may ask for.
     pub fn original_steps(&self) -> usize {
         self.scheduler.config().original_inference_steps
     }
@@ -418,7 +456,8 @@ impl<B: Backend> Pipeline<B> {
         Ok(latents)
     }
 
-    /// `vae.decode(latents / scaling_factor)` then diffusers' postprocessing to [0, 1], as `[N, H, W, 3]`.
+    /// `vae.decode(latents / scaling_factor + shift_factor)` for NCHW `latents`, then diffusers'
+    /// postprocessing to [0, 1], as NHWC `[N, H, W, 3]`.
     pub fn decode(&mut self, latents: &Tensor) -> Result<Tensor> {
         let cfg = &self.vae.config;
         let (sf, shift) = (cfg.scaling_factor, cfg.shift_factor.unwrap_or(0.0));

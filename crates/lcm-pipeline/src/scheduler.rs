@@ -12,14 +12,20 @@ use serde_json::Value;
 /// a PNDMScheduler config, which diffusers turns into an LCMScheduler with `from_config`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LcmConfig {
+    /// `num_train_timesteps` (1000): the length of the noise schedule.
     pub num_train_timesteps: usize,
     /// f32 betas, one per training timestep.
     pub betas: Vec<f32>,
+    /// `set_alpha_to_one`: ā before timestep 0 is 1 rather than ā_0 (LCMScheduler's default true;
+    /// SD1.5's config says false).
     pub set_alpha_to_one: bool,
+    /// `prediction_type`: what the UNet outputs.
     pub prediction_type: Prediction,
     /// `clip_sample_range` when `clip_sample` is on.
     pub clip_sample: Option<f32>,
+    /// `timestep_scaling` (10): τ = t·timestep_scaling in the boundary scalings.
     pub timestep_scaling: f32,
+    /// `original_inference_steps` (50): the size of the distillation grid timesteps are chosen from.
     pub original_inference_steps: usize,
 }
 
@@ -154,6 +160,8 @@ pub struct LcmScheduler {
 }
 
 impl LcmScheduler {
+    /// A scheduler with ā = cumprod(1 − β) of `config`'s betas; betas that do not number
+    /// `num_train_timesteps` are an error.
     pub fn new(config: LcmConfig) -> Result<Self> {
         if config.betas.len() != config.num_train_timesteps || config.betas.is_empty() {
             return Err(Error::invalid(
@@ -180,14 +188,18 @@ impl LcmScheduler {
         Self::new(LcmConfig::from_json_file(path)?)
     }
 
+    /// The settings it was built from.
     pub fn config(&self) -> &LcmConfig {
         &self.config
     }
 
+    /// ā_t for t in 0..num_train_timesteps, f32 as torch stores them.
     pub fn alphas_cumprod(&self) -> &[f32] {
         &self.alphas_cumprod
     }
 
+    /// ā for a timestep below 0: 1 with `set_alpha_to_one`, else ā_0. LCM's steps never reach it (the
+    /// last step takes its own ā_t as ā_prev, as diffusers).
     pub fn final_alpha_cumprod(&self) -> f32 {
         self.final_alpha_cumprod
     }

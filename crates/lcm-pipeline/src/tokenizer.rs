@@ -103,14 +103,17 @@ impl ClipTokenizer {
         Ok(tokenizer)
     }
 
+    /// The id of `<|startoftext|>` (49406 in CLIP's vocabulary).
     pub fn bos_id(&self) -> u32 {
         self.bos
     }
 
+    /// The id of `<|endoftext|>` (49407 in CLIP's vocabulary).
     pub fn eos_id(&self) -> u32 {
         self.eos
     }
 
+    /// The id padding fills up to 77 with: the folder's `pad_token`, else `<|endoftext|>` (SD1.5's).
     pub fn pad_id(&self) -> u32 {
         self.pad
     }
