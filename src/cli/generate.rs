@@ -163,7 +163,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
                     format!("is {w}x{h}; img2img needs sides that are multiples of 8 (resize or crop it)"),
                 ));
             }
-            Some(InitImage::from_rgb8(w, h, &rgb, args.strength))
+            Some(InitImage::from_rgb8(w, h, &rgb, args.strength)?)
         }
     };
     let (width, height) = match &init_image {

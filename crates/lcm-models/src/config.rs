@@ -40,6 +40,11 @@ impl Config {
         Error::config(&self.path, format!("`{key}`: {msg}"))
     }
 
+    /// Whether `key` is present and an explicit JSON null (which some keys give a meaning of its own).
+    pub fn is_null(&self, key: &str) -> bool {
+        self.value.get(key).is_some_and(Value::is_null)
+    }
+
     /// The value of `key`, treating JSON null as absent.
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.value.get(key).filter(|v| !v.is_null())

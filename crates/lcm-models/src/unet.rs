@@ -138,15 +138,17 @@ impl UnetConfig {
                 format!("{n} channel counts for {} down and {} up blocks", down_blocks.len(), up_blocks.len()),
             ));
         }
-        let mid_block = match c.str_or("mid_block_type", "UNetMidBlock2DCrossAttn")? {
-            "UNetMidBlock2DCrossAttn" => true,
-            other => {
-                return Err(c.error(
-                    "mid_block_type",
-                    format!("unknown block type `{other}` (expected UNetMidBlock2DCrossAttn)"),
-                ))
-            }
-        };
+        // An explicit null is diffusers' "no mid block"; absent is its default, the cross-attention one.
+        let mid_block = !c.is_null("mid_block_type")
+            && match c.str_or("mid_block_type", "UNetMidBlock2DCrossAttn")? {
+                "UNetMidBlock2DCrossAttn" => true,
+                other => {
+                    return Err(c.error(
+                        "mid_block_type",
+                        format!("unknown block type `{other}` (expected UNetMidBlock2DCrossAttn or null)"),
+                    ))
+                }
+            };
         let heads = match c.per_block("num_attention_heads", n, None)? {
             Some(h) => h,
             None => c.per_block("attention_head_dim", n, Some(8))?.expect("defaulted"),
@@ -155,9 +157,11 @@ impl UnetConfig {
         if cross_dims.iter().any(|&d| d != cross_dims[0]) {
             return Err(c.error("cross_attention_dim", "different dimensions per block are not supported"));
         }
-        let norm_groups = c
-            .usize_opt("norm_num_groups")?
-            .ok_or_else(|| c.error("norm_num_groups", "null (no normalisation) is not supported"))?;
+        // Absent: diffusers' default, 32; an explicit null (no normalisation) is not built.
+        if c.is_null("norm_num_groups") {
+            return Err(c.error("norm_num_groups", "null (no normalisation) is not supported"));
+        }
+        let norm_groups = c.usize_or("norm_num_groups", 32)?;
         let cfg = UnetConfig {
             in_channels: c.usize_or("in_channels", 4)?,
             out_channels: c.usize_or("out_channels", 4)?,

@@ -507,6 +507,12 @@ pub struct Merger<'s> {
 }
 
 impl<'s> Merger<'s> {
+    /// The summed rank of every LoRA on weight `name` (0 when none targets it): what unmerged buffers
+    /// for it must hold.
+    pub fn rank(&self, name: &str) -> usize {
+        self.plan.get(name).map_or(0, |p| p.uses.iter().map(|u| self.set.files[u.file].tensors[u.tensor].rank).sum())
+    }
+
     /// Names of the weights some LoRA changes.
     pub fn targets(&self) -> impl Iterator<Item = &str> {
         self.plan.keys().map(String::as_str)

@@ -15,7 +15,7 @@ use lcm_core::{Backend, Error, HostData, Op, Result, Tensor};
 use lcm_models::denoise::{input, DenoiseConfig, DenoiseShape};
 use lcm_models::{ClipTextModel, Unet, Vae, Variant};
 
-use crate::lora::LoraSet;
+use crate::lora::{LoraSet, Targets};
 use crate::lora_swap::{LoraMode, Slots, DEFAULT_MAX_LORA_RANK};
 use crate::rng::TorchRng;
 use crate::scheduler::{guidance_embedding, LcmScheduler};
@@ -70,15 +70,22 @@ pub struct InitImage {
 }
 
 impl InitImage {
-    /// From 8-bit RGB pixels, row-major `[height, width, 3]` (`rgb` holds width·height pixels).
-    pub fn from_rgb8(width: usize, height: usize, rgb: &[u8], strength: f32) -> Self {
+    /// From 8-bit RGB pixels, row-major `[height, width, 3]`; `rgb` must hold exactly width·height
+    /// pixels (an error names both sizes otherwise).
+    pub fn from_rgb8(width: usize, height: usize, rgb: &[u8], strength: f32) -> Result<Self> {
+        if rgb.len() != 3 * width * height {
+            return Err(Error::invalid(
+                "init image",
+                format!("{} bytes of RGB for a {width}x{height} image (expected {})", rgb.len(), 3 * width * height),
+            ));
+        }
         let mut data = vec![0.0f32; 3 * width * height];
         for (p, px) in rgb.chunks_exact(3).enumerate() {
             for c in 0..3 {
                 data[c * width * height + p] = 2.0 * (px[c] as f32 / 255.0) - 1.0;
             }
         }
-        InitImage { pixels: Tensor::new(vec![1, 3, height, width], data), strength }
+        Ok(InitImage { pixels: Tensor::new(vec![1, 3, height, width], data), strength })
     }
 }
 
@@ -257,11 +264,10 @@ impl<B: Backend> Pipeline<B> {
             slots: None,
         };
         if unmerged {
-            let load_rank = LoraSet::open(&spec.loras.iter().map(|l| (l.path.clone(), l.scale)).collect::<Vec<_>>())?
-                .files
-                .iter()
-                .flat_map(|f| f.tensors.iter().map(|t| t.rank))
-                .sum::<usize>();
+            // Buffers for the largest rank the load's LoRAs put on one weight (their ranks summed there).
+            let set = LoraSet::open(&spec.loras.iter().map(|l| (l.path.clone(), l.scale)).collect::<Vec<_>>())?;
+            let merger = set.resolve(&Targets::for_models(&p.unet.config, &p.text_encoder.config)?)?;
+            let load_rank = merger.targets().map(|t| merger.rank(t)).max().unwrap_or(0);
             let max_rank = spec.max_lora_rank.unwrap_or(DEFAULT_MAX_LORA_RANK.max(load_rank));
             p.attach_lora_slots(max_rank)?;
             p.set_loras(&spec.loras)?;

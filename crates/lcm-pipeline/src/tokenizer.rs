@@ -51,7 +51,15 @@ impl ClipTokenizer {
         }
         let json = dir.join("tokenizer.json");
         let inner = if json.is_file() {
-            Tokenizer::from_file(&json).map_err(|e| Error::file(&json, format!("not a tokenizers file: {e}")))?
+            {
+                let mut t = Tokenizer::from_file(&json)
+                    .map_err(|e| Error::file(&json, format!("not a tokenizers file: {e}")))?;
+                // Truncation and padding are this type's job (77 tokens, its pad id): a file that sets its own
+                // would move the EOS.
+                t.with_truncation(None).map_err(|e| Error::file(&json, format!("cannot clear its truncation: {e}")))?;
+                t.with_padding(None);
+                t
+            }
         } else {
             Self::bpe_pipeline(&dir.join("vocab.json"), &dir.join("merges.txt"))?
         };

@@ -261,3 +261,11 @@ fn tokenizer_matches_transformers() {
     let from_json = ClipTokenizer::from_dir(&scratch.0).unwrap();
     check_tokenizer(&from_json, cases, "tokenizer.json");
 }
+
+#[test]
+fn an_init_image_of_the_wrong_size_is_an_error_not_a_panic() {
+    use lcm_pipeline::pipeline::InitImage;
+    let err = InitImage::from_rgb8(4, 4, &[0u8; 3 * 15], 0.5).unwrap_err();
+    assert!(err.to_string().contains("4x4") && err.to_string().contains("45 bytes"), "{err}");
+    assert!(InitImage::from_rgb8(4, 4, &[0u8; 48], 0.5).is_ok());
+}

@@ -40,7 +40,7 @@ fn request(c: &Value) -> Request {
         num_images: c["num_images"].as_u64().unwrap() as usize,
         init_image: c.get("image").map(|img| {
             let (w, h, rgb, _) = read_png(&fixtures().join(img.as_str().unwrap())).unwrap();
-            InitImage::from_rgb8(w, h, &rgb, c["strength"].as_f64().unwrap() as f32)
+            InitImage::from_rgb8(w, h, &rgb, c["strength"].as_f64().unwrap() as f32).unwrap()
         }),
     }
 }
