@@ -304,31 +304,64 @@ impl<B: Backend> Pipeline<B> {
         progress: &mut dyn FnMut(StepEvent),
         cancel: Option<&AtomicBool>,
     ) -> Result<Output> {
-        req.validate(self.original_steps())?;
+        let mut outs = self.generate_batch(std::slice::from_ref(req), progress, cancel)?;
+        Ok(outs.pop().expect("one request gives one output"))
+    }
+
+    /// Several requests run as one batch (a server batching its queue): each request keeps its own
+    /// prompts and its own generator, so its images are those [`Pipeline::generate`] gives for it
+    /// alone; the batch shares one denoising graph of the summed image count. The requests must share
+    /// width, height, steps and guidance scale (the schedule), and an img2img request runs alone.
+    /// Outputs come back in the requests' order; `times` are the batch's.
+    pub fn generate_batch(
+        &mut self,
+        reqs: &[Request],
+        progress: &mut dyn FnMut(StepEvent),
+        cancel: Option<&AtomicBool>,
+    ) -> Result<Vec<Output>> {
+        let Some(req) = reqs.first() else { return Ok(Vec::new()) };
+        for r in reqs {
+            r.validate(self.original_steps())?;
+            let same = (r.width, r.height, r.steps, r.guidance_scale.to_bits())
+                == (req.width, req.height, req.steps, req.guidance_scale.to_bits());
+            if !same || (reqs.len() > 1 && r.init_image.is_some()) {
+                return Err(Error::invalid(
+                    "batch",
+                    "requests batched together must share width, height, steps and guidance scale, and \
+                     img2img requests run alone",
+                ));
+            }
+        }
         let start = Instant::now();
         let stop = || if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) { Err(Error::Cancelled) } else { Ok(()) };
-        let n = req.num_images;
+        let n: usize = reqs.iter().map(|r| r.num_images).sum();
         let (timesteps, first) = self.timesteps(req)?;
         let run = &timesteps[first..];
         let guided = !self.has_guidance_embedding() && req.guidance_scale > 1.0;
         let scale = self.vae.config.downscale();
         let (h, w, c) = (req.height / scale, req.width / scale, self.unet.config.in_channels);
         let nchw = vec![n, c, h, w];
-        let numel = n * c * h * w;
+        let per_image = c * h * w;
 
-        // Every draw of the generation, in diffusers' order: the latents (img2img: the posterior
-        // sample, then the noise), then one noise tensor per step but the last.
-        let mut rng = TorchRng::new(req.seed);
-        let latents = match &req.init_image {
-            None => rng.randn(numel), // init_noise_sigma is 1 for LCM
-            Some(init) => self.noised_image_latents(init, n, run[0], &mut rng)?,
-        };
-        let mut noise = Vec::with_capacity(numel * run.len().max(2));
-        for _ in 1..run.len() {
-            noise.extend(Tensor::new(nchw.clone(), rng.randn(numel)).nchw_to_nhwc().data);
-        }
-        if noise.is_empty() {
-            noise.resize(numel, 0.0); // one step: the noise input exists but no step reads it
+        // Every draw of each request, in diffusers' order, from its own generator: the latents
+        // (img2img: the posterior sample, then the noise), then one noise tensor per step but the
+        // last. The batch's noise is step-major: step k holds every image's draw for that step.
+        let mut latents = Vec::with_capacity(n * per_image);
+        let mut noise = vec![0.0f32; n * per_image * (run.len() - 1).max(1)]; // one step reads none
+        let mut image0 = 0;
+        for r in reqs {
+            let mut rng = TorchRng::new(r.seed);
+            let numel = r.num_images * per_image;
+            latents.extend(match &r.init_image {
+                None => rng.randn(numel), // init_noise_sigma is 1 for LCM
+                Some(init) => self.noised_image_latents(init, r.num_images, run[0], &mut rng)?,
+            });
+            for k in 1..run.len() {
+                let z = Tensor::new(vec![r.num_images, c, h, w], rng.randn(numel)).nchw_to_nhwc().data;
+                let at = ((k - 1) * n + image0) * per_image;
+                noise[at..at + numel].copy_from_slice(&z);
+            }
+            image0 += r.num_images;
         }
         let shape = DenoiseShape { images: n, h, w, ctx_len: CLIP_MAX_LEN, steps: run.len(), guided };
         let batch = shape.batch();
@@ -351,14 +384,21 @@ impl<B: Backend> Pipeline<B> {
         stop()?;
         let t0 = Instant::now();
         let per_prompt = CLIP_MAX_LEN * text_encoder.config.hidden_size;
-        let prompts: Vec<(&str, usize)> = if guided {
-            vec![(req.negative_prompt.as_deref().unwrap_or(""), 0), (&req.prompt, n)]
-        } else {
-            vec![(&req.prompt, 0)]
-        };
-        for (prompt, first_image) in prompts {
+        // (prompt, its first image in the context batch, images): with CFG the uncond rows come first.
+        let mut prompts: Vec<(&str, usize, usize)> = Vec::with_capacity(2 * reqs.len());
+        let mut image0 = 0;
+        for r in reqs {
+            if guided {
+                prompts.push((r.negative_prompt.as_deref().unwrap_or(""), image0, r.num_images));
+                prompts.push((&r.prompt, n + image0, r.num_images));
+            } else {
+                prompts.push((&r.prompt, image0, r.num_images));
+            }
+            image0 += r.num_images;
+        }
+        for (prompt, first_image, count) in prompts {
             let ids: Vec<i32> = tokenizer.encode(prompt)?.iter().map(|&i| i as i32).collect();
-            let at: Vec<usize> = (first_image..first_image + n).map(|i| i * per_prompt).collect();
+            let at: Vec<usize> = (first_image..first_image + count).map(|i| i * per_prompt).collect();
             text_encoder.encode_into(backend, &ids, den, input::CONTEXT, &at)?;
         }
         let text_time = t0.elapsed();
@@ -412,11 +452,24 @@ impl<B: Backend> Pipeline<B> {
         let img = vae.decode_from(backend, den, 1)?.nchw_to_nhwc();
         let images = Tensor::new(img.shape, img.data.iter().map(|&v| (v / 2.0 + 0.5).clamp(0.0, 1.0)).collect());
         let vae_time = tv.elapsed();
-        Ok(Output {
-            latents: denoised,
-            images,
-            times: StageTimes { text_encoder: text_time, unet_steps, vae_decode: vae_time, total: start.elapsed() },
-        })
+        let times = StageTimes { text_encoder: text_time, unet_steps, vae_decode: vae_time, total: start.elapsed() };
+        let (per_latent, per_pixel) = (denoised.numel() / n, images.numel() / n);
+        let mut outs = Vec::with_capacity(reqs.len());
+        let mut image0 = 0;
+        for r in reqs {
+            let k = r.num_images;
+            let slice = |t: &Tensor, per: usize| {
+                let shape = std::iter::once(k).chain(t.shape[1..].iter().copied()).collect();
+                Tensor::new(shape, t.data[image0 * per..(image0 + k) * per].to_vec())
+            };
+            outs.push(Output {
+                latents: slice(&denoised, per_latent),
+                images: slice(&images, per_pixel),
+                times: times.clone(),
+            });
+            image0 += k;
+        }
+        Ok(outs)
     }
 
     /// The schedule and the index of its first step to run. txt2img and LCM img2img run all of it (LCM's
