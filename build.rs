@@ -184,6 +184,7 @@ fn emulator(kernels: &Path, nvcc: &Path, out: &Path, unit_body: &str, require: b
         .flag(include.join("lcm_emulate.h").display().to_string())
         .file(&unit)
         .file(kernels.join("emulate/runtime.cpp"))
+        .file(kernels.join("emulate/ptx.cpp"))
         .try_compile("lcm_emulated_kernels");
     match built {
         Ok(()) => println!("cargo:rustc-cfg=lcm_emulator"),

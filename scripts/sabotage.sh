@@ -49,7 +49,7 @@ EOF
 echo "building the emulator in $wt (first run: a few minutes)..."
 (cd "$wt" && cargo test -q --locked --no-run --test gpu_kernels >/dev/null 2>&1)
 
-sabotage mma-a-fragment-row kernels/emulate/runtime.cpp \
+sabotage mma-a-fragment-row kernels/emulate/ptx.cpp \
     'A[g][2 * t + e] = h2f(half_of(s.a[0], e));' 'A[g][2 * t + e] = h2f(half_of(s.a[1], e));' \
     gpu_kernels smoke_every_family linear_matches_cpu
 sabotage dropped-cp-async-wait kernels/gemm.cu \

@@ -461,59 +461,11 @@ fn lora_conv_unmerged_and_merged_match_cpu(be: CudaBackend) {
     lora_case(&be, g, 40, 40 * 9, 4, 911, "conv stride 2 rank 4");
 }
 
-/// One small launch of every kernel family against the CPU: the first thing a device check runs (a
-/// minute at most), so a broken family shows before the long suites.
+/// One small launch of every kernel family against the CPU (the start-up self-check's graphs, here with
+/// every failing case listed): the first thing a device check runs, a minute at most.
 fn smoke_every_family(be: CudaBackend) {
-    let cases: Vec<(&str, Graph)> = vec![
-        ("conv 3x3 (vector A)", conv_graph(&(1, 9, 7, 16, 24, 3, 1, [1; 4], true, ""))),
-        ("conv 3x3 (scalar A)", conv_graph(&(1, 6, 5, 4, 8, 3, 2, [0, 0, 1, 1], false, ""))),
-        ("linear, large tile", linear_graph(&([1, 300], 64, 520, true, true, false, ""))),
-        ("linear + GEGLU", linear_graph(&([1, 40], 32, 64, true, false, true, ""))),
-        (
-            "attention hd40, hd64 causal, hd512",
-            graph(|b| {
-                let mut outs = Vec::new();
-                for (n, heads, d, causal) in [(70, 2, 40, false), (33, 2, 64, true), (20, 1, 512, false)] {
-                    let q = b.input(&[1, n, heads * d], Elem::Act);
-                    let (k, v) = (b.input(&[1, n, heads * d], Elem::Act), b.input(&[1, n, heads * d], Elem::Act));
-                    outs.push(b.attention(q, k, v, heads, causal));
-                }
-                let last = outs.pop().expect("three");
-                outs.into_iter().for_each(|o| b.output(o));
-                last
-            }),
-        ),
-        (
-            "group norm + SiLU, layer norm",
-            graph(|b| {
-                let x = b.input(&[1, 5, 6, 64], Elem::Act);
-                let g = b.group_norm("gn", x, 32, 1e-5, true);
-                b.layer_norm("ln", g, 1e-5)
-            }),
-        ),
-        (
-            "element-wise, concat, upsample, embed, timestep",
-            graph(|b| {
-                let x = b.input(&[1, 4, 4, 16], Elem::Act);
-                let y = b.activation(x, Activation::Gelu);
-                let y = b.add(x, y);
-                let y = b.scale(y, 0.5, 0.1);
-                let t = b.input(&[1], Elem::Act);
-                let te = b.timestep_embed(t, 16, true, 0.0);
-                let y = b.add_channel(y, te);
-                let y = b.concat(y, x);
-                let y = b.upsample(y, 8, 8);
-                let ids = b.input(&[1, 5], Elem::I32);
-                let table = b.weight("table", &[30, 8], WeightKind::Plain);
-                let pos = b.weight("pos", &[5, 8], WeightKind::Plain);
-                let e = b.embed(ids, table, pos);
-                let e = b.geglu(e);
-                b.output(e);
-                y
-            }),
-        ),
-    ];
-    for (i, (tag, g)) in cases.into_iter().enumerate() {
+    for (i, (tag, g)) in lcm::cuda::self_check::families().expect("the self-check graphs build").into_iter().enumerate()
+    {
         check(&be, g, 50 + i as u64, tag);
     }
     let g = graph(|b| {

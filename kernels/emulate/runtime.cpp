@@ -1,6 +1,7 @@
 // The emulator's runtime (see kernels/include/lcm_emulate.h for the model): fibers for a block's threads,
-// block and warp barriers, per-block shared memory behind a guard page, guard-paged device allocations,
-// the PTX twins' semantics, and turning a kernel's fault into an error message instead of a crash.
+// block and warp barriers and the warp exchange, per-block shared memory behind a guard page, guard-paged
+// device allocations, and turning a kernel's fault into an error message instead of a crash. The PTX
+// twins built on the warp exchange are in ptx.cpp.
 //
 // Entry points for the Rust side (src/cuda/emulator.rs): lcm_emu_run_blocks, lcm_emu_alloc, lcm_emu_free.
 #include <setjmp.h>
@@ -14,20 +15,16 @@
 #include <mutex>
 #include <vector>
 
-#include "lcm_emulate.h"
-
-#if defined(__x86_64__) && !defined(LCM_EMU_UCONTEXT)
-#define LCM_EMU_ASM_SWITCH 1
-#else
-#include <ucontext.h>
-#endif
+#include "runtime.h"
 
 namespace lcm {
 namespace emu {
+
+thread_local Worker* tl_worker __attribute__((tls_model("initial-exec"))) = nullptr;
+
 namespace {
 
 constexpr size_t kStackBytes = 64 << 10;
-constexpr int kSlotBytes = kWarpSlotBytes;
 
 size_t page_size() {
     static const size_t p = (size_t)sysconf(_SC_PAGESIZE);
@@ -42,7 +39,6 @@ size_t round_up(size_t v, size_t to) { return (v + to - 1) / to * to; }
 // Elsewhere: ucontext.
 
 #ifdef LCM_EMU_ASM_SWITCH
-extern "C" void lcm_emu_switch(void** save_sp, void* to_sp);
 asm(R"(
     .text
     .p2align 4
@@ -73,81 +69,12 @@ lcm_emu_switch:
     ret
     .size lcm_emu_switch,.-lcm_emu_switch
 )");
-struct Context {
-    void* sp = nullptr;
-};
-#else
-struct Context {
-    ucontext_t uc;
-};
 #endif
-
-enum class State : unsigned char { Ready, AtBlockBarrier, AtWarpCollective, Done };
-
-struct Copy {
-    unsigned char* dst;
-    const unsigned char* src;
-    int bytes;
-    uint64_t group;  // commits before it was issued: the group it belongs to once committed
-};
-
-struct Fiber {
-    Context ctx;
-    uint3 tid;
-    unsigned linear, warp, lane;
-    State state;
-    unsigned phase;     // collectives taken so far: their parity picks the slot buffer
-    const char* what;   // the collective this lane waits at
-    unsigned char* stack;  // lowest usable byte (a guard page lies below)
-    std::vector<Copy> copies;
-    uint64_t committed;
-};
-
-struct Warp {
-    unsigned lanes, live, arrived;
-    const char* what;
-    alignas(16) unsigned char slots[2][32][kSlotBytes];
-};
-
-struct Launch {
-    void (*thunk)(const void*);
-    const void* params;
-    const char* name;
-    unsigned grid[3], block[3];
-    unsigned smem;
-};
-
-// Everything one OS thread needs to run blocks; reused across launches.
-struct Worker {
-    Context sched;
-    std::vector<Fiber> fibers;
-    std::vector<Warp> warps;
-    unsigned char* stacks = nullptr;  // fibers.size() · (guard + kStackBytes)
-    size_t stack_slots = 0;
-    unsigned char* smem_map = nullptr;  // [guard][pages][guard]
-    size_t smem_map_bytes = 0;
-    unsigned char* smem = nullptr;  // this block's dynamic shared memory, ending at the upper guard
-    unsigned smem_bytes = 0;
-    const Launch* launch = nullptr;
-    uint3 bid;
-    dim3 bdim, gdim;
-    unsigned live = 0, block_arrived = 0;
-    std::vector<unsigned> ready;  // ring of ready fibers (each at most once), FIFO
-    size_t ready_head = 0, ready_count = 0;
-    Fiber* cur = nullptr;
-    sigjmp_buf on_error;
-    bool in_launch = false;
-    char error[512];
-};
-
-thread_local Worker* tl_worker __attribute__((tls_model("initial-exec"))) = nullptr;
 
 Worker& worker() {
     if (!tl_worker) tl_worker = new Worker();  // one per OS thread, kept for the thread's life
     return *tl_worker;
 }
-
-Fiber& self() { return *tl_worker->cur; }
 
 // ---------------------------------------------------------------------------------------------------
 // Errors: a message naming the kernel, block and thread, then back to lcm_emu_run_blocks.
@@ -162,6 +89,8 @@ void describe_here(char* out, size_t n) {
     }
 }
 
+}  // namespace
+
 [[noreturn]] void failf(const char* fmt, ...) {
     Worker& w = *tl_worker;
     char prefix[160];
@@ -174,6 +103,8 @@ void describe_here(char* out, size_t n) {
     snprintf(w.error, sizeof w.error, "%s%s", prefix, body);
     siglongjmp(w.on_error, 1);
 }
+
+namespace {
 
 // ---------------------------------------------------------------------------------------------------
 // Device allocations: each ends at an inaccessible page, 16-byte aligned (what the kernels' vector
@@ -466,37 +397,12 @@ void run_block(Worker& w, size_t n) {
     if (w.live > 0) deadlock(w, n);
 }
 
+}  // namespace
+
 bool in_smem(const Worker& w, const void* p, size_t bytes) {
     const uintptr_t a = (uintptr_t)p, s = (uintptr_t)w.smem;
     return a >= s && a + bytes <= s + w.smem_bytes;
 }
-
-// f16 bits -> f32, exact, through a table (the mma twin converts 384 halves per call).
-struct HalfTable {
-    float v[65536];
-    HalfTable() {
-        for (uint32_t h = 0; h < 65536; ++h) {
-            const uint32_t sign = (h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff;
-            uint32_t bits;
-            if (exp == 0x1f) {
-                bits = sign | 0x7f800000u | (man << 13);
-            } else if (exp != 0) {
-                bits = sign | ((exp + 112) << 23) | (man << 13);
-            } else {
-                const float f = (float)man * (1.0f / 16777216.0f);  // subnormal: man · 2^-24
-                memcpy(&bits, &f, 4);
-                bits |= sign;
-            }
-            memcpy(&v[h], &bits, 4);
-        }
-    }
-};
-const HalfTable g_half_table;
-
-inline float h2f(uint16_t h) { return g_half_table.v[h]; }
-
-inline uint16_t half_of(uint32_t reg, int hi) { return (uint16_t)(hi ? reg >> 16 : reg & 0xffff); }
-
 
 // A warp collective: this lane's `bytes` go into its slot; the last lane to arrive runs `combine` over
 // all 32 slots (if any) and releases the others. Two slot buffers alternate, so a lane may run ahead into
@@ -527,7 +433,6 @@ unsigned char* collective(const char* what, const void* mine, int bytes, void (*
     return &wp.slots[parity][0][0];
 }
 
-}  // namespace
 
 // ---------------------------------------------------------------------------------------------------
 // What lcm_emulate.h declares.
@@ -555,125 +460,6 @@ const unsigned char* warp_exchange(const char* what, const void* mine, int bytes
 }
 
 void fail(const char* what) { failf("%s", what); }
-
-uint32_t cvta_shared(const void* p) {
-    const Worker& w = *tl_worker;
-    if (!in_smem(w, p, 1)) failf("cvta.to.shared of %p, which is not in the block's shared memory", p);
-    return (uint32_t)((const unsigned char*)p - w.smem);
-}
-
-// cp.async: queued at issue, performed at the cp.async.wait_group that covers its group — so a kernel
-// that reads the destination without that wait sees the poison (or a stale tile), as it could on a GPU.
-void cp_async16(void* dst, const void* src, int bytes) {
-    Worker& w = *tl_worker;
-    if (!in_smem(w, dst, 16)) failf("cp.async destination %p is outside the block's %u bytes of shared memory", dst, w.smem_bytes);
-    if (((uintptr_t)dst & 15) != 0) failf("cp.async destination %p is not 16-byte aligned", dst);
-    if (bytes < 0 || bytes > 16) failf("cp.async source size %d (0..16)", bytes);
-    if (bytes > 0 && ((uintptr_t)src & 15) != 0) failf("cp.async source %p is not 16-byte aligned", src);
-    Fiber& f = self();
-    f.copies.push_back(Copy{(unsigned char*)dst, (const unsigned char*)src, bytes, f.committed});
-}
-
-void cp_async_commit() { ++self().committed; }
-
-void cp_async_wait(int n) {
-    Fiber& f = self();
-    if (f.committed < (uint64_t)n) return;
-    const uint64_t done_below = f.committed - (uint64_t)n;
-    size_t k = 0;
-    for (; k < f.copies.size() && f.copies[k].group < done_below; ++k) {
-        const Copy& c = f.copies[k];
-        if (c.bytes > 0) memcpy(c.dst, c.src, (size_t)c.bytes);
-        memset(c.dst + c.bytes, 0, (size_t)(16 - c.bytes));
-    }
-    f.copies.erase(f.copies.begin(), f.copies.begin() + (long)k);
-}
-
-// ldmatrix.sync.aligned.m8n8.x4(.trans).shared.b16: lane l supplies the address of row l%8 of matrix
-// l/8; register i of lane 4g+t gets row g, halves 2t and 2t+1 of matrix i (.trans: rows 2t, 2t+1 of
-// column g).
-void ldmatrix_x4(uint32_t (&r)[4], const void* p, bool trans) {
-    Worker& w = *tl_worker;
-    const char* what = trans ? "ldmatrix.x4.trans" : "ldmatrix.x4";
-    if (!in_smem(w, p, 16)) failf("%s row address %p is outside the block's %u bytes of shared memory", what, p, w.smem_bytes);
-    if (((uintptr_t)p & 15) != 0) failf("%s row address %p is not 16-byte aligned", what, p);
-    const unsigned char* slots = warp_exchange(what, &p, sizeof p);
-    auto row = [&](unsigned l) {
-        const uint16_t* a;
-        memcpy(&a, slots + kSlotBytes * l, sizeof a);
-        return a;
-    };
-    const unsigned lane = self().lane, g = lane / 4, t = lane % 4;
-    for (unsigned i = 0; i < 4; ++i) {
-        uint16_t lo, hi;
-        if (trans) {
-            lo = row(8 * i + 2 * t)[g];
-            hi = row(8 * i + 2 * t + 1)[g];
-        } else {
-            lo = row(8 * i + g)[2 * t];
-            hi = row(8 * i + g)[2 * t + 1];
-        }
-        r[i] = (uint32_t)lo | ((uint32_t)hi << 16);
-    }
-}
-
-// mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32, fragments as in the PTX ISA (lane = 4g + t):
-// A a0 = A[g][2t..2t+1], a1 = A[g+8][2t..], a2 = A[g][2t+8..], a3 = A[g+8][2t+8..];
-// B b0 = B[2t..2t+1][g], b1 = B[2t+8..2t+9][g]; C c0,c1 = C[g][2t..2t+1], c2,c3 = C[g+8][2t..2t+1].
-// Products are exact in f32; the 16-term sum is taken in k order (the tensor core's order and rounding
-// are not modelled).
-namespace {
-struct MmaSlot {
-    uint32_t a[4], b[2];
-    float d[4];
-};
-static_assert(sizeof(MmaSlot) <= kSlotBytes, "mma slot");
-
-// D = A·B + C for the whole warp, once, by the last lane to arrive; each lane's d comes back in its slot.
-// Cloned for AVX2 where the CPU has it (8 columns = one vector); no FMA contraction either way
-// (-ffp-contract=off), so every machine gets the same bits.
-__attribute__((target_clones("avx2", "default"))) void mma_combine(unsigned char (*slots)[kSlotBytes]) {
-    float A[16][16], B[16][8], D[16][8];
-    for (unsigned lane = 0; lane < 32; ++lane) {
-        MmaSlot s;
-        memcpy(&s, slots[lane], sizeof s);
-        const unsigned g = lane / 4, t = lane % 4;
-        for (int e = 0; e < 2; ++e) {
-            A[g][2 * t + e] = h2f(half_of(s.a[0], e));
-            A[g + 8][2 * t + e] = h2f(half_of(s.a[1], e));
-            A[g][2 * t + 8 + e] = h2f(half_of(s.a[2], e));
-            A[g + 8][2 * t + 8 + e] = h2f(half_of(s.a[3], e));
-            B[2 * t + e][g] = h2f(half_of(s.b[0], e));
-            B[2 * t + 8 + e][g] = h2f(half_of(s.b[1], e));
-        }
-    }
-    for (int m = 0; m < 16; ++m) {  // n innermost (vectorises); each D[m][n] still sums k in order
-        for (int n = 0; n < 8; ++n) D[m][n] = 0.0f;
-        for (int k = 0; k < 16; ++k)
-            for (int n = 0; n < 8; ++n) D[m][n] += A[m][k] * B[k][n];
-    }
-    for (unsigned lane = 0; lane < 32; ++lane) {
-        MmaSlot s;
-        memcpy(&s, slots[lane], sizeof s);
-        const unsigned g = lane / 4, t = lane % 4;
-        for (int r = 0; r < 4; ++r) s.d[r] += D[g + 8 * (r >> 1)][2 * t + (r & 1)];
-        memcpy(slots[lane], &s, sizeof s);
-    }
-}
-}  // namespace
-
-// mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32, fragments as in the PTX ISA (lane = 4g + t):
-// A a0 = A[g][2t..2t+1], a1 = A[g+8][2t..], a2 = A[g][2t+8..], a3 = A[g+8][2t+8..];
-// B b0 = B[2t..2t+1][g], b1 = B[2t+8..2t+9][g]; C c0,c1 = C[g][2t..2t+1], c2,c3 = C[g+8][2t..2t+1].
-// Products are exact in f32; each 16-term sum is taken in k order, then added to C (the tensor core's
-// order and rounding are not modelled).
-void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    const MmaSlot mine = {{a[0], a[1], a[2], a[3]}, {b0, b1}, {d[0], d[1], d[2], d[3]}};
-    const unsigned char* slots = collective("mma.sync.m16n8k16", &mine, sizeof mine, mma_combine);
-    MmaSlot out;
-    memcpy(&out, slots + kSlotBytes * self().lane, sizeof out);
-    for (int r = 0; r < 4; ++r) d[r] = out.d[r];
-}
 
 }  // namespace emu
 }  // namespace lcm

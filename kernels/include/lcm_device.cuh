@@ -28,7 +28,7 @@ static __device__ __forceinline__ unsigned char* dynamic_smem() {
 #endif
 }
 
-// The PTX helpers below have emulated twins with the ISA's semantics (kernels/emulate/runtime.cpp):
+// The PTX helpers below have emulated twins with the ISA's semantics (kernels/emulate/ptx.cpp):
 // the choice between the two lives here only, so kernel bodies are the same in both builds.
 
 static __device__ __forceinline__ uint32_t smem_addr(const void* p) {

@@ -1,6 +1,6 @@
 // The CUDA execution model on the CPU, for the emulation build of kernels/*.cu (build.rs compiles the
 // same files as host C++ with LCM_EMULATE defined and this header force-included; the runtime behind it
-// is kernels/emulate/runtime.cpp).
+// is kernels/emulate/runtime.cpp, the PTX twins kernels/emulate/ptx.cpp).
 //
 // - A block's threads are fibers on one OS thread, scheduled cooperatively: each runs until it reaches a
 //   barrier or exits. Blocks are independent and may run on several OS threads at once.

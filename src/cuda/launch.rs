@@ -16,9 +16,25 @@ pub struct Limits {
     pub smem_optin: u32,
 }
 
-/// A kernel's parameter struct, by family.
-#[derive(Debug, Clone, Copy)]
-pub enum Params {
+macro_rules! params {
+    ($($variant:ident($t:ident),)*) => {
+        /// A kernel's parameter struct, by family.
+        #[derive(Debug, Clone, Copy)]
+        pub enum Params {
+            $(#[allow(missing_docs)] $variant($t),)*
+        }
+
+        impl Params {
+            /// The struct's name (as in lcm_abi.h) and its address: what the kernel takes as its one
+            /// argument.
+            pub(crate) fn as_arg(&self) -> (&'static str, *const std::ffi::c_void) {
+                match self { $(Params::$variant(p) => (stringify!($t), p as *const $t as *const std::ffi::c_void),)* }
+            }
+        }
+    };
+}
+
+params! {
     Gemm(LcmGemmParams),
     Attn(LcmAttnParams),
     GroupNorm(LcmGroupNormParams),
@@ -31,31 +47,6 @@ pub enum Params {
     Timestep(LcmTimestepParams),
     LoraMerge(LcmLoraMergeParams),
     Step(LcmStepParams),
-}
-
-impl Params {
-    /// The struct's name (as in lcm_abi.h) and its address: what the kernel takes as its one argument.
-    pub(crate) fn as_arg(&self) -> (&'static str, *const std::ffi::c_void) {
-        macro_rules! arg {
-            ($($variant:ident($t:ident)),*) => {
-                match self { $(Params::$variant(p) => (stringify!($t), p as *const $t as *const std::ffi::c_void),)* }
-            };
-        }
-        arg!(
-            Gemm(LcmGemmParams),
-            Attn(LcmAttnParams),
-            GroupNorm(LcmGroupNormParams),
-            LayerNorm(LcmLayerNormParams),
-            Eltwise(LcmEltwiseParams),
-            Concat(LcmConcatParams),
-            Cast(LcmCastParams),
-            Upsample(LcmUpsampleParams),
-            Embed(LcmEmbedParams),
-            Timestep(LcmTimestepParams),
-            LoraMerge(LcmLoraMergeParams),
-            Step(LcmStepParams)
-        )
-    }
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -22,7 +22,7 @@ pub mod kernels;
 pub mod launch;
 mod lora;
 mod record;
-mod self_check;
+pub mod self_check;
 
 pub use backend::{kernel_names, CudaArena, CudaBackend, CudaWeight};
 pub use device::DeviceKind;

@@ -38,8 +38,9 @@ fn graph(f: impl FnOnce(&mut GraphBuilder) -> Vec<usize>) -> Result<Graph> {
 }
 
 /// One small graph per kernel family (each launch path: vector and scalar loads, both GEMM tiles, the
-/// GEGLU epilogue, narrow, causal and wide attention, multi-chunk GroupNorm, the loop's own ops).
-fn families() -> Result<Vec<(&'static str, Graph)>> {
+/// GEGLU epilogue, narrow, causal and wide attention, multi-chunk GroupNorm, the loop's own ops): what
+/// the start-up self-check runs, and the GPU suites' first smoke test.
+pub fn families() -> Result<Vec<(&'static str, Graph)>> {
     Ok(vec![
         (
             "GEMM (conv, linear, GEGLU epilogue)",
