@@ -51,6 +51,38 @@ pub fn exp(x: f32) -> f32 {
     p * f32::from_bits(((k_int + 127) as u32) << 23)
 }
 
+/// Independent partial results per reduction: two AVX2 registers. A plain `iter().sum()` or max fold
+/// is one serial chain (each step waits for the last; f32 order may not change), so it never vectorises.
+const LANES: usize = 16;
+
+/// Σ xs, in `LANES` interleaved partial sums.
+#[inline(always)]
+pub fn sum(xs: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let rest: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for (a, x) in acc.iter_mut().zip(c) {
+            *a += x;
+        }
+    }
+    acc.iter().sum::<f32>() + rest
+}
+
+/// max(xs), in `LANES` interleaved partial maxima; −∞ for an empty slice.
+#[inline(always)]
+pub fn max(xs: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let rest = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    for c in chunks {
+        for (a, x) in acc.iter_mut().zip(c) {
+            *a = a.max(*x);
+        }
+    }
+    acc.iter().fold(rest, |m, &x| m.max(x))
+}
+
 /// Exact GELU, `x·Φ(x)` (torch's default `approximate="none"`).
 pub fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2))

@@ -70,18 +70,6 @@ unsafe fn raw(
     );
 }
 
-/// Single-threaded `C = A·B` into a strided block of a larger matrix that other threads write too.
-///
-/// # Safety
-/// `c` must be valid for writes of the `m×n` block with leading dimension `ldc`, no other thread may
-/// touch that block meanwhile, and the A/B views must be in bounds.
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn gemm_into_block(m: usize, n: usize, k: usize, a: MatRef, b: MatRef, c: *mut f32, ldc: usize) {
-    check_extent("A", a, m, k);
-    check_extent("B", b, k, n);
-    raw(m, n, k, a, b, c, ldc, false, gemm::Parallelism::None)
-}
-
 /// Multi-threaded `C[m×n] = A[m×k]·B[k×n]` (C row-major, `ldc = n`), on all of rayon's threads.
 pub fn gemm(m: usize, n: usize, k: usize, a: MatRef, b: MatRef, c: &mut [f32]) {
     if m == 0 || n == 0 {
