@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
 """Writes the fuzz seed corpora (fuzz/seeds/<target>/) from tests/fixtures. Standard library only.
+Inputs that once crashed a target (fuzz/seeds/<target>/crash-*) are kept by hand beside them.
 
 Weight files are reduced to their headers (the targets synthesise the data section, see fuzz/src/lib.rs)
 or to a few small tensors, so that each corpus stays small enough to commit.
