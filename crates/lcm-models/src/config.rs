@@ -13,6 +13,31 @@ pub struct Config {
     value: Value,
 }
 
+/// The largest integer a config may give a size (channels, vocabulary, positions, …): far above any
+/// real model (SDXL's largest is 49408), and small enough that products of a few never overflow.
+pub const MAX_SIZE: u64 = 1 << 20;
+/// The largest layer count (`num_hidden_layers`, `layers_per_block`, …): a graph is built per layer.
+pub const MAX_LAYERS: u64 = 1 << 10;
+/// Sizes a model divides by or shapes a tensor with: 0 is refused here, by name, rather than met as a
+/// division by zero or an empty tensor deep in a graph. (Zero is meaningful elsewhere:
+/// `downsample_padding`, layer counts.)
+const NONZERO: &[&str] = &[
+    "norm_num_groups",
+    "num_attention_heads",
+    "attention_head_dim",
+    "block_out_channels",
+    "hidden_size",
+    "intermediate_size",
+    "in_channels",
+    "out_channels",
+    "latent_channels",
+    "cross_attention_dim",
+    "vocab_size",
+    "max_position_embeddings",
+    "time_embedding_dim",
+    "time_cond_proj_dim",
+];
+
 impl Config {
     /// Reads and parses `path`; an unreadable file, invalid JSON or a non-object is an error naming it.
     pub fn read(path: &Path) -> Result<Config> {
@@ -64,11 +89,24 @@ impl Config {
     pub fn usize_opt(&self, key: &str) -> Result<Option<usize>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .map(|n| Some(n as usize))
-                .ok_or_else(|| self.err(key, format!("expected a non-negative integer, got {v}"))),
+            Some(v) => match v.as_u64() {
+                Some(n) => self.bounded(key, n).map(Some),
+                None => Err(self.err(key, format!("expected a non-negative integer, got {v}"))),
+            },
         }
+    }
+
+    /// `n` read at `key`, refused when absurd ([`MAX_SIZE`], [`MAX_LAYERS`] for layer counts) before any
+    /// graph or buffer is sized by it.
+    fn bounded(&self, key: &str, n: u64) -> Result<usize> {
+        let max = if key.contains("layers") { MAX_LAYERS } else { MAX_SIZE };
+        if n > max {
+            return Err(self.err(key, format!("{n} is too large (at most {max})")));
+        }
+        if n == 0 && NONZERO.contains(&key) {
+            return Err(self.err(key, "must be at least 1"));
+        }
+        Ok(n as usize)
     }
 
     /// The number at `key` as f32, or `default` when absent or null.
@@ -116,9 +154,14 @@ impl Config {
     /// The list of non-negative integers at `key` (required), e.g. `block_out_channels`.
     pub fn usizes(&self, key: &str) -> Result<Vec<usize>> {
         let v = self.get(key).ok_or_else(|| self.err(key, "missing"))?;
-        v.as_array()
-            .and_then(|a| a.iter().map(|n| n.as_u64().map(|n| n as usize)).collect::<Option<Vec<_>>>())
-            .ok_or_else(|| self.err(key, format!("expected a list of integers, got {v}")))
+        let ints = v
+            .as_array()
+            .and_then(|a| a.iter().map(Value::as_u64).collect::<Option<Vec<_>>>())
+            .ok_or_else(|| self.err(key, format!("expected a list of integers, got {v}")))?;
+        if ints.is_empty() && NONZERO.contains(&key) {
+            return Err(self.err(key, "must not be empty"));
+        }
+        ints.into_iter().map(|n| self.bounded(key, n)).collect()
     }
 
     /// An integer applying to every block, or one per block (diffusers accepts both).
@@ -126,7 +169,8 @@ impl Config {
         match self.get(key) {
             None => Ok(default.map(|d| vec![d; blocks])),
             Some(Value::Number(n)) => {
-                let n = n.as_u64().ok_or_else(|| self.err(key, "expected a non-negative integer"))? as usize;
+                let n = n.as_u64().ok_or_else(|| self.err(key, "expected a non-negative integer"))?;
+                let n = self.bounded(key, n)?;
                 Ok(Some(vec![n; blocks]))
             }
             Some(Value::Array(_)) => {

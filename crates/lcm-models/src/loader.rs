@@ -109,6 +109,11 @@ fn open_sharded(index: &Path) -> Result<WeightFiles> {
     let mut shards: Vec<String> = map.values().filter_map(|s| s.as_str().map(str::to_string)).collect();
     shards.sort();
     shards.dedup();
+    // A shard is a file beside the index: a name with a directory in it (`../x`, `/dev/zero`) would
+    // let a downloaded index open any file on the machine.
+    if let Some(bad) = shards.iter().find(|s| Path::new(s).file_name() != Some(std::ffi::OsStr::new(s.as_str()))) {
+        return Err(Error::file(index, format!("shard `{bad}` is not a file name beside the index")));
+    }
     let dir = index.parent().unwrap_or(Path::new("."));
     let files = shards.iter().map(|s| SafeTensorsFile::open(dir.join(s))).collect::<Result<Vec<_>>>()?;
     Ok(WeightFiles::from_files(files))

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use lcm_core::{Error, Result, Tensor};
 
-use crate::pipeline::{LoraSpec, Request};
+use crate::pipeline::{LoraSpec, Request, MAX_SIZE};
 
 /// `out.png` for one image; `out-0.png` … `out-{n-1}.png` for several.
 pub fn numbered_paths(path: &Path, n: usize) -> Vec<PathBuf> {
@@ -93,6 +93,12 @@ pub fn read_image_rgb8(path: &Path) -> Result<(usize, usize, Vec<u8>)> {
     let mut dec = png::Decoder::new(std::io::BufReader::new(file));
     dec.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
     let mut reader = dec.read_info().map_err(|e| Error::file(path, format!("not a PNG image: {e}")))?;
+    // The header's size is checked before the pixel buffer is allocated: a 69-byte file can claim
+    // 100000x100000 pixels (30 GB decoded), and no request takes a side over MAX_SIZE anyway.
+    let (w, h) = (reader.info().width, reader.info().height);
+    if w as usize > MAX_SIZE || h as usize > MAX_SIZE {
+        return Err(Error::file(path, format!("image is {w}x{h}; img2img takes at most {MAX_SIZE} pixels per side")));
+    }
     let mut buf = vec![0; reader.output_buffer_size().unwrap_or(0)];
     let info = reader.next_frame(&mut buf).map_err(|e| Error::file(path, format!("bad PNG data: {e}")))?;
     buf.truncate(info.buffer_size());

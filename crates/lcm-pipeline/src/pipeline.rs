@@ -135,6 +135,9 @@ impl Default for Request {
 pub const MIN_SIZE: usize = 64;
 /// The largest image side accepted, in pixels.
 pub const MAX_SIZE: usize = 2048;
+/// The most images one request may ask for (a bound before any buffer is sized by it; memory is the
+/// real limit, and a batch this large at [`MAX_SIZE`] would not fit most machines).
+pub const MAX_IMAGES: usize = 64;
 
 impl Request {
     /// Checks sizes, steps against `original_steps`, the image count, the guidance scale and the init
@@ -152,8 +155,8 @@ impl Request {
                 format!("{}: expected 1..={original_steps} (the model's original_inference_steps)", self.steps),
             ));
         }
-        if self.num_images == 0 {
-            return Err(Error::invalid("--num-images", "0: expected at least 1"));
+        if self.num_images == 0 || self.num_images > MAX_IMAGES {
+            return Err(Error::invalid("--num-images", format!("{}: expected 1..={MAX_IMAGES}", self.num_images)));
         }
         if !self.guidance_scale.is_finite() || self.guidance_scale < 0.0 {
             return Err(Error::invalid(

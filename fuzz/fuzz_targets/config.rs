@@ -1,0 +1,32 @@
+//! Every `config.json` parser on the same text: UNet, text encoder (plain and nested `text_config`),
+//! VAE, scheduler; each config that parses is also built into its graphs (where absurd sizes would bite).
+#![no_main]
+use std::path::Path;
+
+use lcm_models::{ClipConfig, UnetConfig, VaeConfig};
+use lcm_pipeline::scheduler::LcmScheduler;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let origin = Path::new("config.json");
+    if let Ok(c) = UnetConfig::from_json(origin, text) {
+        let _ = c.graph(1, 8, 8, 4);
+        let _ = lcm_models::ldm::UnetLayout::from_config(&c);
+    }
+    if let Ok(c) = ClipConfig::from_json(origin, text, 0) {
+        let _ = c.graph(1, 4);
+    }
+    let _ = ClipConfig::from_json(origin, text, 1);
+    if let Ok(c) = VaeConfig::from_json(origin, text) {
+        let _ = c.decoder_graph(1, 4, 4);
+        let _ = c.encoder_graph(1, 32, 32);
+    }
+    let path = lcm_fuzz::write("scheduler_config.json", data);
+    if let Ok(mut s) = LcmScheduler::from_config_json(&path) {
+        for steps in [1, 4, 8] {
+            let _ = s.set_timesteps(steps, 1.0);
+            let _ = s.set_timesteps(steps, 0.5);
+        }
+    }
+});
