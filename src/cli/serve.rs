@@ -14,8 +14,8 @@ use lcm_pipeline::pipeline::{LoadSpec, LoraSpec, Pipeline};
 
 use super::device::{choose, Chosen, Device};
 
-/// Images per batch when --max-batch is not given (docs/serving.md, "Batching": measured on the CPU
-/// with the tiny fixture, mean latency per image at concurrency 8).
+/// Images per batch when --max-batch is not given (docs/serving.md, "Batching": tests/serve_load.rs
+/// measures the alternatives; no run is recorded yet).
 pub const DEFAULT_MAX_BATCH: usize = 4;
 
 #[derive(Args, Debug)]
