@@ -33,6 +33,8 @@
 pub mod bench;
 pub mod cuda;
 pub mod hub;
+#[cfg(feature = "serve")]
+pub mod serve;
 
 pub use lcm_core as core;
 pub use lcm_pipeline as pipeline;

@@ -28,6 +28,9 @@ enum Command {
     Generate(cli::generate::GenerateArgs),
     /// Time the pipeline (CLIP, UNet steps, VAE decode) per stage; synthetic SD1.5 weights by default.
     Bench(cli::bench::BenchArgs),
+    /// Serve the OpenAI images API and A1111 txt2img/img2img over HTTP, with a batching queue,
+    /// LoRAs by name, health/readiness probes and Prometheus metrics (docs/serving.md).
+    Serve(cli::serve::ServeArgs),
     /// List every compiled CUDA kernel with its architecture, registers, shared memory and spills.
     Kernels,
 }
@@ -37,6 +40,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Generate(args) => cli::generate::run(args),
         Command::Bench(args) => cli::bench::run(args),
+        Command::Serve(args) => cli::serve::run(args),
         Command::Kernels => cli::kernels::run(),
     };
     match result {

@@ -3,3 +3,4 @@ pub mod device;
 pub mod generate;
 pub mod kernels;
 pub mod progress;
+pub mod serve;

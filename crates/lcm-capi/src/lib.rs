@@ -1,0 +1,583 @@
+//! The C ABI of lcm (`include/lcm.h`, generated from this file by cbindgen; tests/header.rs checks it
+//! has not drifted): load a pipeline once, generate 8-bit RGB images, swap LoRAs between generations,
+//! cancel from another thread.
+//!
+//! Conventions, for every function:
+//! - The return value is a status code (`LCM_OK` = 0, else one of the `LCM_ERR_*`); on an error,
+//!   [`lcm_last_error`] gives a message naming the argument at fault.
+//! - No panic crosses the boundary: each body runs under `catch_unwind`; a panic is `LCM_ERR_PANIC`.
+//! - Pointers the caller passes may be NULL only where the header says so; strings are UTF-8 and
+//!   NUL-terminated. What lcm allocates, an `lcm_free_*` function frees.
+//! - A pipeline may be used from any thread; generations on one pipeline run one at a time (a second
+//!   caller waits). [`lcm_cancel`] may be called from any thread at any time.
+
+use std::cell::RefCell;
+use std::ffi::{c_char, CStr, CString};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use lcm::cuda::{CudaBackend, DeviceKind};
+use lcm_core::{Backend, Error};
+use lcm_cpu::CpuBackend;
+use lcm_models::Variant;
+use lcm_pipeline::lora_swap::LoraMode;
+use lcm_pipeline::pipeline::{InitImage, LoadSpec, LoraSpec, Pipeline, Request};
+
+/// A status code: `LCM_OK` or one of the `LCM_ERR_*` values.
+pub type LcmStatus = i32;
+/// Success.
+pub const LCM_OK: LcmStatus = 0;
+/// An argument is NULL where it may not be, not UTF-8, or out of range (the message names it).
+pub const LCM_ERR_INVALID_ARGUMENT: LcmStatus = 1;
+/// A model, LoRA or config file is missing, unreadable or does not fit.
+pub const LCM_ERR_FILE: LcmStatus = 2;
+/// The compute backend failed (no GPU, driver error, out of memory).
+pub const LCM_ERR_BACKEND: LcmStatus = 3;
+/// The generation was stopped by [`lcm_cancel`].
+pub const LCM_ERR_CANCELLED: LcmStatus = 4;
+/// lcm panicked inside the call (a bug: please report it with the message); the pipeline stays usable.
+pub const LCM_ERR_PANIC: LcmStatus = 5;
+
+/// Which device a pipeline runs on.
+pub type LcmDevice = i32;
+/// CUDA when a GPU, its driver and the compiled kernels are present, else the CPU.
+pub const LCM_DEVICE_AUTO: LcmDevice = 0;
+/// The f32 CPU reference backend.
+pub const LCM_DEVICE_CPU: LcmDevice = 1;
+/// The first GPU (`LCM_CUDA_DEVICE` picks another), f16.
+pub const LCM_DEVICE_CUDA: LcmDevice = 2;
+/// The CUDA kernels on the CPU emulator (slow: for debugging kernels on tiny models).
+pub const LCM_DEVICE_EMULATED: LcmDevice = 3;
+
+/// A LoRA file and its scale.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct LcmLora {
+    /// Path of a `.safetensors` LoRA (kohya or peft names).
+    pub path: *const c_char,
+    /// Multiplies the LoRA's every delta (1: as trained).
+    pub scale: f32,
+}
+
+/// How to load a pipeline. Start from [`lcm_load_options_default`] and set what you need, so fields
+/// added later keep their defaults.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct LcmLoadOptions {
+    /// A diffusers folder, or a single-file SD1.5-family checkpoint (`.safetensors`).
+    pub model: *const c_char,
+    /// May be NULL. The tokenizer folder (`tokenizer.json`, or `vocab.json` + `merges.txt`); a
+    /// single-file checkpoint needs one (SD1.5's).
+    pub tokenizer_dir: *const c_char,
+    /// `LCM_DEVICE_*`.
+    pub device: LcmDevice,
+    /// May be NULL when `num_loras` is 0. LoRAs applied from the start (e.g. the LCM-LoRA).
+    pub loras: *const LcmLora,
+    /// Entries in `loras`.
+    pub num_loras: usize,
+    /// Nonzero: LoRAs run unmerged from fixed buffers on CUDA, so [`lcm_set_loras`] is a copy (the
+    /// CPU re-merges either way). Zero: merged into the weights.
+    pub runtime_loras: i32,
+    /// Runtime LoRAs: the largest rank on one weight the buffers hold; 0 for the default (64).
+    pub max_lora_rank: u32,
+}
+
+/// What to generate. Start from [`lcm_request_default`] (512x512, 4 steps, guidance 1, one image).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct LcmRequest {
+    /// The prompt (UTF-8).
+    pub prompt: *const c_char,
+    /// May be NULL (""). The uncond prompt of classic CFG; unused without CFG.
+    pub negative_prompt: *const c_char,
+    /// LCM steps, 1..=the model's `original_inference_steps` (50 for SD1.5 LCMs).
+    pub steps: u32,
+    /// LCM-LoRA models: classic CFG above 1 (1, the usual value, means none); distilled LCMs embed it.
+    pub guidance_scale: f32,
+    /// Seeds `torch.Generator("cpu").manual_seed(seed)`: the same seed gives diffusers' image.
+    pub seed: u64,
+    /// Pixels, a multiple of 8 in 64..=2048.
+    pub width: u32,
+    /// Pixels, a multiple of 8 in 64..=2048.
+    pub height: u32,
+    /// Images from this prompt and one generator stream.
+    pub num_images: u32,
+    /// May be NULL (txt2img). img2img: `width`·`height`·3 bytes of 8-bit RGB, row-major.
+    pub init_rgb: *const u8,
+    /// img2img: in (0, 1]; 1 starts from noise, small values keep more of the image.
+    pub strength: f32,
+}
+
+/// Generated images: `count` images of `height`·`width`·3 bytes each (8-bit RGB, row-major), one
+/// after another in `rgb`. Free with [`lcm_free_images`].
+#[repr(C)]
+#[derive(Debug)]
+pub struct LcmImages {
+    /// Pixels per row.
+    pub width: u32,
+    /// Rows.
+    pub height: u32,
+    /// Images.
+    pub count: u32,
+    /// `len` bytes: `count`·`height`·`width`·3.
+    pub rgb: *mut u8,
+    /// Bytes in `rgb`.
+    pub len: usize,
+}
+
+/// A loaded pipeline (opaque). Free with [`lcm_free_pipeline`].
+pub struct LcmPipeline {
+    engine: Mutex<Engine>,
+    cancel: AtomicBool,
+}
+
+enum Engine {
+    Cpu(Box<Pipeline<CpuBackend>>),
+    Cuda(Box<Pipeline<CudaBackend>>),
+}
+
+impl Engine {
+    fn run<R>(&mut self, f: impl FnOnce(&mut dyn Generate) -> R) -> R {
+        match self {
+            Engine::Cpu(p) => f(p.as_mut()),
+            Engine::Cuda(p) => f(p.as_mut()),
+        }
+    }
+}
+
+/// What the ABI calls on a pipeline, whatever its backend.
+trait Generate {
+    fn generate(&mut self, req: &Request, cancel: &AtomicBool) -> lcm_core::Result<Vec<Vec<u8>>>;
+    fn set_loras(&mut self, loras: &[LoraSpec]) -> lcm_core::Result<()>;
+}
+
+impl<B: Backend> Generate for Pipeline<B> {
+    fn generate(&mut self, req: &Request, cancel: &AtomicBool) -> lcm_core::Result<Vec<Vec<u8>>> {
+        let out = self.generate_with(req, &mut |_| {}, Some(cancel))?;
+        Ok((0..out.images.shape[0]).map(|i| out.rgb8(i)).collect())
+    }
+
+    fn set_loras(&mut self, loras: &[LoraSpec]) -> lcm_core::Result<()> {
+        Pipeline::set_loras(self, loras)
+    }
+}
+
+thread_local! {
+    static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+}
+
+/// A failed call: its status and message.
+struct Failure(LcmStatus, String);
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        let code = match e {
+            Error::Invalid { .. } => LCM_ERR_INVALID_ARGUMENT,
+            Error::File { .. } | Error::Tensor { .. } | Error::Config { .. } => LCM_ERR_FILE,
+            Error::Backend(_) => LCM_ERR_BACKEND,
+            Error::Cancelled => LCM_ERR_CANCELLED,
+        };
+        Failure(code, e.to_string())
+    }
+}
+
+fn invalid(arg: &str, msg: impl std::fmt::Display) -> Failure {
+    Failure(LCM_ERR_INVALID_ARGUMENT, format!("{arg}: {msg}"))
+}
+
+fn set_last_error(msg: &str) {
+    // Interior NULs cannot be in a C string: shown as U+FFFD.
+    let c = CString::new(msg.replace('\0', "\u{fffd}")).unwrap_or_default();
+    LAST_ERROR.with(|e| *e.borrow_mut() = c);
+}
+
+/// Runs an ABI function's body: its status, with the message kept for `lcm_last_error`; a panic is
+/// caught here and never unwinds into C.
+fn guard(body: impl FnOnce() -> Result<(), Failure>) -> LcmStatus {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(())) => {
+            set_last_error("");
+            LCM_OK
+        }
+        Ok(Err(Failure(code, msg))) => {
+            set_last_error(&msg);
+            code
+        }
+        Err(payload) => {
+            let what = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            set_last_error(&format!("lcm panicked (a bug; please report it): {what}"));
+            LCM_ERR_PANIC
+        }
+    }
+}
+
+/// # Safety
+/// `p` is NULL or a NUL-terminated string.
+unsafe fn string(p: *const c_char, arg: &str) -> Result<Option<String>, Failure> {
+    if p.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: the caller's contract (NUL-terminated).
+    let s = unsafe { CStr::from_ptr(p) };
+    s.to_str().map(|s| Some(s.to_string())).map_err(|e| invalid(arg, format!("not UTF-8 ({e})")))
+}
+
+/// # Safety
+/// `p` is NULL or points to `n` readable `LcmLora`s whose paths are NULL or NUL-terminated.
+unsafe fn lora_specs(p: *const LcmLora, n: usize, arg: &str) -> Result<Vec<LoraSpec>, Failure> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    if p.is_null() {
+        return Err(invalid(arg, format!("NULL with {n} LoRAs")));
+    }
+    // SAFETY: the caller's contract (n readable entries).
+    let items = unsafe { std::slice::from_raw_parts(p, n) };
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let field = format!("{arg}[{i}].path");
+            // SAFETY: the caller's contract.
+            let path = unsafe { string(l.path, &field) }?.ok_or_else(|| invalid(&field, "NULL"))?;
+            if !l.scale.is_finite() {
+                return Err(invalid(&format!("{arg}[{i}].scale"), format!("{}: must be finite", l.scale)));
+            }
+            Ok(LoraSpec { path: PathBuf::from(path), scale: l.scale })
+        })
+        .collect()
+}
+
+/// Images one `lcm_generate` may ask for.
+const MAX_IMAGES: usize = 64;
+
+/// The pipeline's checks name `lcm generate`'s flags: here they name the request's fields.
+fn request_error(e: Error) -> Failure {
+    const FIELDS: &[(&str, &str)] = &[
+        ("--width", "request.width"),
+        ("--height", "request.height"),
+        ("--steps", "request.steps"),
+        ("--num-images", "request.num_images"),
+        ("--guidance-scale", "request.guidance_scale"),
+        ("--strength", "request.strength"),
+        ("--image", "request.init_rgb"),
+    ];
+    match e {
+        Error::Invalid { what, msg } => {
+            let what = FIELDS.iter().find(|(flag, _)| *flag == what).map_or(what, |(_, field)| field.to_string());
+            Failure(LCM_ERR_INVALID_ARGUMENT, format!("{what}: {msg}"))
+        }
+        e => e.into(),
+    }
+}
+
+fn lock(p: &LcmPipeline) -> MutexGuard<'_, Engine> {
+    // A panic during an earlier call is reported as LCM_ERR_PANIC; the pipeline goes on being used
+    // (as `lcm serve`'s worker does): each generation rewrites every buffer it reads.
+    p.engine.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The defaults: no model (set `model`), `LCM_DEVICE_AUTO`, no LoRAs, runtime LoRAs, default rank.
+#[no_mangle]
+pub extern "C" fn lcm_load_options_default() -> LcmLoadOptions {
+    LcmLoadOptions {
+        model: std::ptr::null(),
+        tokenizer_dir: std::ptr::null(),
+        device: LCM_DEVICE_AUTO,
+        loras: std::ptr::null(),
+        num_loras: 0,
+        runtime_loras: 1,
+        max_lora_rank: 0,
+    }
+}
+
+/// The defaults: an empty prompt (set `prompt`), 512x512, 4 steps, guidance 1, seed 0, one image,
+/// txt2img (strength 1).
+#[no_mangle]
+pub extern "C" fn lcm_request_default() -> LcmRequest {
+    let r = Request::default();
+    LcmRequest {
+        prompt: std::ptr::null(),
+        negative_prompt: std::ptr::null(),
+        steps: r.steps as u32,
+        guidance_scale: r.guidance_scale,
+        seed: r.seed,
+        width: r.width as u32,
+        height: r.height as u32,
+        num_images: r.num_images as u32,
+        init_rgb: std::ptr::null(),
+        strength: 1.0,
+    }
+}
+
+/// Loads a pipeline (seconds for SD1.5); on `LCM_OK`, `*out` is the new pipeline, else it is set to
+/// NULL.
+///
+/// # Safety
+/// `options` points to a valid `LcmLoadOptions` (strings NUL-terminated, `loras` holding `num_loras`
+/// entries); `out` points to writable storage for a pointer.
+#[no_mangle]
+pub unsafe extern "C" fn lcm_pipeline_load(options: *const LcmLoadOptions, out: *mut *mut LcmPipeline) -> LcmStatus {
+    guard(|| {
+        if out.is_null() {
+            return Err(invalid("out", "NULL"));
+        }
+        // SAFETY: checked non-NULL; the caller's contract.
+        unsafe { *out = std::ptr::null_mut() };
+        // SAFETY: the caller's contract.
+        let o = unsafe { options.as_ref() }.ok_or_else(|| invalid("options", "NULL"))?;
+        // SAFETY: the caller's contract.
+        let model = unsafe { string(o.model, "options.model") }?.ok_or_else(|| invalid("options.model", "NULL"))?;
+        // SAFETY: the caller's contract.
+        let tokenizer_dir = unsafe { string(o.tokenizer_dir, "options.tokenizer_dir") }?.map(PathBuf::from);
+        // SAFETY: the caller's contract.
+        let loras = unsafe { lora_specs(o.loras, o.num_loras, "options.loras") }?;
+        let spec = LoadSpec {
+            model_dir: PathBuf::from(model),
+            loras,
+            tokenizer_dir,
+            lora_mode: if o.runtime_loras != 0 { LoraMode::Runtime } else { LoraMode::Merged },
+            max_lora_rank: (o.max_lora_rank != 0).then_some(o.max_lora_rank as usize),
+            ..LoadSpec::default()
+        };
+        let cuda = |kind: DeviceKind| -> lcm_core::Result<Engine> {
+            let backend = match kind {
+                DeviceKind::Emulated => CudaBackend::open(kind)?,
+                DeviceKind::Gpu(_) => CudaBackend::new()?,
+            };
+            // f16 weights (`.fp16` files when a folder has them), as `lcm generate` loads them on CUDA.
+            let spec = LoadSpec { variant: Variant::PreferHalf, ..spec.clone() };
+            Ok(Engine::Cuda(Box::new(Pipeline::load(backend, spec)?)))
+        };
+        let cpu = || -> lcm_core::Result<Engine> {
+            Ok(Engine::Cpu(Box::new(Pipeline::load(CpuBackend::new(), spec.clone())?)))
+        };
+        let engine = match o.device {
+            LCM_DEVICE_CPU => cpu()?,
+            LCM_DEVICE_CUDA => cuda(DeviceKind::Gpu(0))?,
+            LCM_DEVICE_EMULATED => cuda(DeviceKind::Emulated)?,
+            LCM_DEVICE_AUTO => match CudaBackend::new() {
+                Ok(_) => cuda(DeviceKind::Gpu(0))?,
+                Err(_) => cpu()?,
+            },
+            d => return Err(invalid("options.device", format!("{d}: expected an LCM_DEVICE_* value (0..=3)"))),
+        };
+        let p = Box::new(LcmPipeline { engine: Mutex::new(engine), cancel: AtomicBool::new(false) });
+        // SAFETY: checked non-NULL above.
+        unsafe { *out = Box::into_raw(p) };
+        Ok(())
+    })
+}
+
+/// Generates `request`'s images; on `LCM_OK`, `*out` holds them (free with [`lcm_free_images`]),
+/// else it is set to NULL. `LCM_ERR_CANCELLED` when [`lcm_cancel`] stopped it.
+///
+/// # Safety
+/// `pipeline` comes from [`lcm_pipeline_load`] and is not freed; `request` points to a valid
+/// `LcmRequest` (strings NUL-terminated; `init_rgb` NULL or `width`·`height`·3 readable bytes);
+/// `out` points to writable storage for a pointer.
+#[no_mangle]
+pub unsafe extern "C" fn lcm_generate(
+    pipeline: *mut LcmPipeline,
+    request: *const LcmRequest,
+    out: *mut *mut LcmImages,
+) -> LcmStatus {
+    guard(|| {
+        if out.is_null() {
+            return Err(invalid("out", "NULL"));
+        }
+        // SAFETY: checked non-NULL; the caller's contract.
+        unsafe { *out = std::ptr::null_mut() };
+        // SAFETY: the caller's contract (a live pipeline; shared access, the engine is behind a lock).
+        let p = unsafe { pipeline.as_ref() }.ok_or_else(|| invalid("pipeline", "NULL"))?;
+        // SAFETY: the caller's contract.
+        let r = unsafe { request.as_ref() }.ok_or_else(|| invalid("request", "NULL"))?;
+        // SAFETY: the caller's contract.
+        let prompt = unsafe { string(r.prompt, "request.prompt") }?.ok_or_else(|| invalid("request.prompt", "NULL"))?;
+        // SAFETY: the caller's contract.
+        let negative_prompt = unsafe { string(r.negative_prompt, "request.negative_prompt") }?;
+        let (width, height) = (r.width as usize, r.height as usize);
+        let init_image = if r.init_rgb.is_null() {
+            None
+        } else {
+            if width * height == 0
+                || width > lcm_pipeline::pipeline::MAX_SIZE
+                || height > lcm_pipeline::pipeline::MAX_SIZE
+            {
+                return Err(invalid("request.width/height", format!("{width}x{height}: out of range for init_rgb")));
+            }
+            // SAFETY: the caller's contract (width·height·3 readable bytes); sizes bounded above.
+            let rgb = unsafe { std::slice::from_raw_parts(r.init_rgb, width * height * 3) };
+            Some(InitImage::from_rgb8(width, height, rgb, r.strength)?)
+        };
+        let req = Request {
+            prompt,
+            negative_prompt,
+            steps: r.steps as usize,
+            guidance_scale: r.guidance_scale,
+            seed: r.seed,
+            width,
+            height,
+            num_images: r.num_images as usize,
+            init_image,
+        };
+        if req.num_images > MAX_IMAGES {
+            return Err(invalid("request.num_images", format!("{}: at most {MAX_IMAGES}", req.num_images)));
+        }
+        let mut engine = lock(p);
+        // A cancel meant for an earlier generation does not stop this one.
+        p.cancel.store(false, Ordering::SeqCst);
+        let images = engine.run(|g| g.generate(&req, &p.cancel)).map_err(request_error)?;
+        drop(engine);
+        let count = images.len() as u32;
+        let rgb: Box<[u8]> = images.concat().into_boxed_slice();
+        let len = rgb.len();
+        let rgb = Box::into_raw(rgb) as *mut u8;
+        let images = Box::new(LcmImages { width: r.width, height: r.height, count, rgb, len });
+        // SAFETY: checked non-NULL above.
+        unsafe { *out = Box::into_raw(images) };
+        Ok(())
+    })
+}
+
+/// Replaces the pipeline's LoRAs (those given at load included) with `loras` (none when
+/// `num_loras` is 0): every file is checked before any weight changes. Waits for a running
+/// generation to finish.
+///
+/// # Safety
+/// `pipeline` comes from [`lcm_pipeline_load`] and is not freed; `loras` is NULL (with `num_loras`
+/// 0) or holds `num_loras` entries with NUL-terminated paths.
+#[no_mangle]
+pub unsafe extern "C" fn lcm_set_loras(
+    pipeline: *mut LcmPipeline,
+    loras: *const LcmLora,
+    num_loras: usize,
+) -> LcmStatus {
+    guard(|| {
+        // SAFETY: the caller's contract.
+        let p = unsafe { pipeline.as_ref() }.ok_or_else(|| invalid("pipeline", "NULL"))?;
+        // SAFETY: the caller's contract.
+        let specs = unsafe { lora_specs(loras, num_loras, "loras") }?;
+        lock(p).run(|g| g.set_loras(&specs))?;
+        Ok(())
+    })
+}
+
+/// Stops the generation running on `pipeline` (its `lcm_generate` returns `LCM_ERR_CANCELLED`):
+/// between stages, and between steps on the CPU. Safe to call from any thread while `lcm_generate`
+/// runs; with no generation running it does nothing (a later generation is not affected).
+///
+/// # Safety
+/// `pipeline` comes from [`lcm_pipeline_load`] and is not freed.
+#[no_mangle]
+pub unsafe extern "C" fn lcm_cancel(pipeline: *mut LcmPipeline) -> LcmStatus {
+    guard(|| {
+        // SAFETY: the caller's contract.
+        let p = unsafe { pipeline.as_ref() }.ok_or_else(|| invalid("pipeline", "NULL"))?;
+        p.cancel.store(true, Ordering::SeqCst);
+        Ok(())
+    })
+}
+
+/// The message of this thread's last failed call ("" after a call that succeeded). The pointer stays
+/// valid until this thread's next lcm call; copy it to keep it.
+#[no_mangle]
+pub extern "C" fn lcm_last_error() -> *const c_char {
+    LAST_ERROR.with(|e| e.borrow().as_ptr())
+}
+
+/// Frees images from [`lcm_generate`]; NULL is ignored.
+///
+/// # Safety
+/// `images` is NULL or came from `lcm_generate` and was not freed.
+#[no_mangle]
+pub unsafe extern "C" fn lcm_free_images(images: *mut LcmImages) {
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        if images.is_null() {
+            return;
+        }
+        // SAFETY: the caller's contract: both boxes were leaked by lcm_generate.
+        unsafe {
+            let images = Box::from_raw(images);
+            drop(Box::from_raw(std::ptr::slice_from_raw_parts_mut(images.rgb, images.len)));
+        }
+    }));
+}
+
+/// Frees a pipeline and its memory; NULL is ignored. No other call may be using it.
+///
+/// # Safety
+/// `pipeline` is NULL or came from [`lcm_pipeline_load`] and was not freed.
+#[no_mangle]
+pub unsafe extern "C" fn lcm_free_pipeline(pipeline: *mut LcmPipeline) {
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        if !pipeline.is_null() {
+            // SAFETY: the caller's contract.
+            drop(unsafe { Box::from_raw(pipeline) });
+        }
+    }));
+}
+
+/// lcm's version, e.g. "0.1.0" (a static string).
+#[no_mangle]
+pub extern "C" fn lcm_version() -> *const c_char {
+    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn last_error() -> String {
+        // SAFETY: lcm_last_error returns a valid NUL-terminated string.
+        unsafe { CStr::from_ptr(lcm_last_error()) }.to_string_lossy().into_owned()
+    }
+
+    #[test]
+    fn a_panic_is_a_status_not_an_unwind() {
+        let status = guard(|| panic!("boom {}", 7));
+        assert_eq!(status, LCM_ERR_PANIC);
+        assert!(last_error().contains("boom 7"), "{}", last_error());
+        assert_eq!(guard(|| Ok(())), LCM_OK);
+        assert_eq!(last_error(), "");
+    }
+
+    #[test]
+    fn null_arguments_are_named() {
+        let mut p: *mut LcmPipeline = std::ptr::dangling_mut();
+        // SAFETY: NULL options is what is tested; `out` is valid.
+        assert_eq!(unsafe { lcm_pipeline_load(std::ptr::null(), &mut p) }, LCM_ERR_INVALID_ARGUMENT);
+        assert!(p.is_null());
+        assert_eq!(last_error(), "options: NULL");
+        let o = lcm_load_options_default();
+        // SAFETY: valid options with a NULL model.
+        assert_eq!(unsafe { lcm_pipeline_load(&o, &mut p) }, LCM_ERR_INVALID_ARGUMENT);
+        assert_eq!(last_error(), "options.model: NULL");
+        let model = CString::new("/no/such/model").unwrap();
+        let o = LcmLoadOptions { model: model.as_ptr(), device: LCM_DEVICE_CPU, ..lcm_load_options_default() };
+        // SAFETY: valid options.
+        assert_eq!(unsafe { lcm_pipeline_load(&o, &mut p) }, LCM_ERR_FILE);
+        assert!(last_error().contains("/no/such/model"), "{}", last_error());
+        let o = LcmLoadOptions { model: model.as_ptr(), device: 9, ..lcm_load_options_default() };
+        // SAFETY: valid options.
+        assert_eq!(unsafe { lcm_pipeline_load(&o, &mut p) }, LCM_ERR_INVALID_ARGUMENT);
+        assert!(last_error().starts_with("options.device: 9"), "{}", last_error());
+        let mut images: *mut LcmImages = std::ptr::dangling_mut();
+        let r = lcm_request_default();
+        // SAFETY: a NULL pipeline is what is tested.
+        assert_eq!(unsafe { lcm_generate(std::ptr::null_mut(), &r, &mut images) }, LCM_ERR_INVALID_ARGUMENT);
+        assert!(images.is_null());
+        // SAFETY: NULL is accepted.
+        unsafe {
+            assert_eq!(lcm_cancel(std::ptr::null_mut()), LCM_ERR_INVALID_ARGUMENT);
+            lcm_free_images(std::ptr::null_mut());
+            lcm_free_pipeline(std::ptr::null_mut());
+        }
+    }
+}

@@ -1,0 +1,124 @@
+/* The C ABI from C: load the tiny fixture model on the CPU, refuse bad calls with a status and a
+ * message, generate two images, swap a LoRA in and generate again, and cancel a long generation from
+ * another thread. Images are written raw (8-bit RGB) for tests/c_abi.rs to compare with the Rust API.
+ *
+ * usage: generate MODEL_DIR LORA_FILE OUT_DIR */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "lcm.h"
+
+#define CHECK(cond)                                                                        \
+    do {                                                                                   \
+        if (!(cond)) {                                                                     \
+            fprintf(stderr, "%s:%d: check failed: %s (last error: %s)\n", __FILE__, __LINE__, \
+                    #cond, lcm_last_error());                                              \
+            exit(1);                                                                       \
+        }                                                                                  \
+    } while (0)
+
+static void write_images(const char *dir, const char *name, const LcmImages *im) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "wb");
+    CHECK(f != NULL);
+    CHECK(fwrite(im->rgb, 1, im->len, f) == im->len);
+    CHECK(fclose(f) == 0);
+}
+
+struct slow {
+    LcmPipeline *pipe;
+    LcmStatus status;
+    volatile int done;
+};
+
+static void *slow_generate(void *arg) {
+    struct slow *s = arg;
+    LcmRequest r = lcm_request_default();
+    r.prompt = "slow";
+    r.width = 256;
+    r.height = 256;
+    r.steps = 50;
+    LcmImages *im = NULL;
+    s->status = lcm_generate(s->pipe, &r, &im);
+    lcm_free_images(im);
+    __atomic_store_n(&s->done, 1, __ATOMIC_SEQ_CST);
+    return NULL;
+}
+
+int main(int argc, char **argv) {
+    if (argc != 4) {
+        fprintf(stderr, "usage: %s MODEL_DIR LORA_FILE OUT_DIR\n", argv[0]);
+        return 2;
+    }
+    printf("lcm %s\n", lcm_version());
+
+    /* Bad calls: a status and a message naming the argument, never a crash. */
+    LcmPipeline *pipe = NULL;
+    CHECK(lcm_pipeline_load(NULL, &pipe) == LCM_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(lcm_last_error(), "options") != NULL);
+    LcmLoadOptions opts = lcm_load_options_default();
+    opts.model = "/no/such/model";
+    opts.device = LCM_DEVICE_CPU;
+    CHECK(lcm_pipeline_load(&opts, &pipe) == LCM_ERR_FILE && pipe == NULL);
+    CHECK(strstr(lcm_last_error(), "/no/such/model") != NULL);
+
+    opts.model = argv[1];
+    CHECK(lcm_pipeline_load(&opts, &pipe) == LCM_OK && pipe != NULL);
+    CHECK(strcmp(lcm_last_error(), "") == 0);
+
+    LcmRequest req = lcm_request_default();
+    req.prompt = "a red house";
+    req.width = 64;
+    req.height = 64;
+    req.steps = 3;
+    req.seed = 7;
+    req.num_images = 2;
+    LcmImages *im = NULL;
+    req.width = 65;
+    CHECK(lcm_generate(pipe, &req, &im) == LCM_ERR_INVALID_ARGUMENT && im == NULL);
+    CHECK(strncmp(lcm_last_error(), "request.width", 13) == 0);
+    req.width = 64;
+    CHECK(lcm_generate(pipe, &req, &im) == LCM_OK);
+    CHECK(im->width == 64 && im->height == 64 && im->count == 2 && im->len == 2 * 64 * 64 * 3);
+    write_images(argv[3], "txt2img.rgb", im);
+    lcm_free_images(im);
+
+    /* A LoRA swapped in: a missing file is refused, the pipeline keeps its weights. */
+    LcmLora lora = {"/no/such/lora.safetensors", 0.5f};
+    CHECK(lcm_set_loras(pipe, &lora, 1) == LCM_ERR_FILE);
+    lora.path = argv[2];
+    CHECK(lcm_set_loras(pipe, &lora, 1) == LCM_OK);
+    req.prompt = "a boat";
+    req.seed = 11;
+    req.steps = 4;
+    req.num_images = 1;
+    CHECK(lcm_generate(pipe, &req, &im) == LCM_OK);
+    write_images(argv[3], "lora.rgb", im);
+    lcm_free_images(im);
+
+    /* lcm_cancel from this thread stops a long generation running on another. */
+    struct slow s = {pipe, -1, 0};
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, slow_generate, &s) == 0);
+    struct timespec pause = {0, 20 * 1000 * 1000};
+    while (!__atomic_load_n(&s.done, __ATOMIC_SEQ_CST)) {
+        nanosleep(&pause, NULL);
+        CHECK(lcm_cancel(pipe) == LCM_OK);
+    }
+    CHECK(pthread_join(t, NULL) == 0);
+    CHECK(s.status == LCM_ERR_CANCELLED);
+
+    /* The pipeline still generates after the cancel. */
+    CHECK(lcm_set_loras(pipe, NULL, 0) == LCM_OK);
+    CHECK(lcm_generate(pipe, &req, &im) == LCM_OK);
+    write_images(argv[3], "after.rgb", im);
+    lcm_free_images(im);
+
+    lcm_free_pipeline(pipe);
+    printf("ok\n");
+    return 0;
+}

@@ -1,0 +1,168 @@
+//! `lcm serve`: load a model once, then answer OpenAI images API and A1111 txt2img/img2img requests
+//! over HTTP (src/serve, docs/serving.md).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use lcm::serve::{Limits, LoraDir, ServeConfig};
+use lcm_core::{Backend, Error, Result};
+use lcm_models::Variant;
+use lcm_pipeline::lora::LoraSet;
+use lcm_pipeline::lora_swap::LoraMode;
+use lcm_pipeline::pipeline::{LoadSpec, LoraSpec, Pipeline};
+
+use super::device::{choose, Chosen, Device};
+
+/// Images per batch when --max-batch is not given (docs/serving.md, "Batching": tests/serve_load.rs
+/// measures the alternatives; no run is recorded yet).
+pub const DEFAULT_MAX_BATCH: usize = 4;
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// A diffusers folder or a single-file SD1.5-family checkpoint, as for `lcm generate`. Without it,
+    /// SD1.5 + the LCM-LoRA from the Hugging Face cache (downloaded if missing).
+    #[arg(long, value_name = "DIR|FILE")]
+    pub model: Option<PathBuf>,
+    /// A LoRA every request runs with, before its own (e.g. the LCM-LoRA on a plain SD1.5 model):
+    /// FILE[:SCALE], repeatable.
+    #[arg(long = "lora", value_name = "FILE[:SCALE]", value_parser = parse_lora)]
+    pub loras: Vec<LoraSpec>,
+    /// A folder of LoRA .safetensors files requests may name (`loras: [{name, scale}]`, A1111's
+    /// `<lora:NAME:SCALE>`), each by its file name without .safetensors. Clients never pass paths.
+    #[arg(long, value_name = "DIR")]
+    pub lora_dir: Option<PathBuf>,
+    /// cpu, cuda or emulated; default cuda when a GPU opens, else cpu (with a note).
+    #[arg(long, value_enum)]
+    pub device: Option<Device>,
+    /// Address to listen on. Loopback by default; 0.0.0.0 (or ::) serves every interface.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on; 0 picks a free one (the address is printed on stdout).
+    #[arg(long, default_value_t = 7860)]
+    pub port: u16,
+    /// Most images one batch runs: queued requests of the same size, steps, guidance scale and LoRAs
+    /// run together up to this many images.
+    #[arg(long, default_value_t = DEFAULT_MAX_BATCH)]
+    pub max_batch: usize,
+    /// Requests the queue holds; beyond it requests are answered 429 with Retry-After.
+    #[arg(long, default_value_t = 64)]
+    pub queue: usize,
+    /// Seconds a request may take from arrival to answer; past it its work is cancelled and 504
+    /// answered.
+    #[arg(long, default_value_t = 120.0)]
+    pub timeout_s: f64,
+    /// Largest image side a request may ask for (a multiple of 8, at most 2048).
+    #[arg(long, default_value_t = 1024)]
+    pub max_size: usize,
+    /// Most images one request may ask for (`n`, `batch_size`).
+    #[arg(long, default_value_t = 8)]
+    pub max_images: usize,
+    /// Largest request body in MiB (base64 init images included).
+    #[arg(long, default_value_t = 32)]
+    pub max_body_mb: usize,
+    /// On CUDA LoRAs run unmerged from fixed buffers (a swap is a copy): the largest rank on one layer
+    /// they hold [default: 64].
+    #[arg(long, value_name = "N")]
+    pub max_lora_rank: Option<usize>,
+    /// Test hooks (POST /debug/panic, a worker panic on one prompt): for the tests only.
+    #[arg(long, hide = true)]
+    pub debug_hooks: bool,
+}
+
+fn parse_lora(s: &str) -> std::result::Result<LoraSpec, String> {
+    // As `lcm generate --lora`: the scale follows the last ':' only when it parses as a number.
+    let (path, scale) = match s.rsplit_once(':') {
+        Some((p, sc)) if !p.is_empty() => match sc.parse::<f32>() {
+            Ok(v) if v.is_finite() => (p, v),
+            Ok(_) => return Err(format!("scale `{sc}` must be finite")),
+            Err(_) => (s, 1.0),
+        },
+        _ => (s, 1.0),
+    };
+    Ok(LoraSpec { path: PathBuf::from(path), scale })
+}
+
+pub fn run(args: ServeArgs) -> Result<()> {
+    // Everything that can be checked before loading a model is checked first.
+    if args.max_batch == 0 || args.max_batch > 64 {
+        return Err(Error::invalid("--max-batch", format!("{}: expected 1..=64", args.max_batch)));
+    }
+    if args.queue == 0 {
+        return Err(Error::invalid("--queue", "0: expected at least 1"));
+    }
+    if !(args.timeout_s.is_finite() && args.timeout_s > 0.0 && args.timeout_s <= 86400.0) {
+        return Err(Error::invalid("--timeout-s", format!("{}: expected seconds in (0, 86400]", args.timeout_s)));
+    }
+    if args.max_size % 8 != 0 || !(64..=lcm_pipeline::pipeline::MAX_SIZE).contains(&args.max_size) {
+        return Err(Error::invalid("--max-size", format!("{}: expected a multiple of 8 in 64..=2048", args.max_size)));
+    }
+    if args.max_images == 0 || args.max_body_mb == 0 {
+        return Err(Error::invalid("--max-images/--max-body-mb", "expected at least 1"));
+    }
+    let loras = LoraDir::scan(args.lora_dir.as_deref())?;
+    let (model_dir, mut base_loras) = match &args.model {
+        Some(dir) => (dir.clone(), Vec::new()),
+        None => {
+            let found = lcm::hub::default_model(&mut |m| eprintln!("{m}"))?;
+            eprintln!("model: {} + LCM-LoRA {}", found.model_dir.display(), found.lora.display());
+            (found.model_dir, vec![LoraSpec { path: found.lora, scale: 1.0 }])
+        }
+    };
+    base_loras.extend(args.loras.iter().cloned());
+    LoraSet::open(&base_loras.iter().map(|l| (l.path.clone(), l.scale)).collect::<Vec<_>>())?;
+    let mut spec = LoadSpec {
+        model_dir: model_dir.clone(),
+        loras: base_loras.clone(),
+        // Unmerged on CUDA, so a swap between batches is a copy into fixed buffers; the CPU re-merges.
+        lora_mode: LoraMode::Runtime,
+        max_lora_rank: args.max_lora_rank,
+        ..LoadSpec::default()
+    };
+    if model_dir.is_file() {
+        spec.tokenizer_dir = Some(lcm::hub::sd15_tokenizer(&mut |m| eprintln!("{m}"))?);
+    }
+    let model_name = model_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+    let cfg = |original_steps: usize| ServeConfig {
+        host: args.host.clone(),
+        port: args.port,
+        max_batch: args.max_batch,
+        queue: args.queue,
+        timeout: Duration::from_secs_f64(args.timeout_s),
+        limits: Limits {
+            max_body_bytes: args.max_body_mb << 20,
+            max_prompt_chars: 4000,
+            max_side: args.max_size,
+            max_images: args.max_images,
+            max_steps: original_steps,
+            max_loras: 8,
+        },
+        loras,
+        base_loras,
+        model_name,
+        debug_hooks: args.debug_hooks,
+    };
+    match choose(args.device)? {
+        Chosen::Cpu(b) => serve(b, spec, cfg),
+        Chosen::Cuda(b) => serve(*b, LoadSpec { variant: Variant::PreferHalf, ..spec }, cfg),
+    }
+}
+
+fn serve<B: Backend + 'static>(backend: B, spec: LoadSpec, cfg: impl FnOnce(usize) -> ServeConfig) -> Result<()>
+where
+    Pipeline<B>: Send,
+{
+    let t = std::time::Instant::now();
+    eprintln!("loading {} on {}", spec.model_dir.display(), backend.name());
+    let pipe = Pipeline::load(backend, spec)?;
+    let cfg = cfg(pipe.original_steps());
+    eprintln!(
+        "loaded in {:.0} ms; {} LoRAs in --lora-dir; max batch {}, queue {}, timeout {} s",
+        t.elapsed().as_secs_f64() * 1e3,
+        cfg.loras.files.len(),
+        cfg.max_batch,
+        cfg.queue,
+        cfg.timeout.as_secs_f64()
+    );
+    lcm::serve::run(pipe, cfg)
+}

@@ -1,0 +1,350 @@
+//! The HTTP side: routes, the generation handlers (read, parse, queue, wait, encode), probes,
+//! metrics, and the drain on SIGTERM. Each handler body runs in its own task, so a panic in it is a
+//! 500 for that request alone; dropping the connection drops the task, which cancels its work.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use lcm_pipeline::output::parameters_text;
+use lcm_pipeline::pipeline::{LoraSpec, Request};
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+use super::api::{self, Generation, Limits};
+use super::error::ApiError;
+use super::loras::LoraDir;
+use super::metrics::{Metrics, Stage};
+use super::queue::{Generated, Job, JobState, Queue};
+
+/// What every handler shares.
+pub struct App {
+    pub queue: Arc<Queue>,
+    pub metrics: Arc<Metrics>,
+    pub limits: Limits,
+    pub loras: LoraDir,
+    pub timeout: Duration,
+    pub max_batch: usize,
+    /// Shown in the PNGs' parameters and in `/v1/models`: the model folder's name, never its path.
+    pub model_name: String,
+    pub ids: AtomicU64,
+}
+
+#[derive(Clone, Copy)]
+enum Api {
+    OpenAi,
+    Txt2Img,
+    Img2Img,
+}
+
+impl Api {
+    fn endpoint(self) -> &'static str {
+        match self {
+            Api::OpenAi => "/v1/images/generations",
+            Api::Txt2Img => "/sdapi/v1/txt2img",
+            Api::Img2Img => "/sdapi/v1/img2img",
+        }
+    }
+}
+
+pub fn router(app: Arc<App>, debug_hooks: bool) -> Router {
+    let mut r = Router::new()
+        .route("/v1/images/generations", post(|s, b| generation(s, b, Api::OpenAi)))
+        .route("/sdapi/v1/txt2img", post(|s, b| generation(s, b, Api::Txt2Img)))
+        .route("/sdapi/v1/img2img", post(|s, b| generation(s, b, Api::Img2Img)))
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/v1/models", get(models))
+        .route("/sdapi/v1/loras", get(loras));
+    if debug_hooks {
+        r = r.route("/debug/panic", post(debug_panic));
+    }
+    r.fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, None, "no such endpoint (see docs/serving.md)") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, None, "method not allowed on this endpoint")
+        })
+        .with_state(app)
+}
+
+/// Runs `fut` as its own task: a panic in it becomes a 500 here, and dropping this future (the client
+/// went away) aborts the task.
+async fn guarded<F: Future<Output = Response> + Send + 'static>(metrics: &Metrics, fut: F) -> Response {
+    struct AbortOnDrop(tokio::task::AbortHandle);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let task = tokio::spawn(fut);
+    let _abort = AbortOnDrop(task.abort_handle());
+    match task.await {
+        Ok(resp) => resp,
+        Err(e) if e.is_panic() => {
+            metrics.panics.fetch_add(1, Ordering::Relaxed);
+            ApiError::internal("the request handler panicked; see the server log").into_response()
+        }
+        Err(_) => ApiError::internal("the request was aborted").into_response(),
+    }
+}
+
+async fn generation(State(app): State<Arc<App>>, body: Body, api: Api) -> Response {
+    let resp = guarded(&app.metrics, generate(app.clone(), body, api)).await;
+    app.metrics.request(api.endpoint(), resp.status().as_u16());
+    resp
+}
+
+/// Counts a request in flight from its body read to its answer.
+struct InFlight(Arc<Metrics>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A queued request whose answer has not come: dropped before `done` (the client disconnected), it
+/// cancels the work.
+struct Pending {
+    state: Arc<JobState>,
+    metrics: Arc<Metrics>,
+    done: bool,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if !self.done {
+            self.state.cancel();
+            self.metrics.cancelled_disconnect.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+async fn generate(app: Arc<App>, body: Body, api: Api) -> Response {
+    match generate_inner(&app, body, api).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn generate_inner(app: &Arc<App>, body: Body, api: Api) -> Result<Response, ApiError> {
+    let t0 = Instant::now();
+    let m = &app.metrics;
+    if m.draining.load(Ordering::SeqCst) {
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, None, "draining: this server is shutting down")
+            .retry_after(1));
+    }
+    // Bodies in flight are bounded too (each up to --max-body-mb), not only the queue.
+    let in_flight = m.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    let _in_flight = InFlight(m.clone());
+    if in_flight > 2 * app.limits_queue() + app.max_batch {
+        return Err(busy(app));
+    }
+    let limit = app.limits.max_body_bytes;
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, Some("body"), format!("larger than {limit} bytes (--max-body-mb)"))
+    })?;
+    let gen = {
+        let app = app.clone();
+        // img2img decodes base64 and a PNG: off the async threads.
+        tokio::task::spawn_blocking(move || {
+            let obj = api::parse_object(&bytes)?;
+            match api {
+                Api::OpenAi => api::openai(&obj, &app.limits, &app.loras),
+                Api::Txt2Img => api::a1111(&obj, &app.limits, &app.loras, false),
+                Api::Img2Img => api::a1111(&obj, &app.limits, &app.loras, true),
+            }
+        })
+        .await
+        .map_err(|_| ApiError::internal("request parsing panicked; see the server log"))??
+    };
+
+    let (tx, rx) = oneshot::channel();
+    let state = Arc::new(JobState::default());
+    let job = Job {
+        reqs: gen.reqs.clone(),
+        loras: gen.loras.clone(),
+        enqueued: Instant::now(),
+        state: state.clone(),
+        reply: tx,
+    };
+    if app.queue.push(job).is_err() {
+        return Err(busy(app));
+    }
+    let mut pending = Pending { state: state.clone(), metrics: m.clone(), done: false };
+    let waited = tokio::time::timeout(app.timeout.saturating_sub(t0.elapsed()), rx).await;
+    pending.done = true;
+    let generated = match waited {
+        Ok(Ok(result)) => result?,
+        Ok(Err(_)) => return Err(ApiError::internal("the worker dropped the request")),
+        Err(_) => {
+            state.cancel();
+            m.cancelled_timeout.fetch_add(1, Ordering::Relaxed);
+            return Err(ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                None,
+                format!("not finished within {} s (--timeout-s); cancelled", app.timeout.as_secs_f64()),
+            ));
+        }
+    };
+
+    let id = app.ids.fetch_add(1, Ordering::Relaxed);
+    let batch_images = generated.batch_images;
+    let resp = {
+        let app = app.clone();
+        tokio::task::spawn_blocking(move || respond(&app, api, &gen, generated))
+            .await
+            .map_err(|_| ApiError::internal("encoding the response panicked; see the server log"))??
+    };
+    m.stage(Stage::Request, t0.elapsed());
+    let mut resp = resp.into_response();
+    let h = resp.headers_mut();
+    h.insert("x-lcm-request-id", HeaderValue::from(id));
+    h.insert("x-lcm-batch-images", HeaderValue::from(batch_images as u64));
+    Ok(resp)
+}
+
+impl App {
+    fn limits_queue(&self) -> usize {
+        self.metrics.queue_capacity
+    }
+}
+
+/// 429 with a `Retry-After` from the queue's length and the mean request time so far.
+fn busy(app: &App) -> ApiError {
+    let waiting = app.queue.len();
+    let secs = (app.metrics.mean_request_seconds() * (waiting / app.max_batch.max(1) + 1) as f64).ceil();
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        None,
+        format!("the queue is full ({waiting} waiting, --queue {}); retry later", app.metrics.queue_capacity),
+    )
+    .retry_after((secs as u64).clamp(1, 60))
+}
+
+/// PNGs (parameters chunk as `lcm generate` writes it, with the model's and LoRAs' names instead of
+/// paths) and the API's response body.
+fn respond(app: &App, api: Api, gen: &Generation, out: Generated) -> Result<Json<Value>, ApiError> {
+    let t = Instant::now();
+    let loras: Vec<LoraSpec> =
+        gen.loras.iter().map(|l| LoraSpec { path: l.name.clone().into(), scale: l.scale }).collect();
+    let mut b64 = Vec::with_capacity(out.images.len());
+    let mut images = out.images.iter();
+    for req in &gen.reqs {
+        let params = parameters_text(req, &app.model_name, &loras);
+        for _ in 0..req.num_images {
+            let rgb = images.next().expect("one image per requested image");
+            let png = super::png::encode_rgb8(out.width, out.height, rgb, &params).map_err(ApiError::internal)?;
+            b64.push(base64::engine::general_purpose::STANDARD.encode(png));
+        }
+    }
+    app.metrics.stage(Stage::Encode, t.elapsed());
+    let r0: &Request = &gen.reqs[0];
+    let body = match api {
+        Api::OpenAi => json!({
+            "created": SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            "data": b64.into_iter().map(|b| json!({"b64_json": b})).collect::<Vec<_>>(),
+            "seed": r0.seed,
+        }),
+        Api::Txt2Img | Api::Img2Img => {
+            let seeds: Vec<u64> = gen.reqs.iter().map(|r| r.seed).collect();
+            let mut params = json!({
+                "prompt": r0.prompt,
+                "negative_prompt": r0.negative_prompt.clone().unwrap_or_default(),
+                "seed": r0.seed,
+                "steps": r0.steps,
+                "cfg_scale": r0.guidance_scale,
+                "width": r0.width,
+                "height": r0.height,
+                "batch_size": gen.reqs.len(),
+                "sampler_name": "LCM",
+            });
+            if let Some(init) = &r0.init_image {
+                params["denoising_strength"] = json!(init.strength);
+            }
+            let mut info = params.clone();
+            info["all_seeds"] = json!(seeds);
+            info["queue_seconds"] = json!(out.queued.as_secs_f64());
+            json!({"images": b64, "parameters": params, "info": info.to_string()})
+        }
+    };
+    Ok(Json(body))
+}
+
+async fn health(State(app): State<Arc<App>>) -> Response {
+    app.metrics.request("/health", 200);
+    Json(json!({"status": "ok"})).into_response()
+}
+
+/// Ready: the model is loaded (it is before the port opens) and the server is not draining.
+async fn ready(State(app): State<Arc<App>>) -> Response {
+    let resp = if app.metrics.draining.load(Ordering::SeqCst) {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, None, "draining: this server is shutting down").into_response()
+    } else {
+        Json(json!({"status": "ready", "model": app.model_name})).into_response()
+    };
+    app.metrics.request("/ready", resp.status().as_u16());
+    resp
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    app.metrics.request("/metrics", 200);
+    let mut resp = app.metrics.render().into_response();
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+    resp
+}
+
+/// OpenAI's model list: the one model this server holds.
+async fn models(State(app): State<Arc<App>>) -> Response {
+    app.metrics.request("/v1/models", 200);
+    Json(json!({"object": "list", "data": [{"id": app.model_name, "object": "model", "owned_by": "lcm"}]}))
+        .into_response()
+}
+
+/// A1111's LoRA list: the names `loras[].name` and `<lora:NAME:SCALE>` accept.
+async fn loras(State(app): State<Arc<App>>) -> Response {
+    app.metrics.request("/sdapi/v1/loras", 200);
+    Json(app.loras.files.keys().map(|n| json!({"name": n, "alias": n})).collect::<Vec<_>>()).into_response()
+}
+
+/// Test hook (`--debug-hooks`): panics inside a handler, to show it is one request's 500.
+async fn debug_panic(State(app): State<Arc<App>>) -> Response {
+    let resp = guarded(&app.metrics, async {
+        if std::hint::black_box(true) {
+            panic!("test hook: a panic inside a request handler");
+        }
+        StatusCode::OK.into_response()
+    })
+    .await;
+    app.metrics.request("/debug/panic", resp.status().as_u16());
+    resp
+}
+
+/// Resolves on SIGTERM or SIGINT once the drain is done: from the signal on, `/ready` and new
+/// generation requests answer 503; the requests already received finish (each within its timeout);
+/// then the server stops accepting and exits.
+pub async fn drained(app: Arc<App>) {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    app.metrics.draining.store(true, Ordering::SeqCst);
+    eprintln!(
+        "draining: {} requests in flight, {} queued; refusing new work",
+        app.metrics.in_flight.load(Ordering::SeqCst),
+        app.queue.len()
+    );
+    while app.metrics.in_flight.load(Ordering::SeqCst) > 0 || app.queue.len() > 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("drained; exiting");
+}

@@ -1,0 +1,105 @@
+//! `lcm serve`: one loaded pipeline behind OpenAI's images API and A1111's txt2img/img2img, with a
+//! bounded FIFO queue that batches requests of one shape and LoRA set, per-request timeouts,
+//! cancellation on disconnect, LoRA hot-swap by name, health/readiness probes, Prometheus metrics and
+//! a graceful drain on SIGTERM (docs/serving.md).
+//!
+//! Threads: tokio (two threads) runs the HTTP side; one worker thread owns the pipeline and runs one
+//! batch at a time (a pipeline generates one batch at a time; its backend parallelises inside).
+
+mod api;
+mod error;
+mod http;
+mod loras;
+mod metrics;
+mod png;
+mod queue;
+
+use std::io::Write as _;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lcm_core::{Backend, Error, Result};
+use lcm_pipeline::pipeline::{LoraSpec, Pipeline};
+
+pub use api::Limits;
+pub use loras::LoraDir;
+
+/// How to serve.
+pub struct ServeConfig {
+    /// Address to listen on (loopback by default in the CLI).
+    pub host: String,
+    /// Port; 0 picks a free one (printed on stdout as `listening on http://ADDR`).
+    pub port: u16,
+    /// Most images one batch runs.
+    pub max_batch: usize,
+    /// Requests the queue holds; one more is answered 429.
+    pub queue: usize,
+    /// Per request, from its body read to its answer; past it the work is cancelled and 504 answered.
+    pub timeout: Duration,
+    pub limits: Limits,
+    /// LoRAs requests may name.
+    pub loras: LoraDir,
+    /// LoRAs every request runs with, before its own (the LCM-LoRA on a plain SD1.5 model).
+    pub base_loras: Vec<LoraSpec>,
+    /// The model's name in responses and PNG parameters (not its path).
+    pub model_name: String,
+    /// Test hooks: `POST /debug/panic` and a worker panic on the prompt `__lcm_test_panic__`.
+    pub debug_hooks: bool,
+}
+
+/// Serves `pipe` until SIGTERM/SIGINT, then drains and returns. The pipeline is loaded before this is
+/// called, so the port opens only once the model is ready.
+pub fn run<B: Backend + 'static>(pipe: Pipeline<B>, cfg: ServeConfig) -> Result<()>
+where
+    Pipeline<B>: Send,
+{
+    if cfg.max_batch == 0 || cfg.queue == 0 || cfg.timeout.is_zero() {
+        return Err(Error::invalid("serve", "--max-batch, --queue and --timeout-s must be at least 1"));
+    }
+    let metrics = Arc::new(metrics::Metrics::new(cfg.queue));
+    let queue = Arc::new(queue::Queue::new(cfg.queue, metrics.clone()));
+    let worker_cfg = queue::WorkerConfig {
+        max_batch: cfg.max_batch,
+        base_loras: cfg.base_loras,
+        panic_prompt: cfg.debug_hooks.then(|| "__lcm_test_panic__".to_string()),
+    };
+    let worker = {
+        let (queue, metrics) = (queue.clone(), metrics.clone());
+        std::thread::Builder::new()
+            .name("lcm-worker".into())
+            .spawn(move || queue::work(pipe, &queue, &metrics, &worker_cfg))
+            .map_err(|e| Error::invalid("serve", format!("cannot start the worker thread: {e}")))?
+    };
+    let app = Arc::new(http::App {
+        queue: queue.clone(),
+        metrics,
+        limits: cfg.limits,
+        loras: cfg.loras,
+        timeout: cfg.timeout,
+        max_batch: cfg.max_batch,
+        model_name: cfg.model_name,
+        ids: AtomicU64::new(1),
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::invalid("serve", format!("cannot start the async runtime: {e}")))?;
+    let served = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind((cfg.host.as_str(), cfg.port))
+            .await
+            .map_err(|e| Error::invalid("--host/--port", format!("cannot listen on {}:{}: {e}", cfg.host, cfg.port)))?;
+        let addr = listener.local_addr().map_err(|e| Error::invalid("--port", e.to_string()))?;
+        // One line on stdout that scripts wait for (the port may have been 0).
+        println!("listening on http://{addr}");
+        let _ = std::io::stdout().flush();
+        axum::serve(listener, http::router(app.clone(), cfg.debug_hooks))
+            .with_graceful_shutdown(http::drained(app.clone()))
+            .await
+            .map_err(|e| Error::invalid("serve", format!("the HTTP server failed: {e}")))
+    });
+    queue.close();
+    let _ = worker.join();
+    served
+}
