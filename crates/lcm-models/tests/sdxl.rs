@@ -84,7 +84,7 @@ fn sdxl_lcm_sdxl_and_ssd_unets_match_diffusers() {
         let want = get("out");
         assert_eq!(out.shape, want.shape);
         assert_close(&format!("{folder} UNet"), &out.data, &want.data, TOL);
-        let err = unet.forward(&be, &sample, &vec![t; 2], &get("encoder_hidden_states"), cond.as_ref()).unwrap_err();
+        let err = unet.forward(&be, &sample, &[t; 2], &get("encoder_hidden_states"), cond.as_ref()).unwrap_err();
         assert!(err.to_string().contains("text_time"), "{err}");
     }
 }
