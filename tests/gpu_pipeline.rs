@@ -5,7 +5,9 @@
 //! (plain, CFG with two images, LCM w-embedding, a merged LoRA), and the UNet with an unmerged LoRA on
 //! every target (the CUDA run-time path `lcm bench --lora-rank` times) against the same LoRA merged on
 //! the CPU. Relative L2 < 1e-2 per model call; end to end, latents < 1e-2 and the image's mean absolute
-//! difference < 2/255.
+//! difference < 2/255. The SDXL-structured fixtures (tests/fixtures/sdxl: two text encoders, the pooled
+//! and time-id conditioning, LCM-SDXL and SSD-1B-style UNets, LoRAs, a single file) run the same
+//! pipeline comparison.
 //!
 //! Every model call runs twice on the GPU: once, then again after every arena the model owns is
 //! poisoned with NaN. The second run (a CUDA-graph replay) must rewrite everything it reads and give
@@ -210,17 +212,22 @@ const PIPELINE_CASES: &[&str] =
 
 struct Case {
     model: PathBuf,
+    config: Option<PathBuf>,
+    clip_skip: usize,
     loras: Vec<LoraSpec>,
     req: Request,
 }
 
-fn case(name: &str) -> Case {
-    let text = std::fs::read_to_string(fixtures().join("records/pipeline/cases.json")).expect("cases.json");
+/// Case `name` of `records/<set>/cases.json`.
+fn case(set: &str, name: &str) -> Case {
+    let text = std::fs::read_to_string(fixtures().join(format!("records/{set}/cases.json"))).expect("cases.json");
     let all: Value = serde_json::from_str(&text).expect("cases.json is JSON");
     let c = all.as_array().expect("a list").iter().find(|c| c["name"] == name).expect("case recorded");
     let num = |k: &str| c[k].as_f64().unwrap_or_else(|| panic!("{name}: {k}"));
     Case {
         model: fixtures().join(c["model"].as_str().expect("model")),
+        config: c["config"].as_str().map(|s| fixtures().join(s)),
+        clip_skip: c["clip_skip"].as_u64().unwrap_or(0) as usize,
         loras: c["loras"]
             .as_array()
             .expect("loras")
@@ -246,10 +253,47 @@ fn case(name: &str) -> Case {
 
 fn pipeline_matches_cpu(be: CudaBackend) {
     let names = if reduced() { &PIPELINE_CASES[..1] } else { PIPELINE_CASES };
+    compare_pipelines(be, "pipeline", names);
+}
+
+/// SDXL cases recorded by generate_sdxl.py that between them cover its paths: CFG with zeros for the
+/// absent negative prompt (two images), the single file with a LoRA and CFG, the SSD-1B-style UNet with
+/// CFG, the LCM-SDXL w-embedding (two images), one step, CFG with a negative prompt and clip_skip, a
+/// non-square size, a kohya LoRA with LDM names. The reduced run keeps the first two, the emulator
+/// (~30 s a case here) the first four; all measured on the emulator at 6e-4..2.1e-3 latents rel L2,
+/// image MAD under 0.13/255.
+const SDXL_CASES: &[&str] = &[
+    "xl_cfg_zeros_x2",
+    "xl_single_file_cfg_lora",
+    "xl_ssd_cfg",
+    "xl_lcm_x2",
+    "xl_1step",
+    "xl_clip_skip",
+    "xl_96x64",
+    "xl_lora_kohya_ldm",
+];
+
+fn sdxl_pipeline_matches_cpu(be: CudaBackend) {
+    let names = match (reduced(), gpu_util::emulated()) {
+        (true, _) => &SDXL_CASES[..2],
+        (false, true) => &SDXL_CASES[..4],
+        (false, false) => SDXL_CASES,
+    };
+    compare_pipelines(be, "sdxl", names);
+}
+
+/// Each recorded case of `records/<set>/cases.json` in `names`, on the CUDA backend and on the CPU.
+fn compare_pipelines(be: CudaBackend, set: &str, names: &[&str]) {
     let mut gpu = Some(be);
     for name in names {
-        let c = case(name);
-        let spec = LoadSpec { model_dir: c.model.clone(), loras: c.loras.clone(), ..LoadSpec::default() };
+        let c = case(set, name);
+        let spec = LoadSpec {
+            model_dir: c.model.clone(),
+            config_dir: c.config.clone(),
+            clip_skip: c.clip_skip,
+            loras: c.loras.clone(),
+            ..LoadSpec::default()
+        };
         // Each pipeline owns its backend: the first case takes the runner's, later ones open their own.
         let be = gpu.take().unwrap_or_else(gpu_util::backend);
         let mut g = Pipeline::load(be, spec.clone()).unwrap_or_else(|e| panic!("{name}: load on CUDA: {e}"));
@@ -261,18 +305,17 @@ fn pipeline_matches_cpu(be: CudaBackend) {
         let lat = rel_l2(&go.latents.data, &co.latents.data);
         let mad = go.images.data.iter().zip(&co.images.data).map(|(a, b)| (a - b).abs() as f64).sum::<f64>()
             / go.images.numel() as f64;
-        let rec =
-            SafeTensorsFile::open(fixtures().join(format!("records/pipeline/{name}.safetensors"))).expect("record");
+        let rec = SafeTensorsFile::open(fixtures().join(format!("records/{set}/{name}.safetensors"))).expect("record");
         let vs_torch = rel_l2(&go.latents.data, &rec.get("latents").expect("latents").to_f32());
         println!(
-            "pipeline {name}: latents CUDA vs CPU rel L2 {lat:.2e} (vs diffusers {vs_torch:.2e}), image MAD {:.3}/255",
+            "{set} {name}: latents CUDA vs CPU rel L2 {lat:.2e} (vs diffusers {vs_torch:.2e}), image MAD {:.3}/255",
             mad * 255.0
         );
         if lat.is_nan() || lat >= TOL {
-            fail_case(format!("pipeline {name}: latents rel L2 {lat:.3e} (limit {TOL:.0e})"));
+            fail_case(format!("{set} {name}: latents rel L2 {lat:.3e} (limit {TOL:.0e})"));
         }
         if mad.is_nan() || mad >= 2.0 / 255.0 {
-            fail_case(format!("pipeline {name}: image mean absolute difference {:.3}/255 (limit 2/255)", mad * 255.0));
+            fail_case(format!("{set} {name}: image mean absolute difference {:.3}/255 (limit 2/255)", mad * 255.0));
         }
     }
 }
@@ -284,7 +327,7 @@ fn pipeline_matches_cpu(be: CudaBackend) {
 fn second_generation_copies_only_inputs_and_outputs(be: CudaBackend) {
     let names: &[&str] = if reduced() { &["lcm_x2"] } else { &["sd_cfg_x2", "lcm_x2"] };
     for &name in names {
-        let c = case(name);
+        let c = case("pipeline", name);
         let spec = LoadSpec { model_dir: c.model.clone(), loras: c.loras.clone(), ..LoadSpec::default() };
         let mut g = Pipeline::load(be.share(), spec).unwrap_or_else(|e| panic!("{name}: load: {e}"));
         g.generate(&c.req, &mut |_| {}).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -362,6 +405,7 @@ fn main() -> std::process::ExitCode {
             ("unmerged_lora_on_the_unet_matches_merged_on_cpu", unmerged_lora_on_the_unet_matches_merged_on_cpu),
             ("vae_decode_and_encode_match_cpu", vae_decode_and_encode_match_cpu),
             ("pipeline_matches_cpu", pipeline_matches_cpu),
+            ("sdxl_pipeline_matches_cpu", sdxl_pipeline_matches_cpu),
             ("second_generation_copies_only_inputs_and_outputs", second_generation_copies_only_inputs_and_outputs),
             ("runtime_lora_swaps_match_fresh_pipelines", runtime_lora_swaps_match_fresh_pipelines),
         ],

@@ -49,6 +49,16 @@ pub enum Error {
     #[error("backend: {0}")]
     Backend(String),
 
+    /// A stage's result holds NaN or infinity (an f16 overflow, a broken model): reported instead of
+    /// passing on a black or garbage image.
+    #[error("{stage}: {msg}")]
+    NonFinite {
+        /// The stage whose output is not finite ("vae decode", "denoising loop").
+        stage: String,
+        /// How many values, and what may cause it.
+        msg: String,
+    },
+
     /// The caller asked for the work to stop (a cancellation flag was set).
     #[error("cancelled")]
     Cancelled,
@@ -76,6 +86,11 @@ impl Error {
     /// [`Error::Invalid`].
     pub fn invalid(what: impl Into<String>, msg: impl Into<String>) -> Self {
         Error::Invalid { what: what.into(), msg: msg.into() }
+    }
+
+    /// [`Error::NonFinite`].
+    pub fn non_finite(stage: impl Into<String>, msg: impl Into<String>) -> Self {
+        Error::NonFinite { stage: stage.into(), msg: msg.into() }
     }
 
     /// [`Error::Backend`].

@@ -109,6 +109,37 @@ impl<B: Backend> Executor<B> {
         }
     }
 
+    /// Writes `data` into input `i` starting at its element `at` (the rest of the input keeps what it
+    /// held): a part of an input that changes on its own, such as zeros for one half of a guided batch.
+    pub fn set_input_at(&mut self, backend: &B, i: usize, at: usize, data: HostData<'_>) -> Result<()> {
+        let t = *self
+            .program
+            .graph
+            .inputs
+            .get(i)
+            .ok_or_else(|| Error::invalid("executor", format!("graph has no input {i}")))?;
+        let desc = &self.program.graph.tensors[t];
+        let kind_ok =
+            matches!((desc.elem, data), (Elem::Act | Elem::F32, HostData::F32(_)) | (Elem::I32, HostData::I32(_)));
+        if !kind_ok || at + data.len() > desc.numel() {
+            return Err(Error::invalid(
+                "executor",
+                format!(
+                    "input {i} ({:?} {:?}) cannot take {} elements at element {at}",
+                    desc.elem,
+                    desc.shape,
+                    data.len()
+                ),
+            ));
+        }
+        match self.program.plan.offsets[t] {
+            Some(off) => {
+                backend.write(&mut self.arena, off + at * desc.elem.bytes(backend.act_bytes()), desc.elem, data)
+            }
+            None => Ok(()),
+        }
+    }
+
     /// Runs the graph once on the inputs as last written. `weights` must have the specs the executor
     /// was built with (checked by [`Executor::new`], not here).
     pub fn run(&mut self, backend: &B, weights: &ModelWeights<B>) -> Result<()> {
@@ -129,15 +160,30 @@ impl<B: Backend> Executor<B> {
     /// Copies output `i` into input `j` of `dst`, starting at its element `at`, on the backend (no host
     /// trip): one model's result straight into the next model's input.
     pub fn copy_output_to(&self, backend: &B, i: usize, dst: &mut Executor<B>, j: usize, at: usize) -> Result<()> {
+        let n = self.program.graph.outputs.get(i).map_or(0, |&t| self.program.graph.tensors[t].numel());
+        self.copy_output_range_to(backend, i, 0..n, dst, j, at)
+    }
+
+    /// Copies elements `range` of output `i` into input `j` of `dst` from its element `at`, on the
+    /// backend: one row of a result (the text encoder's state at the EOS token) into the next model.
+    pub fn copy_output_range_to(
+        &self,
+        backend: &B,
+        i: usize,
+        range: std::ops::Range<usize>,
+        dst: &mut Executor<B>,
+        j: usize,
+        at: usize,
+    ) -> Result<()> {
         let missing = |what: &str| Error::invalid("executor", format!("no {what}"));
         let src_t = *self.program.graph.outputs.get(i).ok_or_else(|| missing(&format!("output {i}")))?;
         let dst_t = *dst.program.graph.inputs.get(j).ok_or_else(|| missing(&format!("input {j}")))?;
         let (s, d) = (&self.program.graph.tensors[src_t], &dst.program.graph.tensors[dst_t]);
-        if s.elem != d.elem || at + s.numel() > d.numel() {
+        if s.elem != d.elem || range.start > range.end || range.end > s.numel() || at + range.len() > d.numel() {
             return Err(Error::invalid(
                 "executor",
                 format!(
-                    "output {i} ({:?} {:?}) does not fit input {j} ({:?} {:?}) at element {at}",
+                    "elements {range:?} of output {i} ({:?} {:?}) do not fit input {j} ({:?} {:?}) at element {at}",
                     s.elem, s.shape, d.elem, d.shape
                 ),
             ));
@@ -146,7 +192,7 @@ impl<B: Backend> Executor<B> {
         let (Some(src_off), Some(dst_off)) = (self.program.plan.offsets[src_t], dst.program.plan.offsets[dst_t]) else {
             return Ok(()); // an input nothing reads
         };
-        backend.copy(&self.arena, src_off, &mut dst.arena, dst_off + at * eb, s.numel() * eb)
+        backend.copy(&self.arena, src_off + range.start * eb, &mut dst.arena, dst_off + at * eb, range.len() * eb)
     }
 
     /// Reads output `i` as f32 (NHWC as the graph holds it).

@@ -2,11 +2,14 @@
 //! UNet's weights, so the latents stay on the backend from the first step to the VAE (on CUDA the whole
 //! loop is one graph replay), and the models hand their results to each other on the backend.
 //!
-//! Inputs (in this order, see [`input`]): the initial latents `F32 [N, h, w, c]` (NHWC), the text
-//! context `Act [B, T, D]` (B = 2N when guided: uncond then cond), the UNet's timesteps
-//! `Act [steps, B]`, the schedule `F32 [steps, STEP_ROW]` (`lcm_core::lcm::StepRow`), the noise
-//! `F32 [max(steps − 1, 1), N, h, w, c]` and, for LCM UNets, the guidance embedding `Act [B, d]`
-//! (B = N: the pipeline never runs such a UNet with CFG).
+//! Inputs (in this order, see [`input`] and [`DenoiseInputs`]): the initial latents `F32 [N, h, w, c]`
+//! (NHWC), the text context `Act [B, T, D]` (B = 2N when guided: uncond then cond), the UNet's
+//! timesteps `Act [steps, B]`, the schedule `F32 [steps, STEP_ROW]` (`lcm_core::lcm::StepRow`), the
+//! noise `F32 [max(steps − 1, 1), N, h, w, c]`; for LCM UNets the guidance embedding `Act [B, d]`
+//! (B = N: the pipeline never runs such a UNet with CFG); with two text encoders the context comes in
+//! two parts, `Act [B, T, D₁]` then `Act [B, T, D − D₁]`, joined on the channels in the graph (each
+//! encoder copies its states into its own part); for SDXL UNets the pooled text embeds `Act [B, P]` and
+//! the time ids `Act [6, B]`. All are written once per generation.
 //! Outputs: 0 the final denoised latents (`F32`, NHWC), 1 the VAE decoder's input
 //! (`Act`, latents / scaling_factor + shift).
 
@@ -31,6 +34,20 @@ pub mod input {
     pub const NOISE: usize = 4;
     /// LCM UNets only (`time_cond_proj_dim`).
     pub const COND: usize = 5;
+}
+
+/// Where each input of a denoising graph is: the fixed first five ([`input`]), then those only some
+/// models have, numbered after them in this order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DenoiseInputs {
+    /// The guidance embedding (`time_cond_proj_dim`), [`input::COND`].
+    pub cond: Option<usize>,
+    /// The second text encoder's part of the context (`DenoiseConfig::context_split`).
+    pub context_2: Option<usize>,
+    /// The pooled text embeds (`text_time`).
+    pub text_embeds: Option<usize>,
+    /// The time ids (`text_time`), `Act [6, B]`.
+    pub time_ids: Option<usize>,
 }
 
 /// What one denoising graph is built for; each distinct value gets its own executor.
@@ -61,6 +78,9 @@ pub struct DenoiseConfig {
     pub vae_scale: f32,
     /// The VAE's `shift_factor` (0 when absent).
     pub vae_shift: f32,
+    /// Two text encoders (SDXL): the first one's width D₁; the context input holds those channels and
+    /// a second input the rest. `None`: one context input of the full width.
+    pub context_split: Option<usize>,
 }
 
 impl DenoiseShape {
@@ -76,22 +96,53 @@ impl DenoiseShape {
 }
 
 impl UnetConfig {
+    /// Which optional inputs a denoising graph of this UNet with `cfg` has, and their indices.
+    pub fn denoise_inputs(&self, cfg: &DenoiseConfig) -> DenoiseInputs {
+        let mut next = input::COND;
+        let mut take = |present: bool| {
+            present.then(|| {
+                next += 1;
+                next - 1
+            })
+        };
+        let cond = take(self.time_cond_proj_dim.is_some());
+        let context_2 = take(cfg.context_split.is_some());
+        let text_embeds = take(self.text_time.is_some());
+        let time_ids = take(self.text_time.is_some());
+        DenoiseInputs { cond, context_2, text_embeds, time_ids }
+    }
+
     /// The denoising graph (see the module docs).
     pub fn denoise_graph(&self, d: &DenoiseShape, cfg: &DenoiseConfig) -> Result<Graph> {
         if d.images == 0 || d.steps == 0 || d.h == 0 || d.w == 0 || d.ctx_len == 0 {
             return Err(Error::invalid("denoising loop", format!("empty: {d:?}")));
         }
         let (n, batch, c) = (d.images, d.batch(), self.in_channels);
+        let width = self.cross_attention_dim;
+        if cfg.context_split.is_some_and(|w1| w1 == 0 || w1 >= width) {
+            return Err(Error::invalid(
+                "denoising loop",
+                format!("context split {:?} of cross_attention_dim {width}", cfg.context_split),
+            ));
+        }
         let mut b = GraphBuilder::new();
         let mut x = b.input(&[n, d.h, d.w, c], Elem::F32);
-        let ctx = b.input(&[batch, d.ctx_len, self.cross_attention_dim], Elem::Act);
+        let ctx = b.input(&[batch, d.ctx_len, cfg.context_split.unwrap_or(width)], Elem::Act);
         let t = b.input(&[d.steps, batch], Elem::Act);
         let schedule = b.input(&[d.steps, STEP_ROW], Elem::F32);
         let noise = b.input(&[d.noise_rows(), n, d.h, d.w, c], Elem::F32);
         let cond = self.time_cond_proj_dim.map(|dim| b.input(&[batch, dim], Elem::Act));
+        let ctx = match cfg.context_split {
+            Some(w1) => {
+                let second = b.input(&[batch, d.ctx_len, width - w1], Elem::Act);
+                b.concat(ctx, second) // once, before the loop: every step reads the joined context
+            }
+            None => ctx,
+        };
+        let aug = self.added_inputs(&mut b, batch).map(|(text, ids)| self.add_embedding(&mut b, text, ids));
         for step in 0..d.steps {
             let sample = b.cast(x, Elem::Act, batch / n, 1.0, 0.0);
-            let eps = self.build(&mut b, sample, (t, step), ctx, cond);
+            let eps = self.build(&mut b, sample, (t, step), ctx, cond, aug);
             let z = (step + 1 < d.steps).then_some(noise);
             x = b.lcm_step(x, eps, z, schedule, step, d.guided, cfg.prediction, cfg.clip);
         }
@@ -121,6 +172,21 @@ impl<B: Backend> Unet<B> {
     }
 }
 
+/// One copy of a text encoder's result into a denoising graph's input: elements `elements` of output
+/// `output` (for batch-1 encodings: all of it, or one token's row) to input `input` at each element
+/// offset in `at` (a prompt for several images, or uncond then cond).
+#[derive(Debug, Clone)]
+pub struct TextCopy {
+    /// The encoder graph's output.
+    pub output: usize,
+    /// Its elements copied.
+    pub elements: std::ops::Range<usize>,
+    /// The denoising graph's input.
+    pub input: usize,
+    /// Element offsets in that input, one copy each.
+    pub at: Vec<usize>,
+}
+
 impl<B: Backend> ClipTextModel<B> {
     /// Encodes one prompt's `ids` and copies the hidden states `[1, T, D]` into input `input` of `dst`
     /// at each element offset in `at` (a prompt for several images, or uncond then cond), on the
@@ -133,6 +199,18 @@ impl<B: Backend> ClipTextModel<B> {
         input: usize,
         at: &[usize],
     ) -> Result<()> {
+        let all = ids.len() * self.config.hidden_size;
+        self.encode_copies(backend, ids, dst, &[TextCopy { output: 0, elements: 0..all, input, at: at.to_vec() }])
+    }
+
+    /// Encodes one prompt's `ids` and makes each copy of its outputs into `dst`, on the backend.
+    pub fn encode_copies(
+        &mut self,
+        backend: &B,
+        ids: &[i32],
+        dst: &mut Executor<B>,
+        copies: &[TextCopy],
+    ) -> Result<()> {
         let cfg = &self.config;
         if let Some(&bad) = ids.iter().find(|&&id| id < 0 || id as usize >= cfg.vocab_size) {
             return Err(Error::invalid(
@@ -144,8 +222,10 @@ impl<B: Backend> ClipTextModel<B> {
         let (ex, weights) = self.runner.prepare(backend, &[1, tokens], || cfg.graph(1, tokens))?;
         ex.set_input(backend, 0, HostData::I32(ids))?;
         ex.run(backend, weights)?;
-        for &a in at {
-            ex.copy_output_to(backend, 0, dst, input, a)?;
+        for c in copies {
+            for &a in &c.at {
+                ex.copy_output_range_to(backend, c.output, c.elements.clone(), dst, c.input, a)?;
+            }
         }
         Ok(())
     }

@@ -17,6 +17,9 @@ use serde_json::{json, Value};
 
 /// SD1.5's UNet reads `attention_head_dim: 8` as 8 heads at every level.
 pub const SD15_UNET_HEADS: usize = 8;
+/// SDXL's UNets (and SSD-1B's, Vega's) use 64-wide heads: `attention_head_dim` [5, 10, 20] at 320, 640
+/// and 1280 channels.
+pub const SDXL_UNET_HEAD_WIDTH: usize = 64;
 /// CLIP ViT-L/14's text tower (and every OpenCLIP one) uses 64-wide heads.
 pub const CLIP_HEAD_WIDTH: usize = 64;
 /// GroupNorm groups in every SD UNet and VAE.
@@ -79,16 +82,34 @@ impl View<'_> {
 
 struct Level {
     channels: usize,
-    resnets: usize,
-    /// Transformer layers per attention block; `None`: a level without attention.
-    attention: Option<usize>,
+    /// Transformer layers after each resnet; empty entries' `None`: a level without attention.
+    depths: Vec<Option<usize>>,
+}
+
+/// The transformer depth in LDM slot `slot` (`input_blocks.N`, `output_blocks.N`, `middle_block`):
+/// `None` without a transformer there.
+fn slot_depth(v: &View, slot: &str) -> Option<usize> {
+    v.has(&format!("{slot}.1.proj_in.weight"))
+        .then(|| (0..).take_while(|t| v.has(&format!("{slot}.1.transformer_blocks.{t}.attn1.to_q.weight"))).count())
+}
+
+/// One block's depths as a config entry: an int when every layer has the same, else the list.
+fn depth_entry(depths: &[usize]) -> Value {
+    if depths.iter().all(|&d| d == depths[0]) {
+        json!(depths[0])
+    } else {
+        json!(depths)
+    }
 }
 
 /// UNet2DConditionModel's config from LDM names (`input_blocks.…`, relative to
 /// `model.diffusion_model.`). The down path is walked slot by slot as LDM numbers it (see
 /// [`crate::ldm::UnetLayout`]): a slot holds a resnet (`.0.in_layers.2`, its width) and maybe a
-/// transformer (`.1`, its depth), or a downsampler (`.0.op`) that closes a level.
-pub(crate) fn unet_config(v: &View) -> Result<Value> {
+/// transformer (`.1`, its depth), or a downsampler (`.0.op`) that closes a level. The up path's and
+/// the mid block's transformers are read too (SSD-1B and Segmind-Vega differ there). SDXL's added
+/// embedding (`label_emb.0`) needs the pooled text width, `pooled_dim` (text_encoder_2's
+/// projection): the rest of its input is six sinusoids of `addition_time_embed_dim`.
+pub(crate) fn unet_config(v: &View, pooled_dim: Option<usize>) -> Result<Value> {
     let conv_in = v.need("input_blocks.0.0.weight", 4)?.to_vec();
     let in_channels = conv_in[1];
     match in_channels {
@@ -109,12 +130,24 @@ pub(crate) fn unet_config(v: &View) -> Result<Value> {
         }
         n => return Err(v.err("input_blocks.0.0.weight", format!("has {n} input channels, expected 4"))),
     }
-    if v.has("label_emb.0.0.weight") {
-        return Err(v.err(
+    let text_time = match (v.shape("label_emb.0.0.weight"), pooled_dim) {
+        (None, _) => None,
+        (Some(&[_, input]), Some(pooled)) if input > pooled && (input - pooled) % 6 == 0 => {
+            Some((input, (input - pooled) / 6))
+        }
+        (Some(s), Some(pooled)) => {
+            return Err(v.err(
+                "label_emb.0.0.weight",
+                format!("has shape {s:?}: its input is not {pooled} pooled text widths plus six time-id sinusoids"),
+            ))
+        }
+        (Some(_), None) => return Err(v.err(
             "label_emb.0.0.weight",
-            "is a class / added-condition embedding (SDXL, SD2 upscaler); SD1.5-family UNets have none",
-        ));
-    }
+            "is an added-condition embedding (SDXL's text_time, an SD2 upscaler's class embedding) in a checkpoint \
+                 without SDXL's second text encoder",
+        )),
+    };
+    let sdxl = text_time.is_some();
 
     let mut levels: Vec<Level> = Vec::new();
     let mut current: Option<Level> = None;
@@ -131,21 +164,17 @@ pub(crate) fn unet_config(v: &View) -> Result<Value> {
         let resnet = format!("input_blocks.{slot}.0.in_layers.2.weight");
         let Some(shape) = v.shape(&resnet) else { break };
         let channels = shape[0];
-        let attention = v.has(&format!("input_blocks.{slot}.1.proj_in.weight")).then(|| {
-            (0..)
-                .take_while(|t| v.has(&format!("input_blocks.{slot}.1.transformer_blocks.{t}.attn1.to_q.weight")))
-                .count()
-        });
+        let depth = slot_depth(v, &format!("input_blocks.{slot}"));
         match current.as_mut() {
-            None => current = Some(Level { channels, resnets: 1, attention }),
-            Some(l) if l.channels == channels && l.attention == attention => l.resnets += 1,
+            None => current = Some(Level { channels, depths: vec![depth] }),
+            Some(l) if l.channels == channels && l.depths[0].is_some() == depth.is_some() => l.depths.push(depth),
             Some(l) => {
                 return Err(v.err(
                     &resnet,
                     format!(
-                        "({channels} channels, transformer layers {attention:?}) differs from the resnet before it in \
+                        "({channels} channels, transformer layers {depth:?}) differs from the resnet before it in \
                          the same level ({} channels, {:?})",
-                        l.channels, l.attention
+                        l.channels, l.depths[0]
                     ),
                 ))
             }
@@ -157,14 +186,40 @@ pub(crate) fn unet_config(v: &View) -> Result<Value> {
         return Err(v.err("input_blocks.1.0.in_layers.2.weight", "missing: the UNet has no down-path resnet"));
     }
 
-    // The up path mirrors the down path with one resnet more per level.
-    let up_slots: usize = levels.iter().map(|l| l.resnets + 1).sum();
+    // The up path mirrors the down path with one resnet more per level (and may differ in depths).
+    let up_slots: usize = levels.iter().map(|l| l.depths.len() + 1).sum();
     v.need(&format!("output_blocks.{}.0.in_layers.2.weight", up_slots - 1), 4)?;
     let extra = format!("output_blocks.{up_slots}.0.in_layers.2.weight");
     if v.has(&extra) {
         return Err(v.err(&extra, format!("is an up-path slot beyond the {up_slots} the down path implies")));
     }
-    if !v.has("middle_block.1.proj_in.weight") {
+    let mut up_slot = 0;
+    let mut up_depths: Vec<Vec<usize>> = Vec::new();
+    for l in levels.iter().rev() {
+        let mut d = Vec::new();
+        for _ in 0..=l.depths.len() {
+            let depth = slot_depth(v, &format!("output_blocks.{up_slot}"));
+            if depth.is_some() != l.depths[0].is_some() {
+                let has = if depth.is_some() { "has" } else { "lacks" };
+                return Err(v.err(
+                    &format!("output_blocks.{up_slot}.1.proj_in.weight"),
+                    format!("the up-path slot {has} a transformer where its mirrored down level does not"),
+                ));
+            }
+            d.push(depth.unwrap_or(1));
+            up_slot += 1;
+        }
+        up_depths.push(d);
+    }
+    // UNetMidBlock2DCrossAttn (resnet, transformer, resnet), UNetMidBlock2D as UNet2DConditionModel
+    // builds it (one resnet: Segmind-Vega), or none.
+    let mid_depth = slot_depth(v, "middle_block");
+    let mid_block_type = match (mid_depth, v.has("middle_block.0.in_layers.2.weight")) {
+        (Some(_), _) => json!("UNetMidBlock2DCrossAttn"),
+        (None, true) => json!("UNetMidBlock2D"),
+        (None, false) => Value::Null,
+    };
+    if !sdxl && mid_depth.is_none() {
         return Err(v.err(
             "middle_block.1.proj_in.weight",
             "missing: SD1.5-family UNets have a mid block with cross-attention (UNetMidBlock2DCrossAttn)",
@@ -194,16 +249,25 @@ pub(crate) fn unet_config(v: &View) -> Result<Value> {
     let conv_out = v.need("out.2.weight", 4)?;
 
     let channels: Vec<usize> = levels.iter().map(|l| l.channels).collect();
-    if let Some(&bad) = channels.iter().find(|&&c| c % SD15_UNET_HEADS != 0 || c % SD_NORM_GROUPS != 0) {
+    // SD1.5: 8 heads everywhere; SDXL: 64-wide heads (attention_head_dim [5, 10, 20] read as heads).
+    let (heads, rule) = if sdxl {
+        (json!(channels.iter().map(|c| c / SDXL_UNET_HEAD_WIDTH).collect::<Vec<_>>()), "SDXL family's 64-wide heads")
+    } else {
+        (json!(SD15_UNET_HEADS), "SD1.5 family's 8 heads")
+    };
+    let splits = |c: usize| {
+        c % SD_NORM_GROUPS == 0 && if sdxl { c % SDXL_UNET_HEAD_WIDTH == 0 } else { c % SD15_UNET_HEADS == 0 }
+    };
+    if let Some(&bad) = channels.iter().find(|&&c| !splits(c)) {
         return Err(v.err(
             "input_blocks.1.0.in_layers.2.weight",
             format!(
-                "a level is {bad} channels wide, which does not split into the SD1.5 family's {SD15_UNET_HEADS} \
-                 heads and {SD_NORM_GROUPS} groups; pass --config DIR with this model's unet/config.json"
+                "a level is {bad} channels wide, which does not split into the {rule} and {SD_NORM_GROUPS} groups; \
+                 pass --config DIR with this model's unet/config.json"
             ),
         ));
     }
-    let cross = |l: &Level, down: bool| match (l.attention.is_some(), down) {
+    let cross = |l: &Level, down: bool| match (l.depths[0].is_some(), down) {
         (true, true) => "CrossAttnDownBlock2D",
         (false, true) => "DownBlock2D",
         (true, false) => "CrossAttnUpBlock2D",
@@ -217,7 +281,29 @@ pub(crate) fn unet_config(v: &View) -> Result<Value> {
             json!(vals)
         }
     };
-    let depth = per_level(&|l| l.attention.unwrap_or(1));
+    // Depths: per level when every layer agrees (SD1.5, SDXL), per layer otherwise (SSD-1B, Vega); the
+    // up path explicitly when it is not the down path's levels mirrored.
+    let down_depths: Vec<Vec<usize>> =
+        levels.iter().map(|l| l.depths.iter().map(|d| d.unwrap_or(1)).collect()).collect();
+    let down_entries: Vec<Value> = down_depths.iter().map(|d| depth_entry(d)).collect();
+    let per_layer = down_entries.iter().any(Value::is_array);
+    let mirrored = down_depths.iter().rev().zip(&up_depths).all(|(d, u)| u.iter().all(|&x| x == d[0]));
+    let depth = if !per_layer && down_entries.iter().all(|e| *e == down_entries[0]) {
+        down_entries[0].clone()
+    } else {
+        json!(down_entries)
+    };
+    let mid_from_config = down_depths.last().map_or(1, |d| d[0]);
+    if let Some(m) = mid_depth.filter(|&m| m != mid_from_config) {
+        return Err(v.err(
+            "middle_block.1.transformer_blocks.0.attn1.to_q.weight",
+            format!(
+                "the mid block has {m} transformer layers; diffusers' config gives it the last level's first, \
+                 {mid_from_config}: pass --config DIR with this model's unet/config.json"
+            ),
+        ));
+    }
+    let layers_per_block = per_level(&|l| l.depths.len());
     let mut cfg = json!({
         "_class_name": "UNet2DConditionModel",
         "in_channels": in_channels,
@@ -225,19 +311,28 @@ pub(crate) fn unet_config(v: &View) -> Result<Value> {
         "conv_in_kernel": conv_in[2],
         "conv_out_kernel": conv_out[2],
         "block_out_channels": channels,
-        "layers_per_block": per_level(&|l| l.resnets),
+        "layers_per_block": layers_per_block,
         "down_block_types": levels.iter().map(|l| cross(l, true)).collect::<Vec<_>>(),
         "up_block_types": levels.iter().rev().map(|l| cross(l, false)).collect::<Vec<_>>(),
-        "mid_block_type": "UNetMidBlock2DCrossAttn",
+        "mid_block_type": mid_block_type,
         "transformer_layers_per_block": depth,
         "cross_attention_dim": cross_attention_dim,
-        "attention_head_dim": SD15_UNET_HEADS,
+        "attention_head_dim": heads,
         "use_linear_projection": use_linear_projection,
         "norm_num_groups": SD_NORM_GROUPS,
         "time_cond_proj_dim": time_cond_proj_dim,
     });
     if time_embed[0] != 4 * c0 {
         cfg["time_embedding_dim"] = json!(time_embed[0]);
+    }
+    if per_layer || !mirrored {
+        cfg["reverse_transformer_layers_per_block"] =
+            json!(up_depths.iter().map(|d| depth_entry(d)).collect::<Vec<_>>());
+    }
+    if let Some((input, time_dim)) = text_time {
+        cfg["addition_embed_type"] = json!("text_time");
+        cfg["addition_time_embed_dim"] = json!(time_dim);
+        cfg["projection_class_embeddings_input_dim"] = json!(input);
     }
     Ok(cfg)
 }
@@ -270,6 +365,49 @@ pub(crate) fn clip_config(v: &View) -> Result<Value> {
         "max_position_embeddings": positions,
         "num_attention_heads": hidden / CLIP_HEAD_WIDTH,
         "num_hidden_layers": layers,
+        "vocab_size": vocab_size,
+    }))
+}
+
+/// SDXL's second text encoder's config (a CLIPTextModelWithProjection, as transformers would write
+/// it) from OpenCLIP's own names (`token_embedding.weight`, `transformer.resblocks.N.…`,
+/// `text_projection` `[hidden, projection]`): gelu, 64-wide heads, and the legacy `eos_token_id` 2
+/// of SDXL's `text_encoder_2/config.json` (the pooled token is the largest id, the end of text).
+pub(crate) fn open_clip_config(v: &View) -> Result<Value> {
+    let token = v.need("token_embedding.weight", 2)?;
+    let (vocab_size, hidden) = (token[0], token[1]);
+    let positions = v.need("positional_embedding", 2)?[0];
+    let layers = (0..).take_while(|l| v.has(&format!("transformer.resblocks.{l}.mlp.c_fc.weight"))).count();
+    if layers == 0 {
+        return Err(v.err("transformer.resblocks.0.mlp.c_fc.weight", "missing: the text encoder has no layers"));
+    }
+    let intermediate = v.need("transformer.resblocks.0.mlp.c_fc.weight", 2)?[0];
+    let projection = v.need("text_projection", 2)?;
+    if projection[0] != hidden {
+        return Err(v.err("text_projection", format!("has shape {projection:?}, expected [{hidden}, projection]")));
+    }
+    if hidden % CLIP_HEAD_WIDTH != 0 {
+        return Err(v.err(
+            "token_embedding.weight",
+            format!(
+                "the text encoder is {hidden} wide, not a multiple of OpenCLIP's {CLIP_HEAD_WIDTH}-wide heads; pass \
+                 --config DIR with a text_encoder_2/config.json"
+            ),
+        ));
+    }
+    Ok(json!({
+        "architectures": ["CLIPTextModelWithProjection"],
+        "bos_token_id": 0,
+        "eos_token_id": 2,
+        "hidden_act": "gelu",
+        "hidden_size": hidden,
+        "intermediate_size": intermediate,
+        "layer_norm_eps": 1e-5,
+        "max_position_embeddings": positions,
+        "num_attention_heads": hidden / CLIP_HEAD_WIDTH,
+        "num_hidden_layers": layers,
+        "pad_token_id": 1,
+        "projection_dim": projection[1],
         "vocab_size": vocab_size,
     }))
 }
@@ -325,7 +463,7 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::ldm::{vae_ldm_is_conv, vae_to_ldm, UnetLayout};
-    use crate::{sd15, ClipConfig, UnetConfig, VaeConfig};
+    use crate::{sd15, sdxl, ClipConfig, UnetConfig, VaeConfig};
 
     struct Table(HashMap<String, Vec<usize>>, PathBuf);
 
@@ -352,8 +490,45 @@ mod tests {
         });
         let table = Table(shapes.collect(), PathBuf::from("sd15.safetensors"));
         let key = |n: &str| Some(n.to_string());
-        let json = unet_config(&View { file: &table, key: &key, what: "the UNet" }).unwrap();
-        same(UnetConfig::parse(&Config::from_value(Path::new("x"), json)).unwrap(), cfg);
+        let json = unet_config(&View { file: &table, key: &key, what: "the UNet" }, None).unwrap();
+        // sample_size (a default image size) is no shape: the file cannot say it.
+        same(
+            UnetConfig::parse(&Config::from_value(Path::new("x"), json)).unwrap(),
+            UnetConfig { sample_size: None, ..cfg },
+        );
+    }
+
+    /// SDXL's and an SSD-1B-shaped UNet (per-layer depths, its own up path, a resnet-only mid block)
+    /// come back from their LDM shapes, with the pooled width text_encoder_2 gives.
+    #[test]
+    fn sdxl_and_ssd_unets_from_their_ldm_shapes() {
+        for (name, json) in [("sdxl", sdxl::UNET_CONFIG), ("ssd-1b", sdxl::SSD_1B_UNET_CONFIG)] {
+            let cfg = UnetConfig::from_json(Path::new(name), json).unwrap();
+            let layout = UnetLayout::from_config(&cfg);
+            let shapes =
+                cfg.graph(1, 8, 8, 1).unwrap().weights.into_iter().map(|w| (layout.to_ldm(&w.name).unwrap(), w.shape));
+            let table = Table(shapes.collect(), PathBuf::from(format!("{name}.safetensors")));
+            let key = |n: &str| Some(n.to_string());
+            let json = unet_config(&View { file: &table, key: &key, what: "the UNet" }, Some(1280)).unwrap();
+            same(
+                UnetConfig::parse(&Config::from_value(Path::new("x"), json)).unwrap(),
+                UnetConfig { sample_size: None, ..cfg },
+            );
+            let err = unet_config(&View { file: &table, key: &key, what: "the UNet" }, None).unwrap_err().to_string();
+            assert!(err.contains("label_emb.0.0.weight") && err.contains("second text encoder"), "{err}");
+        }
+        let te2 = ClipConfig::from_json(Path::new("sdxl"), sdxl::TEXT_ENCODER_2_CONFIG, 0).unwrap();
+        let specs = te2.clone().with_output(crate::clip::ClipOutput::Penultimate).graph(1, 1).unwrap().weights;
+        let p = "m.";
+        let shapes = specs.into_iter().map(|w| {
+            let k = crate::open_clip::open_clip_key(p, &w.name).unwrap();
+            let shape = k.file_shape(&w.shape).into_owned();
+            (k.key, shape)
+        });
+        let table = Table(shapes.collect(), PathBuf::from("sdxl.safetensors"));
+        let key = |n: &str| Some(format!("{p}{n}"));
+        let json = open_clip_config(&View { file: &table, key: &key, what: "the second text encoder" }).unwrap();
+        same(ClipConfig::parse_value(Path::new("x"), json, 0).unwrap(), te2);
     }
 
     #[test]

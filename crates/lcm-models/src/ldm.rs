@@ -7,7 +7,9 @@
 //! - `input_blocks.0.0` is `conv_in`; then per level i, per resnet j, one slot `input_blocks.N` holding
 //!   the resnet (`.0`) and, with attention, the transformer (`.1`); after every level but the last, one
 //!   slot holding the downsampler conv (`.0.op`).
-//! - `middle_block.0/1/2` = `mid_block.resnets.0`, `attentions.0`, `resnets.1`.
+//! - `middle_block.0/1/2` = `mid_block.resnets.0`, `attentions.0`, `resnets.1` (a `UNetMidBlock2D`
+//!   mid block, SSD-1B's and Vega's, is `middle_block.0` alone);
+//! - SDXL's added embedding `add_embedding.linear_1/2` is `label_emb.0.0/2`.
 //! - per up block i (levels reversed, one resnet more than the level's down block), one slot
 //!   `output_blocks.N` per resnet: resnet `.0`, transformer `.1`; the upsampler conv sits in the block's
 //!   last slot after them: `.1.conv` without attention, `.2.conv` with it.
@@ -17,7 +19,7 @@
 //! these names; both read them through this one mapping. The VAE's (`first_stage_model.…`) and the
 //! text encoder's (`cond_stage_model.transformer.…`) names are below it.
 
-use crate::unet::DownBlock;
+use crate::unet::{DownBlock, MidBlock};
 use crate::UnetConfig;
 
 /// LDM resnet sub-module ↔ diffusers resnet sub-module.
@@ -44,21 +46,34 @@ struct Block {
 pub struct UnetLayout {
     layers_per_block: Vec<usize>,
     attention: Vec<bool>,
+    mid: MidBlock,
     blocks: Vec<Block>,
 }
 
 impl UnetLayout {
     /// `layers_per_block[i]`: resnets in down block i (its up block has one more); `attention[i]`: whether
-    /// level i has transformers (up blocks mirror the down blocks, as `UnetConfig` checks).
+    /// level i has transformers (up blocks mirror the down blocks, as `UnetConfig` checks); the mid block
+    /// is SD's (resnet, transformer, resnet).
     pub fn new(layers_per_block: Vec<usize>, attention: Vec<bool>) -> Self {
+        Self::with_mid(layers_per_block, attention, MidBlock::CrossAttn)
+    }
+
+    /// [`Self::new`] with another kind of mid block.
+    pub fn with_mid(layers_per_block: Vec<usize>, attention: Vec<bool>, mid: MidBlock) -> Self {
         assert_eq!(layers_per_block.len(), attention.len(), "one attention flag per level");
-        let blocks = ldm_blocks(&layers_per_block, &attention);
-        UnetLayout { layers_per_block, attention, blocks }
+        let blocks = ldm_blocks(&layers_per_block, &attention, mid);
+        UnetLayout { layers_per_block, attention, mid, blocks }
     }
 
     /// The layout of a UNet with config `c`.
     pub fn from_config(c: &UnetConfig) -> Self {
-        Self::new(c.layers_per_block.clone(), c.down_blocks.iter().map(|b| *b == DownBlock::CrossAttn).collect())
+        let attention = c.down_blocks.iter().map(|b| *b == DownBlock::CrossAttn).collect();
+        Self::with_mid(c.layers_per_block.clone(), attention, c.mid_block)
+    }
+
+    /// The kind of mid block.
+    pub fn mid_block(&self) -> MidBlock {
+        self.mid
     }
 
     /// Resnets per down block, per level.
@@ -111,11 +126,13 @@ fn strip_module<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
     (rest.is_empty() || rest.starts_with('.')).then_some(rest)
 }
 
-fn ldm_blocks(layers_per_block: &[usize], attention: &[bool]) -> Vec<Block> {
+fn ldm_blocks(layers_per_block: &[usize], attention: &[bool], mid: MidBlock) -> Vec<Block> {
     let mut blocks = Vec::new();
     let mut add = |ldm: String, diffusers: String, resnet: bool| blocks.push(Block { ldm, diffusers, resnet });
     add("time_embed.0".into(), "time_embedding.linear_1".into(), false);
     add("time_embed.2".into(), "time_embedding.linear_2".into(), false);
+    add("label_emb.0.0".into(), "add_embedding.linear_1".into(), false);
+    add("label_emb.0.2".into(), "add_embedding.linear_2".into(), false);
     add("input_blocks.0.0".into(), "conv_in".into(), false);
     add("out.0".into(), "conv_norm_out".into(), false);
     add("out.2".into(), "conv_out".into(), false);
@@ -136,9 +153,15 @@ fn ldm_blocks(layers_per_block: &[usize], attention: &[bool]) -> Vec<Block> {
         }
     }
 
-    add("middle_block.0".into(), "mid_block.resnets.0".into(), true);
-    add("middle_block.1".into(), "mid_block.attentions.0".into(), false);
-    add("middle_block.2".into(), "mid_block.resnets.1".into(), true);
+    match mid {
+        MidBlock::CrossAttn => {
+            add("middle_block.0".into(), "mid_block.resnets.0".into(), true);
+            add("middle_block.1".into(), "mid_block.attentions.0".into(), false);
+            add("middle_block.2".into(), "mid_block.resnets.1".into(), true);
+        }
+        MidBlock::Resnet => add("middle_block.0".into(), "mid_block.resnets.0".into(), true),
+        MidBlock::None => {}
+    }
 
     let mut slot = 0;
     for i in 0..levels {

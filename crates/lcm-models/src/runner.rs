@@ -63,6 +63,23 @@ impl<B: Backend> Runner<B> {
         Ok((ex.output(backend, 0)?, ex.output_shape(0).to_vec()))
     }
 
+    /// Writes `inputs`, runs, and returns every output with its shape.
+    pub fn run_all(
+        &mut self,
+        backend: &B,
+        key: &[usize],
+        build: impl FnOnce() -> Result<Graph>,
+        inputs: &[HostData<'_>],
+    ) -> Result<Vec<(Vec<f32>, Vec<usize>)>> {
+        let ex = self.executor(backend, key, build)?;
+        for (i, d) in inputs.iter().enumerate() {
+            ex.set_input(backend, i, *d)?;
+        }
+        let ex = self.executors.get_mut(key).expect("built above");
+        ex.run(backend, &self.weights)?;
+        (0..ex.graph().outputs.len()).map(|i| Ok((ex.output(backend, i)?, ex.output_shape(i).to_vec()))).collect()
+    }
+
     /// Every executor built so far (one per input shape): tests reach their arenas through it, e.g. to
     /// poison them before a run.
     pub fn executors(&self) -> impl Iterator<Item = &Executor<B>> {

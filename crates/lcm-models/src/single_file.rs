@@ -20,11 +20,12 @@ use std::sync::Arc;
 use lcm_core::{Backend, Error, ModelWeights, Result, SafeTensorsFile, WeightSpec};
 use serde_json::Value;
 
-use crate::clip::{ClipConfig, ClipTextModel};
+use crate::clip::{ClipConfig, ClipOutput, ClipTextModel};
 use crate::config::Config;
 use crate::infer::{self, View};
 use crate::ldm::{vae_ldm_is_conv, vae_to_ldm, UnetLayout};
 use crate::loader::{is_pickle, pickle_refusal, upload_weights, WeightHook};
+use crate::open_clip::{open_clip_key, FileKey, Take};
 use crate::runner::Runner;
 use crate::unet::{Unet, UnetConfig};
 use crate::vae::{Vae, VaeConfig, VaeOrigin, VaeParts};
@@ -35,6 +36,10 @@ pub const UNET_PREFIX: &str = "model.diffusion_model.";
 pub const VAE_PREFIX: &str = "first_stage_model.";
 /// Key prefix of the CLIP-L text encoder's weights (HF names follow, with or without `text_model.`).
 pub const CLIP_PREFIX: &str = "cond_stage_model.transformer.";
+/// SDXL: the key prefix of its first text encoder (CLIP-L, HF names as [`CLIP_PREFIX`]).
+pub const SDXL_CLIP_PREFIX: &str = "conditioner.embedders.0.transformer.";
+/// SDXL: the key prefix of its second text encoder (OpenCLIP names, see [`crate::open_clip`]).
+pub const SDXL_OPEN_CLIP_PREFIX: &str = "conditioner.embedders.1.model.";
 
 /// The DDPM schedule buffers LatentDiffusion registers; SD1.5 checkpoints store them at the top level.
 /// lcm takes the schedule from the scheduler config instead.
@@ -63,8 +68,12 @@ pub fn known_extra(key: &str) -> Option<&'static str> {
     if key.starts_with("model_ema.") {
         return Some("EMA weights and bookkeeping");
     }
-    if key.starts_with(CLIP_PREFIX) && key.ends_with("embeddings.position_ids") {
+    let text_encoder = key.starts_with(CLIP_PREFIX) || key.starts_with(SDXL_CLIP_PREFIX);
+    if text_encoder && key.ends_with("embeddings.position_ids") {
         return Some("text-encoder position ids (regenerated)");
+    }
+    if key == format!("{SDXL_OPEN_CLIP_PREFIX}logit_scale") {
+        return Some("OpenCLIP's contrastive temperature (no weight of the text tower)");
     }
     SCHEDULE_BUFFERS.contains(&key).then_some("DDPM schedule buffer (the scheduler config gives the schedule)")
 }
@@ -170,7 +179,7 @@ impl VaePart<'_> {
     }
 
     fn load<B: Backend>(&self, backend: &B, config: VaeConfig, parts: VaeParts) -> Result<Vae<B>> {
-        let key = |n: &str| self.key(n);
+        let key = |n: &str| self.key(n).map(FileKey::whole);
         let dec = config.decoder_graph(1, 1, 1)?.weights;
         let decoder = Runner::new(upload_mapped(backend, self.file, &dec, &key, "the VAE", None)?);
         let origin = Some(VaeOrigin::File(self.file.path().to_path_buf(), self.layout.clone()));
@@ -182,7 +191,7 @@ impl VaePart<'_> {
     }
 
     fn load_encoder<B: Backend>(&self, backend: &B, config: &VaeConfig) -> Result<ModelWeights<B>> {
-        let key = |n: &str| self.key(n);
+        let key = |n: &str| self.key(n).map(FileKey::whole);
         let s = config.downscale();
         upload_mapped(backend, self.file, &config.encoder_graph(1, s, s)?.weights, &key, "the VAE encoder", None)
     }
@@ -202,21 +211,30 @@ pub(crate) fn load_vae_encoder<B: Backend>(
 
 /// Reads `spec` from `file` as `key`: present, a float type, and shaped as the graph needs (an LDM
 /// VAE attention projection may be the 1x1 conv it is in the file).
-fn fetch(file: &SafeTensorsFile, key: &str, spec: &WeightSpec, what: &str, buf: &mut Vec<f32>) -> Result<()> {
+fn fetch(file: &SafeTensorsFile, key: &FileKey, spec: &WeightSpec, what: &str, buf: &mut Vec<f32>) -> Result<()> {
     check_tensor(file, key, spec, what)?;
-    file.get(key)?.to_f32_into(buf);
+    let t = file.get(&key.key)?;
+    t.to_f32_into(buf);
+    key.extract(buf, t.shape);
     Ok(())
 }
 
-fn check_tensor(file: &SafeTensorsFile, key: &str, spec: &WeightSpec, what: &str) -> Result<()> {
-    let Some(shape) = file.shape(key) else {
+fn check_tensor(file: &SafeTensorsFile, key: &FileKey, spec: &WeightSpec, what: &str) -> Result<()> {
+    let k = key.key.as_str();
+    let Some(shape) = file.shape(k) else {
         let msg = format!("missing ({what}'s `{}`, shape {:?})", spec.name, spec.shape);
-        return Err(Error::tensor(file.path(), key, msg));
+        return Err(Error::tensor(file.path(), k, msg));
     };
-    let conv_1x1 = vae_ldm_is_conv(key) && shape.len() == 4 && shape[..2] == spec.shape[..] && shape[2..] == [1, 1];
-    if shape != spec.shape.as_slice() && !conv_1x1 {
-        let msg = format!("has shape {shape:?}, expected {:?} ({what}'s `{}`)", spec.shape, spec.name);
-        return Err(Error::tensor(file.path(), key, msg));
+    let want = key.file_shape(&spec.shape);
+    let conv_1x1 = vae_ldm_is_conv(k) && shape.len() == 4 && shape[..2] == spec.shape[..] && shape[2..] == [1, 1];
+    if shape != want.as_ref() && !conv_1x1 {
+        let part = match key.take {
+            Take::All => String::new(),
+            Take::Third(i) => format!(", whose rows stack q, k and v: part {i} of 3"),
+            Take::Transposed => ", stored transposed".to_string(),
+        };
+        let msg = format!("has shape {shape:?}, expected {want:?} ({what}'s `{}` {:?}{part})", spec.name, spec.shape);
+        return Err(Error::tensor(file.path(), k, msg));
     }
     Ok(())
 }
@@ -225,7 +243,7 @@ fn upload_mapped<B: Backend>(
     backend: &B,
     file: &SafeTensorsFile,
     specs: &[WeightSpec],
-    key: &dyn Fn(&str) -> Option<String>,
+    key: &dyn Fn(&str) -> Option<FileKey>,
     what: &str,
     hook: Option<WeightHook>,
 ) -> Result<ModelWeights<B>> {
@@ -243,10 +261,19 @@ fn clip_key(prefix: &str, name: &str) -> Option<String> {
     name.strip_prefix("text_model.").map(|rest| format!("{prefix}{rest}"))
 }
 
+/// Text encoder `index`'s weight `name`: CLIP-L's under `clip_prefix`, or SDXL's OpenCLIP one.
+fn text_encoder_key(clip_prefix: &str, open_clip: Option<&str>, index: usize, name: &str) -> Option<FileKey> {
+    match (index, open_clip) {
+        (0, _) => clip_key(clip_prefix, name).map(FileKey::whole),
+        (_, Some(p)) => open_clip_key(p, name),
+        (_, None) => None,
+    }
+}
+
 /// Reads weights from a mapped file again (a LoRA swap's pristine values), names mapped by `key`.
 fn mapped_source(
     file: Arc<SafeTensorsFile>,
-    key: impl Fn(&str) -> Option<String> + Send + 'static,
+    key: impl Fn(&str) -> Option<FileKey> + Send + 'static,
     what: &'static str,
 ) -> lcm_core::WeightSource {
     Box::new(move |spec: &WeightSpec, buf: &mut Vec<f32>| {
@@ -257,29 +284,41 @@ fn mapped_source(
     })
 }
 
-/// A single-file SD1.5-family checkpoint, memory-mapped (shared with the models loaded from it, which
-/// read their weights again from it on a LoRA swap).
+/// A single-file SD1.5-family or SDXL checkpoint, memory-mapped (shared with the models loaded from
+/// it, which read their weights again from it on a LoRA swap).
 pub struct Checkpoint {
     file: Arc<SafeTensorsFile>,
-    /// `cond_stage_model.transformer.` plus `text_model.` when the file has that level.
+    /// `cond_stage_model.transformer.` (SDXL: `conditioner.embedders.0.transformer.`) plus
+    /// `text_model.` when the file has that level.
     clip_prefix: String,
+    /// SDXL's second text encoder's prefix, [`SDXL_OPEN_CLIP_PREFIX`]; `None` for SD1.5.
+    open_clip: Option<String>,
     vae: Option<(VaeLayout, usize)>,
 }
 
 impl Checkpoint {
-    /// Opens `path` and checks it is an SD1.5-family checkpoint: SD2.x, SDXL, inpainting and files
+    /// Opens `path` and checks it is an SD1.5-family or SDXL checkpoint: SD2.x, inpainting and files
     /// that are no full checkpoint (a LoRA, a VAE, a diffusers component) are refused by name.
     pub fn open(path: impl AsRef<Path>) -> Result<Checkpoint> {
         let path = path.as_ref();
         let file = open_safetensors(path)?;
         let any = |prefix: &str| file.names().any(|k| k.starts_with(prefix));
-        if any("conditioner.embedders.") {
-            return Err(Error::file(
-                path,
-                "is an SDXL checkpoint (text encoders `conditioner.embedders.…`); lcm reads SD1.5-family single \
-                 files only so far",
-            ));
-        }
+        let sdxl = any("conditioner.embedders.");
+        let (clip_root, open_clip) = if sdxl {
+            if !file.contains(&format!("{SDXL_OPEN_CLIP_PREFIX}token_embedding.weight")) {
+                return Err(Error::file(
+                    path,
+                    format!(
+                        "is an SDXL-style checkpoint (`conditioner.embedders.…`) without its second text encoder \
+                         (`{SDXL_OPEN_CLIP_PREFIX}token_embedding.weight`); the SDXL refiner (OpenCLIP alone) is not \
+                         supported"
+                    ),
+                ));
+            }
+            (SDXL_CLIP_PREFIX, Some(SDXL_OPEN_CLIP_PREFIX.to_string()))
+        } else {
+            (CLIP_PREFIX, None)
+        };
         if any("cond_stage_model.model.") {
             return Err(Error::file(
                 path,
@@ -292,14 +331,14 @@ impl Checkpoint {
         }
         let clip_prefix = ["text_model.", ""]
             .iter()
-            .map(|level| format!("{CLIP_PREFIX}{level}"))
+            .map(|level| format!("{clip_root}{level}"))
             .find(|p| file.contains(&format!("{p}embeddings.token_embedding.weight")))
             .ok_or_else(|| {
                 Error::file(
                     path,
                     format!(
-                        "has a UNet (`{UNET_PREFIX}…`) but no CLIP text encoder (`{CLIP_PREFIX}[text_model.]embeddings.\
-                         token_embedding.weight`); an SD1.5 checkpoint holds both"
+                        "has a UNet (`{UNET_PREFIX}…`) but no CLIP text encoder (`{clip_root}[text_model.]embeddings.\
+                         token_embedding.weight`); a full checkpoint holds both"
                     ),
                 )
             })?;
@@ -307,7 +346,7 @@ impl Checkpoint {
             let levels = l.levels(&file);
             (l, levels)
         });
-        Ok(Checkpoint { file: Arc::new(file), clip_prefix, vae })
+        Ok(Checkpoint { file: Arc::new(file), clip_prefix, open_clip, vae })
     }
 
     /// The checkpoint file.
@@ -331,14 +370,40 @@ impl Checkpoint {
         clip_key(&self.clip_prefix, name)
     }
 
+    /// Whether this is an SDXL checkpoint (two text encoders, `conditioner.embedders.…`).
+    pub fn is_sdxl(&self) -> bool {
+        self.open_clip.is_some()
+    }
+
     fn vae_part(&self) -> Option<VaePart<'_>> {
         self.vae.as_ref().map(|(layout, levels)| VaePart { file: &self.file, layout, levels: *levels })
     }
 
-    /// The UNet's config as diffusers would write it, read from the shapes.
+    /// The UNet's config as diffusers would write it, read from the shapes (SDXL's added embedding
+    /// with the pooled width of the second text encoder's projection).
     pub fn infer_unet_json(&self) -> Result<Value> {
+        let pooled = match self.is_sdxl() {
+            true => self.infer_text_encoder_2_json()?["projection_dim"].as_u64().map(|p| p as usize),
+            false => None,
+        };
         let key = |n: &str| Some(format!("{UNET_PREFIX}{n}"));
-        infer::unet_config(&View { file: &*self.file, key: &key, what: "the UNet" })
+        infer::unet_config(&View { file: &*self.file, key: &key, what: "the UNet" }, pooled)
+    }
+
+    /// SDXL's second text encoder's config as transformers would write it, read from its OpenCLIP
+    /// shapes; an error for an SD1.5 file.
+    pub fn infer_text_encoder_2_json(&self) -> Result<Value> {
+        let prefix = self
+            .open_clip
+            .as_deref()
+            .ok_or_else(|| Error::file(self.path(), "has one text encoder (an SD1.5-family checkpoint)"))?;
+        let key = |n: &str| Some(format!("{prefix}{n}"));
+        infer::open_clip_config(&View { file: &*self.file, key: &key, what: "the second text encoder" })
+    }
+
+    /// [`Self::infer_text_encoder_2_json`], parsed with `clip_skip`.
+    pub fn infer_text_encoder_2(&self, clip_skip: usize) -> Result<ClipConfig> {
+        ClipConfig::parse_value(self.path(), self.infer_text_encoder_2_json()?, clip_skip)
     }
 
     /// [`Self::infer_unet_json`], parsed.
@@ -363,27 +428,52 @@ impl Checkpoint {
         self.vae_part().map(|v| v.config(scaling_factor, shift_factor)).transpose()
     }
 
-    /// Checks the file against the configs before anything is loaded: every weight the three models
-    /// need is present with its shape, and every key of the file is one of them or a known extra.
-    /// `vae` is the config of the file's own VAE (needed when it has one, even if another is used).
-    pub fn check(&self, unet: &UnetConfig, clip: &ClipConfig, vae: Option<&VaeConfig>) -> Result<()> {
+    /// Checks the file against the configs before anything is loaded: every weight the models need
+    /// is present with its shape, and every key of the file is one of them or a known extra. `clip_2`
+    /// is SDXL's second text encoder (required for an SDXL file). `vae` is the config of the file's
+    /// own VAE (needed when it has one, even if another is used).
+    pub fn check(
+        &self,
+        unet: &UnetConfig,
+        clip: &ClipConfig,
+        clip_2: Option<&ClipConfig>,
+        vae: Option<&VaeConfig>,
+    ) -> Result<()> {
         let mut expected: HashSet<String> = HashSet::new();
         let layout = UnetLayout::from_config(unet);
         for spec in unet.graph(1, 8, 8, 1)?.weights {
-            let key = Self::unet_key(&layout, &spec.name);
+            let key = FileKey::whole(Self::unet_key(&layout, &spec.name));
             check_tensor(&self.file, &key, &spec, "the UNet")?;
-            expected.insert(key);
+            expected.insert(key.key);
         }
-        let full_clip = ClipConfig { clip_skip: 0, ..clip.clone() };
-        for spec in full_clip.graph(1, 1)?.weights {
-            let key = self.clip_key(&spec.name).expect("CLIP weights are named text_model.…");
-            check_tensor(&self.file, &key, &spec, "the text encoder")?;
-            expected.insert(key);
+        let encoders = [(Some(clip), "the text encoder"), (clip_2, "the second text encoder")];
+        if self.is_sdxl() != clip_2.is_some() {
+            let (kind, configs) = if self.is_sdxl() { ("an SDXL", "one") } else { ("an SD1.5-family", "two") };
+            return Err(Error::file(
+                self.path(),
+                format!("is {kind} checkpoint, checked against {configs} text encoder config(s)"),
+            ));
+        }
+        for (i, (config, what)) in encoders.into_iter().enumerate() {
+            let Some(config) = config else { continue };
+            // Every layer, whatever clip_skip leaves out (the file holds them).
+            let full = ClipConfig { clip_skip: 0, output: ClipOutput::FinalNorm, ..config.clone() };
+            let mut specs = full.graph(1, 1)?.weights;
+            if config.projection_dim.is_some() {
+                specs.extend(config.clone().with_output(ClipOutput::Penultimate).graph(1, 1)?.weights);
+            }
+            for spec in specs {
+                let key = self.text_encoder_key(i, &spec.name).ok_or_else(|| {
+                    Error::tensor(self.path(), &spec.name, format!("{what} weight has no name in this file's layout"))
+                })?;
+                check_tensor(&self.file, &key, &spec, what)?;
+                expected.insert(key.key);
+            }
         }
         if let (Some(part), Some(config)) = (self.vae_part(), vae) {
             for spec in config.decoder_graph(1, 1, 1)?.weights {
                 let key = part.key(&spec.name).expect("decoder weights have LDM names");
-                check_tensor(&self.file, &key, &spec, "the VAE")?;
+                check_tensor(&self.file, &FileKey::whole(key), &spec, "the VAE")?;
             }
             expected.extend(part.keys(config)?);
         }
@@ -395,9 +485,11 @@ impl Checkpoint {
                 self.path(),
                 *first,
                 format!(
-                    "is not a weight of this SD1.5 checkpoint's UNet (`{UNET_PREFIX}…`), VAE (`{VAE_PREFIX}…`) or text \
-                     encoder (`{CLIP_PREFIX}…`) as their configs describe them, nor a known extra (model_ema.*, \
+                    "is not a weight of this checkpoint's UNet (`{UNET_PREFIX}…`), VAE (`{VAE_PREFIX}…`) or text \
+                     encoder(s) (`{}`{}) as their configs describe them, nor a known extra (model_ema.*, \
                      position_ids, DDPM schedule buffers){}",
+                    self.clip_prefix,
+                    self.open_clip.as_deref().map_or(String::new(), |p| format!(", `{p}`")),
                     if rest.is_empty() { String::new() } else { format!("; {} more unknown keys", rest.len()) }
                 ),
             )),
@@ -408,11 +500,16 @@ impl Checkpoint {
     /// again from this file.
     pub fn load_unet<B: Backend>(&self, backend: &B, config: UnetConfig, hook: Option<WeightHook>) -> Result<Unet<B>> {
         let layout = UnetLayout::from_config(&config);
-        let key = move |n: &str| Some(Self::unet_key(&layout, n));
+        let key = move |n: &str| Some(FileKey::whole(Self::unet_key(&layout, n)));
         let specs = config.graph(1, 8, 8, 1)?.weights;
         let mut weights = upload_mapped(backend, &self.file, &specs, &key, "the UNet", hook)?;
         weights.source = Some(mapped_source(self.file.clone(), key, "the UNet"));
         Ok(Unet { config, runner: Runner::new(weights) })
+    }
+
+    /// Where text encoder `index` (0; SDXL's second is 1) keeps weight `name` in this file.
+    fn text_encoder_key(&self, index: usize, name: &str) -> Option<FileKey> {
+        text_encoder_key(&self.clip_prefix, self.open_clip.as_deref(), index, name)
     }
 
     /// The text encoder, its weights through `hook` (LoRA merging) as they load; a LoRA swap reads
@@ -423,11 +520,36 @@ impl Checkpoint {
         config: ClipConfig,
         hook: Option<WeightHook>,
     ) -> Result<ClipTextModel<B>> {
-        let prefix = self.clip_prefix.clone();
-        let key = move |n: &str| clip_key(&prefix, n);
+        self.load_encoder(backend, 0, config, hook)
+    }
+
+    /// SDXL's second text encoder (OpenCLIP in the file, built as a CLIPTextModelWithProjection);
+    /// an error for an SD1.5 file.
+    pub fn load_text_encoder_2<B: Backend>(
+        &self,
+        backend: &B,
+        config: ClipConfig,
+        hook: Option<WeightHook>,
+    ) -> Result<ClipTextModel<B>> {
+        if !self.is_sdxl() {
+            return Err(Error::file(self.path(), "has one text encoder (an SD1.5-family checkpoint)"));
+        }
+        self.load_encoder(backend, 1, config, hook)
+    }
+
+    fn load_encoder<B: Backend>(
+        &self,
+        backend: &B,
+        index: usize,
+        config: ClipConfig,
+        hook: Option<WeightHook>,
+    ) -> Result<ClipTextModel<B>> {
+        let (prefix, open_clip) = (self.clip_prefix.clone(), self.open_clip.clone());
+        let key = move |n: &str| text_encoder_key(&prefix, open_clip.as_deref(), index, n);
+        let what = ["the text encoder", "the second text encoder"][index];
         let specs = config.graph(1, 1)?.weights;
-        let mut weights = upload_mapped(backend, &self.file, &specs, &key, "the text encoder", hook)?;
-        weights.source = Some(mapped_source(self.file.clone(), key, "the text encoder"));
+        let mut weights = upload_mapped(backend, &self.file, &specs, &key, what, hook)?;
+        weights.source = Some(mapped_source(self.file.clone(), key, what));
         Ok(ClipTextModel { config, runner: Runner::new(weights) })
     }
 
@@ -516,7 +638,7 @@ impl VaeFile {
         let part = self.part();
         for spec in config.decoder_graph(1, 1, 1)?.weights {
             let key = part.key(&spec.name).expect("decoder weights have names in every layout");
-            check_tensor(&self.file, &key, &spec, "the VAE")?;
+            check_tensor(&self.file, &FileKey::whole(key), &spec, "the VAE")?;
         }
         let expected: HashSet<String> = part.keys(config)?.into_iter().collect();
         let prefix = self.layout.prefix();

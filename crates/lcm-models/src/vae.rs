@@ -41,6 +41,10 @@ pub struct VaeConfig {
     pub use_post_quant_conv: bool,
     /// `mid_block_add_attention`: the mid blocks have their single-head self-attention.
     pub mid_block_attention: bool,
+    /// `force_upcast`: diffusers decodes with this VAE in f32 even in an f16 pipeline (SDXL's VAE
+    /// overflows in f16; its fp16-fix variant says false). lcm's CUDA backend decodes in f16 either
+    /// way and reports NaN/Inf in the image as an error (see the README).
+    pub force_upcast: bool,
 }
 
 /// The VAE's norms: its blocks are built with `resnet_eps=1e-6`.
@@ -76,7 +80,13 @@ impl VaeConfig {
                 return Err(c.error(key, format!("{} blocks for {n} channel counts", types.len())));
             }
         }
+        // Playground-style per-channel latent statistics are not the LCM families' (and the loop's
+        // decode cast is per tensor): refused rather than ignored.
+        for key in ["latents_mean", "latents_std"] {
+            c.require_absent(key)?;
+        }
         let cfg = VaeConfig {
+            force_upcast: c.bool_or("force_upcast", true)?,
             in_channels: c.usize_or("in_channels", 3)?,
             out_channels: c.usize_or("out_channels", 3)?,
             latent_channels: c.usize_or("latent_channels", 4)?,

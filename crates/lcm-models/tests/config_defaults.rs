@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use lcm_models::unet::MidBlock;
 use lcm_models::{sd15, UnetConfig};
 use serde_json::Value;
 
@@ -16,10 +17,10 @@ fn with(edit: impl FnOnce(&mut serde_json::Map<String, Value>)) -> UnetConfig {
 fn absent_norm_groups_default_to_32_and_null_mid_block_means_none() {
     assert_eq!(with(|m| drop(m.remove("norm_num_groups"))).norm_groups, 32);
     let no_mid = with(|m| drop(m.insert("mid_block_type".into(), Value::Null)));
-    assert!(!no_mid.mid_block);
+    assert_eq!(no_mid.mid_block, MidBlock::None);
     let names: Vec<String> = no_mid.graph(1, 8, 8, 77).unwrap().weights.into_iter().map(|w| w.name).collect();
     assert!(!names.iter().any(|n| n.starts_with("mid_block.")), "no mid block, no mid_block weights");
-    assert!(with(|_| {}).mid_block);
+    assert_eq!(with(|_| {}).mid_block, MidBlock::CrossAttn);
     let explicit_null = serde_json::from_str::<Value>(sd15::UNET_CONFIG).map(|mut v| {
         v["norm_num_groups"] = Value::Null;
         v.to_string()

@@ -13,4 +13,5 @@ pub mod output;
 pub mod pipeline;
 pub mod rng;
 pub mod scheduler;
+pub mod text;
 pub mod tokenizer;

@@ -1,27 +1,30 @@
-//! What [`crate::pipeline::Pipeline::load`] reads: a diffusers folder, or a single-file checkpoint
-//! with its configs read from the shapes or taken from a `config_dir` (diffusers'
+//! What [`crate::pipeline::Pipeline::load`] reads: a diffusers folder (StableDiffusionPipeline's
+//! layout, or StableDiffusionXLPipeline's with `text_encoder_2/` and `tokenizer_2/`), or a single-file
+//! checkpoint with its configs read from the shapes or taken from a `config_dir` (diffusers'
 //! `from_single_file(config=…)`), plus an optional separate VAE.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use lcm_core::{Backend, Error, Result};
+use lcm_models::clip::ClipOutput;
 use lcm_models::loader::component_config;
 use lcm_models::{
     Checkpoint, ClipConfig, ClipTextModel, LoadOptions, Unet, UnetConfig, Vae, VaeConfig, VaeFile, VaeParts, Variant,
 };
+use serde_json::Value;
 
 use crate::lora::{LoraSet, Targets};
 use crate::pipeline::LoadSpec;
 use crate::scheduler::{LcmConfig, LcmScheduler};
+use crate::text::{TextEncoder, TextEncoders};
 use crate::tokenizer::ClipTokenizer;
 
 /// SD1.5's VAE scaling factor: a single file's latent space when no config says otherwise.
 pub const SD15_SCALING_FACTOR: f32 = 0.18215;
 
 pub(crate) struct Components<B: Backend> {
-    pub tokenizer: ClipTokenizer,
-    pub text_encoder: ClipTextModel<B>,
+    pub text: TextEncoders<B>,
     pub unet: Unet<B>,
     pub vae: Vae<B>,
     pub scheduler: LcmScheduler,
@@ -59,6 +62,21 @@ pub fn scheduler(spec: &LoadSpec) -> Result<LcmScheduler> {
     }
 }
 
+/// The image side a request without a size gets when the model's configs give none (SD1.5's).
+pub const FALLBACK_IMAGE_SIZE: usize = 512;
+
+/// The image side a request without a size gets for `spec`, read from its configs without touching
+/// any weights: the UNet's `sample_size` times the VAE's downscale, as diffusers' pipelines default
+/// (512 for SD1.5, 1024 for SDXL); [`FALLBACK_IMAGE_SIZE`] for a bare single file or a config without
+/// a square `sample_size`.
+pub fn default_image_size(spec: &LoadSpec) -> Result<usize> {
+    let dir = if spec.model_dir.is_dir() { Some(&spec.model_dir) } else { spec.config_dir.as_ref() };
+    let Some(dir) = dir else { return Ok(FALLBACK_IMAGE_SIZE) };
+    let unet = UnetConfig::from_file(&component_config(&dir.join("unet"))?)?;
+    let vae = VaeConfig::from_file(&component_config(&dir.join("vae"))?)?;
+    Ok(unet.default_image_size(vae.downscale()).unwrap_or(FALLBACK_IMAGE_SIZE))
+}
+
 fn not_found(path: &Path) -> Error {
     if path.extension().is_some_and(|e| e == "safetensors") {
         Error::file(path, "model file not found (expected a single-file .safetensors checkpoint)")
@@ -80,11 +98,29 @@ pub(crate) fn load<B: Backend>(backend: &B, spec: &LoadSpec) -> Result<Component
         return Err(not_found(path));
     };
     // The components must fit each other; a mismatch names the UNet's config and both numbers.
-    let (unet, text_encoder, vae) = (&parts.unet.config, &parts.text_encoder.config, &parts.vae.config);
-    for (what, unet_value, other, other_value) in [
-        ("cross_attention_dim", unet.cross_attention_dim, "the text encoder's hidden_size", text_encoder.hidden_size),
-        ("in_channels", unet.in_channels, "the VAE's latent_channels", vae.latent_channels),
-    ] {
+    let (unet, vae) = (&parts.unet.config, &parts.vae.config);
+    let te = &parts.text.first.model.config;
+    let te2 = parts.text.second.as_ref().map(|t| &t.model.config);
+    let (context, context_what) = match te2 {
+        None => (te.hidden_size, "the text encoder's hidden_size".to_string()),
+        Some(t2) => (
+            te.hidden_size + t2.hidden_size,
+            format!("the text encoders' hidden sizes together ({} + {})", te.hidden_size, t2.hidden_size),
+        ),
+    };
+    let pooled =
+        (unet.text_time.map_or(0, |t| t.pooled_dim()), "the pooled text embedding the UNet's add_embedding takes");
+    let projection = te2.and_then(|t| t.projection_dim).unwrap_or(0);
+    let mut checks = vec![
+        ("cross_attention_dim", unet.cross_attention_dim, context_what, context),
+        ("in_channels", unet.in_channels, "the VAE's latent_channels".to_string(), vae.latent_channels),
+    ];
+    if te2.is_some() || unet.text_time.is_some() {
+        // diffusers' `_get_add_time_ids` check: addition_time_embed_dim · 6 + text_encoder_2's
+        // projection_dim must be add_embedding's input width.
+        checks.push((pooled.1, pooled.0, "text_encoder_2's projection_dim (0: none)".to_string(), projection));
+    }
+    for (what, unet_value, other, other_value) in checks {
         if unet_value != other_value {
             let msg = format!("{what} {unet_value} differs from {other} {other_value}");
             let origin = match (&spec.config_dir, path.is_dir()) {
@@ -96,6 +132,64 @@ pub(crate) fn load<B: Backend>(backend: &B, spec: &LoadSpec) -> Result<Component
         }
     }
     Ok(parts)
+}
+
+/// What a diffusers folder's `model_index.json` says about the text side: whether it is an SDXL
+/// pipeline (two text encoders) and its `force_zeros_for_empty_prompt`.
+struct Family {
+    sdxl: bool,
+    force_zeros_for_empty_prompt: bool,
+}
+
+fn family(dir: &Path) -> Result<Family> {
+    let index = dir.join("model_index.json");
+    let json: Value = match std::fs::read_to_string(&index) {
+        Ok(text) => serde_json::from_str(&text).map_err(|e| Error::config(&index, format!("not valid JSON: {e}")))?,
+        Err(_) => Value::Null, // older folders may lack it: the subfolders decide
+    };
+    let class = json.get("_class_name").and_then(Value::as_str).unwrap_or("");
+    let has =
+        |name: &str| dir.join(name).is_dir() && !json.get(name).is_some_and(|v| v.get(0).is_some_and(Value::is_null));
+    if class.contains("XL") && class != "StableDiffusionXLPipeline" {
+        return Err(Error::config(
+            &index,
+            format!(
+                "`_class_name` {class}: lcm runs StableDiffusionXLPipeline (text-to-image) folders of the SDXL family"
+            ),
+        ));
+    }
+    let sdxl = class == "StableDiffusionXLPipeline" || has("text_encoder_2");
+    if sdxl && !(has("text_encoder") && has("text_encoder_2") && dir.join("tokenizer_2").is_dir()) {
+        return Err(Error::file(
+            dir,
+            "is an SDXL pipeline without both text encoders (text_encoder/, text_encoder_2/, tokenizer/, \
+             tokenizer_2/); the SDXL refiner (text_encoder_2 alone, img2img) is not supported",
+        ));
+    }
+    let force_zeros_for_empty_prompt =
+        json.get("force_zeros_for_empty_prompt").and_then(Value::as_bool).unwrap_or(true);
+    Ok(Family { sdxl, force_zeros_for_empty_prompt })
+}
+
+/// The text encoders' configs as the pipeline reads them: SDXL's take the penultimate hidden state.
+fn text_configs(te: ClipConfig, te2: Option<ClipConfig>) -> Result<(ClipConfig, Option<ClipConfig>)> {
+    let Some(te2) = te2 else { return Ok((te, None)) };
+    if te2.projection_dim.is_none() {
+        return Err(Error::invalid(
+            "text_encoder_2",
+            "is not a CLIPTextModelWithProjection (its config's `architectures`): SDXL's pooled text embeds need its \
+             text_projection",
+        ));
+    }
+    Ok((te.with_output(ClipOutput::Penultimate), Some(te2.with_output(ClipOutput::Penultimate))))
+}
+
+/// The LoRA targets of a UNet and one or two text encoders.
+fn targets(unet: &UnetConfig, te: &ClipConfig, te2: Option<&ClipConfig>) -> Result<Targets> {
+    match te2 {
+        None => Targets::for_models(unet, te),
+        Some(te2) => Targets::for_sdxl(unet, te, te2),
+    }
 }
 
 fn from_folder<B: Backend>(backend: &B, spec: &LoadSpec) -> Result<Components<B>> {
@@ -112,16 +206,28 @@ fn from_folder<B: Backend>(backend: &B, spec: &LoadSpec) -> Result<Components<B>
     }
     let loras = open_loras(spec)?;
     let scheduler = scheduler(spec)?;
+    let fam = family(dir)?;
     let tokenizer = ClipTokenizer::from_dir(spec.tokenizer_dir.clone().unwrap_or(component(dir, "tokenizer")?))?;
     let unet_dir = component(dir, "unet")?;
     let te_dir = component(dir, "text_encoder")?;
     let unet_cfg = UnetConfig::from_file(&unet_dir.join("config.json"))?;
+    let te2_dir = component(dir, "text_encoder_2")?;
     let te_cfg = ClipConfig::from_file(&te_dir.join("config.json"), spec.clip_skip)?;
-    let mut merger = loras.resolve(&Targets::for_models(&unet_cfg, &te_cfg)?)?;
+    let te2_cfg = fam.sdxl.then(|| ClipConfig::from_file(&te2_dir.join("config.json"), spec.clip_skip)).transpose()?;
+    let (te_cfg, te2_cfg) = text_configs(te_cfg, te2_cfg)?;
+    let mut merger = loras.resolve(&targets(&unet_cfg, &te_cfg, te2_cfg.as_ref())?)?;
     let text_encoder = {
         let mut hook = merger.hook();
-        let opts = LoadOptions { variant: spec.variant, hook: Some(&mut hook) };
-        ClipTextModel::load(backend, &te_dir, spec.clip_skip, opts)?
+        ClipTextModel::load_as(backend, te_cfg, &te_dir, LoadOptions { variant: spec.variant, hook: Some(&mut hook) })?
+    };
+    let second = match te2_cfg {
+        None => None,
+        Some(cfg) => {
+            let tokenizer = ClipTokenizer::from_dir(component(dir, "tokenizer_2")?)?;
+            let mut hook = merger.hook_text_encoder_2();
+            let opts = LoadOptions { variant: spec.variant, hook: Some(&mut hook) };
+            Some(TextEncoder { tokenizer, model: ClipTextModel::load_as(backend, cfg, &te2_dir, opts)? })
+        }
     };
     let unet = {
         let mut hook = merger.hook();
@@ -129,6 +235,11 @@ fn from_folder<B: Backend>(backend: &B, spec: &LoadSpec) -> Result<Components<B>
     };
     merger.finish()?;
     let lora_merged = merger.targets().map(str::to_string).collect();
+    let text = TextEncoders {
+        first: TextEncoder { tokenizer, model: text_encoder },
+        second,
+        force_zeros_for_empty_prompt: fam.force_zeros_for_empty_prompt,
+    };
     let vae_dir = component(dir, "vae")?;
     let vae = match &spec.vae {
         Some(v) => {
@@ -137,12 +248,14 @@ fn from_folder<B: Backend>(backend: &B, spec: &LoadSpec) -> Result<Components<B>
         }
         None => Vae::load(backend, &vae_dir, VaeParts::Decoder, LoadOptions { variant: spec.variant, hook: None })?,
     };
-    Ok(Components { tokenizer, text_encoder, unet, vae, scheduler, lora_merged })
+    Ok(Components { text, unet, vae, scheduler, lora_merged })
 }
 
 fn from_single_file<B: Backend>(backend: &B, spec: &LoadSpec) -> Result<Components<B>> {
     let ck = Checkpoint::open(&spec.model_dir)?;
     let loras = open_loras(spec)?;
+    // SDXL's second text encoder: its config, tokenizer and model_index.json's zeros rule.
+    let mut second: Option<(ClipConfig, PathBuf, bool)> = None;
     let (unet_cfg, te_cfg, vae_cfg, tokenizer_dir, scheduler) = match &spec.config_dir {
         Some(cfg) => {
             if !cfg.is_dir() {
@@ -155,7 +268,30 @@ fn from_single_file<B: Backend>(backend: &B, spec: &LoadSpec) -> Result<Componen
             let te = ClipConfig::from_file(&component_config(&cfg.join("text_encoder"))?, spec.clip_skip)?;
             let vae = VaeConfig::from_file(&component_config(&cfg.join("vae"))?)?;
             let tokenizer = spec.tokenizer_dir.clone().unwrap_or(cfg.join("tokenizer"));
+            if ck.is_sdxl() {
+                let fam = family(cfg)?;
+                if !fam.sdxl {
+                    return Err(Error::file(
+                        cfg,
+                        format!(
+                            "is an SD1.5-family config folder, but {} is an SDXL checkpoint: give SDXL's (with \
+                             text_encoder_2/ and tokenizer_2/)",
+                            ck.path().display()
+                        ),
+                    ));
+                }
+                let te2 = ClipConfig::from_file(&component_config(&cfg.join("text_encoder_2"))?, spec.clip_skip)?;
+                second = Some((te2, cfg.join("tokenizer_2"), fam.force_zeros_for_empty_prompt));
+            }
             (unet, te, Some(vae), tokenizer, scheduler(spec)?)
+        }
+        None if ck.is_sdxl() => {
+            return Err(Error::file(
+                ck.path(),
+                "is an SDXL checkpoint: give SDXL's config folder with --config DIR (unet/, text_encoder/, \
+                 text_encoder_2/, tokenizer/, tokenizer_2/, vae/, scheduler/ configs; no weights needed), as \
+                 diffusers' from_single_file(config=…)",
+            ))
         }
         None => {
             let tokenizer = spec.tokenizer_dir.clone().ok_or_else(|| {
@@ -174,13 +310,22 @@ fn from_single_file<B: Backend>(backend: &B, spec: &LoadSpec) -> Result<Componen
     };
     // Everything is checked (missing, misshapen and unknown tensors) before anything is uploaded.
     let own_vae = if ck.has_vae() { vae_cfg.as_ref() } else { None };
-    ck.check(&unet_cfg, &te_cfg, own_vae)?;
+    let (te_cfg, te2_cfg) = text_configs(te_cfg, second.as_ref().map(|s| s.0.clone()))?;
+    ck.check(&unet_cfg, &te_cfg, te2_cfg.as_ref(), own_vae)?;
     let tokenizer = ClipTokenizer::from_dir(tokenizer_dir)?;
 
-    let mut merger = loras.resolve(&Targets::for_models(&unet_cfg, &te_cfg)?)?;
+    let mut merger = loras.resolve(&targets(&unet_cfg, &te_cfg, te2_cfg.as_ref())?)?;
     let text_encoder = {
         let mut hook = merger.hook();
         ck.load_text_encoder(backend, te_cfg, Some(&mut hook))?
+    };
+    let (second, force_zeros_for_empty_prompt) = match (te2_cfg, second) {
+        (Some(cfg), Some((_, tokenizer_2, zeros))) => {
+            let mut hook = merger.hook_text_encoder_2();
+            let model = ck.load_text_encoder_2(backend, cfg, Some(&mut hook))?;
+            (Some(TextEncoder { tokenizer: ClipTokenizer::from_dir(tokenizer_2)?, model }), zeros)
+        }
+        _ => (None, true),
     };
     let unet = {
         let mut hook = merger.hook();
@@ -199,7 +344,9 @@ fn from_single_file<B: Backend>(backend: &B, spec: &LoadSpec) -> Result<Componen
             ))
         }
     };
-    Ok(Components { tokenizer, text_encoder, unet, vae, scheduler, lora_merged })
+    let text =
+        TextEncoders { first: TextEncoder { tokenizer, model: text_encoder }, second, force_zeros_for_empty_prompt };
+    Ok(Components { text, unet, vae, scheduler, lora_merged })
 }
 
 fn open_loras(spec: &LoadSpec) -> Result<LoraSet> {

@@ -6,8 +6,9 @@
 //!   diffusers naming (LCM-LoRA's own exporter, kohya's sd-scripts) or LDM naming (`input_blocks_1_1_…`,
 //!   older files); text encoder paths with or without the `text_model` level. `lora_te1_` is an alias of
 //!   `lora_te_` (the SDXL-era spelling of the first text encoder, which diffusers' and ComfyUI's loaders
-//!   also take for SD1.5).
-//! - peft (diffusers' `save_lora_weights`): `unet.<module>` / `text_encoder.<module>` + `.lora_A.weight`
+//!   also take for SD1.5); `lora_te2_` is SDXL's second text encoder.
+//! - peft (diffusers' `save_lora_weights`): `unet.<module>` / `text_encoder.<module>` /
+//!   `text_encoder_2.<module>` + `.lora_A.weight`
 //!   (down), `.lora_B.weight` (up); older diffusers' `.lora.down/up.weight` and
 //!   `.lora_linear_layer.down/up.weight`, and its attention-processor files
 //!   (`unet.….attn1.processor.to_q_lora.down.weight`, `…to_out_lora…` for `to_out.0`); an optional `.alpha`
@@ -17,8 +18,9 @@
 //!
 //! Refused by name ([`refused_kind`]), as diffusers 0.42 cannot load them either or would load them
 //! wrongly: LoCon convs with a CP middle factor (`lora_mid`), DoRA (`dora_scale`, or `use_dora` in a
-//! peft header; diffusers drops the magnitude with a warning), LoHa/LoKr (`hada_*`, `lokr_*`), SDXL's
-//! second text encoder (`lora_te2_`) and `lycoris_`-prefixed names.
+//! peft header; diffusers drops the magnitude with a warning), LoHa/LoKr (`hada_*`, `lokr_*`) and
+//! `lycoris_`-prefixed names. A second-text-encoder module on a model with one text encoder matches
+//! nothing and is an error naming it.
 //!
 //! s_net = alpha/rank (alpha/√rank for rsLoRA). Underscored kohya names are ambiguous (`to_q`,
 //! `conv_shortcut`, `down_blocks` hold underscores themselves), so nothing is un-underscored: every
@@ -33,6 +35,7 @@ use std::path::{Path, PathBuf};
 
 use lcm_core::{Error, Result, SafeTensorsFile, WeightKind, WeightSpec};
 use lcm_cpu::gemm::{gemm, MatRef};
+use lcm_models::clip::ClipOutput;
 use lcm_models::{ClipConfig, UnetConfig};
 
 use crate::ldm_names::UnetLayout;
@@ -45,6 +48,8 @@ pub enum Component {
     Unet,
     /// `lora_te_…`, `lora_te1_…`, `text_encoder.…`.
     TextEncoder,
+    /// SDXL's second text encoder: `lora_te2_…`, `text_encoder_2.…`.
+    TextEncoder2,
 }
 
 impl Component {
@@ -52,9 +57,14 @@ impl Component {
         match self {
             Component::Unet => "the UNet",
             Component::TextEncoder => "the text encoder",
+            Component::TextEncoder2 => "the second text encoder (text_encoder_2, SDXL's)",
         }
     }
 }
+
+/// What the second text encoder's weights are called in LoRA plans and targets, so that they do not
+/// collide with the first one's (both are `text_model.…`).
+pub const TEXT_ENCODER_2_PREFIX: &str = "text_encoder_2.";
 
 /// The naming convention of a LoRA module's keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -125,8 +135,9 @@ const PEFT_PARTS: [(&str, Part); 9] = [
     ("_lora.up.weight", Part::Up),
     (".alpha", Part::Alpha),
 ];
-const FORMATS: &str = "expected kohya `lora_unet_…`/`lora_te_…`/`lora_te1_…` + `.lora_down.weight`/`.lora_up.weight`/\
-                       `.alpha`, or peft `unet.…`/`text_encoder.…` + `.lora_A.weight`/`.lora_B.weight`";
+const FORMATS: &str = "expected kohya `lora_unet_…`/`lora_te_…`/`lora_te1_…`/`lora_te2_…` + `.lora_down.weight`/\
+                       `.lora_up.weight`/`.alpha`, or peft `unet.…`/`text_encoder.…`/`text_encoder_2.…` + \
+                       `.lora_A.weight`/`.lora_B.weight`";
 
 /// What a key of a LoRA-like format lcm does not merge is, or `None`.
 pub fn refused_kind(key: &str) -> Option<&'static str> {
@@ -143,9 +154,6 @@ pub fn refused_kind(key: &str) -> Option<&'static str> {
             "is a DoRA magnitude (`dora_scale`); only plain LoRA is supported (diffusers drops it with a warning \
              and merges the rest as a LoRA, which is not the adapter as trained)",
         );
-    }
-    if key.starts_with("lora_te2_") {
-        return Some("targets SDXL's second text encoder (`lora_te2_`); SD1.5 has one text encoder");
     }
     if last.starts_with("hada_") || module_part.starts_with("hada_") {
         return Some("is a LyCORIS LoHa factor (`hada_…`); only plain LoRA is supported (diffusers cannot load LoHa)");
@@ -167,10 +175,14 @@ fn classify(key: &str) -> Option<(LoraFormat, Component, &str, Part)> {
         (LoraFormat::Kohya, Component::Unet, &KOHYA_PARTS)
     } else if key.starts_with("lora_te_") || key.starts_with("lora_te1_") {
         (LoraFormat::Kohya, Component::TextEncoder, &KOHYA_PARTS)
+    } else if key.starts_with("lora_te2_") {
+        (LoraFormat::Kohya, Component::TextEncoder2, &KOHYA_PARTS)
     } else if key.starts_with("unet.") {
         (LoraFormat::Peft, Component::Unet, &PEFT_PARTS)
     } else if key.starts_with("text_encoder.") {
         (LoraFormat::Peft, Component::TextEncoder, &PEFT_PARTS)
+    } else if key.starts_with("text_encoder_2.") {
+        (LoraFormat::Peft, Component::TextEncoder2, &PEFT_PARTS)
     } else {
         return None;
     };
@@ -296,23 +308,46 @@ pub struct Targets {
     pub text_encoder: Vec<WeightSpec>,
     /// Text-encoder weights of layers that clip_skip leaves out (never loaded).
     pub text_encoder_skipped: Vec<WeightSpec>,
+    /// SDXL's second text encoder's weights, named [`TEXT_ENCODER_2_PREFIX`] + its own names.
+    pub text_encoder_2: Vec<WeightSpec>,
+    /// Its weights that clip_skip leaves out, named likewise.
+    pub text_encoder_2_skipped: Vec<WeightSpec>,
 }
 
 impl Targets {
     /// The weights of a UNet and a text encoder with these configs, with the UNet's LDM layout.
     pub fn for_models(unet: &UnetConfig, clip: &ClipConfig) -> Result<Targets> {
-        let text_encoder = clip.graph(1, 1)?.weights;
-        let loaded: HashSet<&str> = text_encoder.iter().map(|s| s.name.as_str()).collect();
-        let all = ClipConfig { clip_skip: 0, ..clip.clone() }.graph(1, 1)?.weights;
-        let text_encoder_skipped = all.into_iter().filter(|s| !loaded.contains(s.name.as_str())).collect();
+        let (text_encoder, text_encoder_skipped) = encoder_weights(clip)?;
         Ok(Targets {
             // Which weights a UNet has does not depend on the latent size.
             unet: unet.graph(1, 8, 8, 1)?.weights,
             unet_layout: Some(UnetLayout::from_config(unet)),
             text_encoder,
             text_encoder_skipped,
+            text_encoder_2: Vec::new(),
+            text_encoder_2_skipped: Vec::new(),
         })
     }
+
+    /// [`Self::for_models`] with SDXL's second text encoder.
+    pub fn for_sdxl(unet: &UnetConfig, clip: &ClipConfig, clip_2: &ClipConfig) -> Result<Targets> {
+        let mut t = Self::for_models(unet, clip)?;
+        let rename = |specs: Vec<WeightSpec>| -> Vec<WeightSpec> {
+            specs.into_iter().map(|s| WeightSpec { name: format!("{TEXT_ENCODER_2_PREFIX}{}", s.name), ..s }).collect()
+        };
+        let (loaded, skipped) = encoder_weights(clip_2)?;
+        (t.text_encoder_2, t.text_encoder_2_skipped) = (rename(loaded), rename(skipped));
+        Ok(t)
+    }
+}
+
+/// A text encoder's weights: those its graph reads, and those of the layers `clip_skip` leaves out.
+fn encoder_weights(clip: &ClipConfig) -> Result<(Vec<WeightSpec>, Vec<WeightSpec>)> {
+    let loaded = clip.graph(1, 1)?.weights;
+    let names: HashSet<&str> = loaded.iter().map(|s| s.name.as_str()).collect();
+    let all = ClipConfig { clip_skip: 0, output: ClipOutput::FinalNorm, ..clip.clone() }.graph(1, 1)?.weights;
+    let skipped = all.into_iter().filter(|s| !names.contains(s.name.as_str())).collect();
+    Ok((loaded, skipped))
 }
 
 /// Every name a LoRA file may give a target weight → that weight.
@@ -354,6 +389,14 @@ impl<'t> Index<'t> {
                 add(format!("lora_te1_{}", m.replace('.', "_")), spec, skipped);
             }
         }
+        let te2 = lora_targets(&t.text_encoder_2).map(|x| (x, false));
+        for ((spec, m), skipped) in te2.chain(lora_targets(&t.text_encoder_2_skipped).map(|x| (x, true))) {
+            let m = m.strip_prefix(TEXT_ENCODER_2_PREFIX).unwrap_or(m);
+            for m in [m, m.strip_prefix("text_model.").unwrap_or(m)] {
+                add(format!("text_encoder_2.{m}"), spec, skipped);
+                add(format!("lora_te2_{}", m.replace('.', "_")), spec, skipped);
+            }
+        }
         Index { by_key }
     }
 
@@ -368,6 +411,9 @@ impl<'t> Index<'t> {
                 let hint = match t.component {
                     Component::Unet if t.format == LoraFormat::Kohya && targets.unet_layout.is_none() => {
                         " (LDM-named keys need the UNet's layout)"
+                    }
+                    Component::TextEncoder2 if targets.text_encoder_2.is_empty() => {
+                        " (this model has one text encoder: the LoRA is for SDXL)"
                     }
                     _ => "",
                 };
@@ -569,6 +615,15 @@ impl<'s> Merger<'s> {
     /// [`Self::apply`] as the loaders' weight hook (`lcm_models::WeightHook`).
     pub fn hook(&mut self) -> impl FnMut(&WeightSpec, &mut Vec<f32>) -> Result<()> + use<'_, 's> {
         move |spec, w| self.apply(spec, w)
+    }
+
+    /// The hook for SDXL's second text encoder, whose weights the plan names with
+    /// [`TEXT_ENCODER_2_PREFIX`].
+    pub fn hook_text_encoder_2(&mut self) -> impl FnMut(&WeightSpec, &mut Vec<f32>) -> Result<()> + use<'_, 's> {
+        move |spec, w| {
+            let named = WeightSpec { name: format!("{TEXT_ENCODER_2_PREFIX}{}", spec.name), ..spec.clone() };
+            self.apply(&named, w)
+        }
     }
 
     /// Fails if a LoRA target was never loaded (its model not loaded, or loaded without this hook).

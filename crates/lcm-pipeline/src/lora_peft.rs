@@ -37,6 +37,7 @@ impl PeftConfig {
         let prefix = match component {
             Component::Unet => "unet",
             Component::TextEncoder => "text_encoder",
+            Component::TextEncoder2 => "text_encoder_2",
         };
         self.0.get(&format!("{prefix}.{field}")).filter(|v| !v.is_null())
     }

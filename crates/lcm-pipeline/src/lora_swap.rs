@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 
 use lcm_core::{Backend, Error, LoraDelta, Result, WeightKind, WeightSpec};
 
-use crate::lora::{LoraFactors, LoraSet, Targets};
+use crate::lora::{LoraFactors, LoraSet, TEXT_ENCODER_2_PREFIX};
 use crate::pipeline::{LoraSpec, Pipeline};
 
 /// How a pipeline applies LoRAs.
@@ -110,7 +110,7 @@ impl<B: Backend> Pipeline<B> {
     /// hold the new LoRAs: call again.
     pub fn set_loras(&mut self, loras: &[LoraSpec]) -> Result<()> {
         let set = LoraSet::open(&loras.iter().map(|l| (l.path.clone(), l.scale)).collect::<Vec<_>>())?;
-        let targets = Targets::for_models(&self.unet.config, &self.text_encoder.config)?;
+        let targets = self.lora_targets()?;
         let mut merger = set.resolve(&targets)?;
         let new: BTreeSet<String> = merger.targets().map(str::to_string).collect();
         let slots = self.slots.clone().unwrap_or_default();
@@ -143,11 +143,21 @@ impl<B: Backend> Pipeline<B> {
         let mut buf = Vec::new();
         let merged: BTreeSet<String> = new.iter().filter(|n| !slots.names.contains(*n)).cloned().collect();
         for name in self.lora_merged.union(&merged) {
+            if let Some(own) = name.strip_prefix(TEXT_ENCODER_2_PREFIX) {
+                let te2 = self.text.second.as_mut().expect("a text_encoder_2 target has its model");
+                te2.model.runner_mut().weights.reload(
+                    &self.backend,
+                    own,
+                    &mut merger.hook_text_encoder_2(),
+                    &mut buf,
+                )?;
+                continue;
+            }
             let mut hook = merger.hook();
             let weights = if self.unet.runner().weights.index(name).is_some() {
                 &mut self.unet.runner_mut().weights
             } else {
-                &mut self.text_encoder.runner_mut().weights
+                &mut self.text.first.model.runner_mut().weights
             };
             weights.reload(&self.backend, name, &mut hook, &mut buf)?;
         }

@@ -13,13 +13,14 @@ use std::time::{Duration, Instant};
 
 use lcm_core::{Backend, Error, HostData, Op, Result, Tensor};
 use lcm_models::denoise::{input, DenoiseConfig, DenoiseShape};
-use lcm_models::{ClipTextModel, Unet, Vae, Variant};
+use lcm_models::{Unet, Vae, Variant};
 
 use crate::lora::{LoraSet, Targets};
 use crate::lora_swap::{LoraMode, Slots, DEFAULT_MAX_LORA_RANK};
 use crate::rng::TorchRng;
 use crate::scheduler::{guidance_embedding, LcmScheduler};
-use crate::tokenizer::{ClipTokenizer, CLIP_MAX_LEN};
+use crate::text::{PromptRows, TextEncoders};
+use crate::tokenizer::CLIP_MAX_LEN;
 
 /// A LoRA file and the scale it is applied with.
 #[derive(Debug, Clone, PartialEq)]
@@ -232,8 +233,8 @@ pub struct Pipeline<B: Backend> {
     pub backend: B,
     /// What was loaded; `loras` are those applied now ([`Pipeline::set_loras`] updates them).
     pub spec: LoadSpec,
-    tokenizer: ClipTokenizer,
-    pub(crate) text_encoder: ClipTextModel<B>,
+    /// The text encoder (two for SDXL) and tokenizers.
+    pub(crate) text: TextEncoders<B>,
     pub(crate) unet: Unet<B>,
     vae: Vae<B>,
     scheduler: LcmScheduler,
@@ -254,22 +255,13 @@ impl<B: Backend> Pipeline<B> {
         let unmerged = spec.lora_mode == LoraMode::Runtime && backend.supports_unmerged_lora();
         let base = LoadSpec { loras: if unmerged { Vec::new() } else { spec.loras.clone() }, ..spec.clone() };
         let c = crate::load::load(&backend, &base)?;
-        let (tokenizer, text_encoder, unet, vae, scheduler) = (c.tokenizer, c.text_encoder, c.unet, c.vae, c.scheduler);
-        let mut p = Pipeline {
-            backend,
-            spec: base,
-            tokenizer,
-            text_encoder,
-            unet,
-            vae,
-            scheduler,
-            lora_merged: c.lora_merged,
-            slots: None,
-        };
+        let (text, unet, vae, scheduler) = (c.text, c.unet, c.vae, c.scheduler);
+        let mut p =
+            Pipeline { backend, spec: base, text, unet, vae, scheduler, lora_merged: c.lora_merged, slots: None };
         if unmerged {
             // Buffers for the largest rank the load's LoRAs put on one weight (their ranks summed there).
             let set = LoraSet::open(&spec.loras.iter().map(|l| (l.path.clone(), l.scale)).collect::<Vec<_>>())?;
-            let merger = set.resolve(&Targets::for_models(&p.unet.config, &p.text_encoder.config)?)?;
+            let merger = set.resolve(&p.lora_targets()?)?;
             let load_rank = merger.targets().map(|t| merger.rank(t)).max().unwrap_or(0);
             let max_rank = spec.max_lora_rank.unwrap_or(DEFAULT_MAX_LORA_RANK.max(load_rank));
             p.attach_lora_slots(max_rank)?;
@@ -380,31 +372,32 @@ impl<B: Backend> Pipeline<B> {
             clip: self.scheduler.config().clip_sample,
             vae_scale: vae.scaling_factor,
             vae_shift: vae.shift_factor.unwrap_or(0.0),
+            context_split: self.text.context_split(),
         };
+        let inputs = self.unet.config.denoise_inputs(&dcfg);
+        // SDXL's micro-conditioning, diffusers' defaults: original size = target size = (h, w), crop
+        // (0, 0), the same for the negative; one column per row of the UNet's batch.
+        let time_ids: Vec<f32> = [req.height, req.width, 0, 0, req.height, req.width]
+            .iter()
+            .flat_map(|&v| std::iter::repeat_n(v as f32, batch))
+            .collect();
 
-        let Pipeline { backend, tokenizer, text_encoder, unet, vae, .. } = self;
+        let Pipeline { backend, text, unet, vae, .. } = self;
         let (den, weights) = unet.denoiser(backend, &shape, &dcfg)?;
         stop()?;
         let t0 = Instant::now();
-        let per_prompt = CLIP_MAX_LEN * text_encoder.config.hidden_size;
-        // (prompt, its first image in the context batch, images): with CFG the uncond rows come first.
-        let mut prompts: Vec<(&str, usize, usize)> = Vec::with_capacity(2 * reqs.len());
+        let mut prompts = Vec::with_capacity(reqs.len());
         let mut image0 = 0;
         for r in reqs {
-            if guided {
-                prompts.push((r.negative_prompt.as_deref().unwrap_or(""), image0, r.num_images));
-                prompts.push((&r.prompt, n + image0, r.num_images));
-            } else {
-                prompts.push((&r.prompt, image0, r.num_images));
-            }
+            let negative = r.negative_prompt.as_deref();
+            prompts.push(PromptRows { prompt: &r.prompt, negative, first: image0, count: r.num_images });
             image0 += r.num_images;
         }
-        for (prompt, first_image, count) in prompts {
-            let ids: Vec<i32> = tokenizer.encode(prompt)?.iter().map(|&i| i as i32).collect();
-            let at: Vec<usize> = (first_image..first_image + count).map(|i| i * per_prompt).collect();
-            text_encoder.encode_into(backend, &ids, den, input::CONTEXT, &at)?;
-        }
+        text.encode_into(backend, &prompts, n, guided, den, &inputs)?;
         let text_time = t0.elapsed();
+        if let Some(i) = inputs.time_ids {
+            den.set_input(backend, i, HostData::F32(&time_ids))?;
+        }
 
         den.set_input(backend, input::LATENTS, HostData::F32(&Tensor::new(nchw.clone(), latents).nchw_to_nhwc().data))?;
         den.set_input(backend, input::TIMESTEPS, HostData::F32(&timestep_rows))?;
@@ -440,6 +433,7 @@ impl<B: Backend> Pipeline<B> {
             Ok(())
         })?;
         let denoised = Tensor::new(vec![n, h, w, c], den.output(backend, 0)?).nhwc_to_nchw();
+        check_finite("denoising loop", &denoised.data, "the final latents")?;
         // A backend that queued the whole loop called nothing: its steps share the loop's time.
         let done = unet_steps.len();
         if done < run.len() {
@@ -453,6 +447,7 @@ impl<B: Backend> Pipeline<B> {
 
         let tv = Instant::now();
         let img = vae.decode_from(backend, den, 1)?.nchw_to_nhwc();
+        check_vae_output(&img.data, &vae.config)?;
         let images = Tensor::new(img.shape, img.data.iter().map(|&v| (v / 2.0 + 0.5).clamp(0.0, 1.0)).collect());
         let vae_time = tv.elapsed();
         let times = StageTimes { text_encoder: text_time, unet_steps, vae_decode: vae_time, total: start.elapsed() };
@@ -525,6 +520,52 @@ impl<B: Backend> Pipeline<B> {
         let (sf, shift) = (cfg.scaling_factor, cfg.shift_factor.unwrap_or(0.0));
         let z = Tensor::new(latents.shape.clone(), latents.data.iter().map(|&v| v / sf + shift).collect());
         let img = self.vae.decode(&self.backend, &z)?.nchw_to_nhwc();
+        check_vae_output(&img.data, &self.vae.config)?;
         Ok(Tensor::new(img.shape, img.data.iter().map(|&v| (v / 2.0 + 0.5).clamp(0.0, 1.0)).collect()))
     }
+
+    /// The weights LoRAs may target in this pipeline's UNet and text encoder(s).
+    pub(crate) fn lora_targets(&self) -> Result<Targets> {
+        match &self.text.second {
+            None => Targets::for_models(&self.unet.config, &self.text.first.model.config),
+            Some(te2) => Targets::for_sdxl(&self.unet.config, &self.text.first.model.config, &te2.model.config),
+        }
+    }
+
+    /// The image size a request without one gets: the UNet's `sample_size` times the VAE's factor, as
+    /// diffusers' pipelines default (512 for SD1.5, 1024 for SDXL; see [`crate::load::default_image_size`]).
+    pub fn default_size(&self) -> usize {
+        let size = self.unet.config.default_image_size(self.vae.config.downscale());
+        size.unwrap_or(crate::load::FALLBACK_IMAGE_SIZE)
+    }
+
+    /// Whether this pipeline runs SDXL's two text encoders.
+    pub fn is_sdxl(&self) -> bool {
+        self.text.second.is_some()
+    }
+}
+
+/// A stage's result must be finite: NaN or infinity there would otherwise become a black or noisy PNG.
+fn check_finite(stage: &str, data: &[f32], what: &str) -> Result<()> {
+    let bad = data.iter().filter(|v| !v.is_finite()).count();
+    if bad == 0 {
+        return Ok(());
+    }
+    Err(Error::non_finite(stage, format!("{bad} of {} values of {what} are NaN or infinite", data.len())))
+}
+
+/// [`check_finite`] for the decoded image, naming the likely cause when the VAE asks for f32 decoding
+/// (`force_upcast`: SDXL's VAE overflows in f16, which is how the CUDA backend runs it).
+fn check_vae_output(data: &[f32], vae: &lcm_models::VaeConfig) -> Result<()> {
+    check_finite("vae decode", data, "the decoded image").map_err(|e| match e {
+        Error::NonFinite { stage, msg } if vae.force_upcast => Error::non_finite(
+            stage,
+            format!(
+                "{msg}; this VAE's config says force_upcast (it overflows in f16, as SDXL's does, and the CUDA \
+                 backend decodes in f16): use an fp16-safe VAE (--vae with madebyollin/sdxl-vae-fp16-fix) or \
+                 --device cpu"
+            ),
+        ),
+        e => e,
+    })
 }

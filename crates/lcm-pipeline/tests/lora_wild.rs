@@ -101,7 +101,6 @@ fn lora_kinds_diffusers_cannot_load_are_refused_by_name() {
         (format!("{stem}.dora_scale"), "DoRA"),
         (format!("{stem}.hada_w1_a"), "LoHa"),
         (format!("{stem}.lokr_w1"), "LoKr"),
-        ("lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_down.weight".to_string(), "second text encoder"),
         ("lycoris_down_blocks_0_resnets_0_conv1.lora_down.weight".to_string(), "lycoris_"),
     ];
     for (i, (key, kind)) in cases.iter().enumerate() {
@@ -114,5 +113,15 @@ fn lora_kinds_diffusers_cannot_load_are_refused_by_name() {
             "{err}"
         );
     }
+    // SDXL's second text encoder is a LoRA target lcm knows, but not in an SD1.5 model.
+    let te2 = "lora_te2_text_model_encoder_layers_0_mlp_fc1";
+    let mut t = kohya.clone();
+    t.push((format!("{te2}.lora_down.weight"), Dtype::F16, vec![4, 16], vec![0; 4 * 16 * 2]));
+    t.push((format!("{te2}.lora_up.weight"), Dtype::F16, vec![64, 4], vec![0; 64 * 4 * 2]));
+    let p = dir.join("te2.safetensors");
+    write(&p, &t);
+    let err = LoraSet::open(&[(&p, 1.0)]).unwrap().resolve(&targets()).err().expect("no second encoder").to_string();
+    println!("{err}");
+    assert!(err.contains(te2) && err.contains("one text encoder") && err.contains("te2.safetensors"), "{err}");
     let _ = fs::remove_dir_all(dir);
 }
