@@ -171,6 +171,13 @@ impl CudaBackend {
         self.dev.live_bytes()
     }
 
+    /// Caps the bytes this device's allocations may hold at once (`None`: only the device's own size).
+    /// An allocation past it fails as one past the device's memory does: an `Error`, after which the
+    /// backend and the pipelines on it stay usable.
+    pub fn set_device_memory_limit(&self, bytes: Option<u64>) {
+        self.dev.set_memory_limit(bytes);
+    }
+
     /// Capture runs as CUDA graphs (the default) or replay the recorded launch list one by one.
     pub fn set_cuda_graphs(&mut self, on: bool) {
         self.graphs = on;

@@ -33,6 +33,9 @@ pub(crate) struct Device {
     pub(crate) smem_optin: u32,
     allocations: AtomicU64,
     live_bytes: AtomicU64,
+    /// The most bytes allocations may hold at once (`u64::MAX`: no cap beyond the device's own): a
+    /// service's share of a GPU, or a test's small device.
+    memory_limit: AtomicU64,
     /// Host -> device and device -> host copies so far (a generation's must be a fixed handful).
     to_device: AtomicU64,
     to_host: AtomicU64,
@@ -50,6 +53,7 @@ impl Device {
             smem_optin,
             allocations: AtomicU64::new(0),
             live_bytes: AtomicU64::new(0),
+            memory_limit: AtomicU64::new(u64::MAX),
             to_device: AtomicU64::new(0),
             to_host: AtomicU64::new(0),
             recordings: AtomicU64::new(0),
@@ -108,6 +112,10 @@ impl Device {
         self.live_bytes.load(Ordering::Relaxed)
     }
 
+    pub(crate) fn set_memory_limit(&self, bytes: Option<u64>) {
+        self.memory_limit.store(bytes.unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
     /// (host -> device, device -> host) copies so far.
     pub(crate) fn transfers(&self) -> (u64, u64) {
         (self.to_device.load(Ordering::Relaxed), self.to_host.load(Ordering::Relaxed))
@@ -159,6 +167,12 @@ pub(crate) struct DeviceBuffer {
 
 impl DeviceBuffer {
     pub(crate) fn alloc(dev: &Arc<Device>, bytes: usize) -> Result<DeviceBuffer> {
+        let (live, limit) = (dev.live_bytes(), dev.memory_limit.load(Ordering::Relaxed));
+        if live.saturating_add(bytes as u64) > limit {
+            return Err(Error::backend(format!(
+                "out of device memory: {bytes} bytes requested with {live} of the {limit} allowed in use"
+            )));
+        }
         let ptr = match &dev.imp {
             Imp::Gpu(g) => g.alloc(bytes)?,
             #[cfg(lcm_emulator)]

@@ -69,7 +69,14 @@ pub fn write_png(path: &Path, width: usize, height: usize, rgb: &[u8], parameter
         let mut enc = png::Encoder::new(w, width as u32, height as u32);
         enc.set_color(png::ColorType::Rgb);
         enc.set_depth(png::BitDepth::Eight);
-        enc.add_text_chunk("parameters".to_string(), parameters.to_string()).map_err(std::io::Error::other)?;
+        // tEXt holds Latin-1 only: a prompt with other characters (CJK, emoji, control characters)
+        // goes into an iTXt chunk (UTF-8) instead of failing after the image is made.
+        let latin1 = parameters.chars().all(|c| matches!(c as u32, 0x0a | 0x20..=0x7e | 0xa1..=0xff));
+        if latin1 {
+            enc.add_text_chunk("parameters".to_string(), parameters.to_string()).map_err(std::io::Error::other)?;
+        } else {
+            enc.add_itxt_chunk("parameters".to_string(), parameters.to_string()).map_err(std::io::Error::other)?;
+        }
         let mut writer = enc.write_header().map_err(std::io::Error::other)?;
         writer.write_image_data(rgb).map_err(std::io::Error::other)?;
         writer.finish().map_err(std::io::Error::other)
@@ -128,8 +135,13 @@ pub fn read_png(path: &Path) -> Result<(usize, usize, Vec<u8>, Option<String>)> 
         return Err(Error::file(path, format!("expected 8-bit RGB, got {:?} {:?}", info.color_type, info.bit_depth)));
     }
     buf.truncate(info.buffer_size());
-    let params =
-        reader.info().uncompressed_latin1_text.iter().find(|t| t.keyword == "parameters").map(|t| t.text.clone());
+    let info = reader.info();
+    let params = info
+        .uncompressed_latin1_text
+        .iter()
+        .find(|t| t.keyword == "parameters")
+        .map(|t| t.text.clone())
+        .or_else(|| info.utf8_text.iter().find(|t| t.keyword == "parameters").and_then(|t| t.get_text().ok()));
     Ok((info.width as usize, info.height as usize, buf, params))
 }
 
