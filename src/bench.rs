@@ -1,7 +1,8 @@
 //! `lcm bench`: the whole pipeline — CLIP, n UNet steps, VAE decode — after warm-up, repeated, with the
-//! median/min/max of each stage and of the end to end. With no model folder it builds SD1.5-shaped models
-//! with seeded random weights (f16-rounded), so it needs no download. `lora_rank` adds an unmerged
-//! LoRA on the UNet (CUDA only; see [`lora`]).
+//! median/min/max of each stage and of the end to end. With no model folder it builds SD1.5-, SDXL- or
+//! SSD-1B-shaped models ([`Arch`]) with seeded random weights (f16-rounded), so it needs no download.
+//! SDXL runs both text encoders and the UNet's pooled and time-id conditioning. `lora_rank` adds an
+//! unmerged LoRA on the UNet (CUDA only; see [`lora`]).
 
 pub mod lora;
 
@@ -9,14 +10,41 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use lcm_core::{Backend, Result, Tensor};
+use lcm_models::clip::{output, ClipOutput};
 use lcm_models::synthetic::random_source;
-use lcm_models::{sd15, ClipConfig, ClipTextModel, LoadOptions, Unet, UnetConfig, Vae, VaeConfig, VaeParts, Variant};
+use lcm_models::unet_config::TEXT_TIME_IDS;
+use lcm_models::{
+    sd15, sdxl, AddedCond, ClipConfig, ClipTextModel, LoadOptions, Unet, UnetConfig, Vae, VaeConfig, VaeParts, Variant,
+};
 use lora::{BenchBackend, LoraSummary};
 use serde_json::json;
+
+/// The synthetic model family `lcm bench` builds when no folder is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    /// SD1.5: one text encoder, four UNet levels.
+    Sd15,
+    /// SDXL base: two text encoders, three levels with depths 1/2/10.
+    Sdxl,
+    /// An SSD-1B-shaped UNet (per-layer depths, own up path) with SDXL's text encoders and VAE.
+    Ssd1b,
+}
+
+impl Arch {
+    fn name(self) -> &'static str {
+        match self {
+            Arch::Sd15 => "SD1.5",
+            Arch::Sdxl => "SDXL",
+            Arch::Ssd1b => "SSD-1B-shaped",
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct BenchConfig {
     pub model: Option<PathBuf>,
+    /// The synthetic model's family (ignored with `model`).
+    pub arch: Arch,
     pub width: usize,
     pub height: usize,
     pub steps: usize,
@@ -65,33 +93,78 @@ pub struct BenchReport {
 
 struct Models<B: Backend> {
     clip: ClipTextModel<B>,
+    /// SDXL's second text encoder (CLIPTextModelWithProjection).
+    clip_2: Option<ClipTextModel<B>>,
     unet: Unet<B>,
     vae: Vae<B>,
 }
 
-fn load<B: Backend>(backend: &B, model: Option<&Path>, variant: Variant, seed: u64) -> Result<(Models<B>, String)> {
+fn load<B: Backend>(
+    backend: &B,
+    model: Option<&Path>,
+    arch: Arch,
+    variant: Variant,
+    seed: u64,
+) -> Result<(Models<B>, String)> {
+    // SDXL's text encoders give the UNet their penultimate hidden states, as StableDiffusionXLPipeline.
+    let penultimate = |c: ClipConfig, two: bool| if two { c.with_output(ClipOutput::Penultimate) } else { c };
     match model {
         Some(dir) => {
             let opts = || LoadOptions { variant, hook: None };
-            let clip = ClipTextModel::load(backend, &dir.join("text_encoder"), 0, opts())?;
+            let two = dir.join("text_encoder_2").is_dir();
+            let te = |name: &str| -> Result<ClipTextModel<B>> {
+                let d = dir.join(name);
+                let cfg = ClipConfig::from_file(&lcm_models::loader::component_config(&d)?, 0)?;
+                ClipTextModel::load_as(backend, penultimate(cfg, two), &d, opts())
+            };
+            let clip = te("text_encoder")?;
+            let clip_2 = if two { Some(te("text_encoder_2")?) } else { None };
             let unet = Unet::load(backend, &dir.join("unet"), opts())?;
             let vae = Vae::load(backend, &dir.join("vae"), VaeParts::Decoder, opts())?;
-            Ok((Models { clip, unet, vae }, dir.display().to_string()))
+            Ok((Models { clip, clip_2, unet, vae }, dir.display().to_string()))
         }
         None => {
-            let origin = Path::new("synthetic SD1.5");
+            let origin = Path::new("synthetic");
             let mut src = random_source(seed);
-            let clip = ClipTextModel::from_source(
-                backend,
-                ClipConfig::from_json(origin, sd15::TEXT_ENCODER_CONFIG, 0)?,
-                origin,
-                &mut src,
-            )?;
-            let unet = Unet::from_source(backend, UnetConfig::from_json(origin, sd15::UNET_CONFIG)?, origin, &mut src)?;
-            let vae = Vae::from_source(backend, VaeConfig::from_json(origin, sd15::VAE_CONFIG)?, origin, &mut src)?;
-            Ok((Models { clip, unet, vae }, format!("synthetic SD1.5 (seed {seed})")))
+            let (te, te2, unet, vae) = match arch {
+                Arch::Sd15 => (sd15::TEXT_ENCODER_CONFIG, None, sd15::UNET_CONFIG, sd15::VAE_CONFIG),
+                Arch::Sdxl => {
+                    (sdxl::TEXT_ENCODER_CONFIG, Some(sdxl::TEXT_ENCODER_2_CONFIG), sdxl::UNET_CONFIG, sdxl::VAE_CONFIG)
+                }
+                Arch::Ssd1b => (
+                    sdxl::TEXT_ENCODER_CONFIG,
+                    Some(sdxl::TEXT_ENCODER_2_CONFIG),
+                    sdxl::SSD_1B_UNET_CONFIG,
+                    sdxl::VAE_CONFIG,
+                ),
+            };
+            let two = te2.is_some();
+            let mut clip_model = |json: &str| {
+                let cfg = penultimate(ClipConfig::from_json(origin, json, 0)?, two);
+                ClipTextModel::from_source(backend, cfg, origin, &mut src)
+            };
+            let clip = clip_model(te)?;
+            let clip_2 = te2.map(&mut clip_model).transpose()?;
+            let unet = Unet::from_source(backend, UnetConfig::from_json(origin, unet)?, origin, &mut src)?;
+            let vae = Vae::from_source(backend, VaeConfig::from_json(origin, vae)?, origin, &mut src)?;
+            Ok((Models { clip, clip_2, unet, vae }, format!("synthetic {} (seed {seed})", arch.name())))
         }
     }
+}
+
+/// One prompt's text conditioning: the context `[1, 77, D]` and, for SDXL, the pooled text embeds
+/// `[1, P]` (text_encoder_2's projected state at its pooled token).
+fn encode<B: Backend>(backend: &B, m: &mut Models<B>, ids: &[i32]) -> Result<(Tensor, Option<Tensor>)> {
+    let Some(te2) = m.clip_2.as_mut() else { return Ok((m.clip.forward(backend, ids, 1)?, None)) };
+    let a = m.clip.forward(backend, ids, 1)?;
+    let outs = te2.forward_outputs(backend, ids, 1)?;
+    let (b, p) = (&outs[output::CONTEXT], te2.config.projection_dim.unwrap_or(0));
+    let (da, db) = (a.shape[2], b.shape[2]);
+    let ctx: Vec<f32> =
+        (0..ids.len()).flat_map(|t| [&a.data[t * da..(t + 1) * da], &b.data[t * db..(t + 1) * db]].concat()).collect();
+    let at = te2.config.pooled_position(ids) * p;
+    let pooled = Tensor::new(vec![1, p], outs[output::PROJECTED].data[at..at + p].to_vec());
+    Ok((Tensor::new(vec![1, ids.len(), da + db], ctx), Some(pooled)))
 }
 
 /// Runs the benchmark; `log` receives one line per timed repetition.
@@ -101,7 +174,7 @@ pub fn run<B: BenchBackend>(
     variant: Variant,
     log: &mut dyn FnMut(&str),
 ) -> Result<BenchReport> {
-    let (mut m, model) = load(backend, cfg.model.as_deref(), variant, cfg.seed)?;
+    let (mut m, model) = load(backend, cfg.model.as_deref(), cfg.arch, variant, cfg.seed)?;
     let lora = match cfg.lora_rank {
         Some(rank) => Some(backend.attach_unmerged_lora(&mut m.unet, rank, cfg.seed)?),
         None => None,
@@ -115,7 +188,11 @@ pub fn run<B: BenchBackend>(
     let timesteps: Vec<f32> = (0..cfg.steps).map(|i| (999 - i * (1000 / cfg.steps.max(1))) as f32).collect();
 
     let ctx_len = 77;
-    let macs_text = m.clip.config.graph(1, ctx_len)?.macs();
+    let macs_text = m.clip.config.graph(1, ctx_len)?.macs()
+        + m.clip_2.as_ref().map_or(Ok(0), |c| c.config.graph(1, ctx_len).map(|g| g.macs()))?;
+    // SDXL's time ids: original size, crop top-left, target size (diffusers' defaults).
+    let time_ids: Vec<f32> = [cfg.height, cfg.width, 0, 0, cfg.height, cfg.width].map(|v| v as f32).repeat(b);
+    let time_ids = Tensor::new(vec![b, TEXT_TIME_IDS], time_ids);
     let macs_step = m.unet.config.graph(b, h, w, ctx_len)?.macs();
     let macs_vae = m.vae.config.decoder_graph(b, h, w)?.macs();
     let mut stages = vec![
@@ -127,14 +204,16 @@ pub fn run<B: BenchBackend>(
     ];
     for rep in 0..cfg.warmup + cfg.repeat {
         let t0 = Instant::now();
-        let text = m.clip.forward(backend, &ids, 1)?;
+        let (text, pooled) = encode(backend, &mut m, &ids)?;
         let t_text = t0.elapsed();
         let ctx = Tensor::new(vec![b, ctx_len, text.shape[2]], text.data.repeat(b));
+        let pooled = pooled.map(|p| Tensor::new(vec![b, p.shape[1]], p.data.repeat(b)));
+        let added = pooled.as_ref().map(|text_embeds| AddedCond { text_embeds, time_ids: &time_ids });
         let mut x = latents.clone();
         let mut steps = Vec::new();
         for &t in &timesteps {
             let ts = Instant::now();
-            x = m.unet.forward(backend, &x, &vec![t; b], &ctx, cond.as_ref())?;
+            x = m.unet.forward_added(backend, &x, &vec![t; b], &ctx, cond.as_ref(), added)?;
             steps.push(ts.elapsed());
         }
         let tv = Instant::now();

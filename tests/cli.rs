@@ -83,6 +83,34 @@ fn generate_reproduces_diffusers_png() {
     assert_eq!(latents.shape("latents"), Some(&[1usize, 4, 8, 8][..]));
 }
 
+/// An SDXL folder is recognised by itself and gets its own default size (`sample_size` × 8: 64 for the
+/// tiny fixture, 1024 for SDXL), and the PNG is diffusers' (StableDiffusionXLPipeline, same seed).
+#[test]
+fn sdxl_folder_picks_its_pipeline_and_size() {
+    let dir = scratch("sdxl");
+    let out = dir.join("xl.png");
+    let model = fixtures().join("sdxl/tiny-sdxl");
+    let args = [
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        "a photo of a cat",
+        "--seed",
+        "0",
+        "--device",
+        "cpu",
+    ];
+    let (ok, _, stderr) = lcm(&[&args[..], &["--output", out.to_str().unwrap()]].concat());
+    assert!(ok, "lcm generate failed: {stderr}");
+    let (w, h, rgb, _) = read_png(&out).unwrap();
+    assert_eq!((w, h), (64, 64), "the model's sample_size x 8");
+    let f = SafeTensorsFile::open(fixtures().join("records/sdxl/xl_4step.safetensors")).unwrap();
+    let want: Vec<u8> = f.get("image_u8").unwrap().to_f32().iter().map(|&v| v as u8).collect();
+    let (frac, max) = compare(&rgb, &want);
+    assert!(frac < 0.005 && max <= 1, "{frac} of pixels differ from diffusers, by up to {max}");
+}
+
 #[test]
 fn several_images_are_numbered_and_loras_apply() {
     let dir = scratch("multi");

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use lcm::bench::lora::{cpu_refusal, BenchBackend};
-use lcm::bench::{run as bench, BenchConfig};
+use lcm::bench::{run as bench, Arch, BenchConfig};
 use lcm_core::{Error, Result};
 use lcm_models::Variant;
 
@@ -12,9 +12,14 @@ use super::device::{choose, Chosen, Device};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// A diffusers folder to time; default: SD1.5-shaped models with seeded random weights (no download).
+    /// A diffusers folder to time (SD1.5 or SDXL layout); default: synthetic models of --arch with
+    /// seeded random weights (no download).
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
+    /// The synthetic models' shapes without --model: sd15, sdxl (SDXL base) or ssd-1b (SSD-1B-shaped
+    /// UNet, SDXL's text encoders and VAE).
+    #[arg(long, value_enum, default_value_t = ArchArg::Sd15)]
+    pub arch: ArchArg,
     /// Image width (default 512 on CUDA, 256 on the CPU).
     #[arg(long)]
     pub width: Option<usize>,
@@ -50,6 +55,14 @@ pub struct BenchArgs {
     /// CPU only: also print the time spent in each op family (conv2d, linear, attention, ...).
     #[arg(long)]
     pub profile: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ArchArg {
+    Sd15,
+    Sdxl,
+    #[value(name = "ssd-1b")]
+    Ssd1b,
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
@@ -88,6 +101,11 @@ fn go<B: BenchBackend>(backend: &B, args: &BenchArgs, default_size: usize, varia
     }
     let cfg = BenchConfig {
         model: args.model.clone(),
+        arch: match args.arch {
+            ArchArg::Sd15 => Arch::Sd15,
+            ArchArg::Sdxl => Arch::Sdxl,
+            ArchArg::Ssd1b => Arch::Ssd1b,
+        },
         width,
         height,
         steps: args.steps,

@@ -63,10 +63,12 @@ pub struct GenerateArgs {
     /// Random and printed when not given.
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Image width in pixels, a multiple of 8 in 64..=2048 [default: 512, or the --image's width].
+    /// Image width in pixels, a multiple of 8 in 64..=2048 [default: the model's, 512 for SD1.5 and
+    /// 1024 for SDXL, or the --image's width].
     #[arg(long)]
     pub width: Option<usize>,
-    /// Image height in pixels, a multiple of 8 in 64..=2048 [default: 512, or the --image's height].
+    /// Image height in pixels, a multiple of 8 in 64..=2048 [default: the model's, 512 for SD1.5 and
+    /// 1024 for SDXL, or the --image's height].
     #[arg(long)]
     pub height: Option<usize>,
     /// img2img: start from this PNG instead of pure noise (its size is the output size; sides must be
@@ -168,7 +170,14 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     };
     let (width, height) = match &init_image {
         Some(i) => (i.pixels.shape[3], i.pixels.shape[2]),
-        None => (args.width.unwrap_or(512), args.height.unwrap_or(512)),
+        None if args.width.is_some() && args.height.is_some() => (args.width.unwrap_or(0), args.height.unwrap_or(0)),
+        None => {
+            // The model's own size (SDXL's 1024), read from its configs before anything loads.
+            let probe =
+                LoadSpec { model_dir: model_dir.clone(), config_dir: args.config.clone(), ..LoadSpec::default() };
+            let side = lcm_pipeline::load::default_image_size(&probe)?;
+            (args.width.unwrap_or(side), args.height.unwrap_or(side))
+        }
     };
     let req = Request {
         prompt: args.prompt.clone(),
