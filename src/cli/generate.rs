@@ -104,7 +104,8 @@ pub enum LoraModeArg {
     Runtime,
 }
 
-fn parse_lora(s: &str) -> std::result::Result<LoraSpec, String> {
+/// `--lora FILE[:SCALE]`, for `generate` and `serve`.
+pub(crate) fn parse_lora(s: &str) -> std::result::Result<LoraSpec, String> {
     // The scale follows the last ':' only when it parses as a number, so paths with ':' still work.
     let (path, scale) = match s.rsplit_once(':') {
         Some((p, sc)) if !p.is_empty() => match sc.parse::<f32>() {

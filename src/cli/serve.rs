@@ -13,6 +13,7 @@ use lcm_pipeline::lora_swap::LoraMode;
 use lcm_pipeline::pipeline::{LoadSpec, LoraSpec, Pipeline};
 
 use super::device::{choose, Chosen, Device};
+use super::generate::parse_lora;
 
 /// Images per batch when --max-batch is not given (docs/serving.md, "Batching": tests/serve_load.rs
 /// measures it; docs/BENCH_LOG.md: 4 beat 1 in mean time per image on the CPU).
@@ -68,19 +69,6 @@ pub struct ServeArgs {
     /// Test hooks (POST /debug/panic, a worker panic on one prompt): for the tests only.
     #[arg(long, hide = true)]
     pub debug_hooks: bool,
-}
-
-fn parse_lora(s: &str) -> std::result::Result<LoraSpec, String> {
-    // As `lcm generate --lora`: the scale follows the last ':' only when it parses as a number.
-    let (path, scale) = match s.rsplit_once(':') {
-        Some((p, sc)) if !p.is_empty() => match sc.parse::<f32>() {
-            Ok(v) if v.is_finite() => (p, v),
-            Ok(_) => return Err(format!("scale `{sc}` must be finite")),
-            Err(_) => (s, 1.0),
-        },
-        _ => (s, 1.0),
-    };
-    Ok(LoraSpec { path: PathBuf::from(path), scale })
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {

@@ -94,7 +94,7 @@ typedef struct LcmImages {
 // A model, LoRA or config file is missing, unreadable or does not fit.
 #define LCM_ERR_FILE 2
 
-// The compute backend failed (no GPU, driver error, out of memory).
+// The compute backend failed (no GPU, driver error, out of memory), or a stage produced NaN/Inf.
 #define LCM_ERR_BACKEND 3
 
 // The generation was stopped by [`lcm_cancel`].

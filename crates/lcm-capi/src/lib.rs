@@ -33,7 +33,7 @@ pub const LCM_OK: LcmStatus = 0;
 pub const LCM_ERR_INVALID_ARGUMENT: LcmStatus = 1;
 /// A model, LoRA or config file is missing, unreadable or does not fit.
 pub const LCM_ERR_FILE: LcmStatus = 2;
-/// The compute backend failed (no GPU, driver error, out of memory).
+/// The compute backend failed (no GPU, driver error, out of memory), or a stage produced NaN/Inf.
 pub const LCM_ERR_BACKEND: LcmStatus = 3;
 /// The generation was stopped by [`lcm_cancel`].
 pub const LCM_ERR_CANCELLED: LcmStatus = 4;
@@ -176,7 +176,7 @@ impl From<Error> for Failure {
         let code = match e {
             Error::Invalid { .. } => LCM_ERR_INVALID_ARGUMENT,
             Error::File { .. } | Error::Tensor { .. } | Error::Config { .. } => LCM_ERR_FILE,
-            Error::Backend(_) => LCM_ERR_BACKEND,
+            Error::Backend(_) | Error::NonFinite { .. } => LCM_ERR_BACKEND,
             Error::Cancelled => LCM_ERR_CANCELLED,
         };
         Failure(code, e.to_string())

@@ -82,31 +82,24 @@ impl<B: Backend> Executor<B> {
     /// Writes input `i` (in graph order). Its data must be f32 for an `Act` or `F32` input, i32 for an
     /// `I32` one, and its length the input's element count.
     pub fn set_input(&mut self, backend: &B, i: usize, data: HostData<'_>) -> Result<()> {
-        let t = *self
-            .program
-            .graph
-            .inputs
-            .get(i)
-            .ok_or_else(|| Error::invalid("executor", format!("graph has no input {i}")))?;
-        let desc = &self.program.graph.tensors[t];
-        let kind_ok =
-            matches!((desc.elem, data), (Elem::Act | Elem::F32, HostData::F32(_)) | (Elem::I32, HostData::I32(_)));
-        if !kind_ok || data.len() != desc.numel() {
-            return Err(Error::invalid(
-                "executor",
-                format!(
-                    "input {i} wants {} {:?} elements of shape {:?}, got {}",
-                    desc.numel(),
-                    desc.elem,
-                    desc.shape,
-                    data.len()
-                ),
-            ));
+        // A short write is set_input_at's business; a whole input must be whole. (An unknown `i` is
+        // reported there.)
+        if let Some(&t) = self.program.graph.inputs.get(i) {
+            let desc = &self.program.graph.tensors[t];
+            if data.len() != desc.numel() {
+                return Err(Error::invalid(
+                    "executor",
+                    format!(
+                        "input {i} wants {} {:?} elements of shape {:?}, got {}",
+                        desc.numel(),
+                        desc.elem,
+                        desc.shape,
+                        data.len()
+                    ),
+                ));
+            }
         }
-        match self.program.plan.offsets[t] {
-            Some(off) => backend.write(&mut self.arena, off, desc.elem, data),
-            None => Ok(()), // an input nothing reads
-        }
+        self.set_input_at(backend, i, 0, data)
     }
 
     /// Writes `data` into input `i` starting at its element `at` (the rest of the input keeps what it

@@ -65,22 +65,26 @@ pub fn write_png(path: &Path, width: usize, height: usize, rgb: &[u8], parameter
     if rgb.len() != width * height * 3 {
         return Err(Error::invalid("png", format!("{} bytes for a {width}x{height} RGB image", rgb.len())));
     }
-    atomically(path, |w| {
-        let mut enc = png::Encoder::new(w, width as u32, height as u32);
-        enc.set_color(png::ColorType::Rgb);
-        enc.set_depth(png::BitDepth::Eight);
-        // tEXt holds Latin-1 only: a prompt with other characters (CJK, emoji, control characters)
-        // goes into an iTXt chunk (UTF-8) instead of failing after the image is made.
-        let latin1 = parameters.chars().all(|c| matches!(c as u32, 0x0a | 0x20..=0x7e | 0xa1..=0xff));
-        if latin1 {
-            enc.add_text_chunk("parameters".to_string(), parameters.to_string()).map_err(std::io::Error::other)?;
-        } else {
-            enc.add_itxt_chunk("parameters".to_string(), parameters.to_string()).map_err(std::io::Error::other)?;
-        }
-        let mut writer = enc.write_header().map_err(std::io::Error::other)?;
-        writer.write_image_data(rgb).map_err(std::io::Error::other)?;
-        writer.finish().map_err(std::io::Error::other)
-    })
+    atomically(path, |w| encode_png(w, width, height, rgb, parameters))
+}
+
+/// Encodes 8-bit RGB `rgb` (`[height, width, 3]`, length checked by the caller) as a PNG into `w`, with
+/// `parameters` in a text chunk: what [`write_png`] writes to files and `lcm serve` into responses.
+pub fn encode_png(w: impl Write, width: usize, height: usize, rgb: &[u8], parameters: &str) -> std::io::Result<()> {
+    let mut enc = png::Encoder::new(w, width as u32, height as u32);
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    // tEXt holds Latin-1 only: a prompt with other characters (CJK, emoji, control characters)
+    // goes into an iTXt chunk (UTF-8) instead of failing after the image is made.
+    let latin1 = parameters.chars().all(|c| matches!(c as u32, 0x0a | 0x20..=0x7e | 0xa1..=0xff));
+    if latin1 {
+        enc.add_text_chunk("parameters".to_string(), parameters.to_string()).map_err(std::io::Error::other)?;
+    } else {
+        enc.add_itxt_chunk("parameters".to_string(), parameters.to_string()).map_err(std::io::Error::other)?;
+    }
+    let mut writer = enc.write_header().map_err(std::io::Error::other)?;
+    writer.write_image_data(rgb).map_err(std::io::Error::other)?;
+    writer.finish().map_err(std::io::Error::other)
 }
 
 /// One f32 tensor named `latents`.
@@ -97,30 +101,44 @@ pub fn write_latents(path: &Path, latents: &Tensor) -> Result<()> {
 /// img2img inputs: (width, height, rgb).
 pub fn read_image_rgb8(path: &Path) -> Result<(usize, usize, Vec<u8>)> {
     let file = File::open(path).map_err(|e| Error::file(path, format!("cannot open image: {e}")))?;
-    let mut dec = png::Decoder::new(std::io::BufReader::new(file));
+    decode_png_rgb8(std::io::BufReader::new(file), MAX_SIZE).map_err(|m| Error::file(path, m))
+}
+
+/// Decodes any 8- or 16-bit PNG as 8-bit RGB (grey replicated, alpha dropped, palettes expanded):
+/// (width, height, rgb). Sides over `max_side` are refused from the header, before the pixel buffer is
+/// allocated: a 69-byte file can claim 100000x100000 pixels (30 GB decoded). The error is a message
+/// for the caller to place (a file, a request field).
+pub fn decode_png_rgb8(
+    r: impl std::io::BufRead + std::io::Seek,
+    max_side: usize,
+) -> std::result::Result<(usize, usize, Vec<u8>), String> {
+    let mut dec = png::Decoder::new(r);
+    // Bounds the decoder's own allocations too (metadata chunks can claim any size).
+    dec.set_limits(png::Limits { bytes: 8 * max_side * max_side + (1 << 20) });
     dec.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
-    let mut reader = dec.read_info().map_err(|e| Error::file(path, format!("not a PNG image: {e}")))?;
-    // The header's size is checked before the pixel buffer is allocated: a 69-byte file can claim
-    // 100000x100000 pixels (30 GB decoded), and no request takes a side over MAX_SIZE anyway.
-    let (w, h) = (reader.info().width, reader.info().height);
-    if w as usize > MAX_SIZE || h as usize > MAX_SIZE {
-        return Err(Error::file(path, format!("image is {w}x{h}; img2img takes at most {MAX_SIZE} pixels per side")));
+    let mut reader = dec.read_info().map_err(|e| format!("not a PNG image: {e}"))?;
+    let (w, h) = (reader.info().width as usize, reader.info().height as usize);
+    if w > max_side || h > max_side {
+        return Err(format!("image is {w}x{h}; img2img takes at most {max_side} pixels per side"));
     }
-    let mut buf = vec![0; reader.output_buffer_size().unwrap_or(0)];
-    let info = reader.next_frame(&mut buf).map_err(|e| Error::file(path, format!("bad PNG data: {e}")))?;
+    let mut buf = vec![0; reader.output_buffer_size().ok_or("bad PNG data: image too large")?];
+    let info = reader.next_frame(&mut buf).map_err(|e| format!("bad PNG data: {e}"))?;
     buf.truncate(info.buffer_size());
     let channels = match info.color_type {
         png::ColorType::Grayscale => 1,
         png::ColorType::GrayscaleAlpha => 2,
         png::ColorType::Rgb => 3,
         png::ColorType::Rgba => 4,
-        other => return Err(Error::file(path, format!("unsupported PNG colour type {other:?}"))),
+        other => return Err(format!("unsupported PNG colour type {other:?}")),
     };
+    if buf.len() != w * h * channels {
+        return Err("bad PNG data: short image".into());
+    }
     let rgb = buf
         .chunks_exact(channels)
         .flat_map(|px| if channels < 3 { [px[0], px[0], px[0]] } else { [px[0], px[1], px[2]] })
         .collect();
-    Ok((info.width as usize, info.height as usize, rgb))
+    Ok((w, h, rgb))
 }
 
 /// Reads a PNG written by [`write_png`]: (width, height, rgb, parameters).
