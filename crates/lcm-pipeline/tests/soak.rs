@@ -1,9 +1,9 @@
 //! Soak: many generations in one process on the tiny fixture (CPU) with mixed shapes, seeds, LoRA
 //! swaps, CFG and img2img, sampling the resident set size (/proc/self/statm) after each. After a
-//! warm-up (two passes over the mix, so that every shape's plan and every LoRA set has been seen) the
-//! RSS must stay flat: growth under 1%.
+//! warm-up (one period of the mix, 120 generations, so that every shape's plan and every LoRA set has
+//! been seen) the RSS must stay flat: growth under 1%.
 //!
-//! CI runs `LCM_SOAK_GENERATIONS` (default 200) generations; the full run of docs/robustness.md is
+//! CI runs `LCM_SOAK_GENERATIONS` (default 240) generations; the full run of docs/robustness.md is
 //! `LCM_SOAK_GENERATIONS=1000 cargo test --release -p lcm-pipeline --test soak -- --nocapture`.
 
 use std::path::{Path, PathBuf};
