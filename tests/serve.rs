@@ -260,12 +260,14 @@ fn slow_body(seed: u64) -> String {
 }
 
 /// A batched image against its unbatched one: equal but for f32 rounding (the CPU GEMM blocks by
-/// size, see crates/lcm-pipeline/tests/batch.rs): ±1 in under 0.1% of the 8-bit values.
+/// size; crates/lcm-pipeline/tests/batch.rs checks the latents to 1e-5 rel. L2): ±1 in under 0.5% of
+/// the 8-bit values, tests/cli.rs's bound for pixels one rounding step away. (0.1% held on one build
+/// and failed at 0.35% after the CPU attention changed its summation order: still all ±1.)
 fn assert_batched_equals(got: &[u8], want: &[u8], what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: sizes differ");
     let differ = got.iter().zip(want).filter(|(a, b)| a != b).count();
     let max = got.iter().zip(want).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
-    assert!(max <= 1 && differ * 1000 < want.len(), "{what}: {differ} values differ by up to {max}");
+    assert!(max <= 1 && differ * 200 < want.len(), "{what}: {differ} values differ by up to {max}");
 }
 
 #[test]
