@@ -9,3 +9,6 @@ export LCM_REQUIRE_CUDA=1
 cargo test --workspace --locked "$@"
 # A service embeds the library without the CLI's dependencies (`default-features = false`): keep that building.
 cargo check --lib --no-default-features --locked
+# The fuzz targets (fuzz/, their own workspace) call the loaders' APIs: a change to those must keep them
+# compiling. A plain check on the stable toolchain; scripts/fuzz.sh runs them.
+cargo check --manifest-path fuzz/Cargo.toml --locked --bins

@@ -219,6 +219,8 @@ fn help_explains_every_flag() {
         "--device",
         "--output",
         "--save-latents",
+        "--vae-tiling",
+        "--vae-tile-size",
     ] {
         assert!(stdout.contains(flag), "--help lacks {flag}");
     }
@@ -307,4 +309,30 @@ fn generate_on_the_emulated_device_gives_the_cpu_image() {
     println!("emulated vs CPU: latents rel L2 {e:.2e}, pixel MAD {mad:.2}/255");
     assert!(e < 1e-2, "latents rel L2 {e:.3e}");
     assert!(mad < 2.0, "pixel mean absolute difference {mad:.2}/255");
+}
+
+/// `--vae-tiling --vae-tile-size 32` gives diffusers' `enable_vae_tiling()` image (records/vae_tiling, from
+/// tests/fixtures/generate_tiling.py); a tile size off the latent grid is refused naming the flag.
+#[test]
+fn vae_tiling_reproduces_diffusers_png() {
+    let dir = scratch("tiling");
+    let out = dir.join("tiled.png");
+    let model = fixtures().join("tiny-lcm");
+    let base = ["generate", "--model", model.to_str().unwrap(), "--prompt", "a photo of a cat", "--device", "cpu"];
+    let sampling = ["--seed", "7", "--steps", "2", "--guidance-scale", "8", "--width", "128", "--height", "64"];
+    let tiling = ["--vae-tiling", "--vae-tile-size", "32", "--output", out.to_str().unwrap()];
+    let (ok, _, stderr) = lcm(&[&base[..], &sampling, &tiling].concat());
+    assert!(ok, "{stderr}");
+    let (w, h, rgb, _) = read_png(&out).unwrap();
+    assert_eq!((w, h), (128, 64));
+    let f = SafeTensorsFile::open(fixtures().join("records/vae_tiling.safetensors")).unwrap();
+    let want: Vec<u8> = f.get("pipeline_image").unwrap().to_f32().iter().map(|&v| (v * 255.0).round() as u8).collect();
+    let (frac, max) = compare(&rgb, &want);
+    assert!(frac < 0.005 && max <= 1, "{frac} of pixels differ, by up to {max}");
+
+    let (ok, _, stderr) = lcm(&[&base[..], &sampling, &["--vae-tiling", "--vae-tile-size", "48"]].concat());
+    assert!(!ok && stderr.contains("--vae-tile-size") && stderr.contains("multiple of 32"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let (ok, _, stderr) = lcm(&[&base[..], &["--vae-tile-size", "64"]].concat());
+    assert!(!ok && stderr.contains("--vae-tiling"), "--vae-tile-size alone: {stderr}");
 }

@@ -20,9 +20,11 @@ pub mod synthetic;
 pub mod unet;
 pub mod unet_config;
 pub mod vae;
+pub mod vae_tiling;
 
 pub use clip::{ClipConfig, ClipTextModel};
 pub use loader::{LoadOptions, Variant, WeightHook, WeightSource};
 pub use single_file::{Checkpoint, VaeFile, VaeLayout};
 pub use unet::{AddedCond, Unet, UnetConfig};
 pub use vae::{Vae, VaeConfig, VaeParts};
+pub use vae_tiling::VaeTiling;

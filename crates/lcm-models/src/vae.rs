@@ -45,10 +45,28 @@ pub struct VaeConfig {
     /// overflows in f16; its fp16-fix variant says false). lcm's CUDA backend decodes in f16 either
     /// way and reports NaN/Inf in the image as an error (see the README).
     pub force_upcast: bool,
+    /// `sample_size`: the image size the VAE was trained at (SD1.5: 512, SDXL: 1024), the tile size of
+    /// tiled decoding and encoding ([`crate::vae_tiling`]); `None` when inferred from a single file.
+    pub sample_size: Option<usize>,
 }
 
 /// The VAE's norms: its blocks are built with `resnet_eps=1e-6`.
 const EPS: f32 = 1e-6;
+
+/// SDXL's VAE `scaling_factor` (SD1.5's is 0.18215).
+pub const SDXL_SCALING_FACTOR: f32 = 0.13025;
+
+/// `sample_size`: an integer, or diffusers' `[height, width]` form, whose first entry diffusers' tiling
+/// uses.
+fn sample_size(c: &Config) -> Result<Option<usize>> {
+    match c.get("sample_size") {
+        Some(serde_json::Value::Array(v)) => match v.first().and_then(serde_json::Value::as_u64) {
+            Some(n) if n > 0 => Ok(Some(n as usize)),
+            _ => Err(c.error("sample_size", "expected a positive integer or a list of them")),
+        },
+        _ => c.usize_opt("sample_size"),
+    }
+}
 
 impl VaeConfig {
     /// Reads a `vae/config.json`.
@@ -97,6 +115,7 @@ impl VaeConfig {
             use_quant_conv: c.bool_or("use_quant_conv", true)?,
             use_post_quant_conv: c.bool_or("use_post_quant_conv", true)?,
             mid_block_attention: c.bool_or("mid_block_add_attention", true)?,
+            sample_size: sample_size(c)?,
             block_out_channels,
         };
         if let Some(&bad) = cfg.block_out_channels.iter().find(|&&ch| ch % cfg.norm_groups != 0) {
@@ -105,6 +124,12 @@ impl VaeConfig {
             );
         }
         Ok(cfg)
+    }
+
+    /// The tile size of tiled decoding: `sample_size`, or, for a config without one (inferred from a
+    /// single file), what the SD1.5 and SDXL VAE configs say.
+    pub fn tile_size(&self) -> usize {
+        self.sample_size.unwrap_or(if self.scaling_factor == SDXL_SCALING_FACTOR { 1024 } else { 512 })
     }
 
     fn norm(&self) -> Norm {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use lcm_core::{Backend, Error, HostData, Op, Result, Tensor};
 use lcm_models::denoise::{input, DenoiseConfig, DenoiseShape};
-use lcm_models::{Unet, Vae, Variant};
+use lcm_models::{Unet, Vae, VaeTiling, Variant};
 
 use crate::lora::{LoraSet, Targets};
 use crate::lora_swap::{LoraMode, Slots, DEFAULT_MAX_LORA_RANK};
@@ -237,6 +237,8 @@ pub struct Pipeline<B: Backend> {
     pub(crate) text: TextEncoders<B>,
     pub(crate) unet: Unet<B>,
     vae: Vae<B>,
+    /// Tiled VAE decoding and encoding ([`Pipeline::set_vae_tiling`]); off by default.
+    vae_tiling: Option<VaeTiling>,
     scheduler: LcmScheduler,
     /// Weights a LoRA is merged into now (re-read pristine on a swap).
     pub(crate) lora_merged: BTreeSet<String>,
@@ -256,8 +258,17 @@ impl<B: Backend> Pipeline<B> {
         let base = LoadSpec { loras: if unmerged { Vec::new() } else { spec.loras.clone() }, ..spec.clone() };
         let c = crate::load::load(&backend, &base)?;
         let (text, unet, vae, scheduler) = (c.text, c.unet, c.vae, c.scheduler);
-        let mut p =
-            Pipeline { backend, spec: base, text, unet, vae, scheduler, lora_merged: c.lora_merged, slots: None };
+        let mut p = Pipeline {
+            backend,
+            spec: base,
+            text,
+            unet,
+            vae,
+            vae_tiling: None,
+            scheduler,
+            lora_merged: c.lora_merged,
+            slots: None,
+        };
         if unmerged {
             // Buffers for the largest rank the load's LoRAs put on one weight (their ranks summed there).
             let set = LoraSet::open(&spec.loras.iter().map(|l| (l.path.clone(), l.scale)).collect::<Vec<_>>())?;
@@ -268,6 +279,16 @@ impl<B: Backend> Pipeline<B> {
             p.set_loras(&spec.loras)?;
         }
         Ok(p)
+    }
+
+    /// Tiled VAE decoding and encoding, as diffusers' `pipe.enable_vae_tiling()`: images larger than a
+    /// tile run through the VAE tile by tile with blended seams, so the VAE's memory is bounded by one
+    /// tile whatever the image size (the image differs slightly from an untiled one, as diffusers'
+    /// does). `Some(None)`: tiles of the VAE config's `sample_size`; `Some(Some(px))`: of `px` pixels (a
+    /// multiple of 32 for SD's VAE); `None`: off.
+    pub fn set_vae_tiling(&mut self, tiling: Option<Option<usize>>) -> Result<()> {
+        self.vae_tiling = tiling.map(|px| VaeTiling::new(&self.vae.config, px)).transpose()?;
+        Ok(())
     }
 
     /// The scheduler's `original_inference_steps`: the most steps a request may ask for.
@@ -382,7 +403,7 @@ impl<B: Backend> Pipeline<B> {
             .flat_map(|&v| std::iter::repeat_n(v as f32, batch))
             .collect();
 
-        let Pipeline { backend, text, unet, vae, .. } = self;
+        let Pipeline { backend, text, unet, vae, vae_tiling, .. } = self;
         let (den, weights) = unet.denoiser(backend, &shape, &dcfg)?;
         stop()?;
         let t0 = Instant::now();
@@ -446,7 +467,15 @@ impl<B: Backend> Pipeline<B> {
         stop()?;
 
         let tv = Instant::now();
-        let img = vae.decode_from(backend, den, 1)?.nchw_to_nhwc();
+        let img = match vae_tiling {
+            // Tiles are cut on the host; the latents come back first.
+            Some(tiling) => {
+                let z = Tensor::new(den.output_shape(1).to_vec(), den.output(backend, 1)?).nhwc_to_nchw();
+                vae.decode_tiled(backend, &z, *tiling)?
+            }
+            None => vae.decode_from(backend, den, 1)?,
+        }
+        .nchw_to_nhwc();
         check_vae_output(&img.data, &vae.config)?;
         let images = Tensor::new(img.shape, img.data.iter().map(|&v| (v / 2.0 + 0.5).clamp(0.0, 1.0)).collect());
         let vae_time = tv.elapsed();
@@ -500,7 +529,10 @@ impl<B: Backend> Pipeline<B> {
     fn noised_image_latents(&mut self, init: &InitImage, n: usize, t: i64, rng: &mut TorchRng) -> Result<Vec<f32>> {
         let vae_dir = self.spec.model_dir.join("vae");
         self.vae.load_encoder(&self.backend, &vae_dir, self.spec.variant)?;
-        let moments = self.vae.encode_moments(&self.backend, &init.pixels)?;
+        let moments = match self.vae_tiling {
+            Some(tiling) => self.vae.encode_moments_tiled(&self.backend, &init.pixels, tiling)?,
+            None => self.vae.encode_moments(&self.backend, &init.pixels)?,
+        };
         let per = moments.numel() / 2;
         let (mean, logvar) = moments.data.split_at(per);
         let z = rng.randn(per);
@@ -519,7 +551,11 @@ impl<B: Backend> Pipeline<B> {
         let cfg = &self.vae.config;
         let (sf, shift) = (cfg.scaling_factor, cfg.shift_factor.unwrap_or(0.0));
         let z = Tensor::new(latents.shape.clone(), latents.data.iter().map(|&v| v / sf + shift).collect());
-        let img = self.vae.decode(&self.backend, &z)?.nchw_to_nhwc();
+        let img = match self.vae_tiling {
+            Some(tiling) => self.vae.decode_tiled(&self.backend, &z, tiling)?,
+            None => self.vae.decode(&self.backend, &z)?,
+        }
+        .nchw_to_nhwc();
         check_vae_output(&img.data, &self.vae.config)?;
         Ok(Tensor::new(img.shape, img.data.iter().map(|&v| (v / 2.0 + 0.5).clamp(0.0, 1.0)).collect()))
     }
