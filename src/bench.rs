@@ -14,7 +14,8 @@ use lcm_models::clip::{output, ClipOutput};
 use lcm_models::synthetic::random_source;
 use lcm_models::unet_config::TEXT_TIME_IDS;
 use lcm_models::{
-    sd15, sdxl, AddedCond, ClipConfig, ClipTextModel, LoadOptions, Unet, UnetConfig, Vae, VaeConfig, VaeParts, Variant,
+    sd15, sdxl, AddedCond, ClipConfig, ClipTextModel, LoadOptions, Unet, UnetConfig, Vae, VaeConfig, VaeParts,
+    VaeTiling, Variant,
 };
 use lora::{BenchBackend, LoraSummary};
 use serde_json::json;
@@ -54,6 +55,8 @@ pub struct BenchConfig {
     pub seed: u64,
     /// An unmerged LoRA of this rank on every UNet LoRA target (CUDA backend only).
     pub lora_rank: Option<usize>,
+    /// Tiled VAE decoding: `Some(None)` with the VAE's default tile, `Some(Some(px))` with `px`-pixel tiles.
+    pub vae_tiling: Option<Option<usize>>,
 }
 
 #[derive(Debug, Clone)]
@@ -89,6 +92,15 @@ pub struct BenchReport {
     /// text_encoder, unet (all steps), unet_step (one step), vae_decode, end_to_end
     pub stages: Vec<Stage>,
     pub lora: Option<LoraSummary>,
+    pub vae_arena: VaeArena,
+}
+
+/// The VAE decoder's activation memory after the run: its arenas (one per input shape it planned).
+#[derive(Debug, Clone, Copy)]
+pub struct VaeArena {
+    pub bytes: usize,
+    pub shapes: usize,
+    pub tiling: Option<VaeTiling>,
 }
 
 struct Models<B: Backend> {
@@ -179,6 +191,7 @@ pub fn run<B: BenchBackend>(
         Some(rank) => Some(backend.attach_unmerged_lora(&mut m.unet, rank, cfg.seed)?),
         None => None,
     };
+    let tiling = cfg.vae_tiling.map(|px| VaeTiling::new(&m.vae.config, px)).transpose()?;
     let scale = m.vae.config.downscale();
     let (h, w, b) = (cfg.height / scale, cfg.width / scale, cfg.batch);
     let lc = m.unet.config.in_channels;
@@ -217,7 +230,10 @@ pub fn run<B: BenchBackend>(
             steps.push(ts.elapsed());
         }
         let tv = Instant::now();
-        m.vae.decode(backend, &x)?;
+        match tiling {
+            Some(t) => m.vae.decode_tiled(backend, &x, t)?,
+            None => m.vae.decode(backend, &x)?,
+        };
         let t_vae = tv.elapsed();
         let total = t0.elapsed();
         if rep >= cfg.warmup {
@@ -232,7 +248,10 @@ pub fn run<B: BenchBackend>(
             log(&format!("warm-up {}/{}: {:.1} ms", rep + 1, cfg.warmup, total.as_secs_f64() * 1e3));
         }
     }
-    Ok(BenchReport { device: backend.name().to_string(), config: cfg.clone(), model, stages, lora })
+    // Every decoder arena stays allocated (one per tile shape): their sum is the decode's memory.
+    let arenas = m.vae.decoder_runner().arenas();
+    let vae_arena = VaeArena { bytes: arenas.iter().map(|(_, b)| b).sum(), shapes: arenas.len(), tiling };
+    Ok(BenchReport { device: backend.name().to_string(), config: cfg.clone(), model, stages, lora, vae_arena })
 }
 
 impl BenchReport {
@@ -263,6 +282,14 @@ impl BenchReport {
                 tflops
             );
         }
+        let a = &self.vae_arena;
+        let tiles = a.tiling.map_or("untiled".to_string(), |t| format!("{} px tiles", t.tile));
+        s += &format!(
+            "vae decode arena: {:.1} MiB ({tiles}, {} shape{})\n",
+            a.bytes as f64 / (1 << 20) as f64,
+            a.shapes,
+            if a.shapes == 1 { "" } else { "s" }
+        );
         s
     }
 
@@ -275,6 +302,8 @@ impl BenchReport {
             "lora_rank": self.lora.map(|l| l.rank),
             "lora_targets": self.lora.map(|l| l.targets),
             "lora_params": self.lora.map(|l| l.params),
+            "vae_tile": self.vae_arena.tiling.map(|t| t.tile),
+            "vae_arena_bytes": self.vae_arena.bytes,
             "stages": self.stages.iter().map(|st| json!({
                 "name": st.name, "macs": st.macs,
                 "median_ms": st.median().as_secs_f64() * 1e3,

@@ -263,6 +263,25 @@ fn bench_lora_rank_is_cuda_only_and_says_so() {
     }
 }
 
+/// `lcm bench --vae-tiling` decodes in tiles and reports the decoder's arena, smaller than untiled.
+#[test]
+fn bench_reports_the_vae_arena_tiled_and_not() {
+    let model = fixtures().join("tiny-sd");
+    let arena = |extra: &[&str]| {
+        let base = ["bench", "--device", "cpu", "--model", model.to_str().unwrap(), "--json", "--warmup", "0"];
+        let size = ["--repeat", "1", "--steps", "1", "--width", "128", "--height", "128"];
+        let (ok, stdout, stderr) = lcm(&[&base[..], &size, extra].concat());
+        assert!(ok, "{extra:?}: {stderr}");
+        let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+        (v["vae_arena_bytes"].as_u64().expect("vae_arena_bytes"), v["vae_tile"].as_u64())
+    };
+    let (untiled, tile) = arena(&[]);
+    assert_eq!(tile, None);
+    let (tiled, tile) = arena(&["--vae-tiling", "--vae-tile-size", "32"]);
+    assert_eq!(tile, Some(32));
+    assert!(tiled > 0 && tiled < untiled / 4, "tiled arena {tiled} B vs untiled {untiled} B");
+}
+
 /// `--device emulated`: the CUDA backend with its kernels run by the emulator gives the CPU's image
 /// (latents within the f16 tolerance of 1e-2 relative L2), and says which device ran.
 #[test]

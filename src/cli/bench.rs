@@ -55,6 +55,13 @@ pub struct BenchArgs {
     /// CPU only: also print the time spent in each op family (conv2d, linear, attention, ...).
     #[arg(long)]
     pub profile: bool,
+    /// Decode in tiles, as `lcm generate --vae-tiling` (the report's VAE arena line shows the memory it
+    /// saves).
+    #[arg(long)]
+    pub vae_tiling: bool,
+    /// With --vae-tiling: the tile side in pixels, a multiple of 32 [default: the VAE's sample_size].
+    #[arg(long, value_name = "PX", requires = "vae_tiling")]
+    pub vae_tile_size: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -114,6 +121,7 @@ fn go<B: BenchBackend>(backend: &B, args: &BenchArgs, default_size: usize, varia
         repeat: args.repeat,
         seed: args.seed,
         lora_rank: args.lora_rank,
+        vae_tiling: args.vae_tiling.then_some(args.vae_tile_size),
     };
     let report = bench(backend, &cfg, variant, &mut |line| eprintln!("{line}"))?;
     if args.json {
