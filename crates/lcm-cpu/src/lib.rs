@@ -8,6 +8,7 @@ pub mod attention;
 pub mod conv;
 pub mod elementwise;
 pub mod gemm;
+pub mod memory;
 pub mod norm;
 
 use std::collections::BTreeMap;
@@ -21,6 +22,7 @@ use lcm_core::{Problem, Program};
 
 use crate::attention::AttnShape;
 use crate::gemm::MatRef;
+use crate::memory::{HostArena, HostMemory};
 
 /// A weight in the layout the CPU ops read: conv weights as `[kh·kw·Ci, Co]`, the rest as given.
 pub struct CpuWeight {
@@ -30,7 +32,7 @@ pub struct CpuWeight {
 
 type Profile = BTreeMap<&'static str, (u64, Duration, u64)>;
 
-/// The f32 reference backend. An arena is one `Vec<f32>`; `I32` inputs keep their bits in f32 slots.
+/// The f32 reference backend. An arena is one counted `Vec<f32>` ([`memory`]); `I32` inputs keep their bits in f32 slots.
 #[derive(Debug, Default)]
 pub struct CpuBackend {
     /// Per op family: (calls, time, multiply-accumulates), when profiling is on.
@@ -38,12 +40,26 @@ pub struct CpuBackend {
     /// The fused Linear → GEGLU's full-width product before the epilogue halves it: kept between calls
     /// (it only grows), so the steady state allocates nothing.
     scratch: Mutex<Vec<f32>>,
+    /// Live arenas' bytes and their cap.
+    memory: HostMemory,
 }
 
 impl CpuBackend {
     /// A backend without profiling.
     pub fn new() -> Self {
         CpuBackend::default()
+    }
+
+    /// Caps the bytes this backend's arenas may hold at once (`None`: only the host's available
+    /// memory). An arena past it is refused with an `Error` when its executor is built, before any op
+    /// runs; the pipelines on the backend stay usable.
+    pub fn set_memory_limit(&self, bytes: Option<u64>) {
+        self.memory.set_limit(bytes);
+    }
+
+    /// The bytes of this backend's live arenas.
+    pub fn arena_bytes(&self) -> u64 {
+        self.memory.live_bytes()
     }
 
     /// A backend that times every op (see [`CpuBackend::profile`]).
@@ -62,7 +78,7 @@ impl CpuBackend {
 
 impl Backend for CpuBackend {
     type Weight = CpuWeight;
-    type Arena = Vec<f32>;
+    type Arena = HostArena;
 
     fn name(&self) -> &'static str {
         "cpu"
@@ -89,11 +105,11 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn alloc_arena(&self, bytes: usize) -> Result<Vec<f32>> {
-        Ok(vec![0.0; bytes / 4])
+    fn alloc_arena(&self, bytes: usize) -> Result<HostArena> {
+        self.memory.alloc(bytes)
     }
 
-    fn write(&self, arena: &mut Vec<f32>, offset: usize, _elem: Elem, data: HostData<'_>) -> Result<()> {
+    fn write(&self, arena: &mut HostArena, offset: usize, _elem: Elem, data: HostData<'_>) -> Result<()> {
         let at = offset / 4;
         match data {
             HostData::F32(d) => arena[at..at + d.len()].copy_from_slice(d),
@@ -105,7 +121,7 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn read(&self, arena: &Vec<f32>, offset: usize, _elem: Elem, out: &mut [f32]) -> Result<()> {
+    fn read(&self, arena: &HostArena, offset: usize, _elem: Elem, out: &mut [f32]) -> Result<()> {
         let at = offset / 4;
         out.copy_from_slice(&arena[at..at + out.len()]);
         Ok(())
@@ -113,9 +129,9 @@ impl Backend for CpuBackend {
 
     fn copy(
         &self,
-        src: &Vec<f32>,
+        src: &HostArena,
         src_offset: usize,
-        dst: &mut Vec<f32>,
+        dst: &mut HostArena,
         dst_offset: usize,
         bytes: usize,
     ) -> Result<()> {
@@ -128,7 +144,7 @@ impl Backend for CpuBackend {
         &self,
         program: &Program,
         weights: &[CpuWeight],
-        arena: &mut Vec<f32>,
+        arena: &mut HostArena,
         mut watch: Option<&mut dyn FnMut(usize) -> Result<()>>,
     ) -> Result<()> {
         let graph = &program.graph;

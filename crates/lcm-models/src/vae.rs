@@ -344,6 +344,13 @@ impl<B: Backend> Vae<B> {
         Ok(Tensor::new(shape, out).nhwc_to_nchw())
     }
 
+    /// Builds the decoder's executor for `[n, h, w]` latents now (once per shape), arena included, so
+    /// that a shape the memory cannot hold fails before a generation does any work.
+    pub fn prepare_decoder(&mut self, backend: &B, n: usize, h: usize, w: usize) -> Result<()> {
+        let cfg = &self.config;
+        self.decoder.prepare(backend, &[n, h, w], || cfg.decoder_graph(n, h, w)).map(|_| ())
+    }
+
     /// The decoder's weights and executors.
     pub fn decoder_runner(&self) -> &Runner<B> {
         &self.decoder

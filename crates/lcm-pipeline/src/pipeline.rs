@@ -405,6 +405,11 @@ impl<B: Backend> Pipeline<B> {
 
         let Pipeline { backend, text, unet, vae, vae_tiling, .. } = self;
         let (den, weights) = unet.denoiser(backend, &shape, &dcfg)?;
+        // The decoder's arena too, before any work: a size the memory cannot hold fails here, not after
+        // the loop. (Tiles are planned as they come; their arenas are small.)
+        if vae_tiling.is_none() {
+            vae.prepare_decoder(backend, n, h, w)?;
+        }
         stop()?;
         let t0 = Instant::now();
         let mut prompts = Vec::with_capacity(reqs.len());
