@@ -9,6 +9,7 @@ use lcm_core::{Error, Result};
 use lcm_models::Variant;
 
 use super::device::{choose, Chosen, Device};
+use super::vae_tiling::VaeTilingArgs;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -55,13 +56,9 @@ pub struct BenchArgs {
     /// CPU only: also print the time spent in each op family (conv2d, linear, attention, ...).
     #[arg(long)]
     pub profile: bool,
-    /// Decode in tiles, as `lcm generate --vae-tiling` (the report's VAE arena line shows the memory it
-    /// saves).
-    #[arg(long)]
-    pub vae_tiling: bool,
-    /// With --vae-tiling: the tile side in pixels, a multiple of 32 [default: the VAE's sample_size].
-    #[arg(long, value_name = "PX", requires = "vae_tiling")]
-    pub vae_tile_size: Option<usize>,
+    /// Tiled decoding (the report's VAE arena line shows the memory it saves).
+    #[command(flatten)]
+    pub tiling: VaeTilingArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -121,7 +118,7 @@ fn go<B: BenchBackend>(backend: &B, args: &BenchArgs, default_size: usize, varia
         repeat: args.repeat,
         seed: args.seed,
         lora_rank: args.lora_rank,
-        vae_tiling: args.vae_tiling.then_some(args.vae_tile_size),
+        vae_tiling: args.tiling.setting(),
     };
     let report = bench(backend, &cfg, variant, &mut |line| eprintln!("{line}"))?;
     if args.json {

@@ -13,6 +13,7 @@ use lcm_pipeline::pipeline::{InitImage, LoadSpec, LoraSpec, Pipeline, Request};
 
 use super::device::{choose, Chosen, Device};
 use super::progress::{ms, Progress};
+use super::vae_tiling::VaeTilingArgs;
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
@@ -33,15 +34,8 @@ pub struct GenerateArgs {
     /// vae-ft-mse-840000-ema-pruned.safetensors).
     #[arg(long, value_name = "FILE|DIR")]
     pub vae: Option<PathBuf>,
-    /// Decode (and for img2img encode) in overlapping tiles, as diffusers' enable_vae_tiling(): the
-    /// VAE's memory stays that of one tile whatever the image size (2048x2048 fits); seams are blended,
-    /// so the image differs slightly from an untiled one. Tiles are the VAE config's sample_size (512
-    /// for SD1.5, 1024 for SDXL) unless --vae-tile-size is given. Images within one tile are not tiled.
-    #[arg(long)]
-    pub vae_tiling: bool,
-    /// With --vae-tiling: the tile side in pixels, a multiple of 32 (smaller tiles, less memory).
-    #[arg(long, value_name = "PX", requires = "vae_tiling")]
-    pub vae_tile_size: Option<usize>,
+    #[command(flatten)]
+    pub tiling: VaeTilingArgs,
     /// The prompt (may be empty).
     #[arg(long, value_name = "TEXT")]
     pub prompt: String,
@@ -242,9 +236,7 @@ fn generate_with<B: Backend>(backend: B, spec: LoadSpec, req: &Request, args: &G
     let t_load = std::time::Instant::now();
     eprintln!("loading {} on {}", spec.model_dir.display(), backend.name());
     let mut pipe = Pipeline::load(backend, spec)?;
-    if args.vae_tiling {
-        pipe.set_vae_tiling(Some(args.vae_tile_size))?;
-    }
+    pipe.set_vae_tiling(args.tiling.setting())?;
     let load_time = t_load.elapsed();
     if !pipe.has_guidance_embedding() && pipe.spec.loras.is_empty() && req.steps < 8 {
         eprintln!(

@@ -4,3 +4,4 @@ pub mod generate;
 pub mod kernels;
 pub mod progress;
 pub mod serve;
+pub mod vae_tiling;

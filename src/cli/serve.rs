@@ -14,6 +14,7 @@ use lcm_pipeline::pipeline::{LoadSpec, LoraSpec, Pipeline};
 
 use super::device::{choose, Chosen, Device};
 use super::generate::parse_lora;
+use super::vae_tiling::VaeTilingArgs;
 
 /// Images per batch when --max-batch is not given (docs/serving.md, "Batching": tests/serve_load.rs
 /// measures it; docs/BENCH_LOG.md: 4 beat 1 in mean time per image on the CPU).
@@ -69,6 +70,9 @@ pub struct ServeArgs {
     /// Test hooks (POST /debug/panic, a worker panic on one prompt): for the tests only.
     #[arg(long, hide = true)]
     pub debug_hooks: bool,
+    /// Tiled VAE for every request (large sizes within bounded memory).
+    #[command(flatten)]
+    pub tiling: VaeTilingArgs,
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -131,18 +135,24 @@ pub fn run(args: ServeArgs) -> Result<()> {
         debug_hooks: args.debug_hooks,
     };
     match choose(args.device)? {
-        Chosen::Cpu(b) => serve(b, spec, cfg),
-        Chosen::Cuda(b) => serve(*b, LoadSpec { variant: Variant::PreferHalf, ..spec }, cfg),
+        Chosen::Cpu(b) => serve(b, spec, args.tiling, cfg),
+        Chosen::Cuda(b) => serve(*b, LoadSpec { variant: Variant::PreferHalf, ..spec }, args.tiling, cfg),
     }
 }
 
-fn serve<B: Backend + 'static>(backend: B, spec: LoadSpec, cfg: impl FnOnce(usize) -> ServeConfig) -> Result<()>
+fn serve<B: Backend + 'static>(
+    backend: B,
+    spec: LoadSpec,
+    tiling: VaeTilingArgs,
+    cfg: impl FnOnce(usize) -> ServeConfig,
+) -> Result<()>
 where
     Pipeline<B>: Send,
 {
     let t = std::time::Instant::now();
     eprintln!("loading {} on {}", spec.model_dir.display(), backend.name());
-    let pipe = Pipeline::load(backend, spec)?;
+    let mut pipe = Pipeline::load(backend, spec)?;
+    pipe.set_vae_tiling(tiling.setting())?;
     let cfg = cfg(pipe.original_steps());
     eprintln!(
         "loaded in {:.0} ms; {} LoRAs in --lora-dir; max batch {}, queue {}, timeout {} s",
