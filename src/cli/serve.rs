@@ -13,7 +13,7 @@ use lcm_pipeline::lora_swap::LoraMode;
 use lcm_pipeline::pipeline::{LoadSpec, LoraSpec, Pipeline};
 
 use super::device::{choose, Chosen, Device};
-use super::generate::parse_lora;
+use super::model_args::parse_lora;
 
 /// Images per batch when --max-batch is not given (docs/serving.md, "Batching": tests/serve_load.rs
 /// measures it; docs/BENCH_LOG.md: 4 beat 1 in mean time per image on the CPU).
