@@ -234,3 +234,12 @@ fn help_explains_every_flag() {
         assert!(stdout.contains(flag), "--help lacks {flag}");
     }
 }
+
+/// `lcm bench --strength` (img2img frames per second) checks its value before building any model.
+#[test]
+fn bench_strength_is_checked_first() {
+    for bad in ["0", "1.5", "NaN"] {
+        let (ok, _, stderr) = lcm(&["bench", "--device", "cpu", "--strength", bad]);
+        assert!(!ok && stderr.contains("--strength") && !stderr.contains("warm-up"), "{bad}: {stderr}");
+    }
+}
