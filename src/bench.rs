@@ -2,7 +2,8 @@
 //! median/min/max of each stage and of the end to end. With no model folder it builds SD1.5-, SDXL- or
 //! SSD-1B-shaped models ([`Arch`]) with seeded random weights (f16-rounded), so it needs no download.
 //! SDXL runs both text encoders and the UNet's pooled and time-id conditioning. `lora_rank` adds an
-//! unmerged LoRA on the UNet (CUDA only; see [`lora`]).
+//! unmerged LoRA on the UNet (CUDA only; see [`lora`]). `strength` times img2img as `lcm frames` runs
+//! it: a VAE encode per image, the img2img share of the steps, the decode, and frames per second.
 
 pub mod lora;
 
@@ -57,6 +58,10 @@ pub struct BenchConfig {
     pub lora_rank: Option<usize>,
     /// Tiled VAE decoding: `Some(None)` with the VAE's default tile, `Some(Some(px))` with `px`-pixel tiles.
     pub vae_tiling: Option<Option<usize>>,
+    /// img2img at this strength: each image VAE-encoded alone (as the pipeline does), then
+    /// int(steps·strength) UNet steps (all `steps` for a UNet with a guidance embedding, whose schedule
+    /// shortens instead), then the decode.
+    pub strength: Option<f32>,
 }
 
 #[derive(Debug, Clone)]
@@ -89,7 +94,8 @@ pub struct BenchReport {
     pub device: String,
     pub config: BenchConfig,
     pub model: String,
-    /// text_encoder, unet (all steps), unet_step (one step), vae_decode, end_to_end
+    /// text_encoder, vae_encode (img2img only), unet (all steps), unet_step (one step), vae_decode,
+    /// end_to_end
     pub stages: Vec<Stage>,
     pub lora: Option<LoraSummary>,
     pub vae_arena: VaeArena,
@@ -117,6 +123,7 @@ fn load<B: Backend>(
     arch: Arch,
     variant: Variant,
     seed: u64,
+    encoder: bool,
 ) -> Result<(Models<B>, String)> {
     // SDXL's text encoders give the UNet their penultimate hidden states, as StableDiffusionXLPipeline.
     let penultimate = |c: ClipConfig, two: bool| if two { c.with_output(ClipOutput::Penultimate) } else { c };
@@ -132,7 +139,8 @@ fn load<B: Backend>(
             let clip = te("text_encoder")?;
             let clip_2 = if two { Some(te("text_encoder_2")?) } else { None };
             let unet = Unet::load(backend, &dir.join("unet"), opts())?;
-            let vae = Vae::load(backend, &dir.join("vae"), VaeParts::Decoder, opts())?;
+            let parts = if encoder { VaeParts::Both } else { VaeParts::Decoder };
+            let vae = Vae::load(backend, &dir.join("vae"), parts, opts())?;
             Ok((Models { clip, clip_2, unet, vae }, dir.display().to_string()))
         }
         None => {
@@ -158,7 +166,10 @@ fn load<B: Backend>(
             let clip = clip_model(te)?;
             let clip_2 = te2.map(&mut clip_model).transpose()?;
             let unet = Unet::from_source(backend, UnetConfig::from_json(origin, unet)?, origin, &mut src)?;
-            let vae = Vae::from_source(backend, VaeConfig::from_json(origin, vae)?, origin, &mut src)?;
+            let mut vae = Vae::from_source(backend, VaeConfig::from_json(origin, vae)?, origin, &mut src)?;
+            if encoder {
+                vae.encoder_from_source(backend, origin, &mut src)?;
+            }
             Ok((Models { clip, clip_2, unet, vae }, format!("synthetic {} (seed {seed})", arch.name())))
         }
     }
@@ -186,7 +197,7 @@ pub fn run<B: BenchBackend>(
     variant: Variant,
     log: &mut dyn FnMut(&str),
 ) -> Result<BenchReport> {
-    let (mut m, model) = load(backend, cfg.model.as_deref(), cfg.arch, variant, cfg.seed)?;
+    let (mut m, model) = load(backend, cfg.model.as_deref(), cfg.arch, variant, cfg.seed, cfg.strength.is_some())?;
     let lora = match cfg.lora_rank {
         Some(rank) => Some(backend.attach_unmerged_lora(&mut m.unet, rank, cfg.seed)?),
         None => None,
@@ -198,7 +209,20 @@ pub fn run<B: BenchBackend>(
     let ids: Vec<i32> = (0..77).map(|i| if i == 0 { 49406 } else { 49407 - (i % 3 == 1) as i32 * 1000 }).collect();
     let latents = Tensor::new(vec![b, lc, h, w], lcm_pipeline::rng::TorchRng::new(cfg.seed).randn(b * lc * h * w));
     let cond = m.unet.config.time_cond_proj_dim.map(|d| Tensor::new(vec![b, d], vec![0.1; b * d]));
-    let timesteps: Vec<f32> = (0..cfg.steps).map(|i| (999 - i * (1000 / cfg.steps.max(1))) as f32).collect();
+    let steps = match cfg.strength {
+        Some(s) if m.unet.config.time_cond_proj_dim.is_none() => (cfg.steps as f64 * s as f64) as usize,
+        _ => cfg.steps,
+    };
+    if steps == 0 {
+        return Err(lcm_core::Error::invalid("--strength", "runs none of the --steps; raise one of them"));
+    }
+    let timesteps: Vec<f32> = (0..steps).map(|i| (999 - i * (1000 / steps)) as f32).collect();
+    // img2img's inputs: one image per batch entry in [-1, 1], encoded one at a time as the pipeline does.
+    let image = cfg.strength.map(|_| {
+        let n = 3 * cfg.height * cfg.width;
+        let data = lcm_pipeline::rng::TorchRng::new(cfg.seed + 1).randn(n).iter().map(|v| v.clamp(-1.0, 1.0)).collect();
+        Tensor::new(vec![1, 3, cfg.height, cfg.width], data)
+    });
 
     let ctx_len = 77;
     let macs_text = m.clip.config.graph(1, ctx_len)?.macs()
@@ -208,12 +232,18 @@ pub fn run<B: BenchBackend>(
     let time_ids = Tensor::new(vec![b, TEXT_TIME_IDS], time_ids);
     let macs_step = m.unet.config.graph(b, h, w, ctx_len)?.macs();
     let macs_vae = m.vae.config.decoder_graph(b, h, w)?.macs();
+    let macs_enc = match image {
+        Some(_) => m.vae.config.encoder_graph(1, cfg.height, cfg.width)?.macs() * b as u64,
+        None => 0,
+    };
+    let macs_unet = macs_step * steps as u64;
     let mut stages = vec![
         Stage { name: "text_encoder", macs: macs_text, samples: vec![] },
-        Stage { name: "unet", macs: macs_step * cfg.steps as u64, samples: vec![] },
+        Stage { name: "vae_encode", macs: macs_enc, samples: vec![] },
+        Stage { name: "unet", macs: macs_unet, samples: vec![] },
         Stage { name: "unet_step", macs: macs_step, samples: vec![] },
         Stage { name: "vae_decode", macs: macs_vae, samples: vec![] },
-        Stage { name: "end_to_end", macs: macs_text + macs_step * cfg.steps as u64 + macs_vae, samples: vec![] },
+        Stage { name: "end_to_end", macs: macs_text + macs_enc + macs_unet + macs_vae, samples: vec![] },
     ];
     for rep in 0..cfg.warmup + cfg.repeat {
         let t0 = Instant::now();
@@ -222,6 +252,13 @@ pub fn run<B: BenchBackend>(
         let ctx = Tensor::new(vec![b, ctx_len, text.shape[2]], text.data.repeat(b));
         let pooled = pooled.map(|p| Tensor::new(vec![b, p.shape[1]], p.data.repeat(b)));
         let added = pooled.as_ref().map(|text_embeds| AddedCond { text_embeds, time_ids: &time_ids });
+        let te = Instant::now();
+        if let Some(img) = &image {
+            for _ in 0..b {
+                m.vae.encode_moments(backend, img)?;
+            }
+        }
+        let t_enc = te.elapsed();
         let mut x = latents.clone();
         let mut steps = Vec::new();
         for &t in &timesteps {
@@ -239,14 +276,18 @@ pub fn run<B: BenchBackend>(
         if rep >= cfg.warmup {
             let unet: Duration = steps.iter().sum();
             stages[0].samples.push(t_text);
-            stages[1].samples.push(unet);
-            stages[2].samples.extend(&steps);
-            stages[3].samples.push(t_vae);
-            stages[4].samples.push(total);
+            stages[1].samples.push(t_enc);
+            stages[2].samples.push(unet);
+            stages[3].samples.extend(&steps);
+            stages[4].samples.push(t_vae);
+            stages[5].samples.push(total);
             log(&format!("repeat {}/{}: {:.1} ms", rep - cfg.warmup + 1, cfg.repeat, total.as_secs_f64() * 1e3));
         } else {
             log(&format!("warm-up {}/{}: {:.1} ms", rep + 1, cfg.warmup, total.as_secs_f64() * 1e3));
         }
+    }
+    if image.is_none() {
+        stages.remove(1); // no vae_encode without img2img
     }
     // Every decoder arena stays allocated (one per tile shape): their sum is the decode's memory.
     let arenas = m.vae.decoder_runner().arenas();
@@ -255,12 +296,25 @@ pub fn run<B: BenchBackend>(
 }
 
 impl BenchReport {
+    /// Images per second end to end: the batch over the median end-to-end time.
+    pub fn frames_per_s(&self) -> f64 {
+        let e2e = self.stages.iter().find(|s| s.name == "end_to_end").map_or(0.0, |s| s.median().as_secs_f64());
+        self.config.batch as f64 / e2e.max(1e-12)
+    }
+
     pub fn table(&self) -> String {
         let c = &self.config;
         let mut s = format!(
             "lcm bench: {} on {}, {}x{}, batch {}, {} steps, {} repeats after {} warm-up\n",
             self.model, self.device, c.width, c.height, c.batch, c.steps, c.repeat, c.warmup
         );
+        if let Some(st) = c.strength {
+            s += &format!(
+                "img2img strength {st}: VAE encode of each image, {} UNet steps, decode; {:.3} frames/s\n",
+                self.stages.iter().find(|s| s.name == "unet_step").map_or(0, |u| u.samples.len() / c.repeat.max(1)),
+                self.frames_per_s()
+            );
+        }
         if let Some(l) = &self.lora {
             s += &format!(
                 "unmerged LoRA: rank {} on {} UNet weights ({:.1} M parameters; not counted in TFLOP/s)\n",
@@ -299,6 +353,7 @@ impl BenchReport {
             "device": self.device, "model": self.model,
             "width": c.width, "height": c.height, "batch": c.batch, "steps": c.steps,
             "warmup": c.warmup, "repeat": c.repeat,
+            "strength": c.strength, "images_per_s": self.frames_per_s(),
             "lora_rank": self.lora.map(|l| l.rank),
             "lora_targets": self.lora.map(|l| l.targets),
             "lora_params": self.lora.map(|l| l.params),

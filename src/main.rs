@@ -22,10 +22,26 @@ struct Cli {
     command: Command,
 }
 
+const FRAMES_ABOUT: &str = "img2img over a sequence: every PNG in --input (natural order of the names, so frame_2.png \
+    before frame_10.png; all of one size) is repainted with the prompt and written to --output under its own name. \
+    Every frame gets the same seed, so the noise is fixed and still regions stay still; frame i's PNG is what \
+    `lcm generate --image frame_i` gives with the same flags. --batch runs frames together through one graph; \
+    --skip-similar reuses the last output for frames that barely changed. Progress (frames done, frames/s) goes \
+    to stderr, each written path to stdout.\n\n\
+    Example (ffmpeg splits and joins the video):\n  \
+    ffmpeg -i clip.mp4 -vf scale=512:512 in/frame_%04d.png\n  \
+    lcm frames --model ./stable-diffusion-v1-5 --lora lcm-lora-sdv1-5.safetensors --prompt \"an oil painting\" \
+    --input in --output out --strength 0.5 --steps 4 --seed 7 --batch 4\n  \
+    ffmpeg -framerate 25 -i out/frame_%04d.png clip-painted.mp4";
+
 #[derive(Subcommand)]
 enum Command {
     /// Generate images from a prompt and write PNGs.
     Generate(cli::generate::GenerateArgs),
+    /// img2img over a folder of frames (a video's, as PNGs), batched, into a folder of PNGs with the
+    /// same names.
+    #[command(long_about = FRAMES_ABOUT)]
+    Frames(cli::frames::FramesArgs),
     /// Time the pipeline (CLIP, UNet steps, VAE decode) per stage; synthetic SD1.5 weights by default.
     Bench(cli::bench::BenchArgs),
     /// Serve the OpenAI images API and A1111 txt2img/img2img over HTTP, with a batching queue,
@@ -39,6 +55,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(args) => cli::generate::run(args),
+        Command::Frames(args) => cli::frames::run(args),
         Command::Bench(args) => cli::bench::run(args),
         Command::Serve(args) => cli::serve::run(args),
         Command::Kernels => cli::kernels::run(),

@@ -53,6 +53,11 @@ pub struct BenchArgs {
     /// ff, resnet convs, time_emb_proj, down/upsampler convs), applied at run time. CUDA only.
     #[arg(long, value_name = "R")]
     pub lora_rank: Option<usize>,
+    /// Time img2img as `lcm frames` runs it, at this strength in (0, 1]: a VAE encode of each image, the
+    /// last int(steps·strength) UNet steps (all steps on a UNet with a guidance embedding), the decode;
+    /// the table adds frames per second.
+    #[arg(long, value_name = "F")]
+    pub strength: Option<f32>,
     /// CPU only: also print the time spent in each op family (conv2d, linear, attention, ...).
     #[arg(long)]
     pub profile: bool,
@@ -72,6 +77,9 @@ pub enum ArchArg {
 pub fn run(args: BenchArgs) -> Result<()> {
     if args.steps == 0 || args.num_images == 0 || args.repeat == 0 {
         return Err(Error::invalid("lcm bench", "--steps, --num-images and --repeat must be at least 1"));
+    }
+    if let Some(s) = args.strength.filter(|s| !(*s > 0.0 && *s <= 1.0)) {
+        return Err(Error::invalid("--strength", format!("{s}: expected a value in (0, 1]")));
     }
     if args.lora_rank == Some(0) {
         return Err(Error::invalid("--lora-rank", "0: expected at least 1"));
@@ -119,6 +127,7 @@ fn go<B: BenchBackend>(backend: &B, args: &BenchArgs, default_size: usize, varia
         seed: args.seed,
         lora_rank: args.lora_rank,
         vae_tiling: args.tiling.setting(),
+        strength: args.strength,
     };
     let report = bench(backend, &cfg, variant, &mut |line| eprintln!("{line}"))?;
     if args.json {

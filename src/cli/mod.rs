@@ -1,7 +1,10 @@
 pub mod bench;
 pub mod device;
+pub mod frame_seq;
+pub mod frames;
 pub mod generate;
 pub mod kernels;
+pub mod model_args;
 pub mod progress;
 pub mod serve;
 pub mod vae_tiling;

@@ -13,7 +13,7 @@ use lcm_pipeline::lora_swap::LoraMode;
 use lcm_pipeline::pipeline::{LoadSpec, LoraSpec, Pipeline};
 
 use super::device::{choose, Chosen, Device};
-use super::generate::parse_lora;
+use super::model_args::parse_lora;
 use super::vae_tiling::VaeTilingArgs;
 
 /// Images per batch when --max-batch is not given (docs/serving.md, "Batching": tests/serve_load.rs

@@ -297,6 +297,15 @@ impl<B: Backend> Vae<B> {
         Ok(Vae { config, decoder, encoder: None, origin: None })
     }
 
+    /// Adds an encoder whose weights come from `source` (synthetic weights: `lcm bench --strength`
+    /// times img2img's encode).
+    pub fn encoder_from_source(&mut self, backend: &B, origin: &Path, source: WeightSource) -> Result<()> {
+        let s = self.config.downscale();
+        let specs = self.config.encoder_graph(1, s, s)?.weights;
+        self.encoder = Some(Runner::new(upload_weights(backend, &specs, origin, source, None)?));
+        Ok(())
+    }
+
     /// `vae.decode(z)`: `z` NCHW `[B, latent, h, w]`, already divided by the scaling factor (plus
     /// shift). Returns NCHW `[B, out_channels, s·h, s·w]`, nominally in [-1, 1] (not clamped).
     pub fn decode(&mut self, backend: &B, z: &Tensor) -> Result<Tensor> {

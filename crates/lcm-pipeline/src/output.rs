@@ -104,6 +104,16 @@ pub fn read_image_rgb8(path: &Path) -> Result<(usize, usize, Vec<u8>)> {
     decode_png_rgb8(std::io::BufReader::new(file), MAX_SIZE).map_err(|m| Error::file(path, m))
 }
 
+/// A PNG's (width, height) from its header alone, without decoding the pixels (checking a sequence of
+/// frames before any work).
+pub fn png_size(path: &Path) -> Result<(usize, usize)> {
+    let file = File::open(path).map_err(|e| Error::file(path, format!("cannot open image: {e}")))?;
+    let reader = png::Decoder::new(std::io::BufReader::new(file))
+        .read_info()
+        .map_err(|e| Error::file(path, format!("not a PNG image: {e}")))?;
+    Ok((reader.info().width as usize, reader.info().height as usize))
+}
+
 /// Decodes any 8- or 16-bit PNG as 8-bit RGB (grey replicated, alpha dropped, palettes expanded):
 /// (width, height, rgb). Sides over `max_side` are refused from the header, before the pixel buffer is
 /// allocated: a 69-byte file can claim 100000x100000 pixels (30 GB decoded). The error is a message

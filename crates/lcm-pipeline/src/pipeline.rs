@@ -327,7 +327,9 @@ impl<B: Backend> Pipeline<B> {
     /// Several requests run as one batch (a server batching its queue): each request keeps its own
     /// prompts and its own generator, so its images are those [`Pipeline::generate`] gives for it
     /// alone; the batch shares one denoising graph of the summed image count. The requests must share
-    /// width, height, steps and guidance scale (the schedule), and an img2img request runs alone.
+    /// width, height, steps and guidance scale (the schedule), and be all txt2img or all img2img with
+    /// one strength (img2img's schedule depends on it; each request keeps its own init image, encoded
+    /// alone, so its posterior sample is the one it gets unbatched: `lcm frames`).
     /// Outputs come back in the requests' order; `times` are the batch's.
     pub fn generate_batch(
         &mut self,
@@ -338,13 +340,14 @@ impl<B: Backend> Pipeline<B> {
         let Some(req) = reqs.first() else { return Ok(Vec::new()) };
         for r in reqs {
             r.validate(self.original_steps())?;
-            let same = (r.width, r.height, r.steps, r.guidance_scale.to_bits())
-                == (req.width, req.height, req.steps, req.guidance_scale.to_bits());
-            if !same || (reqs.len() > 1 && r.init_image.is_some()) {
+            let strength = |r: &Request| r.init_image.as_ref().map(|i| i.strength.to_bits());
+            let same = (r.width, r.height, r.steps, r.guidance_scale.to_bits(), strength(r))
+                == (req.width, req.height, req.steps, req.guidance_scale.to_bits(), strength(req));
+            if !same {
                 return Err(Error::invalid(
                     "batch",
-                    "requests batched together must share width, height, steps and guidance scale, and \
-                     img2img requests run alone",
+                    "requests batched together must share width, height, steps and guidance scale, and be \
+                     all txt2img or all img2img with one strength",
                 ));
             }
         }

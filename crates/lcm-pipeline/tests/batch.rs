@@ -76,6 +76,35 @@ fn mismatched_batches_are_refused() {
     assert!(err.to_string().contains("batch"), "{err}");
     let mut img = request("b", 2, 1, 1.0);
     img.init_image = Some(InitImage::from_rgb8(64, 64, &[128; 64 * 64 * 3], 0.5).unwrap());
-    assert!(p.generate_batch(&[request("a", 1, 1, 1.0), img], &mut |_| {}, None).is_err());
+    assert!(p.generate_batch(&[request("a", 1, 1, 1.0), img.clone()], &mut |_| {}, None).is_err());
+    let mut stronger = img.clone();
+    stronger.init_image.as_mut().unwrap().strength = 0.75;
+    let err = p.generate_batch(&[img, stronger], &mut |_| {}, None).err().expect("two strengths refused");
+    assert!(err.to_string().contains("one strength"), "{err}");
     assert!(p.generate_batch(&[], &mut |_| {}, None).unwrap().is_empty());
+}
+
+/// img2img requests of one strength batch too (`lcm frames`): each keeps its own init image and
+/// generator, so it gets its unbatched latents up to the rounding the txt2img batch allows.
+#[test]
+fn batched_img2img_requests_keep_their_own_init_images() {
+    let mut p = tiny();
+    let frame = |shade: u8, seed: u64| {
+        let rgb: Vec<u8> = (0..64 * 64 * 3).map(|i| (i % 251) as u8 ^ shade).collect();
+        let mut r = request("a red house", seed, 1, 1.0);
+        r.init_image = Some(InitImage::from_rgb8(64, 64, &rgb, 0.7).unwrap());
+        r
+    };
+    let reqs = [frame(0, 4), frame(90, 4), frame(0, 5)];
+    let batch = p.generate_batch(&reqs, &mut |_| {}, None).expect("img2img batch");
+    for (r, got) in reqs.iter().zip(&batch) {
+        let alone = p.generate(r, &mut |_| {}).expect("alone");
+        let rel = rel_l2(&got.latents.data, &alone.latents.data);
+        assert!(rel < 1e-5, "seed {}: batched img2img latents differ (rel L2 {rel:e})", r.seed);
+    }
+    // Another image or another seed is another result, not a rounding difference.
+    for (a, b) in [(0, 1), (0, 2)] {
+        let rel = rel_l2(&batch[a].latents.data, &batch[b].latents.data);
+        assert!(rel > 1e-2, "requests {a} and {b} gave one result (rel L2 {rel:e})");
+    }
 }

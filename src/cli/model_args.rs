@@ -1,0 +1,247 @@
+//! The flags `generate` and `frames` share (the model, its LoRAs, the prompt and the sampling), defined
+//! once and flattened into each command, and what they turn into: a [`LoadSpec`] and a loaded
+//! [`Pipeline`].
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::Args;
+use lcm_core::{Backend, Error, Result};
+use lcm_models::Variant;
+use lcm_pipeline::lora::LoraSet;
+use lcm_pipeline::lora_swap::LoraMode;
+use lcm_pipeline::pipeline::{LoadSpec, LoraSpec, Pipeline, MAX_SIZE, MIN_SIZE};
+
+use super::device::Device;
+use super::vae_tiling::VaeTilingArgs;
+
+/// What to load and where to run it.
+#[derive(Args, Debug)]
+pub struct ModelArgs {
+    /// A diffusers folder (model_index.json, text_encoder/, tokenizer/, unet/, vae/, scheduler/), or a
+    /// single-file SD1.5-family checkpoint (.safetensors with original SD key names, as A1111, ComfyUI and
+    /// civitai ship fine-tunes: its architecture is read from the tensor shapes). Without it, SD1.5 + the
+    /// LCM-LoRA are taken from the Hugging Face cache (downloaded if missing).
+    #[arg(long, value_name = "DIR|FILE")]
+    pub model: Option<PathBuf>,
+    /// With a single-file --model: a diffusers folder whose unet/, vae/, text_encoder/ configs, tokenizer/
+    /// and scheduler/ are used instead of what the shapes say (diffusers' from_single_file(config=...)),
+    /// for non-standard architectures. Only configs are read from it, never weights. Without it, the
+    /// tokenizer is SD1.5's from the Hugging Face cache and the scheduler SD1.5's.
+    #[arg(long, value_name = "DIR")]
+    pub config: Option<PathBuf>,
+    /// A separate VAE instead of the model's: a diffusers VAE folder (config.json + weights), a model folder
+    /// with vae/, or a .safetensors file in original SD or diffusers names (e.g.
+    /// vae-ft-mse-840000-ema-pruned.safetensors).
+    #[arg(long, value_name = "FILE|DIR")]
+    pub vae: Option<PathBuf>,
+    #[command(flatten)]
+    pub tiling: VaeTilingArgs,
+    /// A LoRA (kohya or peft/diffusers safetensors) with an optional scale (default 1). Repeat for
+    /// several.
+    #[arg(long = "lora", value_name = "FILE[:SCALE]", value_parser = parse_lora)]
+    pub loras: Vec<LoraSpec>,
+    /// merged: LoRAs are merged into the weights at load (no cost per step). runtime: on CUDA the UNet
+    /// runs them unmerged from fixed buffers that a service swaps by copying (Pipeline::set_loras);
+    /// the CPU merges either way.
+    #[arg(long, value_enum, default_value = "merged")]
+    pub lora_mode: LoraModeArg,
+    /// runtime mode: the largest LoRA rank on one layer the buffers hold [default: 64, or the LoRAs'].
+    #[arg(long, value_name = "N")]
+    pub max_lora_rank: Option<usize>,
+    /// diffusers' clip_skip: use the text encoder's output that many layers before the last.
+    #[arg(long, default_value_t = 0)]
+    pub clip_skip: usize,
+    /// cpu, cuda or emulated (the CUDA kernels run on the CPU by the emulator: slow, for debugging on
+    /// tiny models). Default: cuda when a GPU and the kernels are present, else cpu (with a note).
+    #[arg(long, value_enum)]
+    pub device: Option<Device>,
+}
+
+/// What to generate: the prompt and the sampling settings.
+#[derive(Args, Debug)]
+pub struct SamplingArgs {
+    /// The prompt (may be empty).
+    #[arg(long, value_name = "TEXT")]
+    pub prompt: String,
+    /// What to steer away from; used only with classifier-free guidance (--guidance-scale > 1 on a
+    /// UNet without a guidance embedding).
+    #[arg(long, value_name = "TEXT")]
+    pub negative_prompt: Option<String>,
+    /// Denoising steps, 1..=original_inference_steps (50 for SD1.5); LCMs look good at 2-8.
+    #[arg(long, default_value_t = 4)]
+    pub steps: usize,
+    /// Guidance scale. LCM UNets take it as an embedding (w = scale - 1); other UNets run classifier-free
+    /// guidance when it is above 1 (LCM-LoRA is meant for 1-2).
+    #[arg(long, default_value_t = 1.0)]
+    pub guidance_scale: f32,
+    /// Random seed (torch.Generator("cpu").manual_seed compatible: the same seed gives diffusers' image).
+    /// Random and printed when not given.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// img2img: how much of the input image to repaint, in (0, 1]. SD + LCM-LoRA runs the last
+    /// int(steps·strength) of the steps; LCM models shorten their schedule instead (as diffusers does).
+    #[arg(long, default_value_t = 0.8)]
+    pub strength: f32,
+}
+
+/// `--lora-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LoraModeArg {
+    Merged,
+    Runtime,
+}
+
+/// `--lora FILE[:SCALE]`, for `generate`, `frames` and `serve`.
+pub(crate) fn parse_lora(s: &str) -> std::result::Result<LoraSpec, String> {
+    // The scale follows the last ':' only when it parses as a number, so paths with ':' still work.
+    let (path, scale) = match s.rsplit_once(':') {
+        Some((p, sc)) if !p.is_empty() => match sc.parse::<f32>() {
+            Ok(v) if v.is_finite() => (p, v),
+            Ok(_) => return Err(format!("scale `{sc}` must be finite")),
+            Err(_) => (s, 1.0),
+        },
+        _ => (s, 1.0),
+    };
+    Ok(LoraSpec { path: PathBuf::from(path), scale })
+}
+
+impl SamplingArgs {
+    /// `--seed`, or a random one (printed by the caller, so the run can be repeated).
+    pub fn seed_or_random(&self) -> u64 {
+        self.seed.unwrap_or_else(random_seed)
+    }
+}
+
+fn random_seed() -> u64 {
+    let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    // splitmix64 of time and pid: distinct per run, no dependency for one number.
+    let mut z = t.as_nanos() as u64 ^ ((std::process::id() as u64) << 32);
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (z ^ (z >> 31)) >> 11 // keep it short enough to type back
+}
+
+impl ModelArgs {
+    /// The model folder (the Hugging Face cache's SD1.5 + LCM-LoRA without `--model`) and every LoRA.
+    /// Only the default model may download; nothing is loaded.
+    pub fn model_and_loras(&self) -> Result<(PathBuf, Vec<LoraSpec>)> {
+        if self.config.is_some() && self.model.as_ref().is_none_or(|m| m.is_dir()) {
+            return Err(Error::invalid(
+                "--config",
+                "names the configs of a single-file checkpoint; give --model FILE.safetensors with it",
+            ));
+        }
+        let (model_dir, mut loras) = match &self.model {
+            Some(dir) => (dir.clone(), Vec::new()),
+            None => {
+                let found = lcm::hub::default_model(&mut |m| eprintln!("{m}"))?;
+                eprintln!("model: {} + LCM-LoRA {}", found.model_dir.display(), found.lora.display());
+                (found.model_dir, vec![LoraSpec { path: found.lora, scale: 1.0 }])
+            }
+        };
+        loras.extend(self.loras.iter().cloned());
+        Ok((model_dir, loras))
+    }
+
+    /// The load spec for the CPU (full-precision weights; [`for_backend`] picks f16 for CUDA).
+    pub fn load_spec(&self, model_dir: PathBuf, loras: Vec<LoraSpec>) -> LoadSpec {
+        LoadSpec {
+            model_dir,
+            loras,
+            clip_skip: self.clip_skip,
+            variant: Variant::PreferFull,
+            config_dir: self.config.clone(),
+            vae: self.vae.clone(),
+            tokenizer_dir: None,
+            lora_mode: match self.lora_mode {
+                LoraModeArg::Merged => LoraMode::Merged,
+                LoraModeArg::Runtime => LoraMode::Runtime,
+            },
+            max_lora_rank: self.max_lora_rank,
+        }
+    }
+
+    /// The checks that need no model loaded: the VAE exists and every LoRA file parses (headers of
+    /// memory-mapped files; shapes are checked against the model at load).
+    pub fn check_files(&self, spec: &LoadSpec) -> Result<()> {
+        if let Some(vae) = self.vae.as_ref().filter(|v| !v.exists()) {
+            return Err(Error::file(vae, "VAE not found (expected a .safetensors file or a diffusers VAE folder)"));
+        }
+        LoraSet::open(&spec.loras.iter().map(|l| (l.path.clone(), l.scale)).collect::<Vec<_>>())?;
+        Ok(())
+    }
+
+    /// Last before loading: a single file holds no tokenizer, so SD1.5's is fetched (as diffusers'
+    /// from_single_file does) unless `--config` names one.
+    pub fn add_tokenizer(&self, spec: &mut LoadSpec) -> Result<()> {
+        if spec.model_dir.is_file() && self.config.is_none() {
+            spec.tokenizer_dir = Some(lcm::hub::sd15_tokenizer(&mut |m| eprintln!("{m}"))?);
+        }
+        Ok(())
+    }
+}
+
+/// The spec a CUDA backend loads: f16 weights where a folder has them.
+pub fn for_cuda(spec: LoadSpec) -> LoadSpec {
+    LoadSpec { variant: Variant::PreferHalf, ..spec }
+}
+
+/// Loads the pipeline, saying where, and warns when few steps on a non-LCM UNet will be blurry.
+pub fn load_pipeline<B: Backend>(
+    backend: B,
+    spec: LoadSpec,
+    steps: usize,
+    tiling: VaeTilingArgs,
+) -> Result<(Pipeline<B>, Duration)> {
+    let t_load = Instant::now();
+    eprintln!("loading {} on {}", spec.model_dir.display(), backend.name());
+    let mut pipe = Pipeline::load(backend, spec)?;
+    pipe.set_vae_tiling(tiling.setting())?;
+    if !pipe.has_guidance_embedding() && pipe.spec.loras.is_empty() && steps < 8 {
+        eprintln!(
+            "note: this UNet is not LCM-distilled and no --lora was given; a few steps give blurry images \
+             (add the LCM-LoRA: --lora lcm-lora-sdv1-5/pytorch_lora_weights.safetensors)"
+        );
+    }
+    Ok((pipe, t_load.elapsed()))
+}
+
+/// An img2img input's size must suit the VAE: sides multiples of 8 in 64..=2048 (the error names the
+/// file and what to do).
+pub fn check_init_size(path: &Path, w: usize, h: usize) -> Result<()> {
+    let ok = |v: usize| v % 8 == 0 && (MIN_SIZE..=MAX_SIZE).contains(&v);
+    if ok(w) && ok(h) {
+        return Ok(());
+    }
+    Err(Error::file(
+        path,
+        format!(
+            "is {w}x{h}; img2img needs sides that are multiples of 8 in {MIN_SIZE}..={MAX_SIZE} (resize or crop it)"
+        ),
+    ))
+}
+
+/// The model's name for the PNG's `parameters`: a HF cache snapshot path says little, so the repo
+/// folder above it when there is one.
+pub fn model_label(dir: &Path) -> String {
+    let s = dir.display().to_string();
+    match s.find("models--") {
+        Some(i) => s[i + 8..].split('/').next().unwrap_or(&s).replacen("--", "/", 1),
+        None => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lora_flag_parses_scale_after_the_last_colon() {
+        assert_eq!(parse_lora("a.safetensors").unwrap().scale, 1.0);
+        let l = parse_lora("dir:x/a.safetensors:0.5").unwrap();
+        assert_eq!((l.path, l.scale), (PathBuf::from("dir:x/a.safetensors"), 0.5));
+        assert!(parse_lora("a.safetensors:inf").is_err());
+    }
+}
