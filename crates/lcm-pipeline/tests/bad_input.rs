@@ -2,6 +2,10 @@
 //! gives an `Err` naming the input and what was expected (or is converted, where the matrix says so),
 //! never a panic. The CLI's side of the same matrix is tests/cli_bad_input.rs.
 
+mod common;
+
+use common::fixtures;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -9,10 +13,6 @@ use lcm_cpu::CpuBackend;
 use lcm_pipeline::output::read_image_rgb8;
 use lcm_pipeline::pipeline::{InitImage, LoadSpec, LoraSpec, Pipeline, Request, MAX_SIZE};
 use serde_json::{json, Map, Value};
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
 
 const UNET: &str = "unet/diffusion_pytorch_model.safetensors";
 const VAE: &str = "vae/diffusion_pytorch_model.safetensors";

@@ -1,17 +1,17 @@
 //! The RNG, the LCM scheduler and the CLIP tokenizer against what torch, diffusers and transformers
 //! computed (records written by tests/fixtures/generate_basics.py).
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::fixtures;
+
+use std::path::PathBuf;
 
 use lcm_core::SafeTensorsFile;
 use lcm_pipeline::rng::TorchRng;
 use lcm_pipeline::scheduler::{guidance_embedding, LcmScheduler};
 use lcm_pipeline::tokenizer::{ClipTokenizer, CLIP_MAX_LEN};
 use serde_json::Value;
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
 
 fn records() -> PathBuf {
     fixtures().join("records")

@@ -1,15 +1,13 @@
 //! Several pipelines in several threads of one process give the images sequential runs give, bit for
 //! bit; a pipeline moves between threads (`Send`) by construction.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::fixtures;
 
 use lcm_cpu::CpuBackend;
 use lcm_pipeline::output::read_image_rgb8;
 use lcm_pipeline::pipeline::{InitImage, LoadSpec, LoraSpec, Pipeline, Request};
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
 
 fn assert_send<T: Send>() {}
 

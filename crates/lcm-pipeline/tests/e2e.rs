@@ -3,18 +3,17 @@
 //! LoRAs in each format, non-square sizes, several images), the same prompt and seed must give the same denoised latents
 //! (relative L2 < 1e-3) and the same image (mean absolute difference < 1/255).
 
+mod common;
+
+use common::fixtures;
+
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 
 use lcm_core::{rel_l2, SafeTensorsFile};
 use lcm_cpu::CpuBackend;
 use lcm_pipeline::output::read_png;
 use lcm_pipeline::pipeline::{InitImage, LoadSpec, LoraSpec, Pipeline, Request};
 use serde_json::Value;
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
 
 fn recorded(case: &str, name: &str) -> Option<(Vec<usize>, Vec<f32>)> {
     let p = fixtures().join(format!("records/pipeline/{case}.safetensors"));

@@ -2,14 +2,12 @@
 //! raised before any work, never an abort, and the pipeline stays usable after it. The CUDA backend's
 //! counterpart is tests/device_memory.rs.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::fixtures;
 
 use lcm_cpu::CpuBackend;
 use lcm_pipeline::pipeline::{LoadSpec, Pipeline, Request};
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
 
 #[test]
 fn an_arena_past_the_memory_is_refused_before_any_step_and_the_pipeline_recovers() {

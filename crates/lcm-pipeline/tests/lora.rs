@@ -1,6 +1,10 @@
 //! LoRA parsing, name resolution and merging against the weights diffusers' `fuse_lora` produced
 //! (records written by tests/fixtures/generate_pipeline.py), plus the errors a bad file must raise.
 
+mod common;
+
+use common::fixtures;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
@@ -10,10 +14,6 @@ use lcm_pipeline::ldm_names::UnetLayout;
 use lcm_pipeline::lora::{LoraFile, LoraSet, Targets};
 use safetensors::tensor::{serialize_to_file, TensorView};
 use safetensors::Dtype;
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
 
 fn lora(name: &str) -> PathBuf {
     fixtures().join("loras").join(name)

@@ -2,16 +2,15 @@
 //! bits of a pipeline loaded fresh with those LoRAs (UNet and text-encoder LoRAs both), in either mode
 //! (the CPU merges in both). Swap times are printed beside a step's (speed goals live in `lcm bench`).
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::fixtures;
+
 use std::time::{Duration, Instant};
 
 use lcm_cpu::CpuBackend;
 use lcm_pipeline::lora_swap::LoraMode;
 use lcm_pipeline::pipeline::{LoadSpec, LoraSpec, Pipeline, Request};
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
 
 fn lora(name: &str, scale: f32) -> LoraSpec {
     LoraSpec { path: fixtures().join("loras").join(name), scale }

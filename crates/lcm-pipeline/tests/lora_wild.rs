@@ -4,32 +4,16 @@
 //! single-file `sf_lora` case; tests/fixtures/generate_single_file.py checks diffusers' behaviour for
 //! each kind here.)
 
+mod common;
+
+use common::{fixtures, read_tensors, write_tensors, Tensors};
+
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use lcm_models::{ClipConfig, UnetConfig};
 use lcm_pipeline::lora::{LoraSet, Targets};
 use safetensors::Dtype;
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
-
-type Tensors = Vec<(String, Dtype, Vec<usize>, Vec<u8>)>;
-
-fn read(path: &Path) -> Tensors {
-    let bytes = fs::read(path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors().into_iter().map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec())).collect()
-}
-
-fn write(path: &Path, tensors: &Tensors) {
-    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
-        .iter()
-        .map(|(n, d, s, b)| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()))
-        .collect();
-    safetensors::serialize_to_file(views, None, path).unwrap();
-}
 
 fn scratch(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("lcm-lora-wild-{}-{tag}", std::process::id()));
@@ -60,14 +44,14 @@ fn processor_key(peft: &str) -> Option<String> {
 #[test]
 fn attention_processor_files_resolve_like_peft_names() {
     let dir = scratch("processor");
-    let peft = read(&fixtures().join("loras/lora_peft.safetensors"));
+    let peft = read_tensors(&fixtures().join("loras/lora_peft.safetensors"));
     let attention: Tensors = peft.into_iter().filter(|(n, ..)| n.starts_with("unet.") && n.contains(".to_")).collect();
     assert!(attention.len() > 40, "{}", attention.len());
     let processor: Tensors =
         attention.iter().map(|(n, d, s, b)| (processor_key(n).unwrap(), *d, s.clone(), b.clone())).collect();
     let (a, b) = (dir.join("peft_attention.safetensors"), dir.join("processor.safetensors"));
-    write(&a, &attention);
-    write(&b, &processor);
+    write_tensors(&a, &attention);
+    write_tensors(&b, &processor);
     let t = targets();
     let (set_a, set_b) = (LoraSet::open(&[(&a, 1.0)]).unwrap(), LoraSet::open(&[(&b, 1.0)]).unwrap());
     let (ma, mb) = (set_a.resolve(&t).unwrap(), set_b.resolve(&t).unwrap());
@@ -89,7 +73,7 @@ fn attention_processor_files_resolve_like_peft_names() {
 #[test]
 fn lora_kinds_diffusers_cannot_load_are_refused_by_name() {
     let dir = scratch("refused");
-    let kohya = read(&fixtures().join("loras/lora_kohya.safetensors"));
+    let kohya = read_tensors(&fixtures().join("loras/lora_kohya.safetensors"));
     let stem = "lora_unet_down_blocks_0_resnets_0_conv1";
     let extra = |key: &str| -> Tensors {
         let mut t = kohya.clone();
@@ -105,7 +89,7 @@ fn lora_kinds_diffusers_cannot_load_are_refused_by_name() {
     ];
     for (i, (key, kind)) in cases.iter().enumerate() {
         let p = dir.join(format!("l{i}.safetensors"));
-        write(&p, &extra(key));
+        write_tensors(&p, &extra(key));
         let err = LoraSet::open(&[(&p, 1.0)]).err().expect("should be refused").to_string();
         println!("{err}");
         assert!(
@@ -119,7 +103,7 @@ fn lora_kinds_diffusers_cannot_load_are_refused_by_name() {
     t.push((format!("{te2}.lora_down.weight"), Dtype::F16, vec![4, 16], vec![0; 4 * 16 * 2]));
     t.push((format!("{te2}.lora_up.weight"), Dtype::F16, vec![64, 4], vec![0; 64 * 4 * 2]));
     let p = dir.join("te2.safetensors");
-    write(&p, &t);
+    write_tensors(&p, &t);
     let err = LoraSet::open(&[(&p, 1.0)]).unwrap().resolve(&targets()).err().expect("no second encoder").to_string();
     println!("{err}");
     assert!(err.contains(te2) && err.contains("one text encoder") && err.contains("te2.safetensors"), "{err}");

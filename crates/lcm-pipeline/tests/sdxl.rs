@@ -6,16 +6,14 @@
 //! checkpoint) must give the same denoised latents (relative L2 < 1e-3) and image (mean absolute
 //! difference < 1/255).
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::fixtures;
 
 use lcm_core::{rel_l2, SafeTensorsFile};
 use lcm_cpu::CpuBackend;
 use lcm_pipeline::pipeline::{LoadSpec, LoraSpec, Pipeline, Request};
 use serde_json::Value;
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
 
 fn recorded(case: &str, name: &str) -> Option<(Vec<usize>, Vec<f32>)> {
     let f = SafeTensorsFile::open(fixtures().join(format!("records/sdxl/{case}.safetensors"))).unwrap();

@@ -6,6 +6,10 @@
 //! from the file's shapes (the fixture is shaped so that everything can be inferred). Then the same
 //! file in other spellings, and the folder fixtures converted into single files here.
 
+mod common;
+
+use common::{fixtures, read_tensors, write_tensors, Tensors};
+
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -17,10 +21,6 @@ use lcm_pipeline::output::read_png;
 use lcm_pipeline::pipeline::{InitImage, LoadSpec, LoraSpec, Output, Pipeline, Request};
 use safetensors::Dtype;
 use serde_json::Value;
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
 
 struct Case {
     name: String,
@@ -121,22 +121,6 @@ fn every_recorded_case_matches_diffusers_with_configs_from_the_shapes() {
         let out = run(spec, &c.req);
         assert_matches("single_file", &c.name, "configs from the shapes", &out);
     }
-}
-
-type Tensors = Vec<(String, Dtype, Vec<usize>, Vec<u8>)>;
-
-fn read_tensors(path: &Path) -> Tensors {
-    let bytes = fs::read(path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors().into_iter().map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec())).collect()
-}
-
-fn write_tensors(path: &Path, tensors: &Tensors) {
-    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
-        .iter()
-        .map(|(n, d, s, b)| (n.clone(), safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap()))
-        .collect();
-    safetensors::serialize_to_file(views, None, path).unwrap();
 }
 
 /// A folder under the temp dir, removed on drop.

@@ -6,15 +6,13 @@
 //! CI runs `LCM_SOAK_GENERATIONS` (default 240) generations; the full run of docs/robustness.md is
 //! `LCM_SOAK_GENERATIONS=1000 cargo test --release -p lcm-pipeline --test soak -- --nocapture`.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::fixtures;
 
 use lcm_cpu::CpuBackend;
 use lcm_pipeline::output::read_image_rgb8;
 use lcm_pipeline::pipeline::{InitImage, LoadSpec, LoraSpec, Pipeline, Request};
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
 
 /// Resident pages of this process (the page size cancels out of every ratio below).
 fn rss_pages() -> u64 {

@@ -2,16 +2,14 @@
 //! tiny-lcm, 32-pixel tiles): txt2img (tiled decode) and img2img (tiled encode too) give diffusers' image,
 //! mean absolute difference < 1/255 as in e2e.rs.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::fixtures;
 
 use lcm_core::SafeTensorsFile;
 use lcm_cpu::CpuBackend;
 use lcm_pipeline::output::read_png;
 use lcm_pipeline::pipeline::{InitImage, LoadSpec, Pipeline, Request};
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
-}
 
 fn recorded(name: &str) -> (Vec<usize>, Vec<f32>) {
     let f = SafeTensorsFile::open(fixtures().join("records/vae_tiling.safetensors")).unwrap();
