@@ -31,6 +31,14 @@ pub struct TaesdConfig {
     pub upsampling: usize,
 }
 
+/// The released `taesd` / `taesdxl` config (diffusers' `AutoencoderTiny` defaults; the two differ only
+/// in weights): what `lcm bench` builds its synthetic TAESD from.
+pub const TAESD_CONFIG: &str = r#"{"_class_name": "AutoencoderTiny", "act_fn": "relu", "in_channels": 3,
+  "out_channels": 3, "latent_channels": 4, "encoder_block_out_channels": [64, 64, 64, 64],
+  "decoder_block_out_channels": [64, 64, 64, 64], "num_encoder_blocks": [1, 3, 3, 3],
+  "num_decoder_blocks": [3, 3, 3, 1], "upsampling_scaling_factor": 2, "scaling_factor": 1.0,
+  "force_upcast": false}"#;
+
 /// diffusers' `AutoencoderTiny` defaults (what the released `taesd` and `taesdxl` use).
 const DEFAULT_CHANNELS: [usize; 4] = [64; 4];
 const DEFAULT_ENCODER_BLOCKS: [usize; 4] = [1, 3, 3, 3];

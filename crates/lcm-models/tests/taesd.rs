@@ -60,21 +60,19 @@ fn config_error(edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value
 #[test]
 fn taesd_config_errors_name_the_file_and_field() {
     use serde_json::json;
-    let cases: Vec<(&str, Box<dyn FnOnce(&mut serde_json::Map<_, _>)>)> = vec![
-        ("act_fn", Box::new(|c| drop(c.insert("act_fn".into(), json!("gelu"))))),
-        ("upsample_fn", Box::new(|c| drop(c.insert("upsample_fn".into(), json!("bilinear"))))),
-        ("upsampling_scaling_factor", Box::new(|c| drop(c.insert("upsampling_scaling_factor".into(), json!(3))))),
-        ("num_decoder_blocks", Box::new(|c| drop(c.insert("num_decoder_blocks".into(), json!([1, 1, 1]))))),
-        (
-            "encoder_block_out_channels",
-            Box::new(|c| drop(c.insert("encoder_block_out_channels".into(), json!([8, 16, 16, 16])))),
-        ),
-        ("decoder_block_out_channels", Box::new(|c| drop(c.insert("decoder_block_out_channels".into(), json!([]))))),
-        ("num_encoder_blocks", Box::new(|c| drop(c.insert("num_encoder_blocks".into(), json!([1, 1, 1, 4096]))))),
-        ("_class_name", Box::new(|c| drop(c.insert("_class_name".into(), json!("ConsistencyDecoderVAE"))))),
+    // (the key set, and named in the error; its value)
+    let cases = [
+        ("act_fn", json!("gelu")),
+        ("upsample_fn", json!("bilinear")),
+        ("upsampling_scaling_factor", json!(3)),
+        ("num_decoder_blocks", json!([1, 1, 1])),
+        ("encoder_block_out_channels", json!([8, 16, 16, 16])),
+        ("decoder_block_out_channels", json!([])),
+        ("num_encoder_blocks", json!([1, 1, 1, 4096])),
+        ("_class_name", json!("ConsistencyDecoderVAE")),
     ];
-    for (field, edit) in cases {
-        let msg = config_error(edit);
+    for (field, value) in cases {
+        let msg = config_error(|c| drop(c.insert(field.into(), value)));
         assert!(msg.contains(field) && msg.contains("config.json"), "{field}: {msg}");
     }
 }
