@@ -26,7 +26,13 @@ struct Vec {
          i += (unsigned long long)gridDim.x * blockDim.x)
 
 static __device__ __forceinline__ float activate(float x, int act) {
-    return act == LCM_ACT_SILU ? dev::silu(x) : act == LCM_ACT_GELU ? dev::gelu_erf(x) : dev::quick_gelu(x);
+    switch (act) {
+        case LCM_ACT_SILU: return dev::silu(x);
+        case LCM_ACT_GELU: return dev::gelu_erf(x);
+        case LCM_ACT_QUICK_GELU: return dev::quick_gelu(x);
+        case LCM_ACT_RELU: return dev::relu(x);
+        default: return dev::tanh_clamp(x);  // LCM_ACT_TANH_CLAMP
+    }
 }
 
 template <int V>

@@ -1,5 +1,5 @@
 //! `lcm bench`: the whole pipeline — CLIP, n UNet steps, VAE decode — after warm-up, repeated, with the
-//! median/min/max of each stage and of the end to end. With no model folder it builds SD1.5-, SDXL- or
+//! median/min/max of each stage and of the end to end, and a TAESD decode of the same latents beside it. With no model folder it builds SD1.5-, SDXL- or
 //! SSD-1B-shaped models ([`Arch`]) with seeded random weights (f16-rounded), so it needs no download.
 //! SDXL runs both text encoders and the UNet's pooled and time-id conditioning. `lora_rank` adds an
 //! unmerged LoRA on the UNet (CUDA only; see [`lora`]). `strength` times img2img as `lcm frames` runs
@@ -95,7 +95,7 @@ pub struct BenchReport {
     pub config: BenchConfig,
     pub model: String,
     /// text_encoder, vae_encode (img2img only), unet (all steps), unet_step (one step), vae_decode,
-    /// end_to_end
+    /// end_to_end, taesd_decode
     pub stages: Vec<Stage>,
     pub lora: Option<LoraSummary>,
     pub vae_arena: VaeArena,
@@ -115,6 +115,8 @@ struct Models<B: Backend> {
     clip_2: Option<ClipTextModel<B>>,
     unet: Unet<B>,
     vae: Vae<B>,
+    /// TAESD at its released widths with seeded random weights, timed beside the full VAE.
+    taesd: Vae<B>,
 }
 
 fn load<B: Backend>(
@@ -141,7 +143,8 @@ fn load<B: Backend>(
             let unet = Unet::load(backend, &dir.join("unet"), opts())?;
             let parts = if encoder { VaeParts::Both } else { VaeParts::Decoder };
             let vae = Vae::load(backend, &dir.join("vae"), parts, opts())?;
-            Ok((Models { clip, clip_2, unet, vae }, dir.display().to_string()))
+            let taesd = synthetic_taesd(backend, seed)?;
+            Ok((Models { clip, clip_2, unet, vae, taesd }, dir.display().to_string()))
         }
         None => {
             let origin = Path::new("synthetic");
@@ -170,9 +173,17 @@ fn load<B: Backend>(
             if encoder {
                 vae.encoder_from_source(backend, origin, &mut src)?;
             }
-            Ok((Models { clip, clip_2, unet, vae }, format!("synthetic {} (seed {seed})", arch.name())))
+            let taesd = synthetic_taesd(backend, seed)?;
+            Ok((Models { clip, clip_2, unet, vae, taesd }, format!("synthetic {} (seed {seed})", arch.name())))
         }
     }
+}
+
+/// TAESD (taesd / taesdxl: the same shapes) with seeded random weights.
+fn synthetic_taesd<B: Backend>(backend: &B, seed: u64) -> Result<Vae<B>> {
+    let origin = Path::new("synthetic taesd");
+    let cfg = VaeConfig::from_json(origin, lcm_models::taesd::TAESD_CONFIG)?;
+    Vae::from_source(backend, cfg, origin, &mut random_source(seed))
 }
 
 /// One prompt's text conditioning: the context `[1, 77, D]` and, for SDXL, the pooled text embeds
@@ -237,6 +248,7 @@ pub fn run<B: BenchBackend>(
         None => 0,
     };
     let macs_unet = macs_step * steps as u64;
+    let macs_taesd = m.taesd.config.decoder_graph(b, h, w)?.macs();
     let mut stages = vec![
         Stage { name: "text_encoder", macs: macs_text, samples: vec![] },
         Stage { name: "vae_encode", macs: macs_enc, samples: vec![] },
@@ -244,6 +256,8 @@ pub fn run<B: BenchBackend>(
         Stage { name: "unet_step", macs: macs_step, samples: vec![] },
         Stage { name: "vae_decode", macs: macs_vae, samples: vec![] },
         Stage { name: "end_to_end", macs: macs_text + macs_enc + macs_unet + macs_vae, samples: vec![] },
+        // The alternative decoder, outside end_to_end (which uses the full VAE).
+        Stage { name: "taesd_decode", macs: macs_taesd, samples: vec![] },
     ];
     for rep in 0..cfg.warmup + cfg.repeat {
         let t0 = Instant::now();
@@ -273,6 +287,9 @@ pub fn run<B: BenchBackend>(
         };
         let t_vae = tv.elapsed();
         let total = t0.elapsed();
+        let tt = Instant::now();
+        m.taesd.decode(backend, &x)?;
+        let t_taesd = tt.elapsed();
         if rep >= cfg.warmup {
             let unet: Duration = steps.iter().sum();
             stages[0].samples.push(t_text);
@@ -281,6 +298,7 @@ pub fn run<B: BenchBackend>(
             stages[3].samples.extend(&steps);
             stages[4].samples.push(t_vae);
             stages[5].samples.push(total);
+            stages[6].samples.push(t_taesd);
             log(&format!("repeat {}/{}: {:.1} ms", rep - cfg.warmup + 1, cfg.repeat, total.as_secs_f64() * 1e3));
         } else {
             log(&format!("warm-up {}/{}: {:.1} ms", rep + 1, cfg.warmup, total.as_secs_f64() * 1e3));

@@ -246,11 +246,14 @@ fn elementwise_ops_match_cpu(be: CudaBackend) {
         check(&be, g, seed, tag);
     };
     for (shape, tag) in [([1, 64, 64, 320], "sd"), ([2, 3, 5, 7], "awkward")] {
-        for act in [Activation::Silu, Activation::Gelu, Activation::QuickGelu] {
+        for act in [Activation::Silu, Activation::Gelu, Activation::QuickGelu, Activation::Relu, Activation::TanhClamp]
+        {
             run(
                 &format!("{act:?} {tag}"),
                 graph(|b| {
+                    // Spread to ±6 so TanhClamp's saturation is exercised, not only its linear middle.
                     let x = b.input(&shape, Elem::Act);
+                    let x = b.scale(x, 6.0, 0.0);
                     b.activation(x, act)
                 }),
             );

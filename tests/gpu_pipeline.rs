@@ -174,6 +174,28 @@ fn unmerged_lora_on_the_unet_matches_merged_on_cpu(be: CudaBackend) {
     check("tiny-sd unet case b, unmerged LoRA vs merged", &first, &again, &want, None);
 }
 
+/// TAESD (AutoencoderTiny): ReLU and the 3·tanh(x/3) clamp through the activation kernel, widths 8
+/// (vector loads) and 12 (scalar), the stride-2 bias-free encoder convs.
+fn taesd_decode_and_encode_match_cpu(be: CudaBackend) {
+    let rec = record("taesd/vae.safetensors");
+    let cpu = CpuBackend::new();
+    let dir = fixtures().join("taesd");
+    let mut g = Vae::load(&be, &dir, VaeParts::Both, LoadOptions::default()).expect("load TAESD on CUDA");
+    let mut c = Vae::load(&cpu, &dir, VaeParts::Both, LoadOptions::default()).expect("load TAESD on CPU");
+    let z = tensor(&rec, "decode_input");
+    let first = g.decode(&be, &z).expect("CUDA decode");
+    poison(&be, g.decoder_runner());
+    let again = g.decode(&be, &z).expect("CUDA decode, poisoned");
+    let want = c.decode(&cpu, &z).expect("CPU decode");
+    check(&format!("taesd decode {:?}", z.shape), &first, &again, &want, Some(&tensor(&rec, "decode_output")));
+    let x = tensor(&rec, "encode_input");
+    let first = g.encode_moments(&be, &x).expect("CUDA encode");
+    poison(&be, g.encoder_runner().expect("encoder loaded"));
+    let again = g.encode_moments(&be, &x).expect("CUDA encode, poisoned");
+    let want = c.encode_moments(&cpu, &x).expect("CPU encode");
+    check("taesd encode", &first, &again, &want, Some(&tensor(&rec, "encode_output")));
+}
+
 fn vae_decode_and_encode_match_cpu(be: CudaBackend) {
     let rec = record("vae.safetensors");
     let cpu = CpuBackend::new();
@@ -213,6 +235,7 @@ const PIPELINE_CASES: &[&str] =
 struct Case {
     model: PathBuf,
     config: Option<PathBuf>,
+    vae: Option<PathBuf>,
     clip_skip: usize,
     loras: Vec<LoraSpec>,
     req: Request,
@@ -227,6 +250,7 @@ fn case(set: &str, name: &str) -> Case {
     Case {
         model: fixtures().join(c["model"].as_str().expect("model")),
         config: c["config"].as_str().map(|s| fixtures().join(s)),
+        vae: c["vae"].as_str().map(|s| fixtures().join(s)),
         clip_skip: c["clip_skip"].as_u64().unwrap_or(0) as usize,
         loras: c["loras"]
             .as_array()
@@ -282,6 +306,12 @@ fn sdxl_pipeline_matches_cpu(be: CudaBackend) {
     compare_pipelines(be, "sdxl", names);
 }
 
+/// The tiny LCM pipeline decoding with TAESD (generate_taesd.py's txt2img case): the loop's latents go
+/// to the TAESD decoder on the device.
+fn taesd_pipeline_matches_cpu(be: CudaBackend) {
+    compare_pipelines(be, "taesd", &["taesd_lcm_4step"]);
+}
+
 /// Each recorded case of `records/<set>/cases.json` in `names`, on the CUDA backend and on the CPU.
 fn compare_pipelines(be: CudaBackend, set: &str, names: &[&str]) {
     let mut gpu = Some(be);
@@ -292,6 +322,7 @@ fn compare_pipelines(be: CudaBackend, set: &str, names: &[&str]) {
             config_dir: c.config.clone(),
             clip_skip: c.clip_skip,
             loras: c.loras.clone(),
+            vae: c.vae.clone(),
             ..LoadSpec::default()
         };
         // Each pipeline owns its backend: the first case takes the runner's, later ones open their own.
@@ -404,6 +435,8 @@ fn main() -> std::process::ExitCode {
             ("lcm_unet_with_timestep_cond_matches_cpu", lcm_unet_with_timestep_cond_matches_cpu),
             ("unmerged_lora_on_the_unet_matches_merged_on_cpu", unmerged_lora_on_the_unet_matches_merged_on_cpu),
             ("vae_decode_and_encode_match_cpu", vae_decode_and_encode_match_cpu),
+            ("taesd_decode_and_encode_match_cpu", taesd_decode_and_encode_match_cpu),
+            ("taesd_pipeline_matches_cpu", taesd_pipeline_matches_cpu),
             ("pipeline_matches_cpu", pipeline_matches_cpu),
             ("sdxl_pipeline_matches_cpu", sdxl_pipeline_matches_cpu),
             ("second_generation_copies_only_inputs_and_outputs", second_generation_copies_only_inputs_and_outputs),

@@ -151,7 +151,13 @@ typedef struct LcmLayerNormParams {
 LCM_STATIC_ASSERT(sizeof(LcmLayerNormParams) == 48, "LcmLayerNormParams layout changed: update src/cuda/abi.rs");
 
 // Activations for the element-wise kernels (enum values fixed: they travel in `act`).
-enum LcmAct { LCM_ACT_SILU = 0, LCM_ACT_GELU = 1, LCM_ACT_QUICK_GELU = 2 };
+enum LcmAct {
+    LCM_ACT_SILU = 0,
+    LCM_ACT_GELU = 1,
+    LCM_ACT_QUICK_GELU = 2,
+    LCM_ACT_RELU = 3,
+    LCM_ACT_TANH_CLAMP = 4,  // 3·tanh(x/3), TAESD's latent clamp
+};
 
 // The element-wise family (kernels/eltwise.cu), `n` output elements each:
 //   add_f16          out = a + b

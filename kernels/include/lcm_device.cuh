@@ -108,6 +108,10 @@ static __device__ __forceinline__ float warp_sum(float v) {
 static __device__ __forceinline__ float gelu_erf(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
 static __device__ __forceinline__ float silu(float x) { return x / (1.0f + __expf(-x)); }
 static __device__ __forceinline__ float quick_gelu(float x) { return x / (1.0f + __expf(-1.702f * x)); }
+// NaN passes through, as torch's relu (fmaxf(x, 0) would turn it into 0 and hide it).
+static __device__ __forceinline__ float relu(float x) { return x < 0.0f ? 0.0f : x; }
+// TAESD's latent soft clamp to (-3, 3) (diffusers' DecoderTiny).
+static __device__ __forceinline__ float tanh_clamp(float x) { return tanhf(x / 3.0f) * 3.0f; }
 
 // Eight halves as one 16-byte value.
 struct alignas(16) Half8 {

@@ -113,6 +113,8 @@ pub struct LcmLayerNormParams {
 pub const LcmAct_LCM_ACT_SILU: LcmAct = 0;
 pub const LcmAct_LCM_ACT_GELU: LcmAct = 1;
 pub const LcmAct_LCM_ACT_QUICK_GELU: LcmAct = 2;
+pub const LcmAct_LCM_ACT_RELU: LcmAct = 3;
+pub const LcmAct_LCM_ACT_TANH_CLAMP: LcmAct = 4;
 pub type LcmAct = ::std::os::raw::c_uint;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]

@@ -7,7 +7,9 @@
 use lcm_core::graph::{Activation, Elem, Op, Storage, TensorId};
 use lcm_core::{Error, Problem, Program, Result};
 
-use super::abi::{LcmAct_LCM_ACT_GELU, LcmAct_LCM_ACT_QUICK_GELU, LcmAct_LCM_ACT_SILU};
+use super::abi::{
+    LcmAct_LCM_ACT_GELU, LcmAct_LCM_ACT_QUICK_GELU, LcmAct_LCM_ACT_RELU, LcmAct_LCM_ACT_SILU, LcmAct_LCM_ACT_TANH_CLAMP,
+};
 use super::backend::{CudaBackend, CudaWeight, STATUS_BYTES};
 use super::launch::{self, EltOp, GemmPtrs, Step};
 
@@ -152,6 +154,8 @@ impl<'a> Recorder<'a> {
                         Activation::Silu => LcmAct_LCM_ACT_SILU,
                         Activation::Gelu => LcmAct_LCM_ACT_GELU,
                         Activation::QuickGelu => LcmAct_LCM_ACT_QUICK_GELU,
+                        Activation::Relu => LcmAct_LCM_ACT_RELU,
+                        Activation::TanhClamp => LcmAct_LCM_ACT_TANH_CLAMP,
                     };
                     k(launch::eltwise(EltOp::Act(a), n, self.addr(x)?, 0, self.addr(out)?, lim)?);
                 }

@@ -85,6 +85,9 @@ pub fn families() -> Result<Vec<(&'static str, Graph)>> {
                 let x = b.input(&[1, 4, 4, 16], Elem::Act);
                 let y = b.activation(x, Activation::Gelu);
                 let y = b.add(x, y);
+                let y = b.activation(y, Activation::Relu);
+                let y = b.scale(y, 4.0, -2.0);
+                let y = b.activation(y, Activation::TanhClamp);
                 let y = b.scale(y, 0.5, 0.1);
                 let t = b.input(&[1], Elem::Act);
                 let te = b.timestep_embed(t, 16, true, 0.0);

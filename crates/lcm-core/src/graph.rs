@@ -90,6 +90,11 @@ pub enum Activation {
     Gelu,
     /// CLIP's `x·sigmoid(1.702·x)`.
     QuickGelu,
+    /// `max(x, 0)` (TAESD's blocks).
+    Relu,
+    /// `3·tanh(x/3)`: TAESD's decoder soft-clamps its latents to (−3, 3) with it (diffusers'
+    /// `DecoderTiny.forward`).
+    TanhClamp,
 }
 
 /// One op: its input tensors, its parameters and the one tensor `out` it writes.

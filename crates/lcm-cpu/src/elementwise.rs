@@ -94,12 +94,28 @@ pub fn quick_gelu(x: f32) -> f32 {
     x / (1.0 + exp(-1.702 * x))
 }
 
+/// `max(x, 0)`, NaN kept (as torch's relu; `f32::max` would turn NaN into 0 and hide it).
+pub fn relu(x: f32) -> f32 {
+    if x < 0.0 {
+        0.0
+    } else {
+        x
+    }
+}
+
+/// TAESD's latent clamp `3·tanh(x/3)`, divided (not multiplied by 1/3) as torch does.
+pub fn tanh_clamp(x: f32) -> f32 {
+    (x / 3.0).tanh() * 3.0
+}
+
 /// `out = act(x)` element-wise.
 pub fn activation(x: &[f32], act: Activation, out: &mut [f32]) {
     let f = match act {
         Activation::Silu => silu,
         Activation::Gelu => gelu,
         Activation::QuickGelu => quick_gelu,
+        Activation::Relu => relu,
+        Activation::TanhClamp => tanh_clamp,
     };
     map(x, out, f);
 }

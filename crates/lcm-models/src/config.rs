@@ -26,6 +26,8 @@ const NONZERO: &[&str] = &[
     "num_attention_heads",
     "attention_head_dim",
     "block_out_channels",
+    "encoder_block_out_channels",
+    "decoder_block_out_channels",
     "hidden_size",
     "intermediate_size",
     "in_channels",

@@ -1,5 +1,7 @@
 //! AutoencoderKL (the SD VAE) from `vae/config.json`: the decoder that turns latents into pixels and
-//! the encoder (for img2img) that turns pixels into the latent distribution's moments.
+//! the encoder (for img2img) that turns pixels into the latent distribution's moments. A folder whose
+//! config says `AutoencoderTiny` (TAESD) loads through the same type: [`VaeArch`] is the one place the
+//! two kinds part (graphs built by [`crate::taesd`]).
 
 use std::path::{Path, PathBuf};
 
@@ -13,6 +15,28 @@ use crate::loader::{
 };
 use crate::runner::Runner;
 use crate::single_file::{load_vae_encoder, VaeLayout};
+use crate::taesd::{self, TaesdConfig};
+use crate::vae_tiling::VaeTiling;
+
+/// Which autoencoder a [`VaeConfig`] describes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VaeArch {
+    /// AutoencoderKL: resnets, GroupNorm, a mid-block attention; the encoder gives a distribution.
+    Kl,
+    /// AutoencoderTiny (TAESD): its own widths and block counts; the encoder gives latents directly.
+    Tiny(TaesdConfig),
+}
+
+/// What the encoder of a VAE gives for an image.
+#[derive(Debug, Clone)]
+pub enum Encoded {
+    /// AutoencoderKL: the posterior's moments NCHW `[B, 2·latent, h, w]`, mean then log-variance
+    /// (diffusers samples it: one draw from the generator).
+    Moments(Tensor),
+    /// AutoencoderTiny: the latents NCHW `[B, latent, h, w]` (diffusers' `retrieve_latents` takes
+    /// `.latents`: no draw).
+    Latents(Tensor),
+}
 
 /// AutoencoderKL's `config.json`, as far as the graphs depend on it. Defaults are diffusers'.
 #[derive(Debug, Clone)]
@@ -48,6 +72,9 @@ pub struct VaeConfig {
     /// `sample_size`: the image size the VAE was trained at (SD1.5: 512, SDXL: 1024), the tile size of
     /// tiled decoding and encoding ([`crate::vae_tiling`]); `None` when inferred from a single file.
     pub sample_size: Option<usize>,
+    /// AutoencoderKL, or TAESD with its own layout (the KL-only fields above are then unused, and
+    /// `block_out_channels` holds the decoder's widths, as diffusers registers them).
+    pub arch: VaeArch,
 }
 
 /// The VAE's norms: its blocks are built with `resnet_eps=1e-6`.
@@ -85,6 +112,15 @@ impl VaeConfig {
     }
 
     fn parse(c: &Config) -> Result<Self> {
+        match c.str_or("_class_name", "AutoencoderKL")? {
+            "AutoencoderTiny" => return taesd::parse(c),
+            "AutoencoderKL" => {}
+            other => {
+                return Err(
+                    c.error("_class_name", format!("`{other}` is not supported (AutoencoderKL or AutoencoderTiny)"))
+                )
+            }
+        }
         c.require("act_fn", &json!("silu"))?;
         c.require("norm_type", &json!("group"))?;
         let block_out_channels = c.usizes("block_out_channels")?;
@@ -117,6 +153,7 @@ impl VaeConfig {
             mid_block_attention: c.bool_or("mid_block_add_attention", true)?,
             sample_size: sample_size(c)?,
             block_out_channels,
+            arch: VaeArch::Kl,
         };
         if let Some(&bad) = cfg.block_out_channels.iter().find(|&&ch| ch % cfg.norm_groups != 0) {
             return Err(
@@ -150,6 +187,9 @@ impl VaeConfig {
     /// Latents NHWC `Act [B, h, w, latent]` (already divided by the scaling factor) -> image NHWC
     /// `[B, s·h, s·w, out_channels]` with s = [`Self::downscale`] (8 for SD), nominally in [-1, 1].
     pub fn decoder_graph(&self, batch: usize, h: usize, w: usize) -> Result<Graph> {
+        if let VaeArch::Tiny(t) = &self.arch {
+            return t.decoder_graph(self, batch, h, w);
+        }
         let mut b = GraphBuilder::new();
         let z = b.input(&[batch, h, w, self.latent_channels], Elem::Act);
         let lc = self.latent_channels;
@@ -178,8 +218,12 @@ impl VaeConfig {
     }
 
     /// Image NHWC `Act [B, H, W, in_channels]` in [-1, 1] -> moments NHWC `[B, H/s, W/s, 2·latent]`
-    /// (mean channels, then log-variance channels), s = [`Self::downscale`].
+    /// (mean channels, then log-variance channels), s = [`Self::downscale`]; for TAESD the latents
+    /// `[B, H/s, W/s, latent]`.
     pub fn encoder_graph(&self, batch: usize, h: usize, w: usize) -> Result<Graph> {
+        if let VaeArch::Tiny(t) = &self.arch {
+            return t.encoder_graph(self, batch, h, w);
+        }
         let mut b = GraphBuilder::new();
         let img = b.input(&[batch, h, w, self.in_channels], Elem::Act);
         let mut x = b.conv2d("encoder.conv_in", img, self.block_out_channels[0], 3, 1, [1; 4], true);
@@ -325,9 +369,22 @@ impl<B: Backend> Vae<B> {
         Ok(Tensor::new(shape, out).nhwc_to_nchw())
     }
 
+    /// The encoder's output for an image: [`Encoded::Moments`] or, for TAESD, [`Encoded::Latents`]
+    /// (see [`Self::encode_moments`]).
+    pub fn encode(&mut self, backend: &B, image: &Tensor, tiling: Option<VaeTiling>) -> Result<Encoded> {
+        let out = match tiling {
+            Some(t) => self.encode_moments_tiled(backend, image, t)?,
+            None => self.encode_moments(backend, image)?,
+        };
+        Ok(match self.config.arch {
+            VaeArch::Kl => Encoded::Moments(out),
+            VaeArch::Tiny(_) => Encoded::Latents(out),
+        })
+    }
+
     /// The encoder's moments NCHW `[B, 2·latent, H/s, W/s]` (mean, then log-variance) for an NCHW
-    /// image `[B, in_channels, H, W]` in [-1, 1], H and W multiples of s = [`VaeConfig::downscale`].
-    /// An error if the encoder is not loaded.
+    /// image `[B, in_channels, H, W]` in [-1, 1], H and W multiples of s = [`VaeConfig::downscale`];
+    /// for TAESD the latents `[B, latent, H/s, W/s]`. An error if the encoder is not loaded.
     pub fn encode_moments(&mut self, backend: &B, image: &Tensor) -> Result<Tensor> {
         let s = self.config.downscale();
         let (bsz, h, w) = match image.shape.as_slice() {

@@ -12,7 +12,7 @@
 
 use lcm_core::{Backend, Error, Result, Tensor};
 
-use crate::vae::{Vae, VaeConfig};
+use crate::vae::{Vae, VaeArch, VaeConfig};
 
 /// Tiled VAE calls with square tiles of `tile` pixels (diffusers' `tile_sample_min_size`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +26,13 @@ impl VaeTiling {
     /// size must be a multiple of 4·downscale (32 for SD): then a latent tile has a whole quarter, tile
     /// starts fall on latent pixels, and the cropped results add up to the image exactly.
     pub fn new(config: &VaeConfig, tile: Option<usize>) -> Result<VaeTiling> {
+        if !matches!(config.arch, VaeArch::Kl) {
+            return Err(Error::invalid(
+                "--vae-tiling",
+                "tiling is AutoencoderKL's (diffusers' enable_vae_tiling); this VAE is TAESD (AutoencoderTiny), \
+                 whose activations are small enough to decode whole",
+            ));
+        }
         // Named as the CLI names them: an explicit size is --vae-tile-size.
         let (tile, what) = match tile {
             Some(t) => (t, "--vae-tile-size"),

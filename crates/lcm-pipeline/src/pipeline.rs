@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use lcm_core::{Backend, Error, HostData, Op, Result, Tensor};
 use lcm_models::denoise::{input, DenoiseConfig, DenoiseShape};
-use lcm_models::{Unet, Vae, VaeTiling, Variant};
+use lcm_models::{Encoded, Unet, Vae, VaeTiling, Variant};
 
 use crate::lora::{LoraSet, Targets};
 use crate::lora_swap::{LoraMode, Slots, DEFAULT_MAX_LORA_RANK};
@@ -533,20 +533,21 @@ impl<B: Backend> Pipeline<B> {
 
     /// diffusers' img2img `prepare_latents`: a sample of the VAE posterior (`mean + std·z`, log-variance
     /// clamped to [-30, 20]) times the scaling factor, repeated for the batch, then noised to the first
-    /// timestep — two draws from the generator, in that order.
+    /// timestep — two draws from the generator, in that order. TAESD's encoder gives latents, not a
+    /// distribution (`retrieve_latents` takes `.latents`): then only the noise is drawn.
     fn noised_image_latents(&mut self, init: &InitImage, n: usize, t: i64, rng: &mut TorchRng) -> Result<Vec<f32>> {
         let vae_dir = self.spec.model_dir.join("vae");
         self.vae.load_encoder(&self.backend, &vae_dir, self.spec.variant)?;
-        let moments = match self.vae_tiling {
-            Some(tiling) => self.vae.encode_moments_tiled(&self.backend, &init.pixels, tiling)?,
-            None => self.vae.encode_moments(&self.backend, &init.pixels)?,
-        };
-        let per = moments.numel() / 2;
-        let (mean, logvar) = moments.data.split_at(per);
-        let z = rng.randn(per);
         let sf = self.vae.config.scaling_factor;
-        let one: Vec<f32> =
-            (0..per).map(|i| (mean[i] + (0.5 * logvar[i].clamp(-30.0, 20.0)).exp() * z[i]) * sf).collect();
+        let one: Vec<f32> = match self.vae.encode(&self.backend, &init.pixels, self.vae_tiling)? {
+            Encoded::Moments(moments) => {
+                let per = moments.numel() / 2;
+                let (mean, logvar) = moments.data.split_at(per);
+                let z = rng.randn(per);
+                (0..per).map(|i| (mean[i] + (0.5 * logvar[i].clamp(-30.0, 20.0)).exp() * z[i]) * sf).collect()
+            }
+            Encoded::Latents(latents) => latents.data.iter().map(|&v| v * sf).collect(),
+        };
         let mut latents = one.repeat(n);
         let noise = rng.randn(latents.len());
         self.scheduler.add_noise(&mut latents, &noise, t)?;
