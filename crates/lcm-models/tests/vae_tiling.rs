@@ -53,6 +53,15 @@ fn inputs_within_one_tile_are_not_tiled() {
     assert_eq!(vae.decode_tiled(&be, &z, tiling).unwrap(), vae.decode(&be, &z).unwrap());
 }
 
+/// Tiling is AutoencoderKL's: a TAESD is refused by name, not tiled by the wrong scheme.
+#[test]
+fn taesd_is_not_tiled() {
+    let be = CpuBackend::new();
+    let vae = Vae::load(&be, &fixtures().join("taesd"), VaeParts::Decoder, LoadOptions::default()).unwrap();
+    let e = VaeTiling::new(&vae.config, None).unwrap_err().to_string();
+    assert!(e.contains("--vae-tiling") && e.contains("TAESD"), "{e}");
+}
+
 /// A tile size that does not split into whole quarters of latents is refused, naming the rule.
 #[test]
 fn tile_sizes_must_be_multiples_of_four_latents() {
