@@ -75,17 +75,7 @@ pub fn run(args: FramesArgs) -> Result<()> {
     // The first frame as the template request: everything but the frame and the seed is shared.
     let (w, h, rgb) = read_image_rgb8(&frames[0])?;
     let s = &args.sampling;
-    let template = Request {
-        prompt: s.prompt.clone(),
-        negative_prompt: s.negative_prompt.clone(),
-        steps: s.steps,
-        guidance_scale: s.guidance_scale,
-        seed,
-        width,
-        height,
-        num_images: 1,
-        init_image: Some(InitImage::from_rgb8(w, h, &rgb, s.strength)?),
-    };
+    let template = s.request(seed, (width, height), 1, Some(InitImage::from_rgb8(w, h, &rgb, s.strength)?));
     let mut spec = args.model.load_spec(model_dir, loras);
     let sched = lcm_pipeline::load::scheduler(&spec)?;
     template.validate(sched.config().original_inference_steps)?;

@@ -74,18 +74,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             (args.width.unwrap_or(side), args.height.unwrap_or(side))
         }
     };
-    let s = &args.sampling;
-    let req = Request {
-        prompt: s.prompt.clone(),
-        negative_prompt: s.negative_prompt.clone(),
-        steps: s.steps,
-        guidance_scale: s.guidance_scale,
-        seed,
-        width,
-        height,
-        num_images: args.num_images,
-        init_image,
-    };
+    let req = args.sampling.request(seed, (width, height), args.num_images, init_image);
     // Everything that can be checked without loading a model is checked first.
     let mut spec = args.model.load_spec(model_dir, loras);
     let sched = lcm_pipeline::load::scheduler(&spec)?;

@@ -10,7 +10,7 @@ use lcm_core::{Backend, Error, Result};
 use lcm_models::Variant;
 use lcm_pipeline::lora::LoraSet;
 use lcm_pipeline::lora_swap::LoraMode;
-use lcm_pipeline::pipeline::{LoadSpec, LoraSpec, Pipeline, MAX_SIZE, MIN_SIZE};
+use lcm_pipeline::pipeline::{InitImage, LoadSpec, LoraSpec, Pipeline, Request, MAX_SIZE, MIN_SIZE};
 
 use super::device::Device;
 use super::vae_tiling::VaeTilingArgs;
@@ -111,6 +111,27 @@ impl SamplingArgs {
     pub fn seed_or_random(&self) -> u64 {
         self.seed.unwrap_or_else(random_seed)
     }
+
+    /// The request these flags describe, with what the command decides itself.
+    pub fn request(
+        &self,
+        seed: u64,
+        (width, height): (usize, usize),
+        num_images: usize,
+        init_image: Option<InitImage>,
+    ) -> Request {
+        Request {
+            prompt: self.prompt.clone(),
+            negative_prompt: self.negative_prompt.clone(),
+            steps: self.steps,
+            guidance_scale: self.guidance_scale,
+            seed,
+            width,
+            height,
+            num_images,
+            init_image,
+        }
+    }
 }
 
 fn random_seed() -> u64 {
@@ -133,16 +154,7 @@ impl ModelArgs {
                 "names the configs of a single-file checkpoint; give --model FILE.safetensors with it",
             ));
         }
-        let (model_dir, mut loras) = match &self.model {
-            Some(dir) => (dir.clone(), Vec::new()),
-            None => {
-                let found = lcm::hub::default_model(&mut |m| eprintln!("{m}"))?;
-                eprintln!("model: {} + LCM-LoRA {}", found.model_dir.display(), found.lora.display());
-                (found.model_dir, vec![LoraSpec { path: found.lora, scale: 1.0 }])
-            }
-        };
-        loras.extend(self.loras.iter().cloned());
-        Ok((model_dir, loras))
+        model_and_loras(self.model.as_ref(), &self.loras)
     }
 
     /// The load spec for the CPU (full-precision weights; [`for_backend`] picks f16 for CUDA).
@@ -231,6 +243,21 @@ pub fn model_label(dir: &Path) -> String {
         Some(i) => s[i + 8..].split('/').next().unwrap_or(&s).replacen("--", "/", 1),
         None => s,
     }
+}
+
+/// `--model` (or, without it, the Hugging Face cache's SD1.5 with the LCM-LoRA first) and the `--lora`s:
+/// for every command that loads a model.
+pub fn model_and_loras(model: Option<&PathBuf>, extra: &[LoraSpec]) -> Result<(PathBuf, Vec<LoraSpec>)> {
+    let (model_dir, mut loras) = match model {
+        Some(dir) => (dir.clone(), Vec::new()),
+        None => {
+            let found = lcm::hub::default_model(&mut |m| eprintln!("{m}"))?;
+            eprintln!("model: {} + LCM-LoRA {}", found.model_dir.display(), found.lora.display());
+            (found.model_dir, vec![LoraSpec { path: found.lora, scale: 1.0 }])
+        }
+    };
+    loras.extend(extra.iter().cloned());
+    Ok((model_dir, loras))
 }
 
 #[cfg(test)]

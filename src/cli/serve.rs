@@ -13,7 +13,7 @@ use lcm_pipeline::lora_swap::LoraMode;
 use lcm_pipeline::pipeline::{LoadSpec, LoraSpec, Pipeline};
 
 use super::device::{choose, Chosen, Device};
-use super::model_args::parse_lora;
+use super::model_args::{model_and_loras, parse_lora};
 use super::vae_tiling::VaeTilingArgs;
 
 /// Images per batch when --max-batch is not given (docs/serving.md, "Batching": tests/serve_load.rs
@@ -93,15 +93,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         return Err(Error::invalid("--max-images/--max-body-mb", "expected at least 1"));
     }
     let loras = LoraDir::scan(args.lora_dir.as_deref())?;
-    let (model_dir, mut base_loras) = match &args.model {
-        Some(dir) => (dir.clone(), Vec::new()),
-        None => {
-            let found = lcm::hub::default_model(&mut |m| eprintln!("{m}"))?;
-            eprintln!("model: {} + LCM-LoRA {}", found.model_dir.display(), found.lora.display());
-            (found.model_dir, vec![LoraSpec { path: found.lora, scale: 1.0 }])
-        }
-    };
-    base_loras.extend(args.loras.iter().cloned());
+    let (model_dir, base_loras) = model_and_loras(args.model.as_ref(), &args.loras)?;
     LoraSet::open(&base_loras.iter().map(|l| (l.path.clone(), l.scale)).collect::<Vec<_>>())?;
     let mut spec = LoadSpec {
         model_dir: model_dir.clone(),
