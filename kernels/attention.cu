@@ -12,6 +12,7 @@
 //    8 warps = 2 row groups of 16 queries × 4 slices of DP/4 channels. Each warp computes a partial
 //    Q·Kᵀ over its slice, the partials are summed through shared memory, every warp of a row group runs
 //    the same softmax, and each accumulates its own DP/4-wide slice of O.
+//  - `flash_fwd_wide_tf32<DP>`: the wide kernel on f32 activations (see its comment).
 // Keys past n_kv (and, when causal, past the query) are masked with −inf; tiles past the diagonal are
 // skipped. Zero fill of K/V rows past n_kv matters: 0·NaN would poison a row otherwise.
 #include "lcm_abi.h"
@@ -25,23 +26,19 @@ constexpr float kNegInf = -__builtin_huge_valf();
 
 // Copies rows [r0, r0 + R) × DP columns of a head into shared memory (row stride LD), zero past `rows`
 // and past column d. 16-byte cp.async when d and the strides allow, element copies otherwise.
-template <int DP, int LD, int R, int THREADS>
-static __device__ __forceinline__ void load_rows(__half (*dst)[LD], const __half* src, int ld, int r0, int rows, int d,
-                                                 bool vec) {
-    constexpr int kChunks = DP / 8;
+template <int DP, int LD, int R, int THREADS, typename E>
+static __device__ __forceinline__ void load_rows(E (*dst)[LD], const E* src, int ld, int r0, int rows, int d, bool vec) {
+    constexpr int V = dev::kVec<E>, kChunks = DP / V;
     for (int idx = threadIdx.x; idx < R * kChunks; idx += THREADS) {
-        const int r = idx / kChunks, c = (idx % kChunks) * 8;
+        const int r = idx / kChunks, c = (idx % kChunks) * V;
         const bool row_ok = r0 + r < rows;
-        const __half* s = src + (long long)(r0 + r) * ld + c;
+        const E* s = src + (long long)(r0 + r) * ld + c;
         if (vec) {
-            const bool ok = row_ok && c < d;  // d % 8 == 0 here, so the chunk is all in or all out
+            const bool ok = row_ok && c < d;  // d % V == 0 here, so the chunk is all in or all out
             dev::cp_async16(&dst[r][c], ok ? s : src, ok ? 16 : 0);
         } else {
-            dev::Half8 v;
-            __half* e = reinterpret_cast<__half*>(&v);
 #pragma unroll
-            for (int j = 0; j < 8; ++j) e[j] = (row_ok && c + j < d) ? s[j] : __float2half(0.0f);
-            *reinterpret_cast<dev::Half8*>(&dst[r][c]) = v;
+            for (int j = 0; j < V; ++j) dst[r][c + j] = (row_ok && c + j < d) ? s[j] : dev::from_f32<E>(0.0f);
         }
     }
 }
@@ -94,8 +91,8 @@ static __device__ __forceinline__ void online_softmax(float (&s)[NJ][4], float (
 }
 
 // Writes a warp's 16 rows of O / l: columns [c0, c0 + 8·NO) of the head, those below d.
-template <int NO>
-static __device__ __forceinline__ void store_rows(const float (&o)[NO][4], const float (&lrow)[2], __half* ob, int ldo,
+template <int NO, typename E>
+static __device__ __forceinline__ void store_rows(const float (&o)[NO][4], const float (&lrow)[2], E* ob, int ldo,
                                                   int q_row0, int n_q, int c0, int d) {
     const int lane = threadIdx.x & 31;
     const bool pair = (d & 1) == 0 && (ldo & 1) == 0;
@@ -104,17 +101,21 @@ static __device__ __forceinline__ void store_rows(const float (&o)[NO][4], const
         const int q = q_row0 + (lane >> 2) + r * 8;
         if (q >= n_q) continue;
         const float inv = lrow[r] > 0.0f ? 1.0f / lrow[r] : 0.0f;
-        __half* row = ob + (long long)q * ldo;
+        E* row = ob + (long long)q * ldo;
 #pragma unroll
         for (int j = 0; j < NO; ++j) {
             const int c = c0 + j * 8 + 2 * (lane & 3);
             if (c >= d) continue;
             const float v0 = o[j][2 * r] * inv, v1 = o[j][2 * r + 1] * inv;
             if (pair) {
-                *reinterpret_cast<__half2*>(row + c) = __floats2half2_rn(v0, v1);
+                if constexpr (sizeof(E) == 2) {
+                    *reinterpret_cast<__half2*>(row + c) = __floats2half2_rn(v0, v1);
+                } else {
+                    *reinterpret_cast<float2*>(row + c) = make_float2(v0, v1);
+                }
             } else {
-                row[c] = __float2half(v0);
-                if (c + 1 < d) row[c + 1] = __float2half(v1);
+                row[c] = dev::from_f32<E>(v0);
+                if (c + 1 < d) row[c + 1] = dev::from_f32<E>(v1);
             }
         }
     }
@@ -313,6 +314,121 @@ static __device__ __forceinline__ void flash_fwd_wide(const LcmAttnParams& p) {
     store_rows<SL / 8>(o, lrow, ob, p.ldo, q_row0, p.n_q, sl * SL, d);
 }
 
+// The wide kernel with f32 activations (VAEs decoded in f32: `force_upcast`), on tf32 mma.sync m16n8k8:
+// the same 2 row groups x 4 channel slices and the same online softmax, with key tiles of BKT = 8 (f32
+// tiles are twice the bytes; 8 keys are one n8 fragment of S and one k8 step of P·V). Q's fragments come
+// straight from global memory once. P goes from the S accumulators (row g: keys 2t, 2t+1) to an A
+// fragment (row g: k = t, t+4) without a shuffle by numbering the tile's keys so that logical k = t is
+// key 2t and k = t + 4 is key 2t + 1; the B fragment of V reads those keys (scalar shared loads, which
+// ldmatrix cannot transpose for 32-bit elements). V's row stride DP + 4 ≡ 4 (mod 32) words puts the
+// 32 lanes' (key 2t or 2t+1, column g) on 32 different banks; K's (DP + 4)·4 bytes is an odd number of
+// 16-byte units for ldmatrix.
+constexpr int BKT = 8;
+
+template <int DP>
+struct WideTf32 {
+    static constexpr int kLD = DP + 4;
+    static constexpr int kSlice = DP / 4;
+    static constexpr int kTileBytes = 2 * BKT * kLD * 4;  // one stage: K then V
+    static constexpr int kSmemBytes = 2 * kTileBytes + 2 * 4 * 32 * 4 * 4;
+    static_assert(kSlice % 16 == 0, "slice must be whole ldmatrix.x4 loads");
+};
+
+template <int DP>
+static __device__ __forceinline__ void flash_fwd_wide_tf32(const LcmAttnParams& p) {
+    constexpr int LD = WideTf32<DP>::kLD, SL = WideTf32<DP>::kSlice;
+    unsigned char* smem_raw = dev::dynamic_smem();
+    auto Kst = [&](int s) { return reinterpret_cast<float(*)[LD]>(smem_raw + s * WideTf32<DP>::kTileBytes); };
+    auto Vst = [&](int s) {
+        return reinterpret_cast<float(*)[LD]>(smem_raw + s * WideTf32<DP>::kTileBytes + BKT * LD * 4);
+    };
+    float(*Sp)[4][32][4] = reinterpret_cast<float(*)[4][32][4]>(smem_raw + 2 * WideTf32<DP>::kTileBytes);
+
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t4 = lane & 3;
+    const int rg = warp >> 2, sl = warp & 3;
+    const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * BQW;
+    const int d = p.head_dim;
+    // The struct's pointers are typed for f16; this kernel reads the same fields as float.
+    const float* qb = reinterpret_cast<const float*>(p.q) + (long long)b * p.n_q * p.ldq + h * d;
+    const float* kb = reinterpret_cast<const float*>(p.k) + (long long)b * p.n_kv * p.ldk + h * d;
+    const float* vb = reinterpret_cast<const float*>(p.v) + (long long)b * p.n_kv * p.ldv + h * d;
+    float* ob = reinterpret_cast<float*>(p.out) + (long long)b * p.n_q * p.ldo + h * d;
+    const bool vec = (d % 4 == 0) && (p.ldq % 4 == 0) && (p.ldk % 4 == 0) && (p.ldv % 4 == 0);
+    const int ntiles = (p.n_kv + BKT - 1) / BKT;
+    const int q_row0 = q0 + rg * 16;
+
+    load_rows<DP, LD, BKT, 256>(Kst(0), kb, p.ldk, 0, p.n_kv, d, vec);
+    load_rows<DP, LD, BKT, 256>(Vst(0), vb, p.ldv, 0, p.n_kv, d, vec);
+    dev::cp_async_commit();
+
+    // Q's A fragments for this warp's 16 rows and SL channels: a0 = Q[g][c], a1 = Q[g+8][c],
+    // a2 = Q[g][c+4], a3 = Q[g+8][c+4] with c = slice base + 8·kk + t; zero past n_q and d.
+    uint32_t qf[SL / 8][4];
+    auto q_at = [&](int row, int c) {
+        const bool ok = q_row0 + row < p.n_q && c < d;
+        return dev::to_tf32(ok ? dev::f32_bits(qb[(long long)(q_row0 + row) * p.ldq + c]) : 0u);
+    };
+#pragma unroll
+    for (int kk = 0; kk < SL / 8; ++kk) {
+        const int c = sl * SL + kk * 8 + t4;
+        qf[kk][0] = q_at(g, c);
+        qf[kk][1] = q_at(g + 8, c);
+        qf[kk][2] = q_at(g, c + 4);
+        qf[kk][3] = q_at(g + 8, c + 4);
+    }
+
+    float o[SL / 8][4];
+#pragma unroll
+    for (int j = 0; j < SL / 8; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+    float mrow[2] = {kNegInf, kNegInf}, lrow[2] = {0.0f, 0.0f};
+
+    for (int t = 0; t < ntiles; ++t) {
+        const int buf = t & 1;
+        if (t + 1 < ntiles) {
+            // The other stage was last read in iteration t-1, which ended with a barrier.
+            load_rows<DP, LD, BKT, 256>(Kst(buf ^ 1), kb, p.ldk, (t + 1) * BKT, p.n_kv, d, vec);
+            load_rows<DP, LD, BKT, 256>(Vst(buf ^ 1), vb, p.ldv, (t + 1) * BKT, p.n_kv, d, vec);
+            dev::cp_async_commit();
+            dev::cp_async_wait<1>();
+        } else {
+            dev::cp_async_wait<0>();
+        }
+        __syncthreads();
+
+        // Partial S over this warp's slice: b0 = K[key g][c], b1 = K[key g][c + 4], two k-steps per
+        // ldmatrix.x4 (matrix i: the 8 keys x 4 channels at c0 + 4i).
+        float s[1][4] = {{0.0f, 0.0f, 0.0f, 0.0f}};
+        float(*Kb)[LD] = Kst(buf);
+#pragma unroll
+        for (int kk = 0; kk < SL / 16; ++kk) {
+            uint32_t r[4];
+            dev::ldmatrix_x4(r, &Kb[lane & 7][sl * SL + kk * 16 + (lane >> 3) * 4]);
+            const uint32_t a0[4] = {qf[2 * kk][0], qf[2 * kk][1], qf[2 * kk][2], qf[2 * kk][3]};
+            const uint32_t a1[4] = {qf[2 * kk + 1][0], qf[2 * kk + 1][1], qf[2 * kk + 1][2], qf[2 * kk + 1][3]};
+            dev::mma_tf32(s[0], a0, dev::to_tf32(r[0]), dev::to_tf32(r[1]));
+            dev::mma_tf32(s[0], a1, dev::to_tf32(r[2]), dev::to_tf32(r[3]));
+        }
+        *reinterpret_cast<float4*>(Sp[rg][sl][lane]) = make_float4(s[0][0], s[0][1], s[0][2], s[0][3]);
+        __syncthreads();
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[0][e] = Sp[rg][0][lane][e] + Sp[rg][1][lane][e] + Sp[rg][2][lane][e] + Sp[rg][3][lane][e];
+        online_softmax<1, SL / 8, false>(s, o, mrow, lrow, t * BKT, q_row0, p.n_kv, p.scale_log2);
+
+        // P (rows g, g+8; keys 2t, 2t+1) as the A fragment of logical k = t, t + 4.
+        const uint32_t a[4] = {dev::to_tf32(dev::f32_bits(s[0][0])), dev::to_tf32(dev::f32_bits(s[0][2])),
+                               dev::to_tf32(dev::f32_bits(s[0][1])), dev::to_tf32(dev::f32_bits(s[0][3]))};
+        float(*Vb)[LD] = Vst(buf);
+#pragma unroll
+        for (int dn = 0; dn < SL / 8; ++dn) {
+            const int c = sl * SL + dn * 8 + g;
+            dev::mma_tf32(o[dn], a, dev::to_tf32(dev::f32_bits(Vb[2 * t4][c])),
+                          dev::to_tf32(dev::f32_bits(Vb[2 * t4 + 1][c])));
+        }
+        __syncthreads();  // Sp and this stage are rewritten next iteration
+    }
+    store_rows<SL / 8>(o, lrow, ob, p.ldo, q_row0, p.n_q, sl * SL, d);
+}
+
 }  // namespace attn
 }  // namespace lcm
 
@@ -339,4 +455,8 @@ LCM_ATTN(attn_fwd_hd128_causal_f16, 128, 64, true)  // general path
 
 extern "C" __global__ void __launch_bounds__(256) attn_fwd_hd512_f16(const __grid_constant__ LcmAttnParams p) {
     lcm::attn::flash_fwd_wide<512>(p);  // VAE mid block; general path for 160 < d <= 512
+}
+// f32 activations, every non-causal d <= 512: the VAE mid block when the VAE is decoded in f32.
+extern "C" __global__ void __launch_bounds__(256) attn_fwd_hd512_tf32(const __grid_constant__ LcmAttnParams p) {
+    lcm::attn::flash_fwd_wide_tf32<512>(p);
 }

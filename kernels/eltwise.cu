@@ -13,13 +13,27 @@ namespace elt {
 template <int V>
 struct Vec {
     float v[V];
-    static __device__ __forceinline__ Vec load(const __half* p) {
+    template <typename E>
+    static __device__ __forceinline__ Vec load(const E* p) {
         Vec r;
         dev::load_vec<V>(p, r.v);
         return r;
     }
-    __device__ __forceinline__ void store(__half* p) const { dev::store_vec<V>(p, v); }
+    template <typename E>
+    __device__ __forceinline__ void store(E* p) const {
+        dev::store_vec<V>(p, v);
+    }
 };
+
+// The struct's pointers are typed for f16; the f32 instantiations read the same fields as float.
+template <typename E>
+static __device__ __forceinline__ const E* in(const void* p) {
+    return static_cast<const E*>(p);
+}
+template <typename E>
+static __device__ __forceinline__ E* out_ptr(void* p) {
+    return static_cast<E*>(p);
+}
 
 #define LCM_GRID_STRIDE(i, count) \
     for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < (count); \
@@ -35,14 +49,14 @@ static __device__ __forceinline__ float activate(float x, int act) {
     }
 }
 
-template <int V>
+template <int V, typename E = __half>
 static __device__ __forceinline__ void add(const LcmEltwiseParams& p) {
     LCM_GRID_STRIDE(i, p.n / V) {
-        Vec<V> a = Vec<V>::load(p.a + i * V);
-        const Vec<V> b = Vec<V>::load(p.b + i * V);
+        Vec<V> a = Vec<V>::load(in<E>(p.a) + i * V);
+        const Vec<V> b = Vec<V>::load(in<E>(p.b) + i * V);
 #pragma unroll
         for (int j = 0; j < V; ++j) a.v[j] += b.v[j];
-        a.store(p.out + i * V);
+        a.store(out_ptr<E>(p.out) + i * V);
     }
 }
 
@@ -61,23 +75,23 @@ static __device__ __forceinline__ void add_channel(const LcmEltwiseParams& p) {
     }
 }
 
-template <int V>
+template <int V, typename E = __half>
 static __device__ __forceinline__ void scale(const LcmEltwiseParams& p) {
     LCM_GRID_STRIDE(i, p.n / V) {
-        Vec<V> a = Vec<V>::load(p.a + i * V);
+        Vec<V> a = Vec<V>::load(in<E>(p.a) + i * V);
 #pragma unroll
         for (int j = 0; j < V; ++j) a.v[j] = a.v[j] * p.mul + p.add;
-        a.store(p.out + i * V);
+        a.store(out_ptr<E>(p.out) + i * V);
     }
 }
 
-template <int V>
+template <int V, typename E = __half>
 static __device__ __forceinline__ void activation(const LcmEltwiseParams& p) {
     LCM_GRID_STRIDE(i, p.n / V) {
-        Vec<V> a = Vec<V>::load(p.a + i * V);
+        Vec<V> a = Vec<V>::load(in<E>(p.a) + i * V);
 #pragma unroll
         for (int j = 0; j < V; ++j) a.v[j] = activate(a.v[j], p.act);
-        a.store(p.out + i * V);
+        a.store(out_ptr<E>(p.out) + i * V);
     }
 }
 
@@ -96,10 +110,10 @@ static __device__ __forceinline__ void geglu(const LcmEltwiseParams& p) {
     }
 }
 
-template <int V>
-static __device__ __forceinline__ void copy_vec(__half* dst, const __half* src) {
-    if constexpr (V == 8) {
-        *reinterpret_cast<dev::Half8*>(dst) = *reinterpret_cast<const dev::Half8*>(src);
+template <int V, typename E>
+static __device__ __forceinline__ void copy_vec(E* dst, const E* src) {
+    if constexpr (V * sizeof(E) == 16) {
+        *reinterpret_cast<float4*>(dst) = *reinterpret_cast<const float4*>(src);
     } else {
 #pragma unroll
         for (int j = 0; j < V; ++j) dst[j] = src[j];
@@ -118,7 +132,7 @@ static __device__ __forceinline__ void concat(const LcmConcatParams& p) {
     }
 }
 
-template <int V>
+template <int V, typename E = __half>
 static __device__ __forceinline__ void upsample(const LcmUpsampleParams& p) {
     const unsigned long long total = (unsigned long long)p.batch * p.ho * p.wo * p.c;
     LCM_GRID_STRIDE(i, total / V) {
@@ -132,7 +146,7 @@ static __device__ __forceinline__ void upsample(const LcmUpsampleParams& p) {
         // torch's nearest: floor(dst · (in/out)) in f32, clamped.
         const int iy = min((int)floorf((float)oy * p.scale_h), p.h - 1);
         const int ix = min((int)floorf((float)ox * p.scale_w), p.w - 1);
-        copy_vec<V>(p.out + e, p.x + (((long long)b * p.h + iy) * p.w + ix) * p.c + c);
+        copy_vec<V>(out_ptr<E>(p.out) + e, in<E>(p.x) + (((long long)b * p.h + iy) * p.w + ix) * p.c + c);
     }
 }
 
@@ -210,6 +224,17 @@ LCM_ELT(upsample_nearest, upsample, LcmUpsampleParams)
 LCM_ELT(embed, embed, LcmEmbedParams)
 #undef LCM_ELT
 
+// The f32 forms (VAEs decoded in f32): `_v4` moves 16 bytes, `_v1` one element.
+#define LCM_ELT_F32(name, fn, P)                                                                                 \
+    extern "C" __global__ void name##_v4_f32(const __grid_constant__ P p) { lcm::elt::fn<4, float>(p); } \
+    extern "C" __global__ void name##_v1_f32(const __grid_constant__ P p) { lcm::elt::fn<1, float>(p); }
+LCM_ELT_F32(add, add, LcmEltwiseParams)
+LCM_ELT_F32(scale, scale, LcmEltwiseParams)
+LCM_ELT_F32(activation, activation, LcmEltwiseParams)
+LCM_ELT_F32(upsample_nearest, upsample, LcmUpsampleParams)
+#undef LCM_ELT_F32
+
 extern "C" __global__ void timestep_embed_f16(const __grid_constant__ LcmTimestepParams p) { lcm::elt::timestep(p); }
 extern "C" __global__ void cast_f32_f16(const __grid_constant__ LcmCastParams p) { lcm::elt::cast<float, __half>(p); }
 extern "C" __global__ void cast_f16_f32(const __grid_constant__ LcmCastParams p) { lcm::elt::cast<__half, float>(p); }
+extern "C" __global__ void cast_f32_f32(const __grid_constant__ LcmCastParams p) { lcm::elt::cast<float, float>(p); }

@@ -17,14 +17,14 @@
 namespace lcm {
 namespace norm {
 
-template <int V>
+template <typename E, int V>
 static __device__ __forceinline__ void group_norm_stats(const LcmGroupNormParams& p) {
     float* sm = reinterpret_cast<float*>(dev::dynamic_smem());
     const int C = p.c, cols = C / V, rows = blockDim.x / cols;
     const int tid = threadIdx.x, col = tid % cols, row = tid / cols;
     const int b = blockIdx.y, chunk = blockIdx.x;
     const int p0 = chunk * p.chunk_pixels, p1 = min(p.hw, p0 + p.chunk_pixels), np = p1 - p0;
-    const __half* xb = p.x + (long long)b * p.hw * C;
+    const E* xb = reinterpret_cast<const E*>(p.x) + (long long)b * p.hw * C;
     float* S1 = sm;               // [rows][C]
     float* S2 = sm + rows * C;    // [rows][C]
     float* MC = sm + 2 * rows * C;  // [C] per-channel mean of the chunk
@@ -57,7 +57,7 @@ static __device__ __forceinline__ void group_norm_stats(const LcmGroupNormParams
             a += S1[r * C + c];
             q += S2[r * C + c];
         }
-        const float sh = __half2float(xb[(long long)p0 * C + c]);
+        const float sh = dev::to_f32(xb[(long long)p0 * C + c]);
         MC[c] = sh + a * inv_np;
         QC[c] = fmaxf(q - a * a * inv_np, 0.0f);
     }
@@ -119,8 +119,12 @@ static __device__ __forceinline__ void group_norm_finalize(const LcmGroupNormPar
     }
 }
 
-template <int V>
+template <typename E, int V>
 static __device__ __forceinline__ void group_norm_apply(const LcmGroupNormParams& p) {
+    const E* x = reinterpret_cast<const E*>(p.x);
+    const E* gamma = reinterpret_cast<const E*>(p.gamma);
+    const E* beta = reinterpret_cast<const E*>(p.beta);
+    E* out = reinterpret_cast<E*>(p.out);
     const int C = p.c, cols = C / V, rows = blockDim.x / cols;
     const int tid = threadIdx.x, col = tid % cols, row = tid / cols;
     const int b = blockIdx.y, chunk = blockIdx.x;
@@ -131,19 +135,19 @@ static __device__ __forceinline__ void group_norm_apply(const LcmGroupNormParams
     for (int j = 0; j < V; ++j) {
         const int c = col * V + j, g = c / cpg;
         const float mean = p.stats[(b * p.groups + g) * 2], rstd = p.stats[(b * p.groups + g) * 2 + 1];
-        sc[j] = __half2float(p.gamma[c]) * rstd;
-        sh[j] = __half2float(p.beta[c]) - mean * sc[j];
+        sc[j] = dev::to_f32(gamma[c]) * rstd;
+        sh[j] = dev::to_f32(beta[c]) - mean * sc[j];
     }
     const long long base = (long long)b * p.hw * C + col * V;
     for (int px = p0 + row; px < p1; px += rows) {
         float v[V];
-        dev::load_vec<V>(p.x + base + (long long)px * C, v);
+        dev::load_vec<V>(x + base + (long long)px * C, v);
 #pragma unroll
         for (int j = 0; j < V; ++j) {
             const float y = v[j] * sc[j] + sh[j];
             v[j] = p.silu ? dev::silu(y) : y;
         }
-        dev::store_vec<V>(p.out + base + (long long)px * C, v);
+        dev::store_vec<V>(out + base + (long long)px * C, v);
     }
 }
 
@@ -187,21 +191,22 @@ static __device__ __forceinline__ void layer_norm(const LcmLayerNormParams& p) {
 }  // namespace norm
 }  // namespace lcm
 
-// `_v8`: C % 8 == 0 (16-byte accesses); `_v1`: any C. Launch shapes in src/cuda/launch.rs.
-extern "C" __global__ void group_norm_stats_v8_f16(const __grid_constant__ LcmGroupNormParams p) {
-    lcm::norm::group_norm_stats<8>(p);
-}
-extern "C" __global__ void group_norm_stats_v1_f16(const __grid_constant__ LcmGroupNormParams p) {
-    lcm::norm::group_norm_stats<1>(p);
-}
+// `_v8` (f16) / `_v4` (f32): C a multiple of the 16-byte vector; `_v1`: any C. The f32 forms (x, gamma,
+// beta, out as float) serve VAEs decoded in f32. Launch shapes in src/cuda/launch/norm.rs.
+#define LCM_GROUP_NORM(suffix, E, V)                                                                       \
+    extern "C" __global__ void group_norm_stats_##suffix(const __grid_constant__ LcmGroupNormParams p) { \
+        lcm::norm::group_norm_stats<E, V>(p);                                                            \
+    }                                                                                                    \
+    extern "C" __global__ void group_norm_apply_##suffix(const __grid_constant__ LcmGroupNormParams p) { \
+        lcm::norm::group_norm_apply<E, V>(p);                                                            \
+    }
+LCM_GROUP_NORM(v8_f16, __half, 8)
+LCM_GROUP_NORM(v1_f16, __half, 1)
+LCM_GROUP_NORM(v4_f32, float, 4)
+LCM_GROUP_NORM(v1_f32, float, 1)
+#undef LCM_GROUP_NORM
 extern "C" __global__ void group_norm_finalize(const __grid_constant__ LcmGroupNormParams p) {
     lcm::norm::group_norm_finalize(p);
-}
-extern "C" __global__ void group_norm_apply_v8_f16(const __grid_constant__ LcmGroupNormParams p) {
-    lcm::norm::group_norm_apply<8>(p);
-}
-extern "C" __global__ void group_norm_apply_v1_f16(const __grid_constant__ LcmGroupNormParams p) {
-    lcm::norm::group_norm_apply<1>(p);
 }
 extern "C" __global__ void __launch_bounds__(128) layer_norm_v8_f16(const __grid_constant__ LcmLayerNormParams p) {
     lcm::norm::layer_norm<8>(p);

@@ -203,6 +203,14 @@ def table(cfg, steps, lcm, lcm_lora, peers):
             f"lcm + unmerged LoRA rank {rank}: unet_step {lcm_lora['unet_step']:.2f} ms ({100 * extra:+.0f}% over "
             f"merged), end_to_end {lcm_lora['end_to_end']:.2f} ms"
         )
+        if "lora_swap" in lcm_lora:
+            # Issue 10: a swap must cost less than one UNet step. lora_swap loads a prepared LoRA (one
+            # device copy, Pipeline::use_loras); lora_set fills the buffers from the host (set_loras).
+            lines.append(
+                f"LoRA swap rank {rank}: prepared {lcm_lora['lora_swap']:.3f} ms "
+                f"({lcm_lora['lora_swap'] / lcm_lora['unet_step']:.3f} of a UNet step), from the host "
+                f"{lcm_lora['lora_set']:.2f} ms ({lcm_lora['lora_set'] / lcm_lora['unet_step']:.2f} of a step)"
+            )
     return "\n".join(lines)
 
 

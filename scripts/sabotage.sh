@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Breaks the kernels on purpose, one way at a time, and checks that the emulated GPU tests catch each
-# break (the emulation issue's sabotage list; results in docs/kernels.md). Works in a throwaway git
+# break (the emulation issue's sabotage list, and the f32 VAE path's; results in docs/kernels.md). Works in a throwaway git
 # worktree of HEAD, so the checkout is never touched (commit what you want tested first); builds with
 # LCM_EMULATOR_ONLY=1 (no nvcc compiles) into target/sabotage. Prints one line per sabotage: CAUGHT with
 # the first failure the tests reported, or MISSED. Exits 1 if any was missed.
@@ -62,7 +62,7 @@ sabotage softmax-rescale kernels/attention.cu \
     'const float alpha = exp2f(mrow[r] - m_use);' 'const float alpha = exp2f(0.5f * (mrow[r] - m_use));' \
     gpu_kernels attention_matches_cpu
 sabotage smem-one-row-short src/cuda/launch.rs \
-    'GEMM_STAGES * (bm + bn) * GEMM_BK_PADDED * 2' '(GEMM_STAGES * (bm + bn) - 1) * GEMM_BK_PADDED * 2' \
+    'GEMM_STAGES * (bm + bn) * GEMM_ROW_BYTES' '(GEMM_STAGES * (bm + bn) - 1) * GEMM_ROW_BYTES' \
     gpu_kernels smoke_every_family linear_matches_cpu
 sabotage group-norm-last-pixel kernels/norm.cu \
     'for (int px = p0 + row; px < p1; px += rows) {
@@ -71,4 +71,14 @@ sabotage group-norm-last-pixel kernels/norm.cu \
         float v[V];
         dev::load_vec<V>(xb' \
     gpu_kernels group_norm_matches_cpu
+# The f32 (force_upcast VAE) instantiations: P handed to P·V in the wrong key order, and a tf32 k-step
+# that skips half of each 16-byte chunk.
+sabotage tf32-attention-p-order kernels/attention.cu \
+    'dev::to_tf32(dev::f32_bits(s[0][2])),
+                               dev::to_tf32(dev::f32_bits(s[0][1]))' 'dev::to_tf32(dev::f32_bits(s[0][1])),
+                               dev::to_tf32(dev::f32_bits(s[0][2]))' \
+    gpu_kernels smoke_every_family f32_activations_match_cpu
+sabotage tf32-gemm-k-step kernels/gemm.cu \
+    'static constexpr int KSTEP = 2 * kVec;' 'static constexpr int KSTEP = 2 * kVec * (sizeof(E) == 4 ? 2 : 1);' \
+    gpu_kernels smoke_every_family f32_activations_match_cpu
 exit $missed

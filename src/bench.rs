@@ -18,7 +18,8 @@ use lcm_models::{
     sd15, sdxl, AddedCond, ClipConfig, ClipTextModel, LoadOptions, Unet, UnetConfig, Vae, VaeConfig, VaeParts,
     VaeTiling, Variant,
 };
-use lora::{BenchBackend, LoraSummary};
+use lcm_pipeline::load::upcast_vae_backend;
+use lora::{BenchBackend, LoraSummary, LoraSwaps};
 use serde_json::json;
 
 /// The synthetic model family `lcm bench` builds when no folder is given.
@@ -95,7 +96,7 @@ pub struct BenchReport {
     pub config: BenchConfig,
     pub model: String,
     /// text_encoder, vae_encode (img2img only), unet (all steps), unet_step (one step), vae_decode,
-    /// end_to_end, taesd_decode
+    /// end_to_end, taesd_decode; with `lora_rank`, lora_swap and lora_set (see `lora`)
     pub stages: Vec<Stage>,
     pub lora: Option<LoraSummary>,
     pub vae_arena: VaeArena,
@@ -107,6 +108,8 @@ pub struct VaeArena {
     pub bytes: usize,
     pub shapes: usize,
     pub tiling: Option<VaeTiling>,
+    /// Decoded with f32 activations on a backend whose own are f16 (`force_upcast`, as the pipeline).
+    pub upcast: bool,
 }
 
 struct Models<B: Backend> {
@@ -115,6 +118,8 @@ struct Models<B: Backend> {
     clip_2: Option<ClipTextModel<B>>,
     unet: Unet<B>,
     vae: Vae<B>,
+    /// The VAE's backend when it is upcast to f32 as the pipeline would (`upcast_vae_backend`).
+    vae_backend: Option<B>,
     /// TAESD at its released widths with seeded random weights, timed beside the full VAE.
     taesd: Vae<B>,
 }
@@ -142,9 +147,13 @@ fn load<B: Backend>(
             let clip_2 = if two { Some(te("text_encoder_2")?) } else { None };
             let unet = Unet::load(backend, &dir.join("unet"), opts())?;
             let parts = if encoder { VaeParts::Both } else { VaeParts::Decoder };
-            let vae = Vae::load(backend, &dir.join("vae"), parts, opts())?;
+            let vae_dir = dir.join("vae");
+            let vae_cfg = VaeConfig::from_file(&lcm_models::loader::component_config(&vae_dir)?)?;
+            let vae_backend = upcast_vae_backend(backend, two, &vae_cfg);
+            let vae_be = vae_backend.as_ref().unwrap_or(backend);
+            let vae = Vae::load_with_config(vae_be, &vae_dir, vae_cfg, parts, opts())?;
             let taesd = synthetic_taesd(backend, seed)?;
-            Ok((Models { clip, clip_2, unet, vae, taesd }, dir.display().to_string()))
+            Ok((Models { clip, clip_2, unet, vae, vae_backend, taesd }, dir.display().to_string()))
         }
         None => {
             let origin = Path::new("synthetic");
@@ -169,12 +178,16 @@ fn load<B: Backend>(
             let clip = clip_model(te)?;
             let clip_2 = te2.map(&mut clip_model).transpose()?;
             let unet = Unet::from_source(backend, UnetConfig::from_json(origin, unet)?, origin, &mut src)?;
-            let mut vae = Vae::from_source(backend, VaeConfig::from_json(origin, vae)?, origin, &mut src)?;
+            let vae_cfg = VaeConfig::from_json(origin, vae)?;
+            let vae_backend = upcast_vae_backend(backend, two, &vae_cfg);
+            let vae_be = vae_backend.as_ref().unwrap_or(backend);
+            let mut vae = Vae::from_source(vae_be, vae_cfg, origin, &mut src)?;
             if encoder {
-                vae.encoder_from_source(backend, origin, &mut src)?;
+                vae.encoder_from_source(vae_be, origin, &mut src)?;
             }
             let taesd = synthetic_taesd(backend, seed)?;
-            Ok((Models { clip, clip_2, unet, vae, taesd }, format!("synthetic {} (seed {seed})", arch.name())))
+            let name = format!("synthetic {} (seed {seed})", arch.name());
+            Ok((Models { clip, clip_2, unet, vae, vae_backend, taesd }, name))
         }
     }
 }
@@ -209,9 +222,12 @@ pub fn run<B: BenchBackend>(
     log: &mut dyn FnMut(&str),
 ) -> Result<BenchReport> {
     let (mut m, model) = load(backend, cfg.model.as_deref(), cfg.arch, variant, cfg.seed, cfg.strength.is_some())?;
-    let lora = match cfg.lora_rank {
-        Some(rank) => Some(backend.attach_unmerged_lora(&mut m.unet, rank, cfg.seed)?),
-        None => None,
+    let (lora, swaps) = match cfg.lora_rank {
+        Some(rank) => {
+            let (summary, swaps) = backend.attach_unmerged_lora(&mut m.unet, rank, cfg.seed)?;
+            (Some(summary), Some(swaps))
+        }
+        None => (None, None),
     };
     let tiling = cfg.vae_tiling.map(|px| VaeTiling::new(&m.vae.config, px)).transpose()?;
     let scale = m.vae.config.downscale();
@@ -267,9 +283,10 @@ pub fn run<B: BenchBackend>(
         let pooled = pooled.map(|p| Tensor::new(vec![b, p.shape[1]], p.data.repeat(b)));
         let added = pooled.as_ref().map(|text_embeds| AddedCond { text_embeds, time_ids: &time_ids });
         let te = Instant::now();
+        let vae_be = m.vae_backend.as_ref().unwrap_or(backend);
         if let Some(img) = &image {
             for _ in 0..b {
-                m.vae.encode_moments(backend, img)?;
+                m.vae.encode_moments(vae_be, img)?;
             }
         }
         let t_enc = te.elapsed();
@@ -282,8 +299,8 @@ pub fn run<B: BenchBackend>(
         }
         let tv = Instant::now();
         match tiling {
-            Some(t) => m.vae.decode_tiled(backend, &x, t)?,
-            None => m.vae.decode(backend, &x)?,
+            Some(t) => m.vae.decode_tiled(vae_be, &x, t)?,
+            None => m.vae.decode(vae_be, &x)?,
         };
         let t_vae = tv.elapsed();
         let total = t0.elapsed();
@@ -304,13 +321,47 @@ pub fn run<B: BenchBackend>(
             log(&format!("warm-up {}/{}: {:.1} ms", rep + 1, cfg.warmup, total.as_secs_f64() * 1e3));
         }
     }
+    if let Some(swaps) = &swaps {
+        stages.extend(time_lora_swaps(backend, &m.unet, swaps, cfg)?);
+    }
     if image.is_none() {
         stages.remove(1); // no vae_encode without img2img
     }
     // Every decoder arena stays allocated (one per tile shape): their sum is the decode's memory.
     let arenas = m.vae.decoder_runner().arenas();
-    let vae_arena = VaeArena { bytes: arenas.iter().map(|(_, b)| b).sum(), shapes: arenas.len(), tiling };
+    let (bytes, shapes, upcast) = (arenas.iter().map(|(_, b)| b).sum(), arenas.len(), m.vae_backend.is_some());
+    let vae_arena = VaeArena { bytes, shapes, tiling, upcast };
     Ok(BenchReport { device: backend.name().to_string(), config: cfg.clone(), model, stages, lora, vae_arena })
+}
+
+/// The two ways to swap the UNet's unmerged LoRA, each timed to completion on the device: `lora_swap`
+/// loads a prepared LoRA (one device copy; A and B alternate), `lora_set` converts LoRA B's factors on
+/// the host and uploads them buffer by buffer.
+fn time_lora_swaps<B: BenchBackend>(
+    backend: &B,
+    unet: &Unet<B>,
+    swaps: &LoraSwaps<B>,
+    cfg: &BenchConfig,
+) -> Result<[Stage; 2]> {
+    let weights = &unet.runner().weights;
+    let mut prepared = Stage { name: "lora_swap", macs: 0, samples: vec![] };
+    let mut from_host = Stage { name: "lora_set", macs: 0, samples: vec![] };
+    for rep in 0..cfg.warmup + cfg.repeat {
+        let t = Instant::now();
+        backend.load_lora_image(&swaps.images[rep % 2])?;
+        backend.sync()?;
+        let t_prepared = t.elapsed();
+        let t = Instant::now();
+        for (i, delta) in &swaps.host {
+            backend.set_lora(&weights.weights[*i], &weights.specs[*i], Some(delta))?;
+        }
+        backend.sync()?;
+        if rep >= cfg.warmup {
+            prepared.samples.push(t_prepared);
+            from_host.samples.push(t.elapsed());
+        }
+    }
+    Ok([prepared, from_host])
 }
 
 impl BenchReport {
@@ -344,9 +395,13 @@ impl BenchReport {
         s += &format!("{:<13} {:>11} {:>11} {:>11} {:>12}\n", "stage", "median ms", "min ms", "max ms", "TFLOP/s");
         for st in &self.stages {
             let ms = |d: Duration| d.as_secs_f64() * 1e3;
-            let tflops = 2.0 * st.macs as f64 / st.median().as_secs_f64().max(1e-12) / 1e12;
+            // Stages that are copies, not arithmetic (the LoRA swaps), have no throughput.
+            let tflops = match st.macs {
+                0 => "-".to_string(),
+                macs => format!("{:.3}", 2.0 * macs as f64 / st.median().as_secs_f64().max(1e-12) / 1e12),
+            };
             s += &format!(
-                "{:<13} {:>11.2} {:>11.2} {:>11.2} {:>12.3}\n",
+                "{:<13} {:>11.2} {:>11.2} {:>11.2} {:>12}\n",
                 st.name,
                 ms(st.median()),
                 ms(st.min()),
@@ -357,10 +412,11 @@ impl BenchReport {
         let a = &self.vae_arena;
         let tiles = a.tiling.map_or("untiled".to_string(), |t| format!("{} px tiles", t.tile));
         s += &format!(
-            "vae decode arena: {:.1} MiB ({tiles}, {} shape{})\n",
+            "vae decode arena: {:.1} MiB ({tiles}, {} shape{}{})\n",
             a.bytes as f64 / (1 << 20) as f64,
             a.shapes,
-            if a.shapes == 1 { "" } else { "s" }
+            if a.shapes == 1 { "" } else { "s" },
+            if a.upcast { ", f32 activations: force_upcast" } else { "" }
         );
         s
     }
@@ -377,6 +433,7 @@ impl BenchReport {
             "lora_params": self.lora.map(|l| l.params),
             "vae_tile": self.vae_arena.tiling.map(|t| t.tile),
             "vae_arena_bytes": self.vae_arena.bytes,
+            "vae_f32": self.vae_arena.upcast,
             "stages": self.stages.iter().map(|st| json!({
                 "name": st.name, "macs": st.macs,
                 "median_ms": st.median().as_secs_f64() * 1e3,

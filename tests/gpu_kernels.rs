@@ -6,8 +6,8 @@
 
 mod gpu_util;
 
-use gpu_util::{check, fit, run_gpu_tests, Pair, Rng, EMULATED_ELEMENTS, EMULATED_MACS};
-use lcm::cuda::CudaBackend;
+use gpu_util::{check, fail_case, fit, run_gpu_tests, Input, Pair, Rng, EMULATED_ELEMENTS, EMULATED_MACS};
+use lcm::cuda::{CudaBackend, Precision};
 use lcm_core::{Activation, Elem, Graph, GraphBuilder, WeightKind};
 
 fn graph(f: impl FnOnce(&mut GraphBuilder) -> usize) -> Graph {
@@ -159,41 +159,52 @@ const ATTN_CASES: &[AttnCase] = &[
     (2, 129, 129, 2, 96, false, "hd96 padded to 128"),
 ];
 
+fn attention_graph(c: &AttnCase) -> Graph {
+    let &(batch, n_q, n_kv, heads, d, causal, _) = c;
+    // Self-attention shrinks queries and keys together; cross-attention keeps its 77 keys.
+    let self_attn = n_q == n_kv;
+    let macs = |[q]: [usize; 1]| (2 * batch * heads * d * q * if self_attn { q } else { n_kv }) as u64;
+    let [n_q] = fit([n_q], [1], EMULATED_MACS, macs);
+    let n_kv = if self_attn { n_q } else { n_kv };
+    graph(|b| {
+        let q = b.input(&[batch, n_q, heads * d], Elem::Act);
+        let k = b.input(&[batch, n_kv, heads * d], Elem::Act);
+        let v = b.input(&[batch, n_kv, heads * d], Elem::Act);
+        b.attention(q, k, v, heads, causal)
+    })
+}
+
 fn attention_matches_cpu(be: CudaBackend) {
-    for (i, &(batch, n_q, n_kv, heads, d, causal, tag)) in ATTN_CASES.iter().enumerate() {
-        // Self-attention shrinks queries and keys together; cross-attention keeps its 77 keys.
-        let self_attn = n_q == n_kv;
-        let macs = |[q]: [usize; 1]| (2 * batch * heads * d * q * if self_attn { q } else { n_kv }) as u64;
-        let [n_q] = fit([n_q], [1], EMULATED_MACS, macs);
-        let n_kv = if self_attn { n_q } else { n_kv };
-        let g = graph(|b| {
-            let q = b.input(&[batch, n_q, heads * d], Elem::Act);
-            let k = b.input(&[batch, n_kv, heads * d], Elem::Act);
-            let v = b.input(&[batch, n_kv, heads * d], Elem::Act);
-            b.attention(q, k, v, heads, causal)
-        });
-        check(&be, g, 300 + i as u64, tag);
+    for (i, c) in ATTN_CASES.iter().enumerate() {
+        check(&be, attention_graph(c), 300 + i as u64, c.6);
     }
 }
 
+/// (shape, groups, silu, tag)
+type GroupNormCase = ([usize; 4], usize, bool, &'static str);
+
+const GROUP_NORM_CASES: &[GroupNormCase] = &[
+    ([1, 64, 64, 320], 32, true, "unet 64x64"),
+    ([1, 32, 32, 640], 32, true, "unet 32x32"),
+    ([1, 16, 16, 1280], 32, false, "unet 16x16 (transformer norm)"),
+    ([1, 8, 8, 2560], 32, true, "unet up 0 (2560)"),
+    ([1, 16, 16, 1920], 32, true, "unet up 1 (1920)"),
+    ([1, 64, 64, 960], 32, true, "unet up 3 (960)"),
+    ([2, 64, 64, 320], 32, true, "batch 2"),
+    ([1, 128, 128, 512], 32, true, "vae 128x128"),
+    ([1, 256, 256, 256], 32, true, "vae 256x256"),
+    ([1, 512, 512, 128], 32, true, "vae 512x512 (4 channels a group)"),
+    ([2, 5, 7, 12], 4, true, "awkward: 12 channels (scalar path)"),
+    ([1, 1, 1, 64], 32, false, "one pixel"),
+    ([1, 3, 1, 40], 8, true, "5 channels a group straddling vectors"),
+];
+
 fn group_norm_matches_cpu(be: CudaBackend) {
-    // (shape, groups, silu, tag)
-    let cases: &[([usize; 4], usize, bool, &str)] = &[
-        ([1, 64, 64, 320], 32, true, "unet 64x64"),
-        ([1, 32, 32, 640], 32, true, "unet 32x32"),
-        ([1, 16, 16, 1280], 32, false, "unet 16x16 (transformer norm)"),
-        ([1, 8, 8, 2560], 32, true, "unet up 0 (2560)"),
-        ([1, 16, 16, 1920], 32, true, "unet up 1 (1920)"),
-        ([1, 64, 64, 960], 32, true, "unet up 3 (960)"),
-        ([2, 64, 64, 320], 32, true, "batch 2"),
-        ([1, 128, 128, 512], 32, true, "vae 128x128"),
-        ([1, 256, 256, 256], 32, true, "vae 256x256"),
-        ([1, 512, 512, 128], 32, true, "vae 512x512 (4 channels a group)"),
-        ([2, 5, 7, 12], 4, true, "awkward: 12 channels (scalar path)"),
-        ([1, 1, 1, 64], 32, false, "one pixel"),
-        ([1, 3, 1, 40], 8, true, "5 channels a group straddling vectors"),
-    ];
-    for (i, &(shape, groups, silu, tag)) in cases.iter().enumerate() {
+    group_norm_cases(&be, GROUP_NORM_CASES.iter());
+}
+
+fn group_norm_cases<'a>(be: &CudaBackend, cases: impl Iterator<Item = &'a GroupNormCase>) {
+    for (i, &(shape, groups, silu, tag)) in cases.enumerate() {
         let [b, h, w, c] = shape;
         let [h, w] = fit([h, w], [1, 1], EMULATED_ELEMENTS, |[h, w]| (b * h * w * c) as u64);
         let shape = [b, h, w, c];
@@ -201,7 +212,7 @@ fn group_norm_matches_cpu(be: CudaBackend) {
             let x = b.input(&shape, Elem::Act);
             b.group_norm("gn", x, groups, 1e-5, silu)
         });
-        check(&be, g, 400 + i as u64, tag);
+        check(be, g, 400 + i as u64, tag);
     }
 }
 
@@ -464,12 +475,71 @@ fn lora_conv_unmerged_and_merged_match_cpu(be: CudaBackend) {
     lora_case(&be, g, 40, 40 * 9, 4, 911, "conv stride 2 rank 4");
 }
 
+/// The f32-activation kernels (a `force_upcast` VAE, decoded in f32 as diffusers' SDXL pipelines do)
+/// against the CPU at the VAE's shapes and the awkward ones: conv and linear on tf32 tensor cores, the
+/// wide attention, GroupNorm, and the element-wise ops a VAE runs. `check` fails any case that launches
+/// an f16 kernel on this backend.
+fn f32_activations_match_cpu(be: CudaBackend) {
+    let be = be.with_precision(Precision::F32);
+    let not_unet = |tag: &str| !tag.starts_with("unet") && !tag.starts_with("clip");
+    for (i, c) in CONV_CASES.iter().enumerate().filter(|(_, c)| not_unet(c.9)) {
+        check(&be, conv_graph(c), 700 + i as u64, &format!("f32 conv: {}", c.9));
+    }
+    for (i, c) in LINEAR_CASES.iter().enumerate().filter(|(_, c)| not_unet(c.6) && !c.5) {
+        check(&be, linear_graph(c), 750 + i as u64, &format!("f32 linear: {}", c.6));
+    }
+    for (i, c) in ATTN_CASES.iter().enumerate().filter(|(_, c)| not_unet(c.6) && !c.5) {
+        check(&be, attention_graph(c), 780 + i as u64, &format!("f32 attention: {}", c.6));
+    }
+    group_norm_cases(&be, GROUP_NORM_CASES.iter().filter(|c| not_unet(c.3)));
+    for (shape, tag) in [([1, 128, 128, 128], "vae"), ([2, 3, 5, 7], "awkward")] {
+        let [n, h, w, c] = shape;
+        let [h, w] = fit([h, w], [1, 1], EMULATED_ELEMENTS, |[h, w]| (n * h * w * c) as u64);
+        let g = graph(|b| {
+            let x = b.input(&[n, h, w, c], Elem::F32);
+            let x = b.cast(x, Elem::Act, 1, 0.13025, 0.1);
+            let y = b.activation(x, Activation::Silu);
+            let y = b.add(x, y);
+            let y = b.scale(y, 0.5, 0.25);
+            let y = b.activation(y, Activation::TanhClamp);
+            b.upsample(y, 2 * h + 1, 2 * w)
+        });
+        check(&be, g, 799, &format!("f32 cast, SiLU, add, scale, tanh clamp, upsample: {tag}"));
+    }
+}
+
+/// Why the f32 path exists: activations past f16's range (65504), as SDXL's VAE produces, are inf in
+/// f16 and a GroupNorm turns them into NaN; with f32 activations the same graph matches the CPU.
+fn f32_activations_hold_values_past_f16_range(be: CudaBackend) {
+    let g = graph(|b| {
+        let x = b.input(&[1, 8, 8, 64], Elem::F32);
+        let x = b.cast(x, Elem::Act, 1, 1.0, 0.0);
+        let x = b.conv2d("conv", x, 64, 3, 1, [1; 4], true);
+        let x = b.scale(x, 1.0e5, 0.0); // the conv's O(1) outputs to ~1e5
+        let x = b.group_norm("gn", x, 32, 1e-6, true);
+        b.conv2d("conv_out", x, 3, 3, 1, [1; 4], true)
+    });
+    let x = Input::F32(Rng::new(801).vec(8 * 8 * 64, 1.0));
+    let d16 = Pair::new(&be, g.clone(), &mut Rng::new(802)).run(std::slice::from_ref(&x))[0];
+    println!("past f16 range, f16 activations: {d16}");
+    if d16.ok() {
+        fail_case(format!("past f16 range: f16 activations gave {d16}: this case no longer overflows f16"));
+    }
+    let full = be.with_precision(Precision::F32);
+    let mut pair = Pair::new(&full, g, &mut Rng::new(802));
+    let d32 = pair.run(&[x])[0];
+    println!("past f16 range, f32 activations: {d32}");
+    if !d32.ok() {
+        fail_case(format!("past f16 range: f32 activations: {d32}; kernels: {}", pair.kernels()));
+    }
+}
+
 /// One small launch of every kernel family against the CPU (the start-up self-check's graphs, here with
 /// every failing case listed): the first thing a device check runs, a minute at most.
 fn smoke_every_family(be: CudaBackend) {
-    for (i, (tag, g)) in lcm::cuda::self_check::families().expect("the self-check graphs build").into_iter().enumerate()
-    {
-        check(&be, g, 50 + i as u64, tag);
+    let families = lcm::cuda::self_check::families().expect("the self-check graphs build");
+    for (i, f) in families.into_iter().enumerate() {
+        check(&be.with_precision(f.precision), f.graph, 50 + i as u64, f.name);
     }
     let g = graph(|b| {
         let x = b.input(&[1, 20, 24], Elem::Act);
@@ -494,6 +564,8 @@ fn main() -> std::process::ExitCode {
             ("bad_token_id_is_an_error_not_a_crash", bad_token_id_is_an_error_not_a_crash),
             ("lora_linear_unmerged_and_merged_match_cpu", lora_linear_unmerged_and_merged_match_cpu),
             ("lora_conv_unmerged_and_merged_match_cpu", lora_conv_unmerged_and_merged_match_cpu),
+            ("f32_activations_match_cpu", f32_activations_match_cpu),
+            ("f32_activations_hold_values_past_f16_range", f32_activations_hold_values_past_f16_range),
         ],
     )
 }

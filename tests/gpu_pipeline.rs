@@ -139,7 +139,7 @@ fn unmerged_lora_on_the_unet_matches_merged_on_cpu(be: CudaBackend) {
     let rec = record("unet.safetensors");
     let dir = fixtures().join("tiny-sd/unet");
     let mut g = Unet::load(&be, &dir, LoadOptions::default()).expect("load UNet on CUDA");
-    let summary = be.attach_unmerged_lora(&mut g, rank, seed).expect("attach the unmerged LoRA");
+    let (summary, _) = be.attach_unmerged_lora(&mut g, rank, seed).expect("attach the unmerged LoRA");
     // The same factors merged into the CPU's weights as they load.
     let specs = g.runner().weights.specs.clone();
     let mut deltas = HashMap::new();
@@ -329,6 +329,9 @@ fn compare_pipelines(be: CudaBackend, set: &str, names: &[&str]) {
         let be = gpu.take().unwrap_or_else(gpu_util::backend);
         let mut g = Pipeline::load(be, spec.clone()).unwrap_or_else(|e| panic!("{name}: load on CUDA: {e}"));
         let mut p = Pipeline::load(CpuBackend::new(), spec).unwrap_or_else(|e| panic!("{name}: load on CPU: {e}"));
+        // Every SDXL fixture's VAE says force_upcast, as SDXL's does: decoded in f32, as diffusers does.
+        assert_eq!(g.vae_upcast(), set == "sdxl", "{name}: VAE in f32 on CUDA");
+        assert!(!p.vae_upcast(), "{name}: the CPU's activations are f32 already");
         let go = g.generate(&c.req, &mut |_| {}).unwrap_or_else(|e| panic!("{name}: CUDA: {e}"));
         let co = p.generate(&c.req, &mut |_| {}).unwrap_or_else(|e| panic!("{name}: CPU: {e}"));
         assert_eq!(go.latents.shape, co.latents.shape, "{name}: latent shape");
@@ -426,6 +429,68 @@ fn runtime_lora_swaps_match_fresh_pipelines(be: CudaBackend) {
     assert_eq!(be.recordings(), recs, "a swap or a generation after it re-recorded a graph");
 }
 
+/// `lora_kohya.safetensors` with its UNet modules only, written under `dir`: a LoRA whose swap touches
+/// no merged (text-encoder) weight, so a prepared swap must make no host transfer at all.
+fn unet_only_lora(dir: &std::path::Path) -> LoraSpec {
+    let bytes = std::fs::read(fixtures().join("loras/lora_kohya.safetensors")).expect("LoRA fixture");
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+    let kept: Vec<_> = st.tensors().into_iter().filter(|(n, _)| n.starts_with("lora_unet_")).collect();
+    let path = dir.join("lora_unet_only.safetensors");
+    safetensors::serialize_to_file(kept, None, &path).expect("write the UNet-only LoRA");
+    LoraSpec { path, scale: 0.8 }
+}
+
+/// Prepared LoRA swaps (`prepare_loras` once, then `use_loras`): each swap is one device-to-device copy
+/// — no host transfer, no allocation, no re-recording for a UNet-only LoRA — and gives bit for bit what
+/// `set_loras` with the same LoRAs gives; with text-encoder LoRAs the merged part follows as in
+/// `set_loras`. A set prepared on another pipeline is refused.
+fn prepared_lora_swaps_are_one_device_copy(be: CudaBackend) {
+    let tmp = std::env::temp_dir().join(format!("lcm-prepared-lora-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).expect("temp dir");
+    let lora = |name: &str, scale: f32| LoraSpec { path: fixtures().join("loras").join(name), scale };
+    let sets: Vec<(&str, Vec<LoraSpec>)> = vec![
+        ("UNet-only", vec![unet_only_lora(&tmp)]),
+        ("two with text encoder", vec![lora("lora2_peft.safetensors", 0.7), lora("lora_peft.safetensors", 0.3)]),
+        ("none", vec![]),
+    ];
+    let spec = LoadSpec { model_dir: fixtures().join("tiny-sd"), lora_mode: LoraMode::Runtime, ..LoadSpec::default() };
+    let req =
+        Request { prompt: "a photo of a cat".into(), steps: 1, seed: 5, width: 64, height: 64, ..Request::default() };
+    let mut g = Pipeline::load(be.share(), spec.clone()).expect("load in runtime mode");
+    let prepared: Vec<_> =
+        sets.iter().map(|(what, l)| g.prepare_loras(l).unwrap_or_else(|e| panic!("prepare {what}: {e}"))).collect();
+    g.generate(&req, &mut |_| {}).expect("first generation");
+    let (allocs, recs) = (be.device_allocations(), be.recordings());
+    for ((what, loras), p) in sets.iter().zip(&prepared) {
+        let (to_dev, copies) = (be.transfers().0, be.device_copies());
+        let start = std::time::Instant::now();
+        g.use_loras(p).unwrap_or_else(|e| panic!("use {what}: {e}"));
+        be.synchronize().expect("sync");
+        let swap = start.elapsed();
+        let (d_dev, d_copies) = (be.transfers().0 - to_dev, be.device_copies() - copies);
+        let got = g.generate(&req, &mut |_| {}).unwrap_or_else(|e| panic!("after using {what}: {e}"));
+        g.set_loras(loras).unwrap_or_else(|e| panic!("set {what}: {e}"));
+        let want = g.generate(&req, &mut |_| {}).unwrap_or_else(|e| panic!("after setting {what}: {e}"));
+        println!(
+            "prepared swap to {what}: {:.2} ms, {d_copies} device copy, {d_dev} host copies",
+            swap.as_secs_f64() * 1e3
+        );
+        assert_eq!(d_copies, 1, "{what}: a prepared swap is one device copy");
+        // From the base model to a UNet-only LoRA nothing merged changes. (Leaving the text-encoder
+        // LoRAs restores those weights from the host, as set_loras does.)
+        if *what == "UNet-only" {
+            assert_eq!(d_dev, 0, "{what}: a prepared UNet-only swap copies nothing from the host");
+        }
+        assert!(got.latents.data == want.latents.data, "{what}: use_loras differs from set_loras");
+    }
+    assert_eq!(be.device_allocations(), allocs, "a swap or a generation after it allocated on the device");
+    assert_eq!(be.recordings(), recs, "a swap or a generation after it re-recorded a graph");
+    let mut other = Pipeline::load(be.share(), spec).expect("a second pipeline");
+    let e = other.use_loras(&prepared[0]).expect_err("a set prepared on another pipeline");
+    assert!(e.to_string().contains("another pipeline"), "{e}");
+    std::fs::remove_dir_all(&tmp).ok();
+}
+
 fn main() -> std::process::ExitCode {
     run_gpu_tests(
         "gpu_pipeline",
@@ -441,6 +506,7 @@ fn main() -> std::process::ExitCode {
             ("sdxl_pipeline_matches_cpu", sdxl_pipeline_matches_cpu),
             ("second_generation_copies_only_inputs_and_outputs", second_generation_copies_only_inputs_and_outputs),
             ("runtime_lora_swaps_match_fresh_pipelines", runtime_lora_swaps_match_fresh_pipelines),
+            ("prepared_lora_swaps_are_one_device_copy", prepared_lora_swaps_are_one_device_copy),
         ],
     )
 }

@@ -100,6 +100,14 @@ fn endpoints_give_lcm_generates_pixels() {
     assert!(base[0] != want[0], "the LoRA changed nothing: the comparison above proves nothing");
     assert_eq!(s.metric("lcm_lora_swaps_total"), 2.0);
 
+    // The LoRA again: the worker swaps to the set it prepared for the first batch (--lora-cache).
+    let r = s.post(
+        "/sdapi/v1/txt2img",
+        &json!({"prompt": "a boat <lora:lora_peft:0.5>", "seed": 11, "width": 64, "height": 64}).to_string(),
+    );
+    assert!(images(&r)[0].2 == want[0], "swapped back to a prepared LoRA set: pixels differ");
+    assert_eq!((s.metric("lcm_lora_swaps_total"), s.metric("lcm_lora_swaps_cached_total")), (3.0, 1.0));
+
     // A1111 img2img from a PNG: `lcm generate --image FILE --strength`.
     let dir = scratch("same-img");
     let init = dir.join("init.png");
@@ -387,6 +395,7 @@ fn metrics_probes_and_lists() {
         "lcm_stage_seconds_count{stage=\"vae_decode\"} 1",
         "lcm_stage_seconds_count{stage=\"queue\"} 1",
         "lcm_lora_swaps_total 0",
+        "lcm_lora_swaps_cached_total 0",
         "lcm_images_total 1",
         "# TYPE lcm_stage_seconds histogram",
     ] {

@@ -1,5 +1,6 @@
 // The emulated twins of the PTX helpers in lcm_device.cuh, with the ISA's semantics: cvta.to.shared,
-// cp.async (+ commit_group, wait_group), ldmatrix.x4 (+ .trans), mma.sync.m16n8k16 (f16 -> f32). The warp
+// cp.async (+ commit_group, wait_group), ldmatrix.x4 (+ .trans), mma.sync.m16n8k16 (f16 -> f32),
+// mma.sync.m16n8k8 (tf32 -> f32) and cvt.rna.tf32.f32. The warp
 // exchange and the fibers they run on are runtime.cpp's.
 #include <string.h>
 
@@ -152,6 +153,62 @@ __attribute__((target_clones("avx2", "default"))) void mma_combine(unsigned char
 void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
     const MmaSlot mine = {{a[0], a[1], a[2], a[3]}, {b0, b1}, {d[0], d[1], d[2], d[3]}};
     const unsigned char* slots = collective("mma.sync.m16n8k16", &mine, sizeof mine, mma_combine);
+    MmaSlot out;
+    memcpy(&out, slots + kSlotBytes * self().lane, sizeof out);
+    for (int r = 0; r < 4; ++r) d[r] = out.d[r];
+}
+
+// cvt.rna.tf32.f32: round to 10 mantissa bits, to nearest with ties away from zero (adding half an ulp
+// to the magnitude does exactly that, carrying into the exponent and up to infinity), low 13 bits zero.
+// NaN stays NaN; infinities are unchanged.
+uint32_t cvt_rna_tf32(uint32_t bits) {
+    if ((bits & 0x7f800000u) == 0x7f800000u) return (bits & 0x7fffffu) ? 0x7fffffffu : bits;
+    return (bits + 0x1000u) & 0xffffe000u;
+}
+
+// mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 (lane = 4g + t): A a0 = A[g][t], a1 = A[g+8][t],
+// a2 = A[g][t+4], a3 = A[g+8][t+4]; B b0 = B[t][g], b1 = B[t+4][g]; C as m16n8k16. The tensor core reads
+// only the top 19 bits of each operand: the twin masks the rest off. Products of two tf32 values are
+// exact in f32; each 8-term sum is taken in k order, then added to C.
+namespace {
+float tf32_value(uint32_t r) {
+    const uint32_t bits = r & 0xffffe000u;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+__attribute__((target_clones("avx2", "default"))) void mma_tf32_combine(unsigned char (*slots)[kSlotBytes]) {
+    float A[16][8], B[8][8], D[16][8];
+    for (unsigned lane = 0; lane < 32; ++lane) {
+        MmaSlot s;
+        memcpy(&s, slots[lane], sizeof s);
+        const unsigned g = lane / 4, t = lane % 4;
+        A[g][t] = tf32_value(s.a[0]);
+        A[g + 8][t] = tf32_value(s.a[1]);
+        A[g][t + 4] = tf32_value(s.a[2]);
+        A[g + 8][t + 4] = tf32_value(s.a[3]);
+        B[t][g] = tf32_value(s.b[0]);
+        B[t + 4][g] = tf32_value(s.b[1]);
+    }
+    for (int m = 0; m < 16; ++m) {
+        for (int n = 0; n < 8; ++n) D[m][n] = 0.0f;
+        for (int k = 0; k < 8; ++k)
+            for (int n = 0; n < 8; ++n) D[m][n] += A[m][k] * B[k][n];
+    }
+    for (unsigned lane = 0; lane < 32; ++lane) {
+        MmaSlot s;
+        memcpy(&s, slots[lane], sizeof s);
+        const unsigned g = lane / 4, t = lane % 4;
+        for (int r = 0; r < 4; ++r) s.d[r] += D[g + 8 * (r >> 1)][2 * t + (r & 1)];
+        memcpy(slots[lane], &s, sizeof s);
+    }
+}
+}  // namespace
+
+void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    const MmaSlot mine = {{a[0], a[1], a[2], a[3]}, {b0, b1}, {d[0], d[1], d[2], d[3]}};
+    const unsigned char* slots = collective("mma.sync.m16n8k8.tf32", &mine, sizeof mine, mma_tf32_combine);
     MmaSlot out;
     memcpy(&out, slots + kSlotBytes * self().lane, sizeof out);
     for (int r = 0; r < 4; ++r) d[r] = out.d[r];

@@ -57,6 +57,8 @@ void cp_async_commit();
 void cp_async_wait(int n);
 void ldmatrix_x4(uint32_t (&r)[4], const void* p, bool trans);
 void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
+void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
+uint32_t cvt_rna_tf32(uint32_t bits);
 uint32_t cvta_shared(const void* p);
 
 }  // namespace emu

@@ -1,9 +1,11 @@
 //! `lcm bench --lora-rank R`: an unmerged LoRA of rank R on every LoRA target of the UNet, through the
 //! CUDA backend's second-K-segment GEMM (docs/kernels.md, "LoRA"), so the bench shows what run-time
-//! (swappable) adapters cost per step against merged weights. The factors are seeded random numbers:
-//! only their shapes matter for the timing.
+//! (swappable) adapters cost per step against merged weights, and what a swap costs: `lora_swap` loads
+//! a prepared LoRA (one device copy, as `Pipeline::use_loras`), `lora_set` fills every buffer from the
+//! host (as `Pipeline::set_loras`). The factors are seeded random numbers: only their shapes matter for
+//! the timing.
 
-use lcm_core::{Backend, Error, Result, WeightKind, WeightSpec};
+use lcm_core::{Backend, Error, LoraDelta, Result, WeightKind, WeightSpec};
 use lcm_cpu::CpuBackend;
 use lcm_models::synthetic::random_source;
 use lcm_models::Unet;
@@ -62,11 +64,30 @@ pub fn for_each_random_lora(
     Ok(summary)
 }
 
+/// Two seeded random LoRAs of one rank prepared on the device for the UNet's LoRA buffers, and the
+/// second's deltas on the host: what the `lora_swap` stage (a prepared swap: one device copy) and the
+/// `lora_set` stage (converted and uploaded from the host, buffer by buffer) time.
+pub struct LoraSwaps<B: Backend> {
+    /// Prepared images of LoRA A (loaded first) and LoRA B.
+    pub images: [B::LoraImage; 2],
+    /// (UNet weight index, LoRA B's delta with the bench scale folded into up) for every target.
+    pub host: Vec<(usize, LoraDelta)>,
+}
+
 /// A backend `lcm bench` runs on: the unmerged LoRA is the backend's own business.
 pub trait BenchBackend: Backend + Sized {
-    /// Attaches the seeded random LoRA of [`for_each_random_lora`] to every LoRA target of `unet`,
-    /// unmerged, with [`BENCH_LORA_SCALE`].
-    fn attach_unmerged_lora(&self, unet: &mut Unet<Self>, rank: usize, seed: u64) -> Result<LoraSummary>;
+    /// Gives every LoRA target of `unet` buffers (one region) and loads the seeded random LoRA of
+    /// [`for_each_random_lora`] into them, unmerged, with [`BENCH_LORA_SCALE`]; also prepares a second
+    /// one (seed + 1) for the swap stages.
+    fn attach_unmerged_lora(
+        &self,
+        unet: &mut Unet<Self>,
+        rank: usize,
+        seed: u64,
+    ) -> Result<(LoraSummary, LoraSwaps<Self>)>;
+
+    /// Waits until the work queued so far has run (for timing what is asynchronous).
+    fn sync(&self) -> Result<()>;
 }
 
 /// The CLI checks this before loading anything; this is the library's own refusal.
@@ -79,22 +100,53 @@ pub fn cpu_refusal() -> Error {
 }
 
 impl BenchBackend for CpuBackend {
-    fn attach_unmerged_lora(&self, _: &mut Unet<Self>, _: usize, _: u64) -> Result<LoraSummary> {
+    fn attach_unmerged_lora(&self, _: &mut Unet<Self>, _: usize, _: u64) -> Result<(LoraSummary, LoraSwaps<Self>)> {
         Err(cpu_refusal())
+    }
+
+    fn sync(&self) -> Result<()> {
+        Ok(())
     }
 }
 
+/// The seeded random LoRA's deltas on every target of `specs`, with [`BENCH_LORA_SCALE`] folded in.
+fn random_deltas(specs: &[WeightSpec], rank: usize, seed: u64) -> Result<(LoraSummary, Vec<(usize, LoraDelta)>)> {
+    let mut deltas = Vec::new();
+    let summary = for_each_random_lora(specs, rank, seed, |i, down, up| {
+        let up = up.iter().map(|&u| BENCH_LORA_SCALE * u).collect();
+        deltas.push((i, LoraDelta { down: down.to_vec(), up, rank }));
+        Ok(())
+    })?;
+    Ok((summary, deltas))
+}
+
 impl BenchBackend for CudaBackend {
-    fn attach_unmerged_lora(&self, unet: &mut Unet<Self>, rank: usize, seed: u64) -> Result<LoraSummary> {
+    fn attach_unmerged_lora(
+        &self,
+        unet: &mut Unet<Self>,
+        rank: usize,
+        seed: u64,
+    ) -> Result<(LoraSummary, LoraSwaps<Self>)> {
         let weights = &mut unet.runner_mut().weights;
         let specs = weights.specs.clone();
-        for_each_random_lora(&specs, rank, seed, |i, down, up| {
-            // A slot per target, filled once; attaching changes the weight's fingerprint, so the next
-            // run records (and captures) the LoRA launches.
-            let slot = self.lora_slot(&specs[i], rank)?;
-            self.set_lora(&slot, down, up, rank, BENCH_LORA_SCALE)?;
-            weights.weights[i].attach_lora(&slot)
-        })
+        // Attaching changes the weights' fingerprint, so the next run records (and captures) the LoRA
+        // launches.
+        self.attach_loras(&mut weights.weights, &specs, &unet_lora_targets(&specs), rank)?;
+        let image = |deltas: &[(usize, LoraDelta)]| {
+            let entries: Vec<_> = deltas.iter().map(|(i, d)| (&weights.weights[*i], &specs[*i], Some(d))).collect();
+            self.lora_image(&entries)
+        };
+        let (summary, a) = random_deltas(&specs, rank, seed)?;
+        let image_a = image(&a)?;
+        drop(a); // one LoRA's factors on the host at a time (rank 64 on SDXL: ~0.8 GB of f32)
+        let (_, b) = random_deltas(&specs, rank, seed + 1)?;
+        let image_b = image(&b)?;
+        self.load_lora_image(&image_a)?;
+        Ok((summary, LoraSwaps { images: [image_a, image_b], host: b }))
+    }
+
+    fn sync(&self) -> Result<()> {
+        self.synchronize()
     }
 }
 

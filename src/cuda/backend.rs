@@ -12,8 +12,8 @@ use lcm_core::{Backend, Elem, Error, HostData, LoraDelta, Program, Result, Weigh
 
 use super::device::{Device, DeviceBuffer, DeviceKind, GraphExec};
 use super::functions::Kernel;
-use super::launch::{self, Limits, Step};
-use super::lora::LoraBuffers;
+use super::launch::{self, Limits, Precision, Step};
+use super::lora::{LoraBuffers, LoraImage};
 use super::record::Recorder;
 
 // A service holds these across threads: keep them Send + Sync (checked at compile time).
@@ -30,11 +30,13 @@ pub(crate) const STATUS_BYTES: usize = 256;
 pub struct CudaBackend {
     pub(crate) dev: Arc<Device>,
     pub(crate) limits: Limits,
+    /// What `Elem::Act` tensors and the weights are stored in (f16; f32 for a `force_upcast` VAE).
+    pub(crate) precision: Precision,
     graphs: bool,
 }
 
-/// A weight on the GPU: f16, in the layout its kernel reads (see `launch::gemm_weight_layout`), and
-/// optionally an attached LoRA slot for the unmerged path.
+/// A weight on the GPU: in the backend's precision and the layout its kernel reads (see
+/// `launch::gemm_weight_layout`), and optionally an attached LoRA slot for the unmerged path.
 pub struct CudaWeight {
     pub(crate) buf: DeviceBuffer,
     pub(crate) spec: WeightSpec,
@@ -124,7 +126,7 @@ impl CudaBackend {
         let dev = Device::open(kind)?;
         let limits = Limits { sm_count: dev.sm_count, smem_optin: dev.smem_optin };
         let graphs = std::env::var("LCM_CUDA_GRAPHS").map_or(true, |v| v != "0");
-        let backend = CudaBackend { dev, limits, graphs };
+        let backend = CudaBackend { dev, limits, precision: Precision::F16, graphs };
         if std::env::var("LCM_SKIP_SELF_CHECK").map_or(true, |v| v != "1") {
             backend.self_check()?;
         }
@@ -132,9 +134,21 @@ impl CudaBackend {
     }
 
     /// Another backend on the same device (context, module, allocation counters): cheap, unlike `open`,
-    /// which loads the kernels again. Its CUDA-graph setting starts as this one's.
+    /// which loads the kernels again. Its precision and CUDA-graph setting start as this one's.
     pub fn share(&self) -> CudaBackend {
-        CudaBackend { dev: self.dev.clone(), limits: self.limits, graphs: self.graphs }
+        self.with_precision(self.precision)
+    }
+
+    /// [`CudaBackend::share`] with activations and weights stored in `precision`: f32 runs a model that
+    /// overflows in f16 (a `force_upcast` VAE) on the f32 instantiations of the kernels it needs
+    /// (GEMM and attention on tf32 tensor cores, GroupNorm, element-wise). Other families refuse f32.
+    pub fn with_precision(&self, precision: Precision) -> CudaBackend {
+        CudaBackend { dev: self.dev.clone(), limits: self.limits, precision, graphs: self.graphs }
+    }
+
+    /// What this backend stores activations and weights in.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// Whether this backend runs on the kernel emulator rather than a GPU.
@@ -158,6 +172,11 @@ impl CudaBackend {
     /// however many steps it runs.
     pub fn transfers(&self) -> (u64, u64) {
         self.dev.transfers()
+    }
+
+    /// Device -> device copies so far on this device (a prepared LoRA swap is one).
+    pub fn device_copies(&self) -> u64 {
+        self.dev.device_copies()
     }
 
     /// Runs recorded so far (a graph walked into launches and captured): a repeated generation of the
@@ -188,9 +207,10 @@ impl CudaBackend {
         self.dev.synchronize()
     }
 
-    /// Fills the whole arena with f16 NaN, so a test sees any element a kernel failed to write.
+    /// Fills the whole arena with NaN (all-ones bits: NaN in f16 and in f32), so a test sees any element
+    /// a kernel failed to write.
     pub fn poison(&self, arena: &CudaArena) -> Result<()> {
-        arena.buf.fill_u16(0, 0x7E00, arena.buf.bytes / 2)
+        arena.buf.fill_u16(0, 0xFFFF, arena.buf.bytes / 2)
     }
 
     /// Enqueues recorded steps on the stream (directly, or inside a capture). The caller has bound the
@@ -219,7 +239,7 @@ impl CudaBackend {
         let mut h = DefaultHasher::new();
         // The op list's heap address, not the Graph's: an Executor may move, its op list does not.
         let ops = graph.ops.as_ptr() as usize;
-        (ops, graph.ops.len(), graph.tensors.len(), plan.size, arena.buf.ptr, self.graphs).hash(&mut h);
+        (ops, graph.ops.len(), graph.tensors.len(), plan.size, arena.buf.ptr, self.graphs, self.precision).hash(&mut h);
         for op in &graph.ops {
             (std::mem::discriminant(op), op.output()).hash(&mut h);
         }
@@ -233,6 +253,7 @@ impl CudaBackend {
 impl Backend for CudaBackend {
     type Weight = CudaWeight;
     type Arena = CudaArena;
+    type LoraImage = LoraImage;
 
     fn name(&self) -> &'static str {
         if self.is_emulated() {
@@ -243,13 +264,17 @@ impl Backend for CudaBackend {
     }
 
     fn act_bytes(&self) -> usize {
-        2
+        self.precision.bytes()
+    }
+
+    fn f32_activations(&self) -> Option<CudaBackend> {
+        (self.precision != Precision::F32).then(|| self.with_precision(Precision::F32))
     }
 
     fn upload_weight(&self, spec: &WeightSpec, data: &[f32]) -> Result<CudaWeight> {
-        let stored = stored_layout(spec, data)?;
-        let buf = DeviceBuffer::alloc(&self.dev, stored.len() * 2)?;
-        buf.upload(0, &stored)?;
+        let numel = stored_numel(spec, data)?;
+        let buf = DeviceBuffer::alloc(&self.dev, numel * self.precision.bytes())?;
+        self.store(&buf, spec, data)?;
         Ok(CudaWeight { buf, spec: spec.clone(), lora: None })
     }
 
@@ -257,25 +282,39 @@ impl Backend for CudaBackend {
         if *spec != w.spec {
             return Err(Error::invalid(&spec.name, format!("updating the weight stored for {}", w.spec.name)));
         }
-        w.buf.upload(0, &stored_layout(spec, data)?)
+        self.store(&w.buf, spec, data)
     }
 
     fn supports_unmerged_lora(&self) -> bool {
-        true
+        self.precision == Precision::F16
     }
 
-    fn attach_lora(&self, w: &mut CudaWeight, spec: &WeightSpec, max_rank: usize) -> Result<()> {
-        let slot = self.lora_slot(spec, max_rank)?;
-        w.attach_lora(&slot)
+    fn attach_loras(
+        &self,
+        weights: &mut [CudaWeight],
+        specs: &[WeightSpec],
+        targets: &[usize],
+        max_rank: usize,
+    ) -> Result<()> {
+        let target_specs: Vec<WeightSpec> = targets.iter().map(|&i| specs[i].clone()).collect();
+        for (&i, slot) in targets.iter().zip(self.lora_slots(&target_specs, max_rank)?) {
+            weights[i].attach_lora(&slot)?;
+        }
+        Ok(())
     }
 
     fn set_lora(&self, w: &CudaWeight, spec: &WeightSpec, lora: Option<&LoraDelta>) -> Result<()> {
-        let slot =
-            w.lora.as_ref().ok_or_else(|| Error::invalid(&spec.name, "has no LoRA buffers (attach_lora first)"))?;
-        match lora {
-            Some(d) => self.fill_lora(slot, &d.down, &d.up, d.rank, 1.0),
-            None => self.zero_lora(slot),
-        }
+        self.fill_lora(slot_of(w, spec)?, lora)
+    }
+
+    fn lora_image(&self, slots: &[(&CudaWeight, &WeightSpec, Option<&LoraDelta>)]) -> Result<LoraImage> {
+        let buffers =
+            slots.iter().map(|&(w, spec, lora)| Ok((&**slot_of(w, spec)?, lora))).collect::<Result<Vec<_>>>()?;
+        self.prepare_lora_image(&buffers)
+    }
+
+    fn load_lora_image(&self, image: &LoraImage) -> Result<()> {
+        self.copy_lora_image(image)
     }
 
     fn alloc_arena(&self, bytes: usize) -> Result<CudaArena> {
@@ -284,7 +323,7 @@ impl Backend for CudaBackend {
 
     fn write(&self, arena: &mut CudaArena, offset: usize, elem: Elem, data: HostData<'_>) -> Result<()> {
         match (elem, data) {
-            (Elem::Act, HostData::F32(d)) => {
+            (Elem::Act, HostData::F32(d)) if self.precision == Precision::F16 => {
                 let h: Vec<f16> = d.iter().map(|&v| f16::from_f32(v)).collect();
                 arena.buf.upload(offset, &h)
             }
@@ -294,7 +333,7 @@ impl Backend for CudaBackend {
     }
 
     fn read(&self, arena: &CudaArena, offset: usize, elem: Elem, out: &mut [f32]) -> Result<()> {
-        if elem == Elem::Act {
+        if elem == Elem::Act && self.precision == Precision::F16 {
             let mut h = vec![f16::ZERO; out.len()];
             arena.buf.download(offset, &mut h)?;
             for (o, v) in out.iter_mut().zip(&h) {
@@ -362,19 +401,44 @@ impl Backend for CudaBackend {
     }
 }
 
-/// A weight in the layout its kernels read: GEMM weights `[co, kh, kw, cip]` f16, the rest f16 as given.
-fn stored_layout(spec: &WeightSpec, data: &[f32]) -> Result<Vec<f16>> {
+impl CudaBackend {
+    /// Writes `data` (torch layout, f32) into `buf` in this backend's precision and the weight's layout.
+    fn store(&self, buf: &DeviceBuffer, spec: &WeightSpec, data: &[f32]) -> Result<()> {
+        match self.precision {
+            Precision::F16 => buf.upload(0, &stored_layout::<f16>(spec, data)?),
+            Precision::F32 => buf.upload(0, &stored_layout::<f32>(spec, data)?),
+        }
+    }
+}
+
+/// The LoRA buffers attached to `w`.
+fn slot_of<'w>(w: &'w CudaWeight, spec: &WeightSpec) -> Result<&'w Arc<LoraBuffers>> {
+    w.lora.as_ref().ok_or_else(|| Error::invalid(&spec.name, "has no LoRA buffers (attach_loras first)"))
+}
+
+/// Elements of `spec` as stored (GEMM weights pad their input channels to 8), after checking `data`.
+fn stored_numel(spec: &WeightSpec, data: &[f32]) -> Result<usize> {
     let numel: usize = spec.shape.iter().product();
     if data.len() != numel {
         return Err(Error::invalid(&spec.name, format!("{} values for shape {:?}", data.len(), spec.shape)));
     }
+    match (spec.kind, spec.shape.as_slice()) {
+        (WeightKind::Conv, &[co, ci, kh, kw]) => Ok(co * kh * kw * launch::padded_channels(ci)),
+        (WeightKind::Linear, &[n, k]) => Ok(n * launch::padded_channels(k)),
+        (WeightKind::Conv | WeightKind::Linear, s) => {
+            Err(Error::invalid(&spec.name, format!("{:?} weight of shape {s:?}", spec.kind)))
+        }
+        (WeightKind::Plain, _) => Ok(numel),
+    }
+}
+
+/// A weight in the layout its kernels read: GEMM weights `[co, kh, kw, cip]`, the rest as given, in `T`.
+fn stored_layout<T: launch::Stored>(spec: &WeightSpec, data: &[f32]) -> Result<Vec<T>> {
+    stored_numel(spec, data)?;
     Ok(match (spec.kind, spec.shape.as_slice()) {
         (WeightKind::Conv, &[co, ci, kh, kw]) => launch::gemm_weight_layout(data, co, ci, kh, kw),
         (WeightKind::Linear, &[n, k]) => launch::gemm_weight_layout(data, n, k, 1, 1),
-        (WeightKind::Conv | WeightKind::Linear, s) => {
-            return Err(Error::invalid(&spec.name, format!("{:?} weight of shape {s:?}", spec.kind)));
-        }
-        (WeightKind::Plain, _) => data.iter().map(|&v| f16::from_f32(v)).collect(),
+        _ => data.iter().map(|&v| T::from_f32(v)).collect(),
     })
 }
 

@@ -39,6 +39,8 @@ pub(crate) struct Device {
     /// Host -> device and device -> host copies so far (a generation's must be a fixed handful).
     to_device: AtomicU64,
     to_host: AtomicU64,
+    /// Device -> device copies so far (the loop's hand-overs, prepared LoRA swaps).
+    within: AtomicU64,
     /// Graph runs recorded (walked into launches and captured) so far.
     pub(crate) recordings: AtomicU64,
     imp: Imp,
@@ -56,6 +58,7 @@ impl Device {
             memory_limit: AtomicU64::new(u64::MAX),
             to_device: AtomicU64::new(0),
             to_host: AtomicU64::new(0),
+            within: AtomicU64::new(0),
             recordings: AtomicU64::new(0),
             imp,
         };
@@ -119,6 +122,11 @@ impl Device {
     /// (host -> device, device -> host) copies so far.
     pub(crate) fn transfers(&self) -> (u64, u64) {
         (self.to_device.load(Ordering::Relaxed), self.to_host.load(Ordering::Relaxed))
+    }
+
+    /// Device -> device copies so far.
+    pub(crate) fn device_copies(&self) -> u64 {
+        self.within.load(Ordering::Relaxed)
     }
 
     /// Enqueues one kernel. The launch must carry the parameter struct its kernel takes.
@@ -237,6 +245,7 @@ impl DeviceBuffer {
         self.check_range(offset, bytes, "copy")?;
         src.check_range(src_offset, bytes, "copy")?;
         let (dst, from) = (self.ptr + offset as u64, src.ptr + src_offset as u64);
+        self.dev.within.fetch_add(1, Ordering::Relaxed);
         match &self.dev.imp {
             // SAFETY: both ranges in bounds (checked).
             Imp::Gpu(g) => unsafe { g.copy(dst, from, bytes) },

@@ -143,7 +143,7 @@ fn launch(l: &Launch) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use crate::cuda::device::{DeviceBuffer, DeviceKind};
-    use crate::cuda::launch::{self, EltOp, GemmPtrs, Params};
+    use crate::cuda::launch::{self, EltOp, GemmPtrs, Params, Precision};
     use crate::cuda::CudaBackend;
     use lcm_core::Gemm;
 
@@ -164,7 +164,7 @@ mod tests {
         // K = 128: four k-tiles, so all three pipeline stages get used.
         let (x, w, out) = (buf(128 * 128 * 2), buf(64 * 128 * 2), buf(128 * 64 * 2));
         let p = GemmPtrs { x: x.ptr, weight: w.ptr, out: out.ptr, ..Default::default() };
-        let mut l = launch::gemm(&Gemm::linear(128, 128, 64), 0, p, be.limits).unwrap();
+        let mut l = launch::gemm(&Gemm::linear(128, 128, 64), 0, p, Precision::F16, be.limits).unwrap();
         be.launch(&l).expect("the planned launch runs");
         l.smem -= 40 * 2; // one 40-half row of the B tile's last stage
         let e = err(&be, &l);
@@ -176,7 +176,7 @@ mod tests {
     fn reading_past_a_device_buffer_is_an_error() {
         let be = emulated();
         let (a, out) = (DeviceBuffer::alloc(&be.dev, 64 * 2).unwrap(), DeviceBuffer::alloc(&be.dev, 72 * 2).unwrap());
-        let l = launch::eltwise(EltOp::Act(0), 72, a.ptr, 0, out.ptr, be.limits).unwrap();
+        let l = launch::eltwise(EltOp::Act(0), 72, a.ptr, 0, out.ptr, Precision::F16, be.limits).unwrap();
         let e = err(&be, &l);
         assert!(
             e.contains("activation_v8_f16") && e.contains("read at byte 128 of a 128-byte device allocation"),
@@ -192,7 +192,7 @@ mod tests {
     #[test]
     fn a_launch_carrying_another_kernels_struct_is_refused() {
         let be = emulated();
-        let mut l = launch::eltwise(EltOp::Add, 8, 0, 0, 0, be.limits).unwrap();
+        let mut l = launch::eltwise(EltOp::Add, 8, 0, 0, 0, Precision::F16, be.limits).unwrap();
         let Params::Eltwise(p) = l.params else { unreachable!() };
         l.kernel = crate::cuda::Kernel::LayerNormV8;
         l.params = Params::Eltwise(p);

@@ -9,6 +9,36 @@ use lcm_core::{Attention, Error, Gemm, Result};
 use super::abi::*;
 use super::functions::Kernel;
 
+/// The element type of activations (`Elem::Act`), which picks each family's instantiation: f16 for
+/// every model, f32 for a VAE that overflows in f16 and that diffusers decodes in f32 (`force_upcast`:
+/// SDXL's). `F32` tensors (latents, noise, the schedule) are f32 whatever this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Precision {
+    #[default]
+    F16,
+    F32,
+}
+
+impl Precision {
+    /// Bytes per element.
+    pub fn bytes(self) -> usize {
+        match self {
+            Precision::F16 => 2,
+            Precision::F32 => 4,
+        }
+    }
+
+    /// Elements in one 16-byte access: the vectorised kernels' unit.
+    pub fn vec(self) -> usize {
+        16 / self.bytes()
+    }
+}
+
+/// The refusal of a family the f32 path does not have (it covers what a VAE runs).
+pub(super) fn no_f32(family: &str) -> Error {
+    Error::backend(format!("{family} has no f32-activation kernel (the f32 path covers the ops of a VAE)"))
+}
+
 /// What the device allows: read once at start-up.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -95,11 +125,12 @@ pub(super) fn stride_grid(units: usize, lim: Limits) -> [u32; 3] {
 /// (BM, BN, threads) of each GEMM instantiation; kernels/gemm.cu's table.
 pub fn gemm_tile(k: Kernel) -> (usize, usize, u32) {
     match k {
-        Kernel::IgemmLarge => (128, 128, 256),
+        Kernel::IgemmLarge | Kernel::IgemmLargeF32 => (128, 128, 256),
         _ => (64, 64, 128),
     }
 }
-const GEMM_BK_PADDED: usize = 40;
+/// Bytes of one shared-memory row of a stage (BK of f16 or f32 plus a 16-byte pad: kernels/gemm.cu).
+const GEMM_ROW_BYTES: usize = 80;
 const GEMM_STAGES: usize = 3;
 
 /// `cip`: input channels rounded up to 8, the stored weight's channel stride.
@@ -107,16 +138,33 @@ pub fn padded_channels(ci: usize) -> usize {
     ci.div_ceil(8) * 8
 }
 
-/// Torch conv weight `[co, ci, kh, kw]` -> the GEMM layout `[co, kh, kw, cip]`, f16, zero padded.
+/// An element type weights and activations are stored in on the device.
+pub trait Stored: bytemuck::Pod + Default {
+    fn from_f32(v: f32) -> Self;
+}
+
+impl Stored for f16 {
+    fn from_f32(v: f32) -> Self {
+        f16::from_f32(v)
+    }
+}
+
+impl Stored for f32 {
+    fn from_f32(v: f32) -> Self {
+        v
+    }
+}
+
+/// Torch conv weight `[co, ci, kh, kw]` -> the GEMM layout `[co, kh, kw, cip]` in `T`, zero padded.
 /// A linear weight `[n, k]` is the case kh = kw = 1.
-pub fn gemm_weight_layout(data: &[f32], co: usize, ci: usize, kh: usize, kw: usize) -> Vec<f16> {
+pub fn gemm_weight_layout<T: Stored>(data: &[f32], co: usize, ci: usize, kh: usize, kw: usize) -> Vec<T> {
     let cip = padded_channels(ci);
-    let mut out = vec![f16::ZERO; co * kh * kw * cip];
+    let mut out = vec![T::default(); co * kh * kw * cip];
     for o in 0..co {
         for c in 0..ci {
             for y in 0..kh {
                 for x in 0..kw {
-                    out[((o * kh + y) * kw + x) * cip + c] = f16::from_f32(data[((o * ci + c) * kh + y) * kw + x]);
+                    out[((o * kh + y) * kw + x) * cip + c] = T::from_f32(data[((o * ci + c) * kh + y) * kw + x]);
                 }
             }
         }
@@ -135,9 +183,9 @@ pub struct GemmPtrs {
     pub weight2: u64,
 }
 
-/// The launch of the implicit GEMM `s`, plus (`k2 > 0`) a second K segment of width `k2` (the unmerged
-/// LoRA: `p.a2` `[M, k2]` against `p.weight2` `[N, k2]`).
-pub fn gemm(s: &Gemm, k2: usize, p: GemmPtrs, lim: Limits) -> Result<Launch> {
+/// The launch of the implicit GEMM `s` on activations of `prec`, plus (`k2 > 0`) a second K segment of
+/// width `k2` (the unmerged LoRA: `p.a2` `[M, k2]` against `p.weight2` `[N, k2]`).
+pub fn gemm(s: &Gemm, k2: usize, p: GemmPtrs, prec: Precision, lim: Limits) -> Result<Launch> {
     let (m, n) = (s.m(), s.co);
     if m == 0 || n == 0 {
         return Err(Error::backend("empty GEMM"));
@@ -148,15 +196,17 @@ pub fn gemm(s: &Gemm, k2: usize, p: GemmPtrs, lim: Limits) -> Result<Launch> {
     if k2 % 8 != 0 {
         return Err(Error::backend("LoRA segment width must be a multiple of 8"));
     }
-    let kernel = if s.ci % 8 != 0 {
-        Kernel::IgemmScalarA
-    } else if cdiv(m, 128) * cdiv(n, 128) >= lim.sm_count as usize {
-        Kernel::IgemmLarge
-    } else {
-        Kernel::IgemmSmall
+    let large = cdiv(m, 128) * cdiv(n, 128) >= lim.sm_count as usize;
+    let kernel = match (s.ci % 8 != 0, large, prec) {
+        (true, _, Precision::F16) => Kernel::IgemmScalarA,
+        (true, _, Precision::F32) => Kernel::IgemmScalarAF32,
+        (false, true, Precision::F16) => Kernel::IgemmLarge,
+        (false, true, Precision::F32) => Kernel::IgemmLargeF32,
+        (false, false, Precision::F16) => Kernel::IgemmSmall,
+        (false, false, Precision::F32) => Kernel::IgemmSmallF32,
     };
     let (bm, bn, threads) = gemm_tile(kernel);
-    let smem = check_smem(kernel, GEMM_STAGES * (bm + bn) * GEMM_BK_PADDED * 2, lim)?;
+    let smem = check_smem(kernel, GEMM_STAGES * (bm + bn) * GEMM_ROW_BYTES, lim)?;
     // Every offset the kernel forms from ints must stay below 2^31 elements.
     dim(m * s.co, "GEMM output elements")?;
     dim(s.batch * s.h * s.w * s.ci, "conv input elements")?;
@@ -217,18 +267,25 @@ pub const ATTN_TABLE: &[(usize, usize, bool, Kernel)] = &[
 ];
 pub const ATTN_WIDE_DIM: usize = 512;
 
-pub fn attention(s: &Attention, q: u64, k: u64, v: u64, out: u64, lim: Limits) -> Result<Launch> {
+/// Attention on activations of `prec`. f32 has the wide kernel only (tf32, key tiles of 8: any
+/// non-causal head up to 512, e.g. a VAE's mid block).
+pub fn attention(s: &Attention, q: u64, k: u64, v: u64, out: u64, prec: Precision, lim: Limits) -> Result<Launch> {
     if s.n_kv == 0 || s.n_q == 0 || s.head_dim == 0 {
         return Err(Error::backend("attention over an empty sequence"));
     }
     let c = s.heads * s.head_dim;
     let narrow = ATTN_TABLE.iter().filter(|e| e.2 == s.causal && e.0 >= s.head_dim).min_by_key(|e| e.0);
-    let (kernel, grid_x, threads, smem) = match narrow {
-        Some(&(dp, bkv, _, kernel)) => (kernel, cdiv(s.n_q, 64), 128, (64 + 4 * bkv) * (dp + 8) * 2),
-        None if !s.causal && s.head_dim <= ATTN_WIDE_DIM => {
+    let wide = !s.causal && s.head_dim <= ATTN_WIDE_DIM;
+    let (kernel, grid_x, threads, smem) = match (prec, narrow) {
+        (Precision::F16, Some(&(dp, bkv, _, kernel))) => (kernel, cdiv(s.n_q, 64), 128, (64 + 4 * bkv) * (dp + 8) * 2),
+        (Precision::F16, None) if wide => {
             (Kernel::AttnHd512, cdiv(s.n_q, 32), 256, 2 * (2 * 16 * (ATTN_WIDE_DIM + 8) * 2) + 2 * 4 * 32 * 8 * 4)
         }
-        None => {
+        (Precision::F32, _) if wide => {
+            (Kernel::AttnHd512F32, cdiv(s.n_q, 32), 256, 2 * (2 * 8 * (ATTN_WIDE_DIM + 4) * 4) + 2 * 4 * 32 * 4 * 4)
+        }
+        (Precision::F32, _) => return Err(no_f32("causal or wider-than-512 attention")),
+        (Precision::F16, None) => {
             return Err(Error::backend(format!(
             "attention with head dim {} ({}) has no kernel: causal heads go up to 128, others up to {ATTN_WIDE_DIM}",
             s.head_dim,
@@ -283,7 +340,7 @@ mod tests {
     fn attention_table_covers_every_sd15_head_and_the_general_path() {
         let plan = |d: usize, causal: bool| {
             let s = Attention { batch: 1, heads: 1, n_q: 77, n_kv: 77, head_dim: d, causal };
-            attention(&s, 0, 0, 0, 0, RTX)
+            attention(&s, 0, 0, 0, 0, Precision::F16, RTX)
         };
         let pick = |d: usize, causal: bool| plan(d, causal).map(|l| l.kernel);
         assert_eq!(pick(40, false).unwrap(), Kernel::AttnHd40);
@@ -310,13 +367,13 @@ mod tests {
 
     #[test]
     fn gemm_picks_tiles_by_size_and_channel_alignment() {
-        let l = gemm(&Gemm::linear(4096, 320, 1280), 0, GemmPtrs::default(), H100).unwrap();
+        let l = gemm(&Gemm::linear(4096, 320, 1280), 0, GemmPtrs::default(), Precision::F16, H100).unwrap();
         assert_eq!(l.kernel, Kernel::IgemmLarge);
         assert_eq!(l.grid, [32, 10, 1]);
         // 32x3 large tiles would leave a third of an H100 idle: the small tile gives 64x5.
-        let l = gemm(&Gemm::linear(4096, 320, 320), 0, GemmPtrs::default(), H100).unwrap();
+        let l = gemm(&Gemm::linear(4096, 320, 320), 0, GemmPtrs::default(), Precision::F16, H100).unwrap();
         assert_eq!((l.kernel, l.grid), (Kernel::IgemmSmall, [64, 5, 1]));
-        let l = gemm(&Gemm::linear(77, 768, 768), 0, GemmPtrs::default(), H100).unwrap();
+        let l = gemm(&Gemm::linear(77, 768, 768), 0, GemmPtrs::default(), Precision::F16, H100).unwrap();
         assert_eq!(l.kernel, Kernel::IgemmSmall);
         assert_eq!(l.grid, [2, 12, 1]);
         let conv_in = Gemm {
@@ -333,13 +390,15 @@ mod tests {
             pad: [1; 4],
             geglu: false,
         };
-        let l = gemm(&conv_in, 0, GemmPtrs::default(), H100).unwrap();
+        let l = gemm(&conv_in, 0, GemmPtrs::default(), Precision::F16, H100).unwrap();
         assert_eq!(l.kernel, Kernel::IgemmScalarA);
         let Params::Gemm(p) = l.params else { panic!() };
         assert_eq!(p.cip, 8);
         assert!(l.smem <= RTX.smem_optin);
         let geglu = Gemm { geglu: true, ..Gemm::linear(4096, 320, 2560) };
-        let Params::Gemm(p) = gemm(&geglu, 0, GemmPtrs::default(), H100).unwrap().params else { panic!() };
+        let Params::Gemm(p) = gemm(&geglu, 0, GemmPtrs::default(), Precision::F16, H100).unwrap().params else {
+            panic!()
+        };
         assert_eq!((p.ldc, p.co, p.geglu), (1280, 2560, 1));
     }
 
@@ -347,7 +406,7 @@ mod tests {
     fn weight_layout_puts_taps_outside_channels() {
         // co=1, ci=3, 2x2: torch index (c, y, x) -> stored ((y·2 + x)·8 + c)
         let data: Vec<f32> = (0..12).map(|i| i as f32).collect();
-        let w = gemm_weight_layout(&data, 1, 3, 2, 2);
+        let w = gemm_weight_layout::<f16>(&data, 1, 3, 2, 2);
         assert_eq!(w.len(), 32);
         for c in 0..3 {
             for y in 0..2 {

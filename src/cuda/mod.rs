@@ -27,7 +27,8 @@ pub mod self_check;
 pub use backend::{kernel_names, CudaArena, CudaBackend, CudaWeight};
 pub use device::DeviceKind;
 pub use functions::Kernel;
-pub use lora::LoraSlot;
+pub use launch::Precision;
+pub use lora::{LoraImage, LoraSlot};
 
 /// Whether this build has the kernel emulator (it needs the CUDA headers nvcc brings at build time).
 pub fn emulator_built() -> bool {

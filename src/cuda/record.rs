@@ -11,7 +11,7 @@ use super::abi::{
     LcmAct_LCM_ACT_GELU, LcmAct_LCM_ACT_QUICK_GELU, LcmAct_LCM_ACT_RELU, LcmAct_LCM_ACT_SILU, LcmAct_LCM_ACT_TANH_CLAMP,
 };
 use super::backend::{CudaBackend, CudaWeight, STATUS_BYTES};
-use super::launch::{self, EltOp, GemmPtrs, Step};
+use super::launch::{self, no_f32, EltOp, GemmPtrs, Precision, Step};
 
 pub(crate) struct Recorder<'a> {
     be: &'a CudaBackend,
@@ -27,6 +27,22 @@ impl<'a> Recorder<'a> {
 
     fn elem(&self, t: TensorId) -> Elem {
         self.p.graph.tensors[t].elem
+    }
+
+    /// The element type tensor `t` is stored in here.
+    fn precision(&self, t: TensorId) -> Precision {
+        match self.elem(t) {
+            Elem::Act => self.be.precision,
+            _ => Precision::F32,
+        }
+    }
+
+    /// The f16-only families refuse an f32-activation backend by name.
+    fn f16_only(&self, family: &str) -> Result<()> {
+        match self.be.precision {
+            Precision::F16 => Ok(()),
+            Precision::F32 => Err(no_f32(family)),
+        }
     }
 
     fn addr(&self, t: TensorId) -> Result<u64> {
@@ -69,7 +85,7 @@ impl<'a> Recorder<'a> {
         for (op, problem) in self.p.graph.ops.iter().zip(&self.p.problems) {
             let bytes = match (*op, *problem) {
                 (_, Problem::GroupNorm { batch, hw, c, groups }) => {
-                    launch::group_norm_plan(batch, hw, c, groups, self.be.limits)?.scratch_floats * 4
+                    launch::group_norm_plan(batch, hw, c, groups, self.be.precision, self.be.limits)?.scratch_floats * 4
                 }
                 (Op::Conv2d { w, .. } | Op::Linear { w, .. }, Problem::Gemm(g)) => match &self.weight(w)?.lora {
                     Some(l) => g.m() * l.rp * 2,
@@ -84,7 +100,7 @@ impl<'a> Recorder<'a> {
 
     /// The steps of one run, with kernel workspaces at `scratch + STATUS_BYTES`.
     pub(crate) fn record(&mut self, scratch: u64) -> Result<Vec<Step>> {
-        let lim = self.be.limits;
+        let (lim, prec) = (self.be.limits, self.be.precision);
         let work = scratch + STATUS_BYTES as u64;
         let g = &self.p.graph;
         let mut steps = Vec::with_capacity(g.ops.len() + 8);
@@ -93,11 +109,11 @@ impl<'a> Recorder<'a> {
         }
         for (op, problem) in g.ops.iter().zip(&self.p.problems) {
             let want = match op {
-                Op::LcmStep { .. } => Elem::F32,
-                Op::Cast { x, .. } if self.elem(*x) == Elem::Act => Elem::F32,
-                _ => Elem::Act,
+                Op::LcmStep { .. } => Some(Elem::F32),
+                Op::Cast { .. } => None, // Act or F32 either way; the cast's kernel checks the pair
+                _ => Some(Elem::Act),
             };
-            if self.elem(op.output()) != want {
+            if let Some(want) = want.filter(|&w| self.elem(op.output()) != w) {
                 return Err(Error::backend(format!("{} writes {:?}, not {want:?}", op.name(), self.elem(op.output()))));
             }
             let mut k = |l: launch::Launch| steps.push(Step::Kernel(l));
@@ -124,30 +140,33 @@ impl<'a> Recorder<'a> {
                         k(launch::gemm(
                             &down,
                             0,
-                            GemmPtrs { x: p.x, weight: l.down.ptr, out: work, ..Default::default() },
+                            GemmPtrs { x: p.x, weight: l.down_ptr(), out: work, ..Default::default() },
+                            prec,
                             lim,
                         )?);
                         k2 = l.rp;
                         p.a2 = work;
-                        p.weight2 = l.up.ptr;
+                        p.weight2 = l.up_ptr();
                     }
-                    k(launch::gemm(&s, k2, p, lim)?);
+                    k(launch::gemm(&s, k2, p, prec, lim)?);
                 }
                 (Op::GroupNorm { x, gamma, beta, eps, silu, out, .. }, Problem::GroupNorm { batch, hw, c, groups }) => {
                     let ptrs = [self.addr(x)?, self.addr(gamma)?, self.addr(beta)?, self.addr(out)?];
-                    for l in launch::group_norm(batch, hw, c, groups, eps, silu, ptrs, work, lim)? {
+                    for l in launch::group_norm(batch, hw, c, groups, eps, silu, ptrs, work, prec, lim)? {
                         k(l);
                     }
                 }
                 (Op::LayerNorm { x, gamma, beta, eps, out }, Problem::LayerNorm { rows, c }) => {
+                    self.f16_only("layer_norm")?;
                     let ptrs = [self.addr(x)?, self.addr(gamma)?, self.addr(beta)?, self.addr(out)?];
                     k(launch::layer_norm(rows, c, eps, ptrs)?);
                 }
                 (Op::Attention { q, k: kt, v, out, .. }, Problem::Attention(s)) => {
-                    k(launch::attention(&s, self.addr(q)?, self.addr(kt)?, self.addr(v)?, self.addr(out)?, lim)?);
+                    let ptrs = [self.addr(q)?, self.addr(kt)?, self.addr(v)?, self.addr(out)?];
+                    k(launch::attention(&s, ptrs[0], ptrs[1], ptrs[2], ptrs[3], prec, lim)?);
                 }
                 (Op::Geglu { x, out }, Problem::Geglu { rows, c }) => {
-                    k(launch::eltwise(EltOp::Geglu { c }, rows * c, self.addr(x)?, 0, self.addr(out)?, lim)?);
+                    k(launch::eltwise(EltOp::Geglu { c }, rows * c, self.addr(x)?, 0, self.addr(out)?, prec, lim)?);
                 }
                 (Op::Act { x, act, out }, Problem::Map { n }) => {
                     let a = match act {
@@ -157,22 +176,25 @@ impl<'a> Recorder<'a> {
                         Activation::Relu => LcmAct_LCM_ACT_RELU,
                         Activation::TanhClamp => LcmAct_LCM_ACT_TANH_CLAMP,
                     };
-                    k(launch::eltwise(EltOp::Act(a), n, self.addr(x)?, 0, self.addr(out)?, lim)?);
+                    k(launch::eltwise(EltOp::Act(a), n, self.addr(x)?, 0, self.addr(out)?, prec, lim)?);
                 }
                 (Op::Add { a, b, out }, Problem::Map { n }) => {
-                    k(launch::eltwise(EltOp::Add, n, self.addr(a)?, self.addr(b)?, self.addr(out)?, lim)?);
+                    k(launch::eltwise(EltOp::Add, n, self.addr(a)?, self.addr(b)?, self.addr(out)?, prec, lim)?);
                 }
                 (Op::AddChannel { x, bias, out }, Problem::AddChannel { batch, hw, c }) => {
                     let op = EltOp::AddChannel { hw, c };
-                    k(launch::eltwise(op, batch * hw * c, self.addr(x)?, self.addr(bias)?, self.addr(out)?, lim)?);
+                    let ptrs = [self.addr(x)?, self.addr(bias)?, self.addr(out)?];
+                    k(launch::eltwise(op, batch * hw * c, ptrs[0], ptrs[1], ptrs[2], prec, lim)?);
                 }
                 (Op::Concat { a, b, out }, Problem::Concat { rows, ca, cb }) => {
+                    self.f16_only("concat")?;
                     k(launch::concat(rows, ca, cb, self.addr(a)?, self.addr(b)?, self.addr(out)?, lim)?);
                 }
                 (Op::Upsample { x, out }, Problem::Upsample { batch, h, w, c, ho, wo }) => {
-                    k(launch::upsample([batch, h, w, c, ho, wo], self.addr(x)?, self.addr(out)?, lim)?);
+                    k(launch::upsample([batch, h, w, c, ho, wo], self.addr(x)?, self.addr(out)?, prec, lim)?);
                 }
                 (Op::Embed { ids, table, positions, out }, Problem::Embed { batch, tokens, c, vocab }) => {
+                    self.f16_only("embed")?;
                     if self.elem(ids) != Elem::I32 {
                         return Err(Error::backend("embed: token ids must be I32"));
                     }
@@ -180,20 +202,22 @@ impl<'a> Recorder<'a> {
                     k(launch::embed(batch, tokens, c, vocab, ptrs, lim)?);
                 }
                 (Op::TimestepEmbed { t, row, flip_sin_to_cos, freq_shift, out }, Problem::Timestep { batch, dim }) => {
+                    self.f16_only("timestep_embed")?;
                     let t = self.addr(t)? + (row * batch * 2) as u64; // row `row` of f16 timesteps
                     k(launch::timestep_embed(batch, dim, flip_sin_to_cos, freq_shift, t, self.addr(out)?, lim)?);
                 }
                 (Op::Scale { x, mul, add, out }, Problem::Map { n }) => {
-                    k(launch::eltwise(EltOp::Scale { mul, add }, n, self.addr(x)?, 0, self.addr(out)?, lim)?);
+                    k(launch::eltwise(EltOp::Scale { mul, add }, n, self.addr(x)?, 0, self.addr(out)?, prec, lim)?);
                 }
                 (Op::Cast { x, div, add, out }, Problem::Cast { n, n_in }) => {
-                    let to_act = self.elem(x) == Elem::F32;
-                    k(launch::cast(to_act, [n, n_in], div, add, self.addr(x)?, self.addr(out)?, lim)?);
+                    let elems = [self.precision(x), self.precision(out)];
+                    k(launch::cast(elems, [n, n_in], div, add, self.addr(x)?, self.addr(out)?, lim)?);
                 }
                 (
                     Op::LcmStep { x, model_output, noise, schedule, step, guided, prediction, clip, out },
                     Problem::Map { n },
                 ) => {
+                    self.f16_only("lcm_step")?;
                     if self.elem(model_output) != Elem::Act || self.elem(x) != Elem::F32 {
                         return Err(Error::backend("lcm_step: F32 latents and Act model output expected"));
                     }

@@ -8,7 +8,7 @@ use lcm_core::{
 };
 use lcm_cpu::CpuBackend;
 
-use super::CudaBackend;
+use super::{CudaBackend, Precision};
 
 /// f16 kernels against the f32 reference: what the GPU tests allow per kernel.
 const TOL: f64 = 1e-2;
@@ -37,12 +37,21 @@ fn graph(f: impl FnOnce(&mut GraphBuilder) -> Vec<usize>) -> Result<Graph> {
     b.finish()
 }
 
+/// One kernel family's check: a small graph, run with activations of `precision`.
+pub struct Family {
+    pub name: &'static str,
+    pub precision: Precision,
+    pub graph: Graph,
+}
+
 /// One small graph per kernel family (each launch path: vector and scalar loads, both GEMM tiles, the
-/// GEGLU epilogue, narrow, causal and wide attention, multi-chunk GroupNorm, the loop's own ops): what
-/// the start-up self-check runs, and the GPU suites' first smoke test.
-pub fn families() -> Result<Vec<(&'static str, Graph)>> {
+/// GEGLU epilogue, narrow, causal and wide attention, multi-chunk GroupNorm, the loop's own ops, and the
+/// f32 instantiations a `force_upcast` VAE runs): what the start-up self-check runs, and the GPU suites'
+/// first smoke test.
+pub fn families() -> Result<Vec<Family>> {
+    let f16 = |name, graph| Family { name, precision: Precision::F16, graph };
     Ok(vec![
-        (
+        f16(
             "GEMM (conv, linear, GEGLU epilogue)",
             graph(|b| {
                 let x = b.input(&[1, 9, 7, 16], Elem::Act);
@@ -55,7 +64,7 @@ pub fn families() -> Result<Vec<(&'static str, Graph)>> {
                 vec![c, s, l, b.geglu(g)]
             })?,
         ),
-        (
+        f16(
             "attention",
             graph(|b| {
                 [(70, 2, 40, false), (33, 2, 64, true), (20, 1, 512, false)]
@@ -69,7 +78,7 @@ pub fn families() -> Result<Vec<(&'static str, Graph)>> {
                     .collect()
             })?,
         ),
-        (
+        f16(
             "GroupNorm and LayerNorm",
             graph(|b| {
                 let x = b.input(&[1, 40, 20, 64], Elem::Act);
@@ -79,7 +88,7 @@ pub fn families() -> Result<Vec<(&'static str, Graph)>> {
                 vec![g, s, b.layer_norm("ln", x, 1e-5)]
             })?,
         ),
-        (
+        f16(
             "element-wise (activations, add, concat, upsample, GEGLU, embed, timestep)",
             graph(|b| {
                 let x = b.input(&[1, 4, 4, 16], Elem::Act);
@@ -101,7 +110,7 @@ pub fn families() -> Result<Vec<(&'static str, Graph)>> {
                 vec![up, b.geglu(e)]
             })?,
         ),
-        (
+        f16(
             "denoising step (cast, LCM step with guidance)",
             graph(|b| {
                 let x = b.input(&[1, 3, 5, 4], Elem::F32);
@@ -113,6 +122,25 @@ pub fn families() -> Result<Vec<(&'static str, Graph)>> {
                 vec![doubled, next, b.cast(next, Elem::Act, 1, 0.18215, 0.0)]
             })?,
         ),
+        Family {
+            name: "f32 activations (a force_upcast VAE: tf32 GEMM tiles, wide attention, GroupNorm, element-wise)",
+            precision: Precision::F32,
+            graph: graph(|b| {
+                let z = b.input(&[1, 6, 5, 4], Elem::F32);
+                let x = b.cast(z, Elem::Act, 1, 1.0, 0.0);
+                let x = b.conv2d("conv_in", x, 32, 3, 1, [1; 4], true);
+                let x = b.group_norm("gn", x, 8, 1e-6, true);
+                let r = b.conv2d("conv", x, 32, 3, 1, [1; 4], true);
+                let x = b.add(x, r);
+                let x = b.activation(x, Activation::Silu);
+                let x = b.scale(x, 0.5, 0.25);
+                let t = b.input(&[1, 30, 512], Elem::Act);
+                let a = b.attention(t, t, t, 1, false);
+                let big = b.input(&[1, 300, 64], Elem::Act);
+                let l = b.linear("big", big, 520, true);
+                vec![b.upsample(x, 12, 10), a, l]
+            })?,
+        },
     ])
 }
 
@@ -180,8 +208,8 @@ impl CudaBackend {
     /// family whose results are off (or whose launch failed).
     pub fn self_check(&self) -> Result<()> {
         let mut data = Data(0x9E37_79B9_7F4A_7C15);
-        for (family, g) in families()? {
-            let e = compare(self, g, &mut data)
+        for Family { name: family, precision, graph: g } in families()? {
+            let e = compare(&self.with_precision(precision), g, &mut data)
                 .map_err(|e| Error::backend(format!("self-check of {family} on {}: {e}", self.device_name())))?;
             if e >= TOL {
                 return Err(Error::backend(format!(

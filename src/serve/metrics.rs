@@ -89,6 +89,8 @@ pub struct Metrics {
     pub images: AtomicU64,
     pub steps: AtomicU64,
     pub swaps: AtomicU64,
+    /// Swaps to a LoRA set prepared for an earlier batch (`--lora-cache`).
+    pub swaps_cached: AtomicU64,
     pub cancelled_disconnect: AtomicU64,
     pub cancelled_timeout: AtomicU64,
     /// Batches stopped early because every request in them was gone.
@@ -111,6 +113,7 @@ impl Metrics {
             images: AtomicU64::new(0),
             steps: AtomicU64::new(0),
             swaps: AtomicU64::new(0),
+            swaps_cached: AtomicU64::new(0),
             cancelled_disconnect: AtomicU64::new(0),
             cancelled_timeout: AtomicU64::new(0),
             batches_stopped: AtomicU64::new(0),
@@ -131,8 +134,9 @@ impl Metrics {
         lock(&self.batch_images).observe(images as f64);
     }
 
-    pub fn swap(&self, d: Duration) {
+    pub fn swap(&self, d: Duration, cached: bool) {
         self.swaps.fetch_add(1, Ordering::Relaxed);
+        self.swaps_cached.fetch_add(cached as u64, Ordering::Relaxed);
         lock(&self.swap_seconds).observe(d.as_secs_f64());
     }
 
@@ -189,6 +193,12 @@ impl Metrics {
         counter(&mut o, "lcm_images_total", "Images generated.", get(&self.images));
         counter(&mut o, "lcm_unet_steps_total", "UNet steps run (one per step per batch).", get(&self.steps));
         counter(&mut o, "lcm_lora_swaps_total", "LoRA hot-swaps between batches.", get(&self.swaps));
+        counter(
+            &mut o,
+            "lcm_lora_swaps_cached_total",
+            "LoRA hot-swaps to a set prepared for an earlier batch (--lora-cache).",
+            get(&self.swaps_cached),
+        );
         counter(
             &mut o,
             "lcm_panics_total",

@@ -9,6 +9,7 @@
 mod api;
 mod error;
 mod http;
+mod lora_cache;
 mod loras;
 mod metrics;
 mod png;
@@ -42,6 +43,8 @@ pub struct ServeConfig {
     pub loras: LoraDir,
     /// LoRAs every request runs with, before its own (the LCM-LoRA on a plain SD1.5 model).
     pub base_loras: Vec<LoraSpec>,
+    /// LoRA sets the worker keeps prepared (`Pipeline::prepare_loras`) for a fast swap back to them.
+    pub lora_cache: usize,
     /// The model's name in responses and PNG parameters (not its path).
     pub model_name: String,
     /// Test hooks: `POST /debug/panic` and a worker panic on the prompt `__lcm_test_panic__`.
@@ -63,6 +66,7 @@ where
         max_batch: cfg.max_batch,
         base_loras: cfg.base_loras,
         panic_prompt: cfg.debug_hooks.then(|| "__lcm_test_panic__".to_string()),
+        lora_cache: cfg.lora_cache,
     };
     let worker = {
         let (queue, metrics) = (queue.clone(), metrics.clone());

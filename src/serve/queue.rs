@@ -21,6 +21,7 @@ use lcm_pipeline::pipeline::{LoraSpec, Pipeline, Request};
 use tokio::sync::oneshot;
 
 use super::error::ApiError;
+use super::lora_cache::{LoraCache, Swapped};
 use super::loras::LoraChoice;
 use super::metrics::{Metrics, Stage};
 
@@ -178,6 +179,8 @@ pub struct WorkerConfig {
     pub base_loras: Vec<LoraSpec>,
     /// Test hook: a prompt of exactly this text panics inside the worker.
     pub panic_prompt: Option<String>,
+    /// LoRA sets kept prepared for a fast swap back (`--lora-cache`; see `lora_cache`).
+    pub lora_cache: usize,
 }
 
 /// Runs batches until the queue is closed and empty. A panic inside a generation is caught and
@@ -185,8 +188,9 @@ pub struct WorkerConfig {
 pub fn work<B: Backend>(mut pipe: Pipeline<B>, queue: &Queue, metrics: &Metrics, cfg: &WorkerConfig) {
     // The LoRAs applied now (the pipeline was loaded with the base set only).
     let mut current: Option<Vec<LoraChoice>> = Some(Vec::new());
+    let mut cache = LoraCache::new(cfg.lora_cache);
     while let Some(batch) = queue.next_batch(cfg.max_batch) {
-        run_batch(&mut pipe, batch, metrics, cfg, &mut current);
+        run_batch(&mut pipe, batch, metrics, cfg, &mut current, &mut cache);
     }
 }
 
@@ -196,6 +200,7 @@ fn run_batch<B: Backend>(
     metrics: &Metrics,
     cfg: &WorkerConfig,
     current: &mut Option<Vec<LoraChoice>>,
+    cache: &mut LoraCache<B>,
 ) {
     let now = Instant::now();
     let want = batch[0].loras.clone();
@@ -207,9 +212,9 @@ fn run_batch<B: Backend>(
             .chain(want.iter().map(|l| LoraSpec { path: l.path.clone(), scale: l.scale }))
             .collect();
         let t = Instant::now();
-        match std::panic::catch_unwind(AssertUnwindSafe(|| pipe.set_loras(&specs))) {
-            Ok(Ok(())) => {
-                metrics.swap(t.elapsed());
+        match std::panic::catch_unwind(AssertUnwindSafe(|| cache.swap(pipe, &want, &specs))) {
+            Ok(Ok(how)) => {
+                metrics.swap(t.elapsed(), how == Swapped::Cached);
                 *current = Some(want);
             }
             Ok(Err(e)) => {

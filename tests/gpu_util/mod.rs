@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use std::io::Write;
 use std::sync::OnceLock;
 
-use lcm::cuda::{CudaBackend, DeviceKind};
+use lcm::cuda::{CudaBackend, DeviceKind, Precision};
 use lcm_core::{rel_l2, Backend, Elem, Executor, Graph, HostData, ModelWeights, WeightKind, WeightSpec};
 use lcm_cpu::CpuBackend;
 
@@ -344,7 +344,12 @@ pub fn check(gpu: &CudaBackend, g: Graph, seed: u64, what: &str) {
     let inputs = random_inputs(&g, &mut rng, vocab);
     let shapes = input_shapes(&g);
     let mut pair = Pair::new(gpu, g, &mut rng);
-    for (i, d) in pair.run(&inputs).into_iter().enumerate() {
+    let diffs = pair.run(&inputs);
+    // A backend with f32 activations must never hand its tensors to an f16 kernel.
+    if gpu.precision() == Precision::F32 && pair.kernels().contains("f16") {
+        fail_case(format!("{what}: an f16 kernel ran on f32 activations: {}", pair.kernels()));
+    }
+    for (i, d) in diffs.into_iter().enumerate() {
         println!("{what}: output {i}: {d}");
         if !d.ok() {
             fail_case(format!(

@@ -37,12 +37,25 @@ pub trait Backend {
     type Weight;
     /// The one activation allocation of an executor.
     type Arena;
+    /// A prepared LoRA state ([`Backend::lora_image`]); `std::convert::Infallible` on a backend that
+    /// merges LoRAs and so never has one.
+    type LoraImage: Send;
 
     /// Short name for reports and errors (`cpu`, `cuda`).
     fn name(&self) -> &'static str;
 
     /// Bytes per activation element (4 for f32, 2 for f16).
     fn act_bytes(&self) -> usize;
+
+    /// This backend's kind on the same device with f32 activations (and weights): what a model that
+    /// overflows in lower precision runs on, as diffusers upcasts a `force_upcast` VAE. `None` when
+    /// this backend's activations already are f32 (the CPU's).
+    fn f32_activations(&self) -> Option<Self>
+    where
+        Self: Sized,
+    {
+        None
+    }
 
     /// Takes a weight in torch layout as f32 (already widened, LoRA already merged) into backend storage.
     fn upload_weight(&self, spec: &WeightSpec, data: &[f32]) -> Result<Self::Weight>;
@@ -51,29 +64,42 @@ pub trait Backend {
     /// recorded run stays valid (a merged LoRA swapped).
     fn update_weight(&self, w: &mut Self::Weight, spec: &WeightSpec, data: &[f32]) -> Result<()>;
 
-    /// Whether [`Backend::attach_lora`] works: a weight's products then add an unmerged LoRA kept in
+    /// Whether [`Backend::attach_loras`] works: a weight's products then add an unmerged LoRA kept in
     /// fixed buffers, which [`Backend::set_lora`] swaps by copying.
     fn supports_unmerged_lora(&self) -> bool {
         false
     }
 
-    /// Gives weight `w` (of `spec`) fixed LoRA buffers for ranks up to `max_rank`, zero (no change).
-    fn attach_lora(&self, w: &mut Self::Weight, spec: &WeightSpec, max_rank: usize) -> Result<()> {
-        let _ = (w, max_rank);
-        Err(crate::Error::invalid(
-            &spec.name,
-            format!("the {} backend merges LoRAs; it has no unmerged path", self.name()),
-        ))
+    /// Gives the weights `targets` (indices into `weights` and `specs`) fixed LoRA buffers for ranks up
+    /// to `max_rank`, zero (no change), all in one allocation, so that a prepared LoRA state
+    /// ([`Backend::lora_image`]) loads with one copy.
+    fn attach_loras(
+        &self,
+        weights: &mut [Self::Weight],
+        specs: &[WeightSpec],
+        targets: &[usize],
+        max_rank: usize,
+    ) -> Result<()> {
+        let _ = (weights, targets, max_rank);
+        Err(no_unmerged_path(self, specs.first().map_or("LoRA", |s| &s.name)))
     }
 
-    /// Copies `lora` into the buffers [`Backend::attach_lora`] gave `w` (`None`: switched off).
+    /// Copies `lora` into the buffers [`Backend::attach_loras`] gave `w` (`None`: switched off).
     fn set_lora(&self, w: &Self::Weight, spec: &WeightSpec, lora: Option<&LoraDelta>) -> Result<()> {
         let _ = (w, lora);
-        Err(crate::Error::invalid(
-            &spec.name,
-            format!("the {} backend merges LoRAs; it has no unmerged path", self.name()),
-        ))
+        Err(no_unmerged_path(self, &spec.name))
     }
+
+    /// A LoRA state for every weight with LoRA buffers, prepared in device memory of its own: each
+    /// entry is a weight [`Backend::attach_loras`] gave buffers and its delta (`None`: off; weights of
+    /// those buffers that are not listed are off too). [`Backend::load_lora_image`] then swaps to it
+    /// with one device copy and no host work: a service's hot-swap between adapters it prepared.
+    fn lora_image(&self, slots: &[(&Self::Weight, &WeightSpec, Option<&LoraDelta>)]) -> Result<Self::LoraImage> {
+        Err(no_unmerged_path(self, slots.first().map_or("LoRA", |s| &s.1.name)))
+    }
+
+    /// Loads a state [`Backend::lora_image`] prepared into the LoRA buffers it was made for.
+    fn load_lora_image(&self, image: &Self::LoraImage) -> Result<()>;
 
     /// An arena of `bytes` bytes (a plan's `size`), allocated once per executor.
     fn alloc_arena(&self, bytes: usize) -> Result<Self::Arena>;
@@ -108,6 +134,11 @@ pub trait Backend {
         arena: &mut Self::Arena,
         watch: Option<&mut dyn FnMut(usize) -> Result<()>>,
     ) -> Result<()>;
+}
+
+/// The refusal of the unmerged-LoRA methods by a backend that merges LoRAs.
+fn no_unmerged_path<B: Backend + ?Sized>(backend: &B, what: &str) -> crate::Error {
+    crate::Error::invalid(what, format!("the {} backend merges LoRAs; it has no unmerged path", backend.name()))
 }
 
 /// A LoRA delta for one weight, unmerged: Δ = up @ down (the scales already folded into `up`; several

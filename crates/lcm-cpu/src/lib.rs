@@ -79,6 +79,8 @@ impl CpuBackend {
 impl Backend for CpuBackend {
     type Weight = CpuWeight;
     type Arena = HostArena;
+    /// The CPU merges LoRAs (a swap re-merges from the pristine weights): it never has a prepared state.
+    type LoraImage = std::convert::Infallible;
 
     fn name(&self) -> &'static str {
         "cpu"
@@ -86,6 +88,10 @@ impl Backend for CpuBackend {
 
     fn act_bytes(&self) -> usize {
         4
+    }
+
+    fn load_lora_image(&self, image: &Self::LoraImage) -> Result<()> {
+        match *image {}
     }
 
     fn upload_weight(&self, spec: &WeightSpec, data: &[f32]) -> Result<CpuWeight> {

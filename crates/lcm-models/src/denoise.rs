@@ -11,7 +11,7 @@
 //! encoder copies its states into its own part); for SDXL UNets the pooled text embeds `Act [B, P]` and
 //! the time ids `Act [6, B]`. All are written once per generation.
 //! Outputs: 0 the final denoised latents (`F32`, NHWC), 1 the VAE decoder's input
-//! (`Act`, latents / scaling_factor + shift).
+//! (`F32`, latents / scaling_factor + shift: the decoder takes `F32`, whatever its activations).
 
 use lcm_core::lcm::{Prediction, STEP_ROW};
 use lcm_core::{Backend, Elem, Error, Executor, Graph, GraphBuilder, HostData, ModelWeights, Result, Tensor};
@@ -147,7 +147,7 @@ impl UnetConfig {
             x = b.lcm_step(x, eps, z, schedule, step, d.guided, cfg.prediction, cfg.clip);
         }
         b.output(x);
-        let vae_in = b.cast(x, Elem::Act, 1, cfg.vae_scale, cfg.vae_shift);
+        let vae_in = b.cast(x, Elem::F32, 1, cfg.vae_scale, cfg.vae_shift);
         b.output(vae_in);
         b.finish()
     }

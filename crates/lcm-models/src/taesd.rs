@@ -136,7 +136,8 @@ impl TaesdConfig {
     /// `[B, 8h, 8w, out]` in [-1, 1] (not clamped), as `AutoencoderTiny.decode`.
     pub(crate) fn decoder_graph(&self, v: &VaeConfig, batch: usize, h: usize, w: usize) -> Result<Graph> {
         let mut b = GraphBuilder::new();
-        let z = b.input(&[batch, h, w, v.latent_channels], Elem::Act);
+        let z = b.input(&[batch, h, w, v.latent_channels], Elem::F32);
+        let z = b.cast(z, Elem::Act, 1, 1.0, 0.0); // F32 in, as AutoencoderKL's decoder (vae.rs)
         let x = b.activation(z, Activation::TanhClamp);
         let mut x = b.conv2d("decoder.layers.0", x, self.decoder_channels[0], 3, 1, [1; 4], true);
         x = b.activation(x, Activation::Relu);

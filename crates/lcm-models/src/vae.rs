@@ -184,14 +184,17 @@ impl VaeConfig {
         resnet(b, &format!("{p}.resnets.1"), x, None, c, &norm, 1.0)
     }
 
-    /// Latents NHWC `Act [B, h, w, latent]` (already divided by the scaling factor) -> image NHWC
+    /// Latents NHWC `F32 [B, h, w, latent]` (already divided by the scaling factor) -> image NHWC
     /// `[B, s·h, s·w, out_channels]` with s = [`Self::downscale`] (8 for SD), nominally in [-1, 1].
+    /// The latents come in as `F32` on every backend, so a denoising loop in f16 hands them to a VAE
+    /// in f32 (`force_upcast`) byte for byte; the graph's first op casts them to its activations.
     pub fn decoder_graph(&self, batch: usize, h: usize, w: usize) -> Result<Graph> {
         if let VaeArch::Tiny(t) = &self.arch {
             return t.decoder_graph(self, batch, h, w);
         }
         let mut b = GraphBuilder::new();
-        let z = b.input(&[batch, h, w, self.latent_channels], Elem::Act);
+        let z = b.input(&[batch, h, w, self.latent_channels], Elem::F32);
+        let z = b.cast(z, Elem::Act, 1, 1.0, 0.0);
         let lc = self.latent_channels;
         let mut x = if self.use_post_quant_conv { b.conv2d("post_quant_conv", z, lc, 1, 1, [0; 4], true) } else { z };
         let top = *self.block_out_channels.last().expect("at least one block");
@@ -294,8 +297,18 @@ pub struct Vae<B: Backend> {
 impl<B: Backend> Vae<B> {
     /// Loads `dir` (a diffusers `vae/` folder): the decoder, and the encoder too with
     /// [`VaeParts::Both`]; every weight passes through `opts.hook`.
-    pub fn load(backend: &B, dir: &Path, parts: VaeParts, mut opts: LoadOptions) -> Result<Self> {
-        let config = VaeConfig::from_file(&component_config(dir)?)?;
+    pub fn load(backend: &B, dir: &Path, parts: VaeParts, opts: LoadOptions) -> Result<Self> {
+        Self::load_with_config(backend, dir, VaeConfig::from_file(&component_config(dir)?)?, parts, opts)
+    }
+
+    /// [`Vae::load`] with `dir`'s config already read (to choose the backend from it first).
+    pub fn load_with_config(
+        backend: &B,
+        dir: &Path,
+        config: VaeConfig,
+        parts: VaeParts,
+        mut opts: LoadOptions,
+    ) -> Result<Self> {
         let files = find_weights(dir, "diffusion_pytorch_model", opts.variant)?;
         let s = config.downscale();
         let dec = config.decoder_graph(1, 1, 1)?.weights;

@@ -27,6 +27,8 @@ pub(crate) struct Components<B: Backend> {
     pub text: TextEncoders<B>,
     pub unet: Unet<B>,
     pub vae: Vae<B>,
+    /// The backend the VAE was loaded on when not the pipeline's ([`upcast_vae_backend`]).
+    pub vae_backend: Option<B>,
     pub scheduler: LcmScheduler,
     /// The weights a LoRA was merged into.
     pub lora_merged: BTreeSet<String>,
@@ -241,14 +243,14 @@ fn from_folder<B: Backend>(backend: &B, spec: &LoadSpec) -> Result<Components<B>
         force_zeros_for_empty_prompt: fam.force_zeros_for_empty_prompt,
     };
     let vae_dir = component(dir, "vae")?;
-    let vae = match &spec.vae {
-        Some(v) => {
-            let own = VaeConfig::from_file(&component_config(&vae_dir)?)?;
-            separate_vae(backend, v, spec.variant, own.scaling_factor, own.shift_factor)?
-        }
-        None => Vae::load(backend, &vae_dir, VaeParts::Decoder, LoadOptions { variant: spec.variant, hook: None })?,
+    let own = VaeConfig::from_file(&component_config(&vae_dir)?)?;
+    let (vae_cfg, source) = match &spec.vae {
+        Some(v) => open_separate_vae(v, own.scaling_factor, own.shift_factor)?,
+        None => (own, VaeSource::Folder(vae_dir)),
     };
-    Ok(Components { text, unet, vae, scheduler, lora_merged })
+    let sdxl = text.second.is_some();
+    let (vae, vae_backend) = load_vae(backend, sdxl, vae_cfg, source, spec.variant)?;
+    Ok(Components { text, unet, vae, vae_backend, scheduler, lora_merged })
 }
 
 fn from_single_file<B: Backend>(backend: &B, spec: &LoadSpec) -> Result<Components<B>> {
@@ -334,9 +336,9 @@ fn from_single_file<B: Backend>(backend: &B, spec: &LoadSpec) -> Result<Componen
     merger.finish()?;
     let lora_merged = merger.targets().map(str::to_string).collect();
     let (scaling, shift) = vae_cfg.as_ref().map_or((SD15_SCALING_FACTOR, None), |c| (c.scaling_factor, c.shift_factor));
-    let vae = match (&spec.vae, vae_cfg) {
-        (Some(v), _) => separate_vae(backend, v, spec.variant, scaling, shift)?,
-        (None, Some(cfg)) if ck.has_vae() => ck.load_vae(backend, cfg, VaeParts::Decoder)?,
+    let (vae_cfg, source) = match (&spec.vae, vae_cfg) {
+        (Some(v), _) => open_separate_vae(v, scaling, shift)?,
+        (None, Some(cfg)) if ck.has_vae() => (cfg, VaeSource::Checkpoint(&ck)),
         (None, _) => {
             return Err(Error::file(
                 ck.path(),
@@ -344,25 +346,67 @@ fn from_single_file<B: Backend>(backend: &B, spec: &LoadSpec) -> Result<Componen
             ))
         }
     };
+    let (vae, vae_backend) = load_vae(backend, second.is_some(), vae_cfg, source, spec.variant)?;
     let text =
         TextEncoders { first: TextEncoder { tokenizer, model: text_encoder }, second, force_zeros_for_empty_prompt };
-    Ok(Components { text, unet, vae, scheduler, lora_merged })
+    Ok(Components { text, unet, vae, vae_backend, scheduler, lora_merged })
 }
 
 fn open_loras(spec: &LoadSpec) -> Result<LoraSet> {
     LoraSet::open(&spec.loras.iter().map(|l| (l.path.clone(), l.scale)).collect::<Vec<_>>())
 }
 
+/// Where a pipeline's VAE is read from, once its config is known: so the backend it runs on is chosen
+/// before any weight is uploaded.
+enum VaeSource<'a> {
+    /// A diffusers VAE folder (`config.json` + weights).
+    Folder(PathBuf),
+    /// A separate VAE file (LDM or diffusers names), checked against its config.
+    File(VaeFile),
+    /// A single-file checkpoint's own VAE.
+    Checkpoint(&'a Checkpoint),
+}
+
+/// The backend a pipeline's VAE runs on when it is not the pipeline's own: diffusers' SDXL pipelines
+/// decode (and encode) a `force_upcast` VAE in f32 even in an f16 pipeline, because SDXL's VAE
+/// overflows in f16 (StableDiffusionPipeline ignores the flag). A backend whose activations are f16
+/// lends its f32 twin ([`Backend::f32_activations`]); one already in f32 (the CPU) needs none.
+pub fn upcast_vae_backend<B: Backend>(backend: &B, sdxl: bool, vae: &VaeConfig) -> Option<B> {
+    if sdxl && vae.force_upcast {
+        backend.f32_activations()
+    } else {
+        None
+    }
+}
+
+/// Loads the VAE's decoder from `source` on the backend [`upcast_vae_backend`] picks.
+fn load_vae<B: Backend>(
+    backend: &B,
+    sdxl: bool,
+    cfg: VaeConfig,
+    source: VaeSource<'_>,
+    variant: Variant,
+) -> Result<(Vae<B>, Option<B>)> {
+    let upcast = upcast_vae_backend(backend, sdxl, &cfg);
+    let be = upcast.as_ref().unwrap_or(backend);
+    let vae = match source {
+        VaeSource::Folder(dir) => {
+            Vae::load_with_config(be, &dir, cfg, VaeParts::Decoder, LoadOptions { variant, hook: None })?
+        }
+        VaeSource::File(file) => file.load(be, cfg, VaeParts::Decoder)?,
+        VaeSource::Checkpoint(ck) => ck.load_vae(be, cfg, VaeParts::Decoder)?,
+    };
+    Ok((vae, upcast))
+}
+
 /// A VAE given apart from the model: a diffusers VAE folder (`config.json` + weights), a model folder
 /// with `vae/`, or a file (LDM or diffusers names; its config from its shapes, with the scaling factor
-/// of the model's latent space, which the file cannot say).
-pub(crate) fn separate_vae<B: Backend>(
-    backend: &B,
+/// of the model's latent space, which the file cannot say). Its config and where to load it from.
+fn open_separate_vae(
     path: &Path,
-    variant: Variant,
     scaling_factor: f32,
     shift_factor: Option<f32>,
-) -> Result<Vae<B>> {
+) -> Result<(VaeConfig, VaeSource<'static>)> {
     if path.is_dir() {
         let dir = if path.join("config.json").is_file() {
             path.to_path_buf()
@@ -375,10 +419,10 @@ pub(crate) fn separate_vae<B: Backend>(
                  folder with vae/",
             ));
         };
-        return Vae::load(backend, &dir, VaeParts::Decoder, LoadOptions { variant, hook: None });
+        return Ok((VaeConfig::from_file(&component_config(&dir)?)?, VaeSource::Folder(dir)));
     }
     let file = VaeFile::open(path)?;
     let config = file.infer(scaling_factor, shift_factor)?;
     file.check(&config)?;
-    file.load(backend, config, VaeParts::Decoder)
+    Ok((config, VaeSource::File(file)))
 }

@@ -237,6 +237,9 @@ pub struct Pipeline<B: Backend> {
     pub(crate) text: TextEncoders<B>,
     pub(crate) unet: Unet<B>,
     vae: Vae<B>,
+    /// The VAE's own backend when it runs in f32 on an f16 backend (`force_upcast`, as diffusers'
+    /// SDXL pipelines do: `crate::load::upcast_vae_backend`); `None`: the pipeline's.
+    vae_backend: Option<B>,
     /// Tiled VAE decoding and encoding ([`Pipeline::set_vae_tiling`]); off by default.
     vae_tiling: Option<VaeTiling>,
     scheduler: LcmScheduler,
@@ -264,6 +267,7 @@ impl<B: Backend> Pipeline<B> {
             text,
             unet,
             vae,
+            vae_backend: c.vae_backend,
             vae_tiling: None,
             scheduler,
             lora_merged: c.lora_merged,
@@ -294,6 +298,13 @@ impl<B: Backend> Pipeline<B> {
     /// The scheduler's `original_inference_steps`: the most steps a request may ask for.
     pub fn original_steps(&self) -> usize {
         self.scheduler.config().original_inference_steps
+    }
+
+    /// Whether the VAE runs with f32 activations on a backend whose own are f16: an SDXL-family VAE
+    /// whose config says `force_upcast`, as diffusers' SDXL pipelines upcast it (always false on the
+    /// CPU, whose activations are f32 anyway).
+    pub fn vae_upcast(&self) -> bool {
+        self.vae_backend.is_some()
     }
 
     /// Whether this UNet takes the guidance scale as an embedding (a distilled LCM) rather than CFG.
@@ -406,12 +417,13 @@ impl<B: Backend> Pipeline<B> {
             .flat_map(|&v| std::iter::repeat_n(v as f32, batch))
             .collect();
 
-        let Pipeline { backend, text, unet, vae, vae_tiling, .. } = self;
+        let Pipeline { backend, text, unet, vae, vae_backend, vae_tiling, .. } = self;
+        let vae_be = vae_backend.as_ref().unwrap_or(backend);
         let (den, weights) = unet.denoiser(backend, &shape, &dcfg)?;
         // The decoder's arena too, before any work: a size the memory cannot hold fails here, not after
         // the loop. (Tiles are planned as they come; their arenas are small.)
         if vae_tiling.is_none() {
-            vae.prepare_decoder(backend, n, h, w)?;
+            vae.prepare_decoder(vae_be, n, h, w)?;
         }
         stop()?;
         let t0 = Instant::now();
@@ -479,12 +491,12 @@ impl<B: Backend> Pipeline<B> {
             // Tiles are cut on the host; the latents come back first.
             Some(tiling) => {
                 let z = Tensor::new(den.output_shape(1).to_vec(), den.output(backend, 1)?).nhwc_to_nchw();
-                vae.decode_tiled(backend, &z, *tiling)?
+                vae.decode_tiled(vae_be, &z, *tiling)?
             }
-            None => vae.decode_from(backend, den, 1)?,
+            None => vae.decode_from(vae_be, den, 1)?,
         }
         .nchw_to_nhwc();
-        check_vae_output(&img.data, &vae.config)?;
+        check_vae_output(&img.data, &vae.config, vae_be.act_bytes() < 4)?;
         let images = Tensor::new(img.shape, img.data.iter().map(|&v| (v / 2.0 + 0.5).clamp(0.0, 1.0)).collect());
         let vae_time = tv.elapsed();
         let times = StageTimes { text_encoder: text_time, unet_steps, vae_decode: vae_time, total: start.elapsed() };
@@ -537,9 +549,10 @@ impl<B: Backend> Pipeline<B> {
     /// distribution (`retrieve_latents` takes `.latents`): then only the noise is drawn.
     fn noised_image_latents(&mut self, init: &InitImage, n: usize, t: i64, rng: &mut TorchRng) -> Result<Vec<f32>> {
         let vae_dir = self.spec.model_dir.join("vae");
-        self.vae.load_encoder(&self.backend, &vae_dir, self.spec.variant)?;
+        let be = self.vae_backend.as_ref().unwrap_or(&self.backend);
+        self.vae.load_encoder(be, &vae_dir, self.spec.variant)?;
         let sf = self.vae.config.scaling_factor;
-        let one: Vec<f32> = match self.vae.encode(&self.backend, &init.pixels, self.vae_tiling)? {
+        let one: Vec<f32> = match self.vae.encode(be, &init.pixels, self.vae_tiling)? {
             Encoded::Moments(moments) => {
                 let per = moments.numel() / 2;
                 let (mean, logvar) = moments.data.split_at(per);
@@ -560,12 +573,13 @@ impl<B: Backend> Pipeline<B> {
         let cfg = &self.vae.config;
         let (sf, shift) = (cfg.scaling_factor, cfg.shift_factor.unwrap_or(0.0));
         let z = Tensor::new(latents.shape.clone(), latents.data.iter().map(|&v| v / sf + shift).collect());
+        let be = self.vae_backend.as_ref().unwrap_or(&self.backend);
         let img = match self.vae_tiling {
-            Some(tiling) => self.vae.decode_tiled(&self.backend, &z, tiling)?,
-            None => self.vae.decode(&self.backend, &z)?,
+            Some(tiling) => self.vae.decode_tiled(be, &z, tiling)?,
+            None => self.vae.decode(be, &z)?,
         }
         .nchw_to_nhwc();
-        check_vae_output(&img.data, &self.vae.config)?;
+        check_vae_output(&img.data, &self.vae.config, be.act_bytes() < 4)?;
         Ok(Tensor::new(img.shape, img.data.iter().map(|&v| (v / 2.0 + 0.5).clamp(0.0, 1.0)).collect()))
     }
 
@@ -600,15 +614,16 @@ fn check_finite(stage: &str, data: &[f32], what: &str) -> Result<()> {
 }
 
 /// [`check_finite`] for the decoded image, naming the likely cause when the VAE asks for f32 decoding
-/// (`force_upcast`: SDXL's VAE overflows in f16, which is how the CUDA backend runs it).
-fn check_vae_output(data: &[f32], vae: &lcm_models::VaeConfig) -> Result<()> {
+/// (`force_upcast`) but ran in f16 (`in_f16`: an SD1.5-family pipeline on CUDA, which diffusers does not
+/// upcast either).
+fn check_vae_output(data: &[f32], vae: &lcm_models::VaeConfig, in_f16: bool) -> Result<()> {
     check_finite("vae decode", data, "the decoded image").map_err(|e| match e {
-        Error::NonFinite { stage, msg } if vae.force_upcast => Error::non_finite(
+        Error::NonFinite { stage, msg } if vae.force_upcast && in_f16 => Error::non_finite(
             stage,
             format!(
-                "{msg}; this VAE's config says force_upcast (it overflows in f16, as SDXL's does, and the CUDA \
-                 backend decodes in f16): use an fp16-safe VAE (--vae with madebyollin/sdxl-vae-fp16-fix) or \
-                 --device cpu"
+                "{msg}; this VAE's config says force_upcast (it overflows in f16, as SDXL's does), and this \
+                 pipeline decodes it in f16 as diffusers' StableDiffusionPipeline does (only SDXL pipelines \
+                 upcast): use an fp16-safe VAE or --device cpu"
             ),
         ),
         e => e,

@@ -1,6 +1,7 @@
 //! LoRA hot-swap on the CPU: a pipeline that swaps A → B → none → A gives, at each stage, exactly the
 //! bits of a pipeline loaded fresh with those LoRAs (UNet and text-encoder LoRAs both), in either mode
-//! (the CPU merges in both). Swap times are printed beside a step's (speed goals live in `lcm bench`).
+//! (the CPU merges in both), whether it swaps from the files (`set_loras`) or to a set prepared ahead
+//! (`prepare_loras`, `use_loras`). Swap times are printed beside a step's (speed goals live in `lcm bench`).
 
 mod common;
 
@@ -37,26 +38,36 @@ fn swaps_equal_fresh_pipelines_bit_for_bit() {
     for mode in [LoraMode::Merged, LoraMode::Runtime] {
         let mut p = Pipeline::load(CpuBackend::new(), spec(a.clone(), mode)).expect("load with A");
         let base = generate(&mut Pipeline::load(CpuBackend::new(), spec(vec![], mode)).unwrap()).0;
-        for (what, loras) in [("B", &b), ("none", &vec![]), ("A", &a)] {
-            let start = Instant::now();
-            p.set_loras(loras).unwrap_or_else(|e| panic!("{mode:?}: swap to {what}: {e}"));
-            let swap = start.elapsed();
-            let (got, step) = generate(&mut p);
-            let want = generate(&mut Pipeline::load(CpuBackend::new(), spec(loras.clone(), mode)).unwrap()).0;
-            println!(
-                "{mode:?}: swap to {what} in {:.1} ms (a UNet step: {:.1} ms)",
-                swap.as_secs_f64() * 1e3,
-                step.as_secs_f64() * 1e3
-            );
-            assert!(
-                got.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits()),
-                "{mode:?}: {what} differs from a fresh load"
-            );
-            assert_eq!(
-                got == base,
-                loras.is_empty(),
-                "{mode:?}: {what}: the LoRAs must change the result, and none must not"
-            );
+        // Each swap twice: from files (set_loras), then from a set prepared ahead (use_loras).
+        let stages = [("B", &b), ("none", &vec![]), ("A", &a)];
+        let prepared: Vec<_> = stages.iter().map(|(_, l)| p.prepare_loras(l).expect("prepare")).collect();
+        for ((what, loras), prepared) in stages.iter().zip(&prepared) {
+            let want = generate(&mut Pipeline::load(CpuBackend::new(), spec(loras.to_vec(), mode)).unwrap()).0;
+            for how in ["set_loras", "use_loras"] {
+                let start = Instant::now();
+                match how {
+                    "set_loras" => p.set_loras(loras),
+                    _ => p.use_loras(prepared),
+                }
+                .unwrap_or_else(|e| panic!("{mode:?}: {how} to {what}: {e}"));
+                let swap = start.elapsed();
+                let (got, step) = generate(&mut p);
+                println!(
+                    "{mode:?}: {how} to {what} in {:.1} ms (a UNet step: {:.1} ms)",
+                    swap.as_secs_f64() * 1e3,
+                    step.as_secs_f64() * 1e3
+                );
+                assert!(
+                    got.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "{mode:?}: {how} to {what} differs from a fresh load"
+                );
+                assert_eq!(
+                    got == base,
+                    loras.is_empty(),
+                    "{mode:?}: {what}: the LoRAs must change the result, and none must not"
+                );
+                assert_eq!(&p.spec.loras, *loras, "{mode:?}: {how} to {what}: the pipeline's LoRA list");
+            }
         }
     }
 }

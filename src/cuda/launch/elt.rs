@@ -2,7 +2,7 @@
 
 use lcm_core::Result;
 
-use super::{dim, stride_grid, Launch, Limits, Params};
+use super::{dim, no_f32, stride_grid, Launch, Limits, Params, Precision};
 use crate::cuda::abi::{
     LcmCastParams, LcmConcatParams, LcmEltwiseParams, LcmEmbedParams, LcmPrediction, LcmStepParams, LcmStepRow,
     LcmTimestepParams, LcmUpsampleParams,
@@ -29,19 +29,25 @@ pub enum EltOp {
     },
 }
 
-/// `n` output elements; `a`, `b` inputs (b unused for unary ops).
-pub fn eltwise(op: EltOp, n: usize, a: u64, b: u64, out: u64, lim: Limits) -> Result<Launch> {
-    let v8 = n % 8 == 0
+/// `n` output elements of `prec`; `a`, `b` inputs (b unused for unary ops).
+pub fn eltwise(op: EltOp, n: usize, a: u64, b: u64, out: u64, prec: Precision, lim: Limits) -> Result<Launch> {
+    let vec = prec.vec();
+    let vectorised = n % vec == 0
         && match op {
-            EltOp::AddChannel { c, .. } | EltOp::Geglu { c } => c % 8 == 0,
+            EltOp::AddChannel { c, .. } | EltOp::Geglu { c } => c % vec == 0,
             _ => true,
         };
-    let (k8, k1) = match op {
-        EltOp::Add => (Kernel::AddV8, Kernel::AddV1),
-        EltOp::AddChannel { .. } => (Kernel::AddChannelV8, Kernel::AddChannelV1),
-        EltOp::Scale { .. } => (Kernel::ScaleV8, Kernel::ScaleV1),
-        EltOp::Act(_) => (Kernel::ActivationV8, Kernel::ActivationV1),
-        EltOp::Geglu { .. } => (Kernel::GegluV8, Kernel::GegluV1),
+    let (kv, k1) = match (prec, op) {
+        (Precision::F16, EltOp::Add) => (Kernel::AddV8, Kernel::AddV1),
+        (Precision::F16, EltOp::AddChannel { .. }) => (Kernel::AddChannelV8, Kernel::AddChannelV1),
+        (Precision::F16, EltOp::Scale { .. }) => (Kernel::ScaleV8, Kernel::ScaleV1),
+        (Precision::F16, EltOp::Act(_)) => (Kernel::ActivationV8, Kernel::ActivationV1),
+        (Precision::F16, EltOp::Geglu { .. }) => (Kernel::GegluV8, Kernel::GegluV1),
+        (Precision::F32, EltOp::Add) => (Kernel::AddV4F32, Kernel::AddV1F32),
+        (Precision::F32, EltOp::Scale { .. }) => (Kernel::ScaleV4F32, Kernel::ScaleV1F32),
+        (Precision::F32, EltOp::Act(_)) => (Kernel::ActivationV4F32, Kernel::ActivationV1F32),
+        (Precision::F32, EltOp::AddChannel { .. }) => return Err(no_f32("add_channel")),
+        (Precision::F32, EltOp::Geglu { .. }) => return Err(no_f32("geglu")),
     };
     let mut p = LcmEltwiseParams { a, b, out, n: n as u64, hw: 0, c: 0, act: 0, mul: 1.0, add: 0.0 };
     match op {
@@ -57,9 +63,9 @@ pub fn eltwise(op: EltOp, n: usize, a: u64, b: u64, out: u64, lim: Limits) -> Re
         EltOp::Geglu { c } => p.c = dim(c, "channels")?,
         EltOp::Add => {}
     }
-    let vec = if v8 { 8 } else { 1 };
+    let vec = if vectorised { vec } else { 1 };
     Ok(Launch {
-        kernel: if v8 { k8 } else { k1 },
+        kernel: if vectorised { kv } else { k1 },
         grid: stride_grid(n / vec, lim),
         block: [256, 1, 1],
         smem: 0,
@@ -86,14 +92,20 @@ pub fn concat(rows: usize, ca: usize, cb: usize, a: u64, b: u64, out: u64, lim: 
     })
 }
 
-/// Nearest resize `[B, h, w, c]` -> `[B, ho, wo, c]`.
-pub fn upsample(shape: [usize; 6], x: u64, out: u64, lim: Limits) -> Result<Launch> {
+/// Nearest resize `[B, h, w, c]` -> `[B, ho, wo, c]` of `prec`.
+pub fn upsample(shape: [usize; 6], x: u64, out: u64, prec: Precision, lim: Limits) -> Result<Launch> {
     let [batch, h, w, c, ho, wo] = shape;
-    let v8 = c % 8 == 0;
-    let units = batch * ho * wo * c / if v8 { 8 } else { 1 };
+    let vec = if c % prec.vec() == 0 { prec.vec() } else { 1 };
+    let units = batch * ho * wo * c / vec;
     dim(batch * h.max(ho) * w.max(wo) * c, "upsample elements")?;
+    let kernel = match (prec, vec > 1) {
+        (Precision::F16, true) => Kernel::UpsampleV8,
+        (Precision::F16, false) => Kernel::UpsampleV1,
+        (Precision::F32, true) => Kernel::UpsampleV4F32,
+        (Precision::F32, false) => Kernel::UpsampleV1F32,
+    };
     Ok(Launch {
-        kernel: if v8 { Kernel::UpsampleV8 } else { Kernel::UpsampleV1 },
+        kernel,
         grid: stride_grid(units, lim),
         block: [256, 1, 1],
         smem: 0,
@@ -162,11 +174,25 @@ pub fn timestep_embed(
     })
 }
 
-/// `n` outputs `x[i mod n_in] / div + add`, f32 -> f16 (`to_act`) or f16 -> f32; `sizes` = [n, n_in].
-pub fn cast(to_act: bool, sizes: [usize; 2], div: f32, add: f32, x: u64, out: u64, lim: Limits) -> Result<Launch> {
+/// `n` outputs `x[i mod n_in] / div + add` from elements of `from` to `to`; `sizes` = [n, n_in].
+pub fn cast(
+    [from, to]: [Precision; 2],
+    sizes: [usize; 2],
+    div: f32,
+    add: f32,
+    x: u64,
+    out: u64,
+    lim: Limits,
+) -> Result<Launch> {
     let [n, n_in] = sizes;
+    let kernel = match (from, to) {
+        (Precision::F32, Precision::F16) => Kernel::CastF32F16,
+        (Precision::F16, Precision::F32) => Kernel::CastF16F32,
+        (Precision::F32, Precision::F32) => Kernel::CastF32F32,
+        (Precision::F16, Precision::F16) => return Err(lcm_core::Error::backend("cast between two f16 tensors")),
+    };
     Ok(Launch {
-        kernel: if to_act { Kernel::CastF32F16 } else { Kernel::CastF16F32 },
+        kernel,
         grid: stride_grid(n, lim),
         block: [256, 1, 1],
         smem: 0,

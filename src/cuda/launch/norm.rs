@@ -2,7 +2,7 @@
 
 use lcm_core::{Error, Result};
 
-use super::{cdiv, check_smem, dim, Launch, Limits, Params};
+use super::{cdiv, check_smem, dim, Launch, Limits, Params, Precision};
 use crate::cuda::abi::{LcmGroupNormParams, LcmLayerNormParams};
 use crate::cuda::functions::Kernel;
 
@@ -19,17 +19,22 @@ pub struct GroupNormPlan {
     pub scratch_floats: usize,
 }
 
-pub fn group_norm_plan(batch: usize, hw: usize, c: usize, groups: usize, lim: Limits) -> Result<GroupNormPlan> {
+/// The plan for activations of `prec` (its 16-byte vector when C allows it).
+pub fn group_norm_plan(
+    batch: usize,
+    hw: usize,
+    c: usize,
+    groups: usize,
+    prec: Precision,
+    lim: Limits,
+) -> Result<GroupNormPlan> {
     if groups == 0 || c % groups != 0 || hw == 0 || batch == 0 {
         return Err(Error::backend(format!("group norm of {c} channels in {groups} groups over {hw} pixels")));
     }
-    let vec = if c % 8 == 0 { 8 } else { 1 };
+    let vec = if c % prec.vec() == 0 { prec.vec() } else { 1 };
     let cols = c / vec;
     if cols > 1024 {
-        return Err(Error::backend(format!(
-            "group norm over {c} channels: at most {} supported",
-            if vec == 8 { 8192 } else { 1024 }
-        )));
+        return Err(Error::backend(format!("group norm over {c} channels: at most {} supported", 1024 * vec)));
     }
     let rows = (256 / cols).max(1);
     let threads = cols * rows;
@@ -59,9 +64,10 @@ pub fn group_norm(
     silu: bool,
     ptrs: [u64; 4],
     scratch: u64,
+    prec: Precision,
     lim: Limits,
 ) -> Result<[Launch; 3]> {
-    let plan = group_norm_plan(batch, hw, c, groups, lim)?;
+    let plan = group_norm_plan(batch, hw, c, groups, prec, lim)?;
     let [x, gamma, beta, out] = ptrs;
     let partial_bytes = (batch * plan.chunks * groups * 2 * 4) as u64;
     let params = LcmGroupNormParams {
@@ -81,10 +87,11 @@ pub fn group_norm(
         silu: silu as i32,
     };
     dim(batch * hw * c, "group norm elements")?;
-    let (stats_k, apply_k) = if plan.vec == 8 {
-        (Kernel::GroupNormStatsV8, Kernel::GroupNormApplyV8)
-    } else {
-        (Kernel::GroupNormStatsV1, Kernel::GroupNormApplyV1)
+    let (stats_k, apply_k) = match (prec, plan.vec > 1) {
+        (Precision::F16, true) => (Kernel::GroupNormStatsV8, Kernel::GroupNormApplyV8),
+        (Precision::F16, false) => (Kernel::GroupNormStatsV1, Kernel::GroupNormApplyV1),
+        (Precision::F32, true) => (Kernel::GroupNormStatsV4F32, Kernel::GroupNormApplyV4F32),
+        (Precision::F32, false) => (Kernel::GroupNormStatsV1F32, Kernel::GroupNormApplyV1F32),
     };
     let grid = [plan.chunks as u32, batch as u32, 1];
     let block = [plan.threads as u32, 1, 1];
@@ -138,12 +145,19 @@ mod tests {
         for (b, hw, c) in
             [(1, 4096, 320), (2, 64, 1280), (1, 512 * 512, 128), (1, 1, 2560), (2, 17, 96), (1, 9, 12), (1, 4096, 8192)]
         {
-            let p = group_norm_plan(b, hw, c, if c % 32 == 0 { 32 } else { 4 }, H100).unwrap();
-            assert!(p.threads <= 1024 && p.threads % (c / p.vec) == 0);
-            assert!((p.chunks - 1) * p.chunk_pixels < hw && p.chunks * p.chunk_pixels >= hw, "{b} {hw} {c}: {p:?}");
-            assert_eq!(p.threads / (c / p.vec), p.rows);
+            // 8192 channels fit f16's 8-wide vectors only (asserted below).
+            let precs: &[Precision] = if c > 4096 { &[Precision::F16] } else { &[Precision::F16, Precision::F32] };
+            for &prec in precs {
+                let p = group_norm_plan(b, hw, c, if c % 32 == 0 { 32 } else { 4 }, prec, H100).unwrap();
+                assert!(p.threads <= 1024 && p.threads % (c / p.vec) == 0);
+                assert!((p.chunks - 1) * p.chunk_pixels < hw && p.chunks * p.chunk_pixels >= hw, "{b} {hw} {c}: {p:?}");
+                assert_eq!(p.threads / (c / p.vec), p.rows);
+            }
         }
-        assert!(group_norm_plan(1, 64, 2560, 32, RTX).unwrap().stats_smem <= RTX.smem_optin as usize);
-        assert!(group_norm_plan(1, 64, 320, 7, H100).is_err());
+        // f32 vectors are 4 wide: 8192 channels would need 2048 threads of a row.
+        assert!(group_norm_plan(1, 64, 8192, 32, Precision::F32, H100).is_err());
+        assert_eq!(group_norm_plan(1, 64, 12, 4, Precision::F32, H100).unwrap().vec, 4);
+        assert!(group_norm_plan(1, 64, 2560, 32, Precision::F16, RTX).unwrap().stats_smem <= RTX.smem_optin as usize);
+        assert!(group_norm_plan(1, 64, 320, 7, Precision::F16, H100).is_err());
     }
 }
