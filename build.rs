@@ -7,7 +7,8 @@
 //!
 //! nvcc is found from `$NVCC`, `$CUDA_HOME/bin`, `PATH`, or `.toolchain/cuda/bin` (filled by
 //! `scripts/install-nvcc.sh` from PyPI). Without nvcc the build succeeds CPU-only with a warning, unless
-//! `LCM_REQUIRE_CUDA=1`. A kernel that fails to compile always fails the build. `LCM_EMULATOR_ONLY=1`
+//! `LCM_REQUIRE_CUDA=1`; `LCM_NO_CUDA=1` asks for that CPU-only build (the fuzz builds use it). A kernel
+//! that fails to compile always fails the build. `LCM_EMULATOR_ONLY=1`
 //! skips the nvcc compiles (the binary then has no GPU kernels) and builds only the emulator: the quick
 //! loop for editing a kernel on a machine without a GPU (scripts/sabotage.sh uses it).
 //!
@@ -36,7 +37,7 @@ fn main() {
     let kernels = root.join("kernels");
     println!("cargo:rerun-if-changed=kernels");
     println!("cargo::rustc-check-cfg=cfg(lcm_emulator)");
-    for var in ["NVCC", "CUDA_HOME", "LCM_REQUIRE_CUDA", "LCM_EMULATOR_ONLY", "PATH"] {
+    for var in ["NVCC", "CUDA_HOME", "LCM_REQUIRE_CUDA", "LCM_EMULATOR_ONLY", "LCM_NO_CUDA", "PATH"] {
         println!("cargo:rerun-if-env-changed={var}");
     }
     println!("cargo:rerun-if-changed=.toolchain/cuda/bin/nvcc");
@@ -58,11 +59,17 @@ fn main() {
     let fatbin = out.join("lcm.fatbin");
     let report = out.join("ptxas_report.tsv");
     let require = env::var("LCM_REQUIRE_CUDA").is_ok_and(|v| v == "1");
-    let Some(nvcc) = find_nvcc(&root) else {
+    // LCM_NO_CUDA=1: CPU-only on purpose (the fuzz builds: no nvcc compiles, no emulator).
+    let no_cuda = env::var("LCM_NO_CUDA").is_ok_and(|v| v == "1");
+    let Some(nvcc) = find_nvcc(&root).filter(|_| !no_cuda) else {
         if require {
-            panic!("LCM_REQUIRE_CUDA=1 but nvcc was not found in $NVCC, $CUDA_HOME/bin, PATH or .toolchain/cuda/bin; run scripts/install-nvcc.sh");
+            panic!("LCM_REQUIRE_CUDA=1 but nvcc was not found in $NVCC, $CUDA_HOME/bin, PATH or .toolchain/cuda/bin (or LCM_NO_CUDA=1 is set); run scripts/install-nvcc.sh");
         }
-        println!("cargo:warning=nvcc not found: building lcm CPU-only. For the CUDA kernels run `scripts/install-nvcc.sh` (nvcc 13.0 from PyPI into .toolchain/) or set NVCC / CUDA_HOME, then rebuild.");
+        if no_cuda {
+            println!("cargo:warning=LCM_NO_CUDA=1: building lcm CPU-only (no GPU kernels, no emulator)");
+        } else {
+            println!("cargo:warning=nvcc not found: building lcm CPU-only. For the CUDA kernels run `scripts/install-nvcc.sh` (nvcc 13.0 from PyPI into .toolchain/) or set NVCC / CUDA_HOME, then rebuild.");
+        }
         fs::write(&fatbin, b"").expect("write OUT_DIR");
         fs::write(&report, "").expect("write OUT_DIR");
         return;

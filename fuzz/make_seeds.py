@@ -106,3 +106,20 @@ put("png", "palette", png(4, 2, 3, 2, [b"\x1b", b"\xe4"], plte=bytes(range(12)),
 put("png", "interlaced", png(9, 9, 2, 8, [bytes(range(27)) for _ in range(9)], interlace=1))
 put("png", "huge_header", open(f"{FIX}/images/kinds/huge_header.png", "rb").read())
 put("png", "palette4_trns", open(f"{FIX}/images/kinds/palette4.png", "rb").read())
+
+# serve_request: the first byte picks the endpoint (0 OpenAI images, 1 A1111 txt2img, 2 img2img), then
+# the body: the requests of tests/serve.rs and docs/serving.md, and a few refusals.
+png64 = __import__("base64").b64encode(open(f"{FIX}/images/init_64x64.png", "rb").read()).decode()
+bodies = [
+    (0, {"prompt": "a red house", "size": "64x64", "seed": 7}),
+    (0, {"prompt": "a cat", "n": 2, "size": "512x768", "steps": 4, "guidance_scale": 1.5,
+         "negative_prompt": "blurry", "loras": [{"name": "style", "scale": 0.8}], "response_format": "b64_json"}),
+    (1, {"prompt": "a boat <lora:style:0.5>", "seed": 11, "steps": 4, "cfg_scale": 1, "width": 64,
+         "height": 64, "sampler_name": "LCM", "n_iter": 1, "batch_size": 2}),
+    (2, {"prompt": "an oil painting", "init_images": [png64], "denoising_strength": 0.5, "seed": -1}),
+    (0, {"prompt": "x", "size": "4096x4096"}),
+    (1, {"prompt": "<lora:missing:1>", "steps": 999}),
+]
+for i, (api, body) in enumerate(bodies):
+    put("serve_request", f"body_{i}", bytes([api]) + json.dumps(body).encode())
+put("serve_request", "not_json", b"\x00{\"prompt\": ")

@@ -37,6 +37,8 @@ fi
 # by construction); what a fuzzer finds here is panics, overflows (-a: debug assertions on), huge
 # allocations (-malloc_limit_mb) and hangs (-timeout), and without ASan it runs ~2x more inputs.
 flags=(-s none -a --release)
+# The serve_request target links the lcm library; its kernels are of no use to a fuzzer (CPU-only).
+export LCM_NO_CUDA=1
 cd fuzz
 cargo "${toolchain[@]}" fuzz build "${flags[@]}"
 

@@ -39,3 +39,23 @@ fn an_allocation_past_the_device_memory_is_an_error_and_the_pipeline_recovers() 
     let out = p.generate(&big, &mut |_| {}).unwrap();
     assert_eq!(out.images.shape, [1, 128, 128, 3]);
 }
+
+/// Weights past the device's free memory (here the emulated device's cap less what the self-check left
+/// live) are refused before any is uploaded, naming the model and the sizes (f16: 2 bytes a weight).
+#[test]
+fn weights_past_the_device_memory_are_refused_before_the_load() {
+    if !lcm::cuda::emulator_built() {
+        println!("SKIPPED: this build has no kernel emulator (no CUDA headers at build time)");
+        return;
+    }
+    let backend = CudaBackend::open(DeviceKind::Emulated).unwrap();
+    let before = backend.device_bytes();
+    backend.set_device_memory_limit(Some(before + (1 << 20)));
+    let spec = LoadSpec { model_dir: fixtures().join("tiny-sd"), ..Default::default() };
+    let err = Pipeline::load(backend.share(), spec.clone()).err().expect("past the cap").to_string();
+    println!("{err}");
+    assert!(err.contains("tiny-sd") && err.contains("weights need") && err.contains("2 bytes a weight"), "{err}");
+    assert_eq!(backend.device_bytes(), before, "the refused load uploaded something");
+    backend.set_device_memory_limit(None);
+    Pipeline::load(backend, spec).expect("without the cap it loads");
+}

@@ -267,6 +267,10 @@ impl Backend for CudaBackend {
         self.precision.bytes()
     }
 
+    fn memory_available(&self) -> Option<u64> {
+        self.dev.available()
+    }
+
     fn f32_activations(&self) -> Option<CudaBackend> {
         (self.precision != Precision::F32).then(|| self.with_precision(Precision::F32))
     }

@@ -115,6 +115,22 @@ impl Device {
         self.live_bytes.load(Ordering::Relaxed)
     }
 
+    /// What may still be allocated: the cap less what is live, and on a GPU the driver's free memory
+    /// (`cuMemGetInfo`); `None` on the emulator without a cap.
+    pub(crate) fn available(&self) -> Option<u64> {
+        let limit = self.memory_limit.load(Ordering::Relaxed);
+        let cap = (limit != u64::MAX).then(|| limit.saturating_sub(self.live_bytes()));
+        let free = match &self.imp {
+            Imp::Gpu(g) => g.free_memory().ok(),
+            #[cfg(lcm_emulator)]
+            Imp::Emulated(_) => None,
+        };
+        match (cap, free) {
+            (Some(c), Some(f)) => Some(c.min(f)),
+            (c, f) => c.or(f),
+        }
+    }
+
     pub(crate) fn set_memory_limit(&self, bytes: Option<u64>) {
         self.memory_limit.store(bytes.unwrap_or(u64::MAX), Ordering::Relaxed);
     }
@@ -176,6 +192,17 @@ pub(crate) struct DeviceBuffer {
 impl DeviceBuffer {
     pub(crate) fn alloc(dev: &Arc<Device>, bytes: usize) -> Result<DeviceBuffer> {
         let (live, limit) = (dev.live_bytes(), dev.memory_limit.load(Ordering::Relaxed));
+        // The driver's free memory first, so that a request past it is refused by name rather than by
+        // cuMemAlloc's generic out-of-memory.
+        if let Imp::Gpu(g) = &dev.imp {
+            if let Ok(free) = g.free_memory() {
+                if bytes as u64 > free {
+                    return Err(Error::backend(format!(
+                        "out of device memory: {bytes} bytes requested, {free} free on the GPU (cuMemGetInfo)"
+                    )));
+                }
+            }
+        }
         if live.saturating_add(bytes as u64) > limit {
             return Err(Error::backend(format!(
                 "out of device memory: {bytes} bytes requested with {live} of the {limit} allowed in use"
@@ -329,6 +356,8 @@ impl GraphExec {
 
 impl Drop for GraphExec {
     fn drop(&mut self) {
+        // Irrefutable in a build without the emulator (then every device is a GPU).
+        #[allow(irrefutable_let_patterns)]
         if let (Imp::Gpu(g), ExecImp::Gpu(x)) = (&self.dev.imp, &self.imp) {
             g.destroy(*x);
         }

@@ -152,6 +152,15 @@ impl Gpu {
         )
     }
 
+    /// Free device memory in bytes (`cuMemGetInfo`).
+    pub(crate) fn free_memory(&self) -> Result<u64> {
+        self.bind()?;
+        let (mut free, mut total) = (0usize, 0usize);
+        // SAFETY: two out-parameters on the current context.
+        check(unsafe { sys::cuMemGetInfo_v2(&mut free, &mut total) }, "reading the GPU's free memory")?;
+        Ok(free as u64)
+    }
+
     pub(crate) fn alloc(&self, bytes: usize) -> Result<u64> {
         self.bind()?;
         let mut ptr = 0;

@@ -45,6 +45,36 @@ pub struct Generation {
     pub loras: Vec<LoraChoice>,
 }
 
+impl Generation {
+    /// Images over all its requests.
+    pub fn images(&self) -> usize {
+        self.reqs.iter().map(|r| r.num_images).sum()
+    }
+}
+
+/// The endpoints that generate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// OpenAI's `POST /v1/images/generations`.
+    OpenAi,
+    /// A1111's `POST /sdapi/v1/txt2img`.
+    Txt2Img,
+    /// A1111's `POST /sdapi/v1/img2img`.
+    Img2Img,
+}
+
+/// One request body for `api`, parsed and checked against `limits` and the LoRAs of `loras` as the
+/// server does before queueing it (what fuzz/fuzz_targets/serve_request.rs fuzzes); the error is the
+/// 4xx answer, naming the field.
+pub fn parse_request(api: Api, body: &[u8], limits: &Limits, loras: &LoraDir) -> Result<Generation, ApiError> {
+    let obj = parse_object(body)?;
+    match api {
+        Api::OpenAi => openai(&obj, limits, loras),
+        Api::Txt2Img => a1111(&obj, limits, loras, false),
+        Api::Img2Img => a1111(&obj, limits, loras, true),
+    }
+}
+
 /// A seed when the client gives none: distinct per call, short enough for any JSON reader (< 2^53).
 pub fn random_seed() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};

@@ -19,7 +19,7 @@ use lcm_pipeline::pipeline::{LoraSpec, Request};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
-use super::api::{self, Generation, Limits};
+use super::api::{self, Api, Generation, Limits};
 use super::error::ApiError;
 use super::loras::LoraDir;
 use super::metrics::{Metrics, Stage};
@@ -36,13 +36,6 @@ pub struct App {
     /// Shown in the PNGs' parameters and in `/v1/models`: the model folder's name, never its path.
     pub model_name: String,
     pub ids: AtomicU64,
-}
-
-#[derive(Clone, Copy)]
-enum Api {
-    OpenAi,
-    Txt2Img,
-    Img2Img,
 }
 
 impl Api {
@@ -155,16 +148,9 @@ async fn generate_inner(app: &Arc<App>, body: Body, api: Api) -> Result<Response
     let gen = {
         let app = app.clone();
         // img2img decodes base64 and a PNG: off the async threads.
-        tokio::task::spawn_blocking(move || {
-            let obj = api::parse_object(&bytes)?;
-            match api {
-                Api::OpenAi => api::openai(&obj, &app.limits, &app.loras),
-                Api::Txt2Img => api::a1111(&obj, &app.limits, &app.loras, false),
-                Api::Img2Img => api::a1111(&obj, &app.limits, &app.loras, true),
-            }
-        })
-        .await
-        .map_err(|_| ApiError::internal("request parsing panicked; see the server log"))??
+        tokio::task::spawn_blocking(move || api::parse_request(api, &bytes, &app.limits, &app.loras))
+            .await
+            .map_err(|_| ApiError::internal("request parsing panicked; see the server log"))??
     };
 
     let (tx, rx) = oneshot::channel();

@@ -23,8 +23,9 @@ use std::time::Duration;
 use lcm_core::{Backend, Error, Result};
 use lcm_pipeline::pipeline::{LoraSpec, Pipeline};
 
-pub use api::Limits;
-pub use loras::LoraDir;
+pub use api::{parse_request, Api, Generation, Limits};
+pub use error::ApiError;
+pub use loras::{LoraChoice, LoraDir};
 
 /// How to serve.
 pub struct ServeConfig {

@@ -57,6 +57,13 @@ pub trait Backend {
         None
     }
 
+    /// Bytes this backend can still allocate for weights and arenas (its memory cap less what is live,
+    /// and what the device or host reports free), or `None` when it cannot tell: what a load or a
+    /// request is checked against before any work, so that one that cannot fit is refused up front.
+    fn memory_available(&self) -> Option<u64> {
+        None
+    }
+
     /// Takes a weight in torch layout as f32 (already widened, LoRA already merged) into backend storage.
     fn upload_weight(&self, spec: &WeightSpec, data: &[f32]) -> Result<Self::Weight>;
 

@@ -52,7 +52,8 @@ impl CpuBackend {
 
     /// Caps the bytes this backend's arenas may hold at once (`None`: only the host's available
     /// memory). An arena past it is refused with an `Error` when its executor is built, before any op
-    /// runs; the pipelines on the backend stay usable.
+    /// runs; the pipelines on the backend stay usable. A pipeline load whose weights pass what is left
+    /// ([`Backend::memory_available`]) is refused before it reads them.
     pub fn set_memory_limit(&self, bytes: Option<u64>) {
         self.memory.set_limit(bytes);
     }
@@ -88,6 +89,10 @@ impl Backend for CpuBackend {
 
     fn act_bytes(&self) -> usize {
         4
+    }
+
+    fn memory_available(&self) -> Option<u64> {
+        self.memory.available()
     }
 
     fn load_lora_image(&self, image: &Self::LoraImage) -> Result<()> {

@@ -32,6 +32,16 @@ impl HostMemory {
         self.live.load(Ordering::Relaxed)
     }
 
+    /// What may still be allocated: the cap less the live arenas, and `MemAvailable`.
+    pub(crate) fn available(&self) -> Option<u64> {
+        let limit = self.limit.load(Ordering::Relaxed);
+        let cap = (limit != u64::MAX).then(|| limit.saturating_sub(self.live_bytes()));
+        match (cap, mem_available()) {
+            (Some(c), Some(m)) => Some(c.min(m)),
+            (c, m) => c.or(m),
+        }
+    }
+
     /// A zeroed arena of `bytes`, or an error naming the request and the bound it passes.
     pub(crate) fn alloc(&self, bytes: usize) -> Result<HostArena> {
         let (live, limit, want) = (self.live_bytes(), self.limit.load(Ordering::Relaxed), bytes as u64);

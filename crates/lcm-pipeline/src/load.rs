@@ -194,6 +194,47 @@ fn targets(unet: &UnetConfig, te: &ClipConfig, te2: Option<&ClipConfig>) -> Resu
     }
 }
 
+/// Refuses a model whose weights cannot fit what the backend has free ([`Backend::memory_available`]),
+/// before any weight is read: every weight element of the UNet and the text encoders, and of the VAE's
+/// decoder when its config is known, at the width the backend stores them in (its activations': f32 on
+/// the CPU, f16 on CUDA, f32 for a VAE it upcasts). A model larger than the machine fails here with the
+/// sizes, not in an allocation halfway through the load.
+fn check_weight_memory<B: Backend>(
+    backend: &B,
+    model: &Path,
+    unet: &UnetConfig,
+    text: &[&ClipConfig],
+    vae: Option<(&VaeConfig, bool)>,
+) -> Result<()> {
+    let Some(available) = backend.memory_available() else { return Ok(()) };
+    let numel =
+        |specs: Vec<lcm_core::WeightSpec>| specs.iter().map(|s| s.shape.iter().product::<usize>() as u64).sum::<u64>();
+    let width = backend.act_bytes() as u64;
+    let mut bytes = numel(unet.graph(1, 8, 8, 1)?.weights) * width;
+    for te in text {
+        bytes += numel(te.graph(1, 1)?.weights) * width;
+    }
+    if let Some((v, sdxl)) = vae {
+        let vae_width = if upcast_vae_backend(backend, sdxl, v).is_some() { 4 } else { width };
+        bytes += numel(v.decoder_graph(1, 1, 1)?.weights) * vae_width;
+    }
+    if bytes > available {
+        let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+        return Err(Error::file(
+            model,
+            format!(
+                "its weights need {:.1} MiB on the {} backend ({} bytes a weight), but {:.1} MiB are free (the \
+                 backend's memory cap, the host's MemAvailable or the GPU's free memory)",
+                mib(bytes),
+                backend.name(),
+                width,
+                mib(available)
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn from_folder<B: Backend>(backend: &B, spec: &LoadSpec) -> Result<Components<B>> {
     let dir = &spec.model_dir;
     if let Some(cfg) = &spec.config_dir {
@@ -217,6 +258,10 @@ fn from_folder<B: Backend>(backend: &B, spec: &LoadSpec) -> Result<Components<B>
     let te_cfg = ClipConfig::from_file(&te_dir.join("config.json"), spec.clip_skip)?;
     let te2_cfg = fam.sdxl.then(|| ClipConfig::from_file(&te2_dir.join("config.json"), spec.clip_skip)).transpose()?;
     let (te_cfg, te2_cfg) = text_configs(te_cfg, te2_cfg)?;
+    let vae_dir = component(dir, "vae")?;
+    let own_vae = VaeConfig::from_file(&component_config(&vae_dir)?)?;
+    let text_cfgs: Vec<&ClipConfig> = std::iter::once(&te_cfg).chain(te2_cfg.as_ref()).collect();
+    check_weight_memory(backend, dir, &unet_cfg, &text_cfgs, Some((&own_vae, fam.sdxl)))?;
     let mut merger = loras.resolve(&targets(&unet_cfg, &te_cfg, te2_cfg.as_ref())?)?;
     let text_encoder = {
         let mut hook = merger.hook();
@@ -242,11 +287,9 @@ fn from_folder<B: Backend>(backend: &B, spec: &LoadSpec) -> Result<Components<B>
         second,
         force_zeros_for_empty_prompt: fam.force_zeros_for_empty_prompt,
     };
-    let vae_dir = component(dir, "vae")?;
-    let own = VaeConfig::from_file(&component_config(&vae_dir)?)?;
     let (vae_cfg, source) = match &spec.vae {
-        Some(v) => open_separate_vae(v, own.scaling_factor, own.shift_factor)?,
-        None => (own, VaeSource::Folder(vae_dir)),
+        Some(v) => open_separate_vae(v, own_vae.scaling_factor, own_vae.shift_factor)?,
+        None => (own_vae, VaeSource::Folder(vae_dir)),
     };
     let sdxl = text.second.is_some();
     let (vae, vae_backend) = load_vae(backend, sdxl, vae_cfg, source, spec.variant)?;
@@ -314,6 +357,8 @@ fn from_single_file<B: Backend>(backend: &B, spec: &LoadSpec) -> Result<Componen
     let own_vae = if ck.has_vae() { vae_cfg.as_ref() } else { None };
     let (te_cfg, te2_cfg) = text_configs(te_cfg, second.as_ref().map(|s| s.0.clone()))?;
     ck.check(&unet_cfg, &te_cfg, te2_cfg.as_ref(), own_vae)?;
+    let text_cfgs: Vec<&ClipConfig> = std::iter::once(&te_cfg).chain(te2_cfg.as_ref()).collect();
+    check_weight_memory(backend, ck.path(), &unet_cfg, &text_cfgs, own_vae.map(|v| (v, ck.is_sdxl())))?;
     let tokenizer = ClipTokenizer::from_dir(tokenizer_dir)?;
 
     let mut merger = loras.resolve(&targets(&unet_cfg, &te_cfg, te2_cfg.as_ref())?)?;

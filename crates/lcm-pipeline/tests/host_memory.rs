@@ -52,3 +52,18 @@ fn the_vae_arena_is_checked_before_the_loop() {
     assert!(err.contains("out of host memory"), "{err}");
     assert_eq!(steps, 0, "the decoder's arena was refused only after {steps} steps");
 }
+
+/// A model whose weights do not fit what the backend has free is refused before any weight is read,
+/// naming the model and the sizes; with room it loads.
+#[test]
+fn weights_past_the_memory_are_refused_before_the_load() {
+    let spec = LoadSpec { model_dir: fixtures().join("tiny-sd"), ..Default::default() };
+    let backend = CpuBackend::new();
+    backend.set_memory_limit(Some(1 << 20)); // the tiny fixture's f32 weights are ~6 MiB
+    let err = Pipeline::load(backend, spec.clone()).err().expect("past the cap").to_string();
+    println!("{err}");
+    assert!(err.contains("tiny-sd") && err.contains("weights need") && err.contains("1.0 MiB are free"), "{err}");
+    let backend = CpuBackend::new();
+    backend.set_memory_limit(Some(64 << 20));
+    Pipeline::load(backend, spec).expect("room for the weights");
+}
