@@ -120,14 +120,18 @@ impl Device {
     pub(crate) fn available(&self) -> Option<u64> {
         let limit = self.memory_limit.load(Ordering::Relaxed);
         let cap = (limit != u64::MAX).then(|| limit.saturating_sub(self.live_bytes()));
-        let free = match &self.imp {
+        match (cap, self.gpu_free()) {
+            (Some(c), Some(f)) => Some(c.min(f)),
+            (c, f) => c.or(f),
+        }
+    }
+
+    /// The driver's free device memory (`cuMemGetInfo`); `None` on the emulator, or if the call fails.
+    fn gpu_free(&self) -> Option<u64> {
+        match &self.imp {
             Imp::Gpu(g) => g.free_memory().ok(),
             #[cfg(lcm_emulator)]
             Imp::Emulated(_) => None,
-        };
-        match (cap, free) {
-            (Some(c), Some(f)) => Some(c.min(f)),
-            (c, f) => c.or(f),
         }
     }
 
@@ -194,14 +198,10 @@ impl DeviceBuffer {
         let (live, limit) = (dev.live_bytes(), dev.memory_limit.load(Ordering::Relaxed));
         // The driver's free memory first, so that a request past it is refused by name rather than by
         // cuMemAlloc's generic out-of-memory.
-        if let Imp::Gpu(g) = &dev.imp {
-            if let Ok(free) = g.free_memory() {
-                if bytes as u64 > free {
-                    return Err(Error::backend(format!(
-                        "out of device memory: {bytes} bytes requested, {free} free on the GPU (cuMemGetInfo)"
-                    )));
-                }
-            }
+        if let Some(free) = dev.gpu_free().filter(|&free| bytes as u64 > free) {
+            return Err(Error::backend(format!(
+                "out of device memory: {bytes} bytes requested, {free} free on the GPU (cuMemGetInfo)"
+            )));
         }
         if live.saturating_add(bytes as u64) > limit {
             return Err(Error::backend(format!(
