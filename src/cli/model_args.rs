@@ -223,7 +223,7 @@ pub fn load_pipeline<B: Backend>(
 /// An img2img input's size must suit the VAE: sides multiples of 8 in 64..=2048 (the error names the
 /// file and what to do).
 pub fn check_init_size(path: &Path, w: usize, h: usize) -> Result<()> {
-    let ok = |v: usize| v % 8 == 0 && (MIN_SIZE..=MAX_SIZE).contains(&v);
+    let ok = |v: usize| v.is_multiple_of(8) && (MIN_SIZE..=MAX_SIZE).contains(&v);
     if ok(w) && ok(h) {
         return Ok(());
     }

@@ -193,11 +193,11 @@ pub fn gemm(s: &Gemm, k2: usize, p: GemmPtrs, prec: Precision, lim: Limits) -> R
     if s.geglu && (n % 2 != 0 || p.residual != 0) {
         return Err(Error::backend("GEGLU GEMM needs an even width and no residual"));
     }
-    if k2 % 8 != 0 {
+    if !k2.is_multiple_of(8) {
         return Err(Error::backend("LoRA segment width must be a multiple of 8"));
     }
     let large = cdiv(m, 128) * cdiv(n, 128) >= lim.sm_count as usize;
-    let kernel = match (s.ci % 8 != 0, large, prec) {
+    let kernel = match (!s.ci.is_multiple_of(8), large, prec) {
         (true, _, Precision::F16) => Kernel::IgemmScalarA,
         (true, _, Precision::F32) => Kernel::IgemmScalarAF32,
         (false, true, Precision::F16) => Kernel::IgemmLarge,

@@ -185,7 +185,7 @@ fn only_known(obj: &Map<String, Value>, known: &[&str], api: &str) -> Result<(),
 }
 
 fn size_checked(f: &str, v: usize, limits: &Limits) -> Result<usize, ApiError> {
-    if v % 8 != 0 || !(MIN_SIDE..=limits.max_side).contains(&v) {
+    if !v.is_multiple_of(8) || !(MIN_SIDE..=limits.max_side).contains(&v) {
         return Err(ApiError::bad(f, format!("{v}: expected a multiple of 8 in {MIN_SIDE}..={}", limits.max_side)));
     }
     Ok(v)

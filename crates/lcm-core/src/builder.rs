@@ -126,7 +126,7 @@ impl GraphBuilder {
     /// SiLU after. `groups` must divide C.
     pub fn group_norm(&mut self, prefix: &str, x: TensorId, groups: usize, eps: f32, silu: bool) -> TensorId {
         let c = self.channels(x);
-        if groups == 0 || c % groups != 0 {
+        if groups == 0 || !c.is_multiple_of(groups) {
             self.fail(format!("{prefix}: {c} channels do not split into {groups} groups"));
         }
         let gamma = self.weight(&format!("{prefix}.weight"), &[c], WeightKind::Plain);
@@ -147,7 +147,7 @@ impl GraphBuilder {
     /// Attention over q `[B, N, C]`, k/v `[B, M, C]`; q may be an NHWC image (its H·W are the tokens).
     pub fn attention(&mut self, q: TensorId, k: TensorId, v: TensorId, heads: usize, causal: bool) -> TensorId {
         let c = self.channels(q);
-        if heads == 0 || c % heads != 0 || self.channels(k) != c || self.shape(k) != self.shape(v) {
+        if heads == 0 || !c.is_multiple_of(heads) || self.channels(k) != c || self.shape(k) != self.shape(v) {
             self.fail(format!(
                 "attention: q {:?}, k {:?}, v {:?} do not fit {heads} heads",
                 self.shape(q),
@@ -164,7 +164,7 @@ impl GraphBuilder {
     pub fn geglu(&mut self, x: TensorId) -> TensorId {
         let mut s = self.shape(x).to_vec();
         let c = s.last_mut().expect("geglu input has a shape");
-        if *c % 2 != 0 {
+        if !(*c).is_multiple_of(2) {
             self.fail(format!("geglu: odd width {c}"));
         }
         *c /= 2;

@@ -121,7 +121,7 @@ impl ClipConfig {
             act,
             clip_skip,
         };
-        if cfg.heads == 0 || cfg.hidden_size % cfg.heads != 0 {
+        if cfg.heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.heads) {
             return Err(c.error(
                 "num_attention_heads",
                 format!("{} heads do not divide hidden_size {}", cfg.heads, cfg.hidden_size),
@@ -255,7 +255,7 @@ impl<B: Backend> ClipTextModel<B> {
     /// LayerNorm (of the last layer, or hidden_states[-(clip_skip+1)]). An id outside the vocabulary is
     /// an error from the backend's embedding.
     pub fn forward(&mut self, backend: &B, ids: &[i32], batch: usize) -> Result<Tensor> {
-        if batch == 0 || ids.len() % batch != 0 {
+        if batch == 0 || !ids.len().is_multiple_of(batch) {
             return Err(Error::invalid("token ids", format!("{} ids do not split into {batch} prompts", ids.len())));
         }
         let tokens = ids.len() / batch;
@@ -267,7 +267,7 @@ impl<B: Backend> ClipTextModel<B> {
 
     /// Every output of the graph for `ids` `[batch, T]` (see [`ClipOutput`]), as `[batch, T, …]` tensors.
     pub fn forward_outputs(&mut self, backend: &B, ids: &[i32], batch: usize) -> Result<Vec<Tensor>> {
-        if batch == 0 || ids.len() % batch != 0 {
+        if batch == 0 || !ids.len().is_multiple_of(batch) {
             return Err(Error::invalid("token ids", format!("{} ids do not split into {batch} prompts", ids.len())));
         }
         let tokens = ids.len() / batch;

@@ -256,7 +256,8 @@ pub(crate) fn unet_config(v: &View, pooled_dim: Option<usize>) -> Result<Value> 
         (json!(SD15_UNET_HEADS), "SD1.5 family's 8 heads")
     };
     let splits = |c: usize| {
-        c % SD_NORM_GROUPS == 0 && if sdxl { c % SDXL_UNET_HEAD_WIDTH == 0 } else { c % SD15_UNET_HEADS == 0 }
+        c.is_multiple_of(SD_NORM_GROUPS)
+            && if sdxl { c.is_multiple_of(SDXL_UNET_HEAD_WIDTH) } else { c.is_multiple_of(SD15_UNET_HEADS) }
     };
     if let Some(&bad) = channels.iter().find(|&&c| !splits(c)) {
         return Err(v.err(

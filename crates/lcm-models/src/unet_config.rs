@@ -278,7 +278,7 @@ impl UnetConfig {
                 ));
             }
         }
-        if cfg.conv_in_kernel % 2 == 0 || cfg.conv_out_kernel % 2 == 0 {
+        if cfg.conv_in_kernel.is_multiple_of(2) || cfg.conv_out_kernel.is_multiple_of(2) {
             return Err(c.error("conv_in_kernel", "kernel sizes must be odd"));
         }
         Ok(cfg)

@@ -119,7 +119,7 @@ impl TorchRng {
         for block in out.chunks_exact_mut(16) {
             box_muller_16(block.try_into().expect("chunks of 16"));
         }
-        if n % 16 != 0 {
+        if !n.is_multiple_of(16) {
             let tail: &mut [f32; 16] = (&mut out[n - 16..]).try_into().expect("16 elements");
             for x in tail.iter_mut() {
                 *x = self.uniform_f32();

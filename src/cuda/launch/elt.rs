@@ -32,7 +32,7 @@ pub enum EltOp {
 /// `n` output elements of `prec`; `a`, `b` inputs (b unused for unary ops).
 pub fn eltwise(op: EltOp, n: usize, a: u64, b: u64, out: u64, prec: Precision, lim: Limits) -> Result<Launch> {
     let vec = prec.vec();
-    let vectorised = n % vec == 0
+    let vectorised = n.is_multiple_of(vec)
         && match op {
             EltOp::AddChannel { c, .. } | EltOp::Geglu { c } => c % vec == 0,
             _ => true,
@@ -74,7 +74,7 @@ pub fn eltwise(op: EltOp, n: usize, a: u64, b: u64, out: u64, prec: Precision, l
 }
 
 pub fn concat(rows: usize, ca: usize, cb: usize, a: u64, b: u64, out: u64, lim: Limits) -> Result<Launch> {
-    let v8 = ca % 8 == 0 && cb % 8 == 0;
+    let v8 = ca.is_multiple_of(8) && cb.is_multiple_of(8);
     let units = rows * (ca + cb) / if v8 { 8 } else { 1 };
     Ok(Launch {
         kernel: if v8 { Kernel::ConcatV8 } else { Kernel::ConcatV1 },
@@ -128,7 +128,7 @@ pub fn upsample(shape: [usize; 6], x: u64, out: u64, prec: Precision, lim: Limit
 /// Token + position embedding; `ptrs` = ids, table, positions, out, error flag.
 pub fn embed(batch: usize, tokens: usize, c: usize, vocab: usize, ptrs: [u64; 5], lim: Limits) -> Result<Launch> {
     let [ids, table, positions, out, error] = ptrs;
-    let v8 = c % 8 == 0;
+    let v8 = c.is_multiple_of(8);
     dim(vocab * c, "embedding table elements")?;
     Ok(Launch {
         kernel: if v8 { Kernel::EmbedV8 } else { Kernel::EmbedV1 },

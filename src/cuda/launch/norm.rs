@@ -28,10 +28,10 @@ pub fn group_norm_plan(
     prec: Precision,
     lim: Limits,
 ) -> Result<GroupNormPlan> {
-    if groups == 0 || c % groups != 0 || hw == 0 || batch == 0 {
+    if groups == 0 || !c.is_multiple_of(groups) || hw == 0 || batch == 0 {
         return Err(Error::backend(format!("group norm of {c} channels in {groups} groups over {hw} pixels")));
     }
-    let vec = if c % prec.vec() == 0 { prec.vec() } else { 1 };
+    let vec = if c.is_multiple_of(prec.vec()) { prec.vec() } else { 1 };
     let cols = c / vec;
     if cols > 1024 {
         return Err(Error::backend(format!("group norm over {c} channels: at most {} supported", 1024 * vec)));
@@ -118,7 +118,7 @@ pub fn layer_norm(rows: usize, c: usize, eps: f32, ptrs: [u64; 4]) -> Result<Lau
     let [x, gamma, beta, out] = ptrs;
     dim(rows * c, "layer norm elements")?;
     Ok(Launch {
-        kernel: if c % 8 == 0 { Kernel::LayerNormV8 } else { Kernel::LayerNormV1 },
+        kernel: if c.is_multiple_of(8) { Kernel::LayerNormV8 } else { Kernel::LayerNormV1 },
         grid: [cdiv(rows, 4) as u32, 1, 1],
         block: [128, 1, 1],
         smem: 0,
@@ -149,7 +149,7 @@ mod tests {
             let precs: &[Precision] = if c > 4096 { &[Precision::F16] } else { &[Precision::F16, Precision::F32] };
             for &prec in precs {
                 let p = group_norm_plan(b, hw, c, if c % 32 == 0 { 32 } else { 4 }, prec, H100).unwrap();
-                assert!(p.threads <= 1024 && p.threads % (c / p.vec) == 0);
+                assert!(p.threads <= 1024 && p.threads.is_multiple_of(c / p.vec));
                 assert!((p.chunks - 1) * p.chunk_pixels < hw && p.chunks * p.chunk_pixels >= hw, "{b} {hw} {c}: {p:?}");
                 assert_eq!(p.threads / (c / p.vec), p.rows);
             }
