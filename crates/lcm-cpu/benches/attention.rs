@@ -63,7 +63,8 @@ fn quick(filter: &str) {
 
 fn main() {
     if std::env::var("LCM_BENCH_QUICK").is_ok_and(|v| v == "1") {
-        return quick(&std::env::args().nth(1).unwrap_or_default());
+        // cargo bench passes `--bench`; the filter is the first other argument.
+        return quick(&std::env::args().skip(1).find(|a| !a.starts_with("--")).unwrap_or_default());
     }
     let mut c = Criterion::default().configure_from_args().sample_size(10);
     let mut group = c.benchmark_group("cpu_attention");

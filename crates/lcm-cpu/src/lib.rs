@@ -10,6 +10,7 @@ pub mod elementwise;
 pub mod gemm;
 pub mod memory;
 pub mod norm;
+pub mod packed;
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -21,13 +22,16 @@ use lcm_core::{Backend, Elem, Error, Graph, HostData, Op, Result, Storage, Tenso
 use lcm_core::{Problem, Program};
 
 use crate::attention::AttnShape;
-use crate::gemm::MatRef;
 use crate::memory::{HostArena, HostMemory};
+use crate::packed::{Epilogue, PackedB};
 
-/// A weight in the layout the CPU ops read: conv weights as `[kh·kw·Ci, Co]`, the rest as given.
-pub struct CpuWeight {
-    /// f32 values in that layout.
-    pub data: Vec<f32>,
+/// A weight in the layout the CPU ops read.
+pub enum CpuWeight {
+    /// A linear weight packed as its GEMM's B (`[in, out]`, [`PackedB`]).
+    Packed(PackedB),
+    /// Conv weights as `[kh·kw·Ci, Co]` (the `gemm` crate's B), the rest (norm scales, biases, tables)
+    /// as given.
+    Plain(Vec<f32>),
 }
 
 type Profile = BTreeMap<&'static str, (u64, Duration, u64)>;
@@ -104,11 +108,12 @@ impl Backend for CpuBackend {
         if data.len() != numel {
             return Err(Error::invalid(&spec.name, format!("{} values for shape {:?}", data.len(), spec.shape)));
         }
-        let data = match (spec.kind, spec.shape.as_slice()) {
-            (WeightKind::Conv, &[co, ci, kh, kw]) => conv::pack_weight(data, co, ci, kh, kw),
-            _ => data.to_vec(),
-        };
-        Ok(CpuWeight { data })
+        Ok(match (spec.kind, spec.shape.as_slice()) {
+            (WeightKind::Conv, &[co, ci, kh, kw]) => CpuWeight::Plain(conv::pack_weight(data, co, ci, kh, kw)),
+            // y = x·Wᵀ: B is Wᵀ, the view of the row-major [n, k] W with strides (1, k).
+            (WeightKind::Linear, &[n, k]) => CpuWeight::Packed(PackedB::new(k, n, data, 1, k)),
+            _ => CpuWeight::Plain(data.to_vec()),
+        })
     }
 
     fn update_weight(&self, w: &mut CpuWeight, spec: &WeightSpec, data: &[f32]) -> Result<()> {
@@ -198,9 +203,23 @@ impl Memory<'_> {
         (off, n)
     }
 
+    /// A conv or linear weight, packed.
+    fn packed(&self, t: TensorId) -> &PackedB {
+        match self.graph.tensors[t].storage {
+            Storage::Weight(i) => match &self.weights[i] {
+                CpuWeight::Packed(p) => p,
+                CpuWeight::Plain(_) => panic!("tensor {t}: a GEMM weight stored unpacked"),
+            },
+            _ => panic!("tensor {t}: a GEMM's weight is not a weight"),
+        }
+    }
+
     fn src(&self, t: TensorId) -> &[f32] {
         match self.graph.tensors[t].storage {
-            Storage::Weight(i) => &self.weights[i].data,
+            Storage::Weight(i) => match &self.weights[i] {
+                CpuWeight::Plain(d) => d,
+                CpuWeight::Packed(_) => panic!("tensor {t}: a packed GEMM weight read as plain values"),
+            },
             _ => {
                 let (off, n) = self.range(t);
                 // SAFETY: in bounds (checked); see the struct comment for aliasing.
@@ -224,7 +243,8 @@ impl Memory<'_> {
     }
 }
 
-/// `out += bias (per last-dim channel) + residual`, the GEMM epilogue.
+/// `out += bias (per last-dim channel) + residual`, the convolutions' epilogue (the linear layers'
+/// GEMM adds both in registers).
 fn epilogue(out: &mut [f32], n: usize, bias: Option<&[f32]>, residual: Option<&[f32]>) {
     use rayon::prelude::*;
     if bias.is_none() && residual.is_none() {
@@ -250,20 +270,17 @@ impl CpuBackend {
             }
             (Op::Linear { x, w, bias, residual, .. }, Problem::Gemm(g)) => {
                 let (rows, n, k) = (g.m(), g.co, g.ci);
-                // y = x·Wᵀ: W is [n, k] row-major, so Wᵀ is the view with strides (1, k).
-                let (a, b) = (MatRef { data: m.src(x), rs: k, cs: 1 }, MatRef { data: m.src(w), rs: 1, cs: k });
+                let (w, bias) = (m.packed(w), bias.map(|b| m.src(b)));
                 if g.geglu {
                     let mut full = self.scratch.lock().expect("scratch lock");
                     if full.len() < rows * n {
                         full.resize(rows * n, 0.0);
                     }
                     let full = &mut full[..rows * n];
-                    gemm::gemm(rows, n, k, a, b, full);
-                    epilogue(full, n, bias.map(|b| m.src(b)), None);
+                    packed::gemm(rows, m.src(x), k, w, full, Epilogue { bias, residual: None });
                     elementwise::geglu(full, n / 2, out);
                 } else {
-                    gemm::gemm(rows, n, k, a, b, out);
-                    epilogue(out, n, bias.map(|b| m.src(b)), residual.map(|r| m.src(r)));
+                    packed::gemm(rows, m.src(x), k, w, out, Epilogue { bias, residual: residual.map(|r| m.src(r)) });
                 }
             }
             (Op::GroupNorm { x, gamma, beta, eps, silu, .. }, Problem::GroupNorm { batch, hw, c, groups }) => {
