@@ -51,8 +51,7 @@ impl LoraBuffers {
 
     /// Elements (f16) of the down buffer, then of the up buffer.
     fn sizes(&self) -> (usize, usize) {
-        let (o, i, kh, kw) = gemm_dims(&self.target).expect("checked when the slot was made");
-        (self.rp * kh * kw * i.div_ceil(8) * 8, o * self.rp)
+        slot_elems(&self.target, self.rp).expect("checked when the slot was made")
     }
 
     /// The slot's contents for `lora` (`None`: zeros, the LoRA off), f16 down then up, in the layouts
@@ -92,8 +91,8 @@ impl LoraSlot {
 }
 
 /// A LoRA state for a whole slot region, prepared in device memory of its own
-/// ([`CudaBackend::lora_image`]): [`CudaBackend::load_lora_image`] copies it over the region in one
-/// device-to-device copy.
+/// (`Backend::lora_image`): `Backend::load_lora_image` copies it over the region in one device-to-device
+/// copy.
 pub struct LoraImage {
     region: Arc<DeviceBuffer>,
     image: DeviceBuffer,
@@ -101,6 +100,12 @@ pub struct LoraImage {
 
 /// Slot buffers start on 256-byte boundaries, as every allocation does.
 const SLOT_ALIGN: usize = 256;
+
+/// Elements of a slot's down buffer (`[rp, kh, kw, cip]`) and up buffer (`[out, rp]`) on `target`.
+fn slot_elems(target: &WeightSpec, rp: usize) -> Result<(usize, usize)> {
+    let (o, i, kh, kw) = gemm_dims(target)?;
+    Ok((rp * kh * kw * i.div_ceil(8) * 8, o * rp))
+}
 
 /// `(out, in, kh, kw)` of a GEMM weight.
 fn gemm_dims(spec: &WeightSpec) -> Result<(usize, usize, usize, usize)> {
@@ -168,10 +173,10 @@ impl CudaBackend {
         let mut bytes = 0;
         for target in targets {
             self.lora_weights_f16(target)?;
-            let (o, i, kh, kw) = gemm_dims(target)?;
+            let (nd, nu) = slot_elems(target, rp)?;
             let down = bytes;
-            let up = down + (rp * kh * kw * i.div_ceil(8) * 8 * 2).next_multiple_of(SLOT_ALIGN);
-            bytes = up + (o * rp * 2).next_multiple_of(SLOT_ALIGN);
+            let up = down + (2 * nd).next_multiple_of(SLOT_ALIGN);
+            bytes = up + (2 * nu).next_multiple_of(SLOT_ALIGN);
             layout.push((down, up));
         }
         let region = Arc::new(DeviceBuffer::alloc(&self.dev, bytes.max(SLOT_ALIGN))?);
