@@ -10,5 +10,6 @@ cargo test --workspace --locked "$@"
 # A service embeds the library without the CLI's dependencies (`default-features = false`): keep that building.
 cargo check --lib --no-default-features --locked
 # The fuzz targets (fuzz/, their own workspace) call the loaders' APIs: a change to those must keep them
-# compiling. A plain check on the stable toolchain; scripts/fuzz.sh runs them.
-LCM_NO_CUDA=1 cargo check --manifest-path fuzz/Cargo.toml --locked --bins
+# compiling. A plain check on the stable toolchain, CPU-only like the fuzz builds (LCM_NO_CUDA=1, so not
+# under this script's LCM_REQUIRE_CUDA=1); scripts/fuzz.sh runs them.
+env -u LCM_REQUIRE_CUDA LCM_NO_CUDA=1 cargo check --manifest-path fuzz/Cargo.toml --locked --bins
