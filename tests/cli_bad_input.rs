@@ -184,6 +184,7 @@ fn png_kinds_are_converted_or_refused() {
     for (name, parts) in [
         ("truncated.png", &["truncated.png", "PNG"][..]),
         ("huge_header.png", &["huge_header.png", "100000x100000", "at most 2048"][..]),
+        ("ragged_palette.png", &["ragged_palette.png", "PLTE"][..]),
     ] {
         let img = kinds.join(name);
         let (code, stderr) = generate(&model, "x", &out.path(name), &["--image", img.to_str().unwrap()]);

@@ -131,6 +131,14 @@ pub fn decode_png_rgb8(
     if w > max_side || h > max_side {
         return Err(format!("image is {w}x{h}; img2img takes at most {max_side} pixels per side"));
     }
+    // The png crate (0.18.1) accepts a PLTE whose length is not a whole number of RGB entries, then
+    // indexes past its end while expanding it (a panic, found by fuzzing): refuse it here.
+    if let Some(palette) = reader.info().palette.as_deref().filter(|p| p.len() % 3 != 0) {
+        return Err(format!(
+            "bad PNG data: the PLTE chunk is {} bytes, not a whole number of RGB entries",
+            palette.len()
+        ));
+    }
     let mut buf = vec![0; reader.output_buffer_size().ok_or("bad PNG data: image too large")?];
     let info = reader.next_frame(&mut buf).map_err(|e| format!("bad PNG data: {e}"))?;
     buf.truncate(info.buffer_size());

@@ -358,13 +358,16 @@ fn png_kinds_are_converted_to_rgb8() {
 }
 
 #[test]
-fn png_truncated_or_huge_is_refused() {
+fn png_truncated_huge_or_ragged_is_refused() {
     let err = read_image_rgb8(&kind("truncated.png")).err().unwrap().to_string();
     println!("{err}");
     assert_mentions(&err, &["truncated.png", "PNG"]);
     let err = read_image_rgb8(&kind("huge_header.png")).err().unwrap().to_string();
     println!("{err}");
     assert_mentions(&err, &["huge_header.png", "100000x100000", &format!("at most {MAX_SIZE}")]);
+    let err = read_image_rgb8(&kind("ragged_palette.png")).err().unwrap().to_string();
+    println!("{err}");
+    assert_mentions(&err, &["ragged_palette.png", "PLTE", "49 bytes"]);
     let err = read_image_rgb8(&fixtures().join("tiny-sd/unet/config.json")).err().unwrap().to_string();
     println!("{err}");
     assert_mentions(&err, &["config.json", "not a PNG image"]);
