@@ -79,14 +79,17 @@ for comp in ["unet", "vae", "text_encoder", "scheduler"]:
             if os.path.exists(p):
                 put("config", f"{model.replace('/', '_')}_{comp}", open(p, "rb").read())
 
-# lora: headers of every fixture LoRA (kohya, kohya-LDM, peft, single-file), one small real file
+# lora: headers of every fixture LoRA (kohya, kohya-LDM, peft, single-file; SD1.5 and SDXL), one small real file
 for p in ["loras/lora_kohya", "loras/lora_kohya_ldm", "loras/lora_peft", "loras/lora2_peft", "single-file/lora_sf"]:
     put("lora", p.split("/")[1] + "_header", header(f"{FIX}/{p}.safetensors")[0])
 put("lora", "peft_small", subset(f"{FIX}/loras/lora2_peft.safetensors", 4))
+for p in ["lora_kohya", "lora_kohya_ldm", "lora_peft"]:
+    put("lora", f"sdxl_{p}_header", header(f"{FIX}/sdxl/loras/{p}.safetensors")[0])
 
-# single_file: checkpoint and VAE headers
+# single_file: checkpoint (SD1.5, SDXL) and VAE headers
 put("single_file", "sd15_tiny_header", header(f"{FIX}/single-file/sd15_tiny.safetensors")[0])
 put("single_file", "vae_ldm_header", header(f"{FIX}/single-file/vae_ldm.safetensors")[0])
+put("single_file", "sdxl_tiny_header", header(f"{FIX}/sdxl/tiny_sdxl.safetensors")[0])
 
 # tokenizer: the recorded prompts, and a few hostile ones
 for i, c in enumerate(json.load(open(f"{FIX}/records/tokenizer_prompts.json"))["cases"]):

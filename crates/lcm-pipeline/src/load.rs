@@ -187,7 +187,7 @@ fn text_configs(te: ClipConfig, te2: Option<ClipConfig>) -> Result<(ClipConfig, 
 }
 
 /// The LoRA targets of a UNet and one or two text encoders.
-fn targets(unet: &UnetConfig, te: &ClipConfig, te2: Option<&ClipConfig>) -> Result<Targets> {
+pub(crate) fn targets(unet: &UnetConfig, te: &ClipConfig, te2: Option<&ClipConfig>) -> Result<Targets> {
     match te2 {
         None => Targets::for_models(unet, te),
         Some(te2) => Targets::for_sdxl(unet, te, te2),

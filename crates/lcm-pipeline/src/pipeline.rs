@@ -585,10 +585,8 @@ impl<B: Backend> Pipeline<B> {
 
     /// The weights LoRAs may target in this pipeline's UNet and text encoder(s).
     pub(crate) fn lora_targets(&self) -> Result<Targets> {
-        match &self.text.second {
-            None => Targets::for_models(&self.unet.config, &self.text.first.model.config),
-            Some(te2) => Targets::for_sdxl(&self.unet.config, &self.text.first.model.config, &te2.model.config),
-        }
+        let te2 = self.text.second.as_ref().map(|te2| &te2.model.config);
+        crate::load::targets(&self.unet.config, &self.text.first.model.config, te2)
     }
 
     /// The image size a request without one gets: the UNet's `sample_size` times the VAE's factor, as
