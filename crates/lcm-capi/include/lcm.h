@@ -11,6 +11,10 @@
 // A loaded pipeline (opaque). Free with [`lcm_free_pipeline`].
 typedef struct LcmPipeline LcmPipeline;
 
+// LoRAs made ready on one pipeline by [`lcm_prepare_loras`] for [`lcm_use_loras`] (opaque). Holds
+// device memory on CUDA (the runtime LoRA buffers' contents). Free with [`lcm_free_prepared_loras`].
+typedef struct LcmPreparedLoras LcmPreparedLoras;
+
 // Which device a pipeline runs on.
 typedef int32_t LcmDevice;
 
@@ -155,6 +159,37 @@ LcmStatus lcm_generate(struct LcmPipeline *pipeline,
 LcmStatus lcm_set_loras(struct LcmPipeline *pipeline,
                         const struct LcmLora *loras,
                         size_t num_loras);
+
+// Prepares `loras` (none when `num_loras` is 0) for [`lcm_use_loras`] on `pipeline`, checking every
+// file as [`lcm_set_loras`] does, without changing the pipeline; on `LCM_OK`, `*out` is the prepared
+// set, else it is set to NULL. A service prepares the adapters it serves once, then switches per
+// request. Waits for a running generation to finish.
+//
+// # Safety
+// `pipeline` comes from [`lcm_pipeline_load`] and is not freed; `loras` is NULL (with `num_loras`
+// 0) or holds `num_loras` entries with NUL-terminated paths; `out` points to writable storage for a
+// pointer.
+LcmStatus lcm_prepare_loras(struct LcmPipeline *pipeline,
+                            const struct LcmLora *loras,
+                            size_t num_loras,
+                            struct LcmPreparedLoras **out);
+
+// Switches `pipeline` to LoRAs [`lcm_prepare_loras`] prepared on it: on CUDA with runtime LoRAs, one
+// device-to-device copy (no file read, no upload, no allocation). The images equal those after
+// [`lcm_set_loras`] with the same LoRAs. Waits for a running generation to finish.
+//
+// # Safety
+// `pipeline` comes from [`lcm_pipeline_load`] and is not freed; `prepared` comes from
+// [`lcm_prepare_loras`] and is not freed.
+LcmStatus lcm_use_loras(struct LcmPipeline *pipeline,
+                        const struct LcmPreparedLoras *prepared);
+
+// Frees LoRAs from [`lcm_prepare_loras`] (and their device memory); NULL is ignored. Before or after
+// the pipeline that prepared them, either is safe (the memory holds the device open).
+//
+// # Safety
+// `prepared` is NULL or came from `lcm_prepare_loras` and was not freed.
+void lcm_free_prepared_loras(struct LcmPreparedLoras *prepared);
 
 // Stops the generation running on `pipeline` (its `lcm_generate` returns `LCM_ERR_CANCELLED`):
 // between stages, and between steps on the CPU. Safe to call from any thread while `lcm_generate`

@@ -1,6 +1,7 @@
 //! The C ABI of lcm (`include/lcm.h`, generated from this file by cbindgen; tests/header.rs checks it
-//! has not drifted): load a pipeline once, generate 8-bit RGB images, swap LoRAs between generations,
-//! cancel from another thread.
+//! has not drifted): load a pipeline once, generate 8-bit RGB images, swap LoRAs between generations
+//! (or prepare sets of LoRAs once and switch between them with one device copy), cancel from another
+//! thread.
 //!
 //! Conventions, for every function:
 //! - The return value is a status code (`LCM_OK` = 0, else one of the `LCM_ERR_*`); on an error,
@@ -22,7 +23,7 @@ use lcm::cuda::{CudaBackend, DeviceKind};
 use lcm_core::{Backend, Error};
 use lcm_cpu::CpuBackend;
 use lcm_models::Variant;
-use lcm_pipeline::lora_swap::LoraMode;
+use lcm_pipeline::lora_swap::{LoraMode, PreparedLoras};
 use lcm_pipeline::pipeline::{InitImage, LoadSpec, LoraSpec, Pipeline, Request};
 
 /// A status code: `LCM_OK` or one of the `LCM_ERR_*` values.
@@ -136,6 +137,19 @@ pub struct LcmPipeline {
 enum Engine {
     Cpu(Box<Pipeline<CpuBackend>>),
     Cuda(Box<Pipeline<CudaBackend>>),
+}
+
+/// LoRAs made ready on one pipeline by [`lcm_prepare_loras`] for [`lcm_use_loras`] (opaque). Holds
+/// device memory on CUDA (the runtime LoRA buffers' contents). Free with [`lcm_free_prepared_loras`].
+pub struct LcmPreparedLoras {
+    /// The pipeline that prepared them (an address, compared only): another pipeline refuses them.
+    owner: usize,
+    prepared: Prepared,
+}
+
+enum Prepared {
+    Cpu(PreparedLoras<CpuBackend>),
+    Cuda(PreparedLoras<CudaBackend>),
 }
 
 impl Engine {
@@ -467,6 +481,85 @@ pub unsafe extern "C" fn lcm_set_loras(
         lock(p).run(|g| g.set_loras(&specs))?;
         Ok(())
     })
+}
+
+/// Prepares `loras` (none when `num_loras` is 0) for [`lcm_use_loras`] on `pipeline`, checking every
+/// file as [`lcm_set_loras`] does, without changing the pipeline; on `LCM_OK`, `*out` is the prepared
+/// set, else it is set to NULL. A service prepares the adapters it serves once, then switches per
+/// request. Waits for a running generation to finish.
+///
+/// # Safety
+/// `pipeline` comes from [`lcm_pipeline_load`] and is not freed; `loras` is NULL (with `num_loras`
+/// 0) or holds `num_loras` entries with NUL-terminated paths; `out` points to writable storage for a
+/// pointer.
+#[no_mangle]
+pub unsafe extern "C" fn lcm_prepare_loras(
+    pipeline: *mut LcmPipeline,
+    loras: *const LcmLora,
+    num_loras: usize,
+    out: *mut *mut LcmPreparedLoras,
+) -> LcmStatus {
+    guard(|| {
+        if out.is_null() {
+            return Err(invalid("out", "NULL"));
+        }
+        // SAFETY: checked non-NULL; the caller's contract.
+        unsafe { *out = std::ptr::null_mut() };
+        // SAFETY: the caller's contract.
+        let p = unsafe { pipeline.as_ref() }.ok_or_else(|| invalid("pipeline", "NULL"))?;
+        // SAFETY: the caller's contract.
+        let specs = unsafe { lora_specs(loras, num_loras, "loras") }?;
+        let prepared = match &*lock(p) {
+            Engine::Cpu(g) => Prepared::Cpu(g.prepare_loras(&specs)?),
+            Engine::Cuda(g) => Prepared::Cuda(g.prepare_loras(&specs)?),
+        };
+        let prepared = Box::new(LcmPreparedLoras { owner: pipeline as usize, prepared });
+        // SAFETY: checked non-NULL above.
+        unsafe { *out = Box::into_raw(prepared) };
+        Ok(())
+    })
+}
+
+/// Switches `pipeline` to LoRAs [`lcm_prepare_loras`] prepared on it: on CUDA with runtime LoRAs, one
+/// device-to-device copy (no file read, no upload, no allocation). The images equal those after
+/// [`lcm_set_loras`] with the same LoRAs. Waits for a running generation to finish.
+///
+/// # Safety
+/// `pipeline` comes from [`lcm_pipeline_load`] and is not freed; `prepared` comes from
+/// [`lcm_prepare_loras`] and is not freed.
+#[no_mangle]
+pub unsafe extern "C" fn lcm_use_loras(pipeline: *mut LcmPipeline, prepared: *const LcmPreparedLoras) -> LcmStatus {
+    guard(|| {
+        // SAFETY: the caller's contract.
+        let p = unsafe { pipeline.as_ref() }.ok_or_else(|| invalid("pipeline", "NULL"))?;
+        // SAFETY: the caller's contract.
+        let l = unsafe { prepared.as_ref() }.ok_or_else(|| invalid("prepared", "NULL"))?;
+        if l.owner != pipeline as usize {
+            return Err(invalid("prepared", "prepared by another pipeline (lcm_prepare_loras on this one)"));
+        }
+        match (&mut *lock(p), &l.prepared) {
+            (Engine::Cpu(g), Prepared::Cpu(l)) => g.use_loras(l)?,
+            (Engine::Cuda(g), Prepared::Cuda(l)) => g.use_loras(l)?,
+            // The same pipeline always prepares for its own backend.
+            _ => return Err(invalid("prepared", "prepared for another backend")),
+        }
+        Ok(())
+    })
+}
+
+/// Frees LoRAs from [`lcm_prepare_loras`] (and their device memory); NULL is ignored. Before or after
+/// the pipeline that prepared them, either is safe (the memory holds the device open).
+///
+/// # Safety
+/// `prepared` is NULL or came from `lcm_prepare_loras` and was not freed.
+#[no_mangle]
+pub unsafe extern "C" fn lcm_free_prepared_loras(prepared: *mut LcmPreparedLoras) {
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        if !prepared.is_null() {
+            // SAFETY: the caller's contract.
+            drop(unsafe { Box::from_raw(prepared) });
+        }
+    }));
 }
 
 /// Stops the generation running on `pipeline` (its `lcm_generate` returns `LCM_ERR_CANCELLED`):

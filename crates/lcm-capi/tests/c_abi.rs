@@ -1,6 +1,7 @@
 //! tests/c/generate.c compiled with the system C compiler (`cc`, or $CC) against include/lcm.h and
 //! liblcm_capi.so, run on the tiny fixture model: its images equal the Rust API's for the same
-//! request, byte for byte (txt2img with two images, a LoRA swapped in, and after a cancel).
+//! request, byte for byte (txt2img with two images, a LoRA swapped in, prepared LoRAs switched in, and
+//! after a cancel).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -70,8 +71,10 @@ fn c_program_generates_the_rust_apis_images() {
     let req = Request { prompt: "a boat".into(), seed: 11, steps: 4, num_images: 1, ..req };
     let with_lora = rust_images(&req, vec![LoraSpec { path: lora, scale: 0.5 }]);
     assert!(read("lora.rgb") == with_lora, "with a LoRA swapped in: the C ABI's pixels differ");
+    assert!(read("prepared.rgb") == with_lora, "with prepared LoRAs switched in: the C ABI's pixels differ");
     let without = rust_images(&req, Vec::new());
     assert!(without != with_lora, "the LoRA changed nothing: the comparison above proves nothing");
+    assert!(read("prepared_none.rgb") == without, "with prepared no-LoRAs switched in: pixels differ");
     assert!(read("after.rgb") == without, "after the cancel and the LoRA swapped out: pixels differ");
     let _ = std::fs::remove_dir_all(&dir);
 }

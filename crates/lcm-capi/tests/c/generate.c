@@ -100,6 +100,32 @@ int main(int argc, char **argv) {
     write_images(argv[3], "lora.rgb", im);
     lcm_free_images(im);
 
+    /* Prepared LoRAs: a missing file is refused; switching to none, then to the LoRA, gives
+       lcm_set_loras' images; another pipeline refuses them. */
+    LcmPreparedLoras *with_lora = NULL, *none = NULL;
+    LcmLora missing = {"/no/such/lora.safetensors", 0.5f};
+    CHECK(lcm_prepare_loras(pipe, &missing, 1, &with_lora) == LCM_ERR_FILE && with_lora == NULL);
+    CHECK(strstr(lcm_last_error(), "/no/such/lora.safetensors") != NULL);
+    CHECK(lcm_prepare_loras(pipe, &lora, 1, &with_lora) == LCM_OK && with_lora != NULL);
+    CHECK(lcm_prepare_loras(pipe, NULL, 0, &none) == LCM_OK && none != NULL);
+    CHECK(lcm_use_loras(pipe, none) == LCM_OK);
+    CHECK(lcm_generate(pipe, &req, &im) == LCM_OK);
+    write_images(argv[3], "prepared_none.rgb", im);
+    lcm_free_images(im);
+    CHECK(lcm_use_loras(pipe, with_lora) == LCM_OK);
+    CHECK(lcm_generate(pipe, &req, &im) == LCM_OK);
+    write_images(argv[3], "prepared.rgb", im);
+    lcm_free_images(im);
+    CHECK(lcm_use_loras(pipe, NULL) == LCM_ERR_INVALID_ARGUMENT);
+    LcmPipeline *other = NULL;
+    CHECK(lcm_pipeline_load(&opts, &other) == LCM_OK);
+    CHECK(lcm_use_loras(other, with_lora) == LCM_ERR_INVALID_ARGUMENT);
+    CHECK(strstr(lcm_last_error(), "another pipeline") != NULL);
+    lcm_free_pipeline(other);
+    lcm_free_prepared_loras(with_lora);
+    lcm_free_prepared_loras(none);
+    lcm_free_prepared_loras(NULL);
+
     /* lcm_cancel from this thread stops a long generation running on another. */
     struct slow s = {pipe, -1, 0};
     pthread_t t;
