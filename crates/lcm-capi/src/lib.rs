@@ -268,6 +268,19 @@ unsafe fn lora_specs(p: *const LcmLora, n: usize, arg: &str) -> Result<Vec<LoraS
         .collect()
 }
 
+/// Checks an out-parameter and sets it to NULL, so that a call that fails leaves it NULL.
+///
+/// # Safety
+/// `out` is NULL or points to writable storage for a pointer.
+unsafe fn clear_out<T>(out: *mut *mut T) -> Result<(), Failure> {
+    if out.is_null() {
+        return Err(invalid("out", "NULL"));
+    }
+    // SAFETY: checked non-NULL; writable by the caller's contract.
+    unsafe { *out = std::ptr::null_mut() };
+    Ok(())
+}
+
 /// Images one `lcm_generate` may ask for.
 const MAX_IMAGES: usize = 64;
 
@@ -339,11 +352,8 @@ pub extern "C" fn lcm_request_default() -> LcmRequest {
 #[no_mangle]
 pub unsafe extern "C" fn lcm_pipeline_load(options: *const LcmLoadOptions, out: *mut *mut LcmPipeline) -> LcmStatus {
     guard(|| {
-        if out.is_null() {
-            return Err(invalid("out", "NULL"));
-        }
-        // SAFETY: checked non-NULL; the caller's contract.
-        unsafe { *out = std::ptr::null_mut() };
+        // SAFETY: the caller's contract.
+        unsafe { clear_out(out) }?;
         // SAFETY: the caller's contract.
         let o = unsafe { options.as_ref() }.ok_or_else(|| invalid("options", "NULL"))?;
         // SAFETY: the caller's contract.
@@ -403,11 +413,8 @@ pub unsafe extern "C" fn lcm_generate(
     out: *mut *mut LcmImages,
 ) -> LcmStatus {
     guard(|| {
-        if out.is_null() {
-            return Err(invalid("out", "NULL"));
-        }
-        // SAFETY: checked non-NULL; the caller's contract.
-        unsafe { *out = std::ptr::null_mut() };
+        // SAFETY: the caller's contract.
+        unsafe { clear_out(out) }?;
         // SAFETY: the caller's contract (a live pipeline; shared access, the engine is behind a lock).
         let p = unsafe { pipeline.as_ref() }.ok_or_else(|| invalid("pipeline", "NULL"))?;
         // SAFETY: the caller's contract.
@@ -500,11 +507,8 @@ pub unsafe extern "C" fn lcm_prepare_loras(
     out: *mut *mut LcmPreparedLoras,
 ) -> LcmStatus {
     guard(|| {
-        if out.is_null() {
-            return Err(invalid("out", "NULL"));
-        }
-        // SAFETY: checked non-NULL; the caller's contract.
-        unsafe { *out = std::ptr::null_mut() };
+        // SAFETY: the caller's contract.
+        unsafe { clear_out(out) }?;
         // SAFETY: the caller's contract.
         let p = unsafe { pipeline.as_ref() }.ok_or_else(|| invalid("pipeline", "NULL"))?;
         // SAFETY: the caller's contract.
