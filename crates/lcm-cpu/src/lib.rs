@@ -243,30 +243,14 @@ impl Memory<'_> {
     }
 }
 
-/// `out += bias (per last-dim channel) + residual`, the convolutions' epilogue (the linear layers'
-/// GEMM adds both in registers).
-fn epilogue(out: &mut [f32], n: usize, bias: Option<&[f32]>, residual: Option<&[f32]>) {
-    use rayon::prelude::*;
-    if bias.is_none() && residual.is_none() {
-        return;
-    }
-    out.par_chunks_mut(n).enumerate().for_each(|(r, row)| {
-        if let Some(b) = bias {
-            row.iter_mut().zip(b).for_each(|(o, b)| *o += b);
-        }
-        if let Some(res) = residual {
-            row.iter_mut().zip(&res[r * n..(r + 1) * n]).for_each(|(o, r)| *o += r);
-        }
-    });
-}
-
 impl CpuBackend {
     fn run_op(&self, m: &Memory, op: &Op, problem: &Problem) -> Result<()> {
         let out = m.dst(op);
         match (*op, *problem) {
             (Op::Conv2d { x, w, bias, residual, .. }, Problem::Gemm(g)) => {
                 conv::conv2d(&g, m.src(x), m.src(w), out);
-                epilogue(out, g.co, bias.map(|b| m.src(b)), residual.map(|r| m.src(r)));
+                let epi = Epilogue { bias: bias.map(|b| m.src(b)), residual: residual.map(|r| m.src(r)) };
+                packed::add_epilogue(out, g.co, epi);
             }
             (Op::Linear { x, w, bias, residual, .. }, Problem::Gemm(g)) => {
                 let (rows, n, k) = (g.m(), g.co, g.ci);

@@ -297,16 +297,20 @@ fn pack_a(a: &[f32], lda: usize, rows: std::ops::Range<usize>, k0: usize, kc: us
     }
 }
 
-/// `c += bias + residual` (the epilogue alone, for k = 0).
-fn add_epilogue(c: &mut [f32], n: usize, epi: Epilogue) {
-    for (r, row) in c.chunks_mut(n).enumerate() {
+/// `c += bias + residual` as a pass of its own over C `[m, n]`: the convolutions' epilogue (their GEMM
+/// is the `gemm` crate's), and this GEMM's for k = 0.
+pub fn add_epilogue(c: &mut [f32], n: usize, epi: Epilogue) {
+    if epi.bias.is_none() && epi.residual.is_none() {
+        return;
+    }
+    c.par_chunks_mut(n).enumerate().for_each(|(r, row)| {
         if let Some(b) = epi.bias {
             row.iter_mut().zip(b).for_each(|(o, b)| *o += b);
         }
         if let Some(res) = epi.residual {
-            row.iter_mut().zip(&res[r * n..]).for_each(|(o, r)| *o += r);
+            row.iter_mut().zip(&res[r * n..(r + 1) * n]).for_each(|(o, r)| *o += r);
         }
-    }
+    });
 }
 
 /// The portable micro-kernel (no FMA: `acc + a·b`), 4×16.
