@@ -11,9 +11,10 @@ pub mod gemm;
 pub mod memory;
 pub mod norm;
 pub mod packed;
+pub mod winograd;
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use lcm_core::lcm::{self, StepRow};
@@ -24,14 +25,24 @@ use lcm_core::{Problem, Program};
 use crate::attention::AttnShape;
 use crate::memory::{HostArena, HostMemory};
 use crate::packed::{Epilogue, PackedB};
+use crate::winograd::WinogradWeight;
 
 /// A weight in the layout the CPU ops read.
 pub enum CpuWeight {
     /// A linear weight packed as its GEMM's B (`[in, out]`, [`PackedB`]).
     Packed(PackedB),
-    /// Conv weights as `[kh·kw·Ci, Co]` (the `gemm` crate's B), the rest (norm scales, biases, tables)
-    /// as given.
+    /// A convolution's weight.
+    Conv(ConvWeight),
+    /// The rest (norm scales, biases, tables) as given.
     Plain(Vec<f32>),
+}
+
+/// A convolution's weight as `[kh·kw·Ci, Co]` (the `gemm` crate's B), and its Winograd transform, made
+/// on the first call that runs by Winograd ([`winograd::applies`]): only the convolutions big enough
+/// to gain pay its 4x memory, and a LoRA merge (a new weight) starts without it.
+pub struct ConvWeight {
+    gemm: Vec<f32>,
+    winograd: OnceLock<WinogradWeight>,
 }
 
 type Profile = BTreeMap<&'static str, (u64, Duration, u64)>;
@@ -109,7 +120,9 @@ impl Backend for CpuBackend {
             return Err(Error::invalid(&spec.name, format!("{} values for shape {:?}", data.len(), spec.shape)));
         }
         Ok(match (spec.kind, spec.shape.as_slice()) {
-            (WeightKind::Conv, &[co, ci, kh, kw]) => CpuWeight::Plain(conv::pack_weight(data, co, ci, kh, kw)),
+            (WeightKind::Conv, &[co, ci, kh, kw]) => {
+                CpuWeight::Conv(ConvWeight { gemm: conv::pack_weight(data, co, ci, kh, kw), winograd: OnceLock::new() })
+            }
             // y = x·Wᵀ: B is Wᵀ, the view of the row-major [n, k] W with strides (1, k).
             (WeightKind::Linear, &[n, k]) => CpuWeight::Packed(PackedB::new(k, n, data, 1, k)),
             _ => CpuWeight::Plain(data.to_vec()),
@@ -170,7 +183,7 @@ impl Backend for CpuBackend {
             self.run_op(&mem, op, problem)?;
             if let (Some(p), Some(t)) = (&self.profile, start) {
                 let mut p = p.lock().expect("profile lock");
-                let e = p.entry(op.name()).or_default();
+                let e = p.entry(profile_name(op, problem)).or_default();
                 *e = (e.0 + 1, e.1 + t.elapsed(), e.2 + problem.macs());
             }
             if let Some(w) = watch.as_mut() {
@@ -178,6 +191,14 @@ impl Backend for CpuBackend {
             }
         }
         Ok(())
+    }
+}
+
+/// The profile's name for an op: its own, with the Winograd convolutions apart from the others.
+fn profile_name(op: &Op, problem: &Problem) -> &'static str {
+    match (op, problem) {
+        (Op::Conv2d { .. }, Problem::Gemm(g)) if winograd::applies(g) => "conv2d_winograd",
+        _ => op.name(),
     }
 }
 
@@ -203,13 +224,25 @@ impl Memory<'_> {
         (off, n)
     }
 
-    /// A conv or linear weight, packed.
+    /// A linear weight, packed.
     fn packed(&self, t: TensorId) -> &PackedB {
+        match self.weight(t) {
+            CpuWeight::Packed(p) => p,
+            _ => panic!("tensor {t}: a linear weight stored otherwise"),
+        }
+    }
+
+    /// A convolution's weight.
+    fn conv(&self, t: TensorId) -> &ConvWeight {
+        match self.weight(t) {
+            CpuWeight::Conv(c) => c,
+            _ => panic!("tensor {t}: a convolution's weight stored otherwise"),
+        }
+    }
+
+    fn weight(&self, t: TensorId) -> &CpuWeight {
         match self.graph.tensors[t].storage {
-            Storage::Weight(i) => match &self.weights[i] {
-                CpuWeight::Packed(p) => p,
-                CpuWeight::Plain(_) => panic!("tensor {t}: a GEMM weight stored unpacked"),
-            },
+            Storage::Weight(i) => &self.weights[i],
             _ => panic!("tensor {t}: a GEMM's weight is not a weight"),
         }
     }
@@ -218,7 +251,7 @@ impl Memory<'_> {
         match self.graph.tensors[t].storage {
             Storage::Weight(i) => match &self.weights[i] {
                 CpuWeight::Plain(d) => d,
-                CpuWeight::Packed(_) => panic!("tensor {t}: a packed GEMM weight read as plain values"),
+                _ => panic!("tensor {t}: a GEMM weight read as plain values"),
             },
             _ => {
                 let (off, n) = self.range(t);
@@ -248,9 +281,15 @@ impl CpuBackend {
         let out = m.dst(op);
         match (*op, *problem) {
             (Op::Conv2d { x, w, bias, residual, .. }, Problem::Gemm(g)) => {
-                conv::conv2d(&g, m.src(x), m.src(w), out);
+                let (w, x) = (m.conv(w), m.src(x));
                 let epi = Epilogue { bias: bias.map(|b| m.src(b)), residual: residual.map(|r| m.src(r)) };
-                packed::add_epilogue(out, g.co, epi);
+                if winograd::applies(&g) {
+                    let u = w.winograd.get_or_init(|| WinogradWeight::new(&w.gemm, g.ci, g.co));
+                    winograd::conv2d(&g, x, u, out, epi);
+                } else {
+                    conv::conv2d(&g, x, &w.gemm, out);
+                    packed::add_epilogue(out, g.co, epi);
+                }
             }
             (Op::Linear { x, w, bias, residual, .. }, Problem::Gemm(g)) => {
                 let (rows, n, k) = (g.m(), g.co, g.ci);

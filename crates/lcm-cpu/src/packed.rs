@@ -80,17 +80,23 @@ impl PackedB {
     /// Packs B, whose element (kk, j) is `b[kk·rs + j·cs]`: `rs = n, cs = 1` for a row-major `[k, n]`,
     /// `rs = 1, cs = k` for the transpose of a row-major `[n, k]` (a linear layer's weight).
     pub fn new(k: usize, n: usize, b: &[f32], rs: usize, cs: usize) -> PackedB {
-        let nr = kernel().nr;
         if k > 0 && n > 0 {
             assert!((k - 1) * rs + (n - 1) * cs < b.len(), "PackedB: {k}×{n} view exceeds its slice");
         }
+        PackedB::from_rows(k, n, |kk, j0, dst| {
+            dst.iter_mut().enumerate().for_each(|(j, d)| *d = b[kk * rs + (j0 + j) * cs]);
+        })
+    }
+
+    /// Packs a B computed in place: `fill(kk, j0, dst)` writes elements (kk, j0 ..) of B into `dst` (up
+    /// to one panel's width), each exactly once, panels in parallel.
+    pub fn from_rows(k: usize, n: usize, fill: impl Fn(usize, usize, &mut [f32]) + Sync) -> PackedB {
+        let nr = kernel().nr;
         let mut data = vec![0.0; n.div_ceil(nr) * k * nr];
         data.par_chunks_mut((k * nr).max(1)).enumerate().for_each(|(p, panel)| {
-            for j in 0..nr.min(n - p * nr) {
-                let col = (p * nr + j) * cs;
-                for kk in 0..k {
-                    panel[kk * nr + j] = b[kk * rs + col];
-                }
+            let width = nr.min(n - p * nr);
+            for (kk, row) in panel.chunks_exact_mut(nr).enumerate() {
+                fill(kk, p * nr, &mut row[..width]);
             }
         });
         PackedB { k, n, nr, data }
@@ -104,6 +110,11 @@ impl PackedB {
     /// Columns.
     pub fn n(&self) -> usize {
         self.n
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        4 * self.data.len()
     }
 
     /// Rows `k0 .. k0 + kc` of panel `p`.
@@ -138,6 +149,16 @@ thread_local! {
 /// `C[m×n] = A[m×k]·B + epilogue`, A row-major with row stride `lda`, C row-major `[m, n]`, on rayon's
 /// threads.
 pub fn gemm(m: usize, a: &[f32], lda: usize, b: &PackedB, c: &mut [f32], epi: Epilogue) {
+    gemm_on(m, a, lda, b, c, epi, true)
+}
+
+/// [`gemm`] on the calling thread only, for callers that split their work across rayon's threads
+/// themselves (the Winograd convolutions' tile blocks). Same sums in the same order.
+pub fn gemm_serial(m: usize, a: &[f32], lda: usize, b: &PackedB, c: &mut [f32], epi: Epilogue) {
+    gemm_on(m, a, lda, b, c, epi, false)
+}
+
+fn gemm_on(m: usize, a: &[f32], lda: usize, b: &PackedB, c: &mut [f32], epi: Epilogue, parallel: bool) {
     let (n, k) = (b.n, b.k);
     if m == 0 || n == 0 {
         return;
@@ -157,7 +178,8 @@ pub fn gemm(m: usize, a: &[f32], lda: usize, b: &PackedB, c: &mut [f32], epi: Ep
     let mc = kr.mr * MC_TILES;
     let row_blocks = m.div_ceil(mc);
     let panels = n.div_ceil(kr.nr);
-    let col_chunks = if m * n * k < 1 << 18 { 1 } else { (4 * threads).div_ceil(row_blocks).clamp(1, panels) };
+    let col_chunks =
+        if !parallel || m * n * k < 1 << 18 { 1 } else { (4 * threads).div_ceil(row_blocks).clamp(1, panels) };
     let per_chunk = panels.div_ceil(col_chunks);
     let shared = SharedC(c.as_mut_ptr());
     let task = |t: usize| {
@@ -171,7 +193,7 @@ pub fn gemm(m: usize, a: &[f32], lda: usize, b: &PackedB, c: &mut [f32], epi: Ep
         });
     };
     let tasks = row_blocks * col_chunks;
-    if tasks == 1 || m * n * k < 1 << 16 {
+    if !parallel || tasks == 1 || m * n * k < 1 << 16 {
         (0..tasks).for_each(task);
     } else {
         (0..tasks).into_par_iter().for_each(task);
