@@ -19,7 +19,13 @@ use lcm_cpu::packed::{gemm, Epilogue, PackedB};
 const CASES: &[(&str, usize, usize, usize)] = &[
     ("unet conv 320 64x64", 4096, 2880, 320),
     ("unet conv 640 32x32", 1024, 5760, 640),
+    ("unet conv 640 16x16", 256, 5760, 640),
     ("unet conv 1280 16x16", 256, 11520, 1280),
+    ("unet conv 1280 8x8", 64, 11520, 1280),
+    ("unet conv 1280 4x4", 16, 11520, 1280),
+    ("unet conv 1x1 1024x320", 1024, 320, 320),
+    ("vae conv 1x1 512>256", 2048, 512, 256),
+    ("vae conv_out 128>3", 2048, 1152, 3),
     ("vae conv 512 block", 2048, 4608, 512),
     ("unet linear 4096x320", 4096, 320, 320),
     ("unet ff.2 1024x2560", 1024, 2560, 640),

@@ -14,7 +14,7 @@ pub use lcm_core::Gemm as ConvShape;
 
 /// Reorders a torch conv weight `[Co, Ci, kh, kw]` into `[kh, kw, Ci, Co]`.
 pub fn pack_weight(w: &[f32], co: usize, ci: usize, kh: usize, kw: usize) -> Vec<f32> {
-    let mut out = vec![0.0; w.len()];
+    let mut out = crate::memory::zeroed(w.len());
     for o in 0..co {
         for i in 0..ci {
             for y in 0..kh {
@@ -41,13 +41,22 @@ pub fn conv2d(s: &ConvShape, x: &[f32], w_packed: &[f32], out: &mut [f32]) {
         return gemm(pixels, s.co, k, MatRef { data: x, rs: s.ci, cs: 1 }, wm, out);
     }
     let rows = (PATCH_BYTES / (4 * k)).max(64).min(pixels.max(1));
-    let mut patch = vec![0.0f32; rows * k];
-    for (chunk, ob) in out[..pixels * s.co].chunks_mut(rows * s.co).enumerate() {
-        let p0 = chunk * rows;
-        let n = ob.len() / s.co;
-        patch[..n * k].par_chunks_mut(k).enumerate().for_each(|(r, dst)| gather_patch(s, x, p0 + r, dst));
-        gemm(n, s.co, k, MatRef { data: &patch[..n * k], rs: k, cs: 1 }, wm, ob);
-    }
+    PATCH.with(|patch| {
+        let mut patch = patch.borrow_mut();
+        crate::memory::grow(&mut patch, rows * k);
+        for (chunk, ob) in out[..pixels * s.co].chunks_mut(rows * s.co).enumerate() {
+            let p0 = chunk * rows;
+            let n = ob.len() / s.co;
+            patch[..n * k].par_chunks_mut(k).enumerate().for_each(|(r, dst)| gather_patch(s, x, p0 + r, dst));
+            gemm(n, s.co, k, MatRef { data: &patch[..n * k], rs: k, cs: 1 }, wm, ob);
+        }
+    });
+}
+
+thread_local! {
+    /// The calling thread's block of gathered patches, kept between calls (it only grows, to at most
+    /// `PATCH_BYTES`): a fresh one per convolution was tens of megabytes of page faults per UNet step.
+    static PATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Writes the receptive field of output pixel `p` (flattened over batch, rows, cols) in (ky, kx, ci)

@@ -296,9 +296,7 @@ impl CpuBackend {
                 let (w, bias) = (m.packed(w), bias.map(|b| m.src(b)));
                 if g.geglu {
                     let mut full = self.scratch.lock().expect("scratch lock");
-                    if full.len() < rows * n {
-                        full.resize(rows * n, 0.0);
-                    }
+                    memory::grow(&mut full, rows * n);
                     let full = &mut full[..rows * n];
                     packed::gemm(rows, m.src(x), k, w, full, Epilogue { bias, residual: None });
                     elementwise::geglu(full, n / 2, out);

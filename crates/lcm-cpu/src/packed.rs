@@ -92,7 +92,7 @@ impl PackedB {
     /// to one panel's width), each exactly once, panels in parallel.
     pub fn from_rows(k: usize, n: usize, fill: impl Fn(usize, usize, &mut [f32]) + Sync) -> PackedB {
         let nr = kernel().nr;
-        let mut data = vec![0.0; n.div_ceil(nr) * k * nr];
+        let mut data = crate::memory::zeroed(n.div_ceil(nr) * k * nr);
         data.par_chunks_mut((k * nr).max(1)).enumerate().for_each(|(p, panel)| {
             let width = nr.min(n - p * nr);
             for (kk, row) in panel.chunks_exact_mut(nr).enumerate() {

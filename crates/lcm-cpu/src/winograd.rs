@@ -128,8 +128,8 @@ pub fn conv2d(s: &ConvShape, x: &[f32], w: &WinogradWeight, out: &mut [f32], epi
     let out = Shared(out.as_mut_ptr());
     SCRATCH.with(|scratch| {
         let (v, m) = &mut *scratch.borrow_mut();
-        grow(v, T * T * per_block * s.ci);
-        grow(m, T * T * per_block * s.co);
+        crate::memory::grow(v, T * T * per_block * s.ci);
+        crate::memory::grow(m, T * T * per_block * s.co);
         for first in (0..tiles).step_by(per_block) {
             let n = per_block.min(tiles - first);
             let (v, mm) = (Shared(v.as_mut_ptr()), Shared(m.as_mut_ptr()));
@@ -155,12 +155,6 @@ pub fn conv2d(s: &ConvShape, x: &[f32], w: &WinogradWeight, out: &mut [f32], epi
             });
         }
     });
-}
-
-fn grow(v: &mut Vec<f32>, len: usize) {
-    if v.len() < len {
-        v.resize(len, 0.0);
-    }
 }
 
 /// (image, tile row, tile column) of tile `t`.
