@@ -181,15 +181,42 @@ fn gemm_on(m: usize, a: &[f32], lda: usize, b: &PackedB, c: &mut [f32], epi: Epi
     let col_chunks =
         if !parallel || m * n * k < 1 << 18 { 1 } else { (4 * threads).div_ceil(row_blocks).clamp(1, panels) };
     let per_chunk = panels.div_ceil(col_chunks);
+    // With several column tasks per row block, A is packed once, up front, and shared by them: each
+    // task packing its rows again cost more than a third of the multiply at M = 256, K = 11520.
+    let (mut pooled, mut own);
+    let shared_a: &mut Vec<f32> = match SHARED_A.try_lock() {
+        Ok(guard) if col_chunks > 1 => {
+            pooled = guard;
+            &mut pooled
+        }
+        // Not needed, or another GEMM holds the pool (concurrent pipelines): its own buffer, if any.
+        _ => {
+            own = Vec::new();
+            &mut own
+        }
+    };
+    if col_chunks > 1 {
+        crate::memory::grow(shared_a, row_blocks * mc * k);
+        shared_a[..row_blocks * mc * k].par_chunks_mut(mc * k).enumerate().for_each(|(rb, block_a)| {
+            let rows = rb * mc..m.min((rb + 1) * mc);
+            let tiles = rows.len().div_ceil(kr.mr);
+            block_a[..tiles * kr.mr * k]
+                .par_chunks_mut(tiles * kr.mr * KC)
+                .enumerate()
+                .for_each(|(kb, dst)| pack_a(a, lda, rows.clone(), kb * KC, dst.len() / (tiles * kr.mr), kr.mr, dst));
+        });
+    }
+    let shared_a = &shared_a[..];
     let shared = SharedC(c.as_mut_ptr());
     let task = |t: usize| {
         let (rb, cb) = (t / col_chunks, t % col_chunks);
         let rows = rb * mc..(m.min((rb + 1) * mc));
         let cols = cb * per_chunk..panels.min((cb + 1) * per_chunk);
+        let packed = (col_chunks > 1).then(|| &shared_a[rb * mc * k..]);
         A_BLOCK.with(|buf| {
             let mut buf = buf.borrow_mut();
             // SAFETY: the tasks' (rows, panels) rectangles are disjoint.
-            unsafe { block(kr, a, lda, b, shared, rows, cols, epi, &mut buf) }
+            unsafe { block(kr, a, lda, b, shared, rows, cols, epi, packed, &mut buf) }
         });
     };
     let tasks = row_blocks * col_chunks;
@@ -199,6 +226,9 @@ fn gemm_on(m: usize, a: &[f32], lda: usize, b: &PackedB, c: &mut [f32], epi: Epi
         (0..tasks).into_par_iter().for_each(task);
     }
 }
+
+/// A packed once per call and shared by the column tasks (see [`gemm_on`]), kept between calls.
+static SHARED_A: std::sync::Mutex<Vec<f32>> = std::sync::Mutex::new(Vec::new());
 
 /// Rows `rows` × panels `cols` of C, all K blocks.
 ///
@@ -214,18 +244,27 @@ unsafe fn block(
     rows: std::ops::Range<usize>,
     cols: std::ops::Range<usize>,
     epi: Epilogue,
+    packed: Option<&[f32]>,
     buf: &mut Vec<f32>,
 ) {
     let (mr, nr, n, k) = (kr.mr, kr.nr, b.n, b.k);
     let tiles = rows.len().div_ceil(mr);
     for k0 in (0..k).step_by(KC) {
         let kc = KC.min(k - k0);
-        pack_a(a, lda, rows.clone(), k0, kc, mr, buf);
+        // This K block of the rows' A: from the shared packing ([k block][tile][kc][mr]), or packed here.
+        let a_block = match packed {
+            Some(p) => &p[k0 * tiles * mr..][..tiles * kc * mr],
+            None => {
+                crate::memory::grow(buf, tiles * kc * mr);
+                pack_a(a, lda, rows.clone(), k0, kc, mr, &mut buf[..tiles * kc * mr]);
+                &buf[..tiles * kc * mr]
+            }
+        };
         let (first, last) = (k0 == 0, k0 + kc == k);
         for t in 0..tiles {
             let i0 = rows.start + t * mr;
             let height = mr.min(rows.end - i0);
-            let ap = buf[t * kc * mr..].as_ptr();
+            let ap = a_block[t * kc * mr..].as_ptr();
             for p in cols.clone() {
                 let bp = b.panel(p, k0, kc).as_ptr();
                 let (j0, width) = (p * nr, nr.min(n - p * nr));
@@ -300,12 +339,8 @@ unsafe fn edge_tile(
 
 /// Packs rows `rows`, columns `k0 .. k0 + kc` of A into `mr`-row micro-panels, k-major (`[kc][mr]`
 /// each), rows past the end zero. Written in order (the stores stream), read from `mr` rows at once.
-fn pack_a(a: &[f32], lda: usize, rows: std::ops::Range<usize>, k0: usize, kc: usize, mr: usize, buf: &mut Vec<f32>) {
-    let tiles = rows.len().div_ceil(mr);
-    if buf.len() < tiles * kc * mr {
-        buf.resize(tiles * kc * mr, 0.0);
-    }
-    for (t, panel) in buf[..tiles * kc * mr].chunks_exact_mut(kc * mr).enumerate() {
+fn pack_a(a: &[f32], lda: usize, rows: std::ops::Range<usize>, k0: usize, kc: usize, mr: usize, buf: &mut [f32]) {
+    for (t, panel) in buf.chunks_exact_mut(kc * mr).enumerate() {
         let r0 = rows.start + t * mr;
         let height = mr.min(rows.end - r0);
         let src: [&[f32]; 14] = std::array::from_fn(|i| if i < height { &a[(r0 + i) * lda + k0..][..kc] } else { &[] });
@@ -502,9 +537,16 @@ mod tests {
     /// large problems (one task and many), with and without bias and residual, B transposed or not.
     #[test]
     fn matches_naive_at_every_edge() {
-        for &(m, n, k) in
-            &[(1, 1, 1), (3, 5, 7), (14, 32, 256), (15, 33, 257), (300, 40, 33), (77, 320, 768), (700, 3, 600)]
-        {
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (3, 5, 7),
+            (14, 32, 256),
+            (15, 33, 257),
+            (300, 40, 33),
+            (77, 320, 768),
+            (700, 3, 600),
+            (700, 100, 300),
+        ] {
             let lda = k + 3;
             let a = data(m * lda, 1);
             let bm = data(k * n, 2);
