@@ -1,6 +1,5 @@
 //! The CPU's 3x3 convolutions at SD1.5's UNet, VAE-decoder and TAESD shapes (batch 1), both ways the
-//! backend can run one: the GEMM over gathered patches (`lcm_cpu::conv`, then the bias as a second pass)
-//! and Winograd F(4x4, 3x3) (`lcm_cpu::winograd`, its weight transformed once, the bias in the output
+//! backend can run one: the packed GEMM over gathered patches (`lcm_cpu::conv`) and Winograd F(4x4, 3x3) (`lcm_cpu::winograd`, its weight transformed once, the bias in the output
 //! transform). GFLOP/s are the direct convolution's multiply-adds over the time, for both, so the
 //! ratio is the speed-up. This is the measurement behind `winograd::applies` (docs/BENCH_LOG.md).
 //!
@@ -11,8 +10,8 @@
 use std::time::Instant;
 
 use criterion::{Criterion, Throughput};
-use lcm_cpu::conv::{conv2d, pack_weight, ConvShape};
-use lcm_cpu::packed::{add_epilogue, Epilogue};
+use lcm_cpu::conv::{conv2d, pack_weight, ConvShape, GemmWeight};
+use lcm_cpu::packed::Epilogue;
 use lcm_cpu::winograd::{self, WinogradWeight};
 
 /// (name, side, Ci, Co): a side × side image, 3x3, stride 1, pad 1.
@@ -32,7 +31,7 @@ const CASES: &[(&str, usize, usize, usize)] = &[
 struct Inputs {
     s: ConvShape,
     x: Vec<f32>,
-    gemm_w: Vec<f32>,
+    gemm_w: GemmWeight,
     winograd_w: WinogradWeight,
     bias: Vec<f32>,
     out: Vec<f32>,
@@ -60,8 +59,7 @@ fn inputs(side: usize, ci: usize, co: usize) -> Inputs {
 }
 
 fn gemm_call(x: &mut Inputs) {
-    conv2d(&x.s, &x.x, &x.gemm_w, &mut x.out);
-    add_epilogue(&mut x.out, x.s.co, Epilogue { bias: Some(&x.bias), residual: None });
+    conv2d(&x.s, &x.x, &x.gemm_w, &mut x.out, Epilogue { bias: Some(&x.bias), residual: None });
 }
 
 fn winograd_call(x: &mut Inputs) {

@@ -1,7 +1,7 @@
-//! The CPU GEMM at SD1.5's shapes (512x512, batch 1), both ways the backend could run a layer: the packed
-//! GEMM (`lcm_cpu::packed`: B packed once at load, bias in the epilogue), which the linear layers use, and
-//! the `gemm` crate (B packed on every call, the bias a second pass), which the convolutions use, with
-//! achieved GFLOP/s. A convolution appears as the GEMM of one gathered patch block (pixels × kh·kw·Ci)
+//! The CPU GEMM at SD1.5's shapes (batch 1), both ways the backend could run a layer: the packed GEMM
+//! (`lcm_cpu::packed`: B packed once at load, bias in the epilogue), which the backend uses, and the
+//! `gemm` crate (B packed on every call, the bias a second pass), which only the convolutions with fewer
+//! than 16 output channels use, with achieved GFLOP/s. A convolution appears as the GEMM of one gathered patch block (pixels × kh·kw·Ci)
 //! against its `[K, Co]` weight; a linear layer's weight is torch's `[out, in]`, read transposed, as the
 //! backend reads it. This is the measurement behind that split (docs/BENCH_LOG.md).
 //!

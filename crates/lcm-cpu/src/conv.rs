@@ -1,30 +1,64 @@
 //! NHWC convolution as GEMM without a full im2col buffer.
 //!
-//! The weight is stored once as `[kh·kw·Ci, Co]` (row k = (ky, kx, ci)). A 1x1 stride-1 convolution is a
-//! plain GEMM over the pixels. Anything else gathers a small block of output pixels' patches
-//! (`rows × kh·kw·Ci`, about a megabyte) into a per-task buffer and multiplies it by the weight, so the
-//! extra memory is bounded by the thread count, not by the image.
+//! The weight is stored once as the GEMM's B, `[kh·kw·Ci, Co]` (row k = (ky, kx, ci)), packed at load
+//! for [`crate::packed`]. A 1x1 stride-1 convolution is a plain GEMM over the pixels. Anything else
+//! gathers a small block of output pixels' patches (`rows × kh·kw·Ci`, about a megabyte) into a buffer
+//! and multiplies it by the weight, so the extra memory is bounded, not proportional to the image.
+//!
+//! Why the packed GEMM and not the `gemm` crate (which packs B on every call): UNet's 1280-channel
+//! convolutions at 8x8 and 4x4 multiply 16-64 pixels by 59-118 MB of weight, and packing that weight per
+//! call made them run at 58-130 GFLOP/s; pre-packed, 0.54-0.62x the time (benches/gemm.rs). Only
+//! convolutions with fewer than 16 output channels (the models' 3- or 4-channel outputs) stay on the
+//! crate: the packed kernel computes 32 columns per panel, 3 of them useful.
 
 use rayon::prelude::*;
 
 use crate::gemm::{gemm, MatRef};
+use crate::packed::{self, Epilogue, PackedB};
 
 /// The geometry of one convolution (shared with every backend).
 pub use lcm_core::Gemm as ConvShape;
 
-/// Reorders a torch conv weight `[Co, Ci, kh, kw]` into `[kh, kw, Ci, Co]`.
-pub fn pack_weight(w: &[f32], co: usize, ci: usize, kh: usize, kw: usize) -> Vec<f32> {
-    let mut out = crate::memory::zeroed(w.len());
-    for o in 0..co {
-        for i in 0..ci {
-            for y in 0..kh {
-                for x in 0..kw {
-                    out[((y * kw + x) * ci + i) * co + o] = w[((o * ci + i) * kh + y) * kw + x];
-                }
-            }
+/// Output channels below which a convolution's weight stays plain, for the `gemm` crate.
+const NARROW: usize = 16;
+
+/// A convolution's weight as its GEMM's B, `[kh·kw·Ci, Co]`.
+pub enum GemmWeight {
+    /// Packed for [`crate::packed`].
+    Packed(PackedB),
+    /// Row-major, for the `gemm` crate (fewer than [`NARROW`] output channels).
+    Narrow {
+        /// `[kh·kw·Ci, Co]`.
+        b: Vec<f32>,
+        /// Co.
+        n: usize,
+    },
+}
+
+impl GemmWeight {
+    /// Columns `j0 .. j0 + width` of B's row `kk`; `j0` a multiple of the packed panel width (as
+    /// [`PackedB::from_rows`] asks for) and the columns within one panel.
+    pub fn row(&self, kk: usize, j0: usize, width: usize) -> &[f32] {
+        match self {
+            GemmWeight::Packed(p) => p.row(kk, j0, width),
+            GemmWeight::Narrow { b, n } => &b[kk * n + j0..][..width],
         }
     }
-    out
+}
+
+/// Reorders a torch conv weight `[Co, Ci, kh, kw]` into B `[kh·kw·Ci, Co]`.
+pub fn pack_weight(w: &[f32], co: usize, ci: usize, kh: usize, kw: usize) -> GemmWeight {
+    let at = |kk: usize, o: usize| {
+        let (tap, i) = (kk / ci, kk % ci);
+        w[((o * ci + i) * kh + tap / kw) * kw + tap % kw]
+    };
+    let k = kh * kw * ci;
+    if co < NARROW {
+        return GemmWeight::Narrow { b: (0..k * co).map(|e| at(e / co, e % co)).collect(), n: co };
+    }
+    GemmWeight::Packed(PackedB::from_rows(k, co, |kk, j0, dst| {
+        dst.iter_mut().enumerate().for_each(|(j, d)| *d = at(kk, j0 + j))
+    }))
 }
 
 /// Bytes of one block of gathered patches. Large enough that the weight (packed by the GEMM for each
@@ -32,13 +66,25 @@ pub fn pack_weight(w: &[f32], co: usize, ci: usize, kh: usize, kw: usize) -> Vec
 /// the big VAE convolutions (a 512² × 9·256 im2col would be 2.4 GB).
 const PATCH_BYTES: usize = 24 << 20;
 
-/// `out = conv(x, w)`, then the epilogue (bias, residual) is applied by the caller.
-pub fn conv2d(s: &ConvShape, x: &[f32], w_packed: &[f32], out: &mut [f32]) {
+/// `out = conv(x, w) + bias + residual`.
+pub fn conv2d(s: &ConvShape, x: &[f32], w: &GemmWeight, out: &mut [f32], epi: Epilogue) {
     let k = s.kh * s.kw * s.ci;
     let pixels = s.batch * s.ho * s.wo;
-    let wm = MatRef { data: w_packed, rs: s.co, cs: 1 };
+    // `C = A·B + epilogue` for the output pixels from p0 (C's rows).
+    let run = |a: &[f32], p0: usize, c: &mut [f32]| {
+        let rows = c.len() / s.co;
+        let epi = Epilogue { bias: epi.bias, residual: epi.residual.map(|r| &r[p0 * s.co..]) };
+        match w {
+            GemmWeight::Packed(b) => packed::gemm(rows, a, k, b, c, epi),
+            GemmWeight::Narrow { b, .. } => {
+                let wm = MatRef { data: b, rs: s.co, cs: 1 };
+                gemm(rows, s.co, k, MatRef { data: a, rs: k, cs: 1 }, wm, c);
+                packed::add_epilogue(c, s.co, epi);
+            }
+        }
+    };
     if s.kh == 1 && s.kw == 1 && s.stride == 1 && s.pad == [0; 4] {
-        return gemm(pixels, s.co, k, MatRef { data: x, rs: s.ci, cs: 1 }, wm, out);
+        return run(&x[..pixels * k], 0, &mut out[..pixels * s.co]);
     }
     let rows = (PATCH_BYTES / (4 * k)).max(64).min(pixels.max(1));
     PATCH.with(|patch| {
@@ -48,7 +94,7 @@ pub fn conv2d(s: &ConvShape, x: &[f32], w_packed: &[f32], out: &mut [f32]) {
             let p0 = chunk * rows;
             let n = ob.len() / s.co;
             patch[..n * k].par_chunks_mut(k).enumerate().for_each(|(r, dst)| gather_patch(s, x, p0 + r, dst));
-            gemm(n, s.co, k, MatRef { data: &patch[..n * k], rs: k, cs: 1 }, wm, ob);
+            run(&patch[..n * k], p0, ob);
         }
     });
 }
@@ -119,6 +165,10 @@ mod tests {
             (1, 8, 6, 5, 2, 3, 2, [1, 1, 1, 1]),
             (1, 8, 8, 4, 3, 3, 2, [0, 0, 1, 1]),
             (2, 3, 4, 6, 7, 1, 1, [0, 0, 0, 0]),
+            // 16 output channels and up: the packed GEMM, bias and residual in its epilogue.
+            (2, 9, 7, 5, 20, 3, 1, [1, 1, 1, 1]),
+            (1, 8, 8, 6, 33, 3, 2, [0, 0, 1, 1]),
+            (2, 5, 6, 9, 40, 1, 1, [0, 0, 0, 0]),
         ];
         for (batch, h, w, ci, co, k, stride, pad) in cases {
             let ho = (h + pad[0] + pad[2] - k) / stride + 1;
@@ -126,9 +176,15 @@ mod tests {
             let s = ConvShape { batch, h, w, ci, ho, wo, co, kh: k, kw: k, stride, pad, geglu: false };
             let x: Vec<f32> = (0..batch * h * w * ci).map(|i| ((i * 37 % 19) as f32 - 9.0) / 9.0).collect();
             let wt: Vec<f32> = (0..co * ci * k * k).map(|i| ((i * 11 % 23) as f32 - 11.0) / 11.0).collect();
+            let bias: Vec<f32> = (0..co).map(|i| i as f32 / 5.0 - 2.0).collect();
+            let res: Vec<f32> = (0..batch * ho * wo * co).map(|i| ((i * 13 % 17) as f32 - 8.0) / 8.0).collect();
             let mut out = vec![f32::NAN; batch * ho * wo * co];
-            conv2d(&s, &x, &pack_weight(&wt, co, ci, k, k), &mut out);
-            let want = reference(&s, &x, &wt);
+            let epi = Epilogue { bias: Some(&bias), residual: Some(&res) };
+            conv2d(&s, &x, &pack_weight(&wt, co, ci, k, k), &mut out, epi);
+            let mut want = reference(&s, &x, &wt);
+            for (i, w) in want.iter_mut().enumerate() {
+                *w += bias[i % co] + res[i];
+            }
             for (a, b) in out.iter().zip(&want) {
                 assert!((a - b).abs() < 1e-4 * (1.0 + b.abs()), "{a} vs {b}");
             }

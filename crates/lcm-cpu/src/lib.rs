@@ -37,11 +37,11 @@ pub enum CpuWeight {
     Plain(Vec<f32>),
 }
 
-/// A convolution's weight as `[kh·kw·Ci, Co]` (the `gemm` crate's B), and its Winograd transform, made
+/// A convolution's weight as its GEMM's B ([`conv::GemmWeight`]), and its Winograd transform, made
 /// on the first call that runs by Winograd ([`winograd::applies`]): only the convolutions big enough
 /// to gain pay its 4x memory, and a LoRA merge (a new weight) starts without it.
 pub struct ConvWeight {
-    gemm: Vec<f32>,
+    gemm: conv::GemmWeight,
     winograd: OnceLock<WinogradWeight>,
 }
 
@@ -287,8 +287,7 @@ impl CpuBackend {
                     let u = w.winograd.get_or_init(|| WinogradWeight::new(&w.gemm, g.ci, g.co));
                     winograd::conv2d(&g, x, u, out, epi);
                 } else {
-                    conv::conv2d(&g, x, &w.gemm, out);
-                    packed::add_epilogue(out, g.co, epi);
+                    conv::conv2d(&g, x, &w.gemm, out, epi);
                 }
             }
             (Op::Linear { x, w, bias, residual, .. }, Problem::Gemm(g)) => {

@@ -1,5 +1,5 @@
-//! The GEMM the linear layers run on: `C = A·B (+ bias) (+ residual)` with B the weight, packed once at
-//! load ([`PackedB`]), and A (the activations) packed per block.
+//! The CPU backend's GEMM: `C = A·B (+ bias) (+ residual)` with B the weight, packed once at load
+//! ([`PackedB`]), and A (the activations) packed per block.
 //!
 //! BLIS's structure: for each K block of `KC`, a block of A rows is packed into MR-row micro-panels
 //! (k-major) that stay in L2, and every NR-column panel of B (`KC × NR`, in L1) is multiplied against
@@ -7,10 +7,12 @@
 //! FMA, a portable 4×16 elsewhere (chosen once from the CPU's features). The bias and the residual are
 //! added in registers after the last K block, so the output is written once.
 //!
-//! Why only the linear layers: side by side with the `gemm` crate (benches/gemm.rs; docs/BENCH_LOG.md),
-//! this GEMM wins where M is small (the transformer layers at 16x16 and 8x8 latents, CLIP's 77 tokens:
-//! no B packing per call, no second pass for the epilogue) and loses on the convolutions' large M,
-//! where the crate's kernels keep closer to the FMA peak; the convolutions stay on the crate.
+//! What runs on it: the linear layers, the convolutions (their patch blocks as A; see conv.rs for why
+//! not the `gemm` crate) and the Winograd convolutions' 36 GEMMs. With B packed once at load there is
+//! no B packing per call, which is what the small-M layers (the transformer layers at 16x16 and 8x8
+//! latents, CLIP's 77 tokens, UNet's 1280-channel convolutions at 8x8 and 4x4) are bound by; the
+//! crate's kernels still run the large-M GEMMs 1.1-1.25x faster (benches/gemm.rs), but after Winograd
+//! few large-M convolutions are left.
 //!
 //! Every output element is summed in the same order whatever M, N or the thread split: k in order
 //! within each KC block, the blocks in order. So a row's result does not depend on the batch it is in.
@@ -115,6 +117,12 @@ impl PackedB {
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         4 * self.data.len()
+    }
+
+    /// Columns `j0 .. j0 + width` of row `kk`, within one panel (`j0` a multiple of its width).
+    pub fn row(&self, kk: usize, j0: usize, width: usize) -> &[f32] {
+        assert!(j0.is_multiple_of(self.nr) && width <= self.nr && kk < self.k, "PackedB::row: not within one panel");
+        &self.panel(j0 / self.nr, kk, 1)[..width]
     }
 
     /// Rows `k0 .. k0 + kc` of panel `p`.

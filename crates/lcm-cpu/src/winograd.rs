@@ -18,7 +18,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use crate::conv::ConvShape;
+use crate::conv::{ConvShape, GemmWeight};
 use crate::packed::{self, Epilogue, PackedB};
 
 /// Output tile side.
@@ -58,12 +58,10 @@ pub struct WinogradWeight {
 }
 
 impl WinogradWeight {
-    /// Transforms a weight stored as `[3, 3, Ci, Co]` (the layout of [`crate::conv::pack_weight`]):
+    /// Transforms a convolution's GEMM weight `[3·3·Ci, Co]` ([`crate::conv::pack_weight`]):
     /// `U_ξ = Σ_taps G[i][ky]·G[j][kx]·g[ky][kx]` for ξ = (i, j), the 9 coefficients of each ξ taken in
     /// f64 and rounded once, written straight into the packed layout.
-    pub fn new(w: &[f32], ci: usize, co: usize) -> WinogradWeight {
-        assert_eq!(w.len(), 9 * ci * co, "winograd: weight is not [3, 3, {ci}, {co}]");
-        let n = ci * co;
+    pub fn new(w: &GemmWeight, ci: usize, co: usize) -> WinogradWeight {
         let u = (0..T * T)
             .into_par_iter()
             .map(|xi| {
@@ -71,7 +69,7 @@ impl WinogradWeight {
                 PackedB::from_rows(ci, co, |kk, j0, dst| {
                     dst.fill(0.0);
                     for (tap, &f) in f.iter().enumerate().filter(|(_, f)| **f != 0.0) {
-                        let g = &w[tap * n + kk * co + j0..][..dst.len()];
+                        let g = w.row(tap * ci + kk, j0, dst.len());
                         dst.iter_mut().zip(g).for_each(|(d, &g)| *d += f * g);
                     }
                 })
@@ -298,9 +296,8 @@ mod tests {
             let res: Vec<f32> = (0..batch * h * w * co).map(|i| ((i * 13 % 17) as f32 - 8.0) / 8.0).collect();
             let packed = conv::pack_weight(&wt, co, ci, 3, 3);
             let mut want = vec![0.0; batch * h * w * co];
-            conv::conv2d(&s, &x, &packed, &mut want);
             let epi = Epilogue { bias: Some(&bias), residual: Some(&res) };
-            packed::add_epilogue(&mut want, co, epi);
+            conv::conv2d(&s, &x, &packed, &mut want, epi);
             let mut got = vec![f32::NAN; want.len()];
             conv2d(&s, &x, &WinogradWeight::new(&packed, ci, co), &mut got, epi);
             let (mut num, mut den) = (0.0f64, 0.0f64);
