@@ -114,11 +114,6 @@ impl PackedB {
         self.n
     }
 
-    /// Bytes held.
-    pub fn bytes(&self) -> usize {
-        4 * self.data.len()
-    }
-
     /// Columns `j0 .. j0 + width` of row `kk`, within one panel (`j0` a multiple of its width).
     pub fn row(&self, kk: usize, j0: usize, width: usize) -> &[f32] {
         assert!(j0.is_multiple_of(self.nr) && width <= self.nr && kk < self.k, "PackedB::row: not within one panel");

@@ -77,11 +77,6 @@ impl WinogradWeight {
             .collect();
         WinogradWeight { u }
     }
-
-    /// Bytes held.
-    pub fn bytes(&self) -> usize {
-        self.u.iter().map(PackedB::bytes).sum()
-    }
 }
 
 thread_local! {
