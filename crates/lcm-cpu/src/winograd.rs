@@ -2,7 +2,8 @@
 //! for Convolutional Neural Networks", 2015): each 4x4 block of outputs comes from a 6x6 block of input
 //! in 36 multiplies per (input, output) channel pair instead of 144, so the GEMM work is 4x smaller.
 //!
-//! Per block of tiles (one rayon task, its buffers thread-local and cache-sized):
+//! Per block of tiles (blocks in turn, each phase split across rayon's threads, the buffers kept between
+//! calls):
 //! 1. input transform: each 6x6 input tile `d` (zeros in the padding) becomes `V = Bᵀ·d·B`, written as
 //!    36 matrices `[tiles, Ci]`;
 //! 2. 36 GEMMs `M_ξ = V_ξ · U_ξ` with `U = G·g·Gᵀ`, the weight transformed once, on first use, into 36
@@ -117,6 +118,7 @@ pub fn conv2d(s: &ConvShape, x: &[f32], w: &WinogradWeight, out: &mut [f32], epi
     assert!(x.len() >= s.batch * s.h * s.w * s.ci && out.len() >= pixels * s.co);
     assert!(epi.bias.is_none_or(|b| b.len() >= s.co) && epi.residual.is_none_or(|r| r.len() >= pixels * s.co));
     let tiles = s.batch * s.ho.div_ceil(M) * s.wo.div_ceil(M);
+    // A multiple of 14 rows, the AVX-512 micro-kernel's.
     let per_block = (BLOCK_BYTES / (4 * T * T * (s.ci + s.co)) / 14 * 14).clamp(14, 14 * 24).min(tiles);
     let out = Shared(out.as_mut_ptr());
     SCRATCH.with(|scratch| {
@@ -128,8 +130,7 @@ pub fn conv2d(s: &ConvShape, x: &[f32], w: &WinogradWeight, out: &mut [f32], epi
             let (v, mm) = (Shared(v.as_mut_ptr()), Shared(m.as_mut_ptr()));
             (0..n).into_par_iter().for_each(|t| {
                 // SAFETY: row t of every V_ξ is this task's alone; V holds 36·n·Ci values.
-                let v = unsafe { std::slice::from_raw_parts_mut(v.at(0), T * T * n * s.ci) };
-                crate::elementwise::simd(|| input_tile(s, x, first + t, v, n, t));
+                crate::elementwise::simd(|| unsafe { input_tile(s, x, first + t, v, n, t) });
             });
             (0..T * T).into_par_iter().for_each(|xi| {
                 // SAFETY: V is only read now; M_ξ (n × Co at ξ·n·Co) is this task's alone.
@@ -190,7 +191,10 @@ fn output_1d(m: [Lanes; T]) -> [Lanes; M] {
 }
 
 /// Writes tile `t`'s `V` into `v` (36 matrices `[n, Ci]`, this tile's row `row`).
-fn input_tile(s: &ConvShape, x: &[f32], t: usize, v: &mut [f32], n: usize, row: usize) {
+///
+/// # Safety
+/// `v` holds 36·n·Ci values, and no other thread writes row `row` of them while this runs.
+unsafe fn input_tile(s: &ConvShape, x: &[f32], t: usize, v: Shared, n: usize, row: usize) {
     let (img, ty, tx) = tile_at(s, t);
     for c0 in (0..s.ci).step_by(L) {
         let width = L.min(s.ci - c0);
@@ -218,7 +222,7 @@ fn input_tile(s: &ConvShape, x: &[f32], t: usize, v: &mut [f32], n: usize, row: 
             let r = input_1d(std::array::from_fn(|xx| cols[i * T + xx]));
             for (j, lanes) in r.iter().enumerate() {
                 let at = ((i * T + j) * n + row) * s.ci + c0;
-                v[at..at + width].copy_from_slice(&lanes[..width]);
+                std::ptr::copy_nonoverlapping(lanes.as_ptr(), v.at(at), width);
             }
         }
     }
