@@ -6,7 +6,7 @@
 //! prints one table (median of 5 calls per case after one warm-up), for side-by-side runs of two builds;
 //! an argument keeps only the cases whose name contains it.
 
-use std::time::Instant;
+mod common;
 
 use criterion::{Criterion, Throughput};
 use lcm_cpu::attention::{attention, AttnShape};
@@ -36,8 +36,12 @@ impl Case {
         4.0 * (self.n * self.m * self.c) as f64
     }
     fn inputs(&self) -> (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>) {
-        let fill = |len: usize, a: usize| (0..len).map(|i| ((i * a % 97) as f32 - 48.0) / 96.0).collect::<Vec<_>>();
-        (fill(self.n * self.c, 7), fill(self.m * self.c, 5), fill(self.m * self.c, 3), vec![0.0; self.n * self.c])
+        (
+            common::fill(self.n * self.c, 7),
+            common::fill(self.m * self.c, 5),
+            common::fill(self.m * self.c, 3),
+            vec![0.0; self.n * self.c],
+        )
     }
 }
 
@@ -47,24 +51,14 @@ fn quick(filter: &str) {
     for case in CASES.iter().filter(|c| c.name.contains(filter)) {
         let (q, k, v, mut out) = case.inputs();
         let s = case.shape();
-        attention(&s, &q, &k, &v, &mut out);
-        let mut times: Vec<f64> = (0..5)
-            .map(|_| {
-                let t = Instant::now();
-                attention(&s, &q, &k, &v, &mut out);
-                t.elapsed().as_secs_f64()
-            })
-            .collect();
-        times.sort_by(f64::total_cmp);
-        let median = times[times.len() / 2];
+        let median = common::median_s(|| attention(&s, &q, &k, &v, &mut out));
         println!("{:<22} {:>10.2} {:>10.1}", case.name, median * 1e3, case.flops() / median / 1e9);
     }
 }
 
 fn main() {
-    if std::env::var("LCM_BENCH_QUICK").is_ok_and(|v| v == "1") {
-        // cargo bench passes `--bench`; the filter is the first other argument.
-        return quick(&std::env::args().skip(1).find(|a| !a.starts_with("--")).unwrap_or_default());
+    if let Some(filter) = common::quick_filter() {
+        return quick(&filter);
     }
     let mut c = Criterion::default().configure_from_args().sample_size(10);
     let mut group = c.benchmark_group("cpu_attention");

@@ -7,7 +7,7 @@
 //! table (median of 5 calls per case after one warm-up, both ways in the same run, their ratio); an
 //! argument keeps only the cases whose name contains it.
 
-use std::time::Instant;
+mod common;
 
 use criterion::{Criterion, Throughput};
 use lcm_cpu::conv::{conv2d, pack_weight, ConvShape, GemmWeight};
@@ -38,7 +38,6 @@ struct Inputs {
 }
 
 fn inputs(side: usize, ci: usize, co: usize) -> Inputs {
-    let fill = |len: usize, s: usize| (0..len).map(|i| ((i * s % 97) as f32 - 48.0) / 96.0).collect::<Vec<_>>();
     let s = ConvShape {
         batch: 1,
         h: side,
@@ -53,9 +52,16 @@ fn inputs(side: usize, ci: usize, co: usize) -> Inputs {
         pad: [1; 4],
         geglu: false,
     };
-    let gemm_w = pack_weight(&fill(co * ci * 9, 5), co, ci, 3, 3);
+    let gemm_w = pack_weight(&common::fill(co * ci * 9, 5), co, ci, 3, 3);
     let winograd_w = WinogradWeight::new(&gemm_w, ci, co);
-    Inputs { s, x: fill(side * side * ci, 7), gemm_w, winograd_w, bias: fill(co, 3), out: vec![0.0; side * side * co] }
+    Inputs {
+        s,
+        x: common::fill(side * side * ci, 7),
+        gemm_w,
+        winograd_w,
+        bias: common::fill(co, 3),
+        out: vec![0.0; side * side * co],
+    }
 }
 
 fn gemm_call(x: &mut Inputs) {
@@ -66,19 +72,6 @@ fn winograd_call(x: &mut Inputs) {
     winograd::conv2d(&x.s, &x.x, &x.winograd_w, &mut x.out, Epilogue { bias: Some(&x.bias), residual: None });
 }
 
-fn median_s(mut f: impl FnMut()) -> f64 {
-    f();
-    let mut t: Vec<f64> = (0..5)
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64()
-        })
-        .collect();
-    t.sort_by(f64::total_cmp);
-    t[2]
-}
-
 fn quick(filter: &str) {
     println!(
         "{:<18} {:>8} {:>9} {:>9} {:>12} {:>9} {:>8} {:>13}",
@@ -87,9 +80,9 @@ fn quick(filter: &str) {
     for &(name, side, ci, co) in CASES.iter().filter(|c| c.0.contains(filter)) {
         let mut x = inputs(side, ci, co);
         let flops = 2.0 * (side * side * 9 * ci * co) as f64;
-        let g = median_s(|| gemm_call(&mut x));
-        let w = median_s(|| winograd_call(&mut x));
-        let transform = median_s(|| x.winograd_w = WinogradWeight::new(&x.gemm_w, ci, co));
+        let g = common::median_s(|| gemm_call(&mut x));
+        let w = common::median_s(|| winograd_call(&mut x));
+        let transform = common::median_s(|| x.winograd_w = WinogradWeight::new(&x.gemm_w, ci, co));
         let applies = winograd::applies(&x.s);
         println!(
             "{name:<18} {applies:>8} {:>9.2} {:>9.1} {:>12.2} {:>9.1} {:>8.2} {:>13.2}",
@@ -104,9 +97,8 @@ fn quick(filter: &str) {
 }
 
 fn main() {
-    if std::env::var("LCM_BENCH_QUICK").is_ok_and(|v| v == "1") {
-        // cargo bench passes `--bench`; the filter is the first other argument.
-        return quick(&std::env::args().skip(1).find(|a| !a.starts_with("--")).unwrap_or_default());
+    if let Some(filter) = common::quick_filter() {
+        return quick(&filter);
     }
     let mut c = Criterion::default().configure_from_args().sample_size(10);
     let mut group = c.benchmark_group("cpu_conv3x3");

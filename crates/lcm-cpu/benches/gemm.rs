@@ -9,7 +9,7 @@
 //! table (median of 5 calls per case after one warm-up, both GEMMs in the same run, their ratio); an
 //! argument keeps only the cases whose name contains it.
 
-use std::time::Instant;
+mod common;
 
 use criterion::{Criterion, Throughput};
 use lcm_cpu::gemm::{gemm as crate_gemm, MatRef};
@@ -58,11 +58,10 @@ fn strides(name: &str, k: usize, n: usize) -> (usize, usize) {
 }
 
 fn inputs(name: &str, m: usize, k: usize, n: usize) -> Inputs {
-    let fill = |len: usize, s: usize| (0..len).map(|i| ((i * s % 97) as f32 - 48.0) / 96.0).collect::<Vec<_>>();
-    let w = fill(k * n, 5);
+    let w = common::fill(k * n, 5);
     let (rs, cs) = strides(name, k, n);
     let packed = PackedB::new(k, n, &w, rs, cs);
-    Inputs { a: fill(m * k, 7), w, bias: fill(n, 3), packed, c: vec![0.0; m * n] }
+    Inputs { a: common::fill(m * k, 7), w, bias: common::fill(n, 3), packed, c: vec![0.0; m * n] }
 }
 
 fn packed_call(m: usize, x: &mut Inputs) {
@@ -76,26 +75,13 @@ fn crate_call(name: &str, m: usize, k: usize, n: usize, x: &mut Inputs) {
     x.c.chunks_mut(n).for_each(|row| row.iter_mut().zip(&x.bias).for_each(|(o, b)| *o += b));
 }
 
-fn median_s(mut f: impl FnMut()) -> f64 {
-    f();
-    let mut t: Vec<f64> = (0..5)
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64()
-        })
-        .collect();
-    t.sort_by(f64::total_cmp);
-    t[2]
-}
-
 fn quick(filter: &str) {
     println!("{:<24} {:>10} {:>9} {:>10} {:>9} {:>8}", "case", "packed ms", "GFLOP/s", "crate ms", "GFLOP/s", "ratio");
     for &(name, m, k, n) in CASES.iter().filter(|c| c.0.contains(filter)) {
         let mut x = inputs(name, m, k, n);
         let flops = 2.0 * (m * k * n) as f64;
-        let p = median_s(|| packed_call(m, &mut x));
-        let g = median_s(|| crate_call(name, m, k, n, &mut x));
+        let p = common::median_s(|| packed_call(m, &mut x));
+        let g = common::median_s(|| crate_call(name, m, k, n, &mut x));
         println!(
             "{name:<24} {:>10.2} {:>9.1} {:>10.2} {:>9.1} {:>8.2}",
             p * 1e3,
@@ -108,9 +94,8 @@ fn quick(filter: &str) {
 }
 
 fn main() {
-    if std::env::var("LCM_BENCH_QUICK").is_ok_and(|v| v == "1") {
-        // cargo bench passes `--bench`; the filter is the first other argument.
-        return quick(&std::env::args().skip(1).find(|a| !a.starts_with("--")).unwrap_or_default());
+    if let Some(filter) = common::quick_filter() {
+        return quick(&filter);
     }
     let mut c = Criterion::default().configure_from_args().sample_size(10);
     let mut group = c.benchmark_group("cpu_gemm");
