@@ -7,8 +7,13 @@ cd "$(dirname "$0")/.."
 scripts/install-nvcc.sh
 export LCM_REQUIRE_CUDA=1
 cargo test --workspace --locked "$@"
-# A service embeds the library without the CLI's dependencies (`default-features = false`): keep that building.
-cargo check --lib --no-default-features --locked
+# The engine stays below the apps: its dependency tree has no CLI, HTTP or download crates (they belong
+# to crates/lcm-cli and crates/lcm-serve; docs/architecture.md).
+apps=$(cargo tree -p lcm -e normal --prefix none --locked | grep -oE '^(clap|tokio|axum|hyper|hf-hub|ureq) ' | sort -u | tr -d ' ' | tr '\n' ' ' || true)
+if [ -n "$apps" ]; then
+    echo "error: the engine package lcm depends on app crates: $apps" >&2
+    exit 1
+fi
 # The fuzz targets (fuzz/, their own workspace) call the loaders' APIs: a change to those must keep them
 # compiling. A plain check on the stable toolchain, CPU-only like the fuzz builds (LCM_NO_CUDA=1, so not
 # under this script's LCM_REQUIRE_CUDA=1); scripts/fuzz.sh runs them.

@@ -1,5 +1,5 @@
 //! `lcm serve`'s request bodies, through the parser the server runs before queueing a request
-//! (`lcm::serve::parse_request`): the first byte picks the endpoint (OpenAI images, A1111 txt2img,
+//! (`lcm_serve::parse_request`): the first byte picks the endpoint (OpenAI images, A1111 txt2img,
 //! A1111 img2img), the rest is the body. Limits are the CLI's defaults; one LoRA name is known, so
 //! `loras` and `<lora:NAME:SCALE>` resolve as well as fail. A request that parses must ask for what the
 //! limits allow.
@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use lcm::serve::{parse_request, Api, Limits, LoraDir};
+use lcm_serve::{parse_request, Api, Limits, LoraDir};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

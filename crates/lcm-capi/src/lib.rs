@@ -12,19 +12,18 @@
 //! - A pipeline may be used from any thread; generations on one pipeline run one at a time (a second
 //!   caller waits). [`lcm_cancel`] may be called from any thread at any time.
 
-use std::cell::RefCell;
-use std::ffi::{c_char, CStr, CString};
+use std::ffi::c_char;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use lcm::cuda::{CudaBackend, DeviceKind};
-use lcm_core::{Backend, Error};
-use lcm_cpu::CpuBackend;
-use lcm_models::Variant;
-use lcm_pipeline::lora_swap::{LoraMode, PreparedLoras};
-use lcm_pipeline::pipeline::{InitImage, LoadSpec, LoraSpec, Pipeline, Request};
+use lcm::{Device, Engine, Prepared};
+
+mod ffi;
+use ffi::{clear_out, guard, invalid, lora_specs, request_error, string, LAST_ERROR};
+use lcm_pipeline::lora_swap::LoraMode;
+use lcm_pipeline::pipeline::{InitImage, LoadSpec, Request};
 
 /// A status code: `LCM_OK` or one of the `LCM_ERR_*` values.
 pub type LcmStatus = i32;
@@ -134,11 +133,6 @@ pub struct LcmPipeline {
     cancel: AtomicBool,
 }
 
-enum Engine {
-    Cpu(Box<Pipeline<CpuBackend>>),
-    Cuda(Box<Pipeline<CudaBackend>>),
-}
-
 /// LoRAs made ready on one pipeline by [`lcm_prepare_loras`] for [`lcm_use_loras`] (opaque). Holds
 /// device memory on CUDA (the runtime LoRA buffers' contents). Free with [`lcm_free_prepared_loras`].
 pub struct LcmPreparedLoras {
@@ -147,162 +141,8 @@ pub struct LcmPreparedLoras {
     prepared: Prepared,
 }
 
-enum Prepared {
-    Cpu(PreparedLoras<CpuBackend>),
-    Cuda(PreparedLoras<CudaBackend>),
-}
-
-impl Engine {
-    fn run<R>(&mut self, f: impl FnOnce(&mut dyn Generate) -> R) -> R {
-        match self {
-            Engine::Cpu(p) => f(p.as_mut()),
-            Engine::Cuda(p) => f(p.as_mut()),
-        }
-    }
-}
-
-/// What the ABI calls on a pipeline, whatever its backend.
-trait Generate {
-    fn generate(&mut self, req: &Request, cancel: &AtomicBool) -> lcm_core::Result<Vec<Vec<u8>>>;
-    fn set_loras(&mut self, loras: &[LoraSpec]) -> lcm_core::Result<()>;
-}
-
-impl<B: Backend> Generate for Pipeline<B> {
-    fn generate(&mut self, req: &Request, cancel: &AtomicBool) -> lcm_core::Result<Vec<Vec<u8>>> {
-        let out = self.generate_with(req, &mut |_| {}, Some(cancel))?;
-        Ok((0..out.images.shape[0]).map(|i| out.rgb8(i)).collect())
-    }
-
-    fn set_loras(&mut self, loras: &[LoraSpec]) -> lcm_core::Result<()> {
-        Pipeline::set_loras(self, loras)
-    }
-}
-
-thread_local! {
-    static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
-}
-
-/// A failed call: its status and message.
-struct Failure(LcmStatus, String);
-
-impl From<Error> for Failure {
-    fn from(e: Error) -> Self {
-        let code = match e {
-            Error::Invalid { .. } => LCM_ERR_INVALID_ARGUMENT,
-            Error::File { .. } | Error::Tensor { .. } | Error::Config { .. } => LCM_ERR_FILE,
-            Error::Backend(_) | Error::NonFinite { .. } => LCM_ERR_BACKEND,
-            Error::Cancelled => LCM_ERR_CANCELLED,
-        };
-        Failure(code, e.to_string())
-    }
-}
-
-fn invalid(arg: &str, msg: impl std::fmt::Display) -> Failure {
-    Failure(LCM_ERR_INVALID_ARGUMENT, format!("{arg}: {msg}"))
-}
-
-fn set_last_error(msg: &str) {
-    // Interior NULs cannot be in a C string: shown as U+FFFD.
-    let c = CString::new(msg.replace('\0', "\u{fffd}")).unwrap_or_default();
-    LAST_ERROR.with(|e| *e.borrow_mut() = c);
-}
-
-/// Runs an ABI function's body: its status, with the message kept for `lcm_last_error`; a panic is
-/// caught here and never unwinds into C.
-fn guard(body: impl FnOnce() -> Result<(), Failure>) -> LcmStatus {
-    match catch_unwind(AssertUnwindSafe(body)) {
-        Ok(Ok(())) => {
-            set_last_error("");
-            LCM_OK
-        }
-        Ok(Err(Failure(code, msg))) => {
-            set_last_error(&msg);
-            code
-        }
-        Err(payload) => {
-            let what = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            set_last_error(&format!("lcm panicked (a bug; please report it): {what}"));
-            LCM_ERR_PANIC
-        }
-    }
-}
-
-/// # Safety
-/// `p` is NULL or a NUL-terminated string.
-unsafe fn string(p: *const c_char, arg: &str) -> Result<Option<String>, Failure> {
-    if p.is_null() {
-        return Ok(None);
-    }
-    // SAFETY: the caller's contract (NUL-terminated).
-    let s = unsafe { CStr::from_ptr(p) };
-    s.to_str().map(|s| Some(s.to_string())).map_err(|e| invalid(arg, format!("not UTF-8 ({e})")))
-}
-
-/// # Safety
-/// `p` is NULL or points to `n` readable `LcmLora`s whose paths are NULL or NUL-terminated.
-unsafe fn lora_specs(p: *const LcmLora, n: usize, arg: &str) -> Result<Vec<LoraSpec>, Failure> {
-    if n == 0 {
-        return Ok(Vec::new());
-    }
-    if p.is_null() {
-        return Err(invalid(arg, format!("NULL with {n} LoRAs")));
-    }
-    // SAFETY: the caller's contract (n readable entries).
-    let items = unsafe { std::slice::from_raw_parts(p, n) };
-    items
-        .iter()
-        .enumerate()
-        .map(|(i, l)| {
-            let field = format!("{arg}[{i}].path");
-            // SAFETY: the caller's contract.
-            let path = unsafe { string(l.path, &field) }?.ok_or_else(|| invalid(&field, "NULL"))?;
-            if !l.scale.is_finite() {
-                return Err(invalid(&format!("{arg}[{i}].scale"), format!("{}: must be finite", l.scale)));
-            }
-            Ok(LoraSpec { path: PathBuf::from(path), scale: l.scale })
-        })
-        .collect()
-}
-
-/// Checks an out-parameter and sets it to NULL, so that a call that fails leaves it NULL.
-///
-/// # Safety
-/// `out` is NULL or points to writable storage for a pointer.
-unsafe fn clear_out<T>(out: *mut *mut T) -> Result<(), Failure> {
-    if out.is_null() {
-        return Err(invalid("out", "NULL"));
-    }
-    // SAFETY: checked non-NULL; writable by the caller's contract.
-    unsafe { *out = std::ptr::null_mut() };
-    Ok(())
-}
-
 /// Images one `lcm_generate` may ask for.
 const MAX_IMAGES: usize = 64;
-
-/// The pipeline's checks name `lcm generate`'s flags: here they name the request's fields.
-fn request_error(e: Error) -> Failure {
-    const FIELDS: &[(&str, &str)] = &[
-        ("--width", "request.width"),
-        ("--height", "request.height"),
-        ("--steps", "request.steps"),
-        ("--num-images", "request.num_images"),
-        ("--guidance-scale", "request.guidance_scale"),
-        ("--strength", "request.strength"),
-        ("--image", "request.init_rgb"),
-    ];
-    match e {
-        Error::Invalid { what, msg } => {
-            let what = FIELDS.iter().find(|(flag, _)| *flag == what).map_or(what, |(_, field)| field.to_string());
-            Failure(LCM_ERR_INVALID_ARGUMENT, format!("{what}: {msg}"))
-        }
-        e => e.into(),
-    }
-}
 
 fn lock(p: &LcmPipeline) -> MutexGuard<'_, Engine> {
     // A panic during an earlier call is reported as LCM_ERR_PANIC; the pipeline goes on being used
@@ -370,28 +210,15 @@ pub unsafe extern "C" fn lcm_pipeline_load(options: *const LcmLoadOptions, out: 
             max_lora_rank: (o.max_lora_rank != 0).then_some(o.max_lora_rank as usize),
             ..LoadSpec::default()
         };
-        let cuda = |kind: DeviceKind| -> lcm_core::Result<Engine> {
-            let backend = match kind {
-                DeviceKind::Emulated => CudaBackend::open(kind)?,
-                DeviceKind::Gpu(_) => CudaBackend::new()?,
-            };
-            // f16 weights (`.fp16` files when a folder has them), as `lcm generate` loads them on CUDA.
-            let spec = LoadSpec { variant: Variant::PreferHalf, ..spec.clone() };
-            Ok(Engine::Cuda(Box::new(Pipeline::load(backend, spec)?)))
-        };
-        let cpu = || -> lcm_core::Result<Engine> {
-            Ok(Engine::Cpu(Box::new(Pipeline::load(CpuBackend::new(), spec.clone())?)))
-        };
-        let engine = match o.device {
-            LCM_DEVICE_CPU => cpu()?,
-            LCM_DEVICE_CUDA => cuda(DeviceKind::Gpu(0))?,
-            LCM_DEVICE_EMULATED => cuda(DeviceKind::Emulated)?,
-            LCM_DEVICE_AUTO => match CudaBackend::new() {
-                Ok(_) => cuda(DeviceKind::Gpu(0))?,
-                Err(_) => cpu()?,
-            },
+        let device = match o.device {
+            LCM_DEVICE_AUTO => Device::Auto,
+            LCM_DEVICE_CPU => Device::Cpu,
+            LCM_DEVICE_CUDA => Device::Cuda,
+            LCM_DEVICE_EMULATED => Device::Emulated,
             d => return Err(invalid("options.device", format!("{d}: expected an LCM_DEVICE_* value (0..=3)"))),
         };
+        // The engine picks the weight precision for the device (f16 on CUDA, as `lcm generate` loads).
+        let (engine, _cpu_fallback) = Engine::load(device, spec)?;
         let p = Box::new(LcmPipeline { engine: Mutex::new(engine), cancel: AtomicBool::new(false) });
         // SAFETY: checked non-NULL above.
         unsafe { *out = Box::into_raw(p) };
@@ -454,10 +281,10 @@ pub unsafe extern "C" fn lcm_generate(
         let mut engine = lock(p);
         // A cancel meant for an earlier generation does not stop this one.
         p.cancel.store(false, Ordering::SeqCst);
-        let images = engine.run(|g| g.generate(&req, &p.cancel)).map_err(request_error)?;
+        let generated = engine.generate_with(&req, &mut |_| {}, Some(&p.cancel)).map_err(request_error)?;
         drop(engine);
-        let count = images.len() as u32;
-        let rgb: Box<[u8]> = images.concat().into_boxed_slice();
+        let count = generated.images.shape[0] as u32;
+        let rgb: Box<[u8]> = (0..generated.images.shape[0]).flat_map(|i| generated.rgb8(i)).collect();
         let len = rgb.len();
         let rgb = Box::into_raw(rgb) as *mut u8;
         let images = Box::new(LcmImages { width: r.width, height: r.height, count, rgb, len });
@@ -485,7 +312,7 @@ pub unsafe extern "C" fn lcm_set_loras(
         let p = unsafe { pipeline.as_ref() }.ok_or_else(|| invalid("pipeline", "NULL"))?;
         // SAFETY: the caller's contract.
         let specs = unsafe { lora_specs(loras, num_loras, "loras") }?;
-        lock(p).run(|g| g.set_loras(&specs))?;
+        lock(p).set_loras(&specs)?;
         Ok(())
     })
 }
@@ -513,10 +340,7 @@ pub unsafe extern "C" fn lcm_prepare_loras(
         let p = unsafe { pipeline.as_ref() }.ok_or_else(|| invalid("pipeline", "NULL"))?;
         // SAFETY: the caller's contract.
         let specs = unsafe { lora_specs(loras, num_loras, "loras") }?;
-        let prepared = match &*lock(p) {
-            Engine::Cpu(g) => Prepared::Cpu(g.prepare_loras(&specs)?),
-            Engine::Cuda(g) => Prepared::Cuda(g.prepare_loras(&specs)?),
-        };
+        let prepared = lock(p).prepare_loras(&specs)?;
         let prepared = Box::new(LcmPreparedLoras { owner: pipeline as usize, prepared });
         // SAFETY: checked non-NULL above.
         unsafe { *out = Box::into_raw(prepared) };
@@ -541,12 +365,7 @@ pub unsafe extern "C" fn lcm_use_loras(pipeline: *mut LcmPipeline, prepared: *co
         if l.owner != pipeline as usize {
             return Err(invalid("prepared", "prepared by another pipeline (lcm_prepare_loras on this one)"));
         }
-        match (&mut *lock(p), &l.prepared) {
-            (Engine::Cpu(g), Prepared::Cpu(l)) => g.use_loras(l)?,
-            (Engine::Cuda(g), Prepared::Cuda(l)) => g.use_loras(l)?,
-            // The same pipeline always prepares for its own backend.
-            _ => return Err(invalid("prepared", "prepared for another backend")),
-        }
+        lock(p).use_loras(&l.prepared)?;
         Ok(())
     })
 }
@@ -629,6 +448,8 @@ pub extern "C" fn lcm_version() -> *const c_char {
 
 #[cfg(test)]
 mod tests {
+    use std::ffi::{CStr, CString};
+
     use super::*;
 
     fn last_error() -> String {

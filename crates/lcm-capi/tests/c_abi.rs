@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use lcm_cpu::CpuBackend;
+use lcm::cpu::CpuBackend;
 use lcm_pipeline::pipeline::{LoadSpec, LoraSpec, Pipeline, Request};
 
 fn root() -> PathBuf {

@@ -5,11 +5,12 @@ use std::path::PathBuf;
 use clap::Args;
 use lcm::bench::lora::{cpu_refusal, BenchBackend};
 use lcm::bench::{run as bench, Arch, BenchConfig};
+use lcm::Opened;
 use lcm_core::{Error, Result};
 use lcm_models::Variant;
 
-use super::device::{choose, Chosen, Device};
-use super::vae_tiling::VaeTilingArgs;
+use crate::device::{open, DeviceArg};
+use crate::vae_tiling::VaeTilingArgs;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -33,10 +34,10 @@ pub struct BenchArgs {
     /// Batch size (images per generation).
     #[arg(long = "num-images", default_value_t = 1)]
     pub num_images: usize,
-    /// cpu, cuda or emulated (default: cuda when available). Default size: 512 on cuda, 256 on cpu, 64
-    /// on the emulator.
-    #[arg(long, value_enum)]
-    pub device: Option<Device>,
+    /// auto (cuda when available, else cpu), cpu, cuda or emulated. Default size: 512 on cuda, 256 on
+    /// cpu, 64 on the emulator.
+    #[arg(long, value_enum, default_value_t)]
+    pub device: DeviceArg,
     /// Untimed generations first.
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
@@ -84,11 +85,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.lora_rank == Some(0) {
         return Err(Error::invalid("--lora-rank", "0: expected at least 1"));
     }
-    match choose(args.device)? {
-        Chosen::Cpu(_) if args.lora_rank.is_some() => Err(cpu_refusal()),
-        Chosen::Cpu(_) if args.profile => {
-            let b = lcm_cpu::CpuBackend::profiling();
-            go(&b, &args, 256, Variant::PreferFull)?;
+    let opened = open(args.device)?;
+    let variant = opened.variant();
+    match opened {
+        Opened::Cpu(_) if args.lora_rank.is_some() => Err(cpu_refusal()),
+        Opened::Cpu(_) if args.profile => {
+            let b = lcm::cpu::CpuBackend::profiling();
+            go(&b, &args, 256, variant)?;
             eprintln!("{:<18} {:>7} {:>11} {:>9}", "op (all stages)", "calls", "time ms", "GFLOP/s");
             for (name, calls, t, macs) in b.profile() {
                 let gflops = 2.0 * macs as f64 / t.as_secs_f64().max(1e-12) / 1e9;
@@ -96,11 +99,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
             }
             Ok(())
         }
-        Chosen::Cpu(b) => go(&b, &args, 256, Variant::PreferFull),
-        Chosen::Cuda(_) if args.profile => {
+        Opened::Cpu(b) => go(&b, &args, 256, variant),
+        Opened::Cuda(_) if args.profile => {
             Err(Error::invalid("--profile", "per-op profiles are CPU-only; on CUDA use nsys/ncu"))
         }
-        Chosen::Cuda(b) => go(&*b, &args, if b.is_emulated() { 64 } else { 512 }, Variant::PreferHalf),
+        Opened::Cuda(b) => go(&*b, &args, if b.is_emulated() { 64 } else { 512 }, variant),
     }
 }
 

@@ -8,7 +8,7 @@ use lcm_core::SafeTensorsFile;
 use lcm_pipeline::output::read_png;
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
 }
 
 fn lcm(args: &[&str]) -> (bool, String, String) {

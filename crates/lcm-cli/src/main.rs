@@ -4,16 +4,27 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-mod cli;
+mod bench;
+mod device;
+mod frame_seq;
+mod frames;
+mod generate;
+mod hub;
+mod kernels;
+mod model_args;
+mod progress;
+mod serve;
+mod vae_tiling;
 
 #[derive(Parser)]
 #[command(
     name = "lcm",
     version,
-    about = "Latent Consistency Model image generation for Stable Diffusion 1.5 (1-8 steps), on hand-written CUDA kernels or the CPU",
+    about = "Latent Consistency Model image generation for SD1.5 and SDXL (1-8 steps), on hand-written CUDA kernels or the CPU",
     long_about = "Turns a prompt into an image in 1-8 steps with a Latent Consistency Model: an LCM-distilled \
-                  UNet, or any SD1.5 checkpoint plus the LCM-LoRA. Models are diffusers folders (model_index.json, \
-                  text_encoder/, tokenizer/, unet/, vae/, scheduler/) with safetensors weights.\n\n\
+                  UNet, or any SD1.5 or SDXL (SSD-1B, Segmind-Vega) checkpoint plus its LCM-LoRA. Models are \
+                  diffusers folders (model_index.json, text_encoder/, tokenizer/, unet/, vae/, scheduler/) with \
+                  safetensors weights, or single-file checkpoints (.safetensors in original SD key names).\n\n\
                   Example:\n  lcm generate --model ./stable-diffusion-v1-5 --lora lcm-lora-sdv1-5.safetensors \
                   --prompt \"a photo of a cat\" --seed 7 --output cat.png"
 )]
@@ -37,16 +48,16 @@ const FRAMES_ABOUT: &str = "img2img over a sequence: every PNG in --input (natur
 #[derive(Subcommand)]
 enum Command {
     /// Generate images from a prompt and write PNGs.
-    Generate(cli::generate::GenerateArgs),
+    Generate(generate::GenerateArgs),
     /// img2img over a folder of frames (a video's, as PNGs), batched, into a folder of PNGs with the
     /// same names.
     #[command(long_about = FRAMES_ABOUT)]
-    Frames(cli::frames::FramesArgs),
+    Frames(frames::FramesArgs),
     /// Time the pipeline (CLIP, UNet steps, VAE decode) per stage; synthetic SD1.5 weights by default.
-    Bench(cli::bench::BenchArgs),
+    Bench(bench::BenchArgs),
     /// Serve the OpenAI images API and A1111 txt2img/img2img over HTTP, with a batching queue,
     /// LoRAs by name, health/readiness probes and Prometheus metrics (docs/serving.md).
-    Serve(cli::serve::ServeArgs),
+    Serve(serve::ServeArgs),
     /// List every compiled CUDA kernel with its architecture, registers, shared memory and spills.
     Kernels,
 }
@@ -54,11 +65,11 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Generate(args) => cli::generate::run(args),
-        Command::Frames(args) => cli::frames::run(args),
-        Command::Bench(args) => cli::bench::run(args),
-        Command::Serve(args) => cli::serve::run(args),
-        Command::Kernels => cli::kernels::run(),
+        Command::Generate(args) => generate::run(args),
+        Command::Frames(args) => frames::run(args),
+        Command::Bench(args) => bench::run(args),
+        Command::Serve(args) => serve::run(args),
+        Command::Kernels => kernels::run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,7 +1,7 @@
-//! `lcm serve`: one loaded pipeline behind OpenAI's images API and A1111's txt2img/img2img, with a
-//! bounded FIFO queue that batches requests of one shape and LoRA set, per-request timeouts,
-//! cancellation on disconnect, LoRA hot-swap by name, health/readiness probes, Prometheus metrics and
-//! a graceful drain on SIGTERM (docs/serving.md).
+//! The HTTP server behind `lcm serve`, as a library: one loaded engine behind OpenAI's images API and
+//! A1111's txt2img/img2img, with a bounded FIFO queue that batches requests of one shape and LoRA set,
+//! per-request timeouts, cancellation on disconnect, LoRA hot-swap by name, health/readiness probes,
+//! Prometheus metrics and a graceful drain on SIGTERM (docs/serving.md).
 //!
 //! Threads: tokio (two threads) runs the HTTP side; one worker thread owns the pipeline and runs one
 //! batch at a time (a pipeline generates one batch at a time; its backend parallelises inside).
@@ -20,6 +20,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
+use lcm::{with_pipeline, Engine};
 use lcm_core::{Backend, Error, Result};
 use lcm_pipeline::pipeline::{LoraSpec, Pipeline};
 
@@ -52,9 +53,13 @@ pub struct ServeConfig {
     pub debug_hooks: bool,
 }
 
-/// Serves `pipe` until SIGTERM/SIGINT, then drains and returns. The pipeline is loaded before this is
+/// Serves `engine` until SIGTERM/SIGINT, then drains and returns. The engine is loaded before this is
 /// called, so the port opens only once the model is ready.
-pub fn run<B: Backend + 'static>(pipe: Pipeline<B>, cfg: ServeConfig) -> Result<()>
+pub fn run(engine: Engine, cfg: ServeConfig) -> Result<()> {
+    with_pipeline!(engine, p => serve(*p, cfg))
+}
+
+fn serve<B: Backend + 'static>(pipe: Pipeline<B>, cfg: ServeConfig) -> Result<()>
 where
     Pipeline<B>: Send,
 {

@@ -4,13 +4,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use lcm::with_pipeline;
 use lcm_core::{Backend, Error, Result};
 use lcm_pipeline::output::{numbered_paths, parameters_text, read_image_rgb8, write_latents, write_png};
-use lcm_pipeline::pipeline::{InitImage, LoadSpec, Request};
+use lcm_pipeline::pipeline::{InitImage, LoadSpec, Pipeline, Request};
 
-use super::device::{choose, Chosen};
-use super::model_args::{check_init_size, for_cuda, load_pipeline, model_label, ModelArgs, SamplingArgs};
-use super::progress::{ms, Progress};
+use crate::device::open;
+use crate::model_args::{check_init_size, load_engine, model_label, ModelArgs, SamplingArgs};
+use crate::progress::{ms, Progress};
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
@@ -87,14 +88,16 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     }
     args.model.add_tokenizer(&mut spec)?;
     eprintln!("seed: {seed}");
-    match choose(args.model.device)? {
-        Chosen::Cpu(b) => generate_with(b, spec, &req, &args),
-        Chosen::Cuda(b) => generate_with(*b, for_cuda(spec), &req, &args),
-    }
+    let (mut engine, load_time) = load_engine(open(args.model.device)?, spec, req.steps, args.model.tiling)?;
+    with_pipeline!(&mut engine, p => generate_with(p, &req, &args, load_time))
 }
 
-fn generate_with<B: Backend>(backend: B, spec: LoadSpec, req: &Request, args: &GenerateArgs) -> Result<()> {
-    let (mut pipe, load_time) = load_pipeline(backend, spec, req.steps, args.model.tiling)?;
+fn generate_with<B: Backend>(
+    pipe: &mut Pipeline<B>,
+    req: &Request,
+    args: &GenerateArgs,
+    load_time: Duration,
+) -> Result<()> {
     let mut bar = Progress::new("unet");
     let out = pipe.generate(req, &mut |e| bar.update(e.step, e.steps, &format!("t={}", e.timestep), e.elapsed))?;
 

@@ -4,14 +4,15 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::Args;
+use lcm::with_pipeline;
 use lcm_core::{Backend, Error, Result};
 use lcm_pipeline::output::{parameters_text, png_size, read_image_rgb8, write_png};
-use lcm_pipeline::pipeline::{InitImage, LoadSpec, Pipeline, Request, MAX_IMAGES};
+use lcm_pipeline::pipeline::{InitImage, Pipeline, Request, MAX_IMAGES};
 
-use super::device::{choose, Chosen};
-use super::frame_seq::{file_name, list_frames, mean_abs_diff};
-use super::model_args::{check_init_size, for_cuda, load_pipeline, model_label, ModelArgs, SamplingArgs};
-use super::progress::{ms, Progress};
+use crate::device::open;
+use crate::frame_seq::{file_name, list_frames, mean_abs_diff};
+use crate::model_args::{check_init_size, load_engine, model_label, ModelArgs, SamplingArgs};
+use crate::progress::{ms, Progress};
 
 #[derive(Args, Debug)]
 pub struct FramesArgs {
@@ -83,10 +84,9 @@ pub fn run(args: FramesArgs) -> Result<()> {
     std::fs::create_dir_all(&args.output).map_err(|e| Error::file(&args.output, format!("--output: {e}")))?;
     args.model.add_tokenizer(&mut spec)?;
     eprintln!("seed: {seed}{}", if args.seed_per_frame { " + frame index" } else { " (every frame)" });
-    match choose(args.model.device)? {
-        Chosen::Cpu(b) => frames_with(b, spec, &template, &frames, &args),
-        Chosen::Cuda(b) => frames_with(*b, for_cuda(spec), &template, &frames, &args),
-    }
+    let (mut engine, load_time) = load_engine(open(args.model.device)?, spec, template.steps, args.model.tiling)?;
+    eprintln!("load {}", ms(load_time));
+    with_pipeline!(&mut engine, p => frames_with(p, &template, &frames, &args))
 }
 
 /// Every frame has the first frame's size, and that size suits img2img; read from the headers.
@@ -139,14 +139,11 @@ fn check_output(args: &FramesArgs, frames: &[PathBuf]) -> Result<()> {
 }
 
 fn frames_with<B: Backend>(
-    backend: B,
-    spec: LoadSpec,
+    pipe: &mut Pipeline<B>,
     template: &Request,
     frames: &[PathBuf],
     args: &FramesArgs,
 ) -> Result<()> {
-    let (mut pipe, load_time) = load_pipeline(backend, spec, template.steps, args.model.tiling)?;
-    eprintln!("load {}", ms(load_time));
     let mut run = Runner { bar: Progress::new("frames"), start: Instant::now(), done: 0, batches: 0 };
     let (mut pending, mut last_run): (Vec<Job>, Option<Vec<u8>>) = (Vec::with_capacity(args.batch), None);
     let mut skipped = 0;
@@ -170,12 +167,12 @@ fn frames_with<B: Backend>(
         // A full batch runs only when the next frame that runs arrives, so that frames skipping to its
         // last job still find it pending.
         if pending.len() == args.batch {
-            run.batch(&mut pipe, template, std::mem::take(&mut pending), frames.len(), args)?;
+            run.batch(pipe, template, std::mem::take(&mut pending), frames.len(), args)?;
         }
         last_run = Some(rgb.clone());
         pending.push(Job { index, rgb, names: vec![name] });
     }
-    run.batch(&mut pipe, template, pending, frames.len(), args)?;
+    run.batch(pipe, template, pending, frames.len(), args)?;
     let t = run.start.elapsed();
     eprintln!(
         "{} frames ({} skipped, {} batches of up to {}) in {:.2} s: {:.2} frames/s",

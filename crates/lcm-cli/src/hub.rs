@@ -1,6 +1,6 @@
 //! The default model when `--model` is not given: Stable Diffusion 1.5 plus the LCM-LoRA (and SD1.5's
 //! tokenizer for a single-file `--model` without `--config`), looked up in the Hugging Face cache (`$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`) and,
-//! with the `download` feature, fetched into it when missing and the network allows.
+//! fetched into it when missing and the network allows.
 
 use std::path::{Path, PathBuf};
 
@@ -59,7 +59,7 @@ pub struct DefaultModel {
     pub lora: PathBuf,
 }
 
-/// SD1.5 + LCM-LoRA from the cache, downloading what is missing when the `download` feature is on.
+/// SD1.5 + LCM-LoRA from the cache, downloading what is missing.
 pub fn default_model(log: &mut dyn FnMut(&str)) -> Result<DefaultModel> {
     let cache = cache_dir();
     let lookup = || {
@@ -114,7 +114,6 @@ pub fn sd15_tokenizer(log: &mut dyn FnMut(&str)) -> Result<PathBuf> {
     ))
 }
 
-#[cfg(feature = "download")]
 fn download(cache: &Path, wanted: &[(&str, &[&str])], log: &mut dyn FnMut(&str)) -> std::result::Result<(), String> {
     use hf_hub::api::sync::ApiBuilder;
     let mut builder =
@@ -131,11 +130,6 @@ fn download(cache: &Path, wanted: &[(&str, &[&str])], log: &mut dyn FnMut(&str))
         }
     }
     Ok(())
-}
-
-#[cfg(not(feature = "download"))]
-fn download(_cache: &Path, _wanted: &[(&str, &[&str])], _log: &mut dyn FnMut(&str)) -> std::result::Result<(), String> {
-    Err("this lcm was built without the `download` feature".into())
 }
 
 #[cfg(test)]

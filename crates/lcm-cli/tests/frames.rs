@@ -16,7 +16,7 @@ fn lcm(args: &[&str]) -> (bool, String, String) {
 }
 
 fn model() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-sd").display().to_string()
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-sd").display().to_string()
 }
 
 fn scratch(name: &str) -> PathBuf {

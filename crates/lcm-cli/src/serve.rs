@@ -1,20 +1,20 @@
 //! `lcm serve`: load a model once, then answer OpenAI images API and A1111 txt2img/img2img requests
-//! over HTTP (src/serve, docs/serving.md).
+//! over HTTP (crates/lcm-serve, docs/serving.md).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use lcm::serve::{Limits, LoraDir, ServeConfig};
-use lcm_core::{Backend, Error, Result};
-use lcm_models::Variant;
+use lcm::with_pipeline;
+use lcm_core::{Error, Result};
 use lcm_pipeline::lora::LoraSet;
 use lcm_pipeline::lora_swap::LoraMode;
-use lcm_pipeline::pipeline::{LoadSpec, LoraSpec, Pipeline};
+use lcm_pipeline::pipeline::{LoadSpec, LoraSpec};
+use lcm_serve::{Limits, LoraDir, ServeConfig};
 
-use super::device::{choose, Chosen, Device};
-use super::model_args::{model_and_loras, parse_lora};
-use super::vae_tiling::VaeTilingArgs;
+use crate::device::{open, DeviceArg};
+use crate::model_args::{model_and_loras, parse_lora};
+use crate::vae_tiling::VaeTilingArgs;
 
 /// Images per batch when --max-batch is not given (docs/serving.md, "Batching": tests/serve_load.rs
 /// measures it; docs/BENCH_LOG.md: 4 beat 1 in mean time per image on the CPU).
@@ -34,9 +34,9 @@ pub struct ServeArgs {
     /// `<lora:NAME:SCALE>`), each by its file name without .safetensors. Clients never pass paths.
     #[arg(long, value_name = "DIR")]
     pub lora_dir: Option<PathBuf>,
-    /// cpu, cuda or emulated; default cuda when a GPU opens, else cpu (with a note).
-    #[arg(long, value_enum)]
-    pub device: Option<Device>,
+    /// Where to run: auto takes cuda when a GPU opens, else cpu (with a note); emulated is for debugging.
+    #[arg(long, value_enum, default_value_t)]
+    pub device: DeviceArg,
     /// Address to listen on. Loopback by default; 0.0.0.0 (or ::) serves every interface.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
@@ -109,7 +109,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         ..LoadSpec::default()
     };
     if model_dir.is_file() {
-        spec.tokenizer_dir = Some(lcm::hub::sd15_tokenizer(&mut |m| eprintln!("{m}"))?);
+        spec.tokenizer_dir = Some(crate::hub::sd15_tokenizer(&mut |m| eprintln!("{m}"))?);
     }
     let model_name = model_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
     let cfg = |original_steps: usize| ServeConfig {
@@ -132,26 +132,12 @@ pub fn run(args: ServeArgs) -> Result<()> {
         model_name,
         debug_hooks: args.debug_hooks,
     };
-    match choose(args.device)? {
-        Chosen::Cpu(b) => serve(b, spec, args.tiling, cfg),
-        Chosen::Cuda(b) => serve(*b, LoadSpec { variant: Variant::PreferHalf, ..spec }, args.tiling, cfg),
-    }
-}
-
-fn serve<B: Backend + 'static>(
-    backend: B,
-    spec: LoadSpec,
-    tiling: VaeTilingArgs,
-    cfg: impl FnOnce(usize) -> ServeConfig,
-) -> Result<()>
-where
-    Pipeline<B>: Send,
-{
+    let opened = open(args.device)?;
     let t = std::time::Instant::now();
-    eprintln!("loading {} on {}", spec.model_dir.display(), backend.name());
-    let mut pipe = Pipeline::load(backend, spec)?;
-    pipe.set_vae_tiling(tiling.setting())?;
-    let cfg = cfg(pipe.original_steps());
+    eprintln!("loading {} on {}", spec.model_dir.display(), opened.name());
+    let mut engine = opened.load(spec)?;
+    with_pipeline!(&mut engine, p => p.set_vae_tiling(args.tiling.setting()))?;
+    let cfg = cfg(with_pipeline!(&engine, p => p.original_steps()));
     eprintln!(
         "loaded in {:.0} ms; {} LoRAs in --lora-dir; max batch {}, queue {}, timeout {} s",
         t.elapsed().as_secs_f64() * 1e3,
@@ -160,5 +146,5 @@ where
         cfg.queue,
         cfg.timeout.as_secs_f64()
     );
-    lcm::serve::run(pipe, cfg)
+    lcm_serve::run(engine, cfg)
 }

@@ -6,14 +6,15 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Args;
-use lcm_core::{Backend, Error, Result};
+use lcm::{with_pipeline, Engine, Opened};
+use lcm_core::{Error, Result};
 use lcm_models::Variant;
 use lcm_pipeline::lora::LoraSet;
 use lcm_pipeline::lora_swap::LoraMode;
-use lcm_pipeline::pipeline::{InitImage, LoadSpec, LoraSpec, Pipeline, Request, MAX_SIZE, MIN_SIZE};
+use lcm_pipeline::pipeline::{InitImage, LoadSpec, LoraSpec, Request, MAX_SIZE, MIN_SIZE};
 
-use super::device::Device;
-use super::vae_tiling::VaeTilingArgs;
+use crate::device::DeviceArg;
+use crate::vae_tiling::VaeTilingArgs;
 
 /// What to load and where to run it.
 #[derive(Args, Debug)]
@@ -52,10 +53,10 @@ pub struct ModelArgs {
     /// diffusers' clip_skip: use the text encoder's output that many layers before the last.
     #[arg(long, default_value_t = 0)]
     pub clip_skip: usize,
-    /// cpu, cuda or emulated (the CUDA kernels run on the CPU by the emulator: slow, for debugging on
-    /// tiny models). Default: cuda when a GPU and the kernels are present, else cpu (with a note).
-    #[arg(long, value_enum)]
-    pub device: Option<Device>,
+    /// Where to run: auto takes cuda when a GPU and the kernels are present, else cpu (with a note);
+    /// emulated runs the CUDA kernels on the CPU by the emulator (slow, for debugging on tiny models).
+    #[arg(long, value_enum, default_value_t)]
+    pub device: DeviceArg,
 }
 
 /// What to generate: the prompt and the sampling settings.
@@ -157,7 +158,7 @@ impl ModelArgs {
         model_and_loras(self.model.as_ref(), &self.loras)
     }
 
-    /// The load spec for the CPU (full-precision weights; [`for_backend`] picks f16 for CUDA).
+    /// The load spec (the engine picks the weight precision for the device it loads on).
     pub fn load_spec(&self, model_dir: PathBuf, loras: Vec<LoraSpec>) -> LoadSpec {
         LoadSpec {
             model_dir,
@@ -189,35 +190,27 @@ impl ModelArgs {
     /// from_single_file does) unless `--config` names one.
     pub fn add_tokenizer(&self, spec: &mut LoadSpec) -> Result<()> {
         if spec.model_dir.is_file() && self.config.is_none() {
-            spec.tokenizer_dir = Some(lcm::hub::sd15_tokenizer(&mut |m| eprintln!("{m}"))?);
+            spec.tokenizer_dir = Some(crate::hub::sd15_tokenizer(&mut |m| eprintln!("{m}"))?);
         }
         Ok(())
     }
 }
 
-/// The spec a CUDA backend loads: f16 weights where a folder has them.
-pub fn for_cuda(spec: LoadSpec) -> LoadSpec {
-    LoadSpec { variant: Variant::PreferHalf, ..spec }
-}
-
-/// Loads the pipeline, saying where, and warns when few steps on a non-LCM UNet will be blurry.
-pub fn load_pipeline<B: Backend>(
-    backend: B,
-    spec: LoadSpec,
-    steps: usize,
-    tiling: VaeTilingArgs,
-) -> Result<(Pipeline<B>, Duration)> {
+/// Loads the pipeline on the opened device, saying where, and warns when few steps on a non-LCM UNet
+/// will be blurry.
+pub fn load_engine(opened: Opened, spec: LoadSpec, steps: usize, tiling: VaeTilingArgs) -> Result<(Engine, Duration)> {
     let t_load = Instant::now();
-    eprintln!("loading {} on {}", spec.model_dir.display(), backend.name());
-    let mut pipe = Pipeline::load(backend, spec)?;
-    pipe.set_vae_tiling(tiling.setting())?;
-    if !pipe.has_guidance_embedding() && pipe.spec.loras.is_empty() && steps < 8 {
+    eprintln!("loading {} on {}", spec.model_dir.display(), opened.name());
+    let mut engine = opened.load(spec)?;
+    with_pipeline!(&mut engine, p => p.set_vae_tiling(tiling.setting()))?;
+    let lcm_unet = with_pipeline!(&engine, p => p.has_guidance_embedding());
+    if !lcm_unet && engine.spec().loras.is_empty() && steps < 8 {
         eprintln!(
             "note: this UNet is not LCM-distilled and no --lora was given; a few steps give blurry images \
              (add the LCM-LoRA: --lora lcm-lora-sdv1-5/pytorch_lora_weights.safetensors)"
         );
     }
-    Ok((pipe, t_load.elapsed()))
+    Ok((engine, t_load.elapsed()))
 }
 
 /// An img2img input's size must suit the VAE: sides multiples of 8 in 64..=2048 (the error names the
@@ -251,7 +244,7 @@ pub fn model_and_loras(model: Option<&PathBuf>, extra: &[LoraSpec]) -> Result<(P
     let (model_dir, mut loras) = match model {
         Some(dir) => (dir.clone(), Vec::new()),
         None => {
-            let found = lcm::hub::default_model(&mut |m| eprintln!("{m}"))?;
+            let found = crate::hub::default_model(&mut |m| eprintln!("{m}"))?;
             eprintln!("model: {} + LCM-LoRA {}", found.model_dir.display(), found.lora.display());
             (found.model_dir, vec![LoraSpec { path: found.lora, scale: 1.0 }])
         }
