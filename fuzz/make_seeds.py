@@ -111,7 +111,7 @@ put("png", "huge_header", open(f"{FIX}/images/kinds/huge_header.png", "rb").read
 put("png", "palette4_trns", open(f"{FIX}/images/kinds/palette4.png", "rb").read())
 
 # serve_request: the first byte picks the endpoint (0 OpenAI images, 1 A1111 txt2img, 2 img2img), then
-# the body: the requests of tests/serve.rs and docs/serving.md, and a few refusals.
+# the body: the requests of crates/lcm-cli/tests/serve.rs and docs/serving.md, and a few refusals.
 png64 = __import__("base64").b64encode(open(f"{FIX}/images/init_64x64.png", "rb").read()).decode()
 bodies = [
     (0, {"prompt": "a red house", "size": "64x64", "seed": 7}),

@@ -43,8 +43,9 @@ source scripts/device-lib.sh
 build() {
     set -e
     if dry; then
-        # tests/cli.rs makes cargo build the `lcm` binary itself (test profile).
-        stage_bundle bench lcm test --no-run --test cli
+        # The `lcm` binary as scripts/test.sh built it for crates/lcm-cli's tests (test profile; unfiltered,
+        # so nothing is compiled again).
+        stage_bundle bench lcm test --no-run
         echo "staged. Dry run: LCM_DRY_RUN=1 $0 run"
     else
         stage_bundle bench "lcm kernels" build --release --bin lcm --bench kernels

@@ -37,8 +37,11 @@ stage_bundle() {
     shift 2
     local dir=.device/$name
     rm -rf "$dir" && mkdir -p "$dir/bin"
-    # LCM_REQUIRE_CUDA=1 as scripts/test.sh sets it: build.rs reruns when it changes.
-    LCM_REQUIRE_CUDA=1 cargo "$@" --locked --message-format=json >"$dir/cargo.json"
+    # LCM_REQUIRE_CUDA=1 as scripts/test.sh sets it: build.rs reruns when it changes. --workspace: the
+    # packages' features unify as in scripts/test.sh's build (`lcm` is crates/lcm-cli's binary).
+    local cmd=$1
+    shift
+    LCM_REQUIRE_CUDA=1 cargo "$cmd" --workspace "$@" --locked --message-format=json >"$dir/cargo.json"
     # cargo names each built executable in its JSON messages, and the out dir of lcm's build script (which
     # holds the ptxas report); copy the executables asked for under their target names.
     python3 - "$dir" "$exes" <<'EOF'

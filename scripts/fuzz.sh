@@ -59,7 +59,7 @@ for t in "${targets[@]}"; do
     log="logs/$t.log"
     # Long enough for the fixtures' real safetensors headers (up to ~120 KB of JSON). The tokenizer's
     # time grows with its input: 8 KB is already 100 times a prompt's 77 tokens, and a 100,000-character
-    # prompt has its own test (tests/cli_bad_input.rs).
+    # prompt has its own test (crates/lcm-cli/tests/cli_bad_input.rs).
     max_len=131072
     [ "$t" = tokenizer ] && max_len=8192
     start=$(date +%s)

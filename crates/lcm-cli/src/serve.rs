@@ -16,7 +16,7 @@ use crate::device::{open, DeviceArg};
 use crate::model_args::{model_and_loras, parse_lora};
 use crate::vae_tiling::VaeTilingArgs;
 
-/// Images per batch when --max-batch is not given (docs/serving.md, "Batching": tests/serve_load.rs
+/// Images per batch when --max-batch is not given (docs/serving.md, "Batching": crates/lcm-cli/tests/serve_load.rs
 /// measures it; docs/BENCH_LOG.md: 4 beat 1 in mean time per image on the CPU).
 pub const DEFAULT_MAX_BATCH: usize = 4;
 
