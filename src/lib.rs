@@ -14,7 +14,8 @@
 //! use std::sync::atomic::AtomicBool;
 //!
 //! use lcm::cuda::CudaBackend;
-//! use lcm::pipeline::pipeline::{LoadSpec, Pipeline, Request};
+//! use lcm::pipeline::pipeline::Pipeline;
+//! use lcm::pipeline::spec::{LoadSpec, Request};
 //!
 //! # fn main() -> lcm::core::Result<()> {
 //! // The GPU, or the CPU reference when there is none (`lcm_cpu::CpuBackend::new()`).

@@ -6,7 +6,8 @@ use std::time::Instant;
 use clap::Args;
 use lcm_core::{Backend, Error, Result};
 use lcm_pipeline::output::{parameters_text, png_size, read_image_rgb8, write_png};
-use lcm_pipeline::pipeline::{InitImage, LoadSpec, Pipeline, Request, MAX_IMAGES};
+use lcm_pipeline::pipeline::Pipeline;
+use lcm_pipeline::spec::{InitImage, LoadSpec, Request, MAX_IMAGES};
 
 use super::device::{choose, Chosen};
 use super::frame_seq::{file_name, list_frames, mean_abs_diff};

@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::Args;
 use lcm_core::{Backend, Error, Result};
 use lcm_pipeline::output::{numbered_paths, parameters_text, read_image_rgb8, write_latents, write_png};
-use lcm_pipeline::pipeline::{InitImage, LoadSpec, Request};
+use lcm_pipeline::spec::{InitImage, LoadSpec, Request};
 
 use super::device::{choose, Chosen};
 use super::model_args::{check_init_size, for_cuda, load_pipeline, model_label, ModelArgs, SamplingArgs};

@@ -9,8 +9,8 @@ use lcm::serve::{Limits, LoraDir, ServeConfig};
 use lcm_core::{Backend, Error, Result};
 use lcm_models::Variant;
 use lcm_pipeline::lora::LoraSet;
-use lcm_pipeline::lora_swap::LoraMode;
-use lcm_pipeline::pipeline::{LoadSpec, LoraSpec, Pipeline};
+use lcm_pipeline::pipeline::Pipeline;
+use lcm_pipeline::spec::{LoadSpec, LoraMode, LoraSpec};
 
 use super::device::{choose, Chosen, Device};
 use super::model_args::{model_and_loras, parse_lora};
@@ -91,7 +91,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     if !(args.timeout_s.is_finite() && args.timeout_s > 0.0 && args.timeout_s <= 86400.0) {
         return Err(Error::invalid("--timeout-s", format!("{}: expected seconds in (0, 86400]", args.timeout_s)));
     }
-    if !args.max_size.is_multiple_of(8) || !(64..=lcm_pipeline::pipeline::MAX_SIZE).contains(&args.max_size) {
+    if !args.max_size.is_multiple_of(8) || !(64..=lcm_pipeline::spec::SizeRule::DEFAULT_MAX).contains(&args.max_size) {
         return Err(Error::invalid("--max-size", format!("{}: expected a multiple of 8 in 64..=2048", args.max_size)));
     }
     if args.max_images == 0 || args.max_body_mb == 0 {

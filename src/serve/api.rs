@@ -6,7 +6,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
-use lcm_pipeline::pipeline::{InitImage, Request};
+use lcm_pipeline::spec::{InitImage, Request};
 use serde_json::{Map, Value};
 
 use super::error::ApiError;

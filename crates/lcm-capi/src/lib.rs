@@ -23,8 +23,9 @@ use lcm::cuda::{CudaBackend, DeviceKind};
 use lcm_core::{Backend, Error};
 use lcm_cpu::CpuBackend;
 use lcm_models::Variant;
-use lcm_pipeline::lora_swap::{LoraMode, PreparedLoras};
-use lcm_pipeline::pipeline::{InitImage, LoadSpec, LoraSpec, Pipeline, Request};
+use lcm_pipeline::lora_swap::PreparedLoras;
+use lcm_pipeline::pipeline::Pipeline;
+use lcm_pipeline::spec::{Field, InitImage, LoadSpec, LoraMode, LoraSpec, Request, SizeRule};
 
 /// A status code: `LCM_OK` or one of the `LCM_ERR_*` values.
 pub type LcmStatus = i32;
@@ -284,20 +285,20 @@ unsafe fn clear_out<T>(out: *mut *mut T) -> Result<(), Failure> {
 /// Images one `lcm_generate` may ask for.
 const MAX_IMAGES: usize = 64;
 
-/// The pipeline's checks name `lcm generate`'s flags: here they name the request's fields.
+/// The pipeline's checks name the spec's fields ([`Field`]): here they name the C request's members.
 fn request_error(e: Error) -> Failure {
-    const FIELDS: &[(&str, &str)] = &[
-        ("--width", "request.width"),
-        ("--height", "request.height"),
-        ("--steps", "request.steps"),
-        ("--num-images", "request.num_images"),
-        ("--guidance-scale", "request.guidance_scale"),
-        ("--strength", "request.strength"),
-        ("--image", "request.init_rgb"),
+    const FIELDS: &[(Field, &str)] = &[
+        (Field::Width, "request.width"),
+        (Field::Height, "request.height"),
+        (Field::Steps, "request.steps"),
+        (Field::NumImages, "request.num_images"),
+        (Field::GuidanceScale, "request.guidance_scale"),
+        (Field::Strength, "request.strength"),
+        (Field::InitImage, "request.init_rgb"),
     ];
     match e {
         Error::Invalid { what, msg } => {
-            let what = FIELDS.iter().find(|(flag, _)| *flag == what).map_or(what, |(_, field)| field.to_string());
+            let what = FIELDS.iter().find(|(f, _)| f.name() == what).map_or(what, |(_, field)| field.to_string());
             Failure(LCM_ERR_INVALID_ARGUMENT, format!("{what}: {msg}"))
         }
         e => e.into(),
@@ -427,10 +428,7 @@ pub unsafe extern "C" fn lcm_generate(
         let init_image = if r.init_rgb.is_null() {
             None
         } else {
-            if width * height == 0
-                || width > lcm_pipeline::pipeline::MAX_SIZE
-                || height > lcm_pipeline::pipeline::MAX_SIZE
-            {
+            if width * height == 0 || width > SizeRule::DEFAULT_MAX || height > SizeRule::DEFAULT_MAX {
                 return Err(invalid("request.width/height", format!("{width}x{height}: out of range for init_rgb")));
             }
             // SAFETY: the caller's contract (width·height·3 readable bytes); sizes bounded above.
