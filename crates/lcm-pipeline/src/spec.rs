@@ -301,3 +301,40 @@ impl Request {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_rule_bounds_and_message() {
+        let rule = SizeRule::default();
+        for side in [64, 72, 512, 2048] {
+            assert!(rule.accepts(side), "{side}");
+        }
+        for side in [0, 56, 60, 100, 2056] {
+            assert!(!rule.accepts(side), "{side}");
+        }
+        assert_eq!(rule.to_string(), "a multiple of 8 in 64..=2048");
+        let e = rule.check("--max-size", 100).unwrap_err();
+        assert_eq!(e.to_string(), "--max-size: 100: expected a multiple of 8 in 64..=2048");
+
+        let small = SizeRule::up_to("max_size", 1024).unwrap();
+        assert!(small.accepts(1024) && !small.accepts(1032));
+        assert_eq!(small.to_string(), "a multiple of 8 in 64..=1024");
+        for bad in [0, 1001, 4096] {
+            assert!(SizeRule::up_to("max_size", bad).unwrap_err().to_string().starts_with("max_size: "));
+        }
+    }
+
+    #[test]
+    fn errors_name_their_field() {
+        let e = SizeRule::default().check_size(512, 30).unwrap_err();
+        assert_eq!(Field::of(&e), Some(Field::Height));
+        for f in Field::ALL {
+            assert_eq!(Field::of(&f.invalid("x")), Some(f));
+        }
+        assert_eq!(Field::of(&Error::invalid("batch", "x")), None);
+        assert_eq!(Field::of(&Error::file("width", "x")), None);
+    }
+}
