@@ -13,7 +13,8 @@ use lcm_core::{Backend, Error, Result};
 use lcm_cpu::CpuBackend;
 use lcm_models::Variant;
 use lcm_pipeline::lora_swap::PreparedLoras;
-use lcm_pipeline::pipeline::{LoadSpec, LoraSpec, Output, Pipeline, Request, StepEvent};
+use lcm_pipeline::pipeline::{Output, Pipeline, StepEvent};
+use lcm_pipeline::spec::{LoadSpec, LoraSpec, Request};
 
 use crate::cuda::{CudaBackend, DeviceKind};
 

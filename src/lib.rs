@@ -14,7 +14,7 @@
 //! ```no_run
 //! use std::sync::atomic::AtomicBool;
 //!
-//! use lcm::pipeline::pipeline::{LoadSpec, Request};
+//! use lcm::pipeline::spec::{LoadSpec, Request};
 //! use lcm::{Device, Engine};
 //!
 //! # fn main() -> lcm::core::Result<()> {

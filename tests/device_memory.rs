@@ -5,7 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use lcm::cuda::{CudaBackend, DeviceKind};
-use lcm::pipeline::pipeline::{LoadSpec, Pipeline, Request};
+use lcm::pipeline::pipeline::Pipeline;
+use lcm::pipeline::spec::{LoadSpec, Request};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")

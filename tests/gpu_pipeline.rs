@@ -25,8 +25,8 @@ use lcm_core::{rel_l2, Result, SafeTensorsFile, Tensor, WeightSpec};
 use lcm_cpu::CpuBackend;
 use lcm_models::runner::Runner;
 use lcm_models::{ClipTextModel, LoadOptions, Unet, Vae, VaeParts};
-use lcm_pipeline::lora_swap::LoraMode;
-use lcm_pipeline::pipeline::{LoadSpec, LoraSpec, Pipeline, Request};
+use lcm_pipeline::pipeline::Pipeline;
+use lcm_pipeline::spec::{LoadSpec, LoraMode, LoraSpec, Request};
 use serde_json::Value;
 
 /// `$LCM_FIXTURES`, else `tests/fixtures` under the working directory (cargo runs tests from the

@@ -1,7 +1,7 @@
 //! An `--image` PNG through `read_image_rgb8` and into `InitImage::from_rgb8`.
 #![no_main]
 use lcm_pipeline::output::read_image_rgb8;
-use lcm_pipeline::pipeline::InitImage;
+use lcm_pipeline::spec::InitImage;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
     let limits = Limits {
         max_body_bytes: 32 << 20,
         max_prompt_chars: 4000,
-        max_side: 1024,
+        size: lcm_pipeline::spec::SizeRule::up_to("max_side", 1024).unwrap(),
         max_images: 8,
         max_steps: 50,
         max_loras: 8,
@@ -27,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
         assert!(g.images() <= limits.max_images, "{} images past the limit", g.images());
         assert!(g.loras.len() <= limits.max_loras);
         for r in &g.reqs {
-            assert!(r.width <= limits.max_side && r.height <= limits.max_side && r.width % 8 == 0);
+            assert!(r.width <= limits.size.max() && r.height <= limits.size.max() && r.width % 8 == 0);
             assert!((1..=limits.max_steps).contains(&r.steps));
             assert!(r.prompt.chars().count() <= limits.max_prompt_chars);
         }

@@ -8,7 +8,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 
 use lcm_core::Error;
-use lcm_pipeline::pipeline::LoraSpec;
+use lcm_pipeline::spec::{Field, LoraSpec};
 
 use crate::*;
 
@@ -115,22 +115,22 @@ pub(crate) unsafe fn clear_out<T>(out: *mut *mut T) -> Result<(), Failure> {
     Ok(())
 }
 
-/// The pipeline's checks name `lcm generate`'s flags: here they name the request's fields.
+/// The pipeline's checks name the spec's fields ([`Field`]): here they name the C request's members.
 pub(crate) fn request_error(e: Error) -> Failure {
-    const FIELDS: &[(&str, &str)] = &[
-        ("--width", "request.width"),
-        ("--height", "request.height"),
-        ("--steps", "request.steps"),
-        ("--num-images", "request.num_images"),
-        ("--guidance-scale", "request.guidance_scale"),
-        ("--strength", "request.strength"),
-        ("--image", "request.init_rgb"),
+    const FIELDS: &[(Field, &str)] = &[
+        (Field::Width, "request.width"),
+        (Field::Height, "request.height"),
+        (Field::Steps, "request.steps"),
+        (Field::NumImages, "request.num_images"),
+        (Field::GuidanceScale, "request.guidance_scale"),
+        (Field::Strength, "request.strength"),
+        (Field::InitImage, "request.init_rgb"),
     ];
-    match e {
-        Error::Invalid { what, msg } => {
-            let what = FIELDS.iter().find(|(flag, _)| *flag == what).map_or(what, |(_, field)| field.to_string());
+    match (Field::of(&e), e) {
+        (Some(f), Error::Invalid { what, msg }) => {
+            let what = FIELDS.iter().find(|(g, _)| *g == f).map_or(what, |(_, member)| member.to_string());
             Failure(LCM_ERR_INVALID_ARGUMENT, format!("{what}: {msg}"))
         }
-        e => e.into(),
+        (_, e) => e.into(),
     }
 }

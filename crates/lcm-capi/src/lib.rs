@@ -19,11 +19,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use lcm::{Device, Engine, Prepared};
+use lcm_pipeline::spec::{InitImage, LoadSpec, LoraMode, Request, SizeRule, MAX_IMAGES};
 
 mod ffi;
 use ffi::{clear_out, guard, invalid, lora_specs, request_error, string, LAST_ERROR};
-use lcm_pipeline::lora_swap::LoraMode;
-use lcm_pipeline::pipeline::{InitImage, LoadSpec, Request};
 
 /// A status code: `LCM_OK` or one of the `LCM_ERR_*` values.
 pub type LcmStatus = i32;
@@ -141,9 +140,6 @@ pub struct LcmPreparedLoras {
     prepared: Prepared,
 }
 
-/// Images one `lcm_generate` may ask for.
-const MAX_IMAGES: usize = 64;
-
 fn lock(p: &LcmPipeline) -> MutexGuard<'_, Engine> {
     // A panic during an earlier call is reported as LCM_ERR_PANIC; the pipeline goes on being used
     // (as `lcm serve`'s worker does): each generation rewrites every buffer it reads.
@@ -254,10 +250,7 @@ pub unsafe extern "C" fn lcm_generate(
         let init_image = if r.init_rgb.is_null() {
             None
         } else {
-            if width * height == 0
-                || width > lcm_pipeline::pipeline::MAX_SIZE
-                || height > lcm_pipeline::pipeline::MAX_SIZE
-            {
+            if width * height == 0 || width > SizeRule::DEFAULT_MAX || height > SizeRule::DEFAULT_MAX {
                 return Err(invalid("request.width/height", format!("{width}x{height}: out of range for init_rgb")));
             }
             // SAFETY: the caller's contract (width·height·3 readable bytes); sizes bounded above.

@@ -8,6 +8,7 @@ use lcm::bench::{run as bench, Arch, BenchConfig};
 use lcm::Opened;
 use lcm_core::{Error, Result};
 use lcm_models::Variant;
+use lcm_pipeline::spec::SizeRule;
 
 use crate::device::{open, DeviceArg};
 use crate::vae_tiling::VaeTilingArgs;
@@ -109,11 +110,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
 fn go<B: BenchBackend>(backend: &B, args: &BenchArgs, default_size: usize, variant: Variant) -> Result<()> {
     let (width, height) = (args.width.unwrap_or(default_size), args.height.unwrap_or(default_size));
-    for (flag, v) in [("--width", width), ("--height", height)] {
-        if v % 8 != 0 || !(64..=2048).contains(&v) {
-            return Err(Error::invalid(flag, format!("{v}: expected a multiple of 8 in 64..=2048")));
-        }
-    }
+    SizeRule::default().check("--width", width)?;
+    SizeRule::default().check("--height", height)?;
     let cfg = BenchConfig {
         model: args.model.clone(),
         arch: match args.arch {

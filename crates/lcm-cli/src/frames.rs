@@ -7,7 +7,8 @@ use clap::Args;
 use lcm::with_pipeline;
 use lcm_core::{Backend, Error, Result};
 use lcm_pipeline::output::{parameters_text, png_size, read_image_rgb8, write_png};
-use lcm_pipeline::pipeline::{InitImage, Pipeline, Request, MAX_IMAGES};
+use lcm_pipeline::pipeline::Pipeline;
+use lcm_pipeline::spec::{InitImage, Request, MAX_IMAGES};
 
 use crate::device::open;
 use crate::frame_seq::{file_name, list_frames, mean_abs_diff};

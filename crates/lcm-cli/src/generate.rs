@@ -7,7 +7,8 @@ use clap::Args;
 use lcm::with_pipeline;
 use lcm_core::{Backend, Error, Result};
 use lcm_pipeline::output::{numbered_paths, parameters_text, read_image_rgb8, write_latents, write_png};
-use lcm_pipeline::pipeline::{InitImage, LoadSpec, Pipeline, Request};
+use lcm_pipeline::pipeline::Pipeline;
+use lcm_pipeline::spec::{InitImage, LoadSpec, Request};
 
 use crate::device::open;
 use crate::model_args::{check_init_size, load_engine, model_label, ModelArgs, SamplingArgs};

@@ -3,6 +3,8 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use lcm_core::Error;
+use lcm_pipeline::spec::Field;
 
 mod bench;
 mod device;
@@ -74,8 +76,28 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", with_flag(e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The engine's checks name the spec's fields (`width`, `steps`, …); the CLI's messages name the flag
+/// that sets each, so a user sees what to change.
+fn with_flag(e: Error) -> Error {
+    let flag = match Field::of(&e) {
+        None => return e,
+        Some(Field::Width) => "--width",
+        Some(Field::Height) => "--height",
+        Some(Field::Steps) => "--steps",
+        Some(Field::NumImages) => "--num-images",
+        Some(Field::GuidanceScale) => "--guidance-scale",
+        Some(Field::Strength) => "--strength",
+        Some(Field::InitImage) => "--image",
+        Some(Field::ConfigDir | Field::TokenizerDir) => "--config",
+    };
+    match e {
+        Error::Invalid { msg, .. } => Error::invalid(flag, msg),
+        e => e,
     }
 }

@@ -10,8 +10,7 @@ use lcm::{with_pipeline, Engine, Opened};
 use lcm_core::{Error, Result};
 use lcm_models::Variant;
 use lcm_pipeline::lora::LoraSet;
-use lcm_pipeline::lora_swap::LoraMode;
-use lcm_pipeline::pipeline::{InitImage, LoadSpec, LoraSpec, Request, MAX_SIZE, MIN_SIZE};
+use lcm_pipeline::spec::{InitImage, LoadSpec, LoraMode, LoraSpec, Request, SizeRule};
 
 use crate::device::DeviceArg;
 use crate::vae_tiling::VaeTilingArgs;
@@ -216,14 +215,16 @@ pub fn load_engine(opened: Opened, spec: LoadSpec, steps: usize, tiling: VaeTili
 /// An img2img input's size must suit the VAE: sides multiples of 8 in 64..=2048 (the error names the
 /// file and what to do).
 pub fn check_init_size(path: &Path, w: usize, h: usize) -> Result<()> {
-    let ok = |v: usize| v.is_multiple_of(8) && (MIN_SIZE..=MAX_SIZE).contains(&v);
-    if ok(w) && ok(h) {
+    let rule = SizeRule::default();
+    if rule.accepts(w) && rule.accepts(h) {
         return Ok(());
     }
     Err(Error::file(
         path,
         format!(
-            "is {w}x{h}; img2img needs sides that are multiples of 8 in {MIN_SIZE}..={MAX_SIZE} (resize or crop it)"
+            "is {w}x{h}; img2img needs sides that are multiples of 8 in {}..={} (resize or crop it)",
+            SizeRule::MIN,
+            rule.max()
         ),
     ))
 }

@@ -8,8 +8,7 @@ use clap::Args;
 use lcm::with_pipeline;
 use lcm_core::{Error, Result};
 use lcm_pipeline::lora::LoraSet;
-use lcm_pipeline::lora_swap::LoraMode;
-use lcm_pipeline::pipeline::{LoadSpec, LoraSpec};
+use lcm_pipeline::spec::{LoadSpec, LoraMode, LoraSpec, SizeRule};
 use lcm_serve::{Limits, LoraDir, ServeConfig};
 
 use crate::device::{open, DeviceArg};
@@ -91,9 +90,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     if !(args.timeout_s.is_finite() && args.timeout_s > 0.0 && args.timeout_s <= 86400.0) {
         return Err(Error::invalid("--timeout-s", format!("{}: expected seconds in (0, 86400]", args.timeout_s)));
     }
-    if !args.max_size.is_multiple_of(8) || !(64..=lcm_pipeline::pipeline::MAX_SIZE).contains(&args.max_size) {
-        return Err(Error::invalid("--max-size", format!("{}: expected a multiple of 8 in 64..=2048", args.max_size)));
-    }
+    let size = SizeRule::up_to("--max-size", args.max_size)?;
     if args.max_images == 0 || args.max_body_mb == 0 {
         return Err(Error::invalid("--max-images/--max-body-mb", "expected at least 1"));
     }
@@ -121,7 +118,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         limits: Limits {
             max_body_bytes: args.max_body_mb << 20,
             max_prompt_chars: 4000,
-            max_side: args.max_size,
+            size,
             max_images: args.max_images,
             max_steps: original_steps,
             max_loras: 8,

@@ -1,17 +1,28 @@
-//! lcm-pipeline: from a prompt to pixels — the CLIP tokenizer, the LCM scheduler, a torch-compatible
-//! RNG, LoRA merging and hot-swap, the txt2img/img2img pipeline (load once, generate many) and
-//! PNG/latent output.
+//! lcm-pipeline: from a prompt to pixels with a Latent Consistency Model, for the Stable Diffusion 1.5
+//! and SDXL families (diffusers folders or single-file checkpoints).
+//!
+//! Modules, each depending only on those listed before it:
+//! - [`spec`]: what to load ([`spec::LoadSpec`], LoRAs, [`spec::LoraMode`]) and what to generate
+//!   ([`spec::Request`], [`spec::InitImage`]), checked before any model runs; the image-size rule
+//!   ([`spec::SizeRule`]) and the field names errors carry ([`spec::Field`]).
+//! - [`tokenizer`] (CLIP BPE), [`scheduler`] (LCMScheduler), [`rng`] (torch's CPU generator).
+//! - [`lora`]: LoRA files (kohya, peft) resolved onto the model's weights and merged as they load.
+//! - [`text`]: one or two text encoders written straight into the denoising loop's inputs.
+//! - [`load`]: what a [`spec::LoadSpec`] reads, from where.
+//! - [`lora_swap`]: the LoRA state of a loaded pipeline, merged or in runtime buffers.
+//! - [`pipeline`]: [`pipeline::Pipeline`], loaded once and generating many times (txt2img and
+//!   img2img, batches, LoRA swaps, tiled VAE).
+//! - [`output`]: PNGs with the settings in a tEXt chunk, latents as safetensors, init images read.
 
 #![warn(missing_docs)]
 
-pub mod ldm_names;
 pub mod load;
 pub mod lora;
-mod lora_peft;
 pub mod lora_swap;
 pub mod output;
 pub mod pipeline;
 pub mod rng;
 pub mod scheduler;
+pub mod spec;
 pub mod text;
 pub mod tokenizer;

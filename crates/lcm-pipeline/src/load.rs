@@ -1,4 +1,4 @@
-//! What [`crate::pipeline::Pipeline::load`] reads: a diffusers folder (StableDiffusionPipeline's
+//! What `Pipeline::load` reads: a diffusers folder (StableDiffusionPipeline's
 //! layout, or StableDiffusionXLPipeline's with `text_encoder_2/` and `tokenizer_2/`), or a single-file
 //! checkpoint with its configs read from the shapes or taken from a `config_dir` (diffusers'
 //! `from_single_file(config=…)`), plus an optional separate VAE.
@@ -15,8 +15,8 @@ use lcm_models::{
 use serde_json::Value;
 
 use crate::lora::{LoraSet, Targets};
-use crate::pipeline::LoadSpec;
 use crate::scheduler::{LcmConfig, LcmScheduler};
+use crate::spec::{Field, LoadSpec};
 use crate::text::{TextEncoder, TextEncoders};
 use crate::tokenizer::ClipTokenizer;
 
@@ -186,14 +186,6 @@ fn text_configs(te: ClipConfig, te2: Option<ClipConfig>) -> Result<(ClipConfig, 
     Ok((te.with_output(ClipOutput::Penultimate), Some(te2.with_output(ClipOutput::Penultimate))))
 }
 
-/// The LoRA targets of a UNet and one or two text encoders.
-pub(crate) fn targets(unet: &UnetConfig, te: &ClipConfig, te2: Option<&ClipConfig>) -> Result<Targets> {
-    match te2 {
-        None => Targets::for_models(unet, te),
-        Some(te2) => Targets::for_sdxl(unet, te, te2),
-    }
-}
-
 /// Refuses a model whose weights cannot fit what the backend has free ([`Backend::memory_available`]),
 /// before any weight is read: every weight element of the UNet and the text encoders, and of the VAE's
 /// decoder when its config is known, at the width the backend stores them in (its activations': f32 on
@@ -238,16 +230,13 @@ fn check_weight_memory<B: Backend>(
 fn from_folder<B: Backend>(backend: &B, spec: &LoadSpec) -> Result<Components<B>> {
     let dir = &spec.model_dir;
     if let Some(cfg) = &spec.config_dir {
-        return Err(Error::invalid(
-            "--config",
-            format!(
-                "{}: configs come from a single-file model's config folder; {} is a diffusers folder with its own",
-                cfg.display(),
-                dir.display()
-            ),
-        ));
+        return Err(Field::ConfigDir.invalid(format!(
+            "{}: configs come from a single-file model's config folder; {} is a diffusers folder with its own",
+            cfg.display(),
+            dir.display()
+        )));
     }
-    let loras = open_loras(spec)?;
+    let loras = LoraSet::from_specs(&spec.loras)?;
     let scheduler = scheduler(spec)?;
     let fam = family(dir)?;
     let tokenizer = ClipTokenizer::from_dir(spec.tokenizer_dir.clone().unwrap_or(component(dir, "tokenizer")?))?;
@@ -262,7 +251,7 @@ fn from_folder<B: Backend>(backend: &B, spec: &LoadSpec) -> Result<Components<B>
     let own_vae = VaeConfig::from_file(&component_config(&vae_dir)?)?;
     let text_cfgs: Vec<&ClipConfig> = std::iter::once(&te_cfg).chain(te2_cfg.as_ref()).collect();
     check_weight_memory(backend, dir, &unet_cfg, &text_cfgs, Some((&own_vae, fam.sdxl)))?;
-    let mut merger = loras.resolve(&targets(&unet_cfg, &te_cfg, te2_cfg.as_ref())?)?;
+    let mut merger = loras.resolve(&Targets::for_pipeline(&unet_cfg, &te_cfg, te2_cfg.as_ref())?)?;
     let text_encoder = {
         let mut hook = merger.hook();
         ClipTextModel::load_as(backend, te_cfg, &te_dir, LoadOptions { variant: spec.variant, hook: Some(&mut hook) })?
@@ -298,7 +287,7 @@ fn from_folder<B: Backend>(backend: &B, spec: &LoadSpec) -> Result<Components<B>
 
 fn from_single_file<B: Backend>(backend: &B, spec: &LoadSpec) -> Result<Components<B>> {
     let ck = Checkpoint::open(&spec.model_dir)?;
-    let loras = open_loras(spec)?;
+    let loras = LoraSet::from_specs(&spec.loras)?;
     // SDXL's second text encoder: its config, tokenizer and model_index.json's zeros rule.
     let mut second: Option<(ClipConfig, PathBuf, bool)> = None;
     let (unet_cfg, te_cfg, vae_cfg, tokenizer_dir, scheduler) = match &spec.config_dir {
@@ -333,21 +322,18 @@ fn from_single_file<B: Backend>(backend: &B, spec: &LoadSpec) -> Result<Componen
         None if ck.is_sdxl() => {
             return Err(Error::file(
                 ck.path(),
-                "is an SDXL checkpoint: give SDXL's config folder with --config DIR (unet/, text_encoder/, \
+                "is an SDXL checkpoint: give SDXL's config folder as `config_dir` (unet/, text_encoder/, \
                  text_encoder_2/, tokenizer/, tokenizer_2/, vae/, scheduler/ configs; no weights needed), as \
                  diffusers' from_single_file(config=…)",
             ))
         }
         None => {
             let tokenizer = spec.tokenizer_dir.clone().ok_or_else(|| {
-                Error::invalid(
-                    "tokenizer",
-                    format!(
-                        "{} is a single-file checkpoint, which holds no tokenizer: give a config folder (--config DIR) \
-                         or SD1.5's tokenizer folder",
-                        spec.model_dir.display()
-                    ),
-                )
+                Field::TokenizerDir.invalid(format!(
+                    "{} is a single-file checkpoint, which holds no tokenizer: give a config folder (`config_dir`) \
+                     or SD1.5's tokenizer folder",
+                    spec.model_dir.display()
+                ))
             })?;
             let vae = ck.infer_vae(SD15_SCALING_FACTOR, None)?;
             (ck.infer_unet()?, ck.infer_text_encoder(spec.clip_skip)?, vae, tokenizer, scheduler(spec)?)
@@ -361,7 +347,7 @@ fn from_single_file<B: Backend>(backend: &B, spec: &LoadSpec) -> Result<Componen
     check_weight_memory(backend, ck.path(), &unet_cfg, &text_cfgs, own_vae.map(|v| (v, ck.is_sdxl())))?;
     let tokenizer = ClipTokenizer::from_dir(tokenizer_dir)?;
 
-    let mut merger = loras.resolve(&targets(&unet_cfg, &te_cfg, te2_cfg.as_ref())?)?;
+    let mut merger = loras.resolve(&Targets::for_pipeline(&unet_cfg, &te_cfg, te2_cfg.as_ref())?)?;
     let text_encoder = {
         let mut hook = merger.hook();
         ck.load_text_encoder(backend, te_cfg, Some(&mut hook))?
@@ -387,7 +373,7 @@ fn from_single_file<B: Backend>(backend: &B, spec: &LoadSpec) -> Result<Componen
         (None, _) => {
             return Err(Error::file(
                 ck.path(),
-                "has no VAE (`first_stage_model.…` tensors); give a separate one (--vae FILE|DIR)",
+                "has no VAE (`first_stage_model.…` tensors); give a separate one as `vae` (a VAE file or folder)",
             ))
         }
     };
@@ -395,10 +381,6 @@ fn from_single_file<B: Backend>(backend: &B, spec: &LoadSpec) -> Result<Componen
     let text =
         TextEncoders { first: TextEncoder { tokenizer, model: text_encoder }, second, force_zeros_for_empty_prompt };
     Ok(Components { text, unet, vae, vae_backend, scheduler, lora_merged })
-}
-
-fn open_loras(spec: &LoadSpec) -> Result<LoraSet> {
-    LoraSet::open(&spec.loras.iter().map(|l| (l.path.clone(), l.scale)).collect::<Vec<_>>())
 }
 
 /// Where a pipeline's VAE is read from, once its config is known: so the backend it runs on is chosen

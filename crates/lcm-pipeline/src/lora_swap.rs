@@ -1,5 +1,5 @@
-//! LoRA hot-swap: [`Pipeline::set_loras`] replaces the adapters of a loaded pipeline without loading it
-//! again.
+//! LoRA hot-swap: the LoRA state of a loaded pipeline, which `Pipeline::set_loras`,
+//! `Pipeline::prepare_loras` and `Pipeline::use_loras` change without loading the model again.
 //!
 //! - Merged ([`LoraMode::Merged`], and the CPU backend in either mode): every weight an old or a new LoRA
 //!   touches is read again pristine from its file (the mmap the model was loaded from) and merged anew,
@@ -9,28 +9,19 @@
 //!   target gets fixed buffers for LoRAs up to `max_lora_rank`, and its GEMMs add x·Aᵀ·Bᵀ from them; a swap
 //!   copies the new factors in (several LoRAs on one weight side by side), with no merge, no allocation
 //!   and no re-recording. Text-encoder LoRAs, and UNet weights outside the target list, are merged.
+//!
+//! [`LoraMode::Merged`]: crate::spec::LoraMode::Merged
+//! [`LoraMode::Runtime`]: crate::spec::LoraMode::Runtime
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use lcm_core::{Backend, Error, LoraDelta, Result, WeightKind, WeightSpec};
+use lcm_models::Unet;
 
-use crate::lora::{LoraFactors, LoraSet, TEXT_ENCODER_2_PREFIX};
-use crate::pipeline::{LoraSpec, Pipeline};
-
-/// How a pipeline applies LoRAs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum LoraMode {
-    /// Merged into the weights (at load, and again from pristine weights on a swap): no cost per step.
-    #[default]
-    Merged,
-    /// Unmerged on the UNet, from fixed buffers a swap copies into: swaps cost a copy (CUDA); each step
-    /// pays two thin GEMMs per adapted layer. Backends without an unmerged path merge instead.
-    Runtime,
-}
-
-/// The rank a runtime-mode pipeline's buffers hold when `LoadSpec::max_lora_rank` is not given: LCM-LoRA's.
-pub const DEFAULT_MAX_LORA_RANK: usize = 64;
+use crate::lora::{LoraFactors, LoraSet, Targets, TEXT_ENCODER_2_PREFIX};
+use crate::spec::{LoraSpec, DEFAULT_MAX_LORA_RANK};
+use crate::text::TextEncoders;
 
 /// Module suffixes LCM-LoRA (and kohya's SD1.5 LoRAs) adapt in the UNet: attention projections,
 /// transformer proj_in/out and feed-forward, resnet convs and time projection, down/upsampler convs.
@@ -86,15 +77,15 @@ fn combined(factors: &[LoraFactors], out: usize) -> Option<LoraDelta> {
 
 /// The weights of a pipeline that run unmerged LoRAs, and the rank their buffers hold.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Slots {
-    pub(crate) names: BTreeSet<String>,
-    pub(crate) max_rank: usize,
+struct Slots {
+    names: BTreeSet<String>,
+    max_rank: usize,
     /// Unique per set of buffers: a [`PreparedLoras`] loads only into the buffers it was made for.
     id: u64,
 }
 
-/// LoRAs made ready for [`Pipeline::use_loras`]: files opened and mapped onto the pipeline's weights,
-/// and on a backend with runtime LoRA buffers (CUDA in [`LoraMode::Runtime`]) every buffer's contents
+/// LoRAs made ready for `Pipeline::use_loras`: files opened and mapped onto the pipeline's weights,
+/// and on a backend with runtime LoRA buffers (CUDA in runtime mode) every buffer's contents
 /// prepared in device memory of their own, so that switching to them is one device-to-device copy —
 /// no file read, no conversion, no upload. A service prepares the adapters it serves once, then swaps
 /// between them per request. The device memory is that of the buffers (for LCM-LoRA's rank 64 on
@@ -108,7 +99,7 @@ pub struct PreparedLoras<B: Backend> {
 }
 
 impl<B: Backend> PreparedLoras<B> {
-    /// The LoRAs, as given to [`Pipeline::prepare_loras`].
+    /// The LoRAs, as given to `Pipeline::prepare_loras`.
     pub fn loras(&self) -> &[LoraSpec] {
         &self.loras
     }
@@ -121,27 +112,54 @@ struct Swap {
     deltas: Vec<(usize, Option<LoraDelta>)>,
 }
 
-impl<B: Backend> Pipeline<B> {
-    /// Gives every UNet LoRA target fixed LoRA buffers, all in one allocation (runtime mode on a
-    /// backend that has them).
-    pub(crate) fn attach_lora_slots(&mut self, max_rank: usize) -> Result<()> {
+/// The rank runtime LoRA buffers are made for: `max_lora_rank` when given, else the larger of
+/// [`DEFAULT_MAX_LORA_RANK`] and the largest rank `loras` put on one weight (their ranks summed there).
+pub(crate) fn slot_rank(loras: &[LoraSpec], targets: &Targets, max_lora_rank: Option<usize>) -> Result<usize> {
+    if let Some(rank) = max_lora_rank {
+        return Ok(rank);
+    }
+    let set = LoraSet::from_specs(loras)?;
+    let merger = set.resolve(targets)?;
+    let load_rank = merger.targets().map(|t| merger.rank(t)).max().unwrap_or(0);
+    Ok(DEFAULT_MAX_LORA_RANK.max(load_rank))
+}
+
+/// Which weights of a pipeline hold which LoRAs: those merged into the weights, and the unmerged
+/// buffers of runtime mode. Its methods take the models they change from the pipeline, with the
+/// [`Targets`] of those models.
+#[derive(Debug)]
+pub(crate) struct LoraState {
+    /// Weights a LoRA is merged into now (re-read pristine on a swap).
+    merged: BTreeSet<String>,
+    /// Runtime mode: the UNet weights with unmerged LoRA buffers.
+    slots: Option<Slots>,
+}
+
+impl LoraState {
+    /// The state of a pipeline loaded with LoRAs merged into the weights `merged`.
+    pub(crate) fn new(merged: BTreeSet<String>) -> Self {
+        LoraState { merged, slots: None }
+    }
+
+    /// Gives every UNet LoRA target fixed LoRA buffers of rank `max_rank`, all in one allocation
+    /// (runtime mode on a backend that has them).
+    pub(crate) fn attach_slots<B: Backend>(&mut self, backend: &B, unet: &mut Unet<B>, max_rank: usize) -> Result<()> {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
-        let weights = &mut self.unet.runner_mut().weights;
+        let weights = &mut unet.runner_mut().weights;
         let targets = unet_lora_targets(&weights.specs);
-        self.backend.attach_loras(&mut weights.weights, &weights.specs, &targets, max_rank)?;
+        backend.attach_loras(&mut weights.weights, &weights.specs, &targets, max_rank)?;
         let names = targets.iter().map(|&i| weights.specs[i].name.clone()).collect();
         self.slots = Some(Slots { names, max_rank, id: NEXT_ID.fetch_add(1, Ordering::Relaxed) });
         Ok(())
     }
 
-    /// Opens `loras`, maps them onto this pipeline's weights and works out every unmerged buffer's new
-    /// contents, checking everything (files, names, shapes, ranks against the buffers) before any
-    /// weight changes.
-    fn plan_swap(&self, loras: &[LoraSpec]) -> Result<Swap> {
-        let set = LoraSet::open(&loras.iter().map(|l| (l.path.clone(), l.scale)).collect::<Vec<_>>())?;
-        let merger = set.resolve(&self.lora_targets()?)?;
+    /// Opens `loras`, maps them onto `targets` and works out every unmerged buffer's new contents,
+    /// checking everything (files, names, shapes, ranks against the buffers) before any weight changes.
+    fn plan<B: Backend>(&self, unet: &Unet<B>, targets: &Targets, loras: &[LoraSpec]) -> Result<Swap> {
+        let set = LoraSet::from_specs(loras)?;
+        let merger = set.resolve(targets)?;
         let slots = self.slots.clone().unwrap_or_default();
-        let specs = &self.unet.runner().weights.specs;
+        let specs = &unet.runner().weights.specs;
         let mut deltas = Vec::new();
         for name in &slots.names {
             let i = specs.iter().position(|s| &s.name == name).expect("slot on a UNet weight");
@@ -165,83 +183,92 @@ impl<B: Backend> Pipeline<B> {
 
     /// Merges `set` where it targets weights without unmerged buffers: every weight an old or a new
     /// merged LoRA touches is read again pristine and merged anew.
-    fn remerge(&mut self, set: &LoraSet) -> Result<()> {
-        let mut merger = set.resolve(&self.lora_targets()?)?;
+    fn remerge<B: Backend>(
+        &mut self,
+        backend: &B,
+        unet: &mut Unet<B>,
+        text: &mut TextEncoders<B>,
+        targets: &Targets,
+        set: &LoraSet,
+    ) -> Result<()> {
+        let mut merger = set.resolve(targets)?;
         let slots = self.slots.clone().unwrap_or_default();
         let merged: BTreeSet<String> =
             merger.targets().filter(|n| !slots.names.contains(*n)).map(str::to_string).collect();
         let mut buf = Vec::new();
-        for name in self.lora_merged.union(&merged) {
+        for name in self.merged.union(&merged) {
             if let Some(own) = name.strip_prefix(TEXT_ENCODER_2_PREFIX) {
-                let te2 = self.text.second.as_mut().expect("a text_encoder_2 target has its model");
-                te2.model.runner_mut().weights.reload(
-                    &self.backend,
-                    own,
-                    &mut merger.hook_text_encoder_2(),
-                    &mut buf,
-                )?;
+                let te2 = text.second.as_mut().expect("a text_encoder_2 target has its model");
+                te2.model.runner_mut().weights.reload(backend, own, &mut merger.hook_text_encoder_2(), &mut buf)?;
                 continue;
             }
             let mut hook = merger.hook();
-            let weights = if self.unet.runner().weights.index(name).is_some() {
-                &mut self.unet.runner_mut().weights
+            let weights = if unet.runner().weights.index(name).is_some() {
+                &mut unet.runner_mut().weights
             } else {
-                &mut self.text.first.model.runner_mut().weights
+                &mut text.first.model.runner_mut().weights
             };
-            weights.reload(&self.backend, name, &mut hook, &mut buf)?;
+            weights.reload(backend, name, &mut hook, &mut buf)?;
         }
-        self.lora_merged = merged;
+        self.merged = merged;
         Ok(())
     }
 
-    /// Replaces the pipeline's LoRAs with `loras` (none: the base model). Everything — files, names,
-    /// shapes, ranks against the runtime buffers — is checked before any weight changes. The result
-    /// equals a pipeline loaded with `loras` (bit for bit when merged; within the backend's precision
-    /// when unmerged). Unmerged buffers are filled from the host, one copy per buffer, allocating
-    /// nothing on the device; [`Pipeline::prepare_loras`] makes a swap one device copy instead. If
-    /// reading a weight file fails halfway (an I/O error), some weights may already hold the new LoRAs:
-    /// call again.
-    pub fn set_loras(&mut self, loras: &[LoraSpec]) -> Result<()> {
-        let swap = self.plan_swap(loras)?;
-        let unet = &self.unet.runner().weights;
+    /// Replaces the LoRAs with `loras`: the unmerged buffers filled from the host, one copy each, then
+    /// the merged weights (see `Pipeline::set_loras`).
+    pub(crate) fn set<B: Backend>(
+        &mut self,
+        backend: &B,
+        unet: &mut Unet<B>,
+        text: &mut TextEncoders<B>,
+        targets: &Targets,
+        loras: &[LoraSpec],
+    ) -> Result<()> {
+        let swap = self.plan(unet, targets, loras)?;
+        let weights = &unet.runner().weights;
         for (i, delta) in &swap.deltas {
-            self.backend.set_lora(&unet.weights[*i], &unet.specs[*i], delta.as_ref())?;
+            backend.set_lora(&weights.weights[*i], &weights.specs[*i], delta.as_ref())?;
         }
-        self.remerge(&swap.set)?;
-        self.spec.loras = loras.to_vec();
-        Ok(())
+        self.remerge(backend, unet, text, targets, &swap.set)
     }
 
-    /// Prepares `loras` for [`Pipeline::use_loras`], checking them as [`Pipeline::set_loras`] does; on a
-    /// backend with runtime LoRA buffers this allocates device memory for their contents. Does not
-    /// change the pipeline.
-    pub fn prepare_loras(&self, loras: &[LoraSpec]) -> Result<PreparedLoras<B>> {
-        let swap = self.plan_swap(loras)?;
+    /// Checks and prepares `loras` for [`LoraState::switch`] (see `Pipeline::prepare_loras`).
+    pub(crate) fn prepare<B: Backend>(
+        &self,
+        backend: &B,
+        unet: &Unet<B>,
+        targets: &Targets,
+        loras: &[LoraSpec],
+    ) -> Result<PreparedLoras<B>> {
+        let swap = self.plan(unet, targets, loras)?;
         let (image, slots_id) = match &self.slots {
             Some(slots) if !swap.deltas.is_empty() => {
-                let unet = &self.unet.runner().weights;
+                let weights = &unet.runner().weights;
                 let entries: Vec<_> =
-                    swap.deltas.iter().map(|(i, d)| (&unet.weights[*i], &unet.specs[*i], d.as_ref())).collect();
-                (Some(self.backend.lora_image(&entries)?), slots.id)
+                    swap.deltas.iter().map(|(i, d)| (&weights.weights[*i], &weights.specs[*i], d.as_ref())).collect();
+                (Some(backend.lora_image(&entries)?), slots.id)
             }
             _ => (None, 0),
         };
         Ok(PreparedLoras { loras: loras.to_vec(), set: swap.set, image, slots_id })
     }
 
-    /// Switches to LoRAs [`Pipeline::prepare_loras`] prepared on this pipeline: the unmerged buffers in
-    /// one device copy (no host work, no allocation, no re-recording), then whatever those LoRAs change
-    /// in merged weights (text encoders; every weight on a backend that merges), as `set_loras` does.
-    /// The result equals `set_loras` with the same LoRAs.
-    pub fn use_loras(&mut self, prepared: &PreparedLoras<B>) -> Result<()> {
+    /// Switches to LoRAs [`LoraState::prepare`] made for these buffers: one device copy, then the
+    /// merged weights (see `Pipeline::use_loras`).
+    pub(crate) fn switch<B: Backend>(
+        &mut self,
+        backend: &B,
+        unet: &mut Unet<B>,
+        text: &mut TextEncoders<B>,
+        targets: &Targets,
+        prepared: &PreparedLoras<B>,
+    ) -> Result<()> {
         if self.slots.as_ref().map_or(0, |s| s.id) != prepared.slots_id {
             return Err(Error::invalid("PreparedLoras", "prepared on another pipeline's runtime LoRA buffers"));
         }
         if let Some(image) = &prepared.image {
-            self.backend.load_lora_image(image)?;
+            backend.load_lora_image(image)?;
         }
-        self.remerge(&prepared.set)?;
-        self.spec.loras = prepared.loras.clone();
-        Ok(())
+        self.remerge(backend, unet, text, targets, &prepared.set)
     }
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use lcm_core::{Error, Result, Tensor};
 
-use crate::pipeline::{LoraSpec, Request, MAX_SIZE};
+use crate::spec::{LoraSpec, Request, SizeRule};
 
 /// `out.png` for one image; `out-0.png` … `out-{n-1}.png` for several.
 pub fn numbered_paths(path: &Path, n: usize) -> Vec<PathBuf> {
@@ -101,7 +101,7 @@ pub fn write_latents(path: &Path, latents: &Tensor) -> Result<()> {
 /// img2img inputs: (width, height, rgb).
 pub fn read_image_rgb8(path: &Path) -> Result<(usize, usize, Vec<u8>)> {
     let file = File::open(path).map_err(|e| Error::file(path, format!("cannot open image: {e}")))?;
-    decode_png_rgb8(std::io::BufReader::new(file), MAX_SIZE).map_err(|m| Error::file(path, m))
+    decode_png_rgb8(std::io::BufReader::new(file), SizeRule::DEFAULT_MAX).map_err(|m| Error::file(path, m))
 }
 
 /// A PNG's (width, height) from its header alone, without decoding the pixels (checking a sequence of

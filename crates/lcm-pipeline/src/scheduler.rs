@@ -204,11 +204,6 @@ impl LcmScheduler {
         self.final_alpha_cumprod
     }
 
-    /// The timesteps of the current schedule, first to last (empty before `set_timesteps`).
-    pub fn timesteps(&self) -> &[i64] {
-        &self.timesteps
-    }
-
     /// diffusers' `original_inference_steps` argument of `set_timesteps`: the distillation grid
     /// size.
     pub fn set_original_inference_steps(&mut self, steps: usize) {
@@ -396,11 +391,6 @@ impl LcmScheduler {
             c_out,
             guidance,
         }
-    }
-
-    /// Every step's row of the current schedule, for the denoising graph's `schedule` input.
-    pub fn rows(&self, guidance: f32) -> Vec<StepRow> {
-        (0..self.timesteps.len()).map(|i| self.row(i, guidance)).collect()
     }
 
     /// diffusers' `add_noise` (img2img): sqrt(ā_t)·x0 + sqrt(1−ā_t)·noise, in place on `x0`.

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 
 use lcm_cpu::CpuBackend;
 use lcm_pipeline::output::read_image_rgb8;
-use lcm_pipeline::pipeline::{InitImage, LoadSpec, LoraSpec, Pipeline, Request, MAX_SIZE};
+use lcm_pipeline::pipeline::Pipeline;
+use lcm_pipeline::spec::{Field, InitImage, LoadSpec, LoraSpec, Request, SizeRule};
 use serde_json::{json, Map, Value};
 
 const UNET: &str = "unet/diffusion_pytorch_model.safetensors";
@@ -364,7 +365,7 @@ fn png_truncated_huge_or_ragged_is_refused() {
     assert_mentions(&err, &["truncated.png", "PNG"]);
     let err = read_image_rgb8(&kind("huge_header.png")).err().unwrap().to_string();
     println!("{err}");
-    assert_mentions(&err, &["huge_header.png", "100000x100000", &format!("at most {MAX_SIZE}")]);
+    assert_mentions(&err, &["huge_header.png", "100000x100000", &format!("at most {}", SizeRule::DEFAULT_MAX)]);
     let err = read_image_rgb8(&kind("ragged_palette.png")).err().unwrap().to_string();
     println!("{err}");
     assert_mentions(&err, &["ragged_palette.png", "PLTE", "49 bytes"]);
@@ -398,28 +399,39 @@ fn prompts_of_100k_characters_and_of_control_characters() {
     p.generate(&req, &mut |_| {}).unwrap();
 }
 
+/// `e` is an `Error::Invalid` naming `field` (the spec's name for it, which front ends map onto their
+/// own: the CLI's `--width`) and mentioning `parts`.
+fn assert_names_field(e: &lcm_core::Error, field: Field, parts: &[&str]) {
+    assert_eq!(Field::of(e), Some(field), "{e}");
+    let text = e.to_string();
+    assert!(text.starts_with(&format!("{}: ", field.name())), "{text}");
+    assert_mentions(&text, parts);
+}
+
 #[test]
 fn sizes_at_and_past_the_limits() {
     let ok = |w, h, n| Request { width: w, height: h, num_images: n, ..small("x") }.validate(50);
-    for (w, h) in [(64, 64), (MAX_SIZE, MAX_SIZE), (64, MAX_SIZE)] {
+    for (w, h) in [(64, 64), (SizeRule::DEFAULT_MAX, SizeRule::DEFAULT_MAX), (64, SizeRule::DEFAULT_MAX)] {
         ok(w, h, 1).unwrap();
     }
-    for (w, h, flag) in [(56, 64, "--width"), (64, MAX_SIZE + 8, "--height"), (100, 64, "--width"), (0, 0, "--width")] {
-        let e = ok(w, h, 1).err().unwrap().to_string();
-        assert_mentions(&e, &[flag, "multiple of 8"]);
+    let past = SizeRule::DEFAULT_MAX + 8;
+    for (w, h, field) in
+        [(56, 64, Field::Width), (64, past, Field::Height), (100, 64, Field::Width), (0, 0, Field::Width)]
+    {
+        assert_names_field(&ok(w, h, 1).err().unwrap(), field, &["multiple of 8"]);
     }
     for (n, steps) in [(0, 1), (usize::MAX, 1), (1_000_000, 1)] {
-        let e = Request { num_images: n, steps, ..small("x") }.validate(50).err().unwrap().to_string();
+        let e = Request { num_images: n, steps, ..small("x") }.validate(50).err().unwrap();
         println!("{e}");
-        assert_mentions(&e, &["--num-images"]);
+        assert_names_field(&e, Field::NumImages, &[]);
     }
     for steps in [0, 51, usize::MAX] {
-        let e = Request { steps, ..small("x") }.validate(50).err().unwrap().to_string();
-        assert_mentions(&e, &["--steps"]);
+        let e = Request { steps, ..small("x") }.validate(50).err().unwrap();
+        assert_names_field(&e, Field::Steps, &[]);
     }
     for g in [f32::NAN, f32::INFINITY, -1.0] {
-        let e = Request { guidance_scale: g, ..small("x") }.validate(50).err().unwrap().to_string();
-        assert_mentions(&e, &["--guidance-scale"]);
+        let e = Request { guidance_scale: g, ..small("x") }.validate(50).err().unwrap();
+        assert_names_field(&e, Field::GuidanceScale, &[]);
     }
     // The pipeline refuses the same requests before any work, and stays usable.
     let mut p = tiny();
@@ -433,10 +445,11 @@ fn init_image_of_the_wrong_size_or_strength() {
     let (w, h, rgb) = read_image_rgb8(&kind("rgb8.png")).unwrap();
     assert!(InitImage::from_rgb8(w + 1, h, &rgb, 0.5).is_err());
     let mut p = tiny();
-    for (strength, width, flag) in [(0.0, 64, "--strength"), (f32::NAN, 64, "--strength"), (0.5, 72, "--image")] {
+    for (strength, width, field) in
+        [(0.0, 64, Field::Strength), (f32::NAN, 64, Field::Strength), (0.5, 72, Field::InitImage)]
+    {
         let init = InitImage::from_rgb8(w, h, &rgb, strength).unwrap();
         let req = Request { init_image: Some(init), width, ..small("x") };
-        let e = p.generate(&req, &mut |_| {}).err().unwrap().to_string();
-        assert_mentions(&e, &[flag]);
+        assert_names_field(&p.generate(&req, &mut |_| {}).err().unwrap(), field, &[]);
     }
 }

@@ -264,7 +264,7 @@ fn tokenizer_matches_transformers() {
 
 #[test]
 fn an_init_image_of_the_wrong_size_is_an_error_not_a_panic() {
-    use lcm_pipeline::pipeline::InitImage;
+    use lcm_pipeline::spec::InitImage;
     let err = InitImage::from_rgb8(4, 4, &[0u8; 3 * 15], 0.5).unwrap_err();
     assert!(err.to_string().contains("4x4") && err.to_string().contains("45 bytes"), "{err}");
     assert!(InitImage::from_rgb8(4, 4, &[0u8; 48], 0.5).is_ok());

@@ -6,7 +6,8 @@
 use std::path::Path;
 
 use lcm_cpu::CpuBackend;
-use lcm_pipeline::pipeline::{InitImage, LoadSpec, Pipeline, Request};
+use lcm_pipeline::pipeline::Pipeline;
+use lcm_pipeline::spec::{InitImage, LoadSpec, Request};
 
 fn tiny() -> Pipeline<CpuBackend> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-sd");

@@ -7,7 +7,8 @@ use common::fixtures;
 
 use lcm_cpu::CpuBackend;
 use lcm_pipeline::output::read_image_rgb8;
-use lcm_pipeline::pipeline::{InitImage, LoadSpec, LoraSpec, Pipeline, Request};
+use lcm_pipeline::pipeline::Pipeline;
+use lcm_pipeline::spec::{InitImage, LoadSpec, LoraSpec, Request};
 
 fn assert_send<T: Send>() {}
 

@@ -14,7 +14,8 @@ use std::path::PathBuf;
 use lcm_core::{rel_l2, SafeTensorsFile};
 use lcm_cpu::CpuBackend;
 use lcm_pipeline::output::read_png;
-use lcm_pipeline::pipeline::{InitImage, LoadSpec, LoraSpec, Pipeline, Request};
+use lcm_pipeline::pipeline::Pipeline;
+use lcm_pipeline::spec::{InitImage, LoadSpec, LoraSpec, Request};
 use serde_json::Value;
 
 /// Tensor `name` of case `case` in the records folder `dir` (under tests/fixtures/records/).

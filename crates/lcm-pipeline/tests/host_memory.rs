@@ -7,7 +7,8 @@ mod common;
 use common::fixtures;
 
 use lcm_cpu::CpuBackend;
-use lcm_pipeline::pipeline::{LoadSpec, Pipeline, Request};
+use lcm_pipeline::pipeline::Pipeline;
+use lcm_pipeline::spec::{LoadSpec, Request};
 
 #[test]
 fn an_arena_past_the_memory_is_refused_before_any_step_and_the_pipeline_recovers() {

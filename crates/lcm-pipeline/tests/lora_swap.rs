@@ -10,8 +10,8 @@ use common::fixtures;
 use std::time::{Duration, Instant};
 
 use lcm_cpu::CpuBackend;
-use lcm_pipeline::lora_swap::LoraMode;
-use lcm_pipeline::pipeline::{LoadSpec, LoraSpec, Pipeline, Request};
+use lcm_pipeline::pipeline::Pipeline;
+use lcm_pipeline::spec::{LoadSpec, LoraMode, LoraSpec, Request};
 
 fn lora(name: &str, scale: f32) -> LoraSpec {
     LoraSpec { path: fixtures().join("loras").join(name), scale }

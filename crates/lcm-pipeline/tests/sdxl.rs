@@ -12,7 +12,8 @@ use common::fixtures;
 
 use lcm_core::{rel_l2, SafeTensorsFile};
 use lcm_cpu::CpuBackend;
-use lcm_pipeline::pipeline::{LoadSpec, LoraSpec, Pipeline, Request};
+use lcm_pipeline::pipeline::Pipeline;
+use lcm_pipeline::spec::{LoadSpec, LoraSpec, Request};
 use serde_json::Value;
 
 fn recorded(case: &str, name: &str) -> Option<(Vec<usize>, Vec<f32>)> {

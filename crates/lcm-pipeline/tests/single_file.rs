@@ -18,7 +18,8 @@ use lcm_cpu::CpuBackend;
 use lcm_models::ldm::{vae_ldm_is_conv, vae_to_ldm, UnetLayout};
 use lcm_models::UnetConfig;
 use lcm_pipeline::output::read_png;
-use lcm_pipeline::pipeline::{InitImage, LoadSpec, LoraSpec, Output, Pipeline, Request};
+use lcm_pipeline::pipeline::{Output, Pipeline};
+use lcm_pipeline::spec::{Field, InitImage, LoadSpec, LoraSpec, Request};
 use safetensors::Dtype;
 use serde_json::Value;
 
@@ -301,14 +302,19 @@ fn a_separate_vae_file_replaces_a_folder_models_vae() {
 fn a_bare_single_file_needs_a_tokenizer_and_says_so() {
     let spec = LoadSpec { model_dir: fixtures().join("single-file/sd15_tiny.safetensors"), ..LoadSpec::default() };
     let err = Pipeline::load(CpuBackend::new(), spec).err().expect("no tokenizer anywhere").to_string();
-    assert!(err.contains("sd15_tiny.safetensors") && err.contains("tokenizer") && err.contains("--config"), "{err}");
+    assert!(
+        err.contains("sd15_tiny.safetensors") && err.contains("tokenizer_dir") && err.contains("`config_dir`"),
+        "{err}"
+    );
     let spec = LoadSpec {
         model_dir: fixtures().join("tiny-sd"),
         config_dir: Some(fixtures().join("single-file/config")),
         ..LoadSpec::default()
     };
-    let err = Pipeline::load(CpuBackend::new(), spec).err().expect("--config with a folder").to_string();
-    assert!(err.contains("--config") && err.contains("single-file"), "{err}");
+    let err = Pipeline::load(CpuBackend::new(), spec).err().expect("config_dir with a folder");
+    assert_eq!(Field::of(&err), Some(Field::ConfigDir), "{err}");
+    let err = err.to_string();
+    assert!(err.starts_with("config_dir: ") && err.contains("single-file"), "{err}");
 }
 
 #[test]
@@ -343,7 +349,7 @@ fn a_checkpoint_without_its_vae_takes_a_separate_one() {
     });
     let spec = LoadSpec { model_dir: bare.clone(), vae: None, ..c.spec.clone() };
     let err = Pipeline::load(CpuBackend::new(), spec).err().expect("no VAE anywhere").to_string();
-    assert!(err.contains("unet_clip.safetensors") && err.contains("has no VAE") && err.contains("--vae"), "{err}");
+    assert!(err.contains("unet_clip.safetensors") && err.contains("has no VAE") && err.contains("`vae`"), "{err}");
     for config_dir in [c.spec.config_dir.clone(), None] {
         let tokenizer_dir = Some(fixtures().join("single-file/config/tokenizer"));
         let spec = LoadSpec { model_dir: bare.clone(), config_dir, tokenizer_dir, ..c.spec.clone() };

@@ -12,7 +12,8 @@ use common::fixtures;
 
 use lcm_cpu::CpuBackend;
 use lcm_pipeline::output::read_image_rgb8;
-use lcm_pipeline::pipeline::{InitImage, LoadSpec, LoraSpec, Pipeline, Request};
+use lcm_pipeline::pipeline::Pipeline;
+use lcm_pipeline::spec::{InitImage, LoadSpec, LoraSpec, Request};
 
 /// Resident pages of this process (the page size cancels out of every ratio below).
 fn rss_pages() -> u64 {

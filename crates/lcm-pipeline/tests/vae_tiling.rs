@@ -9,7 +9,8 @@ use common::fixtures;
 use lcm_core::SafeTensorsFile;
 use lcm_cpu::CpuBackend;
 use lcm_pipeline::output::read_png;
-use lcm_pipeline::pipeline::{InitImage, LoadSpec, Pipeline, Request};
+use lcm_pipeline::pipeline::Pipeline;
+use lcm_pipeline::spec::{InitImage, LoadSpec, Request};
 
 fn recorded(name: &str) -> (Vec<usize>, Vec<f32>) {
     let f = SafeTensorsFile::open(fixtures().join("records/vae_tiling.safetensors")).unwrap();

@@ -6,7 +6,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
-use lcm_pipeline::pipeline::{InitImage, Request};
+use lcm_pipeline::spec::{InitImage, Request, SizeRule};
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
@@ -19,8 +19,8 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Prompt and negative prompt, characters each (CLIP reads 75 tokens; this bounds the tokenizer).
     pub max_prompt_chars: usize,
-    /// Image width and height, pixels (multiples of 8 from 64).
-    pub max_side: usize,
+    /// Image width and height: the pipeline's size rule, up to the server's `--max-size`.
+    pub size: SizeRule,
     /// Images per request (`n`, `batch_size`).
     pub max_images: usize,
     /// Steps per request: the model's `original_inference_steps`.
@@ -29,8 +29,6 @@ pub struct Limits {
     pub max_loras: usize,
 }
 
-/// The smallest image side, pixels (as `lcm generate`).
-pub const MIN_SIDE: usize = 64;
 /// Guidance scales above this are refused (LCMs use 1–2 with the LoRA, up to ~15 as embeddings).
 pub const MAX_GUIDANCE: f32 = 50.0;
 /// |scale| of one LoRA.
@@ -185,8 +183,8 @@ fn only_known(obj: &Map<String, Value>, known: &[&str], api: &str) -> Result<(),
 }
 
 fn size_checked(f: &str, v: usize, limits: &Limits) -> Result<usize, ApiError> {
-    if !v.is_multiple_of(8) || !(MIN_SIDE..=limits.max_side).contains(&v) {
-        return Err(ApiError::bad(f, format!("{v}: expected a multiple of 8 in {MIN_SIDE}..={}", limits.max_side)));
+    if !limits.size.accepts(v) {
+        return Err(ApiError::bad(f, format!("{v}: expected {}", limits.size)));
     }
     Ok(v)
 }
@@ -223,7 +221,7 @@ pub fn openai(obj: &Map<String, Value>, limits: &Limits, loras: &LoraDir) -> Res
     let prompt = prompt(&f, "prompt", limits, true)?;
     let n = f.uint("n", 1, limits.max_images)?.unwrap_or(1);
     let (width, height) = match f.string("size", 32)? {
-        None => (512.min(limits.max_side), 512.min(limits.max_side)),
+        None => (512.min(limits.size.max()), 512.min(limits.size.max())),
         Some(s) => {
             let parsed = s.split_once(['x', 'X']).and_then(|(w, h)| Some((w.parse().ok()?, h.parse().ok()?)));
             let Some((w, h)) = parsed else {
@@ -382,8 +380,8 @@ pub fn a1111(
         steps: f.uint("steps", 1, limits.max_steps)?.unwrap_or(4),
         guidance_scale: f.float("cfg_scale", 0.0, MAX_GUIDANCE)?.unwrap_or(1.0),
         seed,
-        width: width.unwrap_or(512.min(limits.max_side)),
-        height: height.unwrap_or(512.min(limits.max_side)),
+        width: width.unwrap_or(512.min(limits.size.max())),
+        height: height.unwrap_or(512.min(limits.size.max())),
         num_images: 1,
         init_image: init,
     };
@@ -452,5 +450,5 @@ fn init_image(v: Option<&Value>, limits: &Limits) -> Result<(usize, usize, Vec<u
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(b64.trim())
         .map_err(|e| ApiError::bad(F0, format!("not valid base64: {e}")))?;
-    super::png::decode_rgb8(&bytes, limits.max_side).map_err(|m| ApiError::bad(F0, m))
+    super::png::decode_rgb8(&bytes, limits.size).map_err(|m| ApiError::bad(F0, m))
 }

@@ -15,7 +15,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 use lcm_pipeline::output::parameters_text;
-use lcm_pipeline::pipeline::{LoraSpec, Request};
+use lcm_pipeline::spec::{LoraSpec, Request};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 

@@ -22,7 +22,8 @@ use std::time::Duration;
 
 use lcm::{with_pipeline, Engine};
 use lcm_core::{Backend, Error, Result};
-use lcm_pipeline::pipeline::{LoraSpec, Pipeline};
+use lcm_pipeline::pipeline::Pipeline;
+use lcm_pipeline::spec::LoraSpec;
 
 pub use api::{parse_request, Api, Generation, Limits};
 pub use error::ApiError;

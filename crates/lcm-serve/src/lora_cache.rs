@@ -8,7 +8,8 @@ use std::collections::VecDeque;
 
 use lcm_core::{Backend, Result};
 use lcm_pipeline::lora_swap::PreparedLoras;
-use lcm_pipeline::pipeline::{LoraSpec, Pipeline};
+use lcm_pipeline::pipeline::Pipeline;
+use lcm_pipeline::spec::LoraSpec;
 
 use super::loras::LoraChoice;
 

@@ -2,6 +2,7 @@
 //! the size checked from the header before any pixel is read).
 
 use lcm_pipeline::output::{decode_png_rgb8, encode_png};
+use lcm_pipeline::spec::SizeRule;
 
 /// 8-bit RGB `rgb` ([h, w, 3]) as PNG bytes with `parameters` in a text chunk.
 pub fn encode_rgb8(width: usize, height: usize, rgb: &[u8], parameters: &str) -> Result<Vec<u8>, String> {
@@ -10,11 +11,12 @@ pub fn encode_rgb8(width: usize, height: usize, rgb: &[u8], parameters: &str) ->
     Ok(out)
 }
 
-/// An img2img input: any 8- or 16-bit PNG as 8-bit RGB, sides multiples of 8 in 64..=`max_side`.
-pub fn decode_rgb8(bytes: &[u8], max_side: usize) -> Result<(usize, usize, Vec<u8>), String> {
-    let (w, h, rgb) = decode_png_rgb8(std::io::Cursor::new(bytes), max_side)?;
-    if w % 8 != 0 || h % 8 != 0 || w < 64 || h < 64 {
-        return Err(format!("{w}x{h}: img2img needs sides that are multiples of 8 in 64..={max_side}"));
+/// An img2img input: any 8- or 16-bit PNG as 8-bit RGB, each side accepted by `size` (the header is
+/// checked against its maximum before any pixel is read).
+pub fn decode_rgb8(bytes: &[u8], size: SizeRule) -> Result<(usize, usize, Vec<u8>), String> {
+    let (w, h, rgb) = decode_png_rgb8(std::io::Cursor::new(bytes), size.max())?;
+    if !size.accepts(w) || !size.accepts(h) {
+        return Err(format!("{w}x{h}: img2img needs each side to be {size}"));
     }
     Ok((w, h, rgb))
 }
@@ -27,11 +29,13 @@ mod tests {
     fn round_trip_and_refusals() {
         let rgb: Vec<u8> = (0..64 * 64 * 3).map(|i| (i * 7 % 251) as u8).collect();
         let png = encode_rgb8(64, 64, &rgb, "prompt: x").unwrap();
-        assert_eq!(decode_rgb8(&png, 1024).unwrap(), (64, 64, rgb.clone()));
-        assert!(decode_rgb8(&png, 32).unwrap_err().contains("64x64"));
-        assert!(decode_rgb8(&png[..png.len() / 2], 1024).is_err());
-        assert!(decode_rgb8(b"GIF89a", 1024).unwrap_err().contains("not a PNG"));
+        let (up_to_1024, up_to_64) = (SizeRule::up_to("max", 1024).unwrap(), SizeRule::up_to("max", 64).unwrap());
+        assert_eq!(decode_rgb8(&png, up_to_1024).unwrap(), (64, 64, rgb.clone()));
+        let big = encode_rgb8(72, 64, &[0; 72 * 64 * 3], "").unwrap();
+        assert!(decode_rgb8(&big, up_to_64).unwrap_err().contains("72x64"));
+        assert!(decode_rgb8(&png[..png.len() / 2], up_to_1024).is_err());
+        assert!(decode_rgb8(b"GIF89a", up_to_1024).unwrap_err().contains("not a PNG"));
         let odd = encode_rgb8(9, 8, &[0; 9 * 8 * 3], "").unwrap();
-        assert!(decode_rgb8(&odd, 1024).unwrap_err().contains("multiples of 8"));
+        assert!(decode_rgb8(&odd, up_to_1024).unwrap_err().contains("a multiple of 8"));
     }
 }

@@ -17,7 +17,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use lcm_core::{Backend, Error};
-use lcm_pipeline::pipeline::{LoraSpec, Pipeline, Request};
+use lcm_pipeline::pipeline::Pipeline;
+use lcm_pipeline::spec::{LoraSpec, Request};
 use tokio::sync::oneshot;
 
 use super::error::ApiError;

@@ -8,15 +8,13 @@ use std::path::Path;
 use lcm_core::{Error, Result};
 use serde_json::{Map, Value};
 
-use crate::lora::Component;
-
 /// The peft `LoraConfig`s diffusers writes into the header, keyed `"<component>.<field>"`.
-pub(crate) struct PeftConfig(Map<String, Value>);
+pub(super) struct PeftConfig(Map<String, Value>);
 
 impl PeftConfig {
     /// Reads the header's `__metadata__["lora_adapter_metadata"]` (empty when absent). Called after
     /// `SafeTensorsFile::open` validated the header.
-    pub(crate) fn read(path: &Path) -> Result<PeftConfig> {
+    pub(super) fn read(path: &Path) -> Result<PeftConfig> {
         let bad = |e: &dyn std::fmt::Display| Error::file(path, format!("cannot read the safetensors header: {e}"));
         let mut f = File::open(path).map_err(|e| bad(&e))?;
         let mut len = [0u8; 8];
@@ -33,23 +31,19 @@ impl PeftConfig {
         }
     }
 
-    fn get(&self, component: Component, field: &str) -> Option<&Value> {
-        let prefix = match component {
-            Component::Unet => "unet",
-            Component::TextEncoder => "text_encoder",
-            Component::TextEncoder2 => "text_encoder_2",
-        };
-        self.0.get(&format!("{prefix}.{field}")).filter(|v| !v.is_null())
+    /// `component.field` (`component`: the peft prefix, `unet`, `text_encoder`, `text_encoder_2`).
+    fn get(&self, component: &str, field: &str) -> Option<&Value> {
+        self.0.get(&format!("{component}.{field}")).filter(|v| !v.is_null())
     }
 
     /// A per-module override from `alpha_pattern`/`rank_pattern`. peft matches a pattern key against the
     /// end of the module path at a dot; diffusers writes literal module paths, so no regex is needed.
-    fn pattern(&self, component: Component, field: &str, module: &str) -> Option<&Value> {
+    fn pattern(&self, component: &str, field: &str, module: &str) -> Option<&Value> {
         let patterns = self.get(component, field)?.as_object()?;
         patterns.iter().find(|(k, _)| module == k.as_str() || module.ends_with(&format!(".{k}"))).map(|(_, v)| v)
     }
 
-    pub(crate) fn alpha(&self, path: &Path, component: Component, stem: &str, rank: usize) -> Result<Option<f32>> {
+    pub(super) fn alpha(&self, path: &Path, component: &str, stem: &str, rank: usize) -> Result<Option<f32>> {
         let module = stem.split_once('.').map_or(stem, |(_, m)| m);
         let r = self.pattern(component, "rank_pattern", module).or(self.get(component, "r"));
         if let Some(r) = r.and_then(Value::as_u64).filter(|&r| r != rank as u64) {
@@ -63,7 +57,7 @@ impl PeftConfig {
         Ok(alpha.and_then(Value::as_f64).map(|a| a as f32))
     }
 
-    pub(crate) fn flag(&self, component: Component, field: &str) -> bool {
+    pub(super) fn flag(&self, component: &str, field: &str) -> bool {
         self.get(component, field).and_then(Value::as_bool).unwrap_or(false)
     }
 }

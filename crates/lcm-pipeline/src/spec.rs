@@ -1,0 +1,340 @@
+//! What to load and what to generate, checked before any model runs: [`LoadSpec`] (with its
+//! [`LoraSpec`]s and [`LoraMode`]), [`Request`] (with an [`InitImage`] for img2img) and the image-size
+//! rule every front end applies ([`SizeRule`]).
+//!
+//! Errors about a field name it as the field is called here ([`Field`]: `width`, `steps`,
+//! `guidance_scale`, …) in [`Error::Invalid`]'s `what`; the CLI, the server and the C API map these
+//! names onto their own flags, JSON keys or struct members.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use lcm_core::{Error, Result, Tensor};
+use lcm_models::Variant;
+
+/// A field of [`LoadSpec`] or [`Request`] that an error can name: [`Error::Invalid`]'s `what` is
+/// [`Field::name`], so a front end can tell its own name for it from [`Field::of`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    /// [`Request::width`].
+    Width,
+    /// [`Request::height`].
+    Height,
+    /// [`Request::steps`].
+    Steps,
+    /// [`Request::num_images`].
+    NumImages,
+    /// [`Request::guidance_scale`].
+    GuidanceScale,
+    /// [`InitImage::strength`].
+    Strength,
+    /// [`Request::init_image`] (its pixels).
+    InitImage,
+    /// [`LoadSpec::config_dir`].
+    ConfigDir,
+    /// [`LoadSpec::tokenizer_dir`].
+    TokenizerDir,
+}
+
+impl Field {
+    /// Every field, for a front end's mapping table.
+    pub const ALL: [Field; 9] = [
+        Field::Width,
+        Field::Height,
+        Field::Steps,
+        Field::NumImages,
+        Field::GuidanceScale,
+        Field::Strength,
+        Field::InitImage,
+        Field::ConfigDir,
+        Field::TokenizerDir,
+    ];
+
+    /// The field's name in the spec: `width`, `num_images`, `config_dir`, …
+    pub fn name(self) -> &'static str {
+        match self {
+            Field::Width => "width",
+            Field::Height => "height",
+            Field::Steps => "steps",
+            Field::NumImages => "num_images",
+            Field::GuidanceScale => "guidance_scale",
+            Field::Strength => "strength",
+            Field::InitImage => "init_image",
+            Field::ConfigDir => "config_dir",
+            Field::TokenizerDir => "tokenizer_dir",
+        }
+    }
+
+    /// The field an [`Error::Invalid`] names, if it names one.
+    pub fn of(error: &Error) -> Option<Field> {
+        match error {
+            Error::Invalid { what, .. } => Field::ALL.into_iter().find(|f| f.name() == what.as_str()),
+            _ => None,
+        }
+    }
+
+    /// [`Error::Invalid`] naming this field.
+    pub fn invalid(self, msg: impl Into<String>) -> Error {
+        Error::invalid(self.name(), msg)
+    }
+}
+
+/// The image-size rule: each side a multiple of 8 (the VAE's downscale) from [`SizeRule::MIN`] up to a
+/// maximum, [`SizeRule::DEFAULT_MAX`] unless a front end lowers it ([`SizeRule::up_to`]). Shown as
+/// "a multiple of 8 in 64..=2048".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SizeRule {
+    max: usize,
+}
+
+impl SizeRule {
+    /// Every side is a multiple of this: the VAE's downscale, so the latents have whole pixels.
+    pub const MULTIPLE: usize = 8;
+    /// The smallest side accepted, in pixels.
+    pub const MIN: usize = 64;
+    /// The largest side accepted by default, in pixels.
+    pub const DEFAULT_MAX: usize = 2048;
+
+    /// The rule with the maximum `max`, which must itself be a side the default rule accepts (an error
+    /// naming `what`, the front end's name for the setting, otherwise).
+    pub fn up_to(what: &str, max: usize) -> Result<SizeRule> {
+        SizeRule::default().check(what, max)?;
+        Ok(SizeRule { max })
+    }
+
+    /// The largest side accepted.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Whether `side` pixels is a side this rule accepts.
+    pub fn accepts(&self, side: usize) -> bool {
+        side.is_multiple_of(Self::MULTIPLE) && (Self::MIN..=self.max).contains(&side)
+    }
+
+    /// `side`, or an [`Error::Invalid`] naming `what` that gives the side and what is accepted.
+    pub fn check(&self, what: &str, side: usize) -> Result<usize> {
+        if self.accepts(side) {
+            return Ok(side);
+        }
+        Err(Error::invalid(what, format!("{side}: expected {self}")))
+    }
+
+    /// Checks both sides of an image, the error naming [`Field::Width`] or [`Field::Height`].
+    pub fn check_size(&self, width: usize, height: usize) -> Result<()> {
+        self.check(Field::Width.name(), width)?;
+        self.check(Field::Height.name(), height)?;
+        Ok(())
+    }
+}
+
+impl Default for SizeRule {
+    fn default() -> Self {
+        SizeRule { max: Self::DEFAULT_MAX }
+    }
+}
+
+impl fmt::Display for SizeRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "a multiple of {} in {}..={}", Self::MULTIPLE, Self::MIN, self.max)
+    }
+}
+
+/// The most images one request may ask for (a bound before any buffer is sized by it; memory is the
+/// real limit, and a batch this large at [`SizeRule::DEFAULT_MAX`] would not fit most machines).
+pub const MAX_IMAGES: usize = 64;
+
+/// A LoRA file and the scale it is applied with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraSpec {
+    /// The LoRA's `.safetensors` file (kohya or peft names).
+    pub path: PathBuf,
+    /// s_user, multiplying the file's every delta (1: as trained).
+    pub scale: f32,
+}
+
+/// How a pipeline applies LoRAs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LoraMode {
+    /// Merged into the weights (at load, and again from pristine weights on a swap): no cost per step.
+    #[default]
+    Merged,
+    /// Unmerged on the UNet, from fixed buffers a swap copies into: swaps cost a copy (CUDA); each step
+    /// pays two thin GEMMs per adapted layer. Backends without an unmerged path merge instead.
+    Runtime,
+}
+
+/// The rank a runtime-mode pipeline's buffers hold when [`LoadSpec::max_lora_rank`] is not given:
+/// LCM-LoRA's.
+pub const DEFAULT_MAX_LORA_RANK: usize = 64;
+
+/// How to load a model: a diffusers folder (SD1.5 or SDXL family), or a single-file checkpoint with
+/// its configs read from the shapes or taken from `config_dir`, plus LoRAs and optionally a separate VAE.
+#[derive(Debug, Clone, Default)]
+pub struct LoadSpec {
+    /// A diffusers folder, or a single-file checkpoint (`.safetensors`, original SD / LDM key names).
+    pub model_dir: PathBuf,
+    /// The LoRAs to apply, together.
+    pub loras: Vec<LoraSpec>,
+    /// diffusers' `clip_skip`: 0 uses the text encoder's last layer.
+    pub clip_skip: usize,
+    /// Which weight file a diffusers folder's components are read from (`.fp16` or full precision).
+    pub variant: Variant,
+    /// For a single-file model: a diffusers folder whose `unet/`, `vae/`, `text_encoder/` configs,
+    /// `tokenizer/` and `scheduler/` are used instead of what the shapes say and SD1.5's defaults, as
+    /// diffusers' `from_single_file(config=…)`. Only configs are read from it, never weights.
+    pub config_dir: Option<PathBuf>,
+    /// A separate VAE instead of the model's: a diffusers VAE folder (or a model folder with `vae/`),
+    /// or a file with LDM or diffusers names.
+    pub vae: Option<PathBuf>,
+    /// The tokenizer folder (`tokenizer.json`, or `vocab.json` + `merges.txt`) instead of the model's
+    /// or `config_dir`'s; a single-file model without `config_dir` needs it (SD1.5's).
+    pub tokenizer_dir: Option<PathBuf>,
+    /// Merged into the weights (default), or unmerged from fixed buffers a swap copies into
+    /// (`Pipeline::set_loras`, `crate::lora_swap`).
+    pub lora_mode: LoraMode,
+    /// Runtime mode: the largest rank (summed over the LoRAs on one weight) the buffers hold; default
+    /// [`DEFAULT_MAX_LORA_RANK`], or the load's LoRAs' if larger.
+    pub max_lora_rank: Option<usize>,
+}
+
+/// img2img: the image to start from and how much of it to repaint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InitImage {
+    /// `[1, 3, H, W]` in [-1, 1] (diffusers' preprocessing: u8/255·2−1).
+    pub pixels: Tensor,
+    /// In (0, 1]: 1 starts from noise, small values keep more of the image.
+    pub strength: f32,
+}
+
+impl InitImage {
+    /// From 8-bit RGB pixels, row-major `[height, width, 3]`; `rgb` must hold exactly width·height
+    /// pixels (an error names both sizes otherwise).
+    pub fn from_rgb8(width: usize, height: usize, rgb: &[u8], strength: f32) -> Result<Self> {
+        if rgb.len() != 3 * width * height {
+            return Err(Field::InitImage.invalid(format!(
+                "{} bytes of RGB for a {width}x{height} image (expected {})",
+                rgb.len(),
+                3 * width * height
+            )));
+        }
+        let mut data = vec![0.0f32; 3 * width * height];
+        for (p, px) in rgb.chunks_exact(3).enumerate() {
+            for c in 0..3 {
+                data[c * width * height + p] = 2.0 * (px[c] as f32 / 255.0) - 1.0;
+            }
+        }
+        Ok(InitImage { pixels: Tensor::new(vec![1, 3, height, width], data), strength })
+    }
+}
+
+/// What to generate. `validate` checks everything before any model runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    /// The text the image follows (cut to the 75 tokens CLIP's 77 positions leave between bos and eos).
+    pub prompt: String,
+    /// The uncond prompt of classic CFG (`None`: ""); unused without CFG.
+    pub negative_prompt: Option<String>,
+    /// LCM steps (UNet calls), 1..=`original_inference_steps`; SD img2img runs the last
+    /// int(steps·strength) of them.
+    pub steps: usize,
+    /// A UNet with a guidance embedding gets w = guidance_scale − 1 embedded; any other UNet runs
+    /// classic CFG when it is above 1 (1, LCM-LoRA's usual value, means no CFG).
+    pub guidance_scale: f32,
+    /// Seeds the torch-compatible generator as `torch.Generator("cpu").manual_seed(seed)` (its low
+    /// 32 bits count).
+    pub seed: u64,
+    /// Image width in pixels, a side [`SizeRule::default`] accepts.
+    pub width: usize,
+    /// Image height in pixels, a side [`SizeRule::default`] accepts.
+    pub height: usize,
+    /// Images per generation (N), from one prompt and one generator stream.
+    pub num_images: usize,
+    /// img2img when given; the output then has the image's size (width/height must match it).
+    pub init_image: Option<InitImage>,
+}
+
+impl Default for Request {
+    fn default() -> Self {
+        Request {
+            prompt: String::new(),
+            negative_prompt: None,
+            steps: 4,
+            guidance_scale: 1.0,
+            seed: 0,
+            width: 512,
+            height: 512,
+            num_images: 1,
+            init_image: None,
+        }
+    }
+}
+
+impl Request {
+    /// Checks the size ([`SizeRule::default`]), steps against `original_steps`, the image count, the
+    /// guidance scale and the init image; an error names the [`Field`] and what it accepts.
+    pub fn validate(&self, original_steps: usize) -> Result<()> {
+        SizeRule::default().check_size(self.width, self.height)?;
+        if self.steps == 0 || self.steps > original_steps {
+            return Err(Field::Steps.invalid(format!(
+                "{}: expected 1..={original_steps} (the model's original_inference_steps)",
+                self.steps
+            )));
+        }
+        if self.num_images == 0 || self.num_images > MAX_IMAGES {
+            return Err(Field::NumImages.invalid(format!("{}: expected 1..={MAX_IMAGES}", self.num_images)));
+        }
+        if !self.guidance_scale.is_finite() || self.guidance_scale < 0.0 {
+            return Err(Field::GuidanceScale.invalid(format!("{}: expected a finite number ≥ 0", self.guidance_scale)));
+        }
+        if let Some(init) = &self.init_image {
+            if !(init.strength > 0.0 && init.strength <= 1.0) {
+                return Err(Field::Strength.invalid(format!("{}: expected a value in (0, 1]", init.strength)));
+            }
+            if init.pixels.shape != [1, 3, self.height, self.width] {
+                return Err(Field::InitImage.invalid(format!(
+                    "pixels {:?} do not match the requested {}x{}",
+                    init.pixels.shape, self.width, self.height
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_rule_bounds_and_message() {
+        let rule = SizeRule::default();
+        for side in [64, 72, 512, 2048] {
+            assert!(rule.accepts(side), "{side}");
+        }
+        for side in [0, 56, 60, 100, 2056] {
+            assert!(!rule.accepts(side), "{side}");
+        }
+        assert_eq!(rule.to_string(), "a multiple of 8 in 64..=2048");
+        let e = rule.check("--max-size", 100).unwrap_err();
+        assert_eq!(e.to_string(), "--max-size: 100: expected a multiple of 8 in 64..=2048");
+
+        let small = SizeRule::up_to("max_size", 1024).unwrap();
+        assert!(small.accepts(1024) && !small.accepts(1032));
+        assert_eq!(small.to_string(), "a multiple of 8 in 64..=1024");
+        for bad in [0, 1001, 4096] {
+            assert!(SizeRule::up_to("max_size", bad).unwrap_err().to_string().starts_with("max_size: "));
+        }
+    }
+
+    #[test]
+    fn errors_name_their_field() {
+        let e = SizeRule::default().check_size(512, 30).unwrap_err();
+        assert_eq!(Field::of(&e), Some(Field::Height));
+        for f in Field::ALL {
+            assert_eq!(Field::of(&f.invalid("x")), Some(f));
+        }
+        assert_eq!(Field::of(&Error::invalid("batch", "x")), None);
+        assert_eq!(Field::of(&Error::file("width", "x")), None);
+    }
+}
