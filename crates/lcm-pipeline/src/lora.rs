@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf};
 
 use lcm_core::{Error, Result, SafeTensorsFile, WeightKind, WeightSpec};
 use lcm_cpu::gemm::{gemm, MatRef};
-use lcm_models::clip::ClipOutput;
+use lcm_models::arch::clip::ClipOutput;
 use lcm_models::{ClipConfig, UnetConfig};
 
 use crate::ldm_names::UnetLayout;
