@@ -15,7 +15,7 @@ What is timed (median and min-max of --repeat runs after --warmup):
   torch     diffusers' UNet2DConditionModel forward and AutoencoderKL.decode, f32, torch's threads = cores
   openvino  the same modules through openvino.convert_model, compiled for CPU with
             INFERENCE_PRECISION_HINT f32 (no bf16 downcast on AMX/AVX-512 machines), one infer request
-The models are built from the configs lcm itself uses (crates/lcm-models/src/{sd15,sdxl}.rs); weights are
+The models are built from the configs lcm itself uses (crates/lcm-models/src/arch/{sd15,sdxl}.rs); weights are
 diffusers' random init with a fixed seed: the timings do not depend on the values. Batch 1, text context
 of 77 tokens, timestep 999. The markdown table it prints (and writes with --out) is the bench log's.
 """
@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-MODELS = ROOT / "crates" / "lcm-models" / "src"
+MODELS = ROOT / "crates" / "lcm-models" / "src" / "arch"
 VENV = ROOT / ".venv-bench"
 ENGINES = ("lcm", "torch", "openvino")
 
@@ -56,7 +56,7 @@ def ensure_python_deps(engines):
 
 
 def arch_config(arch, name):
-    """A config lcm itself uses for synthetic weights (crates/lcm-models/src/{sd15,sdxl}.rs)."""
+    """A config lcm itself uses for synthetic weights (crates/lcm-models/src/arch/{sd15,sdxl}.rs)."""
     text = (MODELS / f"{arch}.rs").read_text()
     key = f'pub const {name}: &str = r#"'
     start = text.index(key) + len(key)

@@ -4,7 +4,7 @@ and the benchmark comparison (scripts/bench_gpu_vs_torch.py).
 
 What it writes into --out:
   text_encoder/, unet/, vae/   CLIPTextModel, UNet2DConditionModel, AutoencoderKL built from the SD1.5
-                               configs in crates/lcm-models/src/sd15.rs, f16 safetensors
+                               configs in crates/lcm-models/src/arch/sd15.rs, f16 safetensors
   tokenizer/, scheduler/, model_index.json
                                copied from tests/fixtures/tiny-sd (the real CLIP vocabulary, SD1.5's
                                scheduler config), so the folder is a StableDiffusionPipeline too
@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-SD15_RS = ROOT / "crates/lcm-models/src/sd15.rs"
+SD15_RS = ROOT / "crates/lcm-models/src/arch/sd15.rs"
 FIXTURE = ROOT / "tests/fixtures/tiny-sd"
 
 # reference.safetensors (all F32; NCHW as diffusers takes and returns them):

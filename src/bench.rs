@@ -11,12 +11,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use lcm_core::{Backend, Result, Tensor};
-use lcm_models::clip::{output, ClipOutput};
-use lcm_models::synthetic::random_source;
-use lcm_models::unet_config::TEXT_TIME_IDS;
+use lcm_models::arch::clip::{output, ClipOutput};
+use lcm_models::arch::unet::TEXT_TIME_IDS;
+use lcm_models::checkpoint::synthetic::random_source;
 use lcm_models::{
-    sd15, sdxl, AddedCond, ClipConfig, ClipTextModel, LoadOptions, Unet, UnetConfig, Vae, VaeConfig, VaeParts,
-    VaeTiling, Variant,
+    arch::{sd15, sdxl},
+    AddedCond, ClipConfig, ClipTextModel, LoadOptions, Unet, UnetConfig, Vae, VaeConfig, VaeParts, VaeTiling, Variant,
 };
 use lcm_pipeline::load::upcast_vae_backend;
 use lora::{BenchBackend, LoraSummary, LoraSwaps};
@@ -140,7 +140,7 @@ fn load<B: Backend>(
             let two = dir.join("text_encoder_2").is_dir();
             let te = |name: &str| -> Result<ClipTextModel<B>> {
                 let d = dir.join(name);
-                let cfg = ClipConfig::from_file(&lcm_models::loader::component_config(&d)?, 0)?;
+                let cfg = ClipConfig::from_file(&lcm_models::checkpoint::diffusers::component_config(&d)?, 0)?;
                 ClipTextModel::load_as(backend, penultimate(cfg, two), &d, opts())
             };
             let clip = te("text_encoder")?;
@@ -148,7 +148,7 @@ fn load<B: Backend>(
             let unet = Unet::load(backend, &dir.join("unet"), opts())?;
             let parts = if encoder { VaeParts::Both } else { VaeParts::Decoder };
             let vae_dir = dir.join("vae");
-            let vae_cfg = VaeConfig::from_file(&lcm_models::loader::component_config(&vae_dir)?)?;
+            let vae_cfg = VaeConfig::from_file(&lcm_models::checkpoint::diffusers::component_config(&vae_dir)?)?;
             let vae_backend = upcast_vae_backend(backend, two, &vae_cfg);
             let vae_be = vae_backend.as_ref().unwrap_or(backend);
             let vae = Vae::load_with_config(vae_be, &vae_dir, vae_cfg, parts, opts())?;
@@ -195,7 +195,7 @@ fn load<B: Backend>(
 /// TAESD (taesd / taesdxl: the same shapes) with seeded random weights.
 fn synthetic_taesd<B: Backend>(backend: &B, seed: u64) -> Result<Vae<B>> {
     let origin = Path::new("synthetic taesd");
-    let cfg = VaeConfig::from_json(origin, lcm_models::taesd::TAESD_CONFIG)?;
+    let cfg = VaeConfig::from_json(origin, lcm_models::arch::taesd::TAESD_CONFIG)?;
     Vae::from_source(backend, cfg, origin, &mut random_source(seed))
 }
 

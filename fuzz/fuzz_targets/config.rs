@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
     let origin = Path::new("config.json");
     if let Ok(c) = UnetConfig::from_json(origin, text) {
         let _ = c.graph(1, 8, 8, 4);
-        let _ = lcm_models::ldm::UnetLayout::from_config(&c);
+        let _ = lcm_models::checkpoint::ldm::UnetLayout::from_config(&c);
     }
     if let Ok(c) = ClipConfig::from_json(origin, text, 0) {
         let _ = c.graph(1, 4);

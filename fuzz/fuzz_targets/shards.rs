@@ -1,7 +1,7 @@
 //! A sharded component: `<stem>.safetensors.index.json` plus two shards, through `find_weights`.
 //! Input: index JSON, then the two shards, separated by the 4 bytes `\0SH\0`.
 #![no_main]
-use lcm_models::loader::find_weights;
+use lcm_models::checkpoint::diffusers::find_weights;
 use lcm_models::Variant;
 use libfuzzer_sys::fuzz_target;
 

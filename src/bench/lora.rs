@@ -7,7 +7,7 @@
 
 use lcm_core::{Backend, Error, LoraDelta, Result, WeightKind, WeightSpec};
 use lcm_cpu::CpuBackend;
-use lcm_models::synthetic::random_source;
+use lcm_models::checkpoint::synthetic::random_source;
 use lcm_models::Unet;
 
 use lcm_pipeline::lora_swap::unet_lora_targets;
@@ -153,7 +153,7 @@ impl BenchBackend for CudaBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lcm_models::{sd15, UnetConfig};
+    use lcm_models::{arch::sd15, UnetConfig};
     use std::path::Path;
 
     /// DESIGN.md: LCM-LoRA (rank 64) on SD1.5 has 67.3 M parameters on these targets.

@@ -16,9 +16,9 @@
 use lcm_core::lcm::{Prediction, STEP_ROW};
 use lcm_core::{Backend, Elem, Error, Executor, Graph, GraphBuilder, HostData, ModelWeights, Result, Tensor};
 
-use crate::clip::ClipTextModel;
-use crate::unet::{Unet, UnetConfig};
-use crate::vae::Vae;
+use crate::arch::clip::ClipTextModel;
+use crate::arch::unet::{Unet, UnetConfig};
+use crate::arch::vae::Vae;
 
 /// Input indices of the denoising graph.
 pub mod input {

@@ -1,32 +1,32 @@
-//! lcm-models: CLIPTextModel, UNet2DConditionModel, AutoencoderKL and AutoencoderTiny (TAESD) as lcm graphs, built from the
-//! `config.json` of each diffusers component and loaded from its safetensors weights by checkpoint name,
-//! or from a single-file (LDM-layout) checkpoint with configs read from its shapes.
+//! lcm-models: the models of the SD1.5 and SDXL families (SSD-1B and Segmind-Vega among SDXL's
+//! distilled UNets, and LCM's distilled UNets of each) as lcm graphs — CLIPTextModel (and
+//! CLIPTextModelWithProjection), UNet2DConditionModel, AutoencoderKL and AutoencoderTiny (TAESD) — and
+//! the checkpoint formats they load from.
+//!
+//! - [`arch`]: the networks, each built from its config: [`arch::blocks`] (ResnetBlock2D, attention,
+//!   Transformer2DModel), [`arch::clip`], [`arch::unet`], [`arch::vae`], [`arch::taesd`],
+//!   [`arch::vae_tiling`], and the reference configs of the families ([`arch::sd15`], [`arch::sdxl`]).
+//! - [`checkpoint`]: where configs and weights come from — [`checkpoint::diffusers`] folders (their
+//!   `config.json` read by [`checkpoint::config`]), [`checkpoint::single_file`] checkpoints in LDM
+//!   names ([`checkpoint::ldm`], [`checkpoint::open_clip`]) and [`checkpoint::vae_file`]s, configs read
+//!   from tensor shapes ([`checkpoint::shapes`]), [`checkpoint::synthetic`] weights; all upload through
+//!   [`checkpoint::weights`]. Checkpoint code builds on the architectures, never the reverse.
+//! - [`denoise`]: the whole denoising loop as one graph over the loaded models.
+//! - [`runner`]: a model's weights and one executor per input shape.
 
 #![warn(missing_docs)]
 
-pub mod blocks;
-pub mod clip;
-pub mod config;
+pub mod arch;
+pub mod checkpoint;
 pub mod denoise;
-pub mod infer;
-pub mod ldm;
-pub mod loader;
-pub mod open_clip;
 pub mod runner;
-pub mod sd15;
-pub mod sdxl;
-pub mod single_file;
-pub mod synthetic;
-pub mod taesd;
-pub mod unet;
-pub mod unet_config;
-pub mod vae;
-pub mod vae_tiling;
 
-pub use clip::{ClipConfig, ClipTextModel};
-pub use loader::{LoadOptions, Variant, WeightHook, WeightSource};
-pub use single_file::{Checkpoint, VaeFile, VaeLayout};
-pub use taesd::TaesdConfig;
-pub use unet::{AddedCond, Unet, UnetConfig};
-pub use vae::{Encoded, Vae, VaeArch, VaeConfig, VaeParts};
-pub use vae_tiling::VaeTiling;
+pub use arch::clip::{ClipConfig, ClipTextModel};
+pub use arch::taesd::TaesdConfig;
+pub use arch::unet::{AddedCond, Unet, UnetConfig};
+pub use arch::vae::{Encoded, Vae, VaeArch, VaeConfig, VaeParts};
+pub use arch::vae_tiling::VaeTiling;
+pub use checkpoint::diffusers::{LoadOptions, Variant};
+pub use checkpoint::single_file::Checkpoint;
+pub use checkpoint::vae_file::VaeFile;
+pub use checkpoint::weights::{WeightHook, WeightSource};

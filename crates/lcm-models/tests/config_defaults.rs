@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
-use lcm_models::unet::MidBlock;
-use lcm_models::{sd15, UnetConfig};
+use lcm_models::arch::unet::MidBlock;
+use lcm_models::{arch::sd15, UnetConfig};
 use serde_json::Value;
 
 fn with(edit: impl FnOnce(&mut serde_json::Map<String, Value>)) -> UnetConfig {

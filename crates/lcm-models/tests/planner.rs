@@ -7,7 +7,7 @@ use std::path::Path;
 use lcm_core::fuse::fuse;
 use lcm_core::planner::plan;
 use lcm_core::Graph;
-use lcm_models::{sd15, ClipConfig, UnetConfig, VaeConfig};
+use lcm_models::{arch::sd15, ClipConfig, UnetConfig, VaeConfig};
 
 fn check(name: &str, g: Graph) -> usize {
     let ops_before = g.ops.len();

@@ -9,7 +9,7 @@ mod common;
 
 use common::{assert_close, fixtures, record, tensor};
 use lcm_cpu::CpuBackend;
-use lcm_models::clip::{output, ClipOutput};
+use lcm_models::arch::clip::{output, ClipOutput};
 use lcm_models::{AddedCond, ClipConfig, ClipTextModel, LoadOptions, Unet};
 
 const TOL: f64 = 1e-4;

@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use lcm_core::{Backend, Error, Result};
-use lcm_models::clip::ClipOutput;
-use lcm_models::loader::component_config;
+use lcm_models::arch::clip::ClipOutput;
+use lcm_models::checkpoint::diffusers::component_config;
 use lcm_models::{
     Checkpoint, ClipConfig, ClipTextModel, LoadOptions, Unet, UnetConfig, Vae, VaeConfig, VaeFile, VaeParts, Variant,
 };

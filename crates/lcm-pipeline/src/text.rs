@@ -10,7 +10,7 @@
 //! `clip_skip` says (diffusers applies clip_skip to the positive prompt only).
 
 use lcm_core::{Backend, Error, Executor, HostData, Result};
-use lcm_models::clip::output;
+use lcm_models::arch::clip::output;
 use lcm_models::denoise::{input, DenoiseInputs, TextCopy};
 use lcm_models::ClipTextModel;
 

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use lcm_core::{rel_l2, SafeTensorsFile, WeightFiles};
-use lcm_models::ldm::UnetLayout;
+use lcm_models::checkpoint::ldm::UnetLayout;
 use lcm_models::{ClipConfig, UnetConfig};
 use lcm_pipeline::lora::{LoraFile, LoraSet, Targets};
 use safetensors::tensor::{serialize_to_file, TensorView};

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use lcm_core::{rel_l2, SafeTensorsFile};
 use lcm_cpu::CpuBackend;
-use lcm_models::ldm::{vae_ldm_is_conv, vae_to_ldm, UnetLayout};
+use lcm_models::checkpoint::ldm::{vae_ldm_is_conv, vae_to_ldm, UnetLayout};
 use lcm_models::UnetConfig;
 use lcm_pipeline::output::read_png;
 use lcm_pipeline::pipeline::{Output, Pipeline};

@@ -3,8 +3,8 @@
 use std::collections::{HashMap, HashSet};
 
 use lcm_core::{Error, Result, WeightKind, WeightSpec};
-use lcm_models::clip::ClipOutput;
-use lcm_models::ldm::UnetLayout;
+use lcm_models::arch::clip::ClipOutput;
+use lcm_models::checkpoint::ldm::UnetLayout;
 use lcm_models::{ClipConfig, UnetConfig};
 
 use super::file::{Component, LoraFile, LoraFormat, LoraTensor};

@@ -11,12 +11,9 @@
 //!   blocks, then a conv to the latent channels.
 
 use lcm_core::{Activation, Elem, Graph, GraphBuilder, Result, TensorId};
-use serde_json::json;
 
-use crate::config::{Config, MAX_LAYERS};
-use crate::vae::{VaeArch, VaeConfig};
-
-/// The `AutoencoderTiny` parts of a TAESD `config.json` (the shared ones live in [`VaeConfig`]).
+/// The `AutoencoderTiny` parts of a TAESD `config.json` (the shared ones live in
+/// [`crate::arch::vae::VaeConfig`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaesdConfig {
     /// `encoder_block_out_channels`: the width of each encoder level (one width throughout).
@@ -39,84 +36,6 @@ pub const TAESD_CONFIG: &str = r#"{"_class_name": "AutoencoderTiny", "act_fn": "
   "num_decoder_blocks": [3, 3, 3, 1], "upsampling_scaling_factor": 2, "scaling_factor": 1.0,
   "force_upcast": false}"#;
 
-/// diffusers' `AutoencoderTiny` defaults (what the released `taesd` and `taesdxl` use).
-const DEFAULT_CHANNELS: [usize; 4] = [64; 4];
-const DEFAULT_ENCODER_BLOCKS: [usize; 4] = [1, 3, 3, 3];
-const DEFAULT_DECODER_BLOCKS: [usize; 4] = [3, 3, 3, 1];
-
-/// The list at `key`, or `default` when absent.
-fn list_or(c: &Config, key: &str, default: &[usize]) -> Result<Vec<usize>> {
-    if c.get(key).is_some() {
-        c.usizes(key)
-    } else {
-        Ok(default.to_vec())
-    }
-}
-
-/// Reads an `AutoencoderTiny` config into a [`VaeConfig`] of arch [`VaeArch::Tiny`].
-pub(crate) fn parse(c: &Config) -> Result<VaeConfig> {
-    c.require("act_fn", &json!("relu"))?;
-    c.require("upsample_fn", &json!("nearest"))?;
-    let t = TaesdConfig {
-        encoder_channels: list_or(c, "encoder_block_out_channels", &DEFAULT_CHANNELS)?,
-        decoder_channels: list_or(c, "decoder_block_out_channels", &DEFAULT_CHANNELS)?,
-        encoder_blocks: list_or(c, "num_encoder_blocks", &DEFAULT_ENCODER_BLOCKS)?,
-        decoder_blocks: list_or(c, "num_decoder_blocks", &DEFAULT_DECODER_BLOCKS)?,
-        upsampling: c.usize_or("upsampling_scaling_factor", 2)?,
-    };
-    for (side, chans, blocks) in
-        [("encoder", &t.encoder_channels, &t.encoder_blocks), ("decoder", &t.decoder_channels, &t.decoder_blocks)]
-    {
-        let (ck, bk) = (format!("{side}_block_out_channels"), format!("num_{side}_blocks"));
-        if blocks.len() != chans.len() {
-            return Err(c.error(&bk, format!("{} levels for the {} widths of `{ck}`", blocks.len(), chans.len())));
-        }
-        // diffusers builds each level's first conv and blocks from that level's own width, so torch
-        // itself only runs configs whose widths are all equal.
-        if chans.iter().any(|&w| w != chans[0]) {
-            return Err(c.error(&ck, format!("{chans:?}: every level must have the same width")));
-        }
-        if let Some(&n) = blocks.iter().find(|&&n| n as u64 > MAX_LAYERS) {
-            return Err(c.error(&bk, format!("{n} blocks is too many (at most {MAX_LAYERS})")));
-        }
-    }
-    if t.encoder_channels.len() != t.decoder_channels.len() {
-        return Err(c.error(
-            "num_encoder_blocks",
-            format!(
-                "{} encoder levels and {} decoder levels: the encoder's downscale must match the decoder's",
-                t.encoder_channels.len(),
-                t.decoder_channels.len()
-            ),
-        ));
-    }
-    // The pipeline sizes latents by 2^(levels−1) (diffusers' vae_scale_factor); another factor would
-    // decode to a different size than the one asked for.
-    if t.upsampling != 2 {
-        return Err(c.error("upsampling_scaling_factor", format!("{} is not supported (only 2)", t.upsampling)));
-    }
-    Ok(VaeConfig {
-        in_channels: c.usize_or("in_channels", 3)?,
-        out_channels: c.usize_or("out_channels", 3)?,
-        latent_channels: c.usize_or("latent_channels", 4)?,
-        // diffusers registers the decoder's widths as `block_out_channels` (its pipelines size images by it).
-        block_out_channels: t.decoder_channels.clone(),
-        layers_per_block: 0,
-        norm_groups: 1,
-        scaling_factor: c.f32_or("scaling_factor", 1.0)?,
-        // Saved TAESD configs say 0.0; read as for AutoencoderKL so a non-zero value is honoured alike.
-        shift_factor: c.f32_opt("shift_factor")?,
-        use_quant_conv: false,
-        use_post_quant_conv: false,
-        mid_block_attention: false,
-        // AutoencoderTiny forces `force_upcast` off whatever its file says.
-        force_upcast: false,
-        // AutoencoderTiny tiles by its own scheme (not AutoencoderKL's blending); lcm does not tile it.
-        sample_size: None,
-        arch: VaeArch::Tiny(t),
-    })
-}
-
 /// `AutoencoderTinyBlock` with equal widths (its skip is the identity): relu(convs(x) + x).
 fn block(b: &mut GraphBuilder, p: &str, x: TensorId) -> TensorId {
     let c = b.channels(x);
@@ -134,9 +53,16 @@ fn block(b: &mut GraphBuilder, p: &str, x: TensorId) -> TensorId {
 impl TaesdConfig {
     /// Latents NHWC `Act [B, h, w, latent]` (already divided by the scaling factor) -> image NHWC
     /// `[B, 8h, 8w, out]` in [-1, 1] (not clamped), as `AutoencoderTiny.decode`.
-    pub(crate) fn decoder_graph(&self, v: &VaeConfig, batch: usize, h: usize, w: usize) -> Result<Graph> {
+    pub(crate) fn decoder_graph(
+        &self,
+        latent_channels: usize,
+        out_channels: usize,
+        batch: usize,
+        h: usize,
+        w: usize,
+    ) -> Result<Graph> {
         let mut b = GraphBuilder::new();
-        let z = b.input(&[batch, h, w, v.latent_channels], Elem::F32);
+        let z = b.input(&[batch, h, w, latent_channels], Elem::F32);
         let z = b.cast(z, Elem::Act, 1, 1.0, 0.0); // F32 in, as AutoencoderKL's decoder (vae.rs)
         let x = b.activation(z, Activation::TanhClamp);
         let mut x = b.conv2d("decoder.layers.0", x, self.decoder_channels[0], 3, 1, [1; 4], true);
@@ -154,7 +80,7 @@ impl TaesdConfig {
                 x = b.upsample(x, s[1] * self.upsampling, s[2] * self.upsampling);
                 idx += 1;
             }
-            let co = if last { v.out_channels } else { width };
+            let co = if last { out_channels } else { width };
             x = b.conv2d(&format!("decoder.layers.{idx}"), x, co, 3, 1, [1; 4], last);
             idx += 1;
         }
@@ -166,9 +92,16 @@ impl TaesdConfig {
 
     /// Image NHWC `Act [B, H, W, in]` in [-1, 1] -> latents NHWC `[B, H/8, W/8, latent]`, as
     /// `AutoencoderTiny.encode(x).latents` (no distribution: nothing to sample).
-    pub(crate) fn encoder_graph(&self, v: &VaeConfig, batch: usize, h: usize, w: usize) -> Result<Graph> {
+    pub(crate) fn encoder_graph(
+        &self,
+        in_channels: usize,
+        latent_channels: usize,
+        batch: usize,
+        h: usize,
+        w: usize,
+    ) -> Result<Graph> {
         let mut b = GraphBuilder::new();
-        let img = b.input(&[batch, h, w, v.in_channels], Elem::Act);
+        let img = b.input(&[batch, h, w, in_channels], Elem::Act);
         // [-1, 1] -> [0, 1]: (x + 1)/2 rounds as x·0.5 + 0.5 (halving is exact).
         let mut x = b.scale(img, 0.5, 0.5);
         let mut idx = 0;
@@ -185,7 +118,7 @@ impl TaesdConfig {
                 idx += 1;
             }
         }
-        let out = b.conv2d(&format!("encoder.layers.{idx}"), x, v.latent_channels, 3, 1, [1; 4], true);
+        let out = b.conv2d(&format!("encoder.layers.{idx}"), x, latent_channels, 3, 1, [1; 4], true);
         b.output(out);
         b.finish()
     }

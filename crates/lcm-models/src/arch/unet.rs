@@ -1,16 +1,123 @@
-//! UNet2DConditionModel (SD1.5's and SDXL's denoiser, and LCM's distilled ones) from
-//! `unet/config.json` (read in [`crate::unet_config`]).
+//! UNet2DConditionModel (SD1.5's and SDXL's denoiser, SSD-1B's and Segmind-Vega's distilled ones,
+//! and LCM's): its config as the graph reads it (SD1.5's layout and SDXL's: a plain first level,
+//! per-level head counts, transformer depths per layer and a different up path for SSD-1B and Vega,
+//! the `text_time` added embedding), the graph, and the loaded model. `config.json` is read into
+//! [`UnetConfig`] by `crate::checkpoint::config`.
 
-use std::path::Path;
+use lcm_core::{Activation, Backend, Elem, Error, Graph, GraphBuilder, HostData, Result, Tensor, TensorId, WeightSpec};
 
-use lcm_core::{Activation, Backend, Elem, Error, Graph, GraphBuilder, HostData, Result, Tensor, TensorId};
-
-use crate::blocks::{resnet, transformer_2d, Norm};
-use crate::loader::{
-    component_config, file_source, find_weights, load_weights, upload_weights, LoadOptions, WeightSource,
-};
+use crate::arch::blocks::{resnet, transformer_2d, Norm};
 use crate::runner::Runner;
-pub use crate::unet_config::{DownBlock, MidBlock, TextTime, UnetConfig, TEXT_TIME_IDS};
+
+/// The kind of a UNet level's block, for the down path and (mirrored) the up path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DownBlock {
+    /// Resnets each followed by a Transformer2DModel (`CrossAttnDownBlock2D` / `CrossAttnUpBlock2D`).
+    CrossAttn,
+    /// Resnets only (`DownBlock2D` / `UpBlock2D`).
+    Plain,
+}
+
+/// `mid_block_type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MidBlock {
+    /// `UNetMidBlock2DCrossAttn` (the default): resnet, transformer, resnet.
+    CrossAttn,
+    /// `UNetMidBlock2D` as UNet2DConditionModel builds it (`num_layers=0`, no attention): one resnet
+    /// (SSD-1B, Segmind-Vega).
+    Resnet,
+    /// An explicit null: no mid block.
+    None,
+}
+
+/// How many values `time_ids` holds per image in StableDiffusionXLPipeline: original size (h, w),
+/// crop top-left (y, x), target size (h, w). (The refiner's img2img pipeline passes five, with an
+/// aesthetic score; lcm does not run it.)
+pub const TEXT_TIME_IDS: usize = 6;
+
+/// `addition_embed_type: "text_time"` (SDXL): `add_time_proj` embeds each time id as a sinusoid of
+/// `time_embed_dim` (the UNet's `flip_sin_to_cos` and `freq_shift`); pooled text embeds ++ those six
+/// sinusoids go through `add_embedding.linear_1` → SiLU → `linear_2` and are added to the time
+/// embedding (`UNet2DConditionModel.get_aug_embed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TextTime {
+    /// `addition_time_embed_dim` (SDXL: 256).
+    pub time_embed_dim: usize,
+    /// `projection_class_embeddings_input_dim`: `add_embedding.linear_1`'s input width (SDXL: 2816 =
+    /// 1280 pooled + 6 · 256).
+    pub input_dim: usize,
+}
+
+impl TextTime {
+    /// The pooled text embedding's width the UNet takes: `input_dim` less the time ids' sinusoids.
+    pub fn pooled_dim(&self) -> usize {
+        self.input_dim - TEXT_TIME_IDS * self.time_embed_dim
+    }
+}
+
+/// UNet2DConditionModel's `config.json`, as far as the graph depends on it. Defaults are diffusers'.
+#[derive(Debug, Clone)]
+pub struct UnetConfig {
+    /// `in_channels`: latent channels in (4).
+    pub in_channels: usize,
+    /// `out_channels`: channels of the prediction (4).
+    pub out_channels: usize,
+    /// `block_out_channels`: the width of each level, full resolution first (SD1.5: 320, 640, 1280,
+    /// 1280; SDXL: 320, 640, 1280); its length is the number of levels.
+    pub block_out_channels: Vec<usize>,
+    /// `down_block_types`, per down block: with cross-attention or not. Up blocks mirror them (checked).
+    pub down_blocks: Vec<DownBlock>,
+    /// `up_block_types`, lowest resolution first: `down_blocks` reversed.
+    pub up_blocks: Vec<DownBlock>,
+    /// `mid_block_type`.
+    pub mid_block: MidBlock,
+    /// `layers_per_block` (an int or one per level): resnets per down block; each up block has one more.
+    pub layers_per_block: Vec<usize>,
+    /// BasicTransformerBlocks in the Transformer2DModel after each resnet of each down block, per level
+    /// then per resnet: `transformer_layers_per_block` (an int, one per level, or one list per level).
+    pub down_transformer_layers: Vec<Vec<usize>>,
+    /// The same per up block (lowest resolution first) and resnet: `reverse_transformer_layers_per_block`
+    /// when given (SSD-1B, Segmind-Vega), else the down path's per-level values reversed.
+    pub up_transformer_layers: Vec<Vec<usize>>,
+    /// The mid block transformer's depth: the last level's (its first entry when per layer).
+    pub mid_transformer_layers: usize,
+    /// Attention heads per down block (diffusers reads `attention_head_dim` as heads when
+    /// `num_attention_heads` is absent — SD1.5's and SDXL's configs rely on that); up blocks mirror them.
+    pub heads: Vec<usize>,
+    /// `cross_attention_dim`: the width of the text context the cross-attention reads (768 for
+    /// CLIP-L, 2048 for SDXL's two encoders); one value for every block.
+    pub cross_attention_dim: usize,
+    /// `norm_num_groups`: GroupNorm groups (32).
+    pub norm_groups: usize,
+    /// `norm_eps`: the resnets' and `conv_norm_out`'s GroupNorm eps (1e-5); the transformers' GroupNorm
+    /// uses 1e-6, as diffusers hard-codes.
+    pub norm_eps: f32,
+    /// `use_linear_projection`: `proj_in`/`proj_out` are linear layers `[C, C]` rather than 1x1 convs
+    /// `[C, C, 1, 1]`.
+    pub use_linear_projection: bool,
+    /// `time_cond_proj_dim`: the guidance-scale embedding's width in a full LCM UNet (256), added to the
+    /// timestep sinusoid through `time_embedding.cond_proj` (no bias); `None` for SD UNets.
+    pub time_cond_proj_dim: Option<usize>,
+    /// `addition_embed_type: "text_time"` and its sizes (SDXL); `None` without an added embedding.
+    pub text_time: Option<TextTime>,
+    /// `time_embedding_dim`, default 4·`block_out_channels[0]` (1280): the timestep embedding's width.
+    pub time_embed_dim: usize,
+    /// `flip_sin_to_cos`: the timestep sinusoid puts cos first (true for SD).
+    pub flip_sin_to_cos: bool,
+    /// `freq_shift`: the sinusoid's `downscale_freq_shift` (0 for SD).
+    pub freq_shift: f32,
+    /// `downsample_padding`: padding of the stride-2 3x3 downsampler convs (1).
+    pub downsample_padding: usize,
+    /// `mid_block_scale_factor`: the mid block's resnets divide their output by it (1).
+    pub mid_block_scale_factor: f32,
+    /// `conv_in_kernel`: `conv_in`'s kernel size (3; odd, padded by half).
+    pub conv_in_kernel: usize,
+    /// `conv_out_kernel`: `conv_out`'s kernel size (3; odd, padded by half).
+    pub conv_out_kernel: usize,
+    /// `sample_size`: the latent size the model was trained at (SD1.5: 64, SDXL: 128); pipelines
+    /// default to this times the VAE's factor.
+    pub sample_size: Option<usize>,
+}
 
 impl UnetConfig {
     /// One UNet call as a graph: inputs `sample` NHWC `Act [batch, h, w, in_channels]`, timesteps
@@ -36,6 +143,12 @@ impl UnetConfig {
         let out = self.build(&mut b, sample, (t, 0), ctx, cond, aug);
         b.output(out);
         b.finish()
+    }
+
+    /// Every weight of this UNet (name, torch shape, use) in graph order: what a loader reads. Weights do
+    /// not depend on the input size, so the smallest graph declares them all.
+    pub fn weights(&self) -> Result<Vec<WeightSpec>> {
+        Ok(self.graph(1, 8, 8, 1)?.weights)
     }
 
     /// With `text_time`: the inputs `text_embeds` `Act [batch, pooled]` and `time_ids`
@@ -186,25 +299,6 @@ pub struct Unet<B: Backend> {
 }
 
 impl<B: Backend> Unet<B> {
-    /// Loads `dir` (a diffusers `unet/` folder: `config.json` and the weights, see
-    /// [`crate::loader::find_weights`]), each weight through `opts.hook` (LoRA merging); the weights
-    /// keep the file as their source for a LoRA swap.
-    pub fn load(backend: &B, dir: &Path, opts: LoadOptions) -> Result<Self> {
-        let config = UnetConfig::from_file(&component_config(dir)?)?;
-        let files = find_weights(dir, "diffusion_pytorch_model", opts.variant)?;
-        let specs = config.graph(1, 8, 8, 1)?.weights;
-        let mut weights = load_weights(backend, &specs, &files, opts.hook)?;
-        weights.source = Some(file_source(files));
-        Ok(Unet { config, runner: Runner::new(weights) })
-    }
-
-    /// A UNet whose weights come from `source` (synthetic weights for benchmarks).
-    pub fn from_source(backend: &B, config: UnetConfig, origin: &Path, source: WeightSource) -> Result<Self> {
-        let specs = config.graph(1, 8, 8, 1)?.weights;
-        let weights = upload_weights(backend, &specs, origin, source, None)?;
-        Ok(Unet { config, runner: Runner::new(weights) })
-    }
-
     /// One denoiser call. `sample` is NCHW `[B, C, H, W]`; `timestep` one value per batch entry;
     /// `context` `[B, T, D]`; `cond` `[B, time_cond_proj_dim]` for LCM models. Returns NCHW. A UNet
     /// with `text_time` (SDXL) needs [`Self::forward_added`].

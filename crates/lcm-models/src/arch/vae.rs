@@ -1,22 +1,16 @@
-//! AutoencoderKL (the SD VAE) from `vae/config.json`: the decoder that turns latents into pixels and
-//! the encoder (for img2img) that turns pixels into the latent distribution's moments. A folder whose
-//! config says `AutoencoderTiny` (TAESD) loads through the same type: [`VaeArch`] is the one place the
-//! two kinds part (graphs built by [`crate::taesd`]).
+//! AutoencoderKL (the SD VAE): the decoder that turns latents into pixels and the encoder (for
+//! img2img) that turns pixels into the latent distribution's moments. TAESD (`AutoencoderTiny`) runs
+//! through the same types: [`VaeArch`] is the one place the two kinds part (graphs built by
+//! [`crate::arch::taesd`]). Tiled calls, and [`Vae::encode`] which may tile, are in
+//! [`crate::arch::vae_tiling`]; `config.json` is read into [`VaeConfig`] by `crate::checkpoint::config`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use lcm_core::{Activation, Backend, Elem, Error, Graph, GraphBuilder, HostData, Result, Tensor, TensorId};
-use serde_json::json;
+use lcm_core::{Activation, Backend, Elem, Error, Graph, GraphBuilder, HostData, Result, Tensor, TensorId, WeightSpec};
 
-use crate::blocks::{resnet, vae_attention, Norm};
-use crate::config::Config;
-use crate::loader::{
-    component_config, find_weights, load_weights, reborrow, upload_weights, LoadOptions, Variant, WeightSource,
-};
+use crate::arch::blocks::{resnet, vae_attention, Norm};
+use crate::arch::taesd::TaesdConfig;
 use crate::runner::Runner;
-use crate::single_file::{load_vae_encoder, VaeLayout};
-use crate::taesd::{self, TaesdConfig};
-use crate::vae_tiling::VaeTiling;
 
 /// Which autoencoder a [`VaeConfig`] describes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,7 +64,7 @@ pub struct VaeConfig {
     /// way and reports NaN/Inf in the image as an error (see the README).
     pub force_upcast: bool,
     /// `sample_size`: the image size the VAE was trained at (SD1.5: 512, SDXL: 1024), the tile size of
-    /// tiled decoding and encoding ([`crate::vae_tiling`]); `None` when inferred from a single file.
+    /// tiled decoding and encoding ([`crate::arch::vae_tiling`]); `None` when inferred from a single file.
     pub sample_size: Option<usize>,
     /// AutoencoderKL, or TAESD with its own layout (the KL-only fields above are then unused, and
     /// `block_out_channels` holds the decoder's widths, as diffusers registers them).
@@ -83,86 +77,7 @@ const EPS: f32 = 1e-6;
 /// SDXL's VAE `scaling_factor` (SD1.5's is 0.18215).
 pub const SDXL_SCALING_FACTOR: f32 = 0.13025;
 
-/// `sample_size`: an integer, or diffusers' `[height, width]` form, whose first entry diffusers' tiling
-/// uses.
-fn sample_size(c: &Config) -> Result<Option<usize>> {
-    match c.get("sample_size") {
-        Some(serde_json::Value::Array(v)) => match v.first().and_then(serde_json::Value::as_u64) {
-            Some(n) if n > 0 => Ok(Some(n as usize)),
-            _ => Err(c.error("sample_size", "expected a positive integer or a list of them")),
-        },
-        _ => c.usize_opt("sample_size"),
-    }
-}
-
 impl VaeConfig {
-    /// Reads a `vae/config.json`.
-    pub fn from_file(path: &Path) -> Result<Self> {
-        Self::parse(&Config::read(path)?)
-    }
-
-    /// From JSON text; `origin` names it in errors.
-    pub fn from_json(origin: &Path, text: &str) -> Result<Self> {
-        Self::parse(&Config::parse(origin, text)?)
-    }
-
-    /// From a JSON value (an inferred config); `origin` names it in errors.
-    pub fn parse_value(origin: &Path, value: serde_json::Value) -> Result<Self> {
-        Self::parse(&Config::from_value(origin, value))
-    }
-
-    fn parse(c: &Config) -> Result<Self> {
-        match c.str_or("_class_name", "AutoencoderKL")? {
-            "AutoencoderTiny" => return taesd::parse(c),
-            "AutoencoderKL" => {}
-            other => {
-                return Err(
-                    c.error("_class_name", format!("`{other}` is not supported (AutoencoderKL or AutoencoderTiny)"))
-                )
-            }
-        }
-        c.require("act_fn", &json!("silu"))?;
-        c.require("norm_type", &json!("group"))?;
-        let block_out_channels = c.usizes("block_out_channels")?;
-        let n = block_out_channels.len();
-        for (key, want) in [("down_block_types", "DownEncoderBlock2D"), ("up_block_types", "UpDecoderBlock2D")] {
-            let types = c.strings(key)?;
-            if let Some(bad) = types.iter().find(|t| *t != want) {
-                return Err(c.error(key, format!("unknown block type `{bad}` (expected {want})")));
-            }
-            if types.len() != n {
-                return Err(c.error(key, format!("{} blocks for {n} channel counts", types.len())));
-            }
-        }
-        // Playground-style per-channel latent statistics are not the LCM families' (and the loop's
-        // decode cast is per tensor): refused rather than ignored.
-        for key in ["latents_mean", "latents_std"] {
-            c.require_absent(key)?;
-        }
-        let cfg = VaeConfig {
-            force_upcast: c.bool_or("force_upcast", true)?,
-            in_channels: c.usize_or("in_channels", 3)?,
-            out_channels: c.usize_or("out_channels", 3)?,
-            latent_channels: c.usize_or("latent_channels", 4)?,
-            layers_per_block: c.usize_or("layers_per_block", 1)?,
-            norm_groups: c.usize_or("norm_num_groups", 32)?,
-            scaling_factor: c.f32_or("scaling_factor", 0.18215)?,
-            shift_factor: c.f32_opt("shift_factor")?,
-            use_quant_conv: c.bool_or("use_quant_conv", true)?,
-            use_post_quant_conv: c.bool_or("use_post_quant_conv", true)?,
-            mid_block_attention: c.bool_or("mid_block_add_attention", true)?,
-            sample_size: sample_size(c)?,
-            block_out_channels,
-            arch: VaeArch::Kl,
-        };
-        if let Some(&bad) = cfg.block_out_channels.iter().find(|&&ch| ch % cfg.norm_groups != 0) {
-            return Err(
-                c.error("block_out_channels", format!("{bad} channels do not divide into {} groups", cfg.norm_groups))
-            );
-        }
-        Ok(cfg)
-    }
-
     /// The tile size of tiled decoding: `sample_size`, or, for a config without one (inferred from a
     /// single file), what the SD1.5 and SDXL VAE configs say.
     pub fn tile_size(&self) -> usize {
@@ -190,7 +105,7 @@ impl VaeConfig {
     /// in f32 (`force_upcast`) byte for byte; the graph's first op casts them to its activations.
     pub fn decoder_graph(&self, batch: usize, h: usize, w: usize) -> Result<Graph> {
         if let VaeArch::Tiny(t) = &self.arch {
-            return t.decoder_graph(self, batch, h, w);
+            return t.decoder_graph(self.latent_channels, self.out_channels, batch, h, w);
         }
         let mut b = GraphBuilder::new();
         let z = b.input(&[batch, h, w, self.latent_channels], Elem::F32);
@@ -225,7 +140,7 @@ impl VaeConfig {
     /// `[B, H/s, W/s, latent]`.
     pub fn encoder_graph(&self, batch: usize, h: usize, w: usize) -> Result<Graph> {
         if let VaeArch::Tiny(t) = &self.arch {
-            return t.encoder_graph(self, batch, h, w);
+            return t.encoder_graph(self.in_channels, self.latent_channels, batch, h, w);
         }
         let mut b = GraphBuilder::new();
         let img = b.input(&[batch, h, w, self.in_channels], Elem::Act);
@@ -262,6 +177,17 @@ impl VaeConfig {
         b.finish()
     }
 
+    /// Every weight of the decoder (name, torch shape, use) in graph order: what a loader reads.
+    pub fn decoder_weights(&self) -> Result<Vec<WeightSpec>> {
+        Ok(self.decoder_graph(1, 1, 1)?.weights)
+    }
+
+    /// Every weight of the encoder, as [`Self::decoder_weights`] (its smallest image is one latent).
+    pub fn encoder_weights(&self) -> Result<Vec<WeightSpec>> {
+        let s = self.downscale();
+        Ok(self.encoder_graph(1, s, s)?.weights)
+    }
+
     /// The size factor between pixels and latents: 2^(blocks-1).
     pub fn downscale(&self) -> usize {
         1 << (self.block_out_channels.len() - 1)
@@ -277,92 +203,22 @@ pub enum VaeParts {
     Both,
 }
 
-/// Where a loaded VAE's weights came from, so that its encoder can be loaded later (img2img) from the
-/// same place.
-#[derive(Debug, Clone)]
-pub(crate) enum VaeOrigin {
-    Folder(PathBuf, Variant),
-    File(PathBuf, VaeLayout),
-}
+/// Opens where a VAE loaded with its decoder alone reads its encoder's weights later (img2img): the
+/// folder or file it came from, opened again only when the encoder is asked for. It gives the path
+/// that names the weights in errors and a source of their values.
+pub(crate) type EncoderSource = Box<dyn Fn() -> Result<(PathBuf, lcm_core::WeightSource)> + Send + Sync>;
 
-/// A loaded AutoencoderKL on a backend: its decoder, and its encoder when loaded.
+/// A loaded AutoencoderKL (or TAESD) on a backend: its decoder, and its encoder when loaded.
 pub struct Vae<B: Backend> {
     /// The config the graphs are built from.
     pub config: VaeConfig,
     pub(crate) decoder: Runner<B>,
     pub(crate) encoder: Option<Runner<B>>,
-    pub(crate) origin: Option<VaeOrigin>,
+    /// Where the encoder's weights are when it is not loaded yet; `None` for weights from a source.
+    pub(crate) encoder_source: Option<EncoderSource>,
 }
 
 impl<B: Backend> Vae<B> {
-    /// Loads `dir` (a diffusers `vae/` folder): the decoder, and the encoder too with
-    /// [`VaeParts::Both`]; every weight passes through `opts.hook`.
-    pub fn load(backend: &B, dir: &Path, parts: VaeParts, opts: LoadOptions) -> Result<Self> {
-        Self::load_with_config(backend, dir, VaeConfig::from_file(&component_config(dir)?)?, parts, opts)
-    }
-
-    /// [`Vae::load`] with `dir`'s config already read (to choose the backend from it first).
-    pub fn load_with_config(
-        backend: &B,
-        dir: &Path,
-        config: VaeConfig,
-        parts: VaeParts,
-        mut opts: LoadOptions,
-    ) -> Result<Self> {
-        let files = find_weights(dir, "diffusion_pytorch_model", opts.variant)?;
-        let s = config.downscale();
-        let dec = config.decoder_graph(1, 1, 1)?.weights;
-        let decoder = Runner::new(load_weights(backend, &dec, &files, reborrow(&mut opts.hook))?);
-        let encoder = match parts {
-            VaeParts::Decoder => None,
-            VaeParts::Both => {
-                let enc = config.encoder_graph(1, s, s)?.weights;
-                Some(Runner::new(load_weights(backend, &enc, &files, reborrow(&mut opts.hook))?))
-            }
-        };
-        let origin = Some(VaeOrigin::Folder(dir.to_path_buf(), opts.variant));
-        Ok(Vae { config, decoder, encoder, origin })
-    }
-
-    /// Loads the encoder (for img2img) into a VAE loaded with its decoder only; a no-op if it is there.
-    /// It comes from where the decoder came from (the VAE's folder, or the single-file checkpoint or
-    /// VAE file it was read from); `dir` and `variant` are used only for a VAE made by `from_source`.
-    pub fn load_encoder(&mut self, backend: &B, dir: &Path, variant: Variant) -> Result<()> {
-        if self.encoder.is_some() {
-            return Ok(());
-        }
-        let s = self.config.downscale();
-        let weights = match &self.origin {
-            Some(VaeOrigin::File(path, layout)) => load_vae_encoder(backend, path, layout, &self.config)?,
-            origin => {
-                let (dir, variant) = match origin {
-                    Some(VaeOrigin::Folder(d, v)) => (d.as_path(), *v),
-                    _ => (dir, variant),
-                };
-                let files = find_weights(dir, "diffusion_pytorch_model", variant)?;
-                load_weights(backend, &self.config.encoder_graph(1, s, s)?.weights, &files, None)?
-            }
-        };
-        self.encoder = Some(Runner::new(weights));
-        Ok(())
-    }
-
-    /// A decoder-only VAE whose weights come from `source` (synthetic weights for benchmarks).
-    pub fn from_source(backend: &B, config: VaeConfig, origin: &Path, source: WeightSource) -> Result<Self> {
-        let specs = config.decoder_graph(1, 1, 1)?.weights;
-        let decoder = Runner::new(upload_weights(backend, &specs, origin, source, None)?);
-        Ok(Vae { config, decoder, encoder: None, origin: None })
-    }
-
-    /// Adds an encoder whose weights come from `source` (synthetic weights: `lcm bench --strength`
-    /// times img2img's encode).
-    pub fn encoder_from_source(&mut self, backend: &B, origin: &Path, source: WeightSource) -> Result<()> {
-        let s = self.config.downscale();
-        let specs = self.config.encoder_graph(1, s, s)?.weights;
-        self.encoder = Some(Runner::new(upload_weights(backend, &specs, origin, source, None)?));
-        Ok(())
-    }
-
     /// `vae.decode(z)`: `z` NCHW `[B, latent, h, w]`, already divided by the scaling factor (plus
     /// shift). Returns NCHW `[B, out_channels, s·h, s·w]`, nominally in [-1, 1] (not clamped).
     pub fn decode(&mut self, backend: &B, z: &Tensor) -> Result<Tensor> {
@@ -380,19 +236,6 @@ impl<B: Backend> Vae<B> {
         let (out, shape) =
             self.decoder.run(backend, &[bsz, h, w], || cfg.decoder_graph(bsz, h, w), &[HostData::F32(&nhwc.data)])?;
         Ok(Tensor::new(shape, out).nhwc_to_nchw())
-    }
-
-    /// The encoder's output for an image: [`Encoded::Moments`] or, for TAESD, [`Encoded::Latents`]
-    /// (see [`Self::encode_moments`]).
-    pub fn encode(&mut self, backend: &B, image: &Tensor, tiling: Option<VaeTiling>) -> Result<Encoded> {
-        let out = match tiling {
-            Some(t) => self.encode_moments_tiled(backend, image, t)?,
-            None => self.encode_moments(backend, image)?,
-        };
-        Ok(match self.config.arch {
-            VaeArch::Kl => Encoded::Moments(out),
-            VaeArch::Tiny(_) => Encoded::Latents(out),
-        })
     }
 
     /// The encoder's moments NCHW `[B, 2·latent, H/s, W/s]` (mean, then log-variance) for an NCHW

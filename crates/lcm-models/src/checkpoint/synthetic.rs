@@ -4,7 +4,7 @@
 
 use lcm_core::{Result, WeightKind, WeightSpec};
 
-/// A source for [`crate::loader::upload_weights`]: each weight's values from a counter-based hash of
+/// A source for [`super::weights::upload_weights`]: each weight's values from a counter-based hash of
 /// (seed, weight index, element), rounded to f16 as a checkpoint in f16 would be.
 pub fn random_source(seed: u64) -> impl FnMut(&WeightSpec, &mut Vec<f32>) -> Result<()> {
     let mut index = 0u64;

@@ -28,10 +28,3 @@ pub const TEXT_ENCODER_CONFIG: &str = r#"{
   "layer_norm_eps": 1e-05, "max_position_embeddings": 77, "num_attention_heads": 12, "num_hidden_layers": 12,
   "vocab_size": 49408
 }"#;
-
-/// The scheduler config SD1.5 ships (PNDM's; the LCM scheduler takes its betas).
-pub const SCHEDULER_CONFIG: &str = r#"{
-  "_class_name": "PNDMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
-  "clip_sample": false, "num_train_timesteps": 1000, "set_alpha_to_one": false, "skip_prk_steps": true,
-  "steps_offset": 1, "trained_betas": null
-}"#;

@@ -11,60 +11,7 @@
 //!
 //! `logit_scale` (the contrastive loss's temperature) is no weight of the text tower.
 
-use std::borrow::Cow;
-
-/// Which part of a file tensor a weight is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Take {
-    /// All of it, as stored.
-    All,
-    /// Rows `[i·n/3, (i+1)·n/3)` of a tensor of three stacked weights (`in_proj_weight`'s q, k, v).
-    Third(usize),
-    /// The transpose of a 2-D tensor.
-    Transposed,
-}
-
-/// Where a weight is in a file: the key and the part taken.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FileKey {
-    /// The tensor's name in the file.
-    pub key: String,
-    /// What is taken of it.
-    pub take: Take,
-}
-
-impl FileKey {
-    /// The whole tensor `key`.
-    pub fn whole(key: String) -> FileKey {
-        FileKey { key, take: Take::All }
-    }
-
-    /// The shape the file tensor must have for a weight of shape `weight`.
-    pub fn file_shape<'a>(&self, weight: &'a [usize]) -> Cow<'a, [usize]> {
-        match (self.take, weight) {
-            (Take::Third(_), [rows, rest @ ..]) => Cow::Owned([&[3 * rows][..], rest].concat()),
-            (Take::Transposed, &[a, b]) => Cow::Owned(vec![b, a]),
-            _ => Cow::Borrowed(weight),
-        }
-    }
-
-    /// Cuts the weight out of the file tensor's values `buf` (`file_shape` checked): in place.
-    pub fn extract(&self, buf: &mut Vec<f32>, file_shape: &[usize]) {
-        match self.take {
-            Take::All => {}
-            Take::Third(i) => {
-                let n = buf.len() / 3;
-                buf.copy_within(i * n..(i + 1) * n, 0);
-                buf.truncate(n);
-            }
-            Take::Transposed => {
-                let (rows, cols) = (file_shape[0], file_shape[1]);
-                let t: Vec<f32> = (0..cols * rows).map(|k| buf[(k % rows) * cols + k / rows]).collect();
-                *buf = t;
-            }
-        }
-    }
-}
+use super::mapped::{FileKey, Take};
 
 /// The file key of the CLIPTextModelWithProjection weight `name` in an OpenCLIP text tower stored
 /// after `prefix`; `None` for a name the tower does not have.

@@ -1,45 +1,36 @@
 //! Single-file checkpoints as A1111, ComfyUI and civitai ship them: one `.safetensors` with the
 //! original Stable Diffusion (LDM) key names —
-//! - `model.diffusion_model.…`: the UNet, named as [`crate::ldm::UnetLayout`] maps them; a full LCM
+//! - `model.diffusion_model.…`: the UNet, named as [`super::ldm::UnetLayout`] maps them; a full LCM
 //!   keeps diffusers' name for its guidance projection, `model.diffusion_model.time_embedding.cond_proj`
 //!   (LDM has none, and diffusers' `convert_diffusers_to_original_stable_diffusion.py` leaves unmapped
 //!   keys as they are);
-//! - `first_stage_model.…`: the VAE ([`crate::ldm::vae_to_ldm`]; its mid-block attention as 1x1 convs);
-//! - `cond_stage_model.transformer.…`: CLIP-L with HF names, with or without the `text_model.` level.
+//! - `first_stage_model.…`: the VAE ([`super::vae_file`]);
+//! - `cond_stage_model.transformer.…`: CLIP-L with HF names, with or without the `text_model.` level;
+//!   SDXL's two text encoders under `conditioner.embedders.0.transformer.…` (CLIP-L) and
+//!   `conditioner.embedders.1.model.…` (OpenCLIP names, [`super::open_clip`]).
 //!
-//! Every key must be accounted for: a weight of one of the three models, or one of the known extras
+//! Every key must be accounted for: a weight of one of the models, or one of the known extras
 //! ([`known_extra`]). Anything else is an error naming the key, so a checkpoint of another kind (SD2,
-//! SDXL, inpainting, a LoRA, a bare VAE) is refused instead of half-loaded. Separately distributed
-//! VAEs ([`VaeFile`]) come in LDM names (with or without `first_stage_model.` / `vae.`) or diffusers
-//! names.
+//! inpainting, a LoRA, a bare VAE) is refused instead of half-loaded. The configs come from the
+//! shapes ([`super::shapes`]) or from a config folder.
 
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 
-use lcm_core::{Backend, Error, ModelWeights, Result, SafeTensorsFile, WeightSpec};
+use lcm_core::{Backend, Error, Result, SafeTensorsFile};
 use serde_json::Value;
 
-use crate::clip::{ClipConfig, ClipOutput, ClipTextModel};
-use crate::config::Config;
-use crate::infer::{self, View};
-use crate::ldm::{vae_ldm_is_conv, vae_to_ldm, UnetLayout};
-use crate::loader::{is_pickle, pickle_refusal, upload_weights, WeightHook};
-use crate::open_clip::{open_clip_key, FileKey, Take};
+use super::ldm::{UnetLayout, CLIP_PREFIX, SDXL_CLIP_PREFIX, SDXL_OPEN_CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX};
+use super::mapped::{check_tensor, mapped_source, open_safetensors, upload_mapped, FileKey};
+use super::open_clip::open_clip_key;
+use super::shapes::{self, View};
+use super::vae_file::{VaeLayout, VaePart, VAE_FILE_PREFIXES};
+use super::weights::WeightHook;
+use crate::arch::clip::{ClipConfig, ClipOutput, ClipTextModel};
+use crate::arch::unet::{Unet, UnetConfig};
+use crate::arch::vae::{Vae, VaeConfig, VaeParts};
 use crate::runner::Runner;
-use crate::unet::{Unet, UnetConfig};
-use crate::vae::{Vae, VaeConfig, VaeOrigin, VaeParts};
-
-/// Key prefix of the UNet's weights (LDM names follow).
-pub const UNET_PREFIX: &str = "model.diffusion_model.";
-/// Key prefix of the VAE's weights (LDM names follow).
-pub const VAE_PREFIX: &str = "first_stage_model.";
-/// Key prefix of the CLIP-L text encoder's weights (HF names follow, with or without `text_model.`).
-pub const CLIP_PREFIX: &str = "cond_stage_model.transformer.";
-/// SDXL: the key prefix of its first text encoder (CLIP-L, HF names as [`CLIP_PREFIX`]).
-pub const SDXL_CLIP_PREFIX: &str = "conditioner.embedders.0.transformer.";
-/// SDXL: the key prefix of its second text encoder (OpenCLIP names, see [`crate::open_clip`]).
-pub const SDXL_OPEN_CLIP_PREFIX: &str = "conditioner.embedders.1.model.";
 
 /// The DDPM schedule buffers LatentDiffusion registers; SD1.5 checkpoints store them at the top level.
 /// lcm takes the schedule from the scheduler config instead.
@@ -78,184 +69,6 @@ pub fn known_extra(key: &str) -> Option<&'static str> {
     SCHEDULE_BUFFERS.contains(&key).then_some("DDPM schedule buffer (the scheduler config gives the schedule)")
 }
 
-/// Extras a separately distributed VAE file may hold: EMA bookkeeping, and the training loss's
-/// weights (`loss.*`: LPIPS and the discriminator of LDM's autoencoder training).
-fn vae_file_extra(key: &str) -> bool {
-    key.starts_with("model_ema.") || key.starts_with("loss.")
-}
-
-fn open_safetensors(path: &Path) -> Result<SafeTensorsFile> {
-    if !path.is_file() {
-        return Err(Error::file(path, "not found (expected a .safetensors file)"));
-    }
-    if is_pickle(path) {
-        return Err(pickle_refusal(path));
-    }
-    SafeTensorsFile::open(path)
-}
-
-/// How a VAE's weights are named in a file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum VaeLayout {
-    /// `encoder.down.0.block.0…` after `prefix` (`first_stage_model.`, `vae.` or nothing).
-    Ldm {
-        /// What precedes the VAE's names.
-        prefix: String,
-    },
-    /// diffusers' own names (`decoder.up_blocks.0.resnets.0…`) after `prefix`.
-    Diffusers {
-        /// What precedes the VAE's names.
-        prefix: String,
-    },
-}
-
-impl VaeLayout {
-    fn detect(file: &SafeTensorsFile, prefixes: &[&str]) -> Option<VaeLayout> {
-        prefixes.iter().find_map(|&p| {
-            let prefix = p.to_string();
-            if file.contains(&format!("{p}decoder.up.0.block.0.conv1.weight")) {
-                Some(VaeLayout::Ldm { prefix })
-            } else if file.contains(&format!("{p}decoder.up_blocks.0.resnets.0.conv1.weight")) {
-                Some(VaeLayout::Diffusers { prefix })
-            } else {
-                None
-            }
-        })
-    }
-
-    /// What precedes the VAE's names in the file.
-    pub fn prefix(&self) -> &str {
-        match self {
-            VaeLayout::Ldm { prefix } | VaeLayout::Diffusers { prefix } => prefix,
-        }
-    }
-
-    /// Blocks, counted in the file's own names (LDM numbers the decoder from the bottom, so the
-    /// mapping needs this count first).
-    fn levels(&self, file: &SafeTensorsFile) -> usize {
-        let p = self.prefix();
-        (0..)
-            .take_while(|i| match self {
-                VaeLayout::Ldm { .. } => file.contains(&format!("{p}decoder.up.{i}.block.0.conv1.weight")),
-                VaeLayout::Diffusers { .. } => {
-                    file.contains(&format!("{p}decoder.up_blocks.{i}.resnets.0.conv1.weight"))
-                }
-            })
-            .count()
-    }
-
-    fn key(&self, name: &str, levels: usize) -> Option<String> {
-        match self {
-            VaeLayout::Ldm { prefix } => vae_to_ldm(name, levels).map(|k| format!("{prefix}{k}")),
-            VaeLayout::Diffusers { prefix } => Some(format!("{prefix}{name}")),
-        }
-    }
-}
-
-/// A VAE inside a file: the file, its layout and block count.
-struct VaePart<'a> {
-    file: &'a SafeTensorsFile,
-    layout: &'a VaeLayout,
-    levels: usize,
-}
-
-impl VaePart<'_> {
-    fn key(&self, name: &str) -> Option<String> {
-        self.layout.key(name, self.levels)
-    }
-
-    fn config(&self, scaling_factor: f32, shift_factor: Option<f32>) -> Result<VaeConfig> {
-        let key = |n: &str| self.key(n);
-        let view = View { file: self.file, key: &key, what: "the VAE" };
-        let json = infer::vae_config(&view, self.levels, scaling_factor, shift_factor)?;
-        VaeConfig::parse_value(self.file.path(), json)
-    }
-
-    /// Every key of this VAE (decoder and encoder) under `config`.
-    fn keys(&self, config: &VaeConfig) -> Result<Vec<String>> {
-        let s = config.downscale();
-        let specs = config.decoder_graph(1, 1, 1)?.weights.into_iter().chain(config.encoder_graph(1, s, s)?.weights);
-        Ok(specs.filter_map(|spec| self.key(&spec.name)).collect())
-    }
-
-    fn load<B: Backend>(&self, backend: &B, config: VaeConfig, parts: VaeParts) -> Result<Vae<B>> {
-        let key = |n: &str| self.key(n).map(FileKey::whole);
-        let dec = config.decoder_graph(1, 1, 1)?.weights;
-        let decoder = Runner::new(upload_mapped(backend, self.file, &dec, &key, "the VAE", None)?);
-        let origin = Some(VaeOrigin::File(self.file.path().to_path_buf(), self.layout.clone()));
-        let mut vae = Vae { config, decoder, encoder: None, origin };
-        if parts == VaeParts::Both {
-            vae.encoder = Some(Runner::new(self.load_encoder(backend, &vae.config)?));
-        }
-        Ok(vae)
-    }
-
-    fn load_encoder<B: Backend>(&self, backend: &B, config: &VaeConfig) -> Result<ModelWeights<B>> {
-        let key = |n: &str| self.key(n).map(FileKey::whole);
-        let s = config.downscale();
-        upload_mapped(backend, self.file, &config.encoder_graph(1, s, s)?.weights, &key, "the VAE encoder", None)
-    }
-}
-
-/// Loads the encoder of a VAE read from a file (for img2img after a decoder-only load).
-pub(crate) fn load_vae_encoder<B: Backend>(
-    backend: &B,
-    path: &Path,
-    layout: &VaeLayout,
-    config: &VaeConfig,
-) -> Result<ModelWeights<B>> {
-    let file = SafeTensorsFile::open(path)?;
-    let part = VaePart { file: &file, layout, levels: layout.levels(&file) };
-    part.load_encoder(backend, config)
-}
-
-/// Reads `spec` from `file` as `key`: present, a float type, and shaped as the graph needs (an LDM
-/// VAE attention projection may be the 1x1 conv it is in the file).
-fn fetch(file: &SafeTensorsFile, key: &FileKey, spec: &WeightSpec, what: &str, buf: &mut Vec<f32>) -> Result<()> {
-    check_tensor(file, key, spec, what)?;
-    let t = file.get(&key.key)?;
-    t.to_f32_into(buf);
-    key.extract(buf, t.shape);
-    Ok(())
-}
-
-fn check_tensor(file: &SafeTensorsFile, key: &FileKey, spec: &WeightSpec, what: &str) -> Result<()> {
-    let k = key.key.as_str();
-    let Some(shape) = file.shape(k) else {
-        let msg = format!("missing ({what}'s `{}`, shape {:?})", spec.name, spec.shape);
-        return Err(Error::tensor(file.path(), k, msg));
-    };
-    let want = key.file_shape(&spec.shape);
-    let conv_1x1 = vae_ldm_is_conv(k) && shape.len() == 4 && shape[..2] == spec.shape[..] && shape[2..] == [1, 1];
-    if shape != want.as_ref() && !conv_1x1 {
-        let part = match key.take {
-            Take::All => String::new(),
-            Take::Third(i) => format!(", whose rows stack q, k and v: part {i} of 3"),
-            Take::Transposed => ", stored transposed".to_string(),
-        };
-        let msg = format!("has shape {shape:?}, expected {want:?} ({what}'s `{}` {:?}{part})", spec.name, spec.shape);
-        return Err(Error::tensor(file.path(), k, msg));
-    }
-    Ok(())
-}
-
-fn upload_mapped<B: Backend>(
-    backend: &B,
-    file: &SafeTensorsFile,
-    specs: &[WeightSpec],
-    key: &dyn Fn(&str) -> Option<FileKey>,
-    what: &str,
-    hook: Option<WeightHook>,
-) -> Result<ModelWeights<B>> {
-    let mut source = |spec: &WeightSpec, buf: &mut Vec<f32>| {
-        let k = key(&spec.name).ok_or_else(|| {
-            Error::tensor(file.path(), &spec.name, format!("{what} weight has no name in this file's layout"))
-        })?;
-        fetch(file, &k, spec, what, buf)
-    };
-    upload_weights(backend, specs, file.path(), &mut source, hook)
-}
-
 /// A text-encoder weight's key in the file: `text_model.…` under the file's CLIP prefix.
 fn clip_key(prefix: &str, name: &str) -> Option<String> {
     name.strip_prefix("text_model.").map(|rest| format!("{prefix}{rest}"))
@@ -268,20 +81,6 @@ fn text_encoder_key(clip_prefix: &str, open_clip: Option<&str>, index: usize, na
         (_, Some(p)) => open_clip_key(p, name),
         (_, None) => None,
     }
-}
-
-/// Reads weights from a mapped file again (a LoRA swap's pristine values), names mapped by `key`.
-fn mapped_source(
-    file: Arc<SafeTensorsFile>,
-    key: impl Fn(&str) -> Option<FileKey> + Send + 'static,
-    what: &'static str,
-) -> lcm_core::WeightSource {
-    Box::new(move |spec: &WeightSpec, buf: &mut Vec<f32>| {
-        let k = key(&spec.name).ok_or_else(|| {
-            Error::tensor(file.path(), &spec.name, format!("{what} weight has no name in this file's layout"))
-        })?;
-        fetch(&file, &k, spec, what, buf)
-    })
 }
 
 /// A single-file SD1.5-family or SDXL checkpoint, memory-mapped (shared with the models loaded from
@@ -379,47 +178,40 @@ impl Checkpoint {
         self.vae.as_ref().map(|(layout, levels)| VaePart { file: &self.file, layout, levels: *levels })
     }
 
-    /// The UNet's config as diffusers would write it, read from the shapes (SDXL's added embedding
+    /// The UNet's config read from the shapes, as diffusers would write it (SDXL's added embedding
     /// with the pooled width of the second text encoder's projection).
-    pub fn infer_unet_json(&self) -> Result<Value> {
+    pub fn infer_unet(&self) -> Result<UnetConfig> {
         let pooled = match self.is_sdxl() {
-            true => self.infer_text_encoder_2_json()?["projection_dim"].as_u64().map(|p| p as usize),
+            true => self.text_encoder_2_json()?["projection_dim"].as_u64().map(|p| p as usize),
             false => None,
         };
         let key = |n: &str| Some(format!("{UNET_PREFIX}{n}"));
-        infer::unet_config(&View { file: &*self.file, key: &key, what: "the UNet" }, pooled)
+        let json = shapes::unet::unet_config(&View { file: &*self.file, key: &key, what: "the UNet" }, pooled)?;
+        UnetConfig::parse_value(self.path(), json)
     }
 
     /// SDXL's second text encoder's config as transformers would write it, read from its OpenCLIP
     /// shapes; an error for an SD1.5 file.
-    pub fn infer_text_encoder_2_json(&self) -> Result<Value> {
+    fn text_encoder_2_json(&self) -> Result<Value> {
         let prefix = self
             .open_clip
             .as_deref()
             .ok_or_else(|| Error::file(self.path(), "has one text encoder (an SD1.5-family checkpoint)"))?;
         let key = |n: &str| Some(format!("{prefix}{n}"));
-        infer::open_clip_config(&View { file: &*self.file, key: &key, what: "the second text encoder" })
+        shapes::open_clip_config(&View { file: &*self.file, key: &key, what: "the second text encoder" })
     }
 
-    /// [`Self::infer_text_encoder_2_json`], parsed with `clip_skip`.
+    /// SDXL's second text encoder's config read from its OpenCLIP shapes, with `clip_skip`; an error
+    /// for an SD1.5 file.
     pub fn infer_text_encoder_2(&self, clip_skip: usize) -> Result<ClipConfig> {
-        ClipConfig::parse_value(self.path(), self.infer_text_encoder_2_json()?, clip_skip)
+        ClipConfig::parse_value(self.path(), self.text_encoder_2_json()?, clip_skip)
     }
 
-    /// [`Self::infer_unet_json`], parsed.
-    pub fn infer_unet(&self) -> Result<UnetConfig> {
-        UnetConfig::parse(&Config::from_value(self.path(), self.infer_unet_json()?))
-    }
-
-    /// The text encoder's config as transformers would write it, read from the shapes.
-    pub fn infer_text_encoder_json(&self) -> Result<Value> {
-        let key = |n: &str| self.clip_key(n);
-        infer::clip_config(&View { file: &*self.file, key: &key, what: "the text encoder" })
-    }
-
-    /// [`Self::infer_text_encoder_json`], parsed with `clip_skip`.
+    /// The text encoder's config read from the shapes, with `clip_skip`.
     pub fn infer_text_encoder(&self, clip_skip: usize) -> Result<ClipConfig> {
-        ClipConfig::parse_value(self.path(), self.infer_text_encoder_json()?, clip_skip)
+        let key = |n: &str| self.clip_key(n);
+        let json = shapes::clip_config(&View { file: &*self.file, key: &key, what: "the text encoder" })?;
+        ClipConfig::parse_value(self.path(), json, clip_skip)
     }
 
     /// The VAE's config from its shapes, with the latent space's scaling (and shift) factor; `None`
@@ -441,7 +233,7 @@ impl Checkpoint {
     ) -> Result<()> {
         let mut expected: HashSet<String> = HashSet::new();
         let layout = UnetLayout::from_config(unet);
-        for spec in unet.graph(1, 8, 8, 1)?.weights {
+        for spec in unet.weights()? {
             let key = FileKey::whole(Self::unet_key(&layout, &spec.name));
             check_tensor(&self.file, &key, &spec, "the UNet")?;
             expected.insert(key.key);
@@ -458,9 +250,9 @@ impl Checkpoint {
             let Some(config) = config else { continue };
             // Every layer, whatever clip_skip leaves out (the file holds them).
             let full = ClipConfig { clip_skip: 0, output: ClipOutput::FinalNorm, ..config.clone() };
-            let mut specs = full.graph(1, 1)?.weights;
+            let mut specs = full.weights()?;
             if config.projection_dim.is_some() {
-                specs.extend(config.clone().with_output(ClipOutput::Penultimate).graph(1, 1)?.weights);
+                specs.extend(config.clone().with_output(ClipOutput::Penultimate).weights()?);
             }
             for spec in specs {
                 let key = self.text_encoder_key(i, &spec.name).ok_or_else(|| {
@@ -471,7 +263,7 @@ impl Checkpoint {
             }
         }
         if let (Some(part), Some(config)) = (self.vae_part(), vae) {
-            for spec in config.decoder_graph(1, 1, 1)?.weights {
+            for spec in config.decoder_weights()? {
                 let key = part.key(&spec.name).expect("decoder weights have LDM names");
                 check_tensor(&self.file, &FileKey::whole(key), &spec, "the VAE")?;
             }
@@ -501,8 +293,7 @@ impl Checkpoint {
     pub fn load_unet<B: Backend>(&self, backend: &B, config: UnetConfig, hook: Option<WeightHook>) -> Result<Unet<B>> {
         let layout = UnetLayout::from_config(&config);
         let key = move |n: &str| Some(FileKey::whole(Self::unet_key(&layout, n)));
-        let specs = config.graph(1, 8, 8, 1)?.weights;
-        let mut weights = upload_mapped(backend, &self.file, &specs, &key, "the UNet", hook)?;
+        let mut weights = upload_mapped(backend, &self.file, &config.weights()?, &key, "the UNet", hook)?;
         weights.source = Some(mapped_source(self.file.clone(), key, "the UNet"));
         Ok(Unet { config, runner: Runner::new(weights) })
     }
@@ -547,8 +338,7 @@ impl Checkpoint {
         let (prefix, open_clip) = (self.clip_prefix.clone(), self.open_clip.clone());
         let key = move |n: &str| text_encoder_key(&prefix, open_clip.as_deref(), index, n);
         let what = ["the text encoder", "the second text encoder"][index];
-        let specs = config.graph(1, 1)?.weights;
-        let mut weights = upload_mapped(backend, &self.file, &specs, &key, what, hook)?;
+        let mut weights = upload_mapped(backend, &self.file, &config.weights()?, &key, what, hook)?;
         weights.source = Some(mapped_source(self.file.clone(), key, what));
         Ok(ClipTextModel { config, runner: Runner::new(weights) })
     }
@@ -568,7 +358,7 @@ fn not_a_checkpoint(file: &SafeTensorsFile) -> String {
     let has = |needle: &str| names.iter().any(|k| k.contains(needle));
     let hint = if has("lora_down") || has("lora_A") || names.iter().any(|k| k.starts_with("lora_")) {
         "it looks like a LoRA: pass it with --lora"
-    } else if VaeLayout::detect(file, &["first_stage_model.", "vae.", ""]).is_some() {
+    } else if VaeLayout::detect(file, &VAE_FILE_PREFIXES).is_some() {
         "it looks like a VAE alone: pass it with --vae"
     } else if has("down_blocks.0.resnets.0.conv1.weight") {
         "it looks like a diffusers UNet file: pass the diffusers folder it belongs to"
@@ -583,83 +373,4 @@ fn not_a_checkpoint(file: &SafeTensorsFile) -> String {
          (first: `{first}`); {hint}",
         names.len()
     )
-}
-
-/// A separately distributed VAE: LDM names (`encoder.down.0.block.0…`, with or without
-/// `first_stage_model.` / `vae.`, as vae-ft-mse-840000-ema-pruned.safetensors) or diffusers names;
-/// a full checkpoint's VAE too (its other tensors are then not this file's concern).
-pub struct VaeFile {
-    file: SafeTensorsFile,
-    layout: VaeLayout,
-    levels: usize,
-}
-
-impl VaeFile {
-    /// Opens `path` and finds the VAE in it: LDM or diffusers names after `first_stage_model.`, `vae.`
-    /// or nothing, tried in that order. A pickle, or a file with no VAE decoder, is refused.
-    pub fn open(path: impl AsRef<Path>) -> Result<VaeFile> {
-        let path = path.as_ref();
-        let file = open_safetensors(path)?;
-        let layout = VaeLayout::detect(&file, &["first_stage_model.", "vae.", ""]).ok_or_else(|| {
-            Error::file(
-                path,
-                "is not a VAE: it has no `decoder.up.0.block.0.conv1.weight` (LDM names) or \
-                 `decoder.up_blocks.0.resnets.0.conv1.weight` (diffusers names), with or without a \
-                 `first_stage_model.` / `vae.` prefix",
-            )
-        })?;
-        let levels = layout.levels(&file);
-        Ok(VaeFile { file, layout, levels })
-    }
-
-    /// The VAE file.
-    pub fn path(&self) -> &Path {
-        self.file.path()
-    }
-
-    /// How the file names the VAE's weights.
-    pub fn layout(&self) -> &VaeLayout {
-        &self.layout
-    }
-
-    fn part(&self) -> VaePart<'_> {
-        VaePart { file: &self.file, layout: &self.layout, levels: self.levels }
-    }
-
-    /// The config from the shapes, with the scaling (and shift) factor of the latent space it decodes.
-    pub fn infer(&self, scaling_factor: f32, shift_factor: Option<f32>) -> Result<VaeConfig> {
-        self.part().config(scaling_factor, shift_factor)
-    }
-
-    /// Checks every decoder weight is present and shaped, and every key under the VAE's prefix is a
-    /// weight of it or a known extra (`model_ema.*`, `loss.*`). In a full checkpoint only the
-    /// `first_stage_model.` keys are this VAE's.
-    pub fn check(&self, config: &VaeConfig) -> Result<()> {
-        let part = self.part();
-        for spec in config.decoder_graph(1, 1, 1)?.weights {
-            let key = part.key(&spec.name).expect("decoder weights have names in every layout");
-            check_tensor(&self.file, &FileKey::whole(key), &spec, "the VAE")?;
-        }
-        let expected: HashSet<String> = part.keys(config)?.into_iter().collect();
-        let prefix = self.layout.prefix();
-        let full_checkpoint = self.file.names().any(|k| k.starts_with(UNET_PREFIX));
-        let unknown = self.file.names().find(|k| {
-            let ours = if full_checkpoint { k.starts_with(prefix) } else { true };
-            ours && !expected.contains(*k) && !vae_file_extra(k)
-        });
-        match unknown {
-            None => Ok(()),
-            Some(k) => Err(Error::tensor(
-                self.path(),
-                k,
-                "is not a weight of this VAE as its shapes describe it, nor a known extra (model_ema.*, loss.*)",
-            )),
-        }
-    }
-
-    /// Loads the VAE as `config` describes it: the decoder, and the encoder too with
-    /// [`VaeParts::Both`]; each tensor is checked for presence and shape as it is read.
-    pub fn load<B: Backend>(&self, backend: &B, config: VaeConfig, parts: VaeParts) -> Result<Vae<B>> {
-        self.part().load(backend, config, parts)
-    }
 }

@@ -1,15 +1,10 @@
 //! CLIPTextModel (SD1.5's text encoder, SDXL's first) and CLIPTextModelWithProjection (SDXL's second)
 //! from `config.json`: token and position embeddings, pre-LayerNorm causal transformer layers, the
-//! final LayerNorm, and the projection of the pooled output.
+//! final LayerNorm, and the projection of the pooled output. `config.json` is read into [`ClipConfig`]
+//! by `crate::checkpoint::config`.
 
-use std::path::Path;
+use lcm_core::{Activation, Backend, Elem, Error, Graph, GraphBuilder, HostData, Result, Tensor, WeightSpec};
 
-use lcm_core::{Activation, Backend, Elem, Error, Graph, GraphBuilder, HostData, Result, Tensor};
-
-use crate::config::Config;
-use crate::loader::{
-    component_config, file_source, find_weights, load_weights, upload_weights, LoadOptions, WeightSource,
-};
 use crate::runner::Runner;
 
 /// What the text encoder's graph outputs: what the pipeline's `encode_prompt` takes from it.
@@ -68,74 +63,6 @@ pub struct ClipConfig {
 }
 
 impl ClipConfig {
-    /// Reads a `text_encoder/config.json`; `clip_skip` must leave at least one layer.
-    pub fn from_file(path: &Path, clip_skip: usize) -> Result<Self> {
-        Self::parse(&Config::read(path)?, clip_skip)
-    }
-
-    /// From JSON text; `origin` names it in errors.
-    pub fn from_json(origin: &Path, text: &str, clip_skip: usize) -> Result<Self> {
-        Self::parse(&Config::parse(origin, text)?, clip_skip)
-    }
-
-    /// From a JSON value (an inferred config); `origin` names it in errors.
-    pub fn parse_value(origin: &Path, value: serde_json::Value, clip_skip: usize) -> Result<Self> {
-        Self::parse(&Config::from_value(origin, value), clip_skip)
-    }
-
-    fn parse(c: &Config, clip_skip: usize) -> Result<Self> {
-        let path = c.path.clone();
-        // transformers nests the text config under `text_config` in full CLIPModel configs.
-        let nested;
-        let c = match c.get("text_config") {
-            Some(v) if v.is_object() => {
-                nested = Config::from_value(&path, v.clone());
-                &nested
-            }
-            _ => c,
-        };
-        let act = match c.str_or("hidden_act", "quick_gelu")? {
-            "quick_gelu" => Activation::QuickGelu,
-            "gelu" => Activation::Gelu,
-            other => return Err(c.error("hidden_act", format!("`{other}` is not supported (quick_gelu or gelu)"))),
-        };
-        let with_projection = c
-            .get("architectures")
-            .and_then(|a| a.as_array())
-            .is_some_and(|a| a.iter().any(|v| v.as_str() == Some("CLIPTextModelWithProjection")));
-        let eos_token_id = match c.get("eos_token_id") {
-            None => 49407,
-            Some(v) => v.as_i64().ok_or_else(|| c.error("eos_token_id", format!("expected an integer, got {v}")))?,
-        };
-        let cfg = ClipConfig {
-            projection_dim: if with_projection { Some(c.usize_or("projection_dim", 512)?) } else { None },
-            eos_token_id,
-            output: ClipOutput::FinalNorm,
-            vocab_size: c.usize_or("vocab_size", 49408)?,
-            hidden_size: c.usize_or("hidden_size", 512)?,
-            intermediate_size: c.usize_or("intermediate_size", 2048)?,
-            layers: c.usize_or("num_hidden_layers", 12)?,
-            heads: c.usize_or("num_attention_heads", 8)?,
-            max_positions: c.usize_or("max_position_embeddings", 77)?,
-            eps: c.f32_or("layer_norm_eps", 1e-5)?,
-            act,
-            clip_skip,
-        };
-        if cfg.heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.heads) {
-            return Err(c.error(
-                "num_attention_heads",
-                format!("{} heads do not divide hidden_size {}", cfg.heads, cfg.hidden_size),
-            ));
-        }
-        if clip_skip >= cfg.layers {
-            return Err(Error::invalid(
-                "clip_skip",
-                format!("{clip_skip} skips every one of the {} layers", cfg.layers),
-            ));
-        }
-        Ok(cfg)
-    }
-
     /// This config with the graph giving `output`.
     pub fn with_output(self, output: ClipOutput) -> Self {
         ClipConfig { output, ..self }
@@ -151,6 +78,12 @@ impl ClipConfig {
         } else {
             ids.iter().position(|&i| i as i64 == self.eos_token_id).unwrap_or(0)
         }
+    }
+
+    /// Every weight of the graph this config builds (name, torch shape, use), in graph order: what a
+    /// loader reads. The layers `clip_skip` leaves out are not among them.
+    pub fn weights(&self) -> Result<Vec<WeightSpec>> {
+        Ok(self.graph(1, 1)?.weights)
     }
 
     /// The text encoder as a graph: token ids `I32 [batch, tokens]` -> hidden states `[batch, tokens,
@@ -227,30 +160,6 @@ pub struct ClipTextModel<B: Backend> {
 }
 
 impl<B: Backend> ClipTextModel<B> {
-    /// Loads `dir` (a diffusers `text_encoder/` folder: `config.json` and `model.safetensors` or its
-    /// variants, see [`crate::loader::find_weights`]), each weight through `opts.hook` (LoRA merging);
-    /// the weights keep the file as their source for a LoRA swap.
-    pub fn load(backend: &B, dir: &Path, clip_skip: usize, opts: LoadOptions) -> Result<Self> {
-        Self::load_as(backend, ClipConfig::from_file(&component_config(dir)?, clip_skip)?, dir, opts)
-    }
-
-    /// [`Self::load`] with the config given (read from `dir`'s and set up by the caller, e.g. with
-    /// [`ClipConfig::with_output`]).
-    pub fn load_as(backend: &B, config: ClipConfig, dir: &Path, opts: LoadOptions) -> Result<Self> {
-        let files = find_weights(dir, "model", opts.variant)?;
-        let specs = config.graph(1, 1)?.weights;
-        let mut weights = load_weights(backend, &specs, &files, opts.hook)?;
-        weights.source = Some(file_source(files));
-        Ok(ClipTextModel { config, runner: Runner::new(weights) })
-    }
-
-    /// A text encoder whose weights come from `source` (synthetic weights for benchmarks).
-    pub fn from_source(backend: &B, config: ClipConfig, origin: &Path, source: WeightSource) -> Result<Self> {
-        let specs = config.graph(1, 1)?.weights;
-        let weights = upload_weights(backend, &specs, origin, source, None)?;
-        Ok(ClipTextModel { config, runner: Runner::new(weights) })
-    }
-
     /// `ids` row-major `[batch, T]` -> hidden states `[batch, T, hidden_size]` through the final
     /// LayerNorm (of the last layer, or hidden_states[-(clip_skip+1)]). An id outside the vocabulary is
     /// an error from the backend's embedding.

@@ -1,4 +1,12 @@
-//! Reading a component's `config.json` with errors that name the file and the key.
+//! Reading a component's `config.json` with errors that name the file and the key, into the
+//! architectures' configs ([`crate::arch::clip::ClipConfig`], [`crate::arch::unet::UnetConfig`],
+//! [`crate::arch::vae::VaeConfig`]: their `from_file`, `from_json` and `parse_value` are here, one
+//! submodule per config). A config inferred from a single file's shapes is the same JSON, read by the
+//! same code.
+
+mod clip;
+mod unet;
+mod vae;
 
 use std::path::{Path, PathBuf};
 

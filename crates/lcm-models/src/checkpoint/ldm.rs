@@ -16,11 +16,21 @@
 //! - resnet internals are renamed (`in_layers.2` = `conv1`, …); transformer internals are unchanged.
 //!
 //! kohya LoRA files for old SD checkpoints and single-file checkpoints (`model.diffusion_model.…`) use
-//! these names; both read them through this one mapping. The VAE's (`first_stage_model.…`) and the
-//! text encoder's (`cond_stage_model.transformer.…`) names are below it.
+//! these names; both read them through this one mapping. The VAE's (`first_stage_model.…`) names are
+//! below it ([`vae_to_ldm`]), and the key prefix of each model in a checkpoint here.
 
-use crate::unet::{DownBlock, MidBlock};
-use crate::UnetConfig;
+use crate::arch::unet::{DownBlock, MidBlock, UnetConfig};
+
+/// Key prefix of the UNet's weights (LDM names follow).
+pub const UNET_PREFIX: &str = "model.diffusion_model.";
+/// Key prefix of the VAE's weights (LDM names follow).
+pub const VAE_PREFIX: &str = "first_stage_model.";
+/// Key prefix of the CLIP-L text encoder's weights (HF names follow, with or without `text_model.`).
+pub const CLIP_PREFIX: &str = "cond_stage_model.transformer.";
+/// SDXL: the key prefix of its first text encoder (CLIP-L, HF names as [`CLIP_PREFIX`]).
+pub const SDXL_CLIP_PREFIX: &str = "conditioner.embedders.0.transformer.";
+/// SDXL: the key prefix of its second text encoder (OpenCLIP names, see [`super::open_clip`]).
+pub const SDXL_OPEN_CLIP_PREFIX: &str = "conditioner.embedders.1.model.";
 
 /// LDM resnet sub-module ↔ diffusers resnet sub-module.
 const RESNET_PARTS: [(&str, &str); 6] = [
@@ -59,7 +69,7 @@ impl UnetLayout {
     }
 
     /// [`Self::new`] with another kind of mid block.
-    pub fn with_mid(layers_per_block: Vec<usize>, attention: Vec<bool>, mid: MidBlock) -> Self {
+    fn with_mid(layers_per_block: Vec<usize>, attention: Vec<bool>, mid: MidBlock) -> Self {
         assert_eq!(layers_per_block.len(), attention.len(), "one attention flag per level");
         let blocks = ldm_blocks(&layers_per_block, &attention, mid);
         UnetLayout { layers_per_block, attention, mid, blocks }

@@ -43,7 +43,7 @@ pub const VAE_CONFIG: &str = r#"{
 }"#;
 
 /// `text_encoder/config.json`: CLIP ViT-L/14's text tower, as SD1.5's.
-pub const TEXT_ENCODER_CONFIG: &str = crate::sd15::TEXT_ENCODER_CONFIG;
+pub const TEXT_ENCODER_CONFIG: &str = super::sd15::TEXT_ENCODER_CONFIG;
 
 /// `text_encoder_2/config.json`: OpenCLIP ViT-bigG/14's text tower as a CLIPTextModelWithProjection
 /// (1280 wide, 32 layers of 20 heads, gelu, projection to 1280, the legacy `eos_token_id` 2).

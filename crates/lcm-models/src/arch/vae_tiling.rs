@@ -1,6 +1,7 @@
-//! Tiled VAE decoding and encoding, as diffusers' `AutoencoderKL.enable_tiling()` computes it: the
-//! input is cut into overlapping square tiles, each tile runs through the decoder (or encoder) alone,
-//! and each result is blended linearly into its upper and left neighbours over a quarter of a tile.
+//! Tiled VAE decoding and encoding, as diffusers' `AutoencoderKL.enable_tiling()` computes it (and
+//! [`Vae::encode`], which tiles when asked to): the input is cut into overlapping square tiles, each
+//! tile runs through the decoder (or encoder) alone, and each result is blended linearly into its
+//! upper and left neighbours over a quarter of a tile.
 //! Memory is then bounded by one tile's arena (plus the smaller edge tiles' arenas: one executor per
 //! tile shape), whatever the image size; the result differs from an untiled run (GroupNorm sees one
 //! tile's statistics), exactly as diffusers' does.
@@ -12,7 +13,7 @@
 
 use lcm_core::{Backend, Error, Result, Tensor};
 
-use crate::vae::{Vae, VaeArch, VaeConfig};
+use crate::arch::vae::{Encoded, Vae, VaeArch, VaeConfig};
 
 /// Tiled VAE calls with square tiles of `tile` pixels (diffusers' `tile_sample_min_size`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +55,19 @@ impl VaeTiling {
 }
 
 impl<B: Backend> Vae<B> {
+    /// The encoder's output for an image: [`Encoded::Moments`] or, for TAESD, [`Encoded::Latents`]
+    /// (see [`Self::encode_moments`]).
+    pub fn encode(&mut self, backend: &B, image: &Tensor, tiling: Option<VaeTiling>) -> Result<Encoded> {
+        let out = match tiling {
+            Some(t) => self.encode_moments_tiled(backend, image, t)?,
+            None => self.encode_moments(backend, image)?,
+        };
+        Ok(match self.config.arch {
+            VaeArch::Kl => Encoded::Moments(out),
+            VaeArch::Tiny(_) => Encoded::Latents(out),
+        })
+    }
+
     /// [`Vae::decode`] with tiling: latents larger than one latent tile on either side are decoded
     /// tile by tile and blended (diffusers' `tiled_decode`); smaller ones in one call.
     pub fn decode_tiled(&mut self, backend: &B, z: &Tensor, tiling: VaeTiling) -> Result<Tensor> {

@@ -59,7 +59,7 @@ pub fn attention(b: &mut GraphBuilder, p: &str, x: TensorId, ctx: TensorId, head
 
 /// BasicTransformerBlock: self-attention, cross-attention, GEGLU feed-forward, each pre-LayerNorm
 /// with a residual add.
-pub fn transformer_block(b: &mut GraphBuilder, p: &str, x: TensorId, ctx: TensorId, heads: usize) -> TensorId {
+fn transformer_block(b: &mut GraphBuilder, p: &str, x: TensorId, ctx: TensorId, heads: usize) -> TensorId {
     let c = b.channels(x);
     let n = b.layer_norm(&format!("{p}.norm1"), x, 1e-5);
     let a = attention(b, &format!("{p}.attn1"), n, n, heads, false);

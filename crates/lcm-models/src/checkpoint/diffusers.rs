@@ -1,9 +1,17 @@
-//! Finding a component's weight file in a diffusers folder and loading exactly the tensors a graph
-//! names into a backend, one tensor at a time.
+//! The diffusers folder: a component's `config.json` and weight file (`.safetensors`, its `.fp16`
+//! variant, or shards), and loading exactly the tensors a graph names into a backend, one tensor at a
+//! time. The UNet, text encoder and VAE load from their folders here.
 
 use std::path::{Path, PathBuf};
 
 use lcm_core::{Backend, Error, ModelWeights, Result, SafeTensorsFile, WeightFiles, WeightSpec};
+
+use super::pickle::pickle_refusal;
+use super::weights::{reborrow, upload_weights, WeightHook};
+use crate::arch::clip::{ClipConfig, ClipTextModel};
+use crate::arch::unet::{Unet, UnetConfig};
+use crate::arch::vae::{EncoderSource, Vae, VaeConfig, VaeParts};
+use crate::runner::Runner;
 
 /// Which weight file to take when a folder holds both the full-precision and the `.fp16` variant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -13,14 +21,6 @@ pub enum Variant {
     PreferFull,
     /// The fp16 file if present, else the full one (half the bytes to read for an f16 backend).
     PreferHalf,
-}
-
-/// A hook that may change a weight (in torch layout, f32) before it is uploaded: LoRA merging.
-pub type WeightHook<'a> = &'a mut dyn FnMut(&WeightSpec, &mut Vec<f32>) -> Result<()>;
-
-/// Lends the hook out for one `load_weights` call (a VAE loads its decoder and encoder with one hook).
-pub fn reborrow<'s>(hook: &'s mut Option<WeightHook<'_>>) -> Option<WeightHook<'s>> {
-    hook.as_mut().map(|f| &mut **f as WeightHook<'s>)
 }
 
 /// How a diffusers component folder is loaded.
@@ -74,32 +74,6 @@ pub fn find_weights(dir: &Path, stem: &str, variant: Variant) -> Result<WeightFi
     ))
 }
 
-/// The error for a PyTorch pickle (`.bin`, `.ckpt`, `.pt`, `.pth`) where safetensors were expected.
-pub fn pickle_refusal(path: &Path) -> Error {
-    Error::file(
-        path,
-        "is a PyTorch pickle; lcm never unpickles (loading a pickle can run arbitrary code). Convert it to safetensors, e.g. \
-         `python -c \"import torch, safetensors.torch as st; sd = torch.load('IN', weights_only=True); \
-         sd = sd.get('state_dict', sd); st.save_file({k: v.contiguous().clone() for k, v in sd.items() if isinstance(v, torch.Tensor)}, 'OUT.safetensors')\"`, \
-         or load it with diffusers and save_pretrained(..., safe_serialization=True)",
-    )
-}
-
-/// Whether `path` is a pickle by its name or its first bytes: a zip archive (`torch.save` since 1.6)
-/// or the legacy format's opening (PROTO 2, then the LONG1 magic number). A safetensors file starts
-/// with its header length, which would have to be ~176 MB to begin with those legacy bytes.
-pub fn is_pickle(path: &Path) -> bool {
-    let by_name = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "ckpt" | "pt" | "pth" | "bin" | "pkl"));
-    let mut head = [0u8; 4];
-    let by_magic = std::fs::File::open(path)
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head))
-        .is_ok_and(|()| head == *b"PK\x03\x04" || head == [0x80, 0x02, 0x8a, 0x0a]);
-    by_name || by_magic
-}
-
 fn open_sharded(index: &Path) -> Result<WeightFiles> {
     let text = std::fs::read_to_string(index).map_err(|e| Error::file(index, format!("cannot read: {e}")))?;
     let v: serde_json::Value =
@@ -118,9 +92,6 @@ fn open_sharded(index: &Path) -> Result<WeightFiles> {
     let files = shards.iter().map(|s| SafeTensorsFile::open(dir.join(s))).collect::<Result<Vec<_>>>()?;
     Ok(WeightFiles::from_files(files))
 }
-
-/// Produces one weight's values (f32, torch layout) into the buffer: from a file, or synthetic.
-pub type WeightSource<'a> = &'a mut dyn FnMut(&WeightSpec, &mut Vec<f32>) -> Result<()>;
 
 /// Loads every tensor `specs` names from `files` into `backend`, checking shapes; the hook (LoRA) sees
 /// each tensor in f32 torch layout first. Peak extra memory is one tensor in f32.
@@ -146,39 +117,95 @@ pub fn file_source(files: WeightFiles) -> lcm_core::WeightSource {
     })
 }
 
-/// Uploads every weight of `specs`, taking values from `source` (then `hook`); `origin` names where
-/// they come from in errors. A non-finite value is an error naming the weight and the element.
-pub fn upload_weights<B: Backend>(
-    backend: &B,
-    specs: &[WeightSpec],
-    origin: &Path,
-    source: WeightSource,
-    mut hook: Option<WeightHook>,
-) -> Result<ModelWeights<B>> {
-    let mut weights = Vec::with_capacity(specs.len());
-    let mut buf = Vec::new();
-    for spec in specs {
-        source(spec, &mut buf)?;
-        if let Some(h) = hook.as_mut() {
-            h(spec, &mut buf)?;
-        }
-        if let Some(i) = buf.iter().position(|v| !v.is_finite()) {
-            return Err(Error::tensor(
-                origin,
-                &spec.name,
-                format!("element {i} is {} (weights must be finite)", buf[i]),
-            ));
-        }
-        weights.push(backend.upload_weight(spec, &buf)?);
-    }
-    Ok(ModelWeights::new(specs.to_vec(), weights))
-}
-
 /// The name a weight has in the file: transformers 5 saves CLIPTextModel without the `text_model.`
 /// level that SD checkpoints (and the graph) use, so both spellings are accepted.
 fn file_name_of<'a>(files: &WeightFiles, name: &'a str) -> &'a str {
     match name.strip_prefix("text_model.") {
         Some(rest) if !files.contains(name) && files.contains(rest) => rest,
         _ => name,
+    }
+}
+
+impl<B: Backend> Unet<B> {
+    /// Loads `dir` (a diffusers `unet/` folder: `config.json` and the weights, see [`find_weights`]),
+    /// each weight through `opts.hook` (LoRA merging); the weights keep the file as their source for a
+    /// LoRA swap.
+    pub fn load(backend: &B, dir: &Path, opts: LoadOptions) -> Result<Self> {
+        let config = UnetConfig::from_file(&component_config(dir)?)?;
+        let files = find_weights(dir, "diffusion_pytorch_model", opts.variant)?;
+        let mut weights = load_weights(backend, &config.weights()?, &files, opts.hook)?;
+        weights.source = Some(file_source(files));
+        Ok(Unet { config, runner: Runner::new(weights) })
+    }
+}
+
+impl<B: Backend> ClipTextModel<B> {
+    /// Loads `dir` (a diffusers `text_encoder/` folder: `config.json` and `model.safetensors` or its
+    /// variants, see [`find_weights`]), each weight through `opts.hook` (LoRA merging); the weights
+    /// keep the file as their source for a LoRA swap.
+    pub fn load(backend: &B, dir: &Path, clip_skip: usize, opts: LoadOptions) -> Result<Self> {
+        Self::load_as(backend, ClipConfig::from_file(&component_config(dir)?, clip_skip)?, dir, opts)
+    }
+
+    /// [`Self::load`] with the config given (read from `dir`'s and set up by the caller, e.g. with
+    /// [`ClipConfig::with_output`]).
+    pub fn load_as(backend: &B, config: ClipConfig, dir: &Path, opts: LoadOptions) -> Result<Self> {
+        let files = find_weights(dir, "model", opts.variant)?;
+        let mut weights = load_weights(backend, &config.weights()?, &files, opts.hook)?;
+        weights.source = Some(file_source(files));
+        Ok(ClipTextModel { config, runner: Runner::new(weights) })
+    }
+}
+
+/// A VAE folder's weights for an encoder loaded later: the weight file found and opened again then.
+fn folder_encoder_source(dir: PathBuf, variant: Variant) -> EncoderSource {
+    Box::new(move || {
+        let files = find_weights(&dir, "diffusion_pytorch_model", variant)?;
+        Ok((files.location(), file_source(files)))
+    })
+}
+
+impl<B: Backend> Vae<B> {
+    /// Loads `dir` (a diffusers `vae/` folder): the decoder, and the encoder too with
+    /// [`VaeParts::Both`]; every weight passes through `opts.hook`.
+    pub fn load(backend: &B, dir: &Path, parts: VaeParts, opts: LoadOptions) -> Result<Self> {
+        Self::load_with_config(backend, dir, VaeConfig::from_file(&component_config(dir)?)?, parts, opts)
+    }
+
+    /// [`Vae::load`] with `dir`'s config already read (to choose the backend from it first).
+    pub fn load_with_config(
+        backend: &B,
+        dir: &Path,
+        config: VaeConfig,
+        parts: VaeParts,
+        mut opts: LoadOptions,
+    ) -> Result<Self> {
+        let files = find_weights(dir, "diffusion_pytorch_model", opts.variant)?;
+        let decoder = Runner::new(load_weights(backend, &config.decoder_weights()?, &files, reborrow(&mut opts.hook))?);
+        let encoder = match parts {
+            VaeParts::Decoder => None,
+            VaeParts::Both => {
+                let enc = config.encoder_weights()?;
+                Some(Runner::new(load_weights(backend, &enc, &files, reborrow(&mut opts.hook))?))
+            }
+        };
+        let encoder_source = Some(folder_encoder_source(dir.to_path_buf(), opts.variant));
+        Ok(Vae { config, decoder, encoder, encoder_source })
+    }
+
+    /// Loads the encoder (for img2img) into a VAE loaded with its decoder only; a no-op if it is there.
+    /// It comes from where the decoder came from (the VAE's folder, or the single-file checkpoint or
+    /// VAE file it was read from); `dir` and `variant` are used only for a VAE made by `from_source`.
+    pub fn load_encoder(&mut self, backend: &B, dir: &Path, variant: Variant) -> Result<()> {
+        if self.encoder.is_some() {
+            return Ok(());
+        }
+        let (origin, mut source) = match &self.encoder_source {
+            Some(open) => open()?,
+            None => folder_encoder_source(dir.to_path_buf(), variant)()?,
+        };
+        let specs = self.config.encoder_weights()?;
+        self.encoder = Some(Runner::new(upload_weights(backend, &specs, &origin, &mut *source, None)?));
+        Ok(())
     }
 }
