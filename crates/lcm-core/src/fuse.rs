@@ -1,12 +1,12 @@
 //! Fusion as a graph rewrite, so model code stays a plain transcription of diffusers:
-//! - `GroupNorm` then `SiLU` becomes one `GroupNorm { silu: true }`;
-//! - `Add` of a conv/linear result and another tensor moves the add into that op's epilogue
+//! - `GroupNorm` then a SiLU `Map` becomes one `GroupNorm { silu: true }`;
+//! - an `Add` (`Map`) of a conv/linear result and another tensor moves the add into that op's epilogue
 //!   (`residual`), which also removes the intermediate from the arena;
 //! - `Linear` then `Geglu` becomes one `Linear { geglu: true }` (the GEMM epilogue computes
 //!   hidden·gelu(gate)): the planner then sees the fused op's real lifetimes, so its output is never
 //!   placed on its input, and the 2·hidden intermediate never exists.
 
-use crate::graph::{Activation, Graph, Op, Storage, TensorId};
+use crate::graph::{Activation, Graph, MapKind, Op, Storage, TensorId};
 
 /// Applies the rewrites above. The fused op writes the removed op's output tensor, so tensor ids, graph
 /// inputs and outputs are unchanged; an intermediate that another op or the caller reads is never fused
@@ -36,7 +36,7 @@ pub fn fuse(mut g: Graph) -> Graph {
     let ops = g.ops.clone();
     for (i, op) in ops.into_iter().enumerate() {
         match op {
-            Op::Act { x, act: Activation::Silu, out } if single_use(x) => {
+            Op::Map { kind: MapKind::Act(Activation::Silu), x, out, .. } if single_use(x) => {
                 if let Some(p) = producer[x] {
                     if let Op::GroupNorm { silu: silu @ false, out: gn_out, .. } = &mut g.ops[p] {
                         *silu = true;
@@ -56,7 +56,7 @@ pub fn fuse(mut g: Graph) -> Graph {
                     }
                 }
             }
-            Op::Add { a, b, out } => {
+            Op::Map { kind: MapKind::Add, x: a, y: Some(b), out } => {
                 for (main, other) in [(a, b), (b, a)] {
                     if !single_use(main) {
                         continue;
