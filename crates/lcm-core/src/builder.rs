@@ -327,3 +327,20 @@ impl GraphBuilder {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_map_with_the_wrong_operands_is_a_graph_error() {
+        let mut b = GraphBuilder::new();
+        let x = b.input(&[2, 3], Elem::Act);
+        b.map(MapKind::Add, x, None);
+        assert!(b.finish().unwrap_err().to_string().contains("add: takes 2 operands, given 1"));
+        let mut b = GraphBuilder::new();
+        let (x, y) = (b.input(&[2, 3], Elem::Act), b.input(&[3, 2], Elem::Act));
+        b.add(x, y);
+        assert!(b.finish().unwrap_err().to_string().contains("add: shapes [2, 3] and [3, 2] differ"));
+    }
+}

@@ -87,3 +87,46 @@ pub fn fuse(mut g: Graph) -> Graph {
     });
     g
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Elem, GraphBuilder};
+
+    #[test]
+    fn norm_silu_residual_add_and_geglu_fuse_into_their_producers() {
+        let mut b = GraphBuilder::new();
+        let x = b.input(&[1, 4, 4, 8], Elem::Act);
+        let n = b.group_norm("gn", x, 2, 1e-5, false);
+        let s = b.activation(n, Activation::Silu);
+        let c = b.conv2d("conv", s, 8, 3, 1, [1; 4], true);
+        let r = b.add(x, c); // the conv result as either operand
+        let t = b.input(&[1, 16, 8], Elem::Act);
+        let l = b.linear("fc", t, 16, true);
+        let g = b.geglu(l);
+        b.output(r);
+        b.output(g);
+        let g = fuse(b.finish().unwrap());
+        assert_eq!(g.ops.len(), 3, "{:?}", g.ops);
+        assert!(matches!(g.ops[0], Op::GroupNorm { silu: true, out, .. } if out == s));
+        assert!(matches!(g.ops[1], Op::Conv2d { residual: Some(rx), out, .. } if rx == x && out == r));
+        assert!(matches!(g.ops[2], Op::Linear { geglu: true, .. }));
+    }
+
+    #[test]
+    fn a_silu_or_add_whose_input_is_read_elsewhere_stays() {
+        let mut b = GraphBuilder::new();
+        let x = b.input(&[1, 4, 4, 8], Elem::Act);
+        let n = b.group_norm("gn", x, 2, 1e-5, false);
+        let s = b.activation(n, Activation::Silu);
+        let c = b.conv2d("conv", s, 8, 1, 1, [0; 4], false);
+        let r = b.add(c, x);
+        b.output(n); // the norm's output is read by the caller: no SiLU fusion
+        b.output(c); // the conv's too: no residual fusion
+        b.output(r);
+        let g = fuse(b.finish().unwrap());
+        assert_eq!(g.ops.len(), 4);
+        assert!(matches!(g.ops[1], Op::Map { kind: MapKind::Act(Activation::Silu), .. }));
+        assert!(matches!(g.ops[3], Op::Map { kind: MapKind::Add, .. }));
+    }
+}
