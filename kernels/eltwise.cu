@@ -1,9 +1,10 @@
-// Memory-bound element-wise ops: add, add_channel, scale, activations, GEGLU (unfused form), concat,
-// nearest upsample, token + position embedding, timestep embedding, f32 <-> f16 casts. See lcm_abi.h for each contract.
+// Memory-bound element-wise ops: `map` (every lcm_core::MapKind: activations, scale, add), add_channel,
+// GEGLU (unfused form), concat, nearest upsample, token + position embedding, timestep embedding,
+// f32 <-> f16 casts. See lcm_abi.h for each contract.
 //
 // Each kernel is a grid-stride loop over "vector units" of V halves: V = 8 (one 16-byte load/store)
 // when the sizes allow it, V = 1 otherwise; the `_v8`/`_v1` suffix says which. The host picks the
-// variant and a grid of about 4 waves of blocks (src/cuda/launch.rs).
+// variant and a grid of about 4 waves of blocks (src/cuda/ops/eltwise.rs).
 #include "lcm_abi.h"
 #include "lcm_device.cuh"
 
@@ -39,24 +40,41 @@ static __device__ __forceinline__ E* out_ptr(void* p) {
     for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < (count); \
          i += (unsigned long long)gridDim.x * blockDim.x)
 
-static __device__ __forceinline__ float activate(float x, int act) {
-    switch (act) {
-        case LCM_ACT_SILU: return dev::silu(x);
-        case LCM_ACT_GELU: return dev::gelu_erf(x);
-        case LCM_ACT_QUICK_GELU: return dev::quick_gelu(x);
-        case LCM_ACT_RELU: return dev::relu(x);
-        default: return dev::tanh_clamp(x);  // LCM_ACT_TANH_CLAMP
+// One grid-stride pass of `f` over the n elements: of a (unary), or of a and b (binary).
+template <int V, typename E, typename F>
+static __device__ __forceinline__ void unary(const LcmEltwiseParams& p, F f) {
+    LCM_GRID_STRIDE(i, p.n / V) {
+        Vec<V> a = Vec<V>::load(in<E>(p.a) + i * V);
+#pragma unroll
+        for (int j = 0; j < V; ++j) a.v[j] = f(a.v[j]);
+        a.store(out_ptr<E>(p.out) + i * V);
     }
 }
 
-template <int V, typename E = __half>
-static __device__ __forceinline__ void add(const LcmEltwiseParams& p) {
+template <int V, typename E, typename F>
+static __device__ __forceinline__ void binary(const LcmEltwiseParams& p, F f) {
     LCM_GRID_STRIDE(i, p.n / V) {
         Vec<V> a = Vec<V>::load(in<E>(p.a) + i * V);
         const Vec<V> b = Vec<V>::load(in<E>(p.b) + i * V);
 #pragma unroll
-        for (int j = 0; j < V; ++j) a.v[j] += b.v[j];
+        for (int j = 0; j < V; ++j) a.v[j] = f(a.v[j], b.v[j]);
         a.store(out_ptr<E>(p.out) + i * V);
+    }
+}
+
+// The device functor of every LcmMapOp (the CPU's closures are lcm_cpu::eltwise::map). The switch is on
+// a launch constant and picks a whole loop, so no element pays for it.
+template <int V, typename E = __half>
+static __device__ __forceinline__ void map(const LcmEltwiseParams& p) {
+    const float mul = p.mul, add = p.add;
+    switch (p.op) {
+        case LCM_MAP_SILU: return unary<V, E>(p, [](float x) { return dev::silu(x); });
+        case LCM_MAP_GELU: return unary<V, E>(p, [](float x) { return dev::gelu_erf(x); });
+        case LCM_MAP_QUICK_GELU: return unary<V, E>(p, [](float x) { return dev::quick_gelu(x); });
+        case LCM_MAP_RELU: return unary<V, E>(p, [](float x) { return dev::relu(x); });
+        case LCM_MAP_TANH_CLAMP: return unary<V, E>(p, [](float x) { return dev::tanh_clamp(x); });
+        case LCM_MAP_SCALE: return unary<V, E>(p, [=](float x) { return x * mul + add; });
+        case LCM_MAP_ADD: return binary<V, E>(p, [](float x, float y) { return x + y; });
     }
 }
 
@@ -72,26 +90,6 @@ static __device__ __forceinline__ void add_channel(const LcmEltwiseParams& p) {
 #pragma unroll
         for (int j = 0; j < V; ++j) a.v[j] += t.v[j];
         a.store(p.out + e);
-    }
-}
-
-template <int V, typename E = __half>
-static __device__ __forceinline__ void scale(const LcmEltwiseParams& p) {
-    LCM_GRID_STRIDE(i, p.n / V) {
-        Vec<V> a = Vec<V>::load(in<E>(p.a) + i * V);
-#pragma unroll
-        for (int j = 0; j < V; ++j) a.v[j] = a.v[j] * p.mul + p.add;
-        a.store(out_ptr<E>(p.out) + i * V);
-    }
-}
-
-template <int V, typename E = __half>
-static __device__ __forceinline__ void activation(const LcmEltwiseParams& p) {
-    LCM_GRID_STRIDE(i, p.n / V) {
-        Vec<V> a = Vec<V>::load(in<E>(p.a) + i * V);
-#pragma unroll
-        for (int j = 0; j < V; ++j) a.v[j] = activate(a.v[j], p.act);
-        a.store(out_ptr<E>(p.out) + i * V);
     }
 }
 
@@ -214,10 +212,8 @@ static __device__ __forceinline__ void cast(const LcmCastParams& p) {
 #define LCM_ELT(name, fn, P)                                                                       \
     extern "C" __global__ void name##_v8_f16(const __grid_constant__ P p) { lcm::elt::fn<8>(p); } \
     extern "C" __global__ void name##_v1_f16(const __grid_constant__ P p) { lcm::elt::fn<1>(p); }
-LCM_ELT(add, add, LcmEltwiseParams)
+LCM_ELT(map, map, LcmEltwiseParams)
 LCM_ELT(add_channel, add_channel, LcmEltwiseParams)
-LCM_ELT(scale, scale, LcmEltwiseParams)
-LCM_ELT(activation, activation, LcmEltwiseParams)
 LCM_ELT(geglu, geglu, LcmEltwiseParams)
 LCM_ELT(concat, concat, LcmConcatParams)
 LCM_ELT(upsample_nearest, upsample, LcmUpsampleParams)
@@ -228,9 +224,7 @@ LCM_ELT(embed, embed, LcmEmbedParams)
 #define LCM_ELT_F32(name, fn, P)                                                                                 \
     extern "C" __global__ void name##_v4_f32(const __grid_constant__ P p) { lcm::elt::fn<4, float>(p); } \
     extern "C" __global__ void name##_v1_f32(const __grid_constant__ P p) { lcm::elt::fn<1, float>(p); }
-LCM_ELT_F32(add, add, LcmEltwiseParams)
-LCM_ELT_F32(scale, scale, LcmEltwiseParams)
-LCM_ELT_F32(activation, activation, LcmEltwiseParams)
+LCM_ELT_F32(map, map, LcmEltwiseParams)
 LCM_ELT_F32(upsample_nearest, upsample, LcmUpsampleParams)
 #undef LCM_ELT_F32
 

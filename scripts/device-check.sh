@@ -15,6 +15,7 @@
 #   torch_fullsize   background from here on: scripts/torch_fullsize.py makes SD1.5-shaped random weights
 #                    on the GPU (f16 folder in /tmp/lcm-fullsize) and PyTorch's f32 outputs
 #   gpu_kernels      every kernel at every SD1.5 shape and awkward ones vs CPU
+#   backend_ops      every op (each fused form and element-wise function) at model and awkward shapes vs CPU
 #   gpu_models       blocks vs CPU; no allocation on the second run; graph replay = plain launches
 #   gpu_pipeline     tiny fixtures vs CPU: CLIP, UNet a/b/c, LCM UNet + timestep_cond, VAE both ways,
 #                    4 pipeline cases (plain, CFG x2, LCM x2, LoRA)
@@ -46,7 +47,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/device-lib.sh
 
-SUITES="gpu_kernels gpu_models gpu_pipeline gpu_fullsize"
+SUITES="gpu_kernels backend_ops gpu_models gpu_pipeline gpu_fullsize"
 
 build() {
     set -e
@@ -86,6 +87,7 @@ run() {
     fi
 
     suite gpu_kernels 150 "${reduced[@]}" "$B/gpu_kernels"
+    suite backend_ops 40 "${reduced[@]}" "$B/backend_ops"
     suite gpu_models 40 "${reduced[@]}" "$B/gpu_models"
     suite gpu_pipeline 60 "${reduced[@]}" "$B/gpu_pipeline"
     if ! wanted gpu_fullsize; then
@@ -115,7 +117,7 @@ run() {
 # missing or cannot attach, and SKIPPED in a dry run (the emulator is no CUDA process to instrument).
 sanitizers() {
     local steps=() n
-    for n in memcheck_kernels memcheck_models memcheck_pipeline racecheck; do wanted $n && steps+=("$n"); done
+    for n in memcheck_kernels memcheck_ops memcheck_models memcheck_pipeline racecheck; do wanted $n && steps+=("$n"); done
     [ ${#steps[@]} -gt 0 ] || return 0
     local san verdict="" why=""
     if dry; then
@@ -132,6 +134,7 @@ sanitizers() {
     fi
     local cs=("$san" --error-exitcode 9 --print-limit 20)
     step memcheck_kernels 80 env LCM_GPU_TESTS_REDUCED=1 LCM_CUDA_GRAPHS=0 "${cs[@]}" --tool memcheck "$B/gpu_kernels"
+    step memcheck_ops 30 env LCM_GPU_TESTS_REDUCED=1 LCM_CUDA_GRAPHS=0 "${cs[@]}" --tool memcheck "$B/backend_ops"
     step memcheck_models 40 env LCM_GPU_TESTS_REDUCED=1 "${cs[@]}" --tool memcheck "$B/gpu_models"
     step memcheck_pipeline 50 env LCM_GPU_TESTS_REDUCED=1 "${cs[@]}" --tool memcheck "$B/gpu_pipeline"
     step racecheck 50 env LCM_GPU_TESTS_REDUCED=2 LCM_CUDA_GRAPHS=0 "${cs[@]}" --tool racecheck "$B/gpu_kernels" \

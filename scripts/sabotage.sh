@@ -50,7 +50,7 @@ EOF
 }
 
 echo "building the emulator in $wt (first run: a few minutes)..."
-(cd "$wt" && cargo test -q --locked --no-run --test gpu_kernels >/dev/null 2>&1)
+(cd "$wt" && cargo test -q --locked --no-run --test gpu_kernels --test backend_ops >/dev/null 2>&1)
 
 sabotage mma-a-fragment-row kernels/emulate/ptx.cpp \
     'A[g][2 * t + e] = h2f(half_of(s.a[0], e));' 'A[g][2 * t + e] = h2f(half_of(s.a[1], e));' \
@@ -64,7 +64,7 @@ sabotage gemm-overhang-off-by-one kernels/gemm.cu \
 sabotage softmax-rescale kernels/attention.cu \
     'const float alpha = exp2f(mrow[r] - m_use);' 'const float alpha = exp2f(0.5f * (mrow[r] - m_use));' \
     gpu_kernels attention_matches_cpu
-sabotage smem-one-row-short src/cuda/launch.rs \
+sabotage smem-one-row-short src/cuda/ops/gemm.rs \
     'GEMM_STAGES * (bm + bn) * GEMM_ROW_BYTES' '(GEMM_STAGES * (bm + bn) - 1) * GEMM_ROW_BYTES' \
     gpu_kernels smoke_every_family linear_matches_cpu
 sabotage group-norm-last-pixel kernels/norm.cu \
@@ -84,4 +84,13 @@ sabotage tf32-attention-p-order kernels/attention.cu \
 sabotage tf32-gemm-k-step kernels/gemm.cu \
     'static constexpr int KSTEP = 2 * kVec;' 'static constexpr int KSTEP = 2 * kVec * (sizeof(E) == 4 ? 2 : 1);' \
     gpu_kernels smoke_every_family f32_activations_match_cpu
+# The generic every-op test, one side at a time: the add functor's sign on the device, then in the CPU's
+# closure (the reference itself wrong: CUDA and CPU must still disagree).
+sabotage map-add-sign-device kernels/eltwise.cu \
+    'case LCM_MAP_ADD: return binary<V, E>(p, [](float x, float y) { return x + y; });' \
+    'case LCM_MAP_ADD: return binary<V, E>(p, [](float x, float y) { return x - y; });' \
+    backend_ops every_op_matches_cpu
+sabotage map-add-sign-cpu crates/lcm-cpu/src/eltwise.rs \
+    'MapKind::Add => binary(x, y(), out, |a, b| a + b),' 'MapKind::Add => binary(x, y(), out, |a, b| a - b),' \
+    backend_ops every_op_matches_cpu
 exit $missed

@@ -1,6 +1,6 @@
 //! The Rust kernel-parameter structs match the C header exactly.
 
-use lcm::cuda::{abi, kernels};
+use lcm::cuda::{abi, fatbin};
 
 #[test]
 fn every_size_and_offset_matches_the_c_compiler() {
@@ -12,10 +12,10 @@ fn every_size_and_offset_matches_the_c_compiler() {
 
 #[test]
 fn checked_in_bindings_match_a_fresh_bindgen_run() {
-    if kernels::ABI_BINDGEN.is_empty() {
+    if fatbin::ABI_BINDGEN.is_empty() {
         println!("SKIPPED: libclang was not found at build time, so bindgen could not regenerate the bindings; the size/offset comparison above still ran");
         return;
     }
     let checked_in = include_str!("../src/cuda/abi_bindings.rs");
-    assert_eq!(kernels::ABI_BINDGEN, checked_in, "src/cuda/abi_bindings.rs is stale: run scripts/regen-abi.sh");
+    assert_eq!(fatbin::ABI_BINDGEN, checked_in, "src/cuda/abi_bindings.rs is stale: run scripts/regen-abi.sh");
 }

@@ -105,7 +105,7 @@ static const LcmAbiEntry entries[] = {
     FIELD(LcmEltwiseParams, n),
     FIELD(LcmEltwiseParams, hw),
     FIELD(LcmEltwiseParams, c),
-    FIELD(LcmEltwiseParams, act),
+    FIELD(LcmEltwiseParams, op),
     FIELD(LcmEltwiseParams, mul),
     FIELD(LcmEltwiseParams, add),
     SIZE(LcmConcatParams),

@@ -150,20 +150,20 @@ typedef struct LcmLayerNormParams {
 } LcmLayerNormParams;
 LCM_STATIC_ASSERT(sizeof(LcmLayerNormParams) == 48, "LcmLayerNormParams layout changed: update src/cuda/abi.rs");
 
-// Activations for the element-wise kernels (enum values fixed: they travel in `act`).
-enum LcmAct {
-    LCM_ACT_SILU = 0,
-    LCM_ACT_GELU = 1,
-    LCM_ACT_QUICK_GELU = 2,
-    LCM_ACT_RELU = 3,
-    LCM_ACT_TANH_CLAMP = 4,  // 3·tanh(x/3), TAESD's latent clamp
+// The functions of the `map` kernels (one per `lcm_core::MapKind`; values fixed: they travel in `op`).
+enum LcmMapOp {
+    LCM_MAP_SILU = 0,
+    LCM_MAP_GELU = 1,
+    LCM_MAP_QUICK_GELU = 2,
+    LCM_MAP_RELU = 3,
+    LCM_MAP_TANH_CLAMP = 4,  // 3·tanh(x/3), TAESD's latent clamp
+    LCM_MAP_SCALE = 5,       // a·mul + add
+    LCM_MAP_ADD = 6,         // a + b
 };
 
 // The element-wise family (kernels/eltwise.cu), `n` output elements each:
-//   add_f16          out = a + b
+//   map_f16          out = op(a), or op(a, b) for a binary op (enum LcmMapOp; mul, add: its constants)
 //   add_channel_f16  out[b, p, ch] = a[b, p, ch] + b[b, ch]   (c = channels, hw = pixels per batch)
-//   scale_f16        out = a·mul + add
-//   activation_f16   out = act(a)
 //   geglu_f16        out[r, j] = a[r, j]·gelu(a[r, c + j])      (c = output width)
 typedef struct LcmEltwiseParams {
     LCM_CPTR(__half) a;
@@ -172,7 +172,7 @@ typedef struct LcmEltwiseParams {
     unsigned long long n;
     unsigned long long hw;
     int c;
-    int act;                    // enum LcmAct
+    int op;                     // enum LcmMapOp
     float mul;
     float add;
 } LcmEltwiseParams;

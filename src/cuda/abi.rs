@@ -128,7 +128,7 @@ pub fn rust_layout() -> Vec<(String, u64)> {
         silu
     }));
     v.extend(layout!(LcmLayerNormParams { x, gamma, beta, out, rows, c, eps, pad0 }));
-    v.extend(layout!(LcmEltwiseParams { a, b, out, n, hw, c, act, mul, add }));
+    v.extend(layout!(LcmEltwiseParams { a, b, out, n, hw, c, op, mul, add }));
     v.extend(layout!(LcmConcatParams { a, b, out, rows, ca, cb }));
     v.extend(layout!(LcmCastParams { x, out, n, n_in, div, add }));
     v.extend(layout!(LcmUpsampleParams { x, out, batch, h, w, c, ho, wo, scale_h, scale_w }));

@@ -110,12 +110,14 @@ pub struct LcmLayerNormParams {
     pub eps: f32,
     pub pad0: ::std::os::raw::c_int,
 }
-pub const LcmAct_LCM_ACT_SILU: LcmAct = 0;
-pub const LcmAct_LCM_ACT_GELU: LcmAct = 1;
-pub const LcmAct_LCM_ACT_QUICK_GELU: LcmAct = 2;
-pub const LcmAct_LCM_ACT_RELU: LcmAct = 3;
-pub const LcmAct_LCM_ACT_TANH_CLAMP: LcmAct = 4;
-pub type LcmAct = ::std::os::raw::c_uint;
+pub const LcmMapOp_LCM_MAP_SILU: LcmMapOp = 0;
+pub const LcmMapOp_LCM_MAP_GELU: LcmMapOp = 1;
+pub const LcmMapOp_LCM_MAP_QUICK_GELU: LcmMapOp = 2;
+pub const LcmMapOp_LCM_MAP_RELU: LcmMapOp = 3;
+pub const LcmMapOp_LCM_MAP_TANH_CLAMP: LcmMapOp = 4;
+pub const LcmMapOp_LCM_MAP_SCALE: LcmMapOp = 5;
+pub const LcmMapOp_LCM_MAP_ADD: LcmMapOp = 6;
+pub type LcmMapOp = ::std::os::raw::c_uint;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct LcmEltwiseParams {
@@ -125,7 +127,7 @@ pub struct LcmEltwiseParams {
     pub n: ::std::os::raw::c_ulonglong,
     pub hw: ::std::os::raw::c_ulonglong,
     pub c: ::std::os::raw::c_int,
-    pub act: ::std::os::raw::c_int,
+    pub op: ::std::os::raw::c_int,
     pub mul: f32,
     pub add: f32,
 }

@@ -11,9 +11,10 @@ use half::f16;
 use lcm_core::{Backend, Elem, Error, HostData, LoraDelta, Program, Result, WeightKind, WeightSpec};
 
 use super::device::{Device, DeviceBuffer, DeviceKind, GraphExec};
-use super::functions::Kernel;
+use super::kernel_table::Kernel;
 use super::launch::{self, Limits, Precision, Step};
 use super::lora::{LoraBuffers, LoraImage};
+use super::ops::gemm;
 use super::record::Recorder;
 
 // A service holds these across threads: keep them Send + Sync (checked at compile time).
@@ -36,7 +37,7 @@ pub struct CudaBackend {
 }
 
 /// A weight on the GPU: in the backend's precision and the layout its kernel reads (see
-/// `launch::gemm_weight_layout`), and optionally an attached LoRA slot for the unmerged path.
+/// `ops::gemm::gemm_weight_layout`), and optionally an attached LoRA slot for the unmerged path.
 pub struct CudaWeight {
     pub(crate) buf: DeviceBuffer,
     pub(crate) spec: WeightSpec,
@@ -427,8 +428,8 @@ fn stored_numel(spec: &WeightSpec, data: &[f32]) -> Result<usize> {
         return Err(Error::invalid(&spec.name, format!("{} values for shape {:?}", data.len(), spec.shape)));
     }
     match (spec.kind, spec.shape.as_slice()) {
-        (WeightKind::Conv, &[co, ci, kh, kw]) => Ok(co * kh * kw * launch::padded_channels(ci)),
-        (WeightKind::Linear, &[n, k]) => Ok(n * launch::padded_channels(k)),
+        (WeightKind::Conv, &[co, ci, kh, kw]) => Ok(co * kh * kw * gemm::padded_channels(ci)),
+        (WeightKind::Linear, &[n, k]) => Ok(n * gemm::padded_channels(k)),
         (WeightKind::Conv | WeightKind::Linear, s) => {
             Err(Error::invalid(&spec.name, format!("{:?} weight of shape {s:?}", spec.kind)))
         }
@@ -437,11 +438,11 @@ fn stored_numel(spec: &WeightSpec, data: &[f32]) -> Result<usize> {
 }
 
 /// A weight in the layout its kernels read: GEMM weights `[co, kh, kw, cip]`, the rest as given, in `T`.
-fn stored_layout<T: launch::Stored>(spec: &WeightSpec, data: &[f32]) -> Result<Vec<T>> {
+fn stored_layout<T: gemm::Stored>(spec: &WeightSpec, data: &[f32]) -> Result<Vec<T>> {
     stored_numel(spec, data)?;
     Ok(match (spec.kind, spec.shape.as_slice()) {
-        (WeightKind::Conv, &[co, ci, kh, kw]) => launch::gemm_weight_layout(data, co, ci, kh, kw),
-        (WeightKind::Linear, &[n, k]) => launch::gemm_weight_layout(data, n, k, 1, 1),
+        (WeightKind::Conv, &[co, ci, kh, kw]) => gemm::gemm_weight_layout(data, co, ci, kh, kw),
+        (WeightKind::Linear, &[n, k]) => gemm::gemm_weight_layout(data, n, k, 1, 1),
         _ => data.iter().map(|&v| T::from_f32(v)).collect(),
     })
 }

@@ -64,12 +64,12 @@ impl Device {
         };
         match kind {
             DeviceKind::Gpu(ordinal) => {
-                if !super::kernels::compiled() {
+                if !super::fatbin::compiled() {
                     return Err(Error::backend(
                         "this binary was built without nvcc, so it has no CUDA kernels: run scripts/install-nvcc.sh (or set NVCC / CUDA_HOME) and rebuild",
                     ));
                 }
-                let (gpu, f) = Gpu::open(ordinal, super::kernels::FATBIN)?;
+                let (gpu, f) = Gpu::open(ordinal, super::fatbin::FATBIN)?;
                 Ok(Arc::new(counters(f.name, f.sm_count, f.cc, f.smem_optin, Imp::Gpu(gpu))))
             }
             #[cfg(lcm_emulator)]

@@ -9,7 +9,7 @@ use std::ffi::c_void;
 use cudarc::driver::sys;
 use lcm_core::{Error, Result};
 
-use super::functions::Kernel;
+use super::kernel_table::Kernel;
 
 /// Turns a driver status into the engine's error, naming what was being done.
 pub(crate) fn check(r: sys::CUresult, what: &str) -> Result<()> {

@@ -2,7 +2,7 @@
 //! - merged: [`CudaBackend::merge_lora`] adds scale·up@down into a stored weight (kernels/lora.cu);
 //! - unmerged: a [`LoraSlot`] holds fixed-size buffers for one target weight (down in the GEMM layout,
 //!   scale·up zero-padded to the slot's rank); [`CudaWeight::attach_lora`] makes every GEMM on that
-//!   weight run as [x | x·Aᵀ]·[W | s·B]ᵀ (two launches, see record.rs), and [`CudaBackend::set_lora`]
+//!   weight run as [x | x·Aᵀ]·[W | s·B]ᵀ (two launches, see ops/gemm.rs), and [`CudaBackend::set_lora`]
 //!   swaps adapters by copying into the same buffers — no allocation, no re-merge, no graph re-capture.
 //!
 //! The pipeline's runtime LoRA mode (`lcm_pipeline::lora_swap`) gives every LoRA target a slot at load
@@ -10,7 +10,7 @@
 //! before the first run. A swap is then either `set_lora` per target (the factors converted and
 //! uploaded from the host), or — for LoRA sets prepared ahead — one device-to-device copy of a
 //! [`LoraImage`], the region's whole contents prepared in device memory of its own: no host work at all.
-//! Attaching or detaching changes the launch sequence, so the next run re-records (once). Both ways work
+//! Attaching changes the launch sequence, so the next run re-records (once). Both ways work
 //! on f16 weights only (the f32 backend serves VAEs, which LoRAs do not target).
 
 use std::sync::Arc;
@@ -18,11 +18,11 @@ use std::sync::Arc;
 use half::f16;
 use lcm_core::{Error, LoraDelta, Result, WeightKind, WeightSpec};
 
-use super::abi::LcmLoraMergeParams;
 use super::backend::{CudaBackend, CudaWeight};
 use super::device::DeviceBuffer;
-use super::functions::Kernel;
-use super::launch::{gemm_weight_layout, Launch, Params, Precision};
+use super::launch::Precision;
+use super::ops::gemm::gemm_weight_layout;
+use super::ops::lora::lora_merge;
 
 /// The device buffers of one LoRA slot: two ranges of its region.
 pub struct LoraBuffers {
@@ -146,10 +146,6 @@ impl CudaWeight {
         self.lora = Some(slot.inner.clone());
         Ok(())
     }
-
-    pub fn detach_lora(&mut self) {
-        self.lora = None;
-    }
 }
 
 impl CudaBackend {
@@ -248,28 +244,7 @@ impl CudaBackend {
         let u = DeviceBuffer::alloc(&self.dev, up.len() * 4)?;
         d.upload(0, down)?;
         u.upload(0, up)?;
-        let params = LcmLoraMergeParams {
-            w: weight.buf.ptr,
-            down: d.ptr,
-            up: u.ptr,
-            co: o as i32,
-            ci: i as i32,
-            cip: i.div_ceil(8) as i32 * 8,
-            kh: kh as i32,
-            kw: kw as i32,
-            rank: rank as i32,
-            scale,
-            pad0: 0,
-        };
-        let total = o * kh * kw * i.div_ceil(8) * 8;
-        let grid = total.div_ceil(256).min(self.limits.sm_count as usize * 8) as u32;
-        self.launch(&Launch {
-            kernel: Kernel::LoraMerge,
-            grid: [grid, 1, 1],
-            block: [256, 1, 1],
-            smem: 0,
-            params: Params::LoraMerge(params),
-        })?;
+        self.launch(&lora_merge([o, i, kh, kw, rank], scale, [weight.buf.ptr, d.ptr, u.ptr], self.limits)?)?;
         // The factors are freed on return: wait for the kernel first.
         self.synchronize()
     }

@@ -1,9 +1,11 @@
 //! The CUDA backend: kernels compiled by build.rs, launched through the driver API (cudarc, loaded at
 //! run time, so the binary starts where no driver is installed and reports that as an error).
 //!
-//! - `kernels`: the embedded fatbin and ptxas report; `abi`: the kernel parameter structs;
-//! - `functions`: the kernel table (name and parameter struct of each); `launch`: launch planning
-//!   (tile tables, grids, limits; pure, unit-tested); `record`: a graph -> the launches of one run;
+//! - `fatbin`: the embedded fatbin and ptxas report; `abi`: the kernel parameter structs;
+//! - `kernel_table`: every kernel (name and parameter struct of each); `launch`: what a launch is
+//!   (limits, precision, parameter structs); `ops/<family>.rs`: each kernel family's launch planning
+//!   (tile tables, grids; pure, unit-tested) and record arm; `record`: a graph -> the launches of one
+//!   run, one arm per family;
 //! - `backend`: [`CudaBackend`], the `lcm_core::Backend`; `lora`: merged and unmerged LoRA;
 //! - `device`: the seam below all of that — counted allocations, copies, launches, graph capture —
 //!   over `driver` (a GPU through the driver API) or `emulator` (the same kernels compiled as host C++
@@ -17,16 +19,17 @@ mod device;
 mod driver;
 #[cfg(lcm_emulator)]
 mod emulator;
-pub mod functions;
-pub mod kernels;
+pub mod fatbin;
+pub mod kernel_table;
 pub mod launch;
 mod lora;
+mod ops;
 mod record;
 pub mod self_check;
 
 pub use backend::{kernel_names, CudaArena, CudaBackend, CudaWeight};
 pub use device::DeviceKind;
-pub use functions::Kernel;
+pub use kernel_table::Kernel;
 pub use launch::Precision;
 pub use lora::{LoraImage, LoraSlot};
 

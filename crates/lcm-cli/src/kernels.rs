@@ -1,14 +1,14 @@
 //! `lcm kernels`: the ptxas resource report of every kernel compiled into this binary.
 
-use lcm::cuda::kernels;
+use lcm::cuda::fatbin;
 use lcm_core::Result;
 
 pub fn run() -> Result<()> {
-    if !kernels::compiled() {
+    if !fatbin::compiled() {
         println!("this lcm was built without nvcc: no CUDA kernels. Run scripts/install-nvcc.sh and rebuild.");
         return Ok(());
     }
-    let rows = kernels::resources();
+    let rows = fatbin::resources();
     let width = rows.iter().map(|r| r.kernel.len()).max().unwrap_or(6).max(6);
     println!(
         "{:<width$}  {:<7} {:>5} {:>10} {:>6} {:>12}",

@@ -3,8 +3,8 @@
 //! replay it.
 
 use crate::error::Result;
-use crate::executor::Program;
 use crate::graph::{Elem, WeightSpec};
+use crate::program::Program;
 
 /// Host data written into an input slot.
 #[derive(Debug, Clone, Copy)]

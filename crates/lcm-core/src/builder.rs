@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use crate::error::{Error, Result};
-use crate::graph::{Activation, Elem, Graph, Op, Storage, TensorDesc, TensorId, WeightKind, WeightSpec};
+use crate::graph::{Activation, Elem, Graph, MapKind, Op, Storage, TensorDesc, TensorId, WeightKind, WeightSpec};
 use crate::lcm::{Prediction, STEP_ROW};
 
 /// A graph under construction: its tensors and ops in forward order, weights deduplicated by checkpoint
@@ -172,19 +172,25 @@ impl GraphBuilder {
         self.push(Op::Geglu { x, out })
     }
 
+    /// `kind` element-wise over `x`, and `y` (x's shape) when `kind` is binary.
+    pub fn map(&mut self, kind: MapKind, x: TensorId, y: Option<TensorId>) -> TensorId {
+        if y.map_or(1, |_| 2) != kind.arity() {
+            self.fail(format!("{}: takes {} operands, given {}", kind.name(), kind.arity(), 1 + y.iter().len()));
+        } else if let Some(y) = y.filter(|&y| self.shape(x) != self.shape(y)) {
+            self.fail(format!("{}: shapes {:?} and {:?} differ", kind.name(), self.shape(x), self.shape(y)));
+        }
+        let out = self.act(self.shape(x).to_vec());
+        self.push(Op::Map { kind, x, y, out })
+    }
+
     /// `act` applied element-wise.
     pub fn activation(&mut self, x: TensorId, act: Activation) -> TensorId {
-        let out = self.act(self.shape(x).to_vec());
-        self.push(Op::Act { x, act, out })
+        self.map(MapKind::Act(act), x, None)
     }
 
     /// `a + b`, of equal shapes.
     pub fn add(&mut self, a: TensorId, b: TensorId) -> TensorId {
-        if self.shape(a) != self.shape(b) {
-            self.fail(format!("add: shapes {:?} and {:?} differ", self.shape(a), self.shape(b)));
-        }
-        let out = self.act(self.shape(a).to_vec());
-        self.push(Op::Add { a, b, out })
+        self.map(MapKind::Add, a, Some(b))
     }
 
     /// `x [B, H, W, C] + bias [B, C]` broadcast over space (a ResNet's time embedding).
@@ -310,8 +316,7 @@ impl GraphBuilder {
 
     /// `x·mul + add`.
     pub fn scale(&mut self, x: TensorId, mul: f32, add: f32) -> TensorId {
-        let out = self.act(self.shape(x).to_vec());
-        self.push(Op::Scale { x, mul, add, out })
+        self.map(MapKind::Scale { mul, add }, x, None)
     }
 
     /// The finished graph, or the first inconsistency met while building it.
@@ -320,5 +325,22 @@ impl GraphBuilder {
             Some(e) => Err(Error::invalid("model graph", e)),
             None => Ok(self.g),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_map_with_the_wrong_operands_is_a_graph_error() {
+        let mut b = GraphBuilder::new();
+        let x = b.input(&[2, 3], Elem::Act);
+        b.map(MapKind::Add, x, None);
+        assert!(b.finish().unwrap_err().to_string().contains("add: takes 2 operands, given 1"));
+        let mut b = GraphBuilder::new();
+        let (x, y) = (b.input(&[2, 3], Elem::Act), b.input(&[3, 2], Elem::Act));
+        b.add(x, y);
+        assert!(b.finish().unwrap_err().to_string().contains("add: shapes [2, 3] and [3, 2] differ"));
     }
 }

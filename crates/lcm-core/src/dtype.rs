@@ -14,14 +14,6 @@ pub enum DType {
 }
 
 impl DType {
-    /// Bytes per element.
-    pub fn size_bytes(self) -> usize {
-        match self {
-            DType::F32 => 4,
-            DType::F16 | DType::BF16 => 2,
-        }
-    }
-
     /// Lower-case name for messages (`f32`, `f16`, `bf16`).
     pub fn name(self) -> &'static str {
         match self {

@@ -1,12 +1,12 @@
 //! Fusion as a graph rewrite, so model code stays a plain transcription of diffusers:
-//! - `GroupNorm` then `SiLU` becomes one `GroupNorm { silu: true }`;
-//! - `Add` of a conv/linear result and another tensor moves the add into that op's epilogue
+//! - `GroupNorm` then a SiLU `Map` becomes one `GroupNorm { silu: true }`;
+//! - an `Add` (`Map`) of a conv/linear result and another tensor moves the add into that op's epilogue
 //!   (`residual`), which also removes the intermediate from the arena;
 //! - `Linear` then `Geglu` becomes one `Linear { geglu: true }` (the GEMM epilogue computes
 //!   hidden·gelu(gate)): the planner then sees the fused op's real lifetimes, so its output is never
 //!   placed on its input, and the 2·hidden intermediate never exists.
 
-use crate::graph::{Activation, Graph, Op, Storage, TensorId};
+use crate::graph::{Activation, Graph, MapKind, Op, Storage, TensorId};
 
 /// Applies the rewrites above. The fused op writes the removed op's output tensor, so tensor ids, graph
 /// inputs and outputs are unchanged; an intermediate that another op or the caller reads is never fused
@@ -36,7 +36,7 @@ pub fn fuse(mut g: Graph) -> Graph {
     let ops = g.ops.clone();
     for (i, op) in ops.into_iter().enumerate() {
         match op {
-            Op::Act { x, act: Activation::Silu, out } if single_use(x) => {
+            Op::Map { kind: MapKind::Act(Activation::Silu), x, out, .. } if single_use(x) => {
                 if let Some(p) = producer[x] {
                     if let Op::GroupNorm { silu: silu @ false, out: gn_out, .. } = &mut g.ops[p] {
                         *silu = true;
@@ -56,7 +56,7 @@ pub fn fuse(mut g: Graph) -> Graph {
                     }
                 }
             }
-            Op::Add { a, b, out } => {
+            Op::Map { kind: MapKind::Add, x: a, y: Some(b), out } => {
                 for (main, other) in [(a, b), (b, a)] {
                     if !single_use(main) {
                         continue;
@@ -86,4 +86,47 @@ pub fn fuse(mut g: Graph) -> Graph {
         !dead[i - 1]
     });
     g
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Elem, GraphBuilder};
+
+    #[test]
+    fn norm_silu_residual_add_and_geglu_fuse_into_their_producers() {
+        let mut b = GraphBuilder::new();
+        let x = b.input(&[1, 4, 4, 8], Elem::Act);
+        let n = b.group_norm("gn", x, 2, 1e-5, false);
+        let s = b.activation(n, Activation::Silu);
+        let c = b.conv2d("conv", s, 8, 3, 1, [1; 4], true);
+        let r = b.add(x, c); // the conv result as either operand
+        let t = b.input(&[1, 16, 8], Elem::Act);
+        let l = b.linear("fc", t, 16, true);
+        let g = b.geglu(l);
+        b.output(r);
+        b.output(g);
+        let g = fuse(b.finish().unwrap());
+        assert_eq!(g.ops.len(), 3, "{:?}", g.ops);
+        assert!(matches!(g.ops[0], Op::GroupNorm { silu: true, out, .. } if out == s));
+        assert!(matches!(g.ops[1], Op::Conv2d { residual: Some(rx), out, .. } if rx == x && out == r));
+        assert!(matches!(g.ops[2], Op::Linear { geglu: true, .. }));
+    }
+
+    #[test]
+    fn a_silu_or_add_whose_input_is_read_elsewhere_stays() {
+        let mut b = GraphBuilder::new();
+        let x = b.input(&[1, 4, 4, 8], Elem::Act);
+        let n = b.group_norm("gn", x, 2, 1e-5, false);
+        let s = b.activation(n, Activation::Silu);
+        let c = b.conv2d("conv", s, 8, 1, 1, [0; 4], false);
+        let r = b.add(c, x);
+        b.output(n); // the norm's output is read by the caller: no SiLU fusion
+        b.output(c); // the conv's too: no residual fusion
+        b.output(r);
+        let g = fuse(b.finish().unwrap());
+        assert_eq!(g.ops.len(), 4);
+        assert!(matches!(g.ops[1], Op::Map { kind: MapKind::Act(Activation::Silu), .. }));
+        assert!(matches!(g.ops[3], Op::Map { kind: MapKind::Add, .. }));
+    }
 }

@@ -97,6 +97,41 @@ pub enum Activation {
     TanhClamp,
 }
 
+/// An element-wise function ([`Op::Map`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MapKind {
+    /// `act(x)`.
+    Act(Activation),
+    /// `x·mul + add`.
+    Scale {
+        /// Multiplier.
+        mul: f32,
+        /// Offset, added after the product.
+        add: f32,
+    },
+    /// `x + y`.
+    Add,
+}
+
+impl MapKind {
+    /// Operands the function takes: 1, or 2 (`x` and `y`).
+    pub fn arity(self) -> usize {
+        match self {
+            MapKind::Act(_) | MapKind::Scale { .. } => 1,
+            MapKind::Add => 2,
+        }
+    }
+
+    /// The name for profiles and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            MapKind::Act(_) => "activation",
+            MapKind::Scale { .. } => "scale",
+            MapKind::Add => "add",
+        }
+    }
+}
+
 /// One op: its input tensors, its parameters and the one tensor `out` it writes.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Op {
@@ -108,7 +143,7 @@ pub enum Op {
         w: TensorId,
         /// Bias `[Co]`.
         bias: Option<TensorId>,
-        /// Added after the bias (a fused `Add`); `out`'s shape.
+        /// Added after the bias (a fused `MapKind::Add`); `out`'s shape.
         residual: Option<TensorId>,
         /// Stride on both axes.
         stride: usize,
@@ -126,7 +161,7 @@ pub enum Op {
         w: TensorId,
         /// Bias `[N]`.
         bias: Option<TensorId>,
-        /// Added after the bias (a fused `Add`); `out`'s shape. Never with `geglu`.
+        /// Added after the bias (a fused `MapKind::Add`); `out`'s shape. Never with `geglu`.
         residual: Option<TensorId>,
         /// The GEGLU epilogue (a fused `Geglu`).
         geglu: bool,
@@ -145,7 +180,7 @@ pub enum Op {
         groups: usize,
         /// Added to the variance.
         eps: f32,
-        /// SiLU after the affine (a fused `Act`).
+        /// SiLU after the affine (a fused SiLU `Map`).
         silu: bool,
         /// Output, x's shape.
         out: TensorId,
@@ -186,22 +221,16 @@ pub enum Op {
         /// Output `[…, C]`.
         out: TensorId,
     },
-    /// `out = act(x)` element-wise.
-    Act {
-        /// Input.
-        x: TensorId,
+    /// `out[i] = f(x[i])`, or `f(x[i], y[i])` for a binary `kind`: every element-wise op is one of
+    /// these, so a new one is a [`MapKind`] and its two functions (CPU closure, device functor).
+    Map {
         /// The function.
-        act: Activation,
-        /// Output, x's shape.
-        out: TensorId,
-    },
-    /// `out = a + b`, equal shapes.
-    Add {
+        kind: MapKind,
         /// First operand.
-        a: TensorId,
-        /// Second operand.
-        b: TensorId,
-        /// Sum.
+        x: TensorId,
+        /// Second operand, x's shape: present exactly when `kind` is binary.
+        y: Option<TensorId>,
+        /// Output, x's shape.
         out: TensorId,
     },
     /// `x [B, H, W, C] + bias [B, C]` broadcast over space (a ResNet's time embedding).
@@ -255,17 +284,6 @@ pub enum Op {
         /// Output `[B, dim]`.
         out: TensorId,
     },
-    /// `out = x·mul + add`.
-    Scale {
-        /// Input.
-        x: TensorId,
-        /// Multiplier.
-        mul: f32,
-        /// Offset, added after the product.
-        add: f32,
-        /// Output, x's shape.
-        out: TensorId,
-    },
     /// `out[i] = x[i mod numel(x)] / div + add`, converted between element types (`Act` ↔ `F32`):
     /// latents into the UNet (repeated for a guided batch), denoised latents into the VAE
     /// (`/ scaling_factor + shift`, the division diffusers does).
@@ -315,14 +333,12 @@ impl Op {
             | Op::LayerNorm { out, .. }
             | Op::Attention { out, .. }
             | Op::Geglu { out, .. }
-            | Op::Act { out, .. }
-            | Op::Add { out, .. }
+            | Op::Map { out, .. }
             | Op::AddChannel { out, .. }
             | Op::Concat { out, .. }
             | Op::Upsample { out, .. }
             | Op::Embed { out, .. }
             | Op::TimestepEmbed { out, .. }
-            | Op::Scale { out, .. }
             | Op::Cast { out, .. }
             | Op::LcmStep { out, .. } => out,
         }
@@ -339,12 +355,12 @@ impl Op {
             }
             Op::GroupNorm { x, gamma, beta, .. } | Op::LayerNorm { x, gamma, beta, .. } => v.extend([x, gamma, beta]),
             Op::Attention { q, k, v: vv, .. } => v.extend([q, k, vv]),
-            Op::Geglu { x, .. }
-            | Op::Act { x, .. }
-            | Op::Upsample { x, .. }
-            | Op::Scale { x, .. }
-            | Op::Cast { x, .. } => v.push(x),
-            Op::Add { a, b, .. } | Op::Concat { a, b, .. } => v.extend([a, b]),
+            Op::Geglu { x, .. } | Op::Upsample { x, .. } | Op::Cast { x, .. } => v.push(x),
+            Op::Map { x, y, .. } => {
+                v.push(x);
+                v.extend(y);
+            }
+            Op::Concat { a, b, .. } => v.extend([a, b]),
             Op::AddChannel { x, bias, .. } => v.extend([x, bias]),
             Op::Embed { ids, table, positions, .. } => v.extend([ids, table, positions]),
             Op::TimestepEmbed { t, .. } => v.push(t),
@@ -367,14 +383,12 @@ impl Op {
             Op::LayerNorm { .. } => "layer_norm",
             Op::Attention { .. } => "attention",
             Op::Geglu { .. } => "geglu",
-            Op::Act { .. } => "activation",
-            Op::Add { .. } => "add",
+            Op::Map { kind, .. } => kind.name(),
             Op::AddChannel { .. } => "add_channel",
             Op::Concat { .. } => "concat",
             Op::Upsample { .. } => "upsample_nearest",
             Op::Embed { .. } => "embed",
             Op::TimestepEmbed { .. } => "timestep_embed",
-            Op::Scale { .. } => "scale",
             Op::Cast { .. } => "cast",
             Op::LcmStep { .. } => "lcm_step",
         }

@@ -13,6 +13,7 @@ pub mod graph;
 pub mod lcm;
 pub mod lower;
 pub mod planner;
+pub mod program;
 pub mod tensor;
 pub mod weights;
 
@@ -21,8 +22,8 @@ pub use builder::GraphBuilder;
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use executor::Executor;
-pub use executor::Program;
-pub use graph::{Activation, Elem, Graph, Op, Storage, TensorId, WeightKind, WeightSpec};
+pub use graph::{Activation, Elem, Graph, MapKind, Op, Storage, TensorId, WeightKind, WeightSpec};
 pub use lower::{Attention, Gemm, Problem};
+pub use program::Program;
 pub use tensor::{rel_l2, Tensor};
 pub use weights::{SafeTensorsFile, TensorView, WeightFiles};

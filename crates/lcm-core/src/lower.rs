@@ -129,7 +129,7 @@ pub enum Problem {
         /// Output channels.
         c: usize,
     },
-    /// Element-wise over `n` outputs (activation, add, scale, the LCM step).
+    /// Element-wise over `n` outputs (a `Map`, the LCM step).
     Map {
         /// Outputs.
         n: usize,
@@ -272,9 +272,19 @@ impl Graph {
                 }
                 Problem::Geglu { rows: n(out) / c.max(1), c }
             }
-            Op::Act { out, .. } | Op::Add { out, .. } | Op::Scale { out, .. } | Op::LcmStep { out, .. } => {
+            Op::Map { kind, x, y, out } => {
+                let fits = |t: TensorId| self.shape(t) == self.shape(out);
+                if y.map_or(1, |_| 2) != kind.arity() || !fits(x) || !y.is_none_or(fits) {
+                    return Err(format!(
+                        "{kind:?} of {:?} and {:?} into {:?}",
+                        self.shape(x),
+                        y.map(|y| self.shape(y)),
+                        self.shape(out)
+                    ));
+                }
                 Problem::Map { n: n(out) }
             }
+            Op::LcmStep { out, .. } => Problem::Map { n: n(out) },
             Op::AddChannel { x, .. } => {
                 let [batch, h, w, c] = dims4(x)?;
                 Problem::AddChannel { batch, hw: h * w, c }

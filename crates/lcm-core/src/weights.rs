@@ -122,11 +122,6 @@ impl SafeTensorsFile {
         })?;
         Ok(TensorView { dtype, shape: &e.shape, bytes: &self.map[e.start..e.end] })
     }
-
-    /// The bytes of the whole file as mapped (for tests that check nothing was copied).
-    pub fn mapped_len(&self) -> usize {
-        self.map.len()
-    }
 }
 
 /// The weights of one model component: one file, or the shards an `*.index.json` lists.
@@ -193,10 +188,5 @@ impl WeightFiles {
             return Err(Error::tensor(at, name, format!("has shape {:?}, expected {:?}", v.shape, expected)));
         }
         Ok(v)
-    }
-
-    /// Bytes of all the files as mapped.
-    pub fn mapped_bytes(&self) -> usize {
-        self.files.iter().map(SafeTensorsFile::mapped_len).sum()
     }
 }

@@ -107,7 +107,7 @@ impl Task {
     /// of the block; the rest get probability 0.
     fn online_softmax(&mut self, rows: usize, cols: usize, scale: f32, visible: impl Fn(usize) -> usize) {
         let d = self.d;
-        crate::elementwise::simd(|| {
+        crate::simd::simd(|| {
             for (r, row) in self.scores[..rows * cols].chunks_mut(cols).enumerate() {
                 let vis = visible(r);
                 let (seen, hidden) = row.split_at_mut(vis);
@@ -115,13 +115,13 @@ impl Task {
                 if vis == 0 {
                     continue;
                 }
-                let block_max = crate::elementwise::max(seen) * scale;
+                let block_max = crate::simd::max(seen) * scale;
                 let new_max = self.max[r].max(block_max);
                 // exp(-inf) = 0 on the first block: nothing accumulated yet to rescale.
-                let correction = crate::elementwise::exp(self.max[r] - new_max);
+                let correction = crate::simd::exp(self.max[r] - new_max);
                 // Separate passes: each vectorises, as one loop carrying the sum would not.
-                seen.iter_mut().for_each(|x| *x = crate::elementwise::exp(*x * scale - new_max));
-                let sum = crate::elementwise::sum(seen);
+                seen.iter_mut().for_each(|x| *x = crate::simd::exp(*x * scale - new_max));
+                let sum = crate::simd::sum(seen);
                 self.sum[r] = self.sum[r] * correction + sum;
                 self.max[r] = new_max;
                 if correction != 1.0 {

@@ -6,23 +6,26 @@
 
 pub mod attention;
 pub mod conv;
-pub mod elementwise;
+pub mod eltwise;
 pub mod gemm;
+pub mod lcm_step;
 pub mod memory;
 pub mod norm;
 pub mod packed;
+pub mod simd;
 pub mod winograd;
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use lcm_core::lcm::{self, StepRow};
+use lcm_core::lcm::StepRow;
 use lcm_core::planner::ArenaPlan;
 use lcm_core::{Backend, Elem, Error, Graph, HostData, Op, Result, Storage, TensorId, WeightKind, WeightSpec};
 use lcm_core::{Problem, Program};
 
 use crate::attention::AttnShape;
+use crate::lcm_step::StepInputs;
 use crate::memory::{HostArena, HostMemory};
 use crate::packed::{Epilogue, PackedB};
 use crate::winograd::WinogradWeight;
@@ -298,7 +301,7 @@ impl CpuBackend {
                     memory::grow(&mut full, rows * n);
                     let full = &mut full[..rows * n];
                     packed::gemm(rows, m.src(x), k, w, full, Epilogue { bias, residual: None });
-                    elementwise::geglu(full, n / 2, out);
+                    eltwise::geglu(full, n / 2, out);
                 } else {
                     packed::gemm(rows, m.src(x), k, w, out, Epilogue { bias, residual: residual.map(|r| m.src(r)) });
                 }
@@ -320,41 +323,35 @@ impl CpuBackend {
                 };
                 attention::attention(&s, m.src(q), m.src(k), m.src(v), out);
             }
-            (Op::Geglu { x, .. }, Problem::Geglu { c, .. }) => elementwise::geglu(m.src(x), c, out),
-            (Op::Act { x, act, .. }, _) => elementwise::activation(m.src(x), act, out),
-            (Op::Add { a, b, .. }, _) => elementwise::add(m.src(a), m.src(b), out),
+            (Op::Geglu { x, .. }, Problem::Geglu { c, .. }) => eltwise::geglu(m.src(x), c, out),
+            (Op::Map { kind, x, y, .. }, Problem::Map { .. }) => eltwise::map(kind, m.src(x), y.map(|y| m.src(y)), out),
             (Op::AddChannel { x, bias, .. }, Problem::AddChannel { batch, c, .. }) => {
-                elementwise::add_channel(m.src(x), m.src(bias), batch, c, out);
+                eltwise::add_channel(m.src(x), m.src(bias), batch, c, out);
             }
             (Op::Concat { a, b, .. }, Problem::Concat { ca, cb, .. }) => {
-                elementwise::concat(m.src(a), m.src(b), ca, cb, out)
+                eltwise::concat(m.src(a), m.src(b), ca, cb, out)
             }
             (Op::Upsample { x, .. }, Problem::Upsample { h, w, c, ho, wo, .. }) => {
-                elementwise::upsample_nearest(m.src(x), h, w, c, ho, wo, out);
+                eltwise::upsample_nearest(m.src(x), h, w, c, ho, wo, out);
             }
             (Op::Embed { ids, table, positions, .. }, Problem::Embed { tokens, c, vocab, .. }) => {
-                elementwise::embed(m.src(ids), m.src(table), m.src(positions), tokens, c, vocab, out).map_err(
-                    |id| Error::invalid("token ids", format!("id {id} is outside the vocabulary of {vocab} tokens")),
-                )?;
+                eltwise::embed(m.src(ids), m.src(table), m.src(positions), tokens, c, vocab, out).map_err(|id| {
+                    Error::invalid("token ids", format!("id {id} is outside the vocabulary of {vocab} tokens"))
+                })?;
             }
             (Op::TimestepEmbed { t, row, flip_sin_to_cos, freq_shift, .. }, Problem::Timestep { batch, dim }) => {
                 let ts = &m.src(t)[row * batch..(row + 1) * batch];
-                elementwise::timestep_embed(ts, dim, flip_sin_to_cos, freq_shift, out);
+                eltwise::timestep_embed(ts, dim, flip_sin_to_cos, freq_shift, out);
             }
-            (Op::Scale { x, mul, add, .. }, _) => elementwise::map(m.src(x), out, |v| v * mul + add),
-            (Op::Cast { x, div, add, .. }, _) => {
-                let src = m.src(x);
-                out.chunks_mut(src.len()).for_each(|o| elementwise::map(src, o, |v| v / div + add));
-            }
-            (Op::LcmStep { x, model_output, noise, schedule, step, guided, prediction, clip, .. }, _) => {
-                let n = out.len();
+            (Op::Cast { x, div, add, .. }, Problem::Cast { .. }) => eltwise::cast(m.src(x), div, add, out),
+            (
+                Op::LcmStep { x, model_output, noise, schedule, step, guided, prediction, clip, .. },
+                Problem::Map { n },
+            ) => {
                 let row = &StepRow::of(m.src(schedule), step);
                 let noise = noise.map(|z| &m.src(z)[step * n..(step + 1) * n]);
-                let (xs, eps) = (m.src(x), m.src(model_output));
-                for (i, o) in out.iter_mut().enumerate() {
-                    let e = if guided { lcm::guide(eps[i], eps[n + i], row.guidance) } else { eps[i] };
-                    *o = lcm::step(xs[i], e, noise.map(|z| z[i]), row, prediction, clip);
-                }
+                let s = StepInputs { x: m.src(x), model_output: m.src(model_output), noise };
+                lcm_step::lcm_step(s, row, guided, prediction, clip, out);
             }
             (op, p) => return Err(Error::backend(format!("{} was lowered to {p:?}", op.name()))),
         }

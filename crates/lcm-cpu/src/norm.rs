@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use crate::elementwise::simd;
+use crate::simd::simd;
 
 const PIXEL_CHUNK: usize = 256;
 
@@ -78,7 +78,7 @@ pub fn group_norm(
                     for (op, xp) in o.chunks_exact_mut(c).zip(xi.chunks_exact(c)) {
                         for (((o, &x), &a), &b) in op.iter_mut().zip(xp).zip(&scale).zip(&offset) {
                             let y = x * a + b;
-                            *o = if silu { crate::elementwise::silu(y) } else { y };
+                            *o = if silu { crate::eltwise::silu(y) } else { y };
                         }
                     }
                 })

@@ -130,7 +130,7 @@ pub fn conv2d(s: &ConvShape, x: &[f32], w: &WinogradWeight, out: &mut [f32], epi
             let (v, mm) = (Shared(v.as_mut_ptr()), Shared(m.as_mut_ptr()));
             (0..n).into_par_iter().for_each(|t| {
                 // SAFETY: row t of every V_ξ is this task's alone; V holds 36·n·Ci values.
-                crate::elementwise::simd(|| unsafe { input_tile(s, x, first + t, v, n, t) });
+                crate::simd::simd(|| unsafe { input_tile(s, x, first + t, v, n, t) });
             });
             (0..T * T).into_par_iter().for_each(|xi| {
                 // SAFETY: V is only read now; M_ξ (n × Co at ξ·n·Co) is this task's alone.
@@ -145,7 +145,7 @@ pub fn conv2d(s: &ConvShape, x: &[f32], w: &WinogradWeight, out: &mut [f32], epi
             let m = &m[..T * T * n * s.co];
             (0..n).into_par_iter().for_each(|t| {
                 // SAFETY: tile first + t's pixels are this task's alone.
-                crate::elementwise::simd(|| unsafe { output_tile(s, m, n, t, first + t, out, epi) });
+                crate::simd::simd(|| unsafe { output_tile(s, m, n, t, first + t, out, epi) });
             });
         }
     });

@@ -1,10 +1,12 @@
-//! GroupNorm and LayerNorm launch planning (kernels/norm.cu).
+//! The norm family (kernels/norm.cu): GroupNorm's three launches and their plan, LayerNorm, and the
+//! record arm for `GroupNorm` and `LayerNorm`.
 
-use lcm_core::{Error, Result};
+use lcm_core::{Error, Op, Problem, Result};
 
-use super::{cdiv, check_smem, dim, Launch, Limits, Params, Precision};
 use crate::cuda::abi::{LcmGroupNormParams, LcmLayerNormParams};
-use crate::cuda::functions::Kernel;
+use crate::cuda::kernel_table::Kernel;
+use crate::cuda::launch::{cdiv, check_smem, dim, Launch, Limits, Params, Precision, Step};
+use crate::cuda::record::{mislowered, Recorder};
 
 /// The GroupNorm launch shape: every block is `cols · rows` threads over chunks of `chunk_pixels`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,10 +137,38 @@ pub fn layer_norm(rows: usize, c: usize, eps: f32, ptrs: [u64; 4]) -> Result<Lau
     })
 }
 
+/// Workspace bytes of a GroupNorm: its partial sums and statistics.
+pub(crate) fn scratch_bytes(r: &Recorder, problem: &Problem) -> Result<usize> {
+    match *problem {
+        Problem::GroupNorm { batch, hw, c, groups } => {
+            Ok(group_norm_plan(batch, hw, c, groups, r.act_precision(), r.limits())?.scratch_floats * 4)
+        }
+        _ => Ok(0),
+    }
+}
+
+pub(crate) fn record(r: &Recorder, op: &Op, problem: &Problem, steps: &mut Vec<Step>) -> Result<()> {
+    match (*op, *problem) {
+        (Op::GroupNorm { x, gamma, beta, eps, silu, out, .. }, Problem::GroupNorm { batch, hw, c, groups }) => {
+            let ptrs = [r.addr(x)?, r.addr(gamma)?, r.addr(beta)?, r.addr(out)?];
+            let (prec, lim) = (r.act_precision(), r.limits());
+            let launches = group_norm(batch, hw, c, groups, eps, silu, ptrs, r.work(), prec, lim)?;
+            steps.extend(launches.map(Step::Kernel));
+        }
+        (Op::LayerNorm { x, gamma, beta, eps, out }, Problem::LayerNorm { rows, c }) => {
+            r.f16_only("layer_norm")?;
+            let ptrs = [r.addr(x)?, r.addr(gamma)?, r.addr(beta)?, r.addr(out)?];
+            steps.push(Step::Kernel(layer_norm(rows, c, eps, ptrs)?));
+        }
+        _ => return Err(mislowered(op, problem)),
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{H100, RTX};
     use super::*;
+    use crate::cuda::launch::test_limits::{H100, RTX};
 
     #[test]
     fn group_norm_chunks_cover_the_pixels_exactly() {

@@ -1,35 +1,42 @@
-//! Element-wise, copy and embedding launch planning (kernels/eltwise.cu).
+//! The element-wise family (kernels/eltwise.cu): every `MapKind`, the broadcast channel add, GEGLU,
+//! concatenation, nearest resize, embeddings and casts — launch planning and the record arm.
 
-use lcm_core::Result;
+use lcm_core::{Activation, Elem, Error, MapKind, Op, Problem, Result};
 
-use super::{dim, no_f32, stride_grid, Launch, Limits, Params, Precision};
-use crate::cuda::abi::{
-    LcmCastParams, LcmConcatParams, LcmEltwiseParams, LcmEmbedParams, LcmPrediction, LcmStepParams, LcmStepRow,
-    LcmTimestepParams, LcmUpsampleParams,
-};
-use crate::cuda::functions::Kernel;
-use lcm_core::lcm::Prediction;
+use crate::cuda::abi::*;
+use crate::cuda::kernel_table::Kernel;
+use crate::cuda::launch::{dim, no_f32, stride_grid, Launch, Limits, Params, Precision, Step};
+use crate::cuda::record::{mislowered, Recorder};
+
+/// The `map` kernels' function for each [`MapKind`] (kernels/eltwise.cu's switch) and its constants
+/// (mul, add).
+fn map_op(kind: MapKind) -> (LcmMapOp, f32, f32) {
+    match kind {
+        MapKind::Act(Activation::Silu) => (LcmMapOp_LCM_MAP_SILU, 1.0, 0.0),
+        MapKind::Act(Activation::Gelu) => (LcmMapOp_LCM_MAP_GELU, 1.0, 0.0),
+        MapKind::Act(Activation::QuickGelu) => (LcmMapOp_LCM_MAP_QUICK_GELU, 1.0, 0.0),
+        MapKind::Act(Activation::Relu) => (LcmMapOp_LCM_MAP_RELU, 1.0, 0.0),
+        MapKind::Act(Activation::TanhClamp) => (LcmMapOp_LCM_MAP_TANH_CLAMP, 1.0, 0.0),
+        MapKind::Scale { mul, add } => (LcmMapOp_LCM_MAP_SCALE, mul, add),
+        MapKind::Add => (LcmMapOp_LCM_MAP_ADD, 1.0, 0.0),
+    }
+}
 
 /// Which element-wise kernel, for [`eltwise`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum EltOp {
-    Add,
+    Map(MapKind),
     AddChannel {
         hw: usize,
         c: usize,
     },
-    Scale {
-        mul: f32,
-        add: f32,
-    },
-    Act(u32),
     /// Output width `c` (input rows are `2c`).
     Geglu {
         c: usize,
     },
 }
 
-/// `n` output elements of `prec`; `a`, `b` inputs (b unused for unary ops).
+/// `n` output elements of `prec`; `a`, `b` inputs (b 0 for unary ops).
 pub fn eltwise(op: EltOp, n: usize, a: u64, b: u64, out: u64, prec: Precision, lim: Limits) -> Result<Launch> {
     let vec = prec.vec();
     let vectorised = n.is_multiple_of(vec)
@@ -38,30 +45,24 @@ pub fn eltwise(op: EltOp, n: usize, a: u64, b: u64, out: u64, prec: Precision, l
             _ => true,
         };
     let (kv, k1) = match (prec, op) {
-        (Precision::F16, EltOp::Add) => (Kernel::AddV8, Kernel::AddV1),
+        (Precision::F16, EltOp::Map(_)) => (Kernel::MapV8, Kernel::MapV1),
         (Precision::F16, EltOp::AddChannel { .. }) => (Kernel::AddChannelV8, Kernel::AddChannelV1),
-        (Precision::F16, EltOp::Scale { .. }) => (Kernel::ScaleV8, Kernel::ScaleV1),
-        (Precision::F16, EltOp::Act(_)) => (Kernel::ActivationV8, Kernel::ActivationV1),
         (Precision::F16, EltOp::Geglu { .. }) => (Kernel::GegluV8, Kernel::GegluV1),
-        (Precision::F32, EltOp::Add) => (Kernel::AddV4F32, Kernel::AddV1F32),
-        (Precision::F32, EltOp::Scale { .. }) => (Kernel::ScaleV4F32, Kernel::ScaleV1F32),
-        (Precision::F32, EltOp::Act(_)) => (Kernel::ActivationV4F32, Kernel::ActivationV1F32),
+        (Precision::F32, EltOp::Map(_)) => (Kernel::MapV4F32, Kernel::MapV1F32),
         (Precision::F32, EltOp::AddChannel { .. }) => return Err(no_f32("add_channel")),
         (Precision::F32, EltOp::Geglu { .. }) => return Err(no_f32("geglu")),
     };
-    let mut p = LcmEltwiseParams { a, b, out, n: n as u64, hw: 0, c: 0, act: 0, mul: 1.0, add: 0.0 };
+    let mut p = LcmEltwiseParams { a, b, out, n: n as u64, hw: 0, c: 0, op: 0, mul: 1.0, add: 0.0 };
     match op {
+        EltOp::Map(kind) => {
+            let (code, mul, add) = map_op(kind);
+            (p.op, p.mul, p.add) = (code as i32, mul, add);
+        }
         EltOp::AddChannel { hw, c } => {
             p.hw = hw as u64;
             p.c = dim(c, "channels")?;
         }
-        EltOp::Scale { mul, add } => {
-            p.mul = mul;
-            p.add = add;
-        }
-        EltOp::Act(a) => p.act = a as i32,
         EltOp::Geglu { c } => p.c = dim(c, "channels")?,
-        EltOp::Add => {}
     }
     let vec = if vectorised { vec } else { 1 };
     Ok(Launch {
@@ -189,7 +190,7 @@ pub fn cast(
         (Precision::F32, Precision::F16) => Kernel::CastF32F16,
         (Precision::F16, Precision::F32) => Kernel::CastF16F32,
         (Precision::F32, Precision::F32) => Kernel::CastF32F32,
-        (Precision::F16, Precision::F16) => return Err(lcm_core::Error::backend("cast between two f16 tensors")),
+        (Precision::F16, Precision::F16) => return Err(Error::backend("cast between two f16 tensors")),
     };
     Ok(Launch {
         kernel,
@@ -200,39 +201,45 @@ pub fn cast(
     })
 }
 
-/// The LCM step over `n` latent elements; `ptrs` = sample, model output, noise (0 on the last step),
-/// schedule row, out.
-pub fn lcm_step(
-    n: usize,
-    guided: bool,
-    prediction: Prediction,
-    clip: Option<f32>,
-    ptrs: [u64; 5],
-    lim: Limits,
-) -> Result<Launch> {
-    let [sample, model_output, noise, row, out] = ptrs;
-    const _: () = assert!(std::mem::size_of::<LcmStepRow>() == std::mem::size_of::<lcm_core::lcm::StepRow>());
-    let prediction = match prediction {
-        Prediction::Epsilon => LcmPrediction::LCM_PRED_EPSILON,
-        Prediction::VPrediction => LcmPrediction::LCM_PRED_V,
-        Prediction::Sample => LcmPrediction::LCM_PRED_SAMPLE,
+pub(crate) fn record(r: &Recorder, op: &Op, problem: &Problem, steps: &mut Vec<Step>) -> Result<()> {
+    let (prec, lim) = (r.act_precision(), r.limits());
+    let launch = match (*op, *problem) {
+        (Op::Map { kind, x, y, out }, Problem::Map { n }) => {
+            eltwise(EltOp::Map(kind), n, r.addr(x)?, r.opt_addr(y)?, r.addr(out)?, prec, lim)?
+        }
+        (Op::Geglu { x, out }, Problem::Geglu { rows, c }) => {
+            eltwise(EltOp::Geglu { c }, rows * c, r.addr(x)?, 0, r.addr(out)?, prec, lim)?
+        }
+        (Op::AddChannel { x, bias, out }, Problem::AddChannel { batch, hw, c }) => {
+            let ptrs = [r.addr(x)?, r.addr(bias)?, r.addr(out)?];
+            eltwise(EltOp::AddChannel { hw, c }, batch * hw * c, ptrs[0], ptrs[1], ptrs[2], prec, lim)?
+        }
+        (Op::Concat { a, b, out }, Problem::Concat { rows, ca, cb }) => {
+            r.f16_only("concat")?;
+            concat(rows, ca, cb, r.addr(a)?, r.addr(b)?, r.addr(out)?, lim)?
+        }
+        (Op::Upsample { x, out }, Problem::Upsample { batch, h, w, c, ho, wo }) => {
+            upsample([batch, h, w, c, ho, wo], r.addr(x)?, r.addr(out)?, prec, lim)?
+        }
+        (Op::Embed { ids, table, positions, out }, Problem::Embed { batch, tokens, c, vocab }) => {
+            r.f16_only("embed")?;
+            if r.elem(ids) != Elem::I32 {
+                return Err(Error::backend("embed: token ids must be I32"));
+            }
+            let ptrs = [r.addr(ids)?, r.addr(table)?, r.addr(positions)?, r.addr(out)?, r.status()];
+            embed(batch, tokens, c, vocab, ptrs, lim)?
+        }
+        (Op::TimestepEmbed { t, row, flip_sin_to_cos, freq_shift, out }, Problem::Timestep { batch, dim }) => {
+            r.f16_only("timestep_embed")?;
+            let t = r.addr(t)? + (row * batch * 2) as u64; // row `row` of f16 timesteps
+            timestep_embed(batch, dim, flip_sin_to_cos, freq_shift, t, r.addr(out)?, lim)?
+        }
+        (Op::Cast { x, div, add, out }, Problem::Cast { n, n_in }) => {
+            let elems = [r.precision(x), r.precision(out)];
+            cast(elems, [n, n_in], div, add, r.addr(x)?, r.addr(out)?, lim)?
+        }
+        _ => return Err(mislowered(op, problem)),
     };
-    Ok(Launch {
-        kernel: Kernel::LcmStep,
-        grid: stride_grid(n, lim),
-        block: [256, 1, 1],
-        smem: 0,
-        params: Params::Step(LcmStepParams {
-            sample,
-            model_output,
-            noise,
-            row,
-            out,
-            n: n as u64,
-            clip_range: clip.unwrap_or(0.0),
-            clip: clip.is_some() as i32,
-            prediction: prediction as i32,
-            guided: guided as i32,
-        }),
-    })
+    steps.push(Step::Kernel(launch));
+    Ok(())
 }

@@ -1,0 +1,67 @@
+//! The LCM step family (kernels/lcm_step.cu): the sampler step over the latents, guidance included —
+//! launch planning and the record arm for `LcmStep`.
+
+use lcm_core::lcm::{Prediction, StepRow};
+use lcm_core::{Elem, Error, Op, Problem, Result};
+
+use crate::cuda::abi::{LcmPrediction, LcmStepParams, LcmStepRow};
+use crate::cuda::kernel_table::Kernel;
+use crate::cuda::launch::{stride_grid, Launch, Limits, Params, Step};
+use crate::cuda::record::{mislowered, Recorder};
+
+/// The LCM step over `n` latent elements; `ptrs` = sample, model output, noise (0 on the last step),
+/// schedule row, out.
+pub fn lcm_step(
+    n: usize,
+    guided: bool,
+    prediction: Prediction,
+    clip: Option<f32>,
+    ptrs: [u64; 5],
+    lim: Limits,
+) -> Result<Launch> {
+    let [sample, model_output, noise, row, out] = ptrs;
+    const _: () = assert!(std::mem::size_of::<LcmStepRow>() == std::mem::size_of::<StepRow>());
+    let prediction = match prediction {
+        Prediction::Epsilon => LcmPrediction::LCM_PRED_EPSILON,
+        Prediction::VPrediction => LcmPrediction::LCM_PRED_V,
+        Prediction::Sample => LcmPrediction::LCM_PRED_SAMPLE,
+    };
+    Ok(Launch {
+        kernel: Kernel::LcmStep,
+        grid: stride_grid(n, lim),
+        block: [256, 1, 1],
+        smem: 0,
+        params: Params::Step(LcmStepParams {
+            sample,
+            model_output,
+            noise,
+            row,
+            out,
+            n: n as u64,
+            clip_range: clip.unwrap_or(0.0),
+            clip: clip.is_some() as i32,
+            prediction: prediction as i32,
+            guided: guided as i32,
+        }),
+    })
+}
+
+pub(crate) fn record(r: &Recorder, op: &Op, problem: &Problem, steps: &mut Vec<Step>) -> Result<()> {
+    let (Op::LcmStep { x, model_output, noise, schedule, step, guided, prediction, clip, out }, Problem::Map { n }) =
+        (*op, *problem)
+    else {
+        return Err(mislowered(op, problem));
+    };
+    r.f16_only("lcm_step")?;
+    if r.elem(model_output) != Elem::Act || r.elem(x) != Elem::F32 {
+        return Err(Error::backend("lcm_step: F32 latents and Act model output expected"));
+    }
+    let row = r.addr(schedule)? + (step * std::mem::size_of::<StepRow>()) as u64;
+    let noise = match noise {
+        Some(z) => r.addr(z)? + (step * n * 4) as u64,
+        None => 0,
+    };
+    let ptrs = [r.addr(x)?, r.addr(model_output)?, noise, row, r.addr(out)?];
+    steps.push(Step::Kernel(lcm_step(n, guided, prediction, clip, ptrs, r.limits())?));
+    Ok(())
+}
