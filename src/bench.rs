@@ -16,9 +16,10 @@ use lcm_models::arch::unet::TEXT_TIME_IDS;
 use lcm_models::checkpoint::synthetic::random_source;
 use lcm_models::{
     arch::{sd15, sdxl},
-    AddedCond, ClipConfig, ClipTextModel, LoadOptions, Unet, UnetConfig, Vae, VaeConfig, VaeParts, VaeTiling, Variant,
+    AddedCond, ClipConfig, ClipTextModel, Unet, UnetConfig, Vae, VaeConfig, VaeTiling, Variant,
 };
 use lcm_pipeline::load::upcast_vae_backend;
+use lcm_pipeline::spec::LoadSpec;
 use lora::{BenchBackend, LoraSummary, LoraSwaps};
 use serde_json::json;
 
@@ -136,24 +137,19 @@ fn load<B: Backend>(
     let penultimate = |c: ClipConfig, two: bool| if two { c.with_output(ClipOutput::Penultimate) } else { c };
     match model {
         Some(dir) => {
-            let opts = || LoadOptions { variant, hook: None };
-            let two = dir.join("text_encoder_2").is_dir();
-            let te = |name: &str| -> Result<ClipTextModel<B>> {
-                let d = dir.join(name);
-                let cfg = ClipConfig::from_file(&lcm_models::checkpoint::diffusers::component_config(&d)?, 0)?;
-                ClipTextModel::load_as(backend, penultimate(cfg, two), &d, opts())
-            };
-            let clip = te("text_encoder")?;
-            let clip_2 = if two { Some(te("text_encoder_2")?) } else { None };
-            let unet = Unet::load(backend, &dir.join("unet"), opts())?;
-            let parts = if encoder { VaeParts::Both } else { VaeParts::Decoder };
-            let vae_dir = dir.join("vae");
-            let vae_cfg = VaeConfig::from_file(&lcm_models::checkpoint::diffusers::component_config(&vae_dir)?)?;
-            let vae_backend = upcast_vae_backend(backend, two, &vae_cfg);
-            let vae_be = vae_backend.as_ref().unwrap_or(backend);
-            let vae = Vae::load_with_config(vae_be, &vae_dir, vae_cfg, parts, opts())?;
+            // The pipeline's own loader: the same folder rules, configs, variants and checks as `lcm generate`.
+            let spec = LoadSpec { model_dir: dir.to_path_buf(), variant, ..LoadSpec::default() };
+            let c = lcm_pipeline::load::load(backend, &spec)?;
+            let mut vae = c.vae;
+            if encoder {
+                vae.load_encoder(c.vae_backend.as_ref().unwrap_or(backend), &dir.join("vae"), variant)?;
+            }
+            let (clip, clip_2) = (c.text.first.model, c.text.second.map(|t| t.model));
             let taesd = synthetic_taesd(backend, seed)?;
-            Ok((Models { clip, clip_2, unet, vae, vae_backend, taesd }, dir.display().to_string()))
+            Ok((
+                Models { clip, clip_2, unet: c.unet, vae, vae_backend: c.vae_backend, taesd },
+                dir.display().to_string(),
+            ))
         }
         None => {
             let origin = Path::new("synthetic");
@@ -233,7 +229,11 @@ pub fn run<B: BenchBackend>(
     let scale = m.vae.config.downscale();
     let (h, w, b) = (cfg.height / scale, cfg.width / scale, cfg.batch);
     let lc = m.unet.config.in_channels;
-    let ids: Vec<i32> = (0..77).map(|i| if i == 0 { 49406 } else { 49407 - (i % 3 == 1) as i32 * 1000 }).collect();
+    // CLIP's BOS, then EOS and ordinary ids: only the count (77) matters for the timing. Folded into the
+    // vocabulary of the encoder with the fewest rows, so small test models (a 1000-token vocabulary) run too.
+    let vocab = m.clip.config.vocab_size.min(m.clip_2.as_ref().map_or(usize::MAX, |c| c.config.vocab_size)) as i32;
+    let ids: Vec<i32> =
+        (0..77).map(|i| if i == 0 { 49406 } else { 49407 - (i % 3 == 1) as i32 * 1000 } % vocab).collect();
     let latents = Tensor::new(vec![b, lc, h, w], lcm_pipeline::rng::TorchRng::new(cfg.seed).randn(b * lc * h * w));
     let cond = m.unet.config.time_cond_proj_dim.map(|d| Tensor::new(vec![b, d], vec![0.1; b * d]));
     let steps = match cfg.strength {

@@ -23,12 +23,19 @@ use crate::tokenizer::ClipTokenizer;
 /// SD1.5's VAE scaling factor: a single file's latent space when no config says otherwise.
 pub const SD15_SCALING_FACTOR: f32 = 0.18215;
 
-pub(crate) struct Components<B: Backend> {
+/// Every model a [`LoadSpec`] names, loaded and checked against each other: what a `Pipeline` is built
+/// from, and what `lcm bench` times stage by stage (the same rules for folders, single files, VAEs and
+/// LoRAs).
+pub struct Components<B: Backend> {
+    /// The text encoder(s) with their tokenizers.
     pub text: TextEncoders<B>,
+    /// The UNet.
     pub unet: Unet<B>,
+    /// The VAE's decoder (its encoder loads on first use: [`Vae::load_encoder`]).
     pub vae: Vae<B>,
     /// The backend the VAE was loaded on when not the pipeline's ([`upcast_vae_backend`]).
     pub vae_backend: Option<B>,
+    /// The scheduler the model's folder (or SD1.5's defaults) configures.
     pub scheduler: LcmScheduler,
     /// The weights a LoRA was merged into.
     pub lora_merged: BTreeSet<String>,
@@ -90,7 +97,8 @@ fn not_found(path: &Path) -> Error {
     }
 }
 
-pub(crate) fn load<B: Backend>(backend: &B, spec: &LoadSpec) -> Result<Components<B>> {
+/// Loads every component `spec` names onto `backend` (LoRAs merged), checking that they fit each other.
+pub fn load<B: Backend>(backend: &B, spec: &LoadSpec) -> Result<Components<B>> {
     let path = &spec.model_dir;
     let parts = if path.is_file() {
         from_single_file(backend, spec)?
