@@ -55,7 +55,9 @@ for line in open(f"{d}/cargo.json"):
         continue
     if m.get("reason") == "build-script-executed" and re.search(r"/build/lcm-[0-9a-f]+/out$", m["out_dir"]):
         out_dir = m["out_dir"]
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] in wanted:
+    # A binary's own unit-test harness carries the binary's name too: take the binary itself.
+    harness = "bin" in m.get("target", {}).get("kind", []) and m.get("profile", {}).get("test")
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] in wanted and not harness:
         shutil.copy(m["executable"], f"{d}/bin/{m['target']['name']}")
         wanted.discard(m["target"]["name"])
         print(f"staged {m['target']['name']} <- {m['executable']}")

@@ -19,7 +19,7 @@ use lcm_models::{
     AddedCond, ClipConfig, ClipTextModel, Unet, UnetConfig, Vae, VaeConfig, VaeTiling, Variant,
 };
 use lcm_pipeline::load::upcast_vae_backend;
-use lcm_pipeline::spec::LoadSpec;
+use lcm_pipeline::spec::{Field, LoadSpec};
 use lora::{BenchBackend, LoraSummary, LoraSwaps};
 use serde_json::json;
 
@@ -241,7 +241,7 @@ pub fn run<B: BenchBackend>(
         _ => cfg.steps,
     };
     if steps == 0 {
-        return Err(lcm_core::Error::invalid("--strength", "runs none of the --steps; raise one of them"));
+        return Err(Field::Strength.invalid("runs none of the steps; raise strength or steps"));
     }
     let timesteps: Vec<f32> = (0..steps).map(|i| (999 - i * (1000 / steps)) as f32).collect();
     // img2img's inputs: one image per batch entry in [-1, 1], encoded one at a time as the pipeline does.

@@ -105,14 +105,9 @@ impl Opened {
         }
     }
 
-    /// `spec` as this backend loads it (its weight precision).
-    pub fn spec_for(&self, spec: LoadSpec) -> LoadSpec {
-        LoadSpec { variant: self.variant(), ..spec }
-    }
-
     /// Loads `spec` (with this backend's weight precision) onto the backend.
     pub fn load(self, spec: LoadSpec) -> Result<Engine> {
-        let spec = self.spec_for(spec);
+        let spec = LoadSpec { variant: self.variant(), ..spec };
         Ok(match self {
             Opened::Cpu(b) => Engine::Cpu(Box::new(Pipeline::load(b, spec)?)),
             Opened::Cuda(b) => Engine::Cuda(Box::new(Pipeline::load(*b, spec)?)),
@@ -154,11 +149,6 @@ impl Engine {
     /// What was loaded (the model, its LoRAs, the weight precision).
     pub fn spec(&self) -> &LoadSpec {
         with_pipeline!(self, p => &p.spec)
-    }
-
-    /// The backend's name.
-    pub fn device_name(&self) -> &'static str {
-        with_pipeline!(self, p => p.backend.name())
     }
 
     /// [`Pipeline::generate_with`].

@@ -95,6 +95,8 @@ fn with_flag(e: Error) -> Error {
         Some(Field::Strength) => "--strength",
         Some(Field::InitImage) => "--image",
         Some(Field::ConfigDir | Field::TokenizerDir) => "--config",
+        Some(Field::VaeTiling) => "--vae-tiling",
+        Some(Field::VaeTileSize) => "--vae-tile-size",
     };
     match e {
         Error::Invalid { msg, .. } => Error::invalid(flag, msg),

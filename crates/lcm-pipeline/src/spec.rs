@@ -10,7 +10,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use lcm_core::{Error, Result, Tensor};
-use lcm_models::Variant;
+use lcm_models::{VaeTiling, Variant};
 
 /// A field of [`LoadSpec`] or [`Request`] that an error can name: [`Error::Invalid`]'s `what` is
 /// [`Field::name`], so a front end can tell its own name for it from [`Field::of`].
@@ -34,11 +34,15 @@ pub enum Field {
     ConfigDir,
     /// [`LoadSpec::tokenizer_dir`].
     TokenizerDir,
+    /// Tiled VAE decoding itself (`Pipeline::set_vae_tiling`), e.g. asked of a VAE that cannot tile.
+    VaeTiling,
+    /// The tile size given to `Pipeline::set_vae_tiling`.
+    VaeTileSize,
 }
 
 impl Field {
     /// Every field, for a front end's mapping table.
-    pub const ALL: [Field; 9] = [
+    pub const ALL: [Field; 11] = [
         Field::Width,
         Field::Height,
         Field::Steps,
@@ -48,6 +52,8 @@ impl Field {
         Field::InitImage,
         Field::ConfigDir,
         Field::TokenizerDir,
+        Field::VaeTiling,
+        Field::VaeTileSize,
     ];
 
     /// The field's name in the spec: `width`, `num_images`, `config_dir`, …
@@ -62,6 +68,8 @@ impl Field {
             Field::InitImage => "init_image",
             Field::ConfigDir => "config_dir",
             Field::TokenizerDir => "tokenizer_dir",
+            Field::VaeTiling => VaeTiling::FIELD,
+            Field::VaeTileSize => VaeTiling::TILE_SIZE_FIELD,
         }
     }
 

@@ -58,5 +58,5 @@ fn a_tile_size_off_the_latent_grid_is_refused() {
     let spec = LoadSpec { model_dir: fixtures().join("tiny-lcm"), ..LoadSpec::default() };
     let mut pipe = Pipeline::load(CpuBackend::new(), spec).unwrap();
     let e = pipe.set_vae_tiling(Some(Some(48))).unwrap_err().to_string();
-    assert!(e.contains("--vae-tile-size") && e.contains("48 pixels") && e.contains("multiple of 32"), "{e}");
+    assert!(e.starts_with("vae_tile_size: ") && e.contains("48 pixels") && e.contains("multiple of 32"), "{e}");
 }

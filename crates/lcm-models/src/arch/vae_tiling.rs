@@ -23,20 +23,25 @@ pub struct VaeTiling {
 }
 
 impl VaeTiling {
+    /// The setting's name in errors about tiling itself (a front end maps it onto its own: the CLI's
+    /// `--vae-tiling`; lcm-pipeline's `Field::VaeTiling`).
+    pub const FIELD: &'static str = "vae_tiling";
+    /// The setting's name in errors about an explicit tile size (the CLI's `--vae-tile-size`).
+    pub const TILE_SIZE_FIELD: &'static str = "vae_tile_size";
+
     /// Tiles of `tile` pixels, or of the config's [`VaeConfig::tile_size`] (diffusers' default). The
     /// size must be a multiple of 4·downscale (32 for SD): then a latent tile has a whole quarter, tile
     /// starts fall on latent pixels, and the cropped results add up to the image exactly.
     pub fn new(config: &VaeConfig, tile: Option<usize>) -> Result<VaeTiling> {
         if !matches!(config.arch, VaeArch::Kl) {
             return Err(Error::invalid(
-                "--vae-tiling",
+                Self::FIELD,
                 "tiling is AutoencoderKL's (diffusers' enable_vae_tiling); this VAE is TAESD (AutoencoderTiny), \
                  whose activations are small enough to decode whole",
             ));
         }
-        // Named as the CLI names them: an explicit size is --vae-tile-size.
         let (tile, what) = match tile {
-            Some(t) => (t, "--vae-tile-size"),
+            Some(t) => (t, Self::TILE_SIZE_FIELD),
             None => (config.tile_size(), "the VAE config's sample_size (the default tile size)"),
         };
         let unit = 4 * config.downscale();
