@@ -1,4 +1,5 @@
 // Memory-bound element-wise ops: `map` (every lcm_core::MapKind: activations, scale, add), add_channel,
+// add_scaled,
 // GEGLU (unfused form), concat, nearest upsample, token + position embedding, timestep embedding,
 // f32 <-> f16 casts. See lcm_abi.h for each contract.
 //
@@ -90,6 +91,20 @@ static __device__ __forceinline__ void add_channel(const LcmEltwiseParams& p) {
 #pragma unroll
         for (int j = 0; j < V; ++j) a.v[j] += t.v[j];
         a.store(p.out + e);
+    }
+}
+
+// A vector unit never straddles two images: the host picks V = 8 only when per_image is a multiple of 8.
+template <int V>
+static __device__ __forceinline__ void add_scaled(const LcmAddScaledParams& p) {
+    LCM_GRID_STRIDE(i, p.n / V) {
+        const unsigned long long e = i * V;
+        const float s = p.scale[e / p.per_image];
+        Vec<V> x = Vec<V>::load(p.x + e);
+        const Vec<V> y = Vec<V>::load(p.y + e);
+#pragma unroll
+        for (int j = 0; j < V; ++j) x.v[j] += s * y.v[j];
+        x.store(p.out + e);
     }
 }
 
@@ -214,6 +229,7 @@ static __device__ __forceinline__ void cast(const LcmCastParams& p) {
     extern "C" __global__ void name##_v1_f16(const __grid_constant__ P p) { lcm::elt::fn<1>(p); }
 LCM_ELT(map, map, LcmEltwiseParams)
 LCM_ELT(add_channel, add_channel, LcmEltwiseParams)
+LCM_ELT(add_scaled, add_scaled, LcmAddScaledParams)
 LCM_ELT(geglu, geglu, LcmEltwiseParams)
 LCM_ELT(concat, concat, LcmConcatParams)
 LCM_ELT(upsample_nearest, upsample, LcmUpsampleParams)

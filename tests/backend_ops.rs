@@ -54,6 +54,7 @@ kinds!(
     Scale,
     Add,
     AddChannel,
+    AddScaled,
     Concat,
     Upsample,
     Embed,
@@ -86,6 +87,7 @@ fn kind_of(op: &Op) -> Kind {
             MapKind::Add => Kind::Add,
         },
         Op::AddChannel { .. } => Kind::AddChannel,
+        Op::AddScaled { .. } => Kind::AddScaled,
         Op::Concat { .. } => Kind::Concat,
         Op::Upsample { .. } => Kind::Upsample,
         Op::Embed { .. } => Kind::Embed,
@@ -101,9 +103,8 @@ fn has_f32(k: Kind) -> bool {
     match k {
         Conv2d | Conv2dResidual | Linear | LinearResidual | GroupNorm | GroupNormSilu | Attention => true,
         Silu | Gelu | QuickGelu | Relu | TanhClamp | Scale | Add | Upsample | Cast => true,
-        LinearGeglu | LayerNorm | AttentionCausal | Geglu | AddChannel | Concat | Embed | TimestepEmbed | LcmStep => {
-            false
-        }
+        LinearGeglu | LayerNorm | AttentionCausal | Geglu | AddChannel | AddScaled | Concat | Embed | TimestepEmbed
+        | LcmStep => false,
     }
 }
 
@@ -118,7 +119,7 @@ fn cases(k: Kind) -> Vec<Case> {
         Kind::LayerNorm => layer_norm_cases(),
         Kind::Attention => attention_cases(false),
         Kind::AttentionCausal => attention_cases(true),
-        Kind::Geglu | Kind::AddChannel => eltwise_cases(k),
+        Kind::Geglu | Kind::AddChannel | Kind::AddScaled => eltwise_cases(k),
         Kind::Silu => act_cases(Activation::Silu),
         Kind::Gelu => act_cases(Activation::Gelu),
         Kind::QuickGelu => act_cases(Activation::QuickGelu),

@@ -178,6 +178,19 @@ typedef struct LcmEltwiseParams {
 } LcmEltwiseParams;
 LCM_STATIC_ASSERT(sizeof(LcmEltwiseParams) == 56, "LcmEltwiseParams layout changed: update src/cuda/abi.rs");
 
+// Weighted residual add (kernels/eltwise.cu, `add_scaled_v8_f16` / `_v1_f16`), `n` output elements:
+// out[e] = x[e] + scale[e / per_image]·y[e]. `scale` is one f32 row of weights, one per image, read at
+// run time so that a replayed graph takes new weights (a ControlNet's conditioning scale).
+typedef struct LcmAddScaledParams {
+    LCM_CPTR(__half) x;
+    LCM_CPTR(__half) y;
+    LCM_CPTR(float) scale;
+    LCM_PTR(__half) out;
+    unsigned long long n;
+    unsigned long long per_image;
+} LcmAddScaledParams;
+LCM_STATIC_ASSERT(sizeof(LcmAddScaledParams) == 48, "LcmAddScaledParams layout changed: update src/cuda/abi.rs");
+
 // Channel concatenation: out[r, 0..ca] = a[r], out[r, ca..ca+cb] = b[r].
 typedef struct LcmConcatParams {
     LCM_CPTR(__half) a;

@@ -17,6 +17,7 @@ const _: () = assert!(std::mem::size_of::<LcmAttnParams>() == 72);
 const _: () = assert!(std::mem::size_of::<LcmGroupNormParams>() == 80);
 const _: () = assert!(std::mem::size_of::<LcmLayerNormParams>() == 48);
 const _: () = assert!(std::mem::size_of::<LcmEltwiseParams>() == 56);
+const _: () = assert!(std::mem::size_of::<LcmAddScaledParams>() == 48);
 const _: () = assert!(std::mem::size_of::<LcmConcatParams>() == 40);
 const _: () = assert!(std::mem::size_of::<LcmUpsampleParams>() == 48);
 const _: () = assert!(std::mem::size_of::<LcmEmbedParams>() == 56);
@@ -129,6 +130,7 @@ pub fn rust_layout() -> Vec<(String, u64)> {
     }));
     v.extend(layout!(LcmLayerNormParams { x, gamma, beta, out, rows, c, eps, pad0 }));
     v.extend(layout!(LcmEltwiseParams { a, b, out, n, hw, c, op, mul, add }));
+    v.extend(layout!(LcmAddScaledParams { x, y, scale, out, n, per_image }));
     v.extend(layout!(LcmConcatParams { a, b, out, rows, ca, cb }));
     v.extend(layout!(LcmCastParams { x, out, n, n_in, div, add }));
     v.extend(layout!(LcmUpsampleParams { x, out, batch, h, w, c, ho, wo, scale_h, scale_w }));

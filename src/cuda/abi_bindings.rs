@@ -133,6 +133,16 @@ pub struct LcmEltwiseParams {
 }
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
+pub struct LcmAddScaledParams {
+    pub x: ::std::os::raw::c_ulonglong,
+    pub y: ::std::os::raw::c_ulonglong,
+    pub scale: ::std::os::raw::c_ulonglong,
+    pub out: ::std::os::raw::c_ulonglong,
+    pub n: ::std::os::raw::c_ulonglong,
+    pub per_image: ::std::os::raw::c_ulonglong,
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
 pub struct LcmConcatParams {
     pub a: ::std::os::raw::c_ulonglong,
     pub b: ::std::os::raw::c_ulonglong,

@@ -235,7 +235,7 @@ impl CudaBackend {
 
     /// Identifies what a recording depends on: the graph (by identity and op sequence), the plan, the
     /// arena and every weight's device address (a re-uploaded weight or an attached LoRA changes it).
-    fn fingerprint(&self, program: &Program, weights: &[CudaWeight], arena: &CudaArena) -> u64 {
+    fn fingerprint(&self, program: &Program, weights: &[&CudaWeight], arena: &CudaArena) -> u64 {
         let (graph, plan) = (&program.graph, &program.plan);
         let mut h = DefaultHasher::new();
         // The op list's heap address, not the Graph's: an Executor may move, its op list does not.
@@ -376,7 +376,7 @@ impl Backend for CudaBackend {
     fn run(
         &self,
         program: &Program,
-        weights: &[CudaWeight],
+        weights: &[&CudaWeight],
         arena: &mut CudaArena,
         _watch: Option<&mut dyn FnMut(usize) -> Result<()>>,
     ) -> Result<()> {

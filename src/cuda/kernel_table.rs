@@ -83,6 +83,8 @@ kernels! {
     MapV1 => "map_v1_f16" (LcmEltwiseParams),
     AddChannelV8 => "add_channel_v8_f16" (LcmEltwiseParams),
     AddChannelV1 => "add_channel_v1_f16" (LcmEltwiseParams),
+    AddScaledV8 => "add_scaled_v8_f16" (LcmAddScaledParams),
+    AddScaledV1 => "add_scaled_v1_f16" (LcmAddScaledParams),
     GegluV8 => "geglu_v8_f16" (LcmEltwiseParams),
     GegluV1 => "geglu_v1_f16" (LcmEltwiseParams),
     ConcatV8 => "concat_v8_f16" (LcmConcatParams),

@@ -68,6 +68,7 @@ params! {
     GroupNorm(LcmGroupNormParams),
     LayerNorm(LcmLayerNormParams),
     Eltwise(LcmEltwiseParams),
+    AddScaled(LcmAddScaledParams),
     Concat(LcmConcatParams),
     Cast(LcmCastParams),
     Upsample(LcmUpsampleParams),

@@ -14,14 +14,14 @@ use super::ops::{attention, eltwise, gemm, lcm_step, norm};
 pub(crate) struct Recorder<'a> {
     be: &'a CudaBackend,
     p: &'a Program,
-    weights: &'a [CudaWeight],
+    weights: &'a [&'a CudaWeight],
     arena: u64,
     /// The scratch buffer: status words (the embed error flag), then kernel workspaces.
     scratch: u64,
 }
 
 impl<'a> Recorder<'a> {
-    pub(crate) fn new(be: &'a CudaBackend, p: &'a Program, weights: &'a [CudaWeight], arena: u64) -> Self {
+    pub(crate) fn new(be: &'a CudaBackend, p: &'a Program, weights: &'a [&'a CudaWeight], arena: u64) -> Self {
         Recorder { be, p, weights, arena, scratch: 0 }
     }
 
@@ -86,7 +86,7 @@ impl<'a> Recorder<'a> {
         let Storage::Weight(i) = self.p.graph.tensors[t].storage else {
             return Err(Error::backend(format!("tensor {t} is used as a GEMM weight but is not a weight")));
         };
-        let w = self.weights.get(i).ok_or_else(|| Error::backend(format!("weight {i} was not uploaded")))?;
+        let w = *self.weights.get(i).ok_or_else(|| Error::backend(format!("weight {i} was not uploaded")))?;
         if w.spec.shape != self.p.graph.shape(t) {
             return Err(Error::backend(format!(
                 "weight {} is {:?}, the graph wants {:?}",
@@ -137,6 +137,7 @@ impl<'a> Recorder<'a> {
                 Op::Map { .. }
                 | Op::Geglu { .. }
                 | Op::AddChannel { .. }
+                | Op::AddScaled { .. }
                 | Op::Concat { .. }
                 | Op::Upsample { .. }
                 | Op::Embed { .. }

@@ -269,6 +269,16 @@ pub fn eltwise_cases(k: Kind) -> Vec<Case> {
                     b.add_channel(x, t)
                 }),
             )),
+            // Two rows of weights, the second read: the op must take its row, per image.
+            Kind::AddScaled => v.push(case(
+                format!("add_scaled {tag} {s:?}"),
+                graph(|b| {
+                    let x = b.input(&s, Elem::Act);
+                    let y = b.input(&s, Elem::Act);
+                    let w = b.input(&[2, n], Elem::F32);
+                    b.add_scaled(x, y, w, 1)
+                }),
+            )),
             Kind::Geglu => v.push(case(
                 format!("geglu (unfused) {tag} {s:?}"),
                 graph(|b| {
@@ -276,7 +286,7 @@ pub fn eltwise_cases(k: Kind) -> Vec<Case> {
                     b.geglu(x)
                 }),
             )),
-            _ => unreachable!("eltwise_cases serves AddChannel and Geglu"),
+            _ => unreachable!("eltwise_cases serves AddChannel, AddScaled and Geglu"),
         }
     }
     v

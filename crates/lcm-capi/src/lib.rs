@@ -266,6 +266,7 @@ pub unsafe extern "C" fn lcm_generate(
             width,
             height,
             num_images: r.num_images as usize,
+            controls: Vec::new(),
             init_image,
         };
         if req.num_images > MAX_IMAGES {

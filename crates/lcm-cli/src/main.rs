@@ -97,6 +97,10 @@ fn with_flag(e: Error) -> Error {
         Some(Field::ConfigDir | Field::TokenizerDir) => "--config",
         Some(Field::VaeTiling) => "--vae-tiling",
         Some(Field::VaeTileSize) => "--vae-tile-size",
+        Some(Field::ControlNet | Field::ControlScale) => "--controlnet",
+        Some(Field::ControlImage) => "--control-image",
+        Some(Field::ControlStart) => "--control-start",
+        Some(Field::ControlEnd) => "--control-end",
     };
     match e {
         Error::Invalid { msg, .. } => Error::invalid(flag, msg),

@@ -129,6 +129,7 @@ impl SamplingArgs {
             width,
             height,
             num_images,
+            controls: Vec::new(),
             init_image,
         }
     }

@@ -137,7 +137,7 @@ pub trait Backend {
     fn run(
         &self,
         program: &Program,
-        weights: &[Self::Weight],
+        weights: &[&Self::Weight],
         arena: &mut Self::Arena,
         watch: Option<&mut dyn FnMut(usize) -> Result<()>>,
     ) -> Result<()>;

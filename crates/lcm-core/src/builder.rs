@@ -11,11 +11,15 @@ use crate::graph::{Activation, Elem, Graph, MapKind, Op, Storage, TensorDesc, Te
 use crate::lcm::{Prediction, STEP_ROW};
 
 /// A graph under construction: its tensors and ops in forward order, weights deduplicated by checkpoint
-/// name, and the first shape error met.
+/// name within their model ([`GraphBuilder::set_weight_scope`]), and the first shape error met.
 #[derive(Default)]
 pub struct GraphBuilder {
     g: Graph,
-    weight_ids: HashMap<String, TensorId>,
+    weight_ids: HashMap<(usize, String), TensorId>,
+    /// The model each weight belongs to, by index into `g.weights`.
+    weight_scopes: Vec<usize>,
+    /// The model weights declared now belong to.
+    scope: usize,
     error: Option<String>,
 }
 
@@ -63,9 +67,19 @@ impl GraphBuilder {
         self.g.outputs.push(t);
     }
 
+    /// Weights declared from now on belong to model `scope`: 0 (the default) is the graph's own model,
+    /// k the k-th further model whose weights an executor runs the graph with
+    /// ([`crate::Executor::with_parts`]; a ControlNet inside a UNet's denoising loop). Names are
+    /// deduplicated within a model, and [`GraphBuilder::finish`] orders the weights model by model,
+    /// each in its declaration order, so a model's part is the list its own graph declares.
+    pub fn set_weight_scope(&mut self, scope: usize) {
+        self.scope = scope;
+    }
+
     /// The weight `name` of `shape`; the same name twice gives the same tensor (and must agree in shape).
     pub fn weight(&mut self, name: &str, shape: &[usize], kind: WeightKind) -> TensorId {
-        if let Some(&t) = self.weight_ids.get(name) {
+        let key = (self.scope, name.to_string());
+        if let Some(&t) = self.weight_ids.get(&key) {
             if self.g.tensors[t].shape != shape {
                 self.fail(format!("weight {name} used with shapes {:?} and {shape:?}", self.g.tensors[t].shape));
             }
@@ -73,8 +87,9 @@ impl GraphBuilder {
         }
         let idx = self.g.weights.len();
         self.g.weights.push(WeightSpec { name: name.to_string(), shape: shape.to_vec(), kind });
+        self.weight_scopes.push(self.scope);
         let t = self.tensor(shape.to_vec(), Elem::Act, Storage::Weight(idx));
-        self.weight_ids.insert(name.to_string(), t);
+        self.weight_ids.insert(key, t);
         t
     }
 
@@ -203,6 +218,17 @@ impl GraphBuilder {
         self.push(Op::AddChannel { x, bias, out })
     }
 
+    /// `x + scale[row, b]·y` per image b (see [`Op::AddScaled`]); `scale` is an `F32 [rows, B]` input.
+    pub fn add_scaled(&mut self, x: TensorId, y: TensorId, scale: TensorId, row: usize) -> TensorId {
+        let (s, ws) = (self.shape(x).to_vec(), self.shape(scale).to_vec());
+        let rows_ok = matches!(ws.as_slice(), &[rows, b] if row < rows && Some(&b) == s.first());
+        if self.shape(y) != s || !rows_ok || self.g.tensors[scale].elem != Elem::F32 {
+            self.fail(format!("add_scaled: {s:?} + {ws:?}[{row}]·{:?}", self.shape(y)));
+        }
+        let out = self.act(s);
+        self.push(Op::AddScaled { x, y, scale, row, out })
+    }
+
     /// `a` then `b` on the channel (last) dimension; the other dimensions must agree.
     pub fn concat(&mut self, a: TensorId, b: TensorId) -> TensorId {
         let (sa, sb) = (self.shape(a).to_vec(), self.shape(b).to_vec());
@@ -320,17 +346,53 @@ impl GraphBuilder {
     }
 
     /// The finished graph, or the first inconsistency met while building it.
-    pub fn finish(self) -> Result<Graph> {
-        match self.error {
-            Some(e) => Err(Error::invalid("model graph", e)),
-            None => Ok(self.g),
+    pub fn finish(mut self) -> Result<Graph> {
+        if let Some(e) = self.error {
+            return Err(Error::invalid("model graph", e));
         }
+        // Model by model, each in declaration order (a stable sort by scope), storages renumbered.
+        let mut order: Vec<usize> = (0..self.g.weights.len()).collect();
+        order.sort_by_key(|&i| self.weight_scopes[i]);
+        if order.iter().enumerate().any(|(new, &old)| new != old) {
+            let mut new_of = vec![0; order.len()];
+            for (new, &old) in order.iter().enumerate() {
+                new_of[old] = new;
+            }
+            let mut weights: Vec<Option<WeightSpec>> = self.g.weights.drain(..).map(Some).collect();
+            self.g.weights = order.iter().map(|&old| weights[old].take().expect("each weight once")).collect();
+            for t in &mut self.g.tensors {
+                if let Storage::Weight(i) = &mut t.storage {
+                    *i = new_of[*i];
+                }
+            }
+        }
+        Ok(self.g)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn weights_are_ordered_model_by_model_and_named_within_their_model() {
+        let mut b = GraphBuilder::new();
+        let x = b.input(&[1, 4], Elem::Act);
+        b.set_weight_scope(1);
+        let y = b.linear("proj", x, 4, false); // the second model's "proj"
+        b.set_weight_scope(0);
+        let z = b.linear("proj", y, 4, true); // the first model's own "proj", a different weight
+        b.set_weight_scope(1);
+        let z = b.linear("proj", z, 4, false); // the second model's again: shared
+        b.output(z);
+        let g = b.finish().unwrap();
+        let names: Vec<_> = g.weights.iter().map(|w| w.name.as_str()).collect();
+        assert_eq!(names, ["proj.weight", "proj.bias", "proj.weight"]);
+        let Op::Linear { w, bias, .. } = g.ops[1] else { panic!() };
+        assert_eq!((g.tensors[w].storage, g.tensors[bias.unwrap()].storage), (Storage::Weight(0), Storage::Weight(1)));
+        let (Op::Linear { w: w0, .. }, Op::Linear { w: w2, .. }) = (g.ops[0], g.ops[2]) else { panic!() };
+        assert_eq!((g.tensors[w0].storage, w0), (Storage::Weight(2), w2));
+    }
 
     #[test]
     fn a_map_with_the_wrong_operands_is_a_graph_error() {

@@ -19,15 +19,23 @@ impl<B: Backend> Executor<B> {
     /// names, in the same order (the model builds both from one description; this checks it). Errors
     /// name the first mismatched weight, or the op whose shapes do not fit.
     pub fn new(backend: &B, graph: Graph, weights: &ModelWeights<B>) -> Result<Self> {
-        if graph.weights != weights.specs {
+        Self::with_parts(backend, graph, &[weights])
+    }
+
+    /// [`Executor::new`] for a graph that runs several models' weights (a UNet and its ControlNets):
+    /// the graph's weights are `parts`' specs one model after the other
+    /// (`GraphBuilder::set_weight_scope`), and each run gets the same parts in the same order.
+    pub fn with_parts(backend: &B, graph: Graph, parts: &[&ModelWeights<B>]) -> Result<Self> {
+        let loaded = || parts.iter().flat_map(|p| &p.specs);
+        if !graph.weights.iter().eq(loaded()) {
             let first = graph
                 .weights
                 .iter()
-                .zip(&weights.specs)
+                .zip(loaded())
                 .find(|(a, b)| a != b)
                 .map(|(a, b)| format!("graph wants {} {:?}, loaded {} {:?}", a.name, a.shape, b.name, b.shape))
                 .unwrap_or_else(|| {
-                    format!("{} weights in the graph, {} loaded", graph.weights.len(), weights.specs.len())
+                    format!("{} weights in the graph, {} loaded", graph.weights.len(), loaded().count())
                 });
             return Err(Error::invalid("executor", format!("weights do not match the graph: {first}")));
         }
@@ -113,7 +121,7 @@ impl<B: Backend> Executor<B> {
     /// Runs the graph once on the inputs as last written. `weights` must have the specs the executor
     /// was built with (checked by [`Executor::new`], not here).
     pub fn run(&mut self, backend: &B, weights: &ModelWeights<B>) -> Result<()> {
-        backend.run(&self.program, &weights.weights, &mut self.arena, None)
+        self.run_parts(backend, &[weights], None)
     }
 
     /// [`Executor::run`], with `watch` called after each op where the backend runs ops one by one (the
@@ -124,7 +132,25 @@ impl<B: Backend> Executor<B> {
         weights: &ModelWeights<B>,
         watch: &mut dyn FnMut(usize) -> Result<()>,
     ) -> Result<()> {
-        backend.run(&self.program, &weights.weights, &mut self.arena, Some(watch))
+        self.run_parts(backend, &[weights], Some(watch))
+    }
+
+    /// [`Executor::run_watched`] with the weights of several models ([`Executor::with_parts`]), in the
+    /// order the executor was built with.
+    pub fn run_parts(
+        &mut self,
+        backend: &B,
+        parts: &[&ModelWeights<B>],
+        watch: Option<&mut dyn FnMut(usize) -> Result<()>>,
+    ) -> Result<()> {
+        let weights: Vec<&B::Weight> = parts.iter().flat_map(|p| &p.weights).collect();
+        if weights.len() != self.program.graph.weights.len() {
+            return Err(Error::invalid(
+                "executor",
+                format!("{} weights given for a graph of {}", weights.len(), self.program.graph.weights.len()),
+            ));
+        }
+        backend.run(&self.program, &weights, &mut self.arena, watch)
     }
 
     /// Copies output `i` into input `j` of `dst`, starting at its element `at`, on the backend (no host

@@ -242,6 +242,21 @@ pub enum Op {
         /// Output, x's shape.
         out: TensorId,
     },
+    /// `out[b, …] = x[b, …] + scale[row, b]·y[b, …]`: a residual added with a per-image weight read
+    /// from a graph input at run time (a ControlNet's residuals times `controlnet_conditioning_scale`),
+    /// so one recorded graph serves every weight.
+    AddScaled {
+        /// The base `[B, …]`.
+        x: TensorId,
+        /// The residual, x's shape.
+        y: TensorId,
+        /// Weights `F32 [rows, B]`.
+        scale: TensorId,
+        /// The row of `scale` read.
+        row: usize,
+        /// Output, x's shape.
+        out: TensorId,
+    },
     /// Concatenation on the last (channel) dimension.
     Concat {
         /// `[…, Ca]`.
@@ -335,6 +350,7 @@ impl Op {
             | Op::Geglu { out, .. }
             | Op::Map { out, .. }
             | Op::AddChannel { out, .. }
+            | Op::AddScaled { out, .. }
             | Op::Concat { out, .. }
             | Op::Upsample { out, .. }
             | Op::Embed { out, .. }
@@ -362,6 +378,7 @@ impl Op {
             }
             Op::Concat { a, b, .. } => v.extend([a, b]),
             Op::AddChannel { x, bias, .. } => v.extend([x, bias]),
+            Op::AddScaled { x, y, scale, .. } => v.extend([x, y, scale]),
             Op::Embed { ids, table, positions, .. } => v.extend([ids, table, positions]),
             Op::TimestepEmbed { t, .. } => v.push(t),
             Op::LcmStep { x, model_output, noise, schedule, .. } => {
@@ -385,6 +402,7 @@ impl Op {
             Op::Geglu { .. } => "geglu",
             Op::Map { kind, .. } => kind.name(),
             Op::AddChannel { .. } => "add_channel",
+            Op::AddScaled { .. } => "add_scaled",
             Op::Concat { .. } => "concat",
             Op::Upsample { .. } => "upsample_nearest",
             Op::Embed { .. } => "embed",

@@ -143,6 +143,13 @@ pub enum Problem {
         /// Channels.
         c: usize,
     },
+    /// `[batch, per_image] + scale[row, batch]·[batch, per_image]`.
+    AddScaled {
+        /// Images.
+        batch: usize,
+        /// Elements per image.
+        per_image: usize,
+    },
     /// `[rows, ca]` and `[rows, cb]` -> `[rows, ca + cb]`.
     Concat {
         /// Rows.
@@ -288,6 +295,16 @@ impl Graph {
             Op::AddChannel { x, .. } => {
                 let [batch, h, w, c] = dims4(x)?;
                 Problem::AddChannel { batch, hw: h * w, c }
+            }
+            Op::AddScaled { x, y, scale, row, out } => {
+                let (s, batch) = (self.shape(x), self.shape(x).first().copied().unwrap_or(0));
+                let fits = self.shape(y) == s && self.shape(out) == s && batch > 0;
+                match *self.shape(scale) {
+                    [rows, b] if fits && b == batch && row < rows => {
+                        Problem::AddScaled { batch, per_image: n(x) / batch }
+                    }
+                    ref w => return Err(format!("{s:?} + {w:?}[{row}]·{:?}", self.shape(y))),
+                }
             }
             Op::Concat { a, b, .. } => Problem::Concat { rows: n(a) / last(a).max(1), ca: last(a), cb: last(b) },
             Op::Upsample { x, out } => {

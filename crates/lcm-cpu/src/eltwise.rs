@@ -84,6 +84,19 @@ pub fn add_channel(x: &[f32], bias: &[f32], batch: usize, c: usize, out: &mut [f
     });
 }
 
+/// `x + scale[b]·y` for each image b of `per_image` elements (`scale`: one row of an `AddScaled`'s
+/// weights).
+pub fn add_scaled(x: &[f32], y: &[f32], scale: &[f32], per_image: usize, out: &mut [f32]) {
+    out.par_chunks_mut(per_image).zip(x.par_chunks(per_image).zip(y.par_chunks(per_image))).enumerate().for_each(
+        |(b, (o, (x, y)))| {
+            let s = scale[b];
+            for i in 0..o.len() {
+                o[i] = x[i] + s * y[i];
+            }
+        },
+    );
+}
+
 /// Rows of `a` (width ca) then `b` (width cb) side by side.
 pub fn concat(a: &[f32], b: &[f32], ca: usize, cb: usize, out: &mut [f32]) {
     out.par_chunks_mut(ca + cb).enumerate().for_each(|(r, o)| {

@@ -175,7 +175,7 @@ impl Backend for CpuBackend {
     fn run(
         &self,
         program: &Program,
-        weights: &[CpuWeight],
+        weights: &[&CpuWeight],
         arena: &mut HostArena,
         mut watch: Option<&mut dyn FnMut(usize) -> Result<()>>,
     ) -> Result<()> {
@@ -214,7 +214,7 @@ fn profile_name(op: &Op, problem: &Problem) -> &'static str {
 struct Memory<'a> {
     graph: &'a Graph,
     plan: &'a ArenaPlan,
-    weights: &'a [CpuWeight],
+    weights: &'a [&'a CpuWeight],
     base: *mut f32,
     len: usize,
 }
@@ -245,14 +245,14 @@ impl Memory<'_> {
 
     fn weight(&self, t: TensorId) -> &CpuWeight {
         match self.graph.tensors[t].storage {
-            Storage::Weight(i) => &self.weights[i],
+            Storage::Weight(i) => self.weights[i],
             _ => panic!("tensor {t}: a GEMM's weight is not a weight"),
         }
     }
 
     fn src(&self, t: TensorId) -> &[f32] {
         match self.graph.tensors[t].storage {
-            Storage::Weight(i) => match &self.weights[i] {
+            Storage::Weight(i) => match self.weights[i] {
                 CpuWeight::Plain(d) => d,
                 _ => panic!("tensor {t}: a GEMM weight read as plain values"),
             },
@@ -327,6 +327,10 @@ impl CpuBackend {
             (Op::Map { kind, x, y, .. }, Problem::Map { .. }) => eltwise::map(kind, m.src(x), y.map(|y| m.src(y)), out),
             (Op::AddChannel { x, bias, .. }, Problem::AddChannel { batch, c, .. }) => {
                 eltwise::add_channel(m.src(x), m.src(bias), batch, c, out);
+            }
+            (Op::AddScaled { x, y, scale, row, .. }, Problem::AddScaled { batch, per_image }) => {
+                let weights = &m.src(scale)[row * batch..(row + 1) * batch];
+                eltwise::add_scaled(m.src(x), m.src(y), weights, per_image, out);
             }
             (Op::Concat { a, b, .. }, Problem::Concat { ca, cb, .. }) => {
                 eltwise::concat(m.src(a), m.src(b), ca, cb, out)

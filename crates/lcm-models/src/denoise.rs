@@ -9,15 +9,24 @@
 //! (B = N: the pipeline never runs such a UNet with CFG); with two text encoders the context comes in
 //! two parts, `Act [B, T, D₁]` then `Act [B, T, D − D₁]`, joined on the channels in the graph (each
 //! encoder copies its states into its own part); for SDXL UNets the pooled text embeds `Act [B, P]` and
-//! the time ids `Act [6, B]`. All are written once per generation.
+//! the time ids `Act [6, B]`; with ControlNets ([`DenoiseControl`]) each one's control image
+//! `F32 [N, H, W, 3]` (NHWC, in [0, 1]) and then their weights `F32 [controls, B]`
+//! (`controlnet_conditioning_scale` per ControlNet and row of the UNet's batch). All are written once
+//! per generation.
+//!
+//! A ControlNet runs inside the same graph, with its own weights (`GraphBuilder::set_weight_scope`:
+//! the executor runs with the UNet's weights then each ControlNet's, `Executor::with_parts`): its
+//! control-image embedding (and SDXL added embedding) once before the loop, its encoder at each step
+//! where its guidance window has it active, its residuals added into that step's UNet.
 //! Outputs: 0 the final denoised latents (`F32`, NHWC), 1 the VAE decoder's input
 //! (`F32`, latents / scaling_factor + shift: the decoder takes `F32`, whatever its activations).
 
 use lcm_core::lcm::{Prediction, STEP_ROW};
-use lcm_core::{Backend, Elem, Error, Executor, Graph, GraphBuilder, HostData, ModelWeights, Result, Tensor};
+use lcm_core::{Backend, Elem, Error, Executor, Graph, GraphBuilder, HostData, ModelWeights, Result, Tensor, TensorId};
 
 use crate::arch::clip::ClipTextModel;
-use crate::arch::unet::{Unet, UnetConfig};
+use crate::arch::controlnet::ControlNetConfig;
+use crate::arch::unet::{ControlResiduals, Unet, UnetConfig};
 use crate::arch::vae::Vae;
 
 /// Input indices of the denoising graph.
@@ -48,6 +57,22 @@ pub struct DenoiseInputs {
     pub text_embeds: Option<usize>,
     /// The time ids (`text_time`), `Act [6, B]`.
     pub time_ids: Option<usize>,
+    /// The first ControlNet's control image; the k-th's is this + k.
+    pub control_images: Option<usize>,
+    /// The ControlNets' weights `F32 [controls, B]`.
+    pub control_scales: Option<usize>,
+}
+
+/// A ControlNet in a denoising loop.
+#[derive(Debug, Clone, Copy)]
+pub struct DenoiseControl<'a> {
+    /// Its config.
+    pub config: &'a ControlNetConfig,
+    /// Which of the caller's ControlNets it is: part of the executor's key (two ControlNets of one shape
+    /// still run with different weights, so their graphs must not be confused).
+    pub id: usize,
+    /// Bit k: active at step k (diffusers' `controlnet_keep`); steps where it is not are left out.
+    pub active: u64,
 }
 
 /// What one denoising graph is built for; each distinct value gets its own executor.
@@ -96,8 +121,9 @@ impl DenoiseShape {
 }
 
 impl UnetConfig {
-    /// Which optional inputs a denoising graph of this UNet with `cfg` has, and their indices.
-    pub fn denoise_inputs(&self, cfg: &DenoiseConfig) -> DenoiseInputs {
+    /// Which optional inputs a denoising graph of this UNet with `cfg` and `controls` ControlNets has,
+    /// and their indices.
+    pub fn denoise_inputs(&self, cfg: &DenoiseConfig, controls: usize) -> DenoiseInputs {
         let mut next = input::COND;
         let mut take = |present: bool| {
             present.then(|| {
@@ -109,11 +135,14 @@ impl UnetConfig {
         let context_2 = take(cfg.context_split.is_some());
         let text_embeds = take(self.text_time.is_some());
         let time_ids = take(self.text_time.is_some());
-        DenoiseInputs { cond, context_2, text_embeds, time_ids }
+        let control_images = (controls > 0).then_some(next);
+        let control_scales = (controls > 0).then_some(next + controls);
+        DenoiseInputs { cond, context_2, text_embeds, time_ids, control_images, control_scales }
     }
 
-    /// The denoising graph (see the module docs).
-    pub fn denoise_graph(&self, d: &DenoiseShape, cfg: &DenoiseConfig) -> Result<Graph> {
+    /// The denoising graph (see the module docs). Each ControlNet must fit this UNet
+    /// (`ControlNetConfig::check_fits`, which the caller checks with the VAE's downscale).
+    pub fn denoise_graph(&self, d: &DenoiseShape, cfg: &DenoiseConfig, controls: &[DenoiseControl]) -> Result<Graph> {
         if d.images == 0 || d.steps == 0 || d.h == 0 || d.w == 0 || d.ctx_len == 0 {
             return Err(Error::invalid("denoising loop", format!("empty: {d:?}")));
         }
@@ -139,10 +168,20 @@ impl UnetConfig {
             }
             None => ctx,
         };
-        let aug = self.added_inputs(&mut b, batch).map(|(text, ids)| self.add_embedding(&mut b, text, ids));
+        let added = self.added_inputs(&mut b, batch);
+        let aug = added.map(|(text, ids)| self.add_embedding(&mut b, text, ids));
+        let nets = self.control_inputs(&mut b, d, controls, added)?;
         for step in 0..d.steps {
             let sample = b.cast(x, Elem::Act, batch / n, 1.0, 0.0);
-            let eps = self.build(&mut b, sample, (t, step), ctx, cond, aug);
+            let mut residuals = Vec::new();
+            for (k, (c, net)) in controls.iter().zip(&nets).enumerate().filter(|(_, (c, _))| c.active >> step & 1 == 1)
+            {
+                b.set_weight_scope(k + 1);
+                let (down, mid) = c.config.residuals(&mut b, sample, (t, step), ctx, net.aug, net.image);
+                b.set_weight_scope(0);
+                residuals.push(ControlResiduals { down, mid, scale: (net.scales, k) });
+            }
+            let eps = self.build(&mut b, sample, (t, step), ctx, cond, aug, &residuals);
             let z = (step + 1 < d.steps).then_some(noise);
             x = b.lcm_step(x, eps, z, schedule, step, d.guided, cfg.prediction, cfg.clip);
         }
@@ -153,22 +192,78 @@ impl UnetConfig {
     }
 }
 
-/// The executor key of a denoising graph: disjoint from the UNet's plain-call keys (4 values).
-fn key(d: &DenoiseShape) -> [usize; 7] {
-    [usize::MAX, d.images, d.h, d.w, d.ctx_len, d.steps, d.guided as usize]
+/// What the loop needs of each ControlNet, made before its first step.
+struct ControlNodes {
+    /// The control image's embedding.
+    image: TensorId,
+    /// SDXL's added embedding through this ControlNet's own `add_embedding`.
+    aug: Option<TensorId>,
+    /// The weights input, row k for ControlNet k.
+    scales: TensorId,
+}
+
+impl UnetConfig {
+    /// Declares the ControlNets' inputs (each control image, then the weights) and builds what each
+    /// needs once: its image embedding and SDXL added embedding, in its own weight scope.
+    fn control_inputs(
+        &self,
+        b: &mut GraphBuilder,
+        d: &DenoiseShape,
+        controls: &[DenoiseControl],
+        added: Option<(TensorId, TensorId)>,
+    ) -> Result<Vec<ControlNodes>> {
+        let (n, batch) = (d.images, d.batch());
+        let mut images = Vec::with_capacity(controls.len());
+        for c in controls {
+            let f = c.config.image_factor();
+            if c.config.unet.skip_count() != self.skip_count() || c.config.unet.text_time.is_some() != added.is_some() {
+                return Err(Error::invalid("denoising loop", "a ControlNet that does not fit this UNet"));
+            }
+            images.push(b.input(&[n, d.h * f, d.w * f, c.config.conditioning_channels], Elem::F32));
+        }
+        if controls.is_empty() {
+            return Ok(Vec::new());
+        }
+        let scales = b.input(&[controls.len(), batch], Elem::F32);
+        let mut nodes = Vec::with_capacity(controls.len());
+        for (k, (c, &img)) in controls.iter().zip(&images).enumerate() {
+            b.set_weight_scope(k + 1);
+            let img = b.cast(img, Elem::Act, batch / n, 1.0, 0.0); // the same image for uncond and cond
+            let image = c.config.cond_embedding(b, img);
+            let aug = added.map(|(text, ids)| c.config.unet.add_embedding(b, text, ids));
+            b.set_weight_scope(0);
+            nodes.push(ControlNodes { image, aug, scales });
+        }
+        Ok(nodes)
+    }
+}
+
+/// The executor key of a denoising graph: disjoint from the UNet's plain-call keys (4 values); each
+/// ControlNet adds which one it is and its active steps.
+fn key(d: &DenoiseShape, controls: &[DenoiseControl]) -> Vec<usize> {
+    let mut k = vec![usize::MAX, d.images, d.h, d.w, d.ctx_len, d.steps, d.guided as usize];
+    for c in controls {
+        k.extend([c.id, c.active as usize]);
+    }
+    k
 }
 
 impl<B: Backend> Unet<B> {
     /// The denoising graph's executor for `d` (built, fused, planned and its arena allocated on first
-    /// use, then reused) beside the weights it runs with. `cfg` must be the same on every call.
+    /// use, then reused) beside the UNet's weights. `cfg` must be the same on every call. With
+    /// ControlNets, `control_weights` are theirs in `controls`' order, and every run passes the UNet's
+    /// weights then these (`Executor::run_parts`).
     pub fn denoiser(
         &mut self,
         backend: &B,
         d: &DenoiseShape,
         cfg: &DenoiseConfig,
+        controls: &[DenoiseControl],
+        control_weights: &[&ModelWeights<B>],
     ) -> Result<(&mut Executor<B>, &ModelWeights<B>)> {
         let config = &self.config;
-        self.runner.prepare(backend, &key(d), || config.denoise_graph(d, cfg))
+        self.runner
+            .prepare_parts(backend, &key(d, controls), control_weights, || config.denoise_graph(d, cfg, controls))
     }
 }
 

@@ -4,7 +4,7 @@
 //! the checkpoint formats they load from.
 //!
 //! - [`arch`]: the networks, each built from its config: [`arch::blocks`] (ResnetBlock2D, attention,
-//!   Transformer2DModel), [`arch::clip`], [`arch::unet`], [`arch::vae`], [`arch::taesd`],
+//!   Transformer2DModel), [`arch::clip`], [`arch::unet`], [`arch::controlnet`], [`arch::vae`], [`arch::taesd`],
 //!   [`arch::vae_tiling`], and the reference configs of the families ([`arch::sd15`], [`arch::sdxl`]).
 //! - [`checkpoint`]: where configs and weights come from — [`checkpoint::diffusers`] folders (their
 //!   `config.json` read by [`checkpoint::config`]), [`checkpoint::single_file`] checkpoints in LDM
@@ -22,6 +22,7 @@ pub mod denoise;
 pub mod runner;
 
 pub use arch::clip::{ClipConfig, ClipTextModel};
+pub use arch::controlnet::{ControlNet, ControlNetConfig};
 pub use arch::taesd::TaesdConfig;
 pub use arch::unet::{AddedCond, Unet, UnetConfig};
 pub use arch::vae::{Encoded, Vae, VaeArch, VaeConfig, VaeParts};

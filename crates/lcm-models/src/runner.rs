@@ -40,7 +40,23 @@ impl<B: Backend> Runner<B> {
         key: &[usize],
         build: impl FnOnce() -> Result<Graph>,
     ) -> Result<(&mut Executor<B>, &ModelWeights<B>)> {
-        self.executor(backend, key, build)?;
+        self.prepare_parts(backend, key, &[], build)
+    }
+
+    /// [`Runner::prepare`] for a graph that also runs other models' weights, `extra`, after these
+    /// (`lcm_core::Executor::with_parts`).
+    pub fn prepare_parts(
+        &mut self,
+        backend: &B,
+        key: &[usize],
+        extra: &[&ModelWeights<B>],
+        build: impl FnOnce() -> Result<Graph>,
+    ) -> Result<(&mut Executor<B>, &ModelWeights<B>)> {
+        if !self.executors.contains_key(key) {
+            let parts: Vec<&ModelWeights<B>> = std::iter::once(&self.weights).chain(extra.iter().copied()).collect();
+            let ex = Executor::with_parts(backend, build()?, &parts)?;
+            self.executors.insert(key.to_vec(), ex);
+        }
         let ex = self.executors.get_mut(key).expect("built above");
         Ok((ex, &self.weights))
     }

@@ -16,6 +16,7 @@
 
 #![warn(missing_docs)]
 
+pub mod control_image;
 pub mod load;
 pub mod lora;
 pub mod lora_swap;

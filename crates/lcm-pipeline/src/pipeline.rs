@@ -2,6 +2,7 @@
 //! [`Pipeline::generate`] (txt2img, or img2img with an init image; `generate` holds the order of work
 //! and of random draws), LoRA swaps ([`Pipeline::set_loras`]) and tiled VAE decoding between requests.
 
+pub mod control;
 mod generate;
 
 use std::time::Duration;
@@ -14,6 +15,7 @@ use crate::lora_swap::{slot_rank, LoraState, PreparedLoras};
 use crate::scheduler::LcmScheduler;
 use crate::spec::{LoadSpec, LoraMode, LoraSpec};
 use crate::text::TextEncoders;
+use control::ControlNets;
 
 /// Wall time of each stage of one generation.
 #[derive(Debug, Clone, Default)]
@@ -80,6 +82,8 @@ pub struct Pipeline<B: Backend> {
     scheduler: LcmScheduler,
     /// Which weights hold which LoRAs, merged or in runtime buffers.
     loras: LoraState,
+    /// The ControlNets requests have named so far (loaded on first use).
+    controlnets: ControlNets<B>,
 }
 
 impl<B: Backend> Pipeline<B> {
@@ -103,6 +107,7 @@ impl<B: Backend> Pipeline<B> {
             vae_tiling: None,
             scheduler: c.scheduler,
             loras: LoraState::new(c.lora_merged),
+            controlnets: ControlNets::default(),
         };
         if unmerged {
             let max_rank = slot_rank(&spec.loras, &p.lora_targets()?, spec.max_lora_rank)?;

@@ -1,5 +1,6 @@
 //! What to load and what to generate, checked before any model runs: [`LoadSpec`] (with its
-//! [`LoraSpec`]s and [`LoraMode`]), [`Request`] (with an [`InitImage`] for img2img) and the image-size
+//! [`LoraSpec`]s and [`LoraMode`]), [`Request`] (with an [`InitImage`] for img2img and [`ControlUnit`]s
+//! for ControlNets) and the image-size
 //! rule every front end applies ([`SizeRule`]).
 //!
 //! Errors about a field name it as the field is called here ([`Field`]: `width`, `steps`,
@@ -38,11 +39,21 @@ pub enum Field {
     VaeTiling,
     /// The tile size given to `Pipeline::set_vae_tiling`.
     VaeTileSize,
+    /// [`ControlUnit::model`]: a ControlNet that cannot be read or does not fit the model.
+    ControlNet,
+    /// [`ControlUnit::image`].
+    ControlImage,
+    /// [`ControlUnit::scale`].
+    ControlScale,
+    /// [`ControlUnit::start`] (and the window it opens with [`ControlUnit::end`]).
+    ControlStart,
+    /// [`ControlUnit::end`].
+    ControlEnd,
 }
 
 impl Field {
     /// Every field, for a front end's mapping table.
-    pub const ALL: [Field; 11] = [
+    pub const ALL: [Field; 16] = [
         Field::Width,
         Field::Height,
         Field::Steps,
@@ -54,6 +65,11 @@ impl Field {
         Field::TokenizerDir,
         Field::VaeTiling,
         Field::VaeTileSize,
+        Field::ControlNet,
+        Field::ControlImage,
+        Field::ControlScale,
+        Field::ControlStart,
+        Field::ControlEnd,
     ];
 
     /// The field's name in the spec: `width`, `num_images`, `config_dir`, …
@@ -70,6 +86,11 @@ impl Field {
             Field::TokenizerDir => "tokenizer_dir",
             Field::VaeTiling => VaeTiling::FIELD,
             Field::VaeTileSize => VaeTiling::TILE_SIZE_FIELD,
+            Field::ControlNet => "controlnet",
+            Field::ControlImage => "control_image",
+            Field::ControlScale => "controlnet_conditioning_scale",
+            Field::ControlStart => "control_guidance_start",
+            Field::ControlEnd => "control_guidance_end",
         }
     }
 
@@ -236,6 +257,104 @@ impl InitImage {
     }
 }
 
+/// The most ControlNets one request may apply together.
+pub const MAX_CONTROLNETS: usize = 8;
+
+/// One ControlNet applied to a request, as diffusers' ControlNet pipelines take it: the model, its
+/// control image, `controlnet_conditioning_scale`, and the guidance window `control_guidance_start` /
+/// `control_guidance_end` (fractions of the steps run: the ControlNet is active at step i of n unless
+/// i/n < start or (i+1)/n > end). Several are summed (MultiControlNet).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ControlUnit {
+    /// A ControlNet: a diffusers folder (`config.json` + `diffusion_pytorch_model[.fp16].safetensors`)
+    /// or a single `.safetensors` file in the original (`control_model.*`) names. Loaded on first use
+    /// and kept by the pipeline.
+    pub model: PathBuf,
+    /// The control image, `[1, 3, H, W]` in [0, 1] at the request's size (diffusers'
+    /// `control_image_processor`: RGB/255, not normalised): [`ControlUnit::image_from_rgb8`].
+    pub image: Tensor,
+    /// `controlnet_conditioning_scale`: the residuals' weight (finite).
+    pub scale: f32,
+    /// `control_guidance_start`, in [0, 1) (f64: diffusers compares Python floats).
+    pub start: f64,
+    /// `control_guidance_end`, in (start, 1].
+    pub end: f64,
+}
+
+impl ControlUnit {
+    /// The default `controlnet_conditioning_scale` of diffusers' pipelines: 1.0 for text-to-image, 0.8
+    /// for img2img (StableDiffusionControlNetImg2ImgPipeline).
+    pub fn default_scale(img2img: bool) -> f32 {
+        if img2img {
+            0.8
+        } else {
+            1.0
+        }
+    }
+
+    /// The control image from 8-bit RGB pixels, row-major `[height, width, 3]`, as `[1, 3, H, W]` in
+    /// [0, 1]; `rgb` must hold exactly width·height pixels.
+    pub fn image_from_rgb8(width: usize, height: usize, rgb: &[u8]) -> Result<Tensor> {
+        if rgb.len() != 3 * width * height || width == 0 || height == 0 {
+            return Err(Field::ControlImage.invalid(format!(
+                "{} bytes of RGB for a {width}x{height} image (expected {})",
+                rgb.len(),
+                3 * width * height
+            )));
+        }
+        let mut data = vec![0.0f32; 3 * width * height];
+        for (p, px) in rgb.chunks_exact(3).enumerate() {
+            for c in 0..3 {
+                data[c * width * height + p] = px[c] as f32 / 255.0;
+            }
+        }
+        Ok(Tensor::new(vec![1, 3, height, width], data))
+    }
+
+    /// The control image from 8-bit RGB pixels (`[height, width, 3]`) at the output's size
+    /// `out_width`x`out_height`: resized with Pillow's Lanczos filter when the sizes differ, as diffusers'
+    /// `control_image_processor` resizes a PIL image.
+    pub fn image_at(width: usize, height: usize, rgb: &[u8], out_width: usize, out_height: usize) -> Result<Tensor> {
+        if (width, height) == (out_width, out_height) {
+            return Self::image_from_rgb8(width, height, rgb);
+        }
+        let resized = crate::control_image::resize_lanczos_rgb8(rgb, width, height, out_width, out_height)
+            .map_err(|e| Field::ControlImage.invalid(e.to_string()))?;
+        Self::image_from_rgb8(out_width, out_height, &resized)
+    }
+
+    /// Whether the ControlNet runs at step `i` of the `n` a generation runs (diffusers' `controlnet_keep`).
+    pub fn active_at(&self, i: usize, n: usize) -> bool {
+        let (i, n) = (i as f64, n as f64);
+        !(i / n < self.start || (i + 1.0) / n > self.end)
+    }
+
+    /// Checks the unit (the `k`-th of its request) for a `width`x`height` output.
+    fn validate(&self, k: usize, width: usize, height: usize) -> Result<()> {
+        let at =
+            |f: Field, msg: String| Err(f.invalid(format!("ControlNet {} ({}): {msg}", k + 1, self.model.display())));
+        if !self.scale.is_finite() {
+            return at(Field::ControlScale, format!("{}: expected a finite number", self.scale));
+        }
+        if !(0.0..1.0).contains(&self.start) {
+            return at(Field::ControlStart, format!("{}: expected a value in [0, 1)", self.start));
+        }
+        if !(self.end > self.start && self.end <= 1.0) {
+            return at(
+                Field::ControlEnd,
+                format!("{}: expected a value in ({}, 1] (after the start)", self.end, self.start),
+            );
+        }
+        if self.image.shape != [1, 3, height, width] {
+            return at(
+                Field::ControlImage,
+                format!("pixels {:?} do not match the requested {width}x{height} (resize it first)", self.image.shape),
+            );
+        }
+        Ok(())
+    }
+}
+
 /// What to generate. `validate` checks everything before any model runs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Request {
@@ -260,6 +379,8 @@ pub struct Request {
     pub num_images: usize,
     /// img2img when given; the output then has the image's size (width/height must match it).
     pub init_image: Option<InitImage>,
+    /// ControlNets guiding the generation (none: plain txt2img / img2img), at most [`MAX_CONTROLNETS`].
+    pub controls: Vec<ControlUnit>,
 }
 
 impl Default for Request {
@@ -274,6 +395,7 @@ impl Default for Request {
             height: 512,
             num_images: 1,
             init_image: None,
+            controls: Vec::new(),
         }
     }
 }
@@ -305,6 +427,13 @@ impl Request {
                     init.pixels.shape, self.width, self.height
                 )));
             }
+        }
+        if self.controls.len() > MAX_CONTROLNETS {
+            return Err(Field::ControlNet
+                .invalid(format!("{} ControlNets: at most {MAX_CONTROLNETS} per request", self.controls.len())));
+        }
+        for (k, c) in self.controls.iter().enumerate() {
+            c.validate(k, self.width, self.height)?;
         }
         Ok(())
     }

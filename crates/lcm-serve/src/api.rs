@@ -250,6 +250,7 @@ pub fn openai(obj: &Map<String, Value>, limits: &Limits, loras: &LoraDir) -> Res
         width,
         height,
         num_images: n,
+        controls: Vec::new(),
         init_image: None,
     };
     let loras = lora_list(f.get("loras"), limits, loras)?;
@@ -383,6 +384,7 @@ pub fn a1111(
         width: width.unwrap_or(512.min(limits.size.max())),
         height: height.unwrap_or(512.min(limits.size.max())),
         num_images: 1,
+        controls: Vec::new(),
         init_image: init,
     };
     let reqs = (0..batch as u64).map(|i| Request { seed: seed.wrapping_add(i), ..base.clone() }).collect();

@@ -74,6 +74,28 @@ pub fn eltwise(op: EltOp, n: usize, a: u64, b: u64, out: u64, prec: Precision, l
     })
 }
 
+/// `out = x + scale[image]·y` over `batch` images of `per_image` elements (f16); `ptrs` = x, y, the f32
+/// weights of row 0 of the op's row, out.
+pub fn add_scaled(batch: usize, per_image: usize, ptrs: [u64; 4], lim: Limits) -> Result<Launch> {
+    let [x, y, scale, out] = ptrs;
+    let v8 = per_image.is_multiple_of(8);
+    let n = batch * per_image;
+    Ok(Launch {
+        kernel: if v8 { Kernel::AddScaledV8 } else { Kernel::AddScaledV1 },
+        grid: stride_grid(n / if v8 { 8 } else { 1 }, lim),
+        block: [256, 1, 1],
+        smem: 0,
+        params: Params::AddScaled(LcmAddScaledParams {
+            x,
+            y,
+            scale,
+            out,
+            n: n as u64,
+            per_image: per_image.max(1) as u64,
+        }),
+    })
+}
+
 pub fn concat(rows: usize, ca: usize, cb: usize, a: u64, b: u64, out: u64, lim: Limits) -> Result<Launch> {
     let v8 = ca.is_multiple_of(8) && cb.is_multiple_of(8);
     let units = rows * (ca + cb) / if v8 { 8 } else { 1 };
@@ -213,6 +235,14 @@ pub(crate) fn record(r: &Recorder, op: &Op, problem: &Problem, steps: &mut Vec<S
         (Op::AddChannel { x, bias, out }, Problem::AddChannel { batch, hw, c }) => {
             let ptrs = [r.addr(x)?, r.addr(bias)?, r.addr(out)?];
             eltwise(EltOp::AddChannel { hw, c }, batch * hw * c, ptrs[0], ptrs[1], ptrs[2], prec, lim)?
+        }
+        (Op::AddScaled { x, y, scale, row, out }, Problem::AddScaled { batch, per_image }) => {
+            r.f16_only("add_scaled")?;
+            if r.elem(scale) != Elem::F32 {
+                return Err(Error::backend("add_scaled: the weights must be F32"));
+            }
+            let scale = r.addr(scale)? + (row * batch * 4) as u64; // row `row` of f32 weights
+            add_scaled(batch, per_image, [r.addr(x)?, r.addr(y)?, scale, r.addr(out)?], lim)?
         }
         (Op::Concat { a, b, out }, Problem::Concat { rows, ca, cb }) => {
             r.f16_only("concat")?;

@@ -5,6 +5,7 @@
 
 pub mod blocks;
 pub mod clip;
+pub mod controlnet;
 pub mod sd15;
 pub mod sdxl;
 pub mod taesd;

@@ -140,7 +140,7 @@ impl UnetConfig {
         let ctx = b.input(&[batch, ctx_len, self.cross_attention_dim], Elem::Act);
         let cond = self.time_cond_proj_dim.map(|d| b.input(&[batch, d], Elem::Act));
         let aug = self.added_inputs(&mut b, batch).map(|(text, ids)| self.add_embedding(&mut b, text, ids));
-        let out = self.build(&mut b, sample, (t, 0), ctx, cond, aug);
+        let out = self.build(&mut b, sample, (t, 0), ctx, cond, aug, &[]);
         b.output(out);
         b.finish()
     }
@@ -179,14 +179,40 @@ impl UnetConfig {
 
     /// The UNet's ops on `sample` `[B, H, W, in_channels]` with timesteps row `t.1` of `t.0` (`[B]` or
     /// `[rows, B]`), context `ctx`, for LCM UNets the guidance embedding `cond` and for SDXL the added
-    /// embedding `aug` ([`Self::add_embedding`]): the model output. Weights are declared by name, so
+    /// embedding `aug` ([`Self::add_embedding`]), each ControlNet's residuals in `control` added to the
+    /// skip connections and the mid block's output: the model output. Weights are declared by name, so
     /// building it twice in one graph shares them.
+    #[allow(clippy::too_many_arguments)]
     pub fn build(
         &self,
         b: &mut GraphBuilder,
         sample: TensorId,
         t: (TensorId, usize),
         ctx: TensorId,
+        cond: Option<TensorId>,
+        aug: Option<TensorId>,
+        control: &[ControlResiduals],
+    ) -> TensorId {
+        let temb_act = self.time_embedding(b, t, cond, aug);
+        let h = self.conv_in(b, sample);
+        let (mut x, mut skips) = self.encode(b, h, temb_act, ctx);
+        // UNet2DConditionModel: each skip plus its residual, the mid block's output plus the mid residual
+        // (MultiControlNet sums the ControlNets' residuals: here added one ControlNet after another).
+        for c in control {
+            for (skip, &r) in skips.iter_mut().zip(&c.down) {
+                *skip = b.add_scaled(*skip, r, c.scale.0, c.scale.1);
+            }
+            x = b.add_scaled(x, c.mid, c.scale.0, c.scale.1);
+        }
+        self.decode(b, x, skips, temb_act, ctx)
+    }
+
+    /// SiLU(the time embedding) every resnet reads: the timestep sinusoid (plus `cond_proj(cond)` for
+    /// LCM UNets) through `time_embedding.linear_1` → SiLU → `linear_2`, plus `aug` (SDXL).
+    pub fn time_embedding(
+        &self,
+        b: &mut GraphBuilder,
+        t: (TensorId, usize),
         cond: Option<TensorId>,
         aug: Option<TensorId>,
     ) -> TensorId {
@@ -202,12 +228,29 @@ impl UnetConfig {
         if let Some(aug) = aug {
             temb = b.add(temb, aug); // emb + aug_emb, before the resnets' SiLU
         }
-        let temb_act = Some(b.activation(temb, Activation::Silu));
-        let norm = Norm { groups: self.norm_groups, eps: self.norm_eps };
-        let n = self.block_out_channels.len();
+        b.activation(temb, Activation::Silu)
+    }
 
+    /// `conv_in` over the latents.
+    pub fn conv_in(&self, b: &mut GraphBuilder, sample: TensorId) -> TensorId {
         let pad = self.conv_in_kernel / 2;
-        let mut x = b.conv2d("conv_in", sample, c0, self.conv_in_kernel, 1, [pad; 4], true);
+        b.conv2d("conv_in", sample, self.block_out_channels[0], self.conv_in_kernel, 1, [pad; 4], true)
+    }
+
+    /// The down blocks and the mid block from `conv_in`'s output `h`: the mid block's output and the
+    /// skip connections (`h` first, then each resnet's or transformer's output and each downsampler's),
+    /// what UNet2DConditionModel and ControlNetModel share.
+    pub fn encode(
+        &self,
+        b: &mut GraphBuilder,
+        h: TensorId,
+        temb_act: TensorId,
+        ctx: TensorId,
+    ) -> (TensorId, Vec<TensorId>) {
+        let norm = Norm { groups: self.norm_groups, eps: self.norm_eps };
+        let temb_act = Some(temb_act);
+        let n = self.block_out_channels.len();
+        let mut x = h;
         let mut skips = vec![x];
         for i in 0..n {
             let out_c = self.block_out_channels[i];
@@ -236,6 +279,21 @@ impl UnetConfig {
             MidBlock::Resnet => x = resnet(b, "mid_block.resnets.0", x, temb_act, c, &norm, scale),
             MidBlock::None => {}
         }
+        (x, skips)
+    }
+
+    /// The up blocks (each resnet concatenating the next skip) and the output norm and conv.
+    fn decode(
+        &self,
+        b: &mut GraphBuilder,
+        mut x: TensorId,
+        mut skips: Vec<TensorId>,
+        temb_act: TensorId,
+        ctx: TensorId,
+    ) -> TensorId {
+        let norm = Norm { groups: self.norm_groups, eps: self.norm_eps };
+        let temb_act = Some(temb_act);
+        let n = self.block_out_channels.len();
         for i in 0..n {
             let level = n - 1 - i; // the down level this up block mirrors
             let out_c = self.block_out_channels[level];
@@ -263,6 +321,13 @@ impl UnetConfig {
         b.conv2d("conv_out", x, self.out_channels, self.conv_out_kernel, 1, [pad; 4], true)
     }
 
+    /// The skip connections [`Self::encode`] makes: conv_in's output, one per resnet, one per
+    /// downsampler. A ControlNet gives one residual for each.
+    pub fn skip_count(&self) -> usize {
+        let n = self.block_out_channels.len();
+        1 + self.layers_per_block.iter().sum::<usize>() + (n - 1)
+    }
+
     fn transformer(
         &self,
         b: &mut GraphBuilder,
@@ -280,6 +345,19 @@ impl UnetConfig {
     pub fn default_image_size(&self, downscale: usize) -> Option<usize> {
         self.sample_size.map(|s| s * downscale)
     }
+}
+
+/// One ControlNet's residuals for a UNet call ([`UnetConfig::build`]), unscaled: one per skip connection
+/// and one for the mid block, added times row `scale.1` of the `F32 [rows, B]` weights `scale.0`
+/// (`controlnet_conditioning_scale` per image).
+#[derive(Debug, Clone)]
+pub struct ControlResiduals {
+    /// One per skip connection, in [`UnetConfig::encode`]'s order.
+    pub down: Vec<TensorId>,
+    /// Added to the mid block's output.
+    pub mid: TensorId,
+    /// The weights and their row.
+    pub scale: (TensorId, usize),
 }
 
 /// SDXL's added conditions for one plain UNet call (diffusers' `added_cond_kwargs`).

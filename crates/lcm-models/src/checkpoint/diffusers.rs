@@ -9,6 +9,7 @@ use lcm_core::{Backend, Error, ModelWeights, Result, SafeTensorsFile, WeightFile
 use super::pickle::pickle_refusal;
 use super::weights::{reborrow, upload_weights, WeightHook};
 use crate::arch::clip::{ClipConfig, ClipTextModel};
+use crate::arch::controlnet::{ControlNet, ControlNetConfig};
 use crate::arch::unet::{Unet, UnetConfig};
 use crate::arch::vae::{EncoderSource, Vae, VaeConfig, VaeParts};
 use crate::runner::Runner;
@@ -207,5 +208,15 @@ impl<B: Backend> Vae<B> {
         let specs = self.config.encoder_weights()?;
         self.encoder = Some(Runner::new(upload_weights(backend, &specs, &origin, &mut *source, None)?));
         Ok(())
+    }
+}
+
+impl<B: Backend> ControlNet<B> {
+    /// Loads a ControlNet from a diffusers folder (`config.json` + `diffusion_pytorch_model[.fp16]`).
+    pub fn load_folder(backend: &B, dir: &Path, variant: Variant) -> Result<Self> {
+        let config = ControlNetConfig::from_file(&component_config(dir)?)?;
+        let files = find_weights(dir, "diffusion_pytorch_model", variant)?;
+        let weights = load_weights(backend, &config.weights()?, &files, None)?;
+        Ok(ControlNet::new(config, weights))
     }
 }

@@ -6,6 +6,7 @@
 //! ([`synthetic`]). Every format uploads through [`weights`].
 
 pub mod config;
+pub mod controlnet_file;
 pub mod diffusers;
 pub mod ldm;
 pub mod mapped;

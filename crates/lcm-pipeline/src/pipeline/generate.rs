@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use lcm_core::{Backend, Error, Executor, HostData, ModelWeights, Op, Result, Tensor};
 use lcm_models::denoise::{input, DenoiseConfig, DenoiseInputs, DenoiseShape};
+
+use super::control::{control_inputs, ControlInputs};
 use lcm_models::{Encoded, Vae, VaeConfig, VaeTiling};
 
 use super::{Output, Pipeline, StageTimes, StepEvent};
@@ -47,6 +49,8 @@ struct Batch {
     w_embedding: Option<Vec<f32>>,
     /// SDXL's micro-conditioning, one column per row of the UNet's batch.
     time_ids: Vec<f32>,
+    /// The ControlNets' ids (in the pipeline's `ControlNets`), in the requests' order.
+    control_ids: Vec<usize>,
 }
 
 impl<B: Backend> Pipeline<B> {
@@ -90,13 +94,25 @@ impl<B: Backend> Pipeline<B> {
             return Ok(Vec::new());
         }
         self.check_batch(reqs)?;
+        let downscale = self.vae.config.downscale();
+        let control_ids = self.controlnets.ensure(
+            &self.backend,
+            &reqs[0].controls,
+            &self.unet.config,
+            downscale,
+            self.spec.variant,
+        )?;
         let start = Instant::now();
         let stop = || if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) { Err(Error::Cancelled) } else { Ok(()) };
-        let batch = self.lay_out(reqs)?;
+        let batch = self.lay_out(reqs, control_ids)?;
 
-        let Pipeline { backend, text, unet, vae, vae_backend, vae_tiling, .. } = self;
+        let Pipeline { backend, text, unet, vae, vae_backend, vae_tiling, controlnets, .. } = self;
         let vae_be = vae_backend.as_ref().unwrap_or(backend);
-        let (den, weights) = unet.denoiser(backend, &batch.shape, &batch.config)?;
+        let control = control_inputs(controlnets, &batch.control_ids, reqs, batch.run.len(), batch.shape.guided);
+        let control_weights = controlnets.weights(&batch.control_ids);
+        let (den, weights) =
+            unet.denoiser(backend, &batch.shape, &batch.config, &control.controls, &control_weights)?;
+        let parts: Vec<_> = std::iter::once(weights).chain(control_weights.iter().copied()).collect();
         // The decoder's arena too, before any work: a size the memory cannot hold fails here, not after
         // the loop. (Tiles are planned as they come; their arenas are small.)
         if vae_tiling.is_none() {
@@ -106,10 +122,10 @@ impl<B: Backend> Pipeline<B> {
         let t0 = Instant::now();
         text.encode_into(backend, &prompt_rows(reqs), batch.shape.images, batch.shape.guided, den, &batch.inputs)?;
         let text_encoder = t0.elapsed();
-        batch.set_inputs(backend, den)?;
+        batch.set_inputs(backend, den, &control)?;
         stop()?;
 
-        let (denoised, unet_steps) = batch.run_loop(backend, den, weights, progress, &stop, start)?;
+        let (denoised, unet_steps) = batch.run_loop(backend, den, &parts, progress, &stop, start)?;
         stop()?;
 
         let tv = Instant::now();
@@ -126,11 +142,15 @@ impl<B: Backend> Pipeline<B> {
             r.validate(self.original_steps())?;
             let same = (r.width, r.height, r.steps, r.guidance_scale.to_bits(), strength(r))
                 == (req.width, req.height, req.steps, req.guidance_scale.to_bits(), strength(req));
-            if !same {
+            // ControlNets: the same models and windows (they shape the graph); images and weights are
+            // each request's own.
+            let window = |r: &Request| r.controls.iter().map(|c| (c.model.clone(), c.start, c.end)).collect::<Vec<_>>();
+            if !same || window(r) != window(req) {
                 return Err(Error::invalid(
                     "batch",
-                    "requests batched together must share width, height, steps and guidance scale, and be \
-                     all txt2img or all img2img with one strength",
+                    "requests batched together must share width, height, steps and guidance scale, be \
+                     all txt2img or all img2img with one strength, and use the same ControlNets with the \
+                     same guidance windows",
                 ));
             }
         }
@@ -139,7 +159,7 @@ impl<B: Backend> Pipeline<B> {
 
     /// The batch's loop before it runs: the schedule, every random draw (img2img encodes the init
     /// images here) and the loop's other inputs.
-    fn lay_out(&mut self, reqs: &[Request]) -> Result<Batch> {
+    fn lay_out(&mut self, reqs: &[Request], control_ids: Vec<usize>) -> Result<Batch> {
         let req = &reqs[0];
         let n: usize = reqs.iter().map(|r| r.num_images).sum();
         let (timesteps, first) = self.timesteps(req)?;
@@ -166,7 +186,7 @@ impl<B: Backend> Pipeline<B> {
             vae_shift: vae.shift_factor.unwrap_or(0.0),
             context_split: self.text.context_split(),
         };
-        let inputs = self.unet.config.denoise_inputs(&config);
+        let inputs = self.unet.config.denoise_inputs(&config, control_ids.len());
         // SDXL's micro-conditioning, diffusers' defaults: original size = target size = (h, w), crop
         // (0, 0), the same for the negative; one column per row of the UNet's batch.
         let time_ids = [req.height, req.width, 0, 0, req.height, req.width]
@@ -185,6 +205,7 @@ impl<B: Backend> Pipeline<B> {
             schedule,
             w_embedding,
             time_ids,
+            control_ids,
         })
     }
 
@@ -277,7 +298,13 @@ impl<B: Backend> Pipeline<B> {
 
 impl Batch {
     /// Writes the loop's inputs (the text encoders wrote its context).
-    fn set_inputs<B: Backend>(&self, backend: &B, den: &mut Executor<B>) -> Result<()> {
+    fn set_inputs<B: Backend>(&self, backend: &B, den: &mut Executor<B>, control: &ControlInputs) -> Result<()> {
+        if let (Some(first), Some(scales)) = (self.inputs.control_images, self.inputs.control_scales) {
+            for (k, img) in control.images.iter().enumerate() {
+                den.set_input(backend, first + k, HostData::F32(img))?;
+            }
+            den.set_input(backend, scales, HostData::F32(&control.scales))?;
+        }
         if let Some(i) = self.inputs.time_ids {
             den.set_input(backend, i, HostData::F32(&self.time_ids))?;
         }
@@ -298,7 +325,7 @@ impl Batch {
         &self,
         backend: &B,
         den: &mut Executor<B>,
-        weights: &ModelWeights<B>,
+        weights: &[&ModelWeights<B>],
         progress: &mut dyn FnMut(StepEvent),
         stop: &dyn Fn() -> Result<()>,
         start: Instant,
@@ -320,13 +347,14 @@ impl Batch {
             last = now;
             progress(StepEvent { step: k + 1, steps: run.len(), timestep: run[k], elapsed: start.elapsed() });
         };
-        den.run_watched(backend, weights, &mut |op| {
+        let mut watch = |op| {
             if let Some(k) = step_ops.iter().position(|&o| o == op) {
                 report(k, &mut unet_steps, Instant::now());
                 stop()?;
             }
             Ok(())
-        })?;
+        };
+        den.run_parts(backend, weights, Some(&mut watch))?;
         let (n, h, w, c) = (self.shape.images, self.shape.h, self.shape.w, self.channels);
         let denoised = Tensor::new(vec![n, h, w, c], den.output(backend, 0)?).nhwc_to_nchw();
         check_finite("denoising loop", &denoised.data, "the final latents")?;

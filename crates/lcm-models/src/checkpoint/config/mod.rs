@@ -5,6 +5,7 @@
 //! same code.
 
 mod clip;
+mod controlnet;
 mod unet;
 mod vae;
 
