@@ -10,6 +10,7 @@ use lcm_pipeline::output::{numbered_paths, parameters_text, read_image_rgb8, wri
 use lcm_pipeline::pipeline::Pipeline;
 use lcm_pipeline::spec::{InitImage, LoadSpec, Request};
 
+use crate::control_args::ControlArgs;
 use crate::device::open;
 use crate::model_args::{check_init_size, load_engine, model_label, ModelArgs, SamplingArgs};
 use crate::progress::{ms, Progress};
@@ -41,6 +42,8 @@ pub struct GenerateArgs {
     /// Also write the final denoised latents (f32 tensor `latents`, [N,4,H/8,W/8], before VAE scaling).
     #[arg(long, value_name = "FILE.safetensors")]
     pub save_latents: Option<PathBuf>,
+    #[command(flatten)]
+    pub control: ControlArgs,
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
@@ -65,10 +68,21 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             Some(InitImage::from_rgb8(w, h, &rgb, args.sampling.strength)?)
         }
     };
-    let (width, height) = match &init_image {
-        Some(i) => (i.pixels.shape[3], i.pixels.shape[2]),
-        None if args.width.is_some() && args.height.is_some() => (args.width.unwrap_or(0), args.height.unwrap_or(0)),
-        None => {
+    let control = &args.control;
+    control.check("--control-image", control.images.len())?;
+    let control_images =
+        control.images.iter().enumerate().map(|(k, p)| control.read_image(k, p)).collect::<Result<Vec<_>>>()?;
+    let (width, height) = match (&init_image, control_images.first()) {
+        (Some(i), _) => (i.pixels.shape[3], i.pixels.shape[2]),
+        (None, _) if args.width.is_some() && args.height.is_some() => {
+            (args.width.unwrap_or(0), args.height.unwrap_or(0))
+        }
+        // diffusers' ControlNet pipelines: the control image's size, rounded down to multiples of 8.
+        (None, Some(first)) => {
+            let (w, h) = ControlArgs::default_size(first, &control.images[0])?;
+            (args.width.unwrap_or(w), args.height.unwrap_or(h))
+        }
+        (None, None) => {
             // The model's own size (SDXL's 1024), read from its configs before anything loads.
             let probe =
                 LoadSpec { model_dir: model_dir.clone(), config_dir: args.model.config.clone(), ..LoadSpec::default() };
@@ -76,7 +90,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             (args.width.unwrap_or(side), args.height.unwrap_or(side))
         }
     };
-    let req = args.sampling.request(seed, (width, height), args.num_images, init_image);
+    let img2img = init_image.is_some();
+    let mut req = args.sampling.request(seed, (width, height), args.num_images, init_image);
+    req.controls = control.units(&control_images, (width, height), img2img)?;
     // Everything that can be checked without loading a model is checked first.
     let mut spec = args.model.load_spec(model_dir, loras);
     let sched = lcm_pipeline::load::scheduler(&spec)?;

@@ -7,6 +7,7 @@ use lcm_core::Error;
 use lcm_pipeline::spec::Field;
 
 mod bench;
+mod control_args;
 mod device;
 mod frame_seq;
 mod frames;

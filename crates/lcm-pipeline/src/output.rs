@@ -35,6 +35,9 @@ pub fn parameters_text(req: &Request, model: &str, loras: &[LoraSpec]) -> String
     for l in loras {
         s += &format!(", lora: {}:{}", l.path.display(), l.scale);
     }
+    for c in &req.controls {
+        s += &format!(", controlnet: {}:{} [{}, {}]", c.model.display(), c.scale, c.start, c.end);
+    }
     s
 }
 
