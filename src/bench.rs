@@ -246,7 +246,7 @@ pub fn run<B: BenchBackend>(
             Some(ControlNet::from_source(backend, c, Path::new("synthetic controlnet"), &mut random_source(cfg.seed))?)
         }
         Some(BenchControlNet::Path(p)) if p.is_dir() => Some(ControlNet::load_folder(backend, p, variant)?),
-        Some(BenchControlNet::Path(p)) => Some(ControlNet::load_single_file(backend, p)?),
+        Some(BenchControlNet::Path(p)) => Some(ControlNet::load_single_file_for(backend, p, Some(&m.unet.config))?),
     };
     let scale = m.vae.config.downscale();
     let (h, w, b) = (cfg.height / scale, cfg.width / scale, cfg.batch);
