@@ -6,22 +6,13 @@
 
 mod gpu_util;
 
-use std::path::{Path, PathBuf};
-
+use gpu_util::recorded::{case, compare_with_cpu, fixtures};
 use gpu_util::{fail_case, run_gpu_tests, TOL};
 use lcm::cuda::CudaBackend;
 use lcm_core::{rel_l2, Backend, SafeTensorsFile, Tensor};
 use lcm_cpu::CpuBackend;
 use lcm_models::{AddedCond, ControlNet, Variant};
-use lcm_pipeline::output::read_png;
 use lcm_pipeline::pipeline::Pipeline;
-use lcm_pipeline::spec::{ControlUnit, InitImage, LoadSpec, LoraSpec, Request};
-use serde_json::Value;
-
-/// `$LCM_FIXTURES`, else `tests/fixtures` (see gpu_pipeline.rs).
-fn fixtures() -> PathBuf {
-    std::env::var_os("LCM_FIXTURES").map_or_else(|| Path::new("tests/fixtures").to_path_buf(), PathBuf::from)
-}
 
 fn reduced() -> bool {
     std::env::var("LCM_GPU_TESTS_REDUCED").is_ok_and(|v| v != "0")
@@ -62,90 +53,18 @@ fn controlnet_calls_match_cpu(be: CudaBackend) {
     }
 }
 
-/// Case `name` of records/controlnet/cases.json: its load spec and request.
-fn case(name: &str) -> (LoadSpec, Request) {
-    let text = std::fs::read_to_string(fixtures().join("records/controlnet/cases.json")).expect("cases.json");
-    let all: Value = serde_json::from_str(&text).expect("JSON");
-    let c = all.as_array().expect("a list").iter().find(|c| c["name"] == name).expect("case recorded");
-    let num = |k: &str| c[k].as_f64().unwrap_or_else(|| panic!("{name}: {k}"));
-    let (width, height) = (num("width") as usize, num("height") as usize);
-    let png = |p: &Value| read_png(&fixtures().join(p.as_str().expect("path"))).expect("png");
-    let controls = c["controlnets"]
-        .as_array()
-        .expect("controlnets")
-        .iter()
-        .map(|u| {
-            let (w, h, rgb, _) = png(&u["image"]);
-            ControlUnit {
-                model: fixtures().join(u["path"].as_str().expect("path")),
-                image: ControlUnit::image_at(w, h, &rgb, width, height).expect("control image"),
-                scale: u["scale"].as_f64().expect("scale") as f32,
-                start: u["start"].as_f64().expect("start"),
-                end: u["end"].as_f64().expect("end"),
-            }
-        })
-        .collect();
-    let loras = c["loras"]
-        .as_array()
-        .expect("loras")
-        .iter()
-        .map(|l| LoraSpec {
-            path: fixtures().join(l[0].as_str().expect("path")),
-            scale: l[1].as_f64().expect("scale") as f32,
-        })
-        .collect();
-    let spec =
-        LoadSpec { model_dir: fixtures().join(c["model"].as_str().expect("model")), loras, ..LoadSpec::default() };
-    let init_image = c.get("image").map(|p| {
-        let (w, h, rgb, _) = png(p);
-        InitImage::from_rgb8(w, h, &rgb, num("strength") as f32).expect("init image")
-    });
-    let req = Request {
-        prompt: c["prompt"].as_str().expect("prompt").to_string(),
-        negative_prompt: c["negative_prompt"].as_str().map(str::to_string),
-        steps: num("steps") as usize,
-        guidance_scale: num("guidance_scale") as f32,
-        seed: num("seed") as u64,
-        width,
-        height,
-        num_images: num("num_images") as usize,
-        init_image,
-        controls,
-    };
-    (spec, req)
-}
-
 /// Two ControlNets with CFG and windows (each active at different steps), the LCM UNet's w-embedding,
 /// SDXL's added conditioning reaching the ControlNet, img2img. The reduced run keeps the first.
 const CASES: &[&str] = &["cn_two_cfg", "cn_lcm", "cn_sdxl_cfg", "cn_img2img"];
 
 fn controlnet_pipelines_match_cpu(be: CudaBackend) {
-    let names = if reduced() { &CASES[..1] } else { CASES };
-    let mut gpu = Some(be);
-    for &name in names {
-        let (spec, req) = case(name);
-        let be = gpu.take().unwrap_or_else(gpu_util::backend);
-        let mut g = Pipeline::load(be, spec.clone()).unwrap_or_else(|e| panic!("{name}: load on CUDA: {e}"));
-        let mut p = Pipeline::load(CpuBackend::new(), spec).unwrap_or_else(|e| panic!("{name}: load on CPU: {e}"));
-        let go = g.generate(&req, &mut |_| {}).unwrap_or_else(|e| panic!("{name}: CUDA: {e}"));
-        let co = p.generate(&req, &mut |_| {}).unwrap_or_else(|e| panic!("{name}: CPU: {e}"));
-        let lat = rel_l2(&go.latents.data, &co.latents.data);
-        let mad = go.images.data.iter().zip(&co.images.data).map(|(a, b)| (a - b).abs() as f64).sum::<f64>()
-            / go.images.numel() as f64;
-        println!("controlnet {name}: latents CUDA vs CPU rel L2 {lat:.2e}, image MAD {:.3}/255", mad * 255.0);
-        if lat.is_nan() || lat >= TOL {
-            fail_case(format!("controlnet {name}: latents rel L2 {lat:.3e} (limit {TOL:.0e})"));
-        }
-        if mad.is_nan() || mad >= 2.0 / 255.0 {
-            fail_case(format!("controlnet {name}: image MAD {:.3}/255 (limit 2/255)", mad * 255.0));
-        }
-    }
+    compare_with_cpu(be, "controlnet", if reduced() { &CASES[..1] } else { CASES });
 }
 
 /// A new conditioning scale (and control image) is a run-time input: the second generation neither
 /// records nor allocates, and it gives what the CPU gives with that scale.
 fn new_scale_reuses_the_recorded_graph(be: CudaBackend) {
-    let (spec, req) = case("cn_lora");
+    let (spec, req) = case("controlnet", "cn_lora");
     let mut g = Pipeline::load(be.share(), spec.clone()).expect("load");
     g.generate(&req, &mut |_| {}).expect("first generation");
     let (allocs, recs) = (be.device_allocations(), be.recordings());

@@ -13,6 +13,7 @@ use lcm_pipeline::spec::{InitImage, Request, MAX_IMAGES};
 use crate::control_args::{ControlArgs, ControlImage};
 use crate::device::open;
 use crate::frame_seq::{file_name, list_frames, mean_abs_diff};
+use crate::generate::with_mask;
 use crate::model_args::{check_init_size, load_engine, model_label, ModelArgs, SamplingArgs};
 use crate::progress::{ms, Progress};
 
@@ -56,6 +57,10 @@ pub struct FramesArgs {
     /// needs every control image to be similar.
     #[arg(long = "control-frames", value_name = "DIR")]
     pub control_frames: Vec<PathBuf>,
+    /// Inpainting: repaint only the masked region of each frame (white = repaint, as `generate --mask`):
+    /// one mask PNG for every frame, or a folder holding each frame's mask under the frame's file name.
+    #[arg(long, value_name = "FILE.png|DIR")]
+    pub mask: Option<PathBuf>,
 }
 
 /// A frame that runs, and the names its output is written under (its own, then those of the frames
@@ -82,13 +87,19 @@ pub fn run(args: FramesArgs) -> Result<()> {
     let (width, height) = check_sizes(&frames)?;
     check_output(&args, &frames)?;
     check_control_frames(&args, &frames)?;
+    if let Some(dir) = args.mask.as_ref().filter(|m| m.is_dir()) {
+        if let Some(f) = frames.iter().find(|f| !dir.join(file_name(f)).is_file()) {
+            return Err(Error::file(dir.join(file_name(f)), "--mask: this frame's mask is missing from the folder"));
+        }
+    }
 
     let (model_dir, loras) = args.model.model_and_loras()?;
     let seed = args.sampling.seed_or_random();
     // The first frame as the template request: everything but the frame and the seed is shared.
     let (w, h, rgb) = read_image_rgb8(&frames[0])?;
     let s = &args.sampling;
-    let mut template = s.request(seed, (width, height), 1, Some(InitImage::from_rgb8(w, h, &rgb, s.strength)?));
+    let first = frame_init(&args, &frames[0], InitImage::from_rgb8(w, h, &rgb, s.strength)?)?;
+    let mut template = s.request(seed, (width, height), 1, Some(first));
     template.controls = args.control.units(&control_images(&args, &frames[0])?, (width, height), true)?;
     let mut spec = args.model.load_spec(model_dir, loras);
     let sched = lcm_pipeline::load::scheduler(&spec)?;
@@ -146,6 +157,15 @@ fn check_control_frames(args: &FramesArgs, frames: &[PathBuf]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `init` (frame `frame`'s image) with its inpainting mask when `--mask` is given.
+fn frame_init(args: &FramesArgs, frame: &Path, init: InitImage) -> Result<InitImage> {
+    match &args.mask {
+        None => Ok(init),
+        Some(m) if m.is_dir() => with_mask(init, &m.join(file_name(frame))),
+        Some(m) => with_mask(init, m),
+    }
 }
 
 /// The control images of `frame`: its namesake in each --control-frames folder, preprocessed.
@@ -261,7 +281,8 @@ impl Runner {
         let mut reqs = Vec::with_capacity(jobs.len());
         for job in &jobs {
             let seed = if args.seed_per_frame { template.seed.wrapping_add(job.index as u64) } else { template.seed };
-            let init_image = Some(InitImage::from_rgb8(w, h, &job.rgb, strength)?);
+            let frame = args.input.join(&job.names[0]);
+            let init_image = Some(frame_init(args, &frame, InitImage::from_rgb8(w, h, &job.rgb, strength)?)?);
             let controls = args.control.units(&job.controls, (w, h), true)?;
             reqs.push(Request { seed, init_image, controls, ..template.clone() });
         }

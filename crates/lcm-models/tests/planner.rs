@@ -70,7 +70,7 @@ fn sd15_geglu_is_fused_on_every_transformer_block() {
     };
     let step = Program::new(unet.graph(1, 64, 64, 77).unwrap(), 2).unwrap();
     assert_eq!(count(&step), 16);
-    let d = DenoiseShape { images: 1, h: 64, w: 64, ctx_len: 77, steps: 4, guided: false };
+    let d = DenoiseShape { images: 1, h: 64, w: 64, ctx_len: 77, steps: 4, guided: false, inpaint: None };
     let cfg = DenoiseConfig {
         prediction: Prediction::Epsilon,
         clip: None,

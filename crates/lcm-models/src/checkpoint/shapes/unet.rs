@@ -122,16 +122,12 @@ fn config(v: &View, pooled_dim: Option<usize>, base: Option<&UnetConfig>, decode
     Ok(cfg)
 }
 
-/// `conv_in`'s shape `[out, in, k, k]`, with the 4 input channels of a text-to-image UNet.
+/// `conv_in`'s shape `[out, in, k, k]`: 4 input channels (text-to-image), or 9 (an inpainting UNet:
+/// latents + mask + masked image latents; `generate --mask` runs it).
 fn conv_in(v: &View) -> Result<Vec<usize>> {
     let conv_in = v.need("input_blocks.0.0.weight", 4)?.to_vec();
     match conv_in[1] {
-        4 => Ok(conv_in),
-        9 => Err(v.err(
-            "input_blocks.0.0.weight",
-            "has 9 input channels: an inpainting UNet (latents + mask + masked image); lcm runs \
-             text-to-image and image-to-image UNets with 4 input channels only",
-        )),
+        4 | 9 => Ok(conv_in),
         8 => Err(v.err(
             "input_blocks.0.0.weight",
             "has 8 input channels: an InstructPix2Pix-style UNet (latents + image latents); lcm runs \
