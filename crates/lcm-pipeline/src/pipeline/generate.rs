@@ -175,12 +175,12 @@ impl<B: Backend> Pipeline<B> {
     fn lay_out(&mut self, reqs: &[Request], control_ids: Vec<usize>) -> Result<Batch> {
         let req = &reqs[0];
         let n: usize = reqs.iter().map(|r| r.num_images).sum();
+        let inpaint = self.inpaint_kind(req)?; // before the schedule: a missing mask is the first error
         let (timesteps, first) = self.timesteps(req)?;
         let run = timesteps[first..].to_vec();
         let guided = !self.has_guidance_embedding() && req.guidance_scale > 1.0;
         let scale = self.vae.config.downscale();
         let (h, w) = (req.height / scale, req.width / scale);
-        let inpaint = self.inpaint_kind(req)?;
         let shape = DenoiseShape { images: n, h, w, ctx_len: CLIP_MAX_LEN, steps: run.len(), guided, inpaint };
         let channels = self.unet.config.out_channels;
         let Draws { latents, noise, inpaint: inpaint_inputs } = self.draw(reqs, &shape, channels, &run)?;
