@@ -13,6 +13,8 @@
 //! - [`pipeline`]: [`pipeline::Pipeline`], loaded once and generating many times (txt2img and
 //!   img2img, batches, LoRA swaps, tiled VAE).
 //! - [`output`]: PNGs with the settings in a tEXt chunk, latents as safetensors, init images read.
+//! - [`control_image`]: ControlNet control-image preprocessing (Pillow's Lanczos resize, OpenCV's
+//!   Canny), exact against those libraries; depends on nothing else here.
 
 #![warn(missing_docs)]
 
