@@ -1,7 +1,8 @@
 //! `lcm serve --controlnet-dir` over real HTTP on the tiny fixture (CPU): A1111's
 //! `alwayson_scripts.controlnet` units give the pipeline's images for the same ControlNet units (as
-//! given, Canny-preprocessed and resized, on img2img), batch only with the same ControlNets and
-//! windows, are listed by `/controlnet/model_list`, and bad units get a 400 naming their JSON path.
+//! given, Canny-preprocessed and resized, on img2img) and `lcm generate --controlnet`'s (when the binary
+//! has those flags), batch only with the same ControlNets and windows, are listed by
+//! `/controlnet/model_list`, and bad units get a 400 naming their JSON path.
 
 mod serve_util;
 
@@ -30,6 +31,17 @@ fn pipeline_images(req: &Request) -> Vec<Vec<u8>> {
     let mut pipe = Pipeline::load(CpuBackend::new(), spec).unwrap();
     let out = pipe.generate(req, &mut |_| {}).unwrap();
     (0..req.num_images).map(|i| out.rgb8(i)).collect()
+}
+
+/// `lcm generate`'s image for `args` when the binary has the ControlNet flags (`--controlnet`,
+/// `--control-image`, …); None (with a note) before they are in.
+fn lcm_generate_controlled(name: &str, args: &[&str]) -> Option<Vec<u8>> {
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_lcm")).args(["generate", "--help"]).output().unwrap();
+    if !String::from_utf8_lossy(&help.stdout).contains("--control-image") {
+        println!("NOTE: this lcm has no `generate --controlnet`: compared with the pipeline only");
+        return None;
+    }
+    Some(lcm_generate(name, args, 1).remove(0))
 }
 
 /// An A1111 body with the ControlNet `units`.
@@ -85,6 +97,12 @@ fn a1111_controlnet_units_give_the_pipelines_pixels() {
     let got = images(&r);
     let want = pipeline_images(&req);
     assert!(got[0] == want[0], "one ControlNet unit: pixels differ from the pipeline's");
+    let (cn_a, image64) = (cn_dir().join("cn-sd15-a"), cn_dir().join("images/canny_64x64.png"));
+    let common = ["--prompt", "a red house", "--seed", "7", "--steps", "3", "--width", "64", "--height", "64"];
+    let cli = [&common[..], &["--controlnet", cn_a.to_str().unwrap(), "--control-image", image64.to_str().unwrap()]];
+    if let Some(cli) = lcm_generate_controlled("cn-cli-1", &cli.concat()) {
+        assert!(got[0] == cli, "one ControlNet unit: pixels differ from lcm generate --controlnet");
+    }
     let plain = pipeline_images(&Request { controls: Vec::new(), ..req.clone() });
     assert!(plain[0] != want[0], "the ControlNet changed nothing: the comparison proves nothing");
     let params = &r.json()["parameters"]["alwayson_scripts"]["controlnet"]["args"][0];
@@ -105,7 +123,14 @@ fn a1111_controlnet_units_give_the_pipelines_pixels() {
     );
     let canny =
         Request { controls: vec![unit(&image80, ControlPreprocess::CANNY_DEFAULT, 0.6, 0.25, 0.75)], ..req.clone() };
-    assert!(images(&r)[0] == pipeline_images(&canny)[0], "canny, resized, weighted: pixels differ");
+    let got = images(&r);
+    assert!(got[0] == pipeline_images(&canny)[0], "canny, resized, weighted: pixels differ");
+    let (cn_scaled, image80) = (format!("{}:0.6", cn_a.display()), cn_dir().join("images/canny_80x72.png"));
+    let flags = ["--controlnet", &cn_scaled, "--control-image", image80.to_str().unwrap(), "--control-preprocess"];
+    let window = ["canny", "--control-start", "0.25", "--control-end", "0.75"];
+    if let Some(cli) = lcm_generate_controlled("cn-cli-2", &[&common[..], &flags, &window].concat()) {
+        assert!(got[0] == cli, "canny, resized, weighted: pixels differ from lcm generate --controlnet");
+    }
 
     // img2img with a ControlNet (weight 1 by default, as A1111).
     let init_path = fixtures().join("images/init_64x64.png");
