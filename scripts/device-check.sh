@@ -19,6 +19,9 @@
 #   gpu_models       blocks vs CPU; no allocation on the second run; graph replay = plain launches
 #   gpu_pipeline     tiny fixtures vs CPU: CLIP, UNet a/b/c, LCM UNet + timestep_cond, VAE both ways,
 #                    4 pipeline cases (plain, CFG x2, LCM x2, LoRA)
+#   gpu_controlnet   ControlNet calls (SD1.5, SDXL) and ControlNet pipelines inside the denoising graph
+#                    vs CPU; a new conditioning scale re-records nothing
+#   gpu_inpaint      inpainting pipelines (9-channel and blended 4-channel UNets, SDXL) vs CPU
 #   gpu_fullsize     the full-size UNet (batch 1 and CFG batch 2), VAE decode and CLIP vs PyTorch
 #   memcheck_*       compute-sanitizer memcheck on reduced runs, kernels first (plain launches so an error
 #                    names its kernel; models and the tiny pipeline with CUDA graphs)
@@ -47,7 +50,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/device-lib.sh
 
-SUITES="gpu_kernels backend_ops gpu_models gpu_pipeline gpu_fullsize"
+SUITES="gpu_kernels backend_ops gpu_models gpu_pipeline gpu_controlnet gpu_inpaint gpu_fullsize"
 
 build() {
     set -e
@@ -90,6 +93,8 @@ run() {
     suite backend_ops 40 "${reduced[@]}" "$B/backend_ops"
     suite gpu_models 40 "${reduced[@]}" "$B/gpu_models"
     suite gpu_pipeline 60 "${reduced[@]}" "$B/gpu_pipeline"
+    suite gpu_controlnet 30 "${reduced[@]}" "$B/gpu_controlnet"
+    suite gpu_inpaint 30 "${reduced[@]}" "$B/gpu_inpaint"
     if ! wanted gpu_fullsize; then
         :
     elif [ $fullsize = 0 ]; then

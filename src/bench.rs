@@ -16,7 +16,8 @@ use lcm_models::arch::unet::TEXT_TIME_IDS;
 use lcm_models::checkpoint::synthetic::random_source;
 use lcm_models::{
     arch::{sd15, sdxl},
-    AddedCond, ClipConfig, ClipTextModel, Unet, UnetConfig, Vae, VaeConfig, VaeTiling, Variant,
+    AddedCond, ClipConfig, ClipTextModel, ControlNet, ControlNetConfig, Unet, UnetConfig, Vae, VaeConfig, VaeTiling,
+    Variant,
 };
 use lcm_pipeline::load::upcast_vae_backend;
 use lcm_pipeline::spec::{Field, LoadSpec};
@@ -64,6 +65,18 @@ pub struct BenchConfig {
     /// int(steps·strength) UNet steps (all `steps` for a UNet with a guidance embedding, whose schedule
     /// shortens instead), then the decode.
     pub strength: Option<f32>,
+    /// A ControlNet run before each UNet step (the `controlnet_step` stage): its folder or file, or
+    /// one made from the UNet's config with seeded random weights.
+    pub controlnet: Option<BenchControlNet>,
+}
+
+/// The ControlNet `lcm bench` times.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BenchControlNet {
+    /// `ControlNetModel.from_unet` of the benchmarked UNet, with seeded random weights.
+    Synthetic,
+    /// A ControlNet folder or single file.
+    Path(PathBuf),
 }
 
 #[derive(Debug, Clone)]
@@ -226,6 +239,15 @@ pub fn run<B: BenchBackend>(
         None => (None, None),
     };
     let tiling = cfg.vae_tiling.map(|px| VaeTiling::new(&m.vae.config, px)).transpose()?;
+    let mut controlnet = match &cfg.controlnet {
+        None => None,
+        Some(BenchControlNet::Synthetic) => {
+            let c = ControlNetConfig::from_unet(&m.unet.config);
+            Some(ControlNet::from_source(backend, c, Path::new("synthetic controlnet"), &mut random_source(cfg.seed))?)
+        }
+        Some(BenchControlNet::Path(p)) if p.is_dir() => Some(ControlNet::load_folder(backend, p, variant)?),
+        Some(BenchControlNet::Path(p)) => Some(ControlNet::load_single_file_for(backend, p, Some(&m.unet.config))?),
+    };
     let scale = m.vae.config.downscale();
     let (h, w, b) = (cfg.height / scale, cfg.width / scale, cfg.batch);
     let lc = m.unet.config.in_channels;
@@ -265,15 +287,28 @@ pub fn run<B: BenchBackend>(
     };
     let macs_unet = macs_step * steps as u64;
     let macs_taesd = m.taesd.config.decoder_graph(b, h, w)?.macs();
+    let macs_control = controlnet.as_ref().map_or(Ok(0), |c| c.config.graph(b, h, w, ctx_len).map(|g| g.macs()))?;
+    // The control image: random pixels in [0, 1] at the output's size.
+    let control_image = controlnet.as_ref().map(|c| {
+        let n = b * c.config.conditioning_channels * cfg.height * cfg.width;
+        let data = lcm_pipeline::rng::TorchRng::new(cfg.seed + 2).randn(n).iter().map(|v| v.abs().min(1.0)).collect();
+        Tensor::new(vec![b, c.config.conditioning_channels, cfg.height, cfg.width], data)
+    });
     let mut stages = vec![
         Stage { name: "text_encoder", macs: macs_text, samples: vec![] },
         Stage { name: "vae_encode", macs: macs_enc, samples: vec![] },
         Stage { name: "unet", macs: macs_unet, samples: vec![] },
         Stage { name: "unet_step", macs: macs_step, samples: vec![] },
         Stage { name: "vae_decode", macs: macs_vae, samples: vec![] },
-        Stage { name: "end_to_end", macs: macs_text + macs_enc + macs_unet + macs_vae, samples: vec![] },
+        Stage {
+            name: "end_to_end",
+            macs: macs_text + macs_enc + macs_unet + macs_control * steps as u64 + macs_vae,
+            samples: vec![],
+        },
         // The alternative decoder, outside end_to_end (which uses the full VAE).
         Stage { name: "taesd_decode", macs: macs_taesd, samples: vec![] },
+        // One ControlNet call per step, inside end_to_end, apart from `unet` and `unet_step`.
+        Stage { name: "controlnet_step", macs: macs_control, samples: vec![] },
     ];
     for rep in 0..cfg.warmup + cfg.repeat {
         let t0 = Instant::now();
@@ -292,7 +327,13 @@ pub fn run<B: BenchBackend>(
         let t_enc = te.elapsed();
         let mut x = latents.clone();
         let mut steps = Vec::new();
+        let mut control_steps = Vec::new();
         for &t in &timesteps {
+            if let (Some(net), Some(img)) = (controlnet.as_mut(), &control_image) {
+                let tc = Instant::now();
+                net.forward(backend, &x, &vec![t; b], &ctx, img, 1.0, added)?;
+                control_steps.push(tc.elapsed());
+            }
             let ts = Instant::now();
             x = m.unet.forward_added(backend, &x, &vec![t; b], &ctx, cond.as_ref(), added)?;
             steps.push(ts.elapsed());
@@ -316,6 +357,7 @@ pub fn run<B: BenchBackend>(
             stages[4].samples.push(t_vae);
             stages[5].samples.push(total);
             stages[6].samples.push(t_taesd);
+            stages[7].samples.extend(&control_steps);
             log(&format!("repeat {}/{}: {:.1} ms", rep - cfg.warmup + 1, cfg.repeat, total.as_secs_f64() * 1e3));
         } else {
             log(&format!("warm-up {}/{}: {:.1} ms", rep + 1, cfg.warmup, total.as_secs_f64() * 1e3));
@@ -323,6 +365,9 @@ pub fn run<B: BenchBackend>(
     }
     if let Some(swaps) = &swaps {
         stages.extend(time_lora_swaps(backend, &m.unet, swaps, cfg)?);
+    }
+    if controlnet.is_none() {
+        stages.pop(); // no controlnet_step without a ControlNet
     }
     if image.is_none() {
         stages.remove(1); // no vae_encode without img2img

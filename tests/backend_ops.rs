@@ -61,6 +61,7 @@ kinds!(
     TimestepEmbed,
     Cast,
     LcmStep,
+    InpaintBlend,
 );
 
 /// The kind of `op`. Exhaustive on purpose (no `_` arm): a new op does not compile without one.
@@ -94,6 +95,7 @@ fn kind_of(op: &Op) -> Kind {
         Op::TimestepEmbed { .. } => Kind::TimestepEmbed,
         Op::Cast { .. } => Kind::Cast,
         Op::LcmStep { .. } => Kind::LcmStep,
+        Op::InpaintBlend { .. } => Kind::InpaintBlend,
     }
 }
 
@@ -104,7 +106,7 @@ fn has_f32(k: Kind) -> bool {
         Conv2d | Conv2dResidual | Linear | LinearResidual | GroupNorm | GroupNormSilu | Attention => true,
         Silu | Gelu | QuickGelu | Relu | TanhClamp | Scale | Add | Upsample | Cast => true,
         LinearGeglu | LayerNorm | AttentionCausal | Geglu | AddChannel | AddScaled | Concat | Embed | TimestepEmbed
-        | LcmStep => false,
+        | LcmStep | InpaintBlend => false,
     }
 }
 
@@ -133,6 +135,7 @@ fn cases(k: Kind) -> Vec<Case> {
         Kind::TimestepEmbed => timestep_cases(),
         Kind::Cast => cast_cases(),
         Kind::LcmStep => lcm_step_cases(),
+        Kind::InpaintBlend => inpaint_blend_cases(),
     }
 }
 

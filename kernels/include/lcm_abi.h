@@ -67,6 +67,22 @@ typedef struct LcmStepParams {
 } LcmStepParams;
 LCM_STATIC_ASSERT(sizeof(LcmStepParams) == 64, "LcmStepParams layout changed: update src/cuda/abi.rs");
 
+// Inpainting's blend after an LCM step (kernels/lcm_step.cu, `inpaint_blend_f32`), n latent elements of c
+// channels: keep = image (last != 0) or sqrt(a_prev)·image + sqrt(1−a_prev)·noise (the row's), then
+// out = (1 − mask[i / c])·keep + mask[i / c]·x. All f32; lcm_core::lcm::inpaint_blend is the host's twin.
+typedef struct LcmBlendParams {
+    LCM_CPTR(float) x;
+    LCM_CPTR(float) image;
+    LCM_CPTR(float) noise;
+    LCM_CPTR(float) mask;
+    LCM_CPTR(LcmStepRow) row;
+    LCM_PTR(float) out;
+    unsigned long long n;
+    int c;
+    int last;
+} LcmBlendParams;
+LCM_STATIC_ASSERT(sizeof(LcmBlendParams) == 64, "LcmBlendParams layout changed: update src/cuda/abi.rs");
+
 // Implicit GEMM on tensor cores (kernels/gemm.cu), serving conv2d and linear alike:
 //   out[m, n] = alpha·Σ_k A[m, k]·W[n, k] (+ bias[n]) (+ residual[m, n])
 // with M = batch·ho·wo output pixels and N = co. A is never materialised: A[m, k] with

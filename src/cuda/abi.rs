@@ -12,6 +12,7 @@ include!("abi_bindings.rs");
 const _: () = assert!(std::mem::size_of::<LcmStepRow>() == 32);
 const _: () = assert!(std::mem::size_of::<LcmStepParams>() == 64);
 const _: () = assert!(std::mem::size_of::<LcmCastParams>() == 40);
+const _: () = assert!(std::mem::size_of::<LcmBlendParams>() == 64);
 const _: () = assert!(std::mem::size_of::<LcmGemmParams>() == 128);
 const _: () = assert!(std::mem::size_of::<LcmAttnParams>() == 72);
 const _: () = assert!(std::mem::size_of::<LcmGroupNormParams>() == 80);
@@ -130,6 +131,7 @@ pub fn rust_layout() -> Vec<(String, u64)> {
     }));
     v.extend(layout!(LcmLayerNormParams { x, gamma, beta, out, rows, c, eps, pad0 }));
     v.extend(layout!(LcmEltwiseParams { a, b, out, n, hw, c, op, mul, add }));
+    v.extend(layout!(LcmBlendParams { x, image, noise, mask, row, out, n, c, last }));
     v.extend(layout!(LcmAddScaledParams { x, y, scale, out, n, per_image }));
     v.extend(layout!(LcmConcatParams { a, b, out, rows, ca, cb }));
     v.extend(layout!(LcmCastParams { x, out, n, n_in, div, add }));

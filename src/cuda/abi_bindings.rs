@@ -35,6 +35,19 @@ pub struct LcmStepParams {
 }
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
+pub struct LcmBlendParams {
+    pub x: ::std::os::raw::c_ulonglong,
+    pub image: ::std::os::raw::c_ulonglong,
+    pub noise: ::std::os::raw::c_ulonglong,
+    pub mask: ::std::os::raw::c_ulonglong,
+    pub row: ::std::os::raw::c_ulonglong,
+    pub out: ::std::os::raw::c_ulonglong,
+    pub n: ::std::os::raw::c_ulonglong,
+    pub c: ::std::os::raw::c_int,
+    pub last: ::std::os::raw::c_int,
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
 pub struct LcmGemmParams {
     pub x: ::std::os::raw::c_ulonglong,
     pub weight: ::std::os::raw::c_ulonglong,

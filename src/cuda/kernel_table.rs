@@ -98,6 +98,7 @@ kernels! {
     CastF16F32 => "cast_f16_f32" (LcmCastParams),
     LoraMerge => "lora_merge_f16" (LcmLoraMergeParams),
     LcmStep => "lcm_step_f32" (LcmStepParams),
+    InpaintBlend => "inpaint_blend_f32" (LcmBlendParams),
     // f32 activations (a VAE decoded in f32, `force_upcast`): the families a VAE runs.
     IgemmLargeF32 => "igemm_tf32_128x128" (LcmGemmParams),
     IgemmSmallF32 => "igemm_tf32_64x64" (LcmGemmParams),

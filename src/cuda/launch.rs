@@ -76,6 +76,7 @@ params! {
     Timestep(LcmTimestepParams),
     LoraMerge(LcmLoraMergeParams),
     Step(LcmStepParams),
+    Blend(LcmBlendParams),
 }
 
 #[derive(Debug, Clone, Copy)]

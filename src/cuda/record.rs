@@ -122,7 +122,7 @@ impl<'a> Recorder<'a> {
         }
         for (op, problem) in g.ops.iter().zip(&self.p.problems) {
             let want = match op {
-                Op::LcmStep { .. } => Some(Elem::F32),
+                Op::LcmStep { .. } | Op::InpaintBlend { .. } => Some(Elem::F32),
                 Op::Cast { .. } => None, // Act or F32 either way; the cast's kernel checks the pair
                 _ => Some(Elem::Act),
             };
@@ -143,7 +143,7 @@ impl<'a> Recorder<'a> {
                 | Op::Embed { .. }
                 | Op::TimestepEmbed { .. }
                 | Op::Cast { .. } => eltwise::record(self, op, problem, &mut steps)?,
-                Op::LcmStep { .. } => lcm_step::record(self, op, problem, &mut steps)?,
+                Op::LcmStep { .. } | Op::InpaintBlend { .. } => lcm_step::record(self, op, problem, &mut steps)?,
             }
         }
         Ok(steps)

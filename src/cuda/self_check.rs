@@ -89,7 +89,7 @@ pub fn families() -> Result<Vec<Family>> {
             })?,
         ),
         f16(
-            "element-wise (activations, add, concat, upsample, GEGLU, embed, timestep)",
+            "element-wise (activations, add, add_scaled, concat, upsample, GEGLU, embed, timestep)",
             graph(|b| {
                 let x = b.input(&[1, 4, 4, 16], Elem::Act);
                 let y = b.activation(x, Activation::Gelu);
@@ -101,6 +101,8 @@ pub fn families() -> Result<Vec<Family>> {
                 let t = b.input(&[1], Elem::Act);
                 let te = b.timestep_embed(t, 16, true, 0.0);
                 let y = b.add_channel(y, te);
+                let w = b.input(&[2, 1], Elem::F32); // row 1 read: a ControlNet's weight per image
+                let y = b.add_scaled(y, x, w, 1);
                 let y = b.concat(y, x);
                 let up = b.upsample(y, 8, 8);
                 let ids = b.input(&[1, 5], Elem::I32);
@@ -111,7 +113,7 @@ pub fn families() -> Result<Vec<Family>> {
             })?,
         ),
         f16(
-            "denoising step (cast, LCM step with guidance)",
+            "denoising step (cast, LCM step with guidance, inpainting blend)",
             graph(|b| {
                 let x = b.input(&[1, 3, 5, 4], Elem::F32);
                 let eps = b.input(&[2, 3, 5, 4], Elem::Act);
@@ -119,7 +121,9 @@ pub fn families() -> Result<Vec<Family>> {
                 let noise = b.input(&[1, 1, 3, 5, 4], Elem::F32);
                 let doubled = b.cast(x, Elem::Act, 2, 1.0, 0.0);
                 let next = b.lcm_step(x, eps, Some(noise), schedule, 0, true, Prediction::Epsilon, None);
-                vec![doubled, next, b.cast(next, Elem::Act, 1, 0.18215, 0.0)]
+                let (image, mask) = (b.input(&[1, 3, 5, 4], Elem::F32), b.input(&[1, 3, 5, 1], Elem::F32));
+                let blended = b.inpaint_blend(next, image, x, mask, schedule, 0, false);
+                vec![doubled, blended, b.cast(next, Elem::Act, 1, 0.18215, 0.0)]
             })?,
         ),
         Family {

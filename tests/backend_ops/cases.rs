@@ -443,3 +443,26 @@ pub fn lcm_step_cases() -> Vec<Case> {
     });
     cases.collect()
 }
+
+/// Inpainting's blend: a mid-loop step (re-noised image) and the last (the image itself), with a 0/1
+/// mask as the pipeline binarises it.
+pub fn inpaint_blend_cases() -> Vec<Case> {
+    let mut rng = Rng::new(1800);
+    [([1, 8, 8, 4], 0, false, "mid-loop"), ([2, 3, 5, 4], 1, true, "awkward, batch 2, last step")]
+        .into_iter()
+        .map(|(s, step, last, tag)| {
+            let n: usize = s.iter().product();
+            let pixels = n / s[3];
+            let g = graph(|b| {
+                let [x, image, noise] = [0; 3].map(|_| b.input(&s, Elem::F32));
+                let mask = b.input(&[s[0], s[1], s[2], 1], Elem::F32);
+                let sched = b.input(&[2, STEP_ROW], Elem::F32);
+                b.inpaint_blend(x, image, noise, mask, sched, step, last)
+            });
+            let mask = (0..pixels).map(|i| ((i * 7) % 3 == 0) as u8 as f32).collect();
+            let mut inputs: Vec<Input> = (0..3).map(|_| Input::F32(rng.vec(n, 1.0))).collect();
+            inputs.extend([Input::F32(mask), Input::F32(schedule())]);
+            Case { name: format!("inpaint_blend {tag} {s:?}"), graph: g, inputs: Some(inputs) }
+        })
+        .collect()
+}

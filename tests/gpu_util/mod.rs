@@ -2,6 +2,8 @@
 //! inputs, and one graph run on both the CUDA backend and the CPU reference.
 #![allow(dead_code)]
 
+pub mod recorded;
+
 use std::cell::RefCell;
 use std::io::Write;
 use std::sync::OnceLock;

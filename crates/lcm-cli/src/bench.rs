@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use lcm::bench::lora::{cpu_refusal, BenchBackend};
-use lcm::bench::{run as bench, Arch, BenchConfig};
+use lcm::bench::{run as bench, Arch, BenchConfig, BenchControlNet};
 use lcm::Opened;
 use lcm_core::{Error, Result};
 use lcm_models::Variant;
@@ -66,6 +66,11 @@ pub struct BenchArgs {
     /// Tiled decoding (the report's VAE arena line shows the memory it saves).
     #[command(flatten)]
     pub tiling: VaeTilingArgs,
+    /// Run a ControlNet before each UNet step and time it (the controlnet_step stage, its share of a
+    /// step): `synthetic` (diffusers' ControlNetModel.from_unet of the benchmarked UNet, seeded random
+    /// weights), or a ControlNet folder or .safetensors file of the model's family.
+    #[arg(long, value_name = "synthetic|PATH")]
+    pub controlnet: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -129,6 +134,10 @@ fn go<B: BenchBackend>(backend: &B, args: &BenchArgs, default_size: usize, varia
         lora_rank: args.lora_rank,
         vae_tiling: args.tiling.setting(),
         strength: args.strength,
+        controlnet: args.controlnet.as_deref().map(|c| match c {
+            "synthetic" => BenchControlNet::Synthetic,
+            path => BenchControlNet::Path(PathBuf::from(path)),
+        }),
     };
     let report = bench(backend, &cfg, variant, &mut |line| eprintln!("{line}"))?;
     if args.json {

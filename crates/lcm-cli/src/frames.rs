@@ -10,8 +10,10 @@ use lcm_pipeline::output::{parameters_text, png_size, read_image_rgb8, write_png
 use lcm_pipeline::pipeline::Pipeline;
 use lcm_pipeline::spec::{InitImage, Request, MAX_IMAGES};
 
+use crate::control_args::{ControlArgs, ControlImage};
 use crate::device::open;
 use crate::frame_seq::{file_name, list_frames, mean_abs_diff};
+use crate::generate::with_mask;
 use crate::model_args::{check_init_size, load_engine, model_label, ModelArgs, SamplingArgs};
 use crate::progress::{ms, Progress};
 
@@ -48,6 +50,17 @@ pub struct FramesArgs {
     /// that frame is written under this frame's name and the model does not run. Off by default.
     #[arg(long, value_name = "T")]
     pub skip_similar: Option<f64>,
+    #[command(flatten)]
+    pub control: ControlArgs,
+    /// With --controlnet: a folder of control images, one per frame under the frame's file name (a pose,
+    /// edge or depth sequence). Repeat once per --controlnet, paired by order. --skip-similar then also
+    /// needs every control image to be similar.
+    #[arg(long = "control-frames", value_name = "DIR")]
+    pub control_frames: Vec<PathBuf>,
+    /// Inpainting: repaint only the masked region of each frame (white = repaint, as `generate --mask`):
+    /// one mask PNG for every frame, or a folder holding each frame's mask under the frame's file name.
+    #[arg(long, value_name = "FILE.png|DIR")]
+    pub mask: Option<PathBuf>,
 }
 
 /// A frame that runs, and the names its output is written under (its own, then those of the frames
@@ -55,6 +68,8 @@ pub struct FramesArgs {
 struct Job {
     index: usize,
     rgb: Vec<u8>,
+    /// Its control images, one per --controlnet.
+    controls: Vec<ControlImage>,
     names: Vec<String>,
 }
 
@@ -71,13 +86,21 @@ pub fn run(args: FramesArgs) -> Result<()> {
     }
     let (width, height) = check_sizes(&frames)?;
     check_output(&args, &frames)?;
+    check_control_frames(&args, &frames)?;
+    if let Some(dir) = args.mask.as_ref().filter(|m| m.is_dir()) {
+        if let Some(f) = frames.iter().find(|f| !dir.join(file_name(f)).is_file()) {
+            return Err(Error::file(dir.join(file_name(f)), "--mask: this frame's mask is missing from the folder"));
+        }
+    }
 
     let (model_dir, loras) = args.model.model_and_loras()?;
     let seed = args.sampling.seed_or_random();
     // The first frame as the template request: everything but the frame and the seed is shared.
     let (w, h, rgb) = read_image_rgb8(&frames[0])?;
     let s = &args.sampling;
-    let template = s.request(seed, (width, height), 1, Some(InitImage::from_rgb8(w, h, &rgb, s.strength)?));
+    let first = frame_init(&args, &frames[0], InitImage::from_rgb8(w, h, &rgb, s.strength)?)?;
+    let mut template = s.request(seed, (width, height), 1, Some(first));
+    template.controls = args.control.units(&control_images(&args, &frames[0])?, (width, height), true)?;
     let mut spec = args.model.load_spec(model_dir, loras);
     let sched = lcm_pipeline::load::scheduler(&spec)?;
     template.validate(sched.config().original_inference_steps)?;
@@ -109,6 +132,46 @@ fn check_sizes(frames: &[PathBuf]) -> Result<(usize, usize)> {
         }
     }
     Ok(first)
+}
+
+/// The ControlNet flags pair up, and every frame has its control image in each --control-frames folder.
+fn check_control_frames(args: &FramesArgs, frames: &[PathBuf]) -> Result<()> {
+    if let Some(img) = args.control.images.first() {
+        return Err(Error::file(img, "--control-image: frames takes a control image per frame: --control-frames DIR"));
+    }
+    args.control.check("--control-frames", args.control_frames.len())?;
+    for dir in &args.control_frames {
+        if !dir.is_dir() {
+            return Err(Error::file(dir, "--control-frames: not a folder (expected a control image per frame)"));
+        }
+        let missing: Vec<String> = frames.iter().map(|f| file_name(f)).filter(|n| !dir.join(n).is_file()).collect();
+        if let Some(first) = missing.first() {
+            return Err(Error::file(
+                dir.join(first),
+                format!(
+                    "--control-frames: missing ({} of the {} frames have no control image here)",
+                    missing.len(),
+                    frames.len()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `init` (frame `frame`'s image) with its inpainting mask when `--mask` is given.
+fn frame_init(args: &FramesArgs, frame: &Path, init: InitImage) -> Result<InitImage> {
+    match &args.mask {
+        None => Ok(init),
+        Some(m) if m.is_dir() => with_mask(init, &m.join(file_name(frame))),
+        Some(m) => with_mask(init, m),
+    }
+}
+
+/// The control images of `frame`: its namesake in each --control-frames folder, preprocessed.
+fn control_images(args: &FramesArgs, frame: &Path) -> Result<Vec<ControlImage>> {
+    let name = file_name(frame);
+    args.control_frames.iter().enumerate().map(|(k, dir)| args.control.read_image(k, &dir.join(&name))).collect()
 }
 
 /// `--output` is not `--input` (nor a file), and no frame's output exists unless `--overwrite`.
@@ -146,17 +209,24 @@ fn frames_with<B: Backend>(
     args: &FramesArgs,
 ) -> Result<()> {
     let mut run = Runner { bar: Progress::new("frames"), start: Instant::now(), done: 0, batches: 0 };
-    let (mut pending, mut last_run): (Vec<Job>, Option<Vec<u8>>) = (Vec::with_capacity(args.batch), None);
+    let (mut pending, mut last_run): (Vec<Job>, Option<Vec<Vec<u8>>>) = (Vec::with_capacity(args.batch), None);
     let mut skipped = 0;
     for (index, path) in frames.iter().enumerate() {
         let (_, _, rgb) = read_image_rgb8(path)?;
+        let controls = control_images(args, path)?;
         let name = file_name(path);
         // The skip compares with the last frame that ran, not the previous frame: a slow drift cannot
         // pile up under the threshold frame after frame. StreamDiffusion's filter skips at random with a
         // probability that grows with the similarity (so a still scene is refreshed now and then); here a
         // fixed threshold keeps the promise that the same inputs give the same outputs.
+        // With ControlNets, the input and every control image must be similar.
+        let seen: Vec<Vec<u8>> = std::iter::once(rgb.clone()).chain(controls.iter().map(|c| c.rgb.clone())).collect();
         if let (Some(t), Some(prev)) = (args.skip_similar, &last_run) {
-            let d = mean_abs_diff(&rgb, prev);
+            let d = seen
+                .iter()
+                .zip(prev)
+                .map(|(a, b)| if a.len() == b.len() { mean_abs_diff(a, b) } else { 1.0 })
+                .fold(0.0, f64::max);
             if d < t {
                 let job = pending.last_mut().expect("a frame ran before, and its job is still pending");
                 eprintln!("{name}: skipped, reuses {}'s output (difference {d:.5} < {t})", job.names[0]);
@@ -170,8 +240,8 @@ fn frames_with<B: Backend>(
         if pending.len() == args.batch {
             run.batch(pipe, template, std::mem::take(&mut pending), frames.len(), args)?;
         }
-        last_run = Some(rgb.clone());
-        pending.push(Job { index, rgb, names: vec![name] });
+        last_run = Some(seen);
+        pending.push(Job { index, rgb, controls, names: vec![name] });
     }
     run.batch(pipe, template, pending, frames.len(), args)?;
     let t = run.start.elapsed();
@@ -211,8 +281,10 @@ impl Runner {
         let mut reqs = Vec::with_capacity(jobs.len());
         for job in &jobs {
             let seed = if args.seed_per_frame { template.seed.wrapping_add(job.index as u64) } else { template.seed };
-            let init_image = Some(InitImage::from_rgb8(w, h, &job.rgb, strength)?);
-            reqs.push(Request { seed, init_image, ..template.clone() });
+            let frame = args.input.join(&job.names[0]);
+            let init_image = Some(frame_init(args, &frame, InitImage::from_rgb8(w, h, &job.rgb, strength)?)?);
+            let controls = args.control.units(&job.controls, (w, h), true)?;
+            reqs.push(Request { seed, init_image, controls, ..template.clone() });
         }
         let outs = pipe.generate_batch(&reqs, &mut |_| {}, None)?;
         let model = model_label(&pipe.spec.model_dir);

@@ -1,15 +1,18 @@
 //! `lcm generate`: prompt in, PNGs out.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Args;
 use lcm::with_pipeline;
 use lcm_core::{Backend, Error, Result};
-use lcm_pipeline::output::{numbered_paths, parameters_text, read_image_rgb8, write_latents, write_png};
+use lcm_pipeline::output::{
+    numbered_paths, parameters_text, read_image_rgb8, read_mask_gray8, write_latents, write_png,
+};
 use lcm_pipeline::pipeline::Pipeline;
 use lcm_pipeline::spec::{InitImage, LoadSpec, Request};
 
+use crate::control_args::ControlArgs;
 use crate::device::open;
 use crate::model_args::{check_init_size, load_engine, model_label, ModelArgs, SamplingArgs};
 use crate::progress::{ms, Progress};
@@ -32,6 +35,12 @@ pub struct GenerateArgs {
     /// multiples of 8). --strength says how much of it to repaint.
     #[arg(long, value_name = "FILE.png")]
     pub image: Option<PathBuf>,
+    /// Inpainting, with --image: repaint only where this mask is white (grey 128 and up: diffusers
+    /// binarises at 0.5; black is kept). A PNG with an alpha channel uses its alpha instead: opaque =
+    /// repaint, transparent = keep. Same size as --image. Inpainting UNets (9 input channels,
+    /// sd-v1-5-inpainting) and ordinary ones both work, as in diffusers' inpaint pipelines.
+    #[arg(long, value_name = "FILE.png", requires = "image")]
+    pub mask: Option<PathBuf>,
     /// Images per prompt, generated as one batch; FILE.png becomes FILE-0.png, FILE-1.png, ...
     #[arg(long, default_value_t = 1)]
     pub num_images: usize,
@@ -41,6 +50,8 @@ pub struct GenerateArgs {
     /// Also write the final denoised latents (f32 tensor `latents`, [N,4,H/8,W/8], before VAE scaling).
     #[arg(long, value_name = "FILE.safetensors")]
     pub save_latents: Option<PathBuf>,
+    #[command(flatten)]
+    pub control: ControlArgs,
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
@@ -62,13 +73,28 @@ pub fn run(args: GenerateArgs) -> Result<()> {
                 }
             }
             check_init_size(path, w, h)?;
-            Some(InitImage::from_rgb8(w, h, &rgb, args.sampling.strength)?)
+            let init = InitImage::from_rgb8(w, h, &rgb, args.sampling.strength)?;
+            Some(match &args.mask {
+                Some(mask) => with_mask(init, mask)?,
+                None => init,
+            })
         }
     };
-    let (width, height) = match &init_image {
-        Some(i) => (i.pixels.shape[3], i.pixels.shape[2]),
-        None if args.width.is_some() && args.height.is_some() => (args.width.unwrap_or(0), args.height.unwrap_or(0)),
-        None => {
+    let control = &args.control;
+    control.check("--control-image", control.images.len())?;
+    let control_images =
+        control.images.iter().enumerate().map(|(k, p)| control.read_image(k, p)).collect::<Result<Vec<_>>>()?;
+    let (width, height) = match (&init_image, control_images.first()) {
+        (Some(i), _) => (i.pixels.shape[3], i.pixels.shape[2]),
+        (None, _) if args.width.is_some() && args.height.is_some() => {
+            (args.width.unwrap_or(0), args.height.unwrap_or(0))
+        }
+        // diffusers' ControlNet pipelines: the control image's size, rounded down to multiples of 8.
+        (None, Some(first)) => {
+            let (w, h) = ControlArgs::default_size(first, &control.images[0])?;
+            (args.width.unwrap_or(w), args.height.unwrap_or(h))
+        }
+        (None, None) => {
             // The model's own size (SDXL's 1024), read from its configs before anything loads.
             let probe =
                 LoadSpec { model_dir: model_dir.clone(), config_dir: args.model.config.clone(), ..LoadSpec::default() };
@@ -76,7 +102,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             (args.width.unwrap_or(side), args.height.unwrap_or(side))
         }
     };
-    let req = args.sampling.request(seed, (width, height), args.num_images, init_image);
+    let img2img = init_image.is_some();
+    let mut req = args.sampling.request(seed, (width, height), args.num_images, init_image);
+    req.controls = control.units(&control_images, (width, height), img2img)?;
     // Everything that can be checked without loading a model is checked first.
     let mut spec = args.model.load_spec(model_dir, loras);
     let sched = lcm_pipeline::load::scheduler(&spec)?;
@@ -126,4 +154,25 @@ fn generate_with<B: Backend>(
         ms(t.total)
     );
     Ok(())
+}
+
+/// `init` with the inpainting mask read from `path` (errors name the file); a mask that repaints every
+/// pixel gets a note: it keeps nothing of the image but what the masked-image latents carry.
+pub fn with_mask(init: InitImage, path: &Path) -> Result<InitImage> {
+    let (w, h, gray, _) = read_mask_gray8(path)?;
+    let init = init.with_mask_gray8(w, h, &gray).map_err(|e| Error::file(path, format!("--mask: {}", msg(&e))))?;
+    if init.mask_is_full() {
+        eprintln!(
+            "note: the --mask repaints every pixel (nothing of --image is kept outside the masked-image conditioning)"
+        );
+    }
+    Ok(init)
+}
+
+/// An error's message without its field name.
+fn msg(e: &Error) -> String {
+    match e {
+        Error::Invalid { msg, .. } => msg.clone(),
+        other => other.to_string(),
+    }
 }

@@ -7,6 +7,7 @@ use lcm_core::Error;
 use lcm_pipeline::spec::Field;
 
 mod bench;
+mod control_args;
 mod device;
 mod frame_seq;
 mod frames;
@@ -94,6 +95,7 @@ fn with_flag(e: Error) -> Error {
         Some(Field::GuidanceScale) => "--guidance-scale",
         Some(Field::Strength) => "--strength",
         Some(Field::InitImage) => "--image",
+        Some(Field::Mask) => "--mask",
         Some(Field::ConfigDir | Field::TokenizerDir) => "--config",
         Some(Field::VaeTiling) => "--vae-tiling",
         Some(Field::VaeTileSize) => "--vae-tile-size",

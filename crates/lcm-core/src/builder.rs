@@ -340,6 +340,41 @@ impl GraphBuilder {
         self.push(Op::LcmStep { x, model_output, noise, schedule, step, guided, prediction, clip, out })
     }
 
+    /// Inpainting's blend after an LCM step (see [`Op::InpaintBlend`]); returns the blended latents.
+    #[allow(clippy::too_many_arguments)]
+    pub fn inpaint_blend(
+        &mut self,
+        x: TensorId,
+        image: TensorId,
+        noise: TensorId,
+        mask: TensorId,
+        schedule: TensorId,
+        step: usize,
+        last: bool,
+    ) -> TensorId {
+        let s = self.shape(x).to_vec();
+        let mut ms = s.clone();
+        if let Some(c) = ms.last_mut() {
+            *c = 1;
+        }
+        let f32s = [x, image, noise, mask, schedule].iter().all(|&t| self.g.tensors[t].elem == Elem::F32);
+        let rows = match *self.shape(schedule) {
+            [rows, STEP_ROW] => rows,
+            _ => 0,
+        };
+        if self.shape(image) != s || self.shape(noise) != s || self.shape(mask) != ms || !f32s || step >= rows {
+            self.fail(format!(
+                "inpaint_blend {step}: latents {s:?}, image {:?}, noise {:?}, mask {:?}, schedule {:?}",
+                self.shape(image),
+                self.shape(noise),
+                self.shape(mask),
+                self.shape(schedule)
+            ));
+        }
+        let out = self.tensor(s, Elem::F32, Storage::Activation);
+        self.push(Op::InpaintBlend { x, image, noise, mask, schedule, step, last, out })
+    }
+
     /// `x·mul + add`.
     pub fn scale(&mut self, x: TensorId, mul: f32, add: f32) -> TensorId {
         self.map(MapKind::Scale { mul, add }, x, None)

@@ -336,6 +336,28 @@ pub enum Op {
         /// Next latents (`F32`, x's shape).
         out: TensorId,
     },
+    /// Inpainting with an ordinary (4-channel) UNet, after each LCM step (diffusers'
+    /// StableDiffusionInpaintPipeline): the region to keep is the image's latents re-noised to the next
+    /// timestep, `keep = sqrt(ā_prev)·image + sqrt(1−ā_prev)·noise` with row `step` of `schedule` (the
+    /// image's latents themselves after the `last` step), and `out = (1 − mask)·keep + mask·x`.
+    InpaintBlend {
+        /// The latents the LCM step gave (`F32 [N, h, w, c]`).
+        x: TensorId,
+        /// The image's latents (`F32`, x's shape).
+        image: TensorId,
+        /// The noise the initial latents were drawn with (`F32`, x's shape).
+        noise: TensorId,
+        /// 1 where the image is repainted, 0 where it is kept (`F32 [N, h, w, 1]`).
+        mask: TensorId,
+        /// Coefficients `F32 [steps, STEP_ROW]`.
+        schedule: TensorId,
+        /// The row of `schedule` read.
+        step: usize,
+        /// The last step: the kept region is the image's latents, not re-noised.
+        last: bool,
+        /// The blended latents (`F32`, x's shape).
+        out: TensorId,
+    },
 }
 
 impl Op {
@@ -356,7 +378,8 @@ impl Op {
             | Op::Embed { out, .. }
             | Op::TimestepEmbed { out, .. }
             | Op::Cast { out, .. }
-            | Op::LcmStep { out, .. } => out,
+            | Op::LcmStep { out, .. }
+            | Op::InpaintBlend { out, .. } => out,
         }
     }
 
@@ -385,6 +408,7 @@ impl Op {
                 v.extend([x, model_output, schedule]);
                 v.extend(noise);
             }
+            Op::InpaintBlend { x, image, noise, mask, schedule, .. } => v.extend([x, image, noise, mask, schedule]),
         }
         v
     }
@@ -409,6 +433,7 @@ impl Op {
             Op::TimestepEmbed { .. } => "timestep_embed",
             Op::Cast { .. } => "cast",
             Op::LcmStep { .. } => "lcm_step",
+            Op::InpaintBlend { .. } => "inpaint_blend",
         }
     }
 }

@@ -59,6 +59,15 @@ pub fn guide(uncond: f32, cond: f32, g: f32) -> f32 {
     uncond + g * (cond - uncond)
 }
 
+/// One element of inpainting's blend (diffusers' StableDiffusionInpaintPipeline with a 4-channel UNet):
+/// the kept region is the image's latent re-noised to the next timestep (`scheduler.add_noise`), or
+/// the latent itself after the last step; `(1 − mask)·keep + mask·x`, one f32 rounding per operation.
+#[inline]
+pub fn inpaint_blend(x: f32, image: f32, noise: f32, mask: f32, r: &StepRow, last: bool) -> f32 {
+    let keep = if last { image } else { r.sqrt_alpha_prev * image + r.sqrt_beta_prev * noise };
+    (1.0 - mask) * keep + mask * x
+}
+
 /// One element of the step: x0 from the model output, denoised = c_out·x0 + c_skip·x, then the next
 /// sample sqrt(ā_prev)·denoised + sqrt(1−ā_prev)·z, or denoised itself on the last step (no noise).
 /// Every operation is one f32 rounding, in diffusers' order.

@@ -150,6 +150,13 @@ pub enum Problem {
         /// Elements per image.
         per_image: usize,
     },
+    /// `n` latent elements of `c` channels, blended by a per-pixel mask.
+    Blend {
+        /// Elements.
+        n: usize,
+        /// Channels per pixel (the mask has one).
+        c: usize,
+    },
     /// `[rows, ca]` and `[rows, cb]` -> `[rows, ca + cb]`.
     Concat {
         /// Rows.
@@ -292,6 +299,22 @@ impl Graph {
                 Problem::Map { n: n(out) }
             }
             Op::LcmStep { out, .. } => Problem::Map { n: n(out) },
+            Op::InpaintBlend { x, image, noise, mask, out, .. } => {
+                let s = self.shape(x);
+                let mut ms = s.to_vec();
+                if let Some(c) = ms.last_mut() {
+                    *c = 1;
+                }
+                if self.shape(image) != s || self.shape(noise) != s || self.shape(out) != s || self.shape(mask) != ms {
+                    return Err(format!(
+                        "latents {s:?}, image {:?}, noise {:?}, mask {:?}",
+                        self.shape(image),
+                        self.shape(noise),
+                        self.shape(mask)
+                    ));
+                }
+                Problem::Blend { n: n(x), c: last(x) }
+            }
             Op::AddChannel { x, .. } => {
                 let [batch, h, w, c] = dims4(x)?;
                 Problem::AddChannel { batch, hw: h * w, c }

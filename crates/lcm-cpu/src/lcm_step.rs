@@ -30,3 +30,20 @@ pub fn lcm_step(
         *o = lcm::step(s.x[i], e, s.noise.map(|z| z[i]), row, prediction, clip);
     }
 }
+
+/// Inpainting's blend over the latents (`lcm::inpaint_blend` per element); `mask` has one value per
+/// pixel of `c` channels.
+pub fn inpaint_blend(
+    x: &[f32],
+    image: &[f32],
+    noise: &[f32],
+    mask: &[f32],
+    c: usize,
+    row: &StepRow,
+    last: bool,
+    out: &mut [f32],
+) {
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = lcm::inpaint_blend(x[i], image[i], noise[i], mask[i / c], row, last);
+    }
+}

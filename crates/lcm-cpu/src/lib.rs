@@ -357,6 +357,10 @@ impl CpuBackend {
                 let s = StepInputs { x: m.src(x), model_output: m.src(model_output), noise };
                 lcm_step::lcm_step(s, row, guided, prediction, clip, out);
             }
+            (Op::InpaintBlend { x, image, noise, mask, schedule, step, last, .. }, Problem::Blend { c, .. }) => {
+                let row = &StepRow::of(m.src(schedule), step);
+                lcm_step::inpaint_blend(m.src(x), m.src(image), m.src(noise), m.src(mask), c, row, last, out);
+            }
             (op, p) => return Err(Error::backend(format!("{} was lowered to {p:?}", op.name()))),
         }
         Ok(())

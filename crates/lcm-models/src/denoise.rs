@@ -9,7 +9,10 @@
 //! (B = N: the pipeline never runs such a UNet with CFG); with two text encoders the context comes in
 //! two parts, `Act [B, T, D₁]` then `Act [B, T, D − D₁]`, joined on the channels in the graph (each
 //! encoder copies its states into its own part); for SDXL UNets the pooled text embeds `Act [B, P]` and
-//! the time ids `Act [6, B]`; with ControlNets ([`DenoiseControl`]) each one's control image
+//! the time ids `Act [6, B]`; for inpainting ([`Inpaint`]) with a 9-channel UNet the mask
+//! `Act [B, h, w, 1]` and the masked image's latents `Act [B, h, w, c]`, with a 4-channel UNet the image's
+//! latents `F32 [N, h, w, c]`, the initial noise `F32 [N, h, w, c]` and the mask `F32 [N, h, w, 1]`;
+//! with ControlNets ([`DenoiseControl`]) each one's control image
 //! `F32 [N, H, W, 3]` (NHWC, in [0, 1]) and then their weights `F32 [controls, B]`
 //! (`controlnet_conditioning_scale` per ControlNet and row of the UNet's batch). All are written once
 //! per generation.
@@ -57,6 +60,8 @@ pub struct DenoiseInputs {
     pub text_embeds: Option<usize>,
     /// The time ids (`text_time`), `Act [6, B]`.
     pub time_ids: Option<usize>,
+    /// Inpainting's first input ([`Inpaint::inputs`] of them, in the module docs' order).
+    pub inpaint: Option<usize>,
     /// The first ControlNet's control image; the k-th's is this + k.
     pub control_images: Option<usize>,
     /// The ControlNets' weights `F32 [controls, B]`.
@@ -75,6 +80,27 @@ pub struct DenoiseControl<'a> {
     pub active: u64,
 }
 
+/// Inpainting (diffusers' StableDiffusionInpaintPipeline), by the UNet's kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inpaint {
+    /// An inpainting UNet (`in_channels` = 2·latent + 1): the latents, the mask and the masked image's
+    /// latents concatenated on the channels at every step.
+    Concat,
+    /// An ordinary UNet: after each step the kept region is the image's latents re-noised to the next
+    /// timestep, blended in by the mask (`Op::InpaintBlend`).
+    Blend,
+}
+
+impl Inpaint {
+    /// How many inputs it adds to the graph.
+    pub fn inputs(self) -> usize {
+        match self {
+            Inpaint::Concat => 2,
+            Inpaint::Blend => 3,
+        }
+    }
+}
+
 /// What one denoising graph is built for; each distinct value gets its own executor.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DenoiseShape {
@@ -90,6 +116,8 @@ pub struct DenoiseShape {
     pub steps: usize,
     /// Classifier-free guidance: the UNet runs a batch of 2N and the step combines u + g·(c − u).
     pub guided: bool,
+    /// Inpainting, and how.
+    pub inpaint: Option<Inpaint>,
 }
 
 /// The scheduler's and the VAE's settings the graph bakes in (fixed per pipeline).
@@ -123,7 +151,7 @@ impl DenoiseShape {
 impl UnetConfig {
     /// Which optional inputs a denoising graph of this UNet with `cfg` and `controls` ControlNets has,
     /// and their indices.
-    pub fn denoise_inputs(&self, cfg: &DenoiseConfig, controls: usize) -> DenoiseInputs {
+    pub fn denoise_inputs(&self, cfg: &DenoiseConfig, inpaint: Option<Inpaint>, controls: usize) -> DenoiseInputs {
         let mut next = input::COND;
         let mut take = |present: bool| {
             present.then(|| {
@@ -135,9 +163,13 @@ impl UnetConfig {
         let context_2 = take(cfg.context_split.is_some());
         let text_embeds = take(self.text_time.is_some());
         let time_ids = take(self.text_time.is_some());
+        let inpaint = inpaint.map(|k| {
+            next += k.inputs();
+            next - k.inputs()
+        });
         let control_images = (controls > 0).then_some(next);
         let control_scales = (controls > 0).then_some(next + controls);
-        DenoiseInputs { cond, context_2, text_embeds, time_ids, control_images, control_scales }
+        DenoiseInputs { cond, context_2, text_embeds, time_ids, inpaint, control_images, control_scales }
     }
 
     /// The denoising graph (see the module docs). Each ControlNet must fit this UNet
@@ -146,7 +178,22 @@ impl UnetConfig {
         if d.images == 0 || d.steps == 0 || d.h == 0 || d.w == 0 || d.ctx_len == 0 {
             return Err(Error::invalid("denoising loop", format!("empty: {d:?}")));
         }
-        let (n, batch, c) = (d.images, d.batch(), self.in_channels);
+        // The latents have the UNet's output channels (an inpainting UNet takes more in).
+        let (n, batch, c) = (d.images, d.batch(), self.out_channels);
+        let concat_in = c + 1 + c;
+        let fits = match d.inpaint {
+            None | Some(Inpaint::Blend) => self.in_channels == c,
+            Some(Inpaint::Concat) => self.in_channels == concat_in,
+        };
+        if !fits {
+            return Err(Error::invalid(
+                "denoising loop",
+                format!(
+                    "a UNet of {} input channels cannot run {:?} inpainting of {c} latent channels",
+                    self.in_channels, d.inpaint
+                ),
+            ));
+        }
         let width = self.cross_attention_dim;
         if cfg.context_split.is_some_and(|w1| w1 == 0 || w1 >= width) {
             return Err(Error::invalid(
@@ -170,9 +217,25 @@ impl UnetConfig {
         };
         let added = self.added_inputs(&mut b, batch);
         let aug = added.map(|(text, ids)| self.add_embedding(&mut b, text, ids));
+        let inpaint = d.inpaint.map(|kind| match kind {
+            Inpaint::Concat => {
+                let mask = b.input(&[batch, d.h, d.w, 1], Elem::Act);
+                [mask, b.input(&[batch, d.h, d.w, c], Elem::Act), 0]
+            }
+            Inpaint::Blend => {
+                let image = b.input(&[n, d.h, d.w, c], Elem::F32);
+                let noise0 = b.input(&[n, d.h, d.w, c], Elem::F32);
+                [image, noise0, b.input(&[n, d.h, d.w, 1], Elem::F32)]
+            }
+        });
         let nets = self.control_inputs(&mut b, d, controls, added)?;
         for step in 0..d.steps {
-            let sample = b.cast(x, Elem::Act, batch / n, 1.0, 0.0);
+            let mut sample = b.cast(x, Elem::Act, batch / n, 1.0, 0.0);
+            if let (Some(Inpaint::Concat), Some([mask, masked, _])) = (d.inpaint, inpaint) {
+                // latents ++ mask ++ masked image latents, as the pipeline concatenates them.
+                let with_mask = b.concat(sample, mask);
+                sample = b.concat(with_mask, masked);
+            }
             let mut residuals = Vec::new();
             for (k, (c, net)) in controls.iter().zip(&nets).enumerate().filter(|(_, (c, _))| c.active >> step & 1 == 1)
             {
@@ -184,6 +247,9 @@ impl UnetConfig {
             let eps = self.build(&mut b, sample, (t, step), ctx, cond, aug, &residuals);
             let z = (step + 1 < d.steps).then_some(noise);
             x = b.lcm_step(x, eps, z, schedule, step, d.guided, cfg.prediction, cfg.clip);
+            if let (Some(Inpaint::Blend), Some([image, noise0, mask])) = (d.inpaint, inpaint) {
+                x = b.inpaint_blend(x, image, noise0, mask, schedule, step, step + 1 == d.steps);
+            }
         }
         b.output(x);
         let vae_in = b.cast(x, Elem::F32, 1, cfg.vae_scale, cfg.vae_shift);
@@ -241,7 +307,8 @@ impl UnetConfig {
 /// The executor key of a denoising graph: disjoint from the UNet's plain-call keys (4 values); each
 /// ControlNet adds which one it is and its active steps.
 fn key(d: &DenoiseShape, controls: &[DenoiseControl]) -> Vec<usize> {
-    let mut k = vec![usize::MAX, d.images, d.h, d.w, d.ctx_len, d.steps, d.guided as usize];
+    let inpaint = d.inpaint.map_or(0, |k| 1 + k as usize);
+    let mut k = vec![usize::MAX, d.images, d.h, d.w, d.ctx_len, d.steps, d.guided as usize, inpaint];
     for c in controls {
         k.extend([c.id, c.active as usize]);
     }

@@ -70,7 +70,7 @@ fn sd15_geglu_is_fused_on_every_transformer_block() {
     };
     let step = Program::new(unet.graph(1, 64, 64, 77).unwrap(), 2).unwrap();
     assert_eq!(count(&step), 16);
-    let d = DenoiseShape { images: 1, h: 64, w: 64, ctx_len: 77, steps: 4, guided: false };
+    let d = DenoiseShape { images: 1, h: 64, w: 64, ctx_len: 77, steps: 4, guided: false, inpaint: None };
     let cfg = DenoiseConfig {
         prediction: Prediction::Epsilon,
         clip: None,
@@ -78,7 +78,7 @@ fn sd15_geglu_is_fused_on_every_transformer_block() {
         vae_shift: 0.0,
         context_split: None,
     };
-    let lp = Program::new(unet.denoise_graph(&d, &cfg).unwrap(), 2).unwrap();
+    let lp = Program::new(unet.denoise_graph(&d, &cfg, &[]).unwrap(), 2).unwrap();
     assert_eq!(count(&lp), 4 * 16);
     assert_eq!(lp.graph.weights.len(), step.graph.weights.len(), "the loop shares the UNet's weights");
     println!("denoising loop, 4 steps at 64x64: {} ops, arena {} MiB f16", lp.graph.ops.len(), lp.plan.size >> 20);

@@ -121,9 +121,14 @@ pub fn load<B: Backend>(backend: &B, spec: &LoadSpec) -> Result<Components<B>> {
     let pooled =
         (unet.text_time.map_or(0, |t| t.pooled_dim()), "the pooled text embedding the UNet's add_embedding takes");
     let projection = te2.and_then(|t| t.projection_dim).unwrap_or(0);
+    // An inpainting UNet takes the latents, the mask and the masked image's latents: 2·latent + 1.
+    let inpainting = unet.in_channels == 2 * vae.latent_channels + 1;
+    let in_what = if inpainting { "(2·latent + 1 for an inpainting UNet)" } else { "the VAE's latent_channels" };
+    let latent_in = if inpainting { unet.in_channels } else { vae.latent_channels };
     let mut checks = vec![
         ("cross_attention_dim", unet.cross_attention_dim, context_what, context),
-        ("in_channels", unet.in_channels, "the VAE's latent_channels".to_string(), vae.latent_channels),
+        ("in_channels", unet.in_channels, in_what.to_string(), latent_in),
+        ("out_channels", unet.out_channels, "the VAE's latent_channels".to_string(), vae.latent_channels),
     ];
     if te2.is_some() || unet.text_time.is_some() {
         // diffusers' `_get_add_time_ids` check: addition_time_embed_dim · 6 + text_encoder_2's
@@ -160,15 +165,19 @@ fn family(dir: &Path) -> Result<Family> {
     let class = json.get("_class_name").and_then(Value::as_str).unwrap_or("");
     let has =
         |name: &str| dir.join(name).is_dir() && !json.get(name).is_some_and(|v| v.get(0).is_some_and(Value::is_null));
-    if class.contains("XL") && class != "StableDiffusionXLPipeline" {
+    // The base pipelines and their inpainting variants (the refiner's img2img pipeline has another
+    // conditioning: aesthetic scores, one text encoder).
+    const SDXL: [&str; 2] = ["StableDiffusionXLPipeline", "StableDiffusionXLInpaintPipeline"];
+    if class.contains("XL") && !SDXL.contains(&class) {
         return Err(Error::config(
             &index,
             format!(
-                "`_class_name` {class}: lcm runs StableDiffusionXLPipeline (text-to-image) folders of the SDXL family"
+                "`_class_name` {class}: lcm runs StableDiffusionXLPipeline and StableDiffusionXLInpaintPipeline \
+                 folders of the SDXL family"
             ),
         ));
     }
-    let sdxl = class == "StableDiffusionXLPipeline" || has("text_encoder_2");
+    let sdxl = SDXL.contains(&class) || has("text_encoder_2");
     if sdxl && !(has("text_encoder") && has("text_encoder_2") && dir.join("tokenizer_2").is_dir()) {
         return Err(Error::file(
             dir,

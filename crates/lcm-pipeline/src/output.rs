@@ -30,10 +30,14 @@ pub fn parameters_text(req: &Request, model: &str, loras: &[LoraSpec]) -> String
         req.steps, req.guidance_scale, req.seed, req.width, req.height, model
     );
     if let Some(init) = &req.init_image {
-        s += &format!(", img2img strength: {}", init.strength);
+        let what = if init.mask.is_some() { "inpainting" } else { "img2img" };
+        s += &format!(", {what} strength: {}", init.strength);
     }
     for l in loras {
         s += &format!(", lora: {}:{}", l.path.display(), l.scale);
+    }
+    for c in &req.controls {
+        s += &format!(", controlnet: {}:{} [{}, {}]", c.model.display(), c.scale, c.start, c.end);
     }
     s
 }
@@ -122,6 +126,47 @@ pub fn decode_png_rgb8(
     r: impl std::io::BufRead + std::io::Seek,
     max_side: usize,
 ) -> std::result::Result<(usize, usize, Vec<u8>), String> {
+    let (w, h, channels, buf) = decode_png_pixels(r, max_side)?;
+    let rgb = buf
+        .chunks_exact(channels)
+        .flat_map(|px| if channels < 3 { [px[0], px[0], px[0]] } else { [px[0], px[1], px[2]] })
+        .collect();
+    Ok((w, h, rgb))
+}
+
+/// Decodes a PNG inpainting mask as 8-bit gray values (width, height, gray, whether they came from
+/// an alpha channel): a PNG with alpha gives its alpha (opaque = repaint, as white does); otherwise
+/// grey as it is, and colour converted as Pillow's `convert("L")` does (ITU-R 601-2 luma,
+/// (R·19595 + G·38470 + B·7471 + 2¹⁵) >> 16), which diffusers' mask processor calls.
+pub fn decode_png_mask(
+    r: impl std::io::BufRead + std::io::Seek,
+    max_side: usize,
+) -> std::result::Result<(usize, usize, Vec<u8>, bool), String> {
+    let (w, h, channels, buf) = decode_png_pixels(r, max_side)?;
+    let alpha = channels == 2 || channels == 4;
+    let gray = buf
+        .chunks_exact(channels)
+        .map(|px| match channels {
+            2 | 4 => px[channels - 1],
+            1 => px[0],
+            _ => ((px[0] as u32 * 19595 + px[1] as u32 * 38470 + px[2] as u32 * 7471 + 0x8000) >> 16) as u8,
+        })
+        .collect();
+    Ok((w, h, gray, alpha))
+}
+
+/// Reads an inpainting mask PNG ([`decode_png_mask`]): (width, height, gray, from alpha).
+pub fn read_mask_gray8(path: &Path) -> Result<(usize, usize, Vec<u8>, bool)> {
+    let file = File::open(path).map_err(|e| Error::file(path, format!("cannot open mask: {e}")))?;
+    decode_png_mask(std::io::BufReader::new(file), SizeRule::DEFAULT_MAX).map_err(|m| Error::file(path, m))
+}
+
+/// A PNG's 8-bit pixels as stored (after palette expansion and 16-bit stripping): (width, height,
+/// channels 1..=4, samples).
+fn decode_png_pixels(
+    r: impl std::io::BufRead + std::io::Seek,
+    max_side: usize,
+) -> std::result::Result<(usize, usize, usize, Vec<u8>), String> {
     let mut dec = png::Decoder::new(r);
     // Bounds the decoder's own allocations too (metadata chunks can claim any size).
     dec.set_limits(png::Limits { bytes: 8 * max_side * max_side + (1 << 20) });
@@ -152,11 +197,7 @@ pub fn decode_png_rgb8(
     if buf.len() != w * h * channels {
         return Err("bad PNG data: short image".into());
     }
-    let rgb = buf
-        .chunks_exact(channels)
-        .flat_map(|px| if channels < 3 { [px[0], px[0], px[0]] } else { [px[0], px[1], px[2]] })
-        .collect();
-    Ok((w, h, rgb))
+    Ok((w, h, channels, buf))
 }
 
 /// Reads a PNG written by [`write_png`]: (width, height, rgb, parameters).

@@ -31,6 +31,8 @@ pub enum Field {
     Strength,
     /// [`Request::init_image`] (its pixels).
     InitImage,
+    /// [`InitImage::mask`]: the inpainting mask.
+    Mask,
     /// [`LoadSpec::config_dir`].
     ConfigDir,
     /// [`LoadSpec::tokenizer_dir`].
@@ -53,7 +55,7 @@ pub enum Field {
 
 impl Field {
     /// Every field, for a front end's mapping table.
-    pub const ALL: [Field; 16] = [
+    pub const ALL: [Field; 17] = [
         Field::Width,
         Field::Height,
         Field::Steps,
@@ -61,6 +63,7 @@ impl Field {
         Field::GuidanceScale,
         Field::Strength,
         Field::InitImage,
+        Field::Mask,
         Field::ConfigDir,
         Field::TokenizerDir,
         Field::VaeTiling,
@@ -82,6 +85,7 @@ impl Field {
             Field::GuidanceScale => "guidance_scale",
             Field::Strength => "strength",
             Field::InitImage => "init_image",
+            Field::Mask => "mask",
             Field::ConfigDir => "config_dir",
             Field::TokenizerDir => "tokenizer_dir",
             Field::VaeTiling => VaeTiling::FIELD,
@@ -227,13 +231,18 @@ pub struct LoadSpec {
     pub max_lora_rank: Option<usize>,
 }
 
-/// img2img: the image to start from and how much of it to repaint.
+/// img2img: the image to start from and how much of it to repaint; with a mask, inpainting (diffusers'
+/// StableDiffusionInpaintPipeline / StableDiffusionXLInpaintPipeline): only the masked region is
+/// repainted.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InitImage {
     /// `[1, 3, H, W]` in [-1, 1] (diffusers' preprocessing: u8/255·2−1).
     pub pixels: Tensor,
     /// In (0, 1]: 1 starts from noise, small values keep more of the image.
     pub strength: f32,
+    /// Inpainting: `[1, 1, H, W]`, 1 where the image is repainted and 0 where it is kept
+    /// ([`InitImage::with_mask_gray8`]).
+    pub mask: Option<Tensor>,
 }
 
 impl InitImage {
@@ -253,7 +262,35 @@ impl InitImage {
                 data[c * width * height + p] = 2.0 * (px[c] as f32 / 255.0) - 1.0;
             }
         }
-        Ok(InitImage { pixels: Tensor::new(vec![1, 3, height, width], data), strength })
+        Ok(InitImage { pixels: Tensor::new(vec![1, 3, height, width], data), strength, mask: None })
+    }
+
+    /// Inpainting: the mask from 8-bit gray values, row-major `[height, width]` (white = repaint), as
+    /// diffusers' mask processor makes it: /255, binarised at 0.5 (128 and up repaint). It must have
+    /// the image's size and mark at least one pixel.
+    pub fn with_mask_gray8(mut self, width: usize, height: usize, gray: &[u8]) -> Result<Self> {
+        let (h, w) = (self.pixels.shape[2], self.pixels.shape[3]);
+        if (width, height) != (w, h) || gray.len() != width * height {
+            return Err(Field::Mask.invalid(format!(
+                "{width}x{height} ({} values) for a {w}x{h} image: the mask must have the image's size",
+                gray.len()
+            )));
+        }
+        let data: Vec<f32> = gray.iter().map(|&g| if g as f32 / 255.0 >= 0.5 { 1.0 } else { 0.0 }).collect();
+        if data.iter().all(|&m| m == 0.0) {
+            return Err(Field::Mask.invalid(
+                "marks no pixel to repaint (white, 128 and up, is repainted; black is kept): the output would be \
+                 the input",
+            ));
+        }
+        self.mask = Some(Tensor::new(vec![1, 1, h, w], data));
+        Ok(self)
+    }
+
+    /// Whether the whole image is repainted (a full mask: inpainting then starts from the masked image's
+    /// latents alone, a 4-channel UNet keeps nothing of the image).
+    pub fn mask_is_full(&self) -> bool {
+        self.mask.as_ref().is_some_and(|m| m.data.iter().all(|&v| v == 1.0))
     }
 }
 
@@ -426,6 +463,19 @@ impl Request {
                     "pixels {:?} do not match the requested {}x{}",
                     init.pixels.shape, self.width, self.height
                 )));
+            }
+            if let Some(m) = &init.mask {
+                if m.shape != [1, 1, self.height, self.width] {
+                    return Err(Field::Mask.invalid(format!(
+                        "{:?} does not match the requested {}x{}",
+                        m.shape, self.width, self.height
+                    )));
+                }
+                if !self.controls.is_empty() {
+                    return Err(Field::Mask.invalid(
+                        "inpainting with ControlNets (diffusers' ControlNet inpaint pipelines) is not built",
+                    ));
+                }
             }
         }
         if self.controls.len() > MAX_CONTROLNETS {

@@ -1,12 +1,12 @@
-//! The LCM step family (kernels/lcm_step.cu): the sampler step over the latents, guidance included —
-//! launch planning and the record arm for `LcmStep`.
+//! The LCM step family (kernels/lcm_step.cu): the sampler step over the latents, guidance included, and
+//! inpainting's blend after it — launch planning and the record arms for `LcmStep` and `InpaintBlend`.
 
 use lcm_core::lcm::{Prediction, StepRow};
 use lcm_core::{Elem, Error, Op, Problem, Result};
 
-use crate::cuda::abi::{LcmPrediction, LcmStepParams, LcmStepRow};
+use crate::cuda::abi::{LcmBlendParams, LcmPrediction, LcmStepParams, LcmStepRow};
 use crate::cuda::kernel_table::Kernel;
-use crate::cuda::launch::{stride_grid, Launch, Limits, Params, Step};
+use crate::cuda::launch::{dim, stride_grid, Launch, Limits, Params, Step};
 use crate::cuda::record::{mislowered, Recorder};
 
 /// The LCM step over `n` latent elements; `ptrs` = sample, model output, noise (0 on the last step),
@@ -46,7 +46,38 @@ pub fn lcm_step(
     })
 }
 
+/// Inpainting's blend over `n` latent elements of `c` channels; `ptrs` = x, image, noise, mask, schedule
+/// row, out.
+pub fn inpaint_blend(n: usize, c: usize, last: bool, ptrs: [u64; 6], lim: Limits) -> Result<Launch> {
+    let [x, image, noise, mask, row, out] = ptrs;
+    Ok(Launch {
+        kernel: Kernel::InpaintBlend,
+        grid: stride_grid(n, lim),
+        block: [256, 1, 1],
+        smem: 0,
+        params: Params::Blend(LcmBlendParams {
+            x,
+            image,
+            noise,
+            mask,
+            row,
+            out,
+            n: n as u64,
+            c: dim(c, "channels")?,
+            last: last as i32,
+        }),
+    })
+}
+
 pub(crate) fn record(r: &Recorder, op: &Op, problem: &Problem, steps: &mut Vec<Step>) -> Result<()> {
+    if let (Op::InpaintBlend { x, image, noise, mask, schedule, step, last, out }, Problem::Blend { n, c }) =
+        (*op, *problem)
+    {
+        let row = r.addr(schedule)? + (step * std::mem::size_of::<StepRow>()) as u64;
+        let ptrs = [r.addr(x)?, r.addr(image)?, r.addr(noise)?, r.addr(mask)?, row, r.addr(out)?];
+        steps.push(Step::Kernel(inpaint_blend(n, c, last, ptrs, r.limits())?));
+        return Ok(());
+    }
     let (Op::LcmStep { x, model_output, noise, schedule, step, guided, prediction, clip, out }, Problem::Map { n }) =
         (*op, *problem)
     else {

@@ -42,6 +42,19 @@ pub mod input {
 }
 
 impl ControlNetConfig {
+    /// A ControlNet for `unet` as diffusers' `ControlNetModel.from_unet` makes one: the UNet's encoder
+    /// (without a guidance embedding) and the default control-image embedding (16, 32, 96, 256 over
+    /// three channels): the synthetic ControlNet `lcm bench --controlnet synthetic` times.
+    pub fn from_unet(unet: &UnetConfig) -> Self {
+        let unet = UnetConfig { time_cond_proj_dim: None, conv_in_kernel: 3, ..unet.clone() };
+        ControlNetConfig {
+            unet,
+            conditioning_channels: 3,
+            conditioning_embedding_out_channels: vec![16, 32, 96, 256],
+            bgr: false,
+        }
+    }
+
     /// How many times larger than the latents the control image is: 2^(levels − 1).
     pub fn image_factor(&self) -> usize {
         1 << self.conditioning_embedding_out_channels.len().saturating_sub(1)

@@ -69,7 +69,7 @@ impl UnetLayout {
     }
 
     /// [`Self::new`] with another kind of mid block.
-    fn with_mid(layers_per_block: Vec<usize>, attention: Vec<bool>, mid: MidBlock) -> Self {
+    pub(crate) fn with_mid(layers_per_block: Vec<usize>, attention: Vec<bool>, mid: MidBlock) -> Self {
         assert_eq!(layers_per_block.len(), attention.len(), "one attention flag per level");
         let blocks = ldm_blocks(&layers_per_block, &attention, mid);
         UnetLayout { layers_per_block, attention, mid, blocks }

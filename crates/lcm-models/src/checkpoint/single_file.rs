@@ -11,7 +11,8 @@
 //!
 //! Every key must be accounted for: a weight of one of the models, or one of the known extras
 //! ([`known_extra`]). Anything else is an error naming the key, so a checkpoint of another kind (SD2,
-//! inpainting, a LoRA, a bare VAE) is refused instead of half-loaded. The configs come from the
+//! a LoRA, a bare VAE) is refused instead of half-loaded. Inpainting checkpoints (9 input channels)
+//! are read like any other. The configs come from the
 //! shapes ([`super::shapes`]) or from a config folder.
 
 use std::collections::HashSet;
@@ -96,7 +97,7 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
-    /// Opens `path` and checks it is an SD1.5-family or SDXL checkpoint: SD2.x, inpainting and files
+    /// Opens `path` and checks it is an SD1.5-family or SDXL checkpoint: SD2.x and files
     /// that are no full checkpoint (a LoRA, a VAE, a diffusers component) are refused by name.
     pub fn open(path: impl AsRef<Path>) -> Result<Checkpoint> {
         let path = path.as_ref();

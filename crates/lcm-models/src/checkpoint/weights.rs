@@ -7,6 +7,7 @@ use std::path::Path;
 use lcm_core::{Backend, Error, ModelWeights, Result, WeightSpec};
 
 use crate::arch::clip::{ClipConfig, ClipTextModel};
+use crate::arch::controlnet::{ControlNet, ControlNetConfig};
 use crate::arch::unet::{Unet, UnetConfig};
 use crate::arch::vae::{Vae, VaeConfig};
 use crate::runner::Runner;
@@ -55,6 +56,14 @@ impl<B: Backend> Unet<B> {
     pub fn from_source(backend: &B, config: UnetConfig, origin: &Path, source: WeightSource) -> Result<Self> {
         let weights = upload_weights(backend, &config.weights()?, origin, source, None)?;
         Ok(Unet { config, runner: Runner::new(weights) })
+    }
+}
+
+impl<B: Backend> ControlNet<B> {
+    /// A ControlNet whose weights come from `source` (synthetic weights for benchmarks).
+    pub fn from_source(backend: &B, config: ControlNetConfig, origin: &Path, source: WeightSource) -> Result<Self> {
+        let weights = upload_weights(backend, &config.weights()?, origin, source, None)?;
+        Ok(ControlNet::new(config, weights))
     }
 }
 

@@ -22,12 +22,13 @@ impl<B: Backend> Default for ControlNets<B> {
     }
 }
 
-/// Reads a ControlNet: a diffusers folder, or a single `.safetensors` file.
-fn read<B: Backend>(backend: &B, path: &Path, variant: Variant) -> Result<ControlNet<B>> {
+/// Reads a ControlNet: a diffusers folder, or a single `.safetensors` file (what its shapes do not
+/// give, the head counts, taken from `unet`, the UNet it was copied from).
+fn read<B: Backend>(backend: &B, path: &Path, variant: Variant, unet: &UnetConfig) -> Result<ControlNet<B>> {
     if path.is_dir() {
         ControlNet::load_folder(backend, path, variant)
     } else if path.is_file() {
-        ControlNet::load_single_file(backend, path)
+        ControlNet::load_single_file_for(backend, path, Some(unet))
     } else {
         Err(Field::ControlNet.invalid(format!(
             "{}: not found (expected a diffusers ControlNet folder or a .safetensors file)",
@@ -52,7 +53,7 @@ impl<B: Backend> ControlNets<B> {
             let id = match self.loaded.iter().position(|(p, _)| *p == u.model) {
                 Some(id) => id,
                 None => {
-                    let net = read(backend, &u.model, variant).map_err(|e| name_file(e, &u.model))?;
+                    let net = read(backend, &u.model, variant, unet).map_err(|e| name_file(e, &u.model))?;
                     net.config.check_fits(unet, downscale).map_err(|why| {
                         Field::ControlNet.invalid(format!(
                             "{} does not fit this model: {why} (a ControlNet of the other family?)",

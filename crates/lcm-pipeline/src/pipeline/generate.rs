@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use lcm_core::{Backend, Error, Executor, HostData, ModelWeights, Op, Result, Tensor};
-use lcm_models::denoise::{input, DenoiseConfig, DenoiseInputs, DenoiseShape};
+use lcm_models::denoise::{input, DenoiseConfig, DenoiseInputs, DenoiseShape, Inpaint};
 
 use super::control::{control_inputs, ControlInputs};
 use lcm_models::{Encoded, Vae, VaeConfig, VaeTiling};
@@ -51,6 +51,18 @@ struct Batch {
     time_ids: Vec<f32>,
     /// The ControlNets' ids (in the pipeline's `ControlNets`), in the requests' order.
     control_ids: Vec<usize>,
+    /// Inpainting's inputs in the graph's order (`lcm_models::denoise::Inpaint`).
+    inpaint: Vec<Vec<f32>>,
+}
+
+/// One batch's random draws and what inpainting derives from the images, NHWC.
+struct Draws {
+    /// The initial latents.
+    latents: Vec<f32>,
+    /// One noise tensor per step but the last (at least one), step-major.
+    noise: Vec<f32>,
+    /// Inpainting's inputs in the graph's order.
+    inpaint: Vec<Vec<f32>>,
 }
 
 impl<B: Backend> Pipeline<B> {
@@ -140,8 +152,9 @@ impl<B: Backend> Pipeline<B> {
         let strength = |r: &Request| r.init_image.as_ref().map(|i| i.strength.to_bits());
         for r in reqs {
             r.validate(self.original_steps())?;
-            let same = (r.width, r.height, r.steps, r.guidance_scale.to_bits(), strength(r))
-                == (req.width, req.height, req.steps, req.guidance_scale.to_bits(), strength(req));
+            let masked = |r: &Request| r.init_image.as_ref().is_some_and(|i| i.mask.is_some());
+            let same = (r.width, r.height, r.steps, r.guidance_scale.to_bits(), strength(r), masked(r))
+                == (req.width, req.height, req.steps, req.guidance_scale.to_bits(), strength(req), masked(req));
             // ControlNets: the same models and windows (they shape the graph); images and weights are
             // each request's own.
             let window = |r: &Request| r.controls.iter().map(|c| (c.model.clone(), c.start, c.end)).collect::<Vec<_>>();
@@ -149,8 +162,8 @@ impl<B: Backend> Pipeline<B> {
                 return Err(Error::invalid(
                     "batch",
                     "requests batched together must share width, height, steps and guidance scale, be \
-                     all txt2img or all img2img with one strength, and use the same ControlNets with the \
-                     same guidance windows",
+                     all txt2img, all img2img or all inpainting with one strength, and use the same \
+                     ControlNets with the same guidance windows",
                 ));
             }
         }
@@ -167,9 +180,10 @@ impl<B: Backend> Pipeline<B> {
         let guided = !self.has_guidance_embedding() && req.guidance_scale > 1.0;
         let scale = self.vae.config.downscale();
         let (h, w) = (req.height / scale, req.width / scale);
-        let shape = DenoiseShape { images: n, h, w, ctx_len: CLIP_MAX_LEN, steps: run.len(), guided };
-        let channels = self.unet.config.in_channels;
-        let (latents, noise) = self.draw(reqs, &shape, channels, &run)?;
+        let inpaint = self.inpaint_kind(req)?;
+        let shape = DenoiseShape { images: n, h, w, ctx_len: CLIP_MAX_LEN, steps: run.len(), guided, inpaint };
+        let channels = self.unet.config.out_channels;
+        let Draws { latents, noise, inpaint: inpaint_inputs } = self.draw(reqs, &shape, channels, &run)?;
 
         let batch = shape.batch();
         let timestep_rows = run.iter().flat_map(|&t| std::iter::repeat_n(t as f32, batch)).collect();
@@ -186,7 +200,7 @@ impl<B: Backend> Pipeline<B> {
             vae_shift: vae.shift_factor.unwrap_or(0.0),
             context_split: self.text.context_split(),
         };
-        let inputs = self.unet.config.denoise_inputs(&config, control_ids.len());
+        let inputs = self.unet.config.denoise_inputs(&config, inpaint, control_ids.len());
         // SDXL's micro-conditioning, diffusers' defaults: original size = target size = (h, w), crop
         // (0, 0), the same for the negative; one column per row of the UNet's batch.
         let time_ids = [req.height, req.width, 0, 0, req.height, req.width]
@@ -206,33 +220,131 @@ impl<B: Backend> Pipeline<B> {
             w_embedding,
             time_ids,
             control_ids,
+            inpaint: inpaint_inputs,
         })
     }
 
+    /// How `req` inpaints with this UNet, if it does: an inpainting UNet (2·latent + 1 input channels)
+    /// needs a mask and concatenates it; an ordinary one blends. Errors name the mask.
+    fn inpaint_kind(&self, req: &Request) -> Result<Option<Inpaint>> {
+        let u = &self.unet.config;
+        let masked = req.init_image.as_ref().is_some_and(|i| i.mask.is_some());
+        let inpainting_unet = u.in_channels == 2 * u.out_channels + 1;
+        match (masked, inpainting_unet) {
+            (false, false) => Ok(None),
+            (true, false) => Ok(Some(Inpaint::Blend)),
+            (true, true) => Ok(Some(Inpaint::Concat)),
+            (false, true) => Err(Field::Mask.invalid(format!(
+                "this is an inpainting UNet ({} input channels: latents, mask, masked image): it needs an init \
+                 image and a mask",
+                u.in_channels
+            ))),
+        }
+    }
+
     /// Every draw of each request, in diffusers' order, from its own generator: the latents (img2img:
-    /// the posterior sample, then the noise), then one noise tensor per step but the last. Returns the
-    /// latents and the noise, NHWC; the noise is step-major (step k holds every image's draw for it).
-    fn draw(&mut self, reqs: &[Request], shape: &DenoiseShape, c: usize, run: &[i64]) -> Result<(Vec<f32>, Vec<f32>)> {
+    /// the posterior sample, then the noise; inpainting: see [`Pipeline::inpaint_draws`]), then one
+    /// noise tensor per step but the last. The noise is step-major (step k holds every image's draw).
+    fn draw(&mut self, reqs: &[Request], shape: &DenoiseShape, c: usize, run: &[i64]) -> Result<Draws> {
         let (n, h, w) = (shape.images, shape.h, shape.w);
         let per_image = c * h * w;
+        let nchw = |k: usize, data: Vec<f32>| Tensor::new(vec![k, c, h, w], data).nchw_to_nhwc().data;
         let mut latents = Vec::with_capacity(n * per_image);
         let mut noise = vec![0.0f32; n * per_image * (run.len() - 1).max(1)]; // one step reads none
+        let mut inpaint = Inpainted::default();
         let mut image0 = 0;
         for r in reqs {
             let mut rng = TorchRng::new(r.seed);
             let numel = r.num_images * per_image;
-            latents.extend(match &r.init_image {
-                None => rng.randn(numel), // init_noise_sigma is 1 for LCM
-                Some(init) => self.noised_image_latents(init, r.num_images, run[0], &mut rng)?,
-            });
+            match (&r.init_image, shape.inpaint) {
+                (None, _) => latents.extend(nchw(r.num_images, rng.randn(numel))), // init_noise_sigma is 1
+                (Some(init), None) => {
+                    latents.extend(nchw(r.num_images, self.noised_image_latents(init, r.num_images, run[0], &mut rng)?))
+                }
+                (Some(init), Some(kind)) => {
+                    let mut d = self.inpaint_draws(init, r.num_images, run[0], kind, (h, w), &mut rng)?;
+                    latents.extend(nchw(r.num_images, std::mem::take(&mut d.latents)));
+                    inpaint.extend(d, |k, data| nchw(k, data), r.num_images);
+                }
+            }
             for k in 1..run.len() {
-                let z = Tensor::new(vec![r.num_images, c, h, w], rng.randn(numel)).nchw_to_nhwc().data;
+                let z = nchw(r.num_images, rng.randn(numel));
                 let at = ((k - 1) * n + image0) * per_image;
                 noise[at..at + numel].copy_from_slice(&z);
             }
             image0 += r.num_images;
         }
-        Ok((Tensor::new(vec![n, c, h, w], latents).nchw_to_nhwc().data, noise))
+        let inpaint = match shape.inpaint {
+            None => Vec::new(),
+            // The guided batch's uncond rows take the same mask and masked image as the cond rows.
+            Some(Inpaint::Concat) => {
+                let twice = |v: Vec<f32>| if shape.guided { v.repeat(2) } else { v };
+                vec![twice(inpaint.mask), twice(inpaint.masked)]
+            }
+            Some(Inpaint::Blend) => vec![inpaint.image, inpaint.noise0, inpaint.mask],
+        };
+        Ok(Draws { latents, noise, inpaint })
+    }
+
+    /// Inpainting's draws for one request (diffusers' StableDiffusionInpaintPipeline `prepare_latents`
+    /// and `prepare_mask_latents`), in its order: the image's posterior sample (for an ordinary UNet or
+    /// strength < 1), the noise, the masked image's posterior sample (always: diffusers draws it even
+    /// where the UNet never reads it). The latents are the noise at strength 1, else the image latents
+    /// noised to the first timestep. NCHW, `n` images (the image's latents repeated).
+    fn inpaint_draws(
+        &mut self,
+        init: &InitImage,
+        n: usize,
+        t0: i64,
+        kind: Inpaint,
+        (h, w): (usize, usize),
+        rng: &mut TorchRng,
+    ) -> Result<InpaintDraws> {
+        let mask = init.mask.as_ref().ok_or_else(|| Field::Mask.invalid("inpainting without a mask"))?;
+        let full_strength = init.strength == 1.0;
+        let image = match kind == Inpaint::Blend || !full_strength {
+            true => Some(self.image_latents(&init.pixels, rng)?.repeat(n)),
+            false => None,
+        };
+        let noise0 = rng.randn(image.as_ref().map_or(0, Vec::len).max(n * self.unet.config.out_channels * h * w));
+        let latents = match &image {
+            Some(img) if !full_strength => {
+                let mut l = img.clone();
+                self.scheduler.add_noise(&mut l, &noise0, t0)?;
+                l
+            }
+            _ => noise0.clone(),
+        };
+        // masked_image = image · (mask < 0.5): the kept pixels, zero (mid-grey) where repainted.
+        let hw = mask.numel();
+        let masked_pixels: Vec<f32> =
+            init.pixels.data.iter().enumerate().map(|(i, &p)| p * (1.0 - mask.data[i % hw])).collect();
+        let masked = self.image_latents(&Tensor::new(init.pixels.shape.clone(), masked_pixels), rng)?.repeat(n);
+        Ok(InpaintDraws {
+            latents,
+            image: image.unwrap_or_default(),
+            noise0,
+            masked,
+            mask: latent_mask(mask, h, w).repeat(n),
+        })
+    }
+
+    /// The VAE's latents of `pixels` (`[1, 3, H, W]` in [-1, 1]) times the scaling factor, NCHW: a
+    /// posterior sample (one draw from `rng`) for AutoencoderKL, the encoder's output for TAESD.
+    fn image_latents(&mut self, pixels: &Tensor, rng: &mut TorchRng) -> Result<Vec<f32>> {
+        let vae_dir = self.spec.model_dir.join("vae");
+        let be = self.vae_backend.as_ref().unwrap_or(&self.backend);
+        self.vae.load_encoder(be, &vae_dir, self.spec.variant)?;
+        let sf = self.vae.config.scaling_factor;
+        Ok(match self.vae.encode(be, pixels, self.vae_tiling)? {
+            Encoded::Moments(moments) => {
+                let per = moments.numel() / 2;
+                let (mean, logvar) = moments.data.split_at(per);
+                let z = rng.randn(per);
+                (0..per).map(|i| (mean[i] + (0.5 * logvar[i].clamp(-30.0, 20.0)).exp() * z[i]) * sf).collect()
+            }
+            Encoded::Latents(latents) => latents.data.iter().map(|&v| v * sf).collect(),
+        })
     }
 
     /// The schedule and the index of its first step to run. txt2img and LCM img2img run all of it (LCM's
@@ -242,7 +354,8 @@ impl<B: Backend> Pipeline<B> {
         let n = req.steps;
         match &req.init_image {
             None => Ok((self.scheduler.set_timesteps(n, 1.0)?.to_vec(), 0)),
-            Some(init) if self.has_guidance_embedding() => {
+            // The inpainting pipelines keep the last int(n·strength) steps for every UNet.
+            Some(init) if self.has_guidance_embedding() && init.mask.is_none() => {
                 Ok((self.scheduler.set_timesteps(n, init.strength as f64)?.to_vec(), 0))
             }
             Some(init) => {
@@ -262,20 +375,7 @@ impl<B: Backend> Pipeline<B> {
     /// timestep — two draws from the generator, in that order. TAESD's encoder gives latents, not a
     /// distribution (`retrieve_latents` takes `.latents`): then only the noise is drawn.
     fn noised_image_latents(&mut self, init: &InitImage, n: usize, t: i64, rng: &mut TorchRng) -> Result<Vec<f32>> {
-        let vae_dir = self.spec.model_dir.join("vae");
-        let be = self.vae_backend.as_ref().unwrap_or(&self.backend);
-        self.vae.load_encoder(be, &vae_dir, self.spec.variant)?;
-        let sf = self.vae.config.scaling_factor;
-        let one: Vec<f32> = match self.vae.encode(be, &init.pixels, self.vae_tiling)? {
-            Encoded::Moments(moments) => {
-                let per = moments.numel() / 2;
-                let (mean, logvar) = moments.data.split_at(per);
-                let z = rng.randn(per);
-                (0..per).map(|i| (mean[i] + (0.5 * logvar[i].clamp(-30.0, 20.0)).exp() * z[i]) * sf).collect()
-            }
-            Encoded::Latents(latents) => latents.data.iter().map(|&v| v * sf).collect(),
-        };
-        let mut latents = one.repeat(n);
+        let mut latents = self.image_latents(&init.pixels, rng)?.repeat(n);
         let noise = rng.randn(latents.len());
         self.scheduler.add_noise(&mut latents, &noise, t)?;
         Ok(latents)
@@ -299,6 +399,11 @@ impl<B: Backend> Pipeline<B> {
 impl Batch {
     /// Writes the loop's inputs (the text encoders wrote its context).
     fn set_inputs<B: Backend>(&self, backend: &B, den: &mut Executor<B>, control: &ControlInputs) -> Result<()> {
+        if let Some(first) = self.inputs.inpaint {
+            for (k, data) in self.inpaint.iter().enumerate() {
+                den.set_input(backend, first + k, HostData::F32(data))?;
+            }
+        }
         if let (Some(first), Some(scales)) = (self.inputs.control_images, self.inputs.control_scales) {
             for (k, img) in control.images.iter().enumerate() {
                 den.set_input(backend, first + k, HostData::F32(img))?;
@@ -459,4 +564,50 @@ fn check_vae_output(data: &[f32], vae: &VaeConfig, in_f16: bool) -> Result<()> {
         ),
         e => e,
     })
+}
+
+/// One request's inpainting draws and derived inputs, NCHW, for its `n` images.
+struct InpaintDraws {
+    latents: Vec<f32>,
+    /// The image's latents (empty where the UNet does not need them).
+    image: Vec<f32>,
+    /// The noise the latents were drawn with.
+    noise0: Vec<f32>,
+    /// The masked image's latents.
+    masked: Vec<f32>,
+    /// The mask on the latent grid, `[n, 1, h, w]`.
+    mask: Vec<f32>,
+}
+
+/// A batch's inpainting inputs, NHWC, gathered request by request.
+#[derive(Default)]
+struct Inpainted {
+    image: Vec<f32>,
+    noise0: Vec<f32>,
+    masked: Vec<f32>,
+    mask: Vec<f32>,
+}
+
+impl Inpainted {
+    fn extend(&mut self, d: InpaintDraws, nhwc: impl Fn(usize, Vec<f32>) -> Vec<f32>, n: usize) {
+        if !d.image.is_empty() {
+            self.image.extend(nhwc(n, d.image));
+        }
+        self.noise0.extend(nhwc(n, d.noise0));
+        self.masked.extend(nhwc(n, d.masked));
+        self.mask.extend(d.mask); // one channel: NCHW and NHWC agree
+    }
+}
+
+/// The mask `[1, 1, H, W]` resized to the latent grid `h`x`w` by nearest-neighbour sampling, as
+/// `torch.nn.functional.interpolate(mask, size=(h, w))` does: source index floor(i·(H/h)) with the
+/// scale in f32.
+fn latent_mask(mask: &Tensor, h: usize, w: usize) -> Vec<f32> {
+    let (mh, mw) = (mask.shape[2], mask.shape[3]);
+    let (sy, sx) = (mh as f32 / h as f32, mw as f32 / w as f32);
+    let src = |i: usize, s: f32, n: usize| ((i as f32 * s).floor() as usize).min(n - 1);
+    (0..h)
+        .flat_map(|y| (0..w).map(move |x| (y, x)))
+        .map(|(y, x)| mask.data[src(y, sy, mh) * mw + src(x, sx, mw)])
+        .collect()
 }

@@ -8,6 +8,7 @@ use lcm_core::Result;
 use serde_json::{json, Value};
 
 use super::{View, SD15_UNET_HEADS, SDXL_UNET_HEAD_WIDTH, SD_NORM_GROUPS};
+use crate::arch::unet::UnetConfig;
 
 /// One level of the down path as read from its slots.
 struct Level {
@@ -36,11 +37,28 @@ fn depth_entry(depths: &[usize]) -> Value {
 /// text width, `pooled_dim` (text_encoder_2's projection): the rest of its input is six sinusoids of
 /// `addition_time_embed_dim`.
 pub(crate) fn unet_config(v: &View, pooled_dim: Option<usize>) -> Result<Value> {
+    config(v, pooled_dim, None, true)
+}
+
+/// [`unet_config`] for the encoder alone, a ControlNet's copy of it (the same LDM names, no
+/// `output_blocks` and no `out`): the keys a ControlNetModel's config shares with the UNet's, without
+/// the up path's (`up_block_types`, `out_channels`, `conv_out_kernel`), which a ControlNet lacks. What
+/// the shapes do not give (heads, GroupNorm groups) is `base`'s when its widths are the encoder's (the
+/// UNet a ControlNet was copied from), else the families' rules.
+pub(crate) fn encoder_config(v: &View, pooled_dim: Option<usize>, base: Option<&UnetConfig>) -> Result<Value> {
+    config(v, pooled_dim, base, false)
+}
+
+fn config(v: &View, pooled_dim: Option<usize>, base: Option<&UnetConfig>, decoder: bool) -> Result<Value> {
     let conv_in = conv_in(v)?;
     let text_time = text_time(v, pooled_dim)?;
     let sdxl = text_time.is_some();
     let (levels, slots) = down_levels(v)?;
-    let up_depths = up_depths(v, &levels)?;
+    let up_depths = match decoder {
+        true => up_depths(v, &levels)?,
+        // No up path to read: the down path's depths mirrored, so no reverse depths are written.
+        false => levels.iter().rev().map(|l| vec![l.depths[0].unwrap_or(1); l.depths.len() + 1]).collect(),
+    };
     let (mid_depth, mid_block_type) = mid_block(v, sdxl)?;
     let (cross_attention_dim, use_linear_projection) = cross_attention(v, slots)?;
     let c0 = conv_in[0];
@@ -55,9 +73,13 @@ pub(crate) fn unet_config(v: &View, pooled_dim: Option<usize>) -> Result<Value> 
             ))
         }
     };
-    let conv_out = v.need("out.2.weight", 4)?;
+    let conv_out = if decoder { Some(v.need("out.2.weight", 4)?.to_vec()) } else { None };
     let channels: Vec<usize> = levels.iter().map(|l| l.channels).collect();
-    let heads = heads(v, &channels, sdxl)?;
+    let base = base.filter(|b| b.block_out_channels == channels);
+    let heads = match base {
+        Some(b) => json!(b.heads),
+        None => heads(v, &channels, sdxl)?,
+    };
     let depths = Depths::read(v, &levels, up_depths, mid_depth)?;
     let cross = |l: &Level, down: bool| match (l.depths[0].is_some(), down) {
         (true, true) => "CrossAttnDownBlock2D",
@@ -69,21 +91,23 @@ pub(crate) fn unet_config(v: &View, pooled_dim: Option<usize>) -> Result<Value> 
     let mut cfg = json!({
         "_class_name": "UNet2DConditionModel",
         "in_channels": conv_in[1],
-        "out_channels": conv_out[0],
         "conv_in_kernel": conv_in[2],
-        "conv_out_kernel": conv_out[2],
         "block_out_channels": channels,
         "layers_per_block": depth_entry(&layers),
         "down_block_types": levels.iter().map(|l| cross(l, true)).collect::<Vec<_>>(),
-        "up_block_types": levels.iter().rev().map(|l| cross(l, false)).collect::<Vec<_>>(),
         "mid_block_type": mid_block_type,
         "transformer_layers_per_block": depths.down,
         "cross_attention_dim": cross_attention_dim,
         "attention_head_dim": heads,
         "use_linear_projection": use_linear_projection,
-        "norm_num_groups": SD_NORM_GROUPS,
+        "norm_num_groups": base.map_or(SD_NORM_GROUPS, |b| b.norm_groups),
         "time_cond_proj_dim": time_cond_proj_dim,
     });
+    if let Some(conv_out) = conv_out {
+        cfg["out_channels"] = json!(conv_out[0]);
+        cfg["conv_out_kernel"] = json!(conv_out[2]);
+        cfg["up_block_types"] = json!(levels.iter().rev().map(|l| cross(l, false)).collect::<Vec<_>>());
+    }
     if time_embed[0] != 4 * c0 {
         cfg["time_embedding_dim"] = json!(time_embed[0]);
     }
@@ -98,16 +122,12 @@ pub(crate) fn unet_config(v: &View, pooled_dim: Option<usize>) -> Result<Value> 
     Ok(cfg)
 }
 
-/// `conv_in`'s shape `[out, in, k, k]`, with the 4 input channels of a text-to-image UNet.
+/// `conv_in`'s shape `[out, in, k, k]`: 4 input channels (text-to-image), or 9 (an inpainting UNet:
+/// latents + mask + masked image latents; `generate --mask` runs it).
 fn conv_in(v: &View) -> Result<Vec<usize>> {
     let conv_in = v.need("input_blocks.0.0.weight", 4)?.to_vec();
     match conv_in[1] {
-        4 => Ok(conv_in),
-        9 => Err(v.err(
-            "input_blocks.0.0.weight",
-            "has 9 input channels: an inpainting UNet (latents + mask + masked image); lcm runs \
-             text-to-image and image-to-image UNets with 4 input channels only",
-        )),
+        4 | 9 => Ok(conv_in),
         8 => Err(v.err(
             "input_blocks.0.0.weight",
             "has 8 input channels: an InstructPix2Pix-style UNet (latents + image latents); lcm runs \
