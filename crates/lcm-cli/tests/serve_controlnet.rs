@@ -109,6 +109,10 @@ fn a1111_controlnet_units_give_the_pipelines_pixels() {
     assert_eq!((params["model"].as_str(), params["module"].as_str()), (Some("cn-sd15-a"), Some("none")), "{params}");
     assert!(!r.body_text().contains(cn_dir().to_str().unwrap()), "the answer shows the server's path");
 
+    // The single-file copy of cn-sd15-a, named by its file stem: the same image.
+    let r = s.post("/sdapi/v1/txt2img", &with_units(base.clone(), json!([{"image": png64, "model": "cn_sd15_a"}])));
+    assert!(images(&r)[0] == want[0], "the single-file ControlNet: pixels differ from its folder's");
+
     // Canny (A1111's default thresholds) on an 80x72 image under its old key, resized to the output;
     // a weight and a guidance window.
     let (png80, image80) = control_image("canny_80x72.png");
