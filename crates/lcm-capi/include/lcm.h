@@ -71,6 +71,32 @@ typedef struct LcmRequest {
   float strength;
 } LcmRequest;
 
+// A ControlNet guiding a generation ([`lcm_generate_controlled`]), as diffusers' ControlNet pipelines
+// take it. Start from [`lcm_controlnet_default`] and set what you need, so fields added later keep
+// their defaults.
+typedef struct LcmControlNet {
+  // A ControlNet: a diffusers folder (`config.json` + `diffusion_pytorch_model[.fp16].safetensors`)
+  // or a single `.safetensors` file. Loaded on its first use and kept by the pipeline.
+  const char *model;
+  // The control image: `image_width`·`image_height`·3 bytes of 8-bit RGB, row-major. Resized to the
+  // request's size (Pillow's Lanczos) when its size differs.
+  const uint8_t *image_rgb;
+  // The control image's pixels per row.
+  uint32_t image_width;
+  // The control image's rows.
+  uint32_t image_height;
+  // May be NULL ("none"). How the image is preprocessed first: "none" (it already is a control
+  // map), "canny" (OpenCV's Canny, thresholds 100 and 200, as A1111) or "canny:LOW:HIGH".
+  const char *preprocess;
+  // `controlnet_conditioning_scale`: the ControlNet's weight (finite). diffusers' default is 1 for
+  // txt2img and 0.8 for img2img.
+  float scale;
+  // `control_guidance_start`, in [0, 1): the fraction of the steps before the ControlNet starts.
+  double start;
+  // `control_guidance_end`, in (start, 1]: the fraction of the steps after which it stops.
+  double end;
+} LcmControlNet;
+
 // A status code: `LCM_OK` or one of the `LCM_ERR_*` values.
 typedef int32_t LcmStatus;
 
@@ -130,6 +156,10 @@ struct LcmLoadOptions lcm_load_options_default(void);
 // txt2img (strength 1).
 struct LcmRequest lcm_request_default(void);
 
+// The defaults: no model and no image (set `model`, `image_rgb`, `image_width`, `image_height`), no
+// preprocessing, scale 1, active over all steps (start 0, end 1).
+struct LcmControlNet lcm_controlnet_default(void);
+
 // Loads a pipeline (seconds for SD1.5); on `LCM_OK`, `*out` is the new pipeline, else it is set to
 // NULL.
 //
@@ -148,6 +178,22 @@ LcmStatus lcm_pipeline_load(const struct LcmLoadOptions *options, struct LcmPipe
 LcmStatus lcm_generate(struct LcmPipeline *pipeline,
                        const struct LcmRequest *request,
                        struct LcmImages **out);
+
+// [`lcm_generate`] guided by `num_controlnets` ControlNets (at most 8; their residuals are summed, as
+// diffusers' MultiControlNet): the images diffusers' ControlNet pipelines give for the same settings.
+// Each ControlNet loads on its first use and stays loaded in the pipeline. Errors name the entry at
+// fault (`controlnets[1].model: …`); a ControlNet that cannot be read or does not fit the model is
+// `LCM_ERR_FILE`.
+//
+// # Safety
+// As [`lcm_generate`]; `controlnets` is NULL (with `num_controlnets` 0) or holds `num_controlnets`
+// entries, each with a NUL-terminated `model`, `preprocess` NULL or NUL-terminated, and `image_rgb`
+// NULL or `image_width`·`image_height`·3 readable bytes.
+LcmStatus lcm_generate_controlled(struct LcmPipeline *pipeline,
+                                  const struct LcmRequest *request,
+                                  const struct LcmControlNet *controlnets,
+                                  size_t num_controlnets,
+                                  struct LcmImages **out);
 
 // Replaces the pipeline's LoRAs (those given at load included) with `loras` (none when
 // `num_loras` is 0): every file is checked before any weight changes. Waits for a running

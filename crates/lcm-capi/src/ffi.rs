@@ -8,7 +8,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 
 use lcm_core::Error;
-use lcm_pipeline::spec::{Field, LoraSpec};
+use lcm_pipeline::control_image::{ControlPreprocess, MAX_SIDE};
+use lcm_pipeline::spec::{ControlUnit, Field, LoraSpec, MAX_CONTROLNETS};
 
 use crate::*;
 
@@ -115,8 +116,60 @@ pub(crate) unsafe fn clear_out<T>(out: *mut *mut T) -> Result<(), Failure> {
     Ok(())
 }
 
-/// The pipeline's checks name the spec's fields ([`Field`]): here they name the C request's members.
-pub(crate) fn request_error(e: Error) -> Failure {
+/// # Safety
+/// `p` points to `n` (≥ 1) readable `LcmControlNet`s as `lcm_generate_controlled` requires.
+pub(crate) unsafe fn control_units(
+    p: *const LcmControlNet,
+    n: usize,
+    width: usize,
+    height: usize,
+) -> Result<Vec<ControlUnit>, Failure> {
+    if p.is_null() {
+        return Err(invalid("controlnets", format!("NULL with {n} ControlNets")));
+    }
+    if n > MAX_CONTROLNETS {
+        return Err(invalid("num_controlnets", format!("{n}: at most {MAX_CONTROLNETS}")));
+    }
+    // SAFETY: the caller's contract (n readable entries).
+    let items = unsafe { std::slice::from_raw_parts(p, n) };
+    let mut units = Vec::with_capacity(n);
+    for (i, c) in items.iter().enumerate() {
+        let at = |member: &str| format!("controlnets[{i}].{member}");
+        // SAFETY: the caller's contract.
+        let model = unsafe { string(c.model, &at("model")) }?.ok_or_else(|| invalid(&at("model"), "NULL"))?;
+        // SAFETY: the caller's contract.
+        let preprocess = match unsafe { string(c.preprocess, &at("preprocess")) }? {
+            None => ControlPreprocess::None,
+            Some(s) => s.parse().map_err(|e| named(&at("preprocess"), e))?,
+        };
+        if c.image_rgb.is_null() {
+            return Err(invalid(&at("image_rgb"), "NULL"));
+        }
+        let (w, h) = (c.image_width as usize, c.image_height as usize);
+        if w == 0 || h == 0 || w > MAX_SIDE || h > MAX_SIDE {
+            return Err(invalid(&at("image_width/image_height"), format!("{w}x{h}: each side must be 1..={MAX_SIDE}")));
+        }
+        // SAFETY: the caller's contract (w·h·3 readable bytes); sizes bounded above.
+        let rgb = unsafe { std::slice::from_raw_parts(c.image_rgb, w * h * 3) };
+        let rgb = preprocess.apply(rgb, w, h).map_err(|e| named(&at("image_rgb"), e))?;
+        let image = ControlUnit::image_at(w, h, &rgb, width, height).map_err(|e| named(&at("image_rgb"), e))?;
+        units.push(ControlUnit { model: PathBuf::from(model), image, scale: c.scale, start: c.start, end: c.end });
+    }
+    Ok(units)
+}
+
+/// An [`Error::Invalid`] as a refusal of the argument `arg`.
+fn named(arg: &str, e: Error) -> Failure {
+    match e {
+        Error::Invalid { msg, .. } => invalid(arg, msg),
+        e => e.into(),
+    }
+}
+
+/// The pipeline's checks name the spec's fields ([`Field`]): here they name the C request's members,
+/// and for a ControlNet's fields the `controlnets` entry of `controls` (the request's units, in order)
+/// at fault. A ControlNet that cannot be read or does not fit the model is `LCM_ERR_FILE`.
+pub(crate) fn request_error(e: Error, controls: &[ControlUnit]) -> Failure {
     const FIELDS: &[(Field, &str)] = &[
         (Field::Width, "request.width"),
         (Field::Height, "request.height"),
@@ -126,7 +179,31 @@ pub(crate) fn request_error(e: Error) -> Failure {
         (Field::Strength, "request.strength"),
         (Field::InitImage, "request.init_rgb"),
     ];
+    let member = |f: Field| match f {
+        Field::ControlNet => Some("model"),
+        Field::ControlImage => Some("image_rgb"),
+        Field::ControlScale => Some("scale"),
+        Field::ControlStart => Some("start"),
+        Field::ControlEnd => Some("end"),
+        _ => None,
+    };
     match (Field::of(&e), e) {
+        (Some(f), Error::Invalid { msg, .. }) if member(f).is_some() => {
+            // "ControlNet K (PATH): …" from the request's checks, or a message naming the file.
+            let k = msg
+                .strip_prefix("ControlNet ")
+                .and_then(|r| r.split_once(" ("))
+                .and_then(|(k, _)| k.parse::<usize>().ok())
+                .and_then(|k| k.checked_sub(1))
+                .filter(|&k| k < controls.len())
+                .or_else(|| controls.iter().position(|c| msg.contains(&*c.model.to_string_lossy())));
+            let what = match k {
+                Some(k) => format!("controlnets[{k}].{}", member(f).unwrap_or_default()),
+                None => "controlnets".to_string(),
+            };
+            let code = if f == Field::ControlNet { LCM_ERR_FILE } else { LCM_ERR_INVALID_ARGUMENT };
+            Failure(code, format!("{what}: {msg}"))
+        }
         (Some(f), Error::Invalid { what, msg }) => {
             let what = FIELDS.iter().find(|(g, _)| *g == f).map_or(what, |(_, member)| member.to_string());
             Failure(LCM_ERR_INVALID_ARGUMENT, format!("{what}: {msg}"))

@@ -1,7 +1,7 @@
 //! The C ABI of lcm (`include/lcm.h`, generated from this file by cbindgen; tests/header.rs checks it
-//! has not drifted): load a pipeline once, generate 8-bit RGB images, swap LoRAs between generations
-//! (or prepare sets of LoRAs once and switch between them with one device copy), cancel from another
-//! thread.
+//! has not drifted): load a pipeline once, generate 8-bit RGB images (guided by ControlNets or not),
+//! swap LoRAs between generations (or prepare sets of LoRAs once and switch between them with one
+//! device copy), cancel from another thread.
 //!
 //! Conventions, for every function:
 //! - The return value is a status code (`LCM_OK` = 0, else one of the `LCM_ERR_*`); on an error,
@@ -19,10 +19,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use lcm::{Device, Engine, Prepared};
-use lcm_pipeline::spec::{InitImage, LoadSpec, LoraMode, Request, SizeRule, MAX_IMAGES};
+use lcm_pipeline::spec::{ControlUnit, InitImage, LoadSpec, LoraMode, Request, SizeRule, MAX_IMAGES};
 
 mod ffi;
-use ffi::{clear_out, guard, invalid, lora_specs, request_error, string, LAST_ERROR};
+use ffi::{clear_out, control_units, guard, invalid, lora_specs, request_error, string, Failure, LAST_ERROR};
 
 /// A status code: `LCM_OK` or one of the `LCM_ERR_*` values.
 pub type LcmStatus = i32;
@@ -109,6 +109,34 @@ pub struct LcmRequest {
     pub strength: f32,
 }
 
+/// A ControlNet guiding a generation ([`lcm_generate_controlled`]), as diffusers' ControlNet pipelines
+/// take it. Start from [`lcm_controlnet_default`] and set what you need, so fields added later keep
+/// their defaults.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct LcmControlNet {
+    /// A ControlNet: a diffusers folder (`config.json` + `diffusion_pytorch_model[.fp16].safetensors`)
+    /// or a single `.safetensors` file. Loaded on its first use and kept by the pipeline.
+    pub model: *const c_char,
+    /// The control image: `image_width`·`image_height`·3 bytes of 8-bit RGB, row-major. Resized to the
+    /// request's size (Pillow's Lanczos) when its size differs.
+    pub image_rgb: *const u8,
+    /// The control image's pixels per row.
+    pub image_width: u32,
+    /// The control image's rows.
+    pub image_height: u32,
+    /// May be NULL ("none"). How the image is preprocessed first: "none" (it already is a control
+    /// map), "canny" (OpenCV's Canny, thresholds 100 and 200, as A1111) or "canny:LOW:HIGH".
+    pub preprocess: *const c_char,
+    /// `controlnet_conditioning_scale`: the ControlNet's weight (finite). diffusers' default is 1 for
+    /// txt2img and 0.8 for img2img.
+    pub scale: f32,
+    /// `control_guidance_start`, in [0, 1): the fraction of the steps before the ControlNet starts.
+    pub start: f64,
+    /// `control_guidance_end`, in (start, 1]: the fraction of the steps after which it stops.
+    pub end: f64,
+}
+
 /// Generated images: `count` images of `height`·`width`·3 bytes each (8-bit RGB, row-major), one
 /// after another in `rgb`. Free with [`lcm_free_images`].
 #[repr(C)]
@@ -179,6 +207,22 @@ pub extern "C" fn lcm_request_default() -> LcmRequest {
     }
 }
 
+/// The defaults: no model and no image (set `model`, `image_rgb`, `image_width`, `image_height`), no
+/// preprocessing, scale 1, active over all steps (start 0, end 1).
+#[no_mangle]
+pub extern "C" fn lcm_controlnet_default() -> LcmControlNet {
+    LcmControlNet {
+        model: std::ptr::null(),
+        image_rgb: std::ptr::null(),
+        image_width: 0,
+        image_height: 0,
+        preprocess: std::ptr::null(),
+        scale: ControlUnit::default_scale(false),
+        start: 0.0,
+        end: 1.0,
+    }
+}
+
 /// Loads a pipeline (seconds for SD1.5); on `LCM_OK`, `*out` is the new pipeline, else it is set to
 /// NULL.
 ///
@@ -235,57 +279,101 @@ pub unsafe extern "C" fn lcm_generate(
     request: *const LcmRequest,
     out: *mut *mut LcmImages,
 ) -> LcmStatus {
-    guard(|| {
-        // SAFETY: the caller's contract.
-        unsafe { clear_out(out) }?;
-        // SAFETY: the caller's contract (a live pipeline; shared access, the engine is behind a lock).
-        let p = unsafe { pipeline.as_ref() }.ok_or_else(|| invalid("pipeline", "NULL"))?;
-        // SAFETY: the caller's contract.
-        let r = unsafe { request.as_ref() }.ok_or_else(|| invalid("request", "NULL"))?;
-        // SAFETY: the caller's contract.
-        let prompt = unsafe { string(r.prompt, "request.prompt") }?.ok_or_else(|| invalid("request.prompt", "NULL"))?;
-        // SAFETY: the caller's contract.
-        let negative_prompt = unsafe { string(r.negative_prompt, "request.negative_prompt") }?;
-        let (width, height) = (r.width as usize, r.height as usize);
-        let init_image = if r.init_rgb.is_null() {
-            None
-        } else {
-            if width * height == 0 || width > SizeRule::DEFAULT_MAX || height > SizeRule::DEFAULT_MAX {
-                return Err(invalid("request.width/height", format!("{width}x{height}: out of range for init_rgb")));
-            }
-            // SAFETY: the caller's contract (width·height·3 readable bytes); sizes bounded above.
-            let rgb = unsafe { std::slice::from_raw_parts(r.init_rgb, width * height * 3) };
-            Some(InitImage::from_rgb8(width, height, rgb, r.strength)?)
-        };
-        let req = Request {
-            prompt,
-            negative_prompt,
-            steps: r.steps as usize,
-            guidance_scale: r.guidance_scale,
-            seed: r.seed,
-            width,
-            height,
-            num_images: r.num_images as usize,
-            controls: Vec::new(),
-            init_image,
-        };
-        if req.num_images > MAX_IMAGES {
-            return Err(invalid("request.num_images", format!("{}: at most {MAX_IMAGES}", req.num_images)));
+    // SAFETY: the caller's contract; no ControlNets.
+    guard(|| unsafe { generate(pipeline, request, std::ptr::null(), 0, out) })
+}
+
+/// [`lcm_generate`] guided by `num_controlnets` ControlNets (at most 8; their residuals are summed, as
+/// diffusers' MultiControlNet): the images diffusers' ControlNet pipelines give for the same settings.
+/// Each ControlNet loads on its first use and stays loaded in the pipeline. Errors name the entry at
+/// fault (`controlnets[1].model: …`); a ControlNet that cannot be read or does not fit the model is
+/// `LCM_ERR_FILE`.
+///
+/// # Safety
+/// As [`lcm_generate`]; `controlnets` is NULL (with `num_controlnets` 0) or holds `num_controlnets`
+/// entries, each with a NUL-terminated `model`, `preprocess` NULL or NUL-terminated, and `image_rgb`
+/// NULL or `image_width`·`image_height`·3 readable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn lcm_generate_controlled(
+    pipeline: *mut LcmPipeline,
+    request: *const LcmRequest,
+    controlnets: *const LcmControlNet,
+    num_controlnets: usize,
+    out: *mut *mut LcmImages,
+) -> LcmStatus {
+    // SAFETY: the caller's contract.
+    guard(|| unsafe { generate(pipeline, request, controlnets, num_controlnets, out) })
+}
+
+/// The body of [`lcm_generate`] and [`lcm_generate_controlled`].
+///
+/// # Safety
+/// As [`lcm_generate_controlled`].
+unsafe fn generate(
+    pipeline: *mut LcmPipeline,
+    request: *const LcmRequest,
+    controlnets: *const LcmControlNet,
+    num_controlnets: usize,
+    out: *mut *mut LcmImages,
+) -> Result<(), Failure> {
+    // SAFETY: the caller's contract.
+    unsafe { clear_out(out) }?;
+    // SAFETY: the caller's contract (a live pipeline; shared access, the engine is behind a lock).
+    let p = unsafe { pipeline.as_ref() }.ok_or_else(|| invalid("pipeline", "NULL"))?;
+    // SAFETY: the caller's contract.
+    let r = unsafe { request.as_ref() }.ok_or_else(|| invalid("request", "NULL"))?;
+    // SAFETY: the caller's contract.
+    let prompt = unsafe { string(r.prompt, "request.prompt") }?.ok_or_else(|| invalid("request.prompt", "NULL"))?;
+    // SAFETY: the caller's contract.
+    let negative_prompt = unsafe { string(r.negative_prompt, "request.negative_prompt") }?;
+    let (width, height) = (r.width as usize, r.height as usize);
+    let init_image = if r.init_rgb.is_null() {
+        None
+    } else {
+        if width * height == 0 || width > SizeRule::DEFAULT_MAX || height > SizeRule::DEFAULT_MAX {
+            return Err(invalid("request.width/height", format!("{width}x{height}: out of range for init_rgb")));
         }
-        let mut engine = lock(p);
-        // A cancel meant for an earlier generation does not stop this one.
-        p.cancel.store(false, Ordering::SeqCst);
-        let generated = engine.generate_with(&req, &mut |_| {}, Some(&p.cancel)).map_err(request_error)?;
-        drop(engine);
-        let count = generated.images.shape[0] as u32;
-        let rgb: Box<[u8]> = (0..generated.images.shape[0]).flat_map(|i| generated.rgb8(i)).collect();
-        let len = rgb.len();
-        let rgb = Box::into_raw(rgb) as *mut u8;
-        let images = Box::new(LcmImages { width: r.width, height: r.height, count, rgb, len });
-        // SAFETY: checked non-NULL above.
-        unsafe { *out = Box::into_raw(images) };
-        Ok(())
-    })
+        // SAFETY: the caller's contract (width·height·3 readable bytes); sizes bounded above.
+        let rgb = unsafe { std::slice::from_raw_parts(r.init_rgb, width * height * 3) };
+        Some(InitImage::from_rgb8(width, height, rgb, r.strength)?)
+    };
+    let controls = if num_controlnets == 0 {
+        Vec::new()
+    } else {
+        // The control images are resized to the request's size: that size first.
+        SizeRule::default().check_size(width, height).map_err(|e| request_error(e, &[]))?;
+        // SAFETY: the caller's contract.
+        unsafe { control_units(controlnets, num_controlnets, width, height) }?
+    };
+    let req = Request {
+        prompt,
+        negative_prompt,
+        steps: r.steps as usize,
+        guidance_scale: r.guidance_scale,
+        seed: r.seed,
+        width,
+        height,
+        num_images: r.num_images as usize,
+        controls,
+        init_image,
+    };
+    if req.num_images > MAX_IMAGES {
+        return Err(invalid("request.num_images", format!("{}: at most {MAX_IMAGES}", req.num_images)));
+    }
+    let mut engine = lock(p);
+    // A cancel meant for an earlier generation does not stop this one.
+    p.cancel.store(false, Ordering::SeqCst);
+    let generated =
+        engine.generate_with(&req, &mut |_| {}, Some(&p.cancel)).map_err(|e| request_error(e, &req.controls))?;
+    drop(engine);
+    let count = generated.images.shape[0] as u32;
+    let rgb: Box<[u8]> = (0..generated.images.shape[0]).flat_map(|i| generated.rgb8(i)).collect();
+    let len = rgb.len();
+    let rgb = Box::into_raw(rgb) as *mut u8;
+    let images = Box::new(LcmImages { width: r.width, height: r.height, count, rgb, len });
+    // SAFETY: checked non-NULL by clear_out.
+    unsafe { *out = Box::into_raw(images) };
+    Ok(())
 }
 
 /// Replaces the pipeline's LoRAs (those given at load included) with `loras` (none when

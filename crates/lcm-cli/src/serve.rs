@@ -9,7 +9,7 @@ use lcm::with_pipeline;
 use lcm_core::{Error, Result};
 use lcm_pipeline::lora::LoraSet;
 use lcm_pipeline::spec::{LoadSpec, LoraMode, LoraSpec, SizeRule};
-use lcm_serve::{Limits, LoraDir, ServeConfig};
+use lcm_serve::{ControlNetDir, Limits, LoraDir, ServeConfig};
 
 use crate::device::{open, DeviceArg};
 use crate::model_args::{model_and_loras, parse_lora};
@@ -33,6 +33,11 @@ pub struct ServeArgs {
     /// `<lora:NAME:SCALE>`), each by its file name without .safetensors. Clients never pass paths.
     #[arg(long, value_name = "DIR")]
     pub lora_dir: Option<PathBuf>,
+    /// A folder of ControlNets requests may name (A1111's `alwayson_scripts.controlnet.args[].model`):
+    /// each subfolder with a config.json (a diffusers ControlNet) by its folder name, each .safetensors
+    /// file by its name without .safetensors. Each loads on its first use and stays loaded.
+    #[arg(long, value_name = "DIR")]
+    pub controlnet_dir: Option<PathBuf>,
     /// Where to run: auto takes cuda when a GPU opens, else cpu (with a note); emulated is for debugging.
     #[arg(long, value_enum, default_value_t)]
     pub device: DeviceArg,
@@ -95,6 +100,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         return Err(Error::invalid("--max-images/--max-body-mb", "expected at least 1"));
     }
     let loras = LoraDir::scan(args.lora_dir.as_deref())?;
+    let controlnets = ControlNetDir::scan(args.controlnet_dir.as_deref())?;
     let (model_dir, base_loras) = model_and_loras(args.model.as_ref(), &args.loras)?;
     LoraSet::open(&base_loras.iter().map(|l| (l.path.clone(), l.scale)).collect::<Vec<_>>())?;
     let mut spec = LoadSpec {
@@ -124,6 +130,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             max_loras: 8,
         },
         loras,
+        controlnets,
         base_loras,
         lora_cache: args.lora_cache,
         model_name,
@@ -136,9 +143,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
     with_pipeline!(&mut engine, p => p.set_vae_tiling(args.tiling.setting()))?;
     let cfg = cfg(with_pipeline!(&engine, p => p.original_steps()));
     eprintln!(
-        "loaded in {:.0} ms; {} LoRAs in --lora-dir; max batch {}, queue {}, timeout {} s",
+        "loaded in {:.0} ms; {} LoRAs in --lora-dir, {} ControlNets in --controlnet-dir; max batch {}, queue {}, \
+         timeout {} s",
         t.elapsed().as_secs_f64() * 1e3,
         cfg.loras.files.len(),
+        cfg.controlnets.models.len(),
         cfg.max_batch,
         cfg.queue,
         cfg.timeout.as_secs_f64()

@@ -6,9 +6,12 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
-use lcm_pipeline::spec::{InitImage, Request, SizeRule};
+use lcm_core::Error;
+use lcm_pipeline::control_image::ControlPreprocess;
+use lcm_pipeline::spec::{ControlUnit, Field, InitImage, Request, SizeRule, MAX_CONTROLNETS};
 use serde_json::{Map, Value};
 
+use super::controlnets::ControlNetDir;
 use super::error::ApiError;
 use super::loras::{LoraChoice, LoraDir};
 
@@ -33,14 +36,33 @@ pub struct Limits {
 pub const MAX_GUIDANCE: f32 = 50.0;
 /// |scale| of one LoRA.
 pub const MAX_LORA_SCALE: f32 = 10.0;
+/// |weight| of one ControlNet unit.
+pub const MAX_CONTROL_WEIGHT: f32 = 10.0;
 
 /// One parsed generation: the pipeline requests it expands to (A1111's `batch_size` is one request
-/// per image, seeds seed, seed+1, …; OpenAI's `n` is one request of n images from one seed) and the
-/// LoRAs they run with.
+/// per image, seeds seed, seed+1, …; OpenAI's `n` is one request of n images from one seed), the
+/// LoRAs they run with and, per ControlNet of its requests (`Request::controls`, in order), where the
+/// unit came from.
 #[derive(Debug, Clone)]
 pub struct Generation {
     pub reqs: Vec<Request>,
     pub loras: Vec<LoraChoice>,
+    pub controls: Vec<ControlChoice>,
+}
+
+/// A ControlNet unit a request chose: the name and file of its ControlNet, the JSON path of the unit
+/// (`alwayson_scripts.controlnet.args[1]`) and its image's key, for errors, and its settings, for the
+/// answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ControlChoice {
+    pub name: String,
+    pub path: std::path::PathBuf,
+    pub field: String,
+    pub image_key: &'static str,
+    pub module: String,
+    pub weight: f32,
+    pub start: f64,
+    pub end: f64,
 }
 
 impl Generation {
@@ -62,14 +84,26 @@ pub enum Api {
 }
 
 /// One request body for `api`, parsed and checked against `limits` and the LoRAs of `loras` as the
-/// server does before queueing it (what fuzz/fuzz_targets/serve_request.rs fuzzes); the error is the
-/// 4xx answer, naming the field.
+/// server does before queueing it (what fuzz/fuzz_targets/serve_request.rs fuzzes), on a server
+/// without ControlNets; the error is the 4xx answer, naming the field.
 pub fn parse_request(api: Api, body: &[u8], limits: &Limits, loras: &LoraDir) -> Result<Generation, ApiError> {
+    parse_request_with(api, body, limits, loras, &ControlNetDir::default())
+}
+
+/// [`parse_request`] on a server offering the ControlNets of `controlnets` (A1111's
+/// `alwayson_scripts.controlnet`): their control images decoded, preprocessed and resized here.
+pub fn parse_request_with(
+    api: Api,
+    body: &[u8],
+    limits: &Limits,
+    loras: &LoraDir,
+    controlnets: &ControlNetDir,
+) -> Result<Generation, ApiError> {
     let obj = parse_object(body)?;
     match api {
         Api::OpenAi => openai(&obj, limits, loras),
-        Api::Txt2Img => a1111(&obj, limits, loras, false),
-        Api::Img2Img => a1111(&obj, limits, loras, true),
+        Api::Txt2Img => a1111(&obj, limits, loras, controlnets, false),
+        Api::Img2Img => a1111(&obj, limits, loras, controlnets, true),
     }
 }
 
@@ -254,7 +288,7 @@ pub fn openai(obj: &Map<String, Value>, limits: &Limits, loras: &LoraDir) -> Res
         init_image: None,
     };
     let loras = lora_list(f.get("loras"), limits, loras)?;
-    Ok(Generation { reqs: vec![req], loras })
+    Ok(Generation { reqs: vec![req], loras, controls: Vec::new() })
 }
 
 /// `loras: [{name, scale}]`: names from `--lora-dir` only (never paths).
@@ -298,14 +332,14 @@ fn a1111_noop(field: &str, v: &Value) -> Option<bool> {
         "subseed_strength" => v.as_f64() == Some(0.0),
         "sampler_name" | "sampler_index" => v.as_str().is_some_and(|s| s.eq_ignore_ascii_case("lcm")),
         "styles" | "script_args" => v.as_array().is_some_and(|a| a.is_empty()),
-        "override_settings" | "alwayson_scripts" => v.as_object().is_some_and(|o| o.is_empty()),
+        "override_settings" => v.as_object().is_some_and(|o| o.is_empty()),
         _ => return None,
     };
     Some(ok)
 }
 
 const A1111_TXT2IMG: &[&str] =
-    &["prompt", "negative_prompt", "seed", "steps", "cfg_scale", "width", "height", "batch_size"];
+    &["prompt", "negative_prompt", "seed", "steps", "cfg_scale", "width", "height", "batch_size", "alwayson_scripts"];
 const A1111_IMG2IMG: &[&str] = &[
     "prompt",
     "negative_prompt",
@@ -315,6 +349,7 @@ const A1111_IMG2IMG: &[&str] = &[
     "width",
     "height",
     "batch_size",
+    "alwayson_scripts",
     "init_images",
     "denoising_strength",
 ];
@@ -323,11 +358,13 @@ const A1111_IMG2IMG: &[&str] = &[
 /// naming LoRAs in `--lora-dir`, as A1111 does), `negative_prompt`, `seed` (-1: random), `steps`,
 /// `cfg_scale`, `width`, `height`, `batch_size` (images with seeds seed, seed+1, …, as A1111's
 /// `all_seeds`); img2img: `init_images` (one base64 PNG, its size the output's) and
-/// `denoising_strength`.
+/// `denoising_strength`; ControlNets of `controlnets` in `alwayson_scripts.controlnet.args`
+/// ([`control_units`]).
 pub fn a1111(
     obj: &Map<String, Value>,
     limits: &Limits,
     loras: &LoraDir,
+    controlnets: &ControlNetDir,
     img2img: bool,
 ) -> Result<Generation, ApiError> {
     let known = if img2img { A1111_IMG2IMG } else { A1111_TXT2IMG };
@@ -375,20 +412,29 @@ pub fn a1111(
     } else {
         None
     };
+    let negative_prompt = f.string("negative_prompt", limits.max_prompt_chars)?;
+    let steps = f.uint("steps", 1, limits.max_steps)?.unwrap_or(4);
+    let guidance_scale = f.float("cfg_scale", 0.0, MAX_GUIDANCE)?.unwrap_or(1.0);
+    let width = width.unwrap_or(512.min(limits.size.max()));
+    let height = height.unwrap_or(512.min(limits.size.max()));
+    let (controls, choices) = match f.get("alwayson_scripts") {
+        None => (Vec::new(), Vec::new()),
+        Some(scripts) => alwayson_scripts(scripts, limits, controlnets, width, height)?,
+    };
     let base = Request {
         prompt,
-        negative_prompt: f.string("negative_prompt", limits.max_prompt_chars)?,
-        steps: f.uint("steps", 1, limits.max_steps)?.unwrap_or(4),
-        guidance_scale: f.float("cfg_scale", 0.0, MAX_GUIDANCE)?.unwrap_or(1.0),
+        negative_prompt,
+        steps,
+        guidance_scale,
         seed,
-        width: width.unwrap_or(512.min(limits.size.max())),
-        height: height.unwrap_or(512.min(limits.size.max())),
+        width,
+        height,
         num_images: 1,
-        controls: Vec::new(),
+        controls,
         init_image: init,
     };
     let reqs = (0..batch as u64).map(|i| Request { seed: seed.wrapping_add(i), ..base.clone() }).collect();
-    Ok(Generation { reqs, loras })
+    Ok(Generation { reqs, loras, controls: choices })
 }
 
 /// A1111's prompt syntax for LoRAs: `<lora:NAME>` or `<lora:NAME:SCALE>`, removed from the prompt.
@@ -424,6 +470,20 @@ pub fn lora_tags(prompt: &str, limits: &Limits, dir: &LoraDir) -> Result<(String
     Ok((text, loras))
 }
 
+/// The bytes of a base64 string (a `data:…;base64,` prefix is allowed), refusals naming `field`.
+fn base64_bytes(s: &str, field: &str) -> Result<Vec<u8>, ApiError> {
+    let b64 = match s.strip_prefix("data:") {
+        Some(rest) => rest
+            .split_once(";base64,")
+            .map(|(_, d)| d)
+            .ok_or_else(|| ApiError::bad(field, "a data: URL without `;base64,`"))?,
+        None => s,
+    };
+    base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .map_err(|e| ApiError::bad(field, format!("not valid base64: {e}")))
+}
+
 /// `init_images`: exactly one base64 PNG (a `data:image/png;base64,` prefix is allowed), its sides
 /// multiples of 8 within the size limit, checked from the header before any pixel is decoded.
 fn init_image(v: Option<&Value>, limits: &Limits) -> Result<(usize, usize, Vec<u8>), ApiError> {
@@ -442,15 +502,614 @@ fn init_image(v: Option<&Value>, limits: &Limits) -> Result<(usize, usize, Vec<u
     let Value::String(s) = item else {
         return Err(ApiError::bad(F0, format!("expected a base64 string, got {}", kind(item))));
     };
-    let b64 = match s.strip_prefix("data:") {
-        Some(rest) => rest
-            .split_once(";base64,")
-            .map(|(_, d)| d)
-            .ok_or_else(|| ApiError::bad(F0, "a data: URL without `;base64,`"))?,
-        None => s.as_str(),
-    };
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(b64.trim())
-        .map_err(|e| ApiError::bad(F0, format!("not valid base64: {e}")))?;
+    let bytes = base64_bytes(s, F0)?;
     super::png::decode_rgb8(&bytes, limits.size).map_err(|m| ApiError::bad(F0, m))
+}
+
+/// `alwayson_scripts`: `{}`, or `{"controlnet": {"args": [UNIT, …]}}` (the script's name in any case,
+/// as A1111 matches it); any other script is refused by name.
+fn alwayson_scripts(
+    v: &Value,
+    limits: &Limits,
+    dir: &ControlNetDir,
+    width: usize,
+    height: usize,
+) -> Result<(Vec<ControlUnit>, Vec<ControlChoice>), ApiError> {
+    const F: &str = "alwayson_scripts";
+    let Value::Object(scripts) = v else {
+        return Err(ApiError::bad(
+            F,
+            format!("expected an object of scripts, {{\"controlnet\": {{\"args\": [...]}}}}, got {}", kind(v)),
+        ));
+    };
+    let mut keys: Vec<&String> = scripts.keys().collect();
+    keys.sort();
+    let mut out = (Vec::new(), Vec::new());
+    let mut seen = false;
+    for k in keys {
+        let field = format!("{F}.{k}");
+        if !k.eq_ignore_ascii_case("controlnet") {
+            return Err(ApiError::bad(
+                &field,
+                "not supported by lcm (the one always-on script it runs is `controlnet`)",
+            ));
+        }
+        if std::mem::replace(&mut seen, true) {
+            return Err(ApiError::bad(&field, "the controlnet script twice (its name in two spellings)"));
+        }
+        let script = &scripts[k.as_str()];
+        if script.is_null() {
+            continue;
+        }
+        let Value::Object(o) = script else {
+            return Err(ApiError::bad(
+                &field,
+                format!("expected {{\"args\": [ControlNet units]}}, got {}", kind(script)),
+            ));
+        };
+        if let Some(key) = o.keys().filter(|key| *key != "args").min() {
+            return Err(ApiError::bad(format!("{field}.{key}"), "not supported (the script takes `args`)"));
+        }
+        let args_field = format!("{field}.args");
+        out = match o.get("args") {
+            None | Some(Value::Null) => (Vec::new(), Vec::new()),
+            Some(Value::Array(args)) => control_units(args, &args_field, limits, dir, width, height)?,
+            Some(other) => {
+                return Err(ApiError::bad(
+                    &args_field,
+                    format!("expected an array of ControlNet units, got {}", kind(other)),
+                ))
+            }
+        };
+    }
+    Ok(out)
+}
+
+/// The keys of an A1111 ControlNet unit lcm reads (null values count as absent, for any key).
+const CONTROL_UNIT_KEYS: &[&str] = &[
+    "enabled",
+    "image",
+    "input_image",
+    "model",
+    "weight",
+    "guidance_start",
+    "guidance_end",
+    "module",
+    "threshold_a",
+    "threshold_b",
+    "resize_mode",
+    "pixel_perfect",
+    "processor_res",
+    "control_mode",
+    "low_vram",
+    "lowvram",
+    "guessmode",
+    "save_detected_map",
+];
+
+/// The A1111 ControlNet extension's units (`args`, whose JSON path is `field`) for a `width`x`height`
+/// output: the enabled ones (`enabled` defaults to true; a disabled unit is skipped whole, as A1111
+/// does), at most [`MAX_CONTROLNETS`], as the pipeline's [`ControlUnit`]s.
+fn control_units(
+    args: &[Value],
+    field: &str,
+    limits: &Limits,
+    dir: &ControlNetDir,
+    width: usize,
+    height: usize,
+) -> Result<(Vec<ControlUnit>, Vec<ControlChoice>), ApiError> {
+    let mut units = Vec::new();
+    let mut choices = Vec::new();
+    for (i, arg) in args.iter().enumerate() {
+        let at = format!("{field}[{i}]");
+        let Value::Object(obj) = arg else {
+            return Err(ApiError::bad(
+                &at,
+                format!("expected a ControlNet unit, {{\"image\": PNG, \"model\": NAME, …}}, got {}", kind(arg)),
+            ));
+        };
+        match obj.get("enabled") {
+            None | Some(Value::Null) | Some(Value::Bool(true)) => {}
+            Some(Value::Bool(false)) => continue,
+            Some(v) => {
+                return Err(ApiError::bad(format!("{at}.enabled"), format!("expected a boolean, got {}", kind(v))))
+            }
+        }
+        if dir.dir.is_none() {
+            return Err(ApiError::bad(
+                &at,
+                "ControlNet units need a server started with --controlnet-dir (this one offers no ControlNets)",
+            ));
+        }
+        if units.len() == MAX_CONTROLNETS {
+            return Err(ApiError::bad(
+                field,
+                format!("more than {MAX_CONTROLNETS} enabled units: at most {MAX_CONTROLNETS}"),
+            ));
+        }
+        let (unit, choice) = control_unit(obj, &at, limits, dir, width, height)?;
+        units.push(unit);
+        choices.push(choice);
+    }
+    Ok((units, choices))
+}
+
+/// A number in `lo..=hi` as f64 (`guidance_start`/`guidance_end` are compared with i/n as diffusers
+/// compares Python floats, so they are not rounded to f32 on the way).
+fn f64_in(f: &Fields, key: &str, at: &str, lo: f64, hi: f64) -> Result<Option<f64>, ApiError> {
+    let Some(v) = f.get(key) else { return Ok(None) };
+    match v.as_f64() {
+        Some(x) if x.is_finite() && (lo..=hi).contains(&x) => Ok(Some(x)),
+        Some(_) => Err(ApiError::bad(format!("{at}.{key}"), format!("{v}: expected a number in {lo}..={hi}"))),
+        None => Err(ApiError::bad(format!("{at}.{key}"), format!("expected a number, got {}", kind(v)))),
+    }
+}
+
+/// A boolean, or a refusal naming `at.key`.
+fn bool_at(f: &Fields, key: &str, at: &str) -> Result<Option<bool>, ApiError> {
+    match f.get(key) {
+        None => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(v) => Err(ApiError::bad(format!("{at}.{key}"), format!("expected a boolean, got {}", kind(v)))),
+    }
+}
+
+/// One enabled unit (`at` its JSON path).
+fn control_unit(
+    obj: &Map<String, Value>,
+    at: &str,
+    limits: &Limits,
+    dir: &ControlNetDir,
+    width: usize,
+    height: usize,
+) -> Result<(ControlUnit, ControlChoice), ApiError> {
+    let key_at = |k: &str| format!("{at}.{k}");
+    let mut unknown: Vec<&String> =
+        obj.iter().filter(|(k, v)| !v.is_null() && !CONTROL_UNIT_KEYS.contains(&k.as_str())).map(|(k, _)| k).collect();
+    unknown.sort();
+    if let Some(k) = unknown.first() {
+        return Err(ApiError::bad(
+            key_at(k),
+            format!("not supported by lcm's ControlNet units (supported: {})", CONTROL_UNIT_KEYS.join(", ")),
+        ));
+    }
+    let f = Fields { obj };
+
+    // The model, by name: never a path.
+    let model = f.string("model", 256).map_err(|e| e.with_field(&key_at("model")))?;
+    let model = model.ok_or_else(|| {
+        ApiError::bad(
+            key_at("model"),
+            "required: a ControlNet's name from --controlnet-dir (GET /controlnet/model_list)",
+        )
+    })?;
+    let (name, path) = dir.choose(&model).map_err(|m| ApiError::bad(key_at("model"), m))?;
+
+    let weight = f
+        .float("weight", -MAX_CONTROL_WEIGHT, MAX_CONTROL_WEIGHT)
+        .map_err(|e| e.with_field(&key_at("weight")))?
+        .unwrap_or(1.0);
+    let start = f64_in(&f, "guidance_start", at, 0.0, 1.0)?.unwrap_or(0.0);
+    if start >= 1.0 {
+        return Err(ApiError::bad(key_at("guidance_start"), format!("{start}: expected a value in [0, 1)")));
+    }
+    let end = f64_in(&f, "guidance_end", at, 0.0, 1.0)?.unwrap_or(1.0);
+    if end <= start {
+        return Err(ApiError::bad(
+            key_at("guidance_end"),
+            format!("{end}: expected a value in ({start}, 1] (after guidance_start)"),
+        ));
+    }
+
+    // The preprocessor and its thresholds (A1111's threshold_a / threshold_b; -1: the default).
+    let module = f.string("module", 64).map_err(|e| e.with_field(&key_at("module")))?;
+    let module = module.unwrap_or_else(|| "none".into());
+    let pre = match module.to_ascii_lowercase().as_str() {
+        "none" => {
+            // Unused without a preprocessor (A1111 sends its slider values anyway): numbers only.
+            for k in ["threshold_a", "threshold_b"] {
+                f64_in(&f, k, at, f64::MIN, f64::MAX)?;
+            }
+            ControlPreprocess::None
+        }
+        "canny" => {
+            let threshold = |k: &str, default: f64| -> Result<f64, ApiError> {
+                match f64_in(&f, k, at, f64::MIN, f64::MAX)? {
+                    None | Some(-1.0) => Ok(default),
+                    Some(t) if (0.0..=255.0).contains(&t) => Ok(t),
+                    Some(t) => Err(ApiError::bad(
+                        key_at(k),
+                        format!("{t}: expected a Canny threshold in 0..=255 (or -1 for {default})"),
+                    )),
+                }
+            };
+            ControlPreprocess::Canny { low: threshold("threshold_a", 100.0)?, high: threshold("threshold_b", 200.0)? }
+        }
+        _ => {
+            let shown: String = module.chars().take(64).collect();
+            return Err(ApiError::bad(
+                key_at("module"),
+                format!(
+                    "`{shown}`: lcm's preprocessors are {} (GET /controlnet/module_list); preprocess the image \
+                     yourself and send module \"none\"",
+                    super::controlnets::MODULES.join(", ")
+                ),
+            ));
+        }
+    };
+    let canny = matches!(pre, ControlPreprocess::Canny { .. });
+
+    // Settings lcm accepts only where they change nothing.
+    match f.get("control_mode") {
+        None => {}
+        Some(v) if v.as_u64() == Some(0) || v.as_str() == Some("Balanced") => {}
+        Some(v) => {
+            return Err(ApiError::bad(
+                key_at("control_mode"),
+                format!(
+                    "{v}: lcm runs ControlNets as diffusers does, A1111's \"Balanced\" (0); the prompt- or \
+                     ControlNet-weighted modes are not supported"
+                ),
+            ))
+        }
+    }
+    if bool_at(&f, "guessmode", at)? == Some(true) {
+        return Err(ApiError::bad(key_at("guessmode"), "true: guess mode is not supported"));
+    }
+    if bool_at(&f, "save_detected_map", at)? == Some(true) {
+        return Err(ApiError::bad(
+            key_at("save_detected_map"),
+            "true: lcm returns the generated images only, never the preprocessed map",
+        ));
+    }
+    // A memory hint: the images do not depend on it.
+    bool_at(&f, "low_vram", at)?;
+    bool_at(&f, "lowvram", at)?;
+
+    // The image, at any size within --max-size.
+    let (image_key, v) = match (f.get("image"), f.get("input_image")) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad(
+                key_at("input_image"),
+                "give `image` or `input_image` (its older name), not both",
+            ))
+        }
+        (Some(v), None) => ("image", v),
+        (None, Some(v)) => ("input_image", v),
+        (None, None) => return Err(ApiError::bad(key_at("image"), "required: the control image, a base64 PNG")),
+    };
+    let image_field = key_at(image_key);
+    let Value::String(s) = v else {
+        return Err(ApiError::bad(&image_field, format!("expected a base64 PNG string, got {}", kind(v))));
+    };
+    let bytes = base64_bytes(s, &image_field)?;
+    let (w, h, rgb) =
+        super::png::decode_control_rgb8(&bytes, limits.size).map_err(|m| ApiError::bad(&image_field, m))?;
+
+    let same_size = (w, h) == (width, height);
+    let same_aspect = w * height == h * width;
+    if let Some(v) = f.get("resize_mode") {
+        let mode = match (v.as_u64(), v.as_str()) {
+            (Some(0), _) | (_, Some("Just Resize")) => 0,
+            (Some(1), _) | (_, Some("Crop and Resize" | "Inner Fit (Scale to Fit)" | "Scale to Fit (Inner Fit)")) => 1,
+            (Some(2), _) | (_, Some("Resize and Fill" | "Outer Fit (Shrink to Fit)" | "Envelope (Outer Fit)")) => 2,
+            _ => {
+                return Err(ApiError::bad(
+                    key_at("resize_mode"),
+                    format!("{v}: expected \"Just Resize\" (0), \"Crop and Resize\" (1) or \"Resize and Fill\" (2)"),
+                ))
+            }
+        };
+        if mode != 0 && !same_aspect {
+            return Err(ApiError::bad(
+                key_at("resize_mode"),
+                format!(
+                    "{v}: the control image is {w}x{h} and the output {width}x{height}; lcm stretches it to the \
+                     output's size (\"Just Resize\"): crop or pad it to the output's aspect ratio first, or send \
+                     \"Just Resize\""
+                ),
+            ));
+        }
+    }
+    let pixel_perfect = bool_at(&f, "pixel_perfect", at)?.unwrap_or(false);
+    if canny && pixel_perfect && !same_size {
+        return Err(ApiError::bad(
+            key_at("pixel_perfect"),
+            format!(
+                "true: lcm's canny runs at the control image's own size ({w}x{h}), not the output's \
+                 ({width}x{height}); send the image at the output's size, or pixel_perfect false"
+            ),
+        ));
+    }
+    if let Some(res) = f64_in(&f, "processor_res", at, f64::MIN, f64::MAX)? {
+        let short = w.min(h) as f64;
+        if canny && !pixel_perfect && res != -1.0 && res != short {
+            return Err(ApiError::bad(
+                key_at("processor_res"),
+                format!(
+                    "{res}: lcm's canny runs at the control image's own resolution (short side {short}): send -1 \
+                     or {short}, or resize the image"
+                ),
+            ));
+        }
+    }
+
+    let rgb = pre.apply(&rgb, w, h).map_err(|e| ApiError::bad(&image_field, invalid_msg(&e)))?;
+    let image =
+        ControlUnit::image_at(w, h, &rgb, width, height).map_err(|e| ApiError::bad(&image_field, invalid_msg(&e)))?;
+    let unit = ControlUnit { model: path.clone(), image, scale: weight, start, end };
+    let choice =
+        ControlChoice { name, path, field: at.to_string(), image_key, module: pre.to_string(), weight, start, end };
+    Ok((unit, choice))
+}
+
+/// An engine error's message without its `what: ` (the field is given apart).
+fn invalid_msg(e: &Error) -> String {
+    match e {
+        Error::Invalid { msg, .. } => msg.clone(),
+        e => e.to_string(),
+    }
+}
+
+/// An engine refusal ([`Error::Invalid`]) for a request parsed from `api` with the ControlNet units
+/// `controls`: 400 naming the request's JSON key for the spec's [`Field`] (a ControlNet's own
+/// settings: the unit's, `alwayson_scripts.controlnet.args[1].model`), with ControlNet paths shown as
+/// their names. Other errors are 500s.
+pub fn engine_error(api: Api, controls: &[ControlChoice], e: &Error) -> ApiError {
+    let hide =
+        |m: &str| super::controlnets::hide_paths(m, controls.iter().map(|c| (c.name.as_str(), c.path.as_path())));
+    let Error::Invalid { msg, .. } = e else {
+        return ApiError::internal(format!("generation failed: {}", hide(&e.to_string())));
+    };
+    let a1111 = api != Api::OpenAi;
+    let field = match Field::of(e) {
+        Some(Field::Width) => (if a1111 { "width" } else { "size" }).to_string(),
+        Some(Field::Height) => (if a1111 { "height" } else { "size" }).to_string(),
+        Some(Field::Steps) => "steps".into(),
+        Some(Field::NumImages) => (if a1111 { "batch_size" } else { "n" }).to_string(),
+        Some(Field::GuidanceScale) => (if a1111 { "cfg_scale" } else { "guidance_scale" }).to_string(),
+        Some(Field::Strength) => "denoising_strength".into(),
+        Some(Field::InitImage) => "init_images[0]".into(),
+        Some(
+            f @ (Field::ControlNet
+            | Field::ControlImage
+            | Field::ControlScale
+            | Field::ControlStart
+            | Field::ControlEnd),
+        ) => {
+            // "ControlNet K (PATH): …" from the request's checks, or a message naming the file.
+            let numbered = msg
+                .strip_prefix("ControlNet ")
+                .and_then(|r| r.split_once(" ("))
+                .and_then(|(k, _)| k.parse::<usize>().ok())
+                .and_then(|k| controls.get(k.wrapping_sub(1)));
+            let unit = numbered
+                .or_else(|| controls.iter().find(|c| msg.contains(&*c.path.to_string_lossy())))
+                .or(controls.first());
+            match unit {
+                None => "alwayson_scripts.controlnet".into(),
+                Some(u) => {
+                    let key = match f {
+                        Field::ControlImage => u.image_key,
+                        Field::ControlScale => "weight",
+                        Field::ControlStart => "guidance_start",
+                        Field::ControlEnd => "guidance_end",
+                        _ => "model",
+                    };
+                    format!("{}.{key}", u.field)
+                }
+            }
+        }
+        _ => "request".into(),
+    };
+    ApiError::bad(field, hide(msg))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            max_body_bytes: 32 << 20,
+            max_prompt_chars: 4000,
+            size: SizeRule::up_to("max_size", 1024).unwrap(),
+            max_images: 8,
+            max_steps: 50,
+            max_loras: 8,
+        }
+    }
+
+    fn fixtures() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+    }
+
+    fn dir() -> ControlNetDir {
+        ControlNetDir::scan(Some(&fixtures().join("controlnet"))).unwrap()
+    }
+
+    fn png(w: usize, h: usize) -> (Vec<u8>, String) {
+        let rgb: Vec<u8> = (0..w * h * 3).map(|i| ((i * 37 + i / 7) % 256) as u8).collect();
+        let b64 =
+            base64::engine::general_purpose::STANDARD.encode(super::super::png::encode_rgb8(w, h, &rgb, "").unwrap());
+        (rgb, b64)
+    }
+
+    fn parse(body: Value, dir: &ControlNetDir) -> Result<Generation, ApiError> {
+        parse_request_with(Api::Txt2Img, body.to_string().as_bytes(), &limits(), &LoraDir::default(), dir)
+    }
+
+    fn field_of(body: Value, dir: &ControlNetDir) -> String {
+        let e = parse(body, dir).unwrap_err();
+        assert_eq!(e.status, 400, "{}", e.message);
+        e.field.unwrap_or_default()
+    }
+
+    #[test]
+    fn a1111_controlnet_units_become_control_units() {
+        let (rgb, b64) = png(64, 64);
+        let (_, b64_80) = png(80, 64);
+        let d = dir();
+        let body = json!({"prompt": "a", "width": 64, "height": 64, "batch_size": 2, "alwayson_scripts": {
+        "controlnet": {"args": [
+            {"enabled": false, "image": 5, "model": "nope"},
+            {"image": format!("data:image/png;base64,{b64}"), "model": "cn-sd15-a", "weight": 0.5,
+             "guidance_start": 0.1, "guidance_end": 0.9, "module": "none", "threshold_a": 64,
+             "resize_mode": "Crop and Resize", "pixel_perfect": true, "processor_res": 512, "mask": null},
+            {"input_image": b64_80, "model": "cn-sd15-b [abcd1234]", "module": "canny", "threshold_a": -1,
+             "threshold_b": 150, "lowvram": false, "control_mode": "Balanced"},
+        ]}}});
+        let g = parse(body, &d).unwrap();
+        assert_eq!(g.reqs.len(), 2);
+        let c = &g.reqs[1].controls;
+        assert_eq!(c.len(), 2);
+        assert_eq!(c[0].model, fixtures().join("controlnet/cn-sd15-a"));
+        assert_eq!((c[0].scale, c[0].start, c[0].end), (0.5, 0.1, 0.9));
+        assert_eq!(c[0].image, ControlUnit::image_from_rgb8(64, 64, &rgb).unwrap());
+        assert_eq!(c[1].model, fixtures().join("controlnet/cn-sd15-b"));
+        assert_eq!((c[1].scale, c[1].start, c[1].end), (1.0, 0.0, 1.0));
+        assert_eq!(c[1].image.shape, [1, 3, 64, 64]);
+        assert_eq!(g.controls[0].field, "alwayson_scripts.controlnet.args[1]");
+        assert_eq!((g.controls[1].name.as_str(), g.controls[1].image_key), ("cn-sd15-b", "input_image"));
+        assert_eq!(g.controls[1].module, "canny:100:150");
+
+        // Canny at the image's own size, then resized to the output's (as the CLI does).
+        let (rgb80, b64_80) = png(80, 64);
+        let g = parse(
+            json!({"prompt": "a", "width": 64, "height": 64, "alwayson_scripts": {"ControlNet": {"args": [
+                {"image": b64_80, "model": "cn-sd15-a", "module": "canny"}]}}}),
+            &d,
+        )
+        .unwrap();
+        let edges = ControlPreprocess::CANNY_DEFAULT.apply(&rgb80, 80, 64).unwrap();
+        assert_eq!(g.reqs[0].controls[0].image, ControlUnit::image_at(80, 64, &edges, 64, 64).unwrap());
+
+        // No units, or only disabled ones: plain txt2img, on a server without ControlNets too.
+        for scripts in
+            [json!({}), json!({"controlnet": {"args": []}}), json!({"controlnet": {"args": [{"enabled": false}]}})]
+        {
+            let g = parse(json!({"prompt": "a", "alwayson_scripts": scripts}), &ControlNetDir::default()).unwrap();
+            assert!(g.reqs[0].controls.is_empty() && g.controls.is_empty());
+        }
+    }
+
+    #[test]
+    fn bad_units_are_refused_naming_their_json_path() {
+        let (_, b64) = png(64, 64);
+        let (_, b64_80) = png(80, 64);
+        let d = dir();
+        let unit = |extra: Value| {
+            let mut u = json!({"image": b64, "model": "cn-sd15-a"});
+            u.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            json!({"prompt": "a", "width": 64, "height": 64,
+                   "alwayson_scripts": {"controlnet": {"args": [{"enabled": false}, u]}}})
+        };
+        let at = "alwayson_scripts.controlnet.args[1]";
+        let cases: Vec<(Value, String)> = vec![
+            (unit(json!({"model": "nope"})), format!("{at}.model")),
+            (unit(json!({"model": "../cn-sd15-a"})), format!("{at}.model")),
+            (unit(json!({"model": 3})), format!("{at}.model")),
+            (unit(json!({"model": null})), format!("{at}.model")),
+            (unit(json!({"image": null})), format!("{at}.image")),
+            (unit(json!({"image": "!!!"})), format!("{at}.image")),
+            (unit(json!({"image": "aGVsbG8="})), format!("{at}.image")),
+            (unit(json!({"image": [1]})), format!("{at}.image")),
+            (unit(json!({"input_image": b64})), format!("{at}.input_image")),
+            (unit(json!({"weight": "x"})), format!("{at}.weight")),
+            (unit(json!({"weight": 1e6})), format!("{at}.weight")),
+            (unit(json!({"guidance_start": 1.0})), format!("{at}.guidance_start")),
+            (unit(json!({"guidance_start": -0.1})), format!("{at}.guidance_start")),
+            (unit(json!({"guidance_start": 0.5, "guidance_end": 0.5})), format!("{at}.guidance_end")),
+            (unit(json!({"guidance_end": 2})), format!("{at}.guidance_end")),
+            (unit(json!({"module": "depth_midas"})), format!("{at}.module")),
+            (unit(json!({"module": "canny", "threshold_a": 300})), format!("{at}.threshold_a")),
+            (unit(json!({"module": "canny", "threshold_b": -5})), format!("{at}.threshold_b")),
+            (unit(json!({"module": "canny", "threshold_b": "x"})), format!("{at}.threshold_b")),
+            (unit(json!({"enabled": "yes"})), format!("{at}.enabled")),
+            (unit(json!({"control_mode": "ControlNet is more important"})), format!("{at}.control_mode")),
+            (unit(json!({"control_mode": 2})), format!("{at}.control_mode")),
+            (unit(json!({"resize_mode": "Stretch"})), format!("{at}.resize_mode")),
+            (unit(json!({"image": b64_80, "resize_mode": 1})), format!("{at}.resize_mode")),
+            (unit(json!({"image": b64_80, "module": "canny", "pixel_perfect": true})), format!("{at}.pixel_perfect")),
+            (unit(json!({"module": "canny", "processor_res": 512})), format!("{at}.processor_res")),
+            (unit(json!({"guessmode": true})), format!("{at}.guessmode")),
+            (unit(json!({"save_detected_map": true})), format!("{at}.save_detected_map")),
+            (unit(json!({"mask": "x"})), format!("{at}.mask")),
+            (json!({"prompt": "a", "alwayson_scripts": []}), "alwayson_scripts".into()),
+            (
+                json!({"prompt": "a", "alwayson_scripts": {"adetailer": {"args": []}}}),
+                "alwayson_scripts.adetailer".into(),
+            ),
+            (
+                json!({"prompt": "a", "alwayson_scripts": {"controlnet": {"args": {}}}}),
+                "alwayson_scripts.controlnet.args".into(),
+            ),
+            (
+                json!({"prompt": "a", "alwayson_scripts": {"controlnet": {"args": [], "x": 1}}}),
+                "alwayson_scripts.controlnet.x".into(),
+            ),
+            (
+                json!({"prompt": "a", "alwayson_scripts": {"controlnet": {"args": [[]]}}}),
+                "alwayson_scripts.controlnet.args[0]".into(),
+            ),
+            (
+                json!({"prompt": "a", "width": 64, "height": 64, "alwayson_scripts": {"controlnet": {"args":
+                    vec![json!({"image": b64, "model": "cn-sd15-a"}); 9]}}}),
+                "alwayson_scripts.controlnet.args".into(),
+            ),
+        ];
+        for (body, field) in cases {
+            let shown: String = body.to_string().chars().take(200).collect();
+            assert_eq!(field_of(body.clone(), &d), field, "{shown}: {}", parse(body, &d).unwrap_err().message);
+        }
+        // The messages say what is accepted.
+        let e = parse(unit(json!({"model": "nope"})), &d).unwrap_err();
+        assert!(e.message.contains("cn-sd15-a, cn-sd15-b, cn-sdxl, cn_sd15_a"), "{}", e.message);
+        let e = parse(unit(json!({"module": "canny", "threshold_a": 300})), &d).unwrap_err();
+        assert!(e.message.contains("0..=255"), "{}", e.message);
+        // Without --controlnet-dir, an enabled unit is refused clearly.
+        let e = parse(unit(json!({})), &ControlNetDir::default()).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some(at));
+        assert!(e.message.contains("--controlnet-dir"), "{}", e.message);
+        // img2img takes units too (its size the init image's).
+        let body = json!({"prompt": "a", "init_images": [b64], "alwayson_scripts": {"controlnet": {"args": [
+            {"image": b64_80, "model": "cn-sd15-a"}]}}});
+        let g =
+            parse_request_with(Api::Img2Img, body.to_string().as_bytes(), &limits(), &LoraDir::default(), &d).unwrap();
+        assert_eq!(g.reqs[0].controls[0].image.shape, [1, 3, 64, 64]);
+    }
+
+    #[test]
+    fn engine_refusals_name_the_units_key_and_hide_paths() {
+        let (_, b64) = png(64, 64);
+        let d = dir();
+        let body = json!({"prompt": "a", "width": 64, "height": 64, "alwayson_scripts": {"controlnet": {"args": [
+            {"image": b64, "model": "cn-sd15-a"}, {"enabled": false}, {"input_image": b64, "model": "cn-sdxl"}]}}});
+        let g = parse(body, &d).unwrap();
+        let sdxl = fixtures().join("controlnet/cn-sdxl");
+        let e = Field::ControlNet.invalid(format!("{} does not fit this model: why", sdxl.display()));
+        let a = engine_error(Api::Txt2Img, &g.controls, &e);
+        assert_eq!(a.field.as_deref(), Some("alwayson_scripts.controlnet.args[2].model"));
+        assert_eq!(a.message, "cn-sdxl does not fit this model: why");
+        let e = Field::ControlImage.invalid(format!("ControlNet 2 ({}): bad", sdxl.display()));
+        let a = engine_error(Api::Txt2Img, &g.controls, &e);
+        assert_eq!(a.field.as_deref(), Some("alwayson_scripts.controlnet.args[2].input_image"));
+        assert_eq!(a.message, "ControlNet 2 (cn-sdxl): bad");
+        let e = Field::ControlEnd.invalid("ControlNet 1 (x): bad");
+        assert_eq!(
+            engine_error(Api::Txt2Img, &g.controls, &e).field.as_deref(),
+            Some("alwayson_scripts.controlnet.args[0].guidance_end")
+        );
+        assert_eq!(engine_error(Api::OpenAi, &[], &Field::NumImages.invalid("x")).field.as_deref(), Some("n"));
+        assert_eq!(
+            engine_error(Api::Txt2Img, &[], &Field::GuidanceScale.invalid("x")).field.as_deref(),
+            Some("cfg_scale")
+        );
+        assert_eq!(engine_error(Api::Txt2Img, &[], &Error::invalid("batch", "x")).field.as_deref(), Some("request"));
+        assert_eq!(engine_error(Api::Txt2Img, &[], &Error::Backend("x".into())).status, 500);
+    }
 }

@@ -20,6 +20,7 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
 use super::api::{self, Api, Generation, Limits};
+use super::controlnets::{ControlNetDir, MODULES};
 use super::error::ApiError;
 use super::loras::LoraDir;
 use super::metrics::{Metrics, Stage};
@@ -31,6 +32,7 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
     pub loras: LoraDir,
+    pub controlnets: ControlNetDir,
     pub timeout: Duration,
     pub max_batch: usize,
     /// Shown in the PNGs' parameters and in `/v1/models`: the model folder's name, never its path.
@@ -57,7 +59,9 @@ pub fn router(app: Arc<App>, debug_hooks: bool) -> Router {
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/v1/models", get(models))
-        .route("/sdapi/v1/loras", get(loras));
+        .route("/sdapi/v1/loras", get(loras))
+        .route("/controlnet/model_list", get(controlnet_models))
+        .route("/controlnet/module_list", get(controlnet_modules));
     if debug_hooks {
         r = r.route("/debug/panic", post(debug_panic));
     }
@@ -147,17 +151,21 @@ async fn generate_inner(app: &Arc<App>, body: Body, api: Api) -> Result<Response
     })?;
     let gen = {
         let app = app.clone();
-        // img2img decodes base64 and a PNG: off the async threads.
-        tokio::task::spawn_blocking(move || api::parse_request(api, &bytes, &app.limits, &app.loras))
-            .await
-            .map_err(|_| ApiError::internal("request parsing panicked; see the server log"))??
+        // img2img and ControlNet units decode base64 and PNGs (and resize): off the async threads.
+        tokio::task::spawn_blocking(move || {
+            api::parse_request_with(api, &bytes, &app.limits, &app.loras, &app.controlnets)
+        })
+        .await
+        .map_err(|_| ApiError::internal("request parsing panicked; see the server log"))??
     };
 
     let (tx, rx) = oneshot::channel();
     let state = Arc::new(JobState::default());
     let job = Job {
+        api,
         reqs: gen.reqs.clone(),
         loras: gen.loras.clone(),
+        controls: gen.controls.clone(),
         enqueued: Instant::now(),
         state: state.clone(),
         reply: tx,
@@ -225,7 +233,7 @@ fn respond(app: &App, api: Api, gen: &Generation, out: Generated) -> Result<Json
     let mut b64 = Vec::with_capacity(out.images.len());
     let mut images = out.images.iter();
     for req in &gen.reqs {
-        let params = parameters_text(req, &app.model_name, &loras);
+        let params = parameters_text(&named_controls(req, gen), &app.model_name, &loras);
         for _ in 0..req.num_images {
             let rgb = images.next().expect("one image per requested image");
             let png = super::png::encode_rgb8(out.width, out.height, rgb, &params).map_err(ApiError::internal)?;
@@ -256,6 +264,17 @@ fn respond(app: &App, api: Api, gen: &Generation, out: Generated) -> Result<Json
             if let Some(init) = &r0.init_image {
                 params["denoising_strength"] = json!(init.strength);
             }
+            if !gen.controls.is_empty() {
+                let units: Vec<Value> = gen
+                    .controls
+                    .iter()
+                    .map(|c| {
+                        json!({"model": c.name, "module": c.module, "weight": c.weight,
+                               "guidance_start": c.start, "guidance_end": c.end})
+                    })
+                    .collect();
+                params["alwayson_scripts"] = json!({"controlnet": {"args": units}});
+            }
             let mut info = params.clone();
             info["all_seeds"] = json!(seeds);
             info["queue_seconds"] = json!(out.queued.as_secs_f64());
@@ -263,6 +282,16 @@ fn respond(app: &App, api: Api, gen: &Generation, out: Generated) -> Result<Json
         }
     };
     Ok(Json(body))
+}
+
+/// `req` with its ControlNets' paths replaced by their names (for the PNGs' parameters: answers never
+/// show the server's paths).
+fn named_controls(req: &Request, gen: &Generation) -> Request {
+    let mut named = req.clone();
+    for (u, c) in named.controls.iter_mut().zip(&gen.controls) {
+        u.model = c.name.clone().into();
+    }
+    named
 }
 
 async fn health(State(app): State<Arc<App>>) -> Response {
@@ -299,6 +328,19 @@ async fn models(State(app): State<Arc<App>>) -> Response {
 async fn loras(State(app): State<Arc<App>>) -> Response {
     app.metrics.request("/sdapi/v1/loras", 200);
     Json(app.loras.files.keys().map(|n| json!({"name": n, "alias": n})).collect::<Vec<_>>()).into_response()
+}
+
+/// The A1111 ControlNet extension's model list: the names `alwayson_scripts.controlnet.args[].model`
+/// accepts (`--controlnet-dir`).
+async fn controlnet_models(State(app): State<Arc<App>>) -> Response {
+    app.metrics.request("/controlnet/model_list", 200);
+    Json(json!({"model_list": app.controlnets.models.keys().collect::<Vec<_>>()})).into_response()
+}
+
+/// The A1111 ControlNet extension's preprocessor list: the `module`s lcm runs.
+async fn controlnet_modules(State(app): State<Arc<App>>) -> Response {
+    app.metrics.request("/controlnet/module_list", 200);
+    Json(json!({"module_list": MODULES})).into_response()
 }
 
 /// Test hook (`--debug-hooks`): panics inside a handler, to show it is one request's 500.

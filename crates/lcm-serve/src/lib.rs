@@ -1,12 +1,14 @@
 //! The HTTP server behind `lcm serve`, as a library: one loaded engine behind OpenAI's images API and
-//! A1111's txt2img/img2img, with a bounded FIFO queue that batches requests of one shape and LoRA set,
-//! per-request timeouts, cancellation on disconnect, LoRA hot-swap by name, health/readiness probes,
-//! Prometheus metrics and a graceful drain on SIGTERM (docs/serving.md).
+//! A1111's txt2img/img2img (with the A1111 ControlNet extension's units, ControlNets by name), with a
+//! bounded FIFO queue that batches requests of one shape, LoRA set and ControlNet set, per-request
+//! timeouts, cancellation on disconnect, LoRA hot-swap by name, health/readiness probes, Prometheus
+//! metrics and a graceful drain on SIGTERM (docs/serving.md).
 //!
 //! Threads: tokio (two threads) runs the HTTP side; one worker thread owns the pipeline and runs one
 //! batch at a time (a pipeline generates one batch at a time; its backend parallelises inside).
 
 mod api;
+mod controlnets;
 mod error;
 mod http;
 mod lora_cache;
@@ -25,7 +27,8 @@ use lcm_core::{Backend, Error, Result};
 use lcm_pipeline::pipeline::Pipeline;
 use lcm_pipeline::spec::LoraSpec;
 
-pub use api::{parse_request, Api, Generation, Limits};
+pub use api::{parse_request, parse_request_with, Api, ControlChoice, Generation, Limits};
+pub use controlnets::{ControlNetDir, MODULES as CONTROL_MODULES};
 pub use error::ApiError;
 pub use loras::{LoraChoice, LoraDir};
 
@@ -44,6 +47,8 @@ pub struct ServeConfig {
     pub limits: Limits,
     /// LoRAs requests may name.
     pub loras: LoraDir,
+    /// ControlNets requests may name (A1111's `alwayson_scripts.controlnet`).
+    pub controlnets: ControlNetDir,
     /// LoRAs every request runs with, before its own (the LCM-LoRA on a plain SD1.5 model).
     pub base_loras: Vec<LoraSpec>,
     /// LoRA sets the worker keeps prepared (`Pipeline::prepare_loras`) for a fast swap back to them.
@@ -87,6 +92,7 @@ where
         metrics,
         limits: cfg.limits,
         loras: cfg.loras,
+        controlnets: cfg.controlnets,
         timeout: cfg.timeout,
         max_batch: cfg.max_batch,
         model_name: cfg.model_name,

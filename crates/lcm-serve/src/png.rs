@@ -21,6 +21,20 @@ pub fn decode_rgb8(bytes: &[u8], size: SizeRule) -> Result<(usize, usize, Vec<u8
     Ok((w, h, rgb))
 }
 
+/// A ControlNet's control image: any 8- or 16-bit PNG as 8-bit RGB, each side at most `size`'s maximum
+/// (any size: it is resized to the output's), checked from the header before any pixel is read.
+pub fn decode_control_rgb8(bytes: &[u8], size: SizeRule) -> Result<(usize, usize, Vec<u8>), String> {
+    // IHDR's width and height, right after the signature and the chunk's length and type.
+    if bytes.len() >= 24 && bytes.starts_with(b"\x89PNG\r\n\x1a\n") && &bytes[12..16] == b"IHDR" {
+        let side = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
+        let (w, h) = (side(&bytes[16..20]), side(&bytes[20..24]));
+        if w > size.max() || h > size.max() {
+            return Err(format!("{w}x{h}: a control image may have at most {} pixels per side", size.max()));
+        }
+    }
+    decode_png_rgb8(std::io::Cursor::new(bytes), size.max())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -37,5 +51,10 @@ mod tests {
         assert!(decode_rgb8(b"GIF89a", up_to_1024).unwrap_err().contains("not a PNG"));
         let odd = encode_rgb8(9, 8, &[0; 9 * 8 * 3], "").unwrap();
         assert!(decode_rgb8(&odd, up_to_1024).unwrap_err().contains("a multiple of 8"));
+        // Control images: any size up to the maximum.
+        assert_eq!(decode_control_rgb8(&odd, up_to_1024).unwrap().0, 9);
+        let e = decode_control_rgb8(&big, up_to_64).unwrap_err();
+        assert!(e.contains("72x64") && e.contains("control image"), "{e}");
+        assert!(decode_control_rgb8(b"GIF89a", up_to_1024).unwrap_err().contains("not a PNG"));
     }
 }

@@ -1,8 +1,9 @@
 //! The bounded FIFO queue and the worker thread that owns the pipeline.
 //!
 //! The worker takes the oldest request, then every later one of the same shape (size, steps,
-//! guidance scale) and LoRA set while the batch holds at most `--max-batch` images, and runs them as
-//! one `Pipeline::generate_batch`. The head of the queue is always served first, so no request waits
+//! guidance scale), LoRA set and ControlNets (the same models with the same guidance windows; control
+//! images and weights are each request's own) while the batch holds at most `--max-batch` images, and
+//! runs them as one `Pipeline::generate_batch`. The head of the queue is always served first, so no request waits
 //! behind more than the requests that arrived before it. Batching waits for nothing: under load the
 //! queue fills while a batch runs, at low load a request runs alone at once.
 //!
@@ -21,6 +22,7 @@ use lcm_pipeline::pipeline::Pipeline;
 use lcm_pipeline::spec::{LoraSpec, Request};
 use tokio::sync::oneshot;
 
+use super::api::{engine_error, Api, ControlChoice};
 use super::error::ApiError;
 use super::lora_cache::{LoraCache, Swapped};
 use super::loras::LoraChoice;
@@ -77,11 +79,13 @@ impl BatchCtl {
     }
 }
 
-/// One queued request: its pipeline requests (several for A1111's batch_size), LoRAs, and where
-/// its answer goes.
+/// One queued request: the API it came by, its pipeline requests (several for A1111's batch_size),
+/// LoRAs, ControlNet units (for its errors), and where its answer goes.
 pub struct Job {
+    pub api: Api,
     pub reqs: Vec<Request>,
     pub loras: Vec<LoraChoice>,
+    pub controls: Vec<ControlChoice>,
     pub enqueued: Instant,
     pub state: Arc<JobState>,
     pub reply: oneshot::Sender<JobResult>,
@@ -92,14 +96,19 @@ impl Job {
         self.reqs.iter().map(|r| r.num_images).sum()
     }
 
-    /// Jobs batch together when the pipeline can run them as one graph with one LoRA set.
+    /// Jobs batch together when the pipeline can run them as one graph with one LoRA set: the same
+    /// shape, and the same ControlNets with the same guidance windows (`Pipeline::generate_batch`).
     fn batches_with(&self, other: &Job) -> bool {
         let (a, b) = (&self.reqs[0], &other.reqs[0]);
+        let windows = |r: &Request| {
+            r.controls.iter().map(|c| (c.model.clone(), c.start.to_bits(), c.end.to_bits())).collect::<Vec<_>>()
+        };
         a.init_image.is_none()
             && b.init_image.is_none()
             && (a.width, a.height, a.steps, a.guidance_scale.to_bits())
                 == (b.width, b.height, b.steps, b.guidance_scale.to_bits())
             && self.loras == other.loras
+            && windows(a) == windows(b)
     }
 }
 
@@ -266,8 +275,14 @@ fn run_batch<B: Backend>(
             metrics.batches_stopped.fetch_add(1, Ordering::Relaxed);
             return reply_all(batch, ApiError::internal("cancelled"));
         }
-        Ok(Err(e @ Error::Invalid { .. })) => return reply_all(batch, ApiError::bad("request", e.to_string())),
-        Ok(Err(e)) => return reply_all(batch, ApiError::internal(format!("generation failed: {e}"))),
+        // Refusals (a ControlNet that does not fit the model, …) name each request's own field.
+        Ok(Err(e)) => {
+            for job in batch {
+                let err = engine_error(job.api, &job.controls, &e);
+                let _ = job.reply.send(Err(err));
+            }
+            return;
+        }
         Err(_) => {
             metrics.panics.fetch_add(1, Ordering::Relaxed);
             return reply_all(batch, ApiError::internal("generation panicked; see the server log"));

@@ -1,8 +1,10 @@
 /* The C ABI from C: load the tiny fixture model on the CPU, refuse bad calls with a status and a
- * message, generate two images, swap a LoRA in and generate again, and cancel a long generation from
- * another thread. Images are written raw (8-bit RGB) for tests/c_abi.rs to compare with the Rust API.
+ * message, generate two images, swap a LoRA in and generate again, cancel a long generation from
+ * another thread, and generate guided by a ControlNet (as given, then Canny-preprocessed and resized).
+ * Images are written raw (8-bit RGB) for tests/c_abi.rs to compare with the Rust API.
  *
- * usage: generate MODEL_DIR LORA_FILE OUT_DIR */
+ * usage: generate MODEL_DIR LORA_FILE OUT_DIR CONTROLNET CONTROL_64x64.rgb CONTROL_80x72.rgb
+ * (the control images raw 8-bit RGB, 64x64 and 80x72) */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +31,18 @@ static void write_images(const char *dir, const char *name, const LcmImages *im)
     CHECK(fclose(f) == 0);
 }
 
+/* A raw file of exactly `len` bytes, malloc'ed. */
+static unsigned char *read_raw(const char *path, size_t len) {
+    FILE *f = fopen(path, "rb");
+    CHECK(f != NULL);
+    unsigned char *buf = malloc(len);
+    CHECK(buf != NULL);
+    CHECK(fread(buf, 1, len, f) == len);
+    CHECK(fgetc(f) == EOF);
+    CHECK(fclose(f) == 0);
+    return buf;
+}
+
 struct slow {
     LcmPipeline *pipe;
     LcmStatus status;
@@ -50,8 +64,9 @@ static void *slow_generate(void *arg) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 4) {
-        fprintf(stderr, "usage: %s MODEL_DIR LORA_FILE OUT_DIR\n", argv[0]);
+    if (argc != 7) {
+        fprintf(stderr, "usage: %s MODEL_DIR LORA_FILE OUT_DIR CONTROLNET CONTROL_64x64.rgb CONTROL_80x72.rgb\n",
+                argv[0]);
         return 2;
     }
     printf("lcm %s\n", lcm_version());
@@ -143,6 +158,54 @@ int main(int argc, char **argv) {
     CHECK(lcm_generate(pipe, &req, &im) == LCM_OK);
     write_images(argv[3], "after.rgb", im);
     lcm_free_images(im);
+
+    /* ControlNets: none is lcm_generate; bad entries are refused naming them; one ControlNet as given,
+       then with Canny preprocessing, a guidance window and a control image of another size. */
+    CHECK(lcm_generate_controlled(pipe, &req, NULL, 0, &im) == LCM_OK);
+    write_images(argv[3], "controlled_none.rgb", im);
+    lcm_free_images(im);
+    unsigned char *control64 = read_raw(argv[5], 64 * 64 * 3);
+    unsigned char *control80 = read_raw(argv[6], 80 * 72 * 3);
+    LcmControlNet cn = lcm_controlnet_default();
+    CHECK(cn.scale == 1.0f && cn.start == 0.0 && cn.end == 1.0 && cn.preprocess == NULL);
+    cn.model = argv[4];
+    cn.image_rgb = control64;
+    cn.image_width = 64;
+    cn.image_height = 64;
+    cn.scale = 0.7f;
+    CHECK(lcm_generate_controlled(pipe, &req, NULL, 1, &im) == LCM_ERR_INVALID_ARGUMENT && im == NULL);
+    CHECK(strncmp(lcm_last_error(), "controlnets", 11) == 0);
+    LcmControlNet bad[2] = {cn, cn};
+    bad[1].model = "/no/such/controlnet";
+    CHECK(lcm_generate_controlled(pipe, &req, bad, 2, &im) == LCM_ERR_FILE && im == NULL);
+    CHECK(strncmp(lcm_last_error(), "controlnets[1].model", 20) == 0);
+    CHECK(strstr(lcm_last_error(), "/no/such/controlnet") != NULL);
+    bad[1] = cn;
+    bad[1].end = 0.0;
+    CHECK(lcm_generate_controlled(pipe, &req, bad, 2, &im) == LCM_ERR_INVALID_ARGUMENT);
+    CHECK(strncmp(lcm_last_error(), "controlnets[1].end", 18) == 0);
+    bad[1] = cn;
+    bad[1].preprocess = "sobel";
+    CHECK(lcm_generate_controlled(pipe, &req, bad, 2, &im) == LCM_ERR_INVALID_ARGUMENT);
+    CHECK(strncmp(lcm_last_error(), "controlnets[1].preprocess", 25) == 0);
+    bad[1] = cn;
+    bad[1].image_rgb = NULL;
+    CHECK(lcm_generate_controlled(pipe, &req, bad, 2, &im) == LCM_ERR_INVALID_ARGUMENT);
+    CHECK(strncmp(lcm_last_error(), "controlnets[1].image_rgb", 24) == 0);
+    CHECK(lcm_generate_controlled(pipe, &req, &cn, 1, &im) == LCM_OK);
+    CHECK(im->width == 64 && im->height == 64 && im->count == 1);
+    write_images(argv[3], "controlnet.rgb", im);
+    lcm_free_images(im);
+    cn.image_rgb = control80;
+    cn.image_width = 80;
+    cn.image_height = 72;
+    cn.preprocess = "canny:50:150";
+    cn.end = 0.75;
+    CHECK(lcm_generate_controlled(pipe, &req, &cn, 1, &im) == LCM_OK);
+    write_images(argv[3], "controlnet_canny.rgb", im);
+    lcm_free_images(im);
+    free(control64);
+    free(control80);
 
     lcm_free_pipeline(pipe);
     printf("ok\n");
