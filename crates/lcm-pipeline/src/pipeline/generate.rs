@@ -264,7 +264,7 @@ impl<B: Backend> Pipeline<B> {
                 (Some(init), Some(kind)) => {
                     let mut d = self.inpaint_draws(init, r.num_images, run[0], kind, (h, w), &mut rng)?;
                     latents.extend(nchw(r.num_images, std::mem::take(&mut d.latents)));
-                    inpaint.extend(d, |k, data| nchw(k, data), r.num_images);
+                    inpaint.extend(d, nchw, r.num_images);
                 }
             }
             for k in 1..run.len() {
