@@ -54,6 +54,14 @@ impl<B: Backend> ControlNets<B> {
                 Some(id) => id,
                 None => {
                     let net = read(backend, &u.model, variant, unet).map_err(|e| name_file(e, &u.model))?;
+                    if net.config.conditioning_channels != 3 {
+                        return Err(Field::ControlNet.invalid(format!(
+                            "{} takes control images of {} channels (conditioning_channels); lcm gives ControlNets \
+                             RGB images (3)",
+                            u.model.display(),
+                            net.config.conditioning_channels
+                        )));
+                    }
                     net.config.check_fits(unet, downscale).map_err(|why| {
                         Field::ControlNet.invalid(format!(
                             "{} does not fit this model: {why} (a ControlNet of the other family?)",
