@@ -101,6 +101,8 @@ fn a1111_masks_give_lcm_generates_pixels() {
 }
 
 type Parts<'a> = Vec<(&'a str, Option<&'a str>, &'a [u8])>;
+/// Form parts that own their bytes.
+type OwnedParts<'a> = Vec<(&'a str, Option<&'a str>, Vec<u8>)>;
 
 /// A multipart/form-data body: (Content-Type, bytes); a part with a file name is a file.
 fn multipart(parts: &[(&str, Option<&str>, &[u8])]) -> (String, Vec<u8>) {
@@ -170,7 +172,7 @@ fn openai_edits_give_lcm_generates_pixels_and_name_bad_fields() {
     let gray_mask = std::fs::read(image_path("mask_l_64x64.png")).unwrap();
     let small_mask = png_bytes(32, 32, png::ColorType::Rgba, &[0; 32 * 32 * 4]);
     let (p, img, m): (&[u8], Option<&str>, Option<&str>) = (b"a fox", Some("i.png"), Some("m.png"));
-    let base = |extra: Parts<'static>| -> Vec<(&str, Option<&str>, Vec<u8>)> {
+    let base = |extra: Parts<'static>| -> OwnedParts {
         let mut v = vec![("image", img, init.clone()), ("prompt", None, p.to_vec()), ("mask", m, mask.clone())];
         v.extend(extra.into_iter().map(|(k, f, d)| (k, f, d.to_vec())));
         v
@@ -186,7 +188,7 @@ fn openai_edits_give_lcm_generates_pixels_and_name_bad_fields() {
         v.push(("image", img, bytes.to_vec()));
         v
     };
-    let cases: Vec<(Vec<(&str, Option<&str>, Vec<u8>)>, &str)> = vec![
+    let cases: Vec<(OwnedParts, &str)> = vec![
         (without("image"), "image"),
         (without("prompt"), "prompt"),
         (without("mask"), "mask"),
