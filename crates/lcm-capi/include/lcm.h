@@ -179,6 +179,19 @@ LcmStatus lcm_generate(struct LcmPipeline *pipeline,
                        const struct LcmRequest *request,
                        struct LcmImages **out);
 
+// [`lcm_generate`] inpainting `request.init_rgb` (required) under `mask`: `width`·`height` bytes of
+// 8-bit gray, row-major, white = repaint and black = keep, binarised at 0.5 (128 and up repaint), as
+// diffusers' inpaint pipelines and `lcm generate --mask` take it; `request.strength` as there (1
+// starts from noise). Works with inpainting UNets (9 input channels, which need a mask) and ordinary
+// ones. Errors name `request.mask` (NULL, no pixel to repaint) or `request.init_rgb`.
+//
+// # Safety
+// As [`lcm_generate`]; `mask` is NULL or holds `width`·`height` readable bytes.
+LcmStatus lcm_generate_masked(struct LcmPipeline *pipeline,
+                              const struct LcmRequest *request,
+                              const uint8_t *mask,
+                              struct LcmImages **out);
+
 // [`lcm_generate`] guided by `num_controlnets` ControlNets (at most 8; their residuals are summed, as
 // diffusers' MultiControlNet): the images diffusers' ControlNet pipelines give for the same settings.
 // Each ControlNet loads on its first use and stays loaded in the pipeline. Errors name the entry at

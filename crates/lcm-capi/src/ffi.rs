@@ -178,6 +178,7 @@ pub(crate) fn request_error(e: Error, controls: &[ControlUnit]) -> Failure {
         (Field::GuidanceScale, "request.guidance_scale"),
         (Field::Strength, "request.strength"),
         (Field::InitImage, "request.init_rgb"),
+        (Field::Mask, "request.mask"),
     ];
     let member = |f: Field| match f {
         Field::ControlNet => Some("model"),

@@ -280,7 +280,33 @@ pub unsafe extern "C" fn lcm_generate(
     out: *mut *mut LcmImages,
 ) -> LcmStatus {
     // SAFETY: the caller's contract; no ControlNets.
-    guard(|| unsafe { generate(pipeline, request, std::ptr::null(), 0, out) })
+    guard(|| unsafe { generate(pipeline, request, std::ptr::null(), std::ptr::null(), 0, out) })
+}
+
+/// [`lcm_generate`] inpainting `request.init_rgb` (required) under `mask`: `width`·`height` bytes of
+/// 8-bit gray, row-major, white = repaint and black = keep, binarised at 0.5 (128 and up repaint), as
+/// diffusers' inpaint pipelines and `lcm generate --mask` take it; `request.strength` as there (1
+/// starts from noise). Works with inpainting UNets (9 input channels, which need a mask) and ordinary
+/// ones. Errors name `request.mask` (NULL, no pixel to repaint) or `request.init_rgb`.
+///
+/// # Safety
+/// As [`lcm_generate`]; `mask` is NULL or holds `width`·`height` readable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn lcm_generate_masked(
+    pipeline: *mut LcmPipeline,
+    request: *const LcmRequest,
+    mask: *const u8,
+    out: *mut *mut LcmImages,
+) -> LcmStatus {
+    guard(|| {
+        if mask.is_null() {
+            // SAFETY: the caller's contract.
+            unsafe { clear_out(out) }?;
+            return Err(invalid("request.mask", "NULL: lcm_generate_masked needs a mask (or call lcm_generate)"));
+        }
+        // SAFETY: the caller's contract.
+        unsafe { generate(pipeline, request, mask, std::ptr::null(), 0, out) }
+    })
 }
 
 /// [`lcm_generate`] guided by `num_controlnets` ControlNets (at most 8; their residuals are summed, as
@@ -302,7 +328,7 @@ pub unsafe extern "C" fn lcm_generate_controlled(
     out: *mut *mut LcmImages,
 ) -> LcmStatus {
     // SAFETY: the caller's contract.
-    guard(|| unsafe { generate(pipeline, request, controlnets, num_controlnets, out) })
+    guard(|| unsafe { generate(pipeline, request, std::ptr::null(), controlnets, num_controlnets, out) })
 }
 
 /// The body of [`lcm_generate`] and [`lcm_generate_controlled`].
@@ -312,6 +338,7 @@ pub unsafe extern "C" fn lcm_generate_controlled(
 unsafe fn generate(
     pipeline: *mut LcmPipeline,
     request: *const LcmRequest,
+    mask: *const u8,
     controlnets: *const LcmControlNet,
     num_controlnets: usize,
     out: *mut *mut LcmImages,
@@ -335,8 +362,22 @@ unsafe fn generate(
         }
         // SAFETY: the caller's contract (width·height·3 readable bytes); sizes bounded above.
         let rgb = unsafe { std::slice::from_raw_parts(r.init_rgb, width * height * 3) };
-        Some(InitImage::from_rgb8(width, height, rgb, r.strength)?)
+        let init = InitImage::from_rgb8(width, height, rgb, r.strength)?;
+        if mask.is_null() {
+            Some(init)
+        } else {
+            // SAFETY: the caller's contract (width·height readable bytes); sizes bounded above.
+            let gray = unsafe { std::slice::from_raw_parts(mask, width * height) };
+            let masked = init.with_mask_gray8(width, height, gray).map_err(|e| match e {
+                lcm_core::Error::Invalid { msg, .. } => invalid("request.mask", msg),
+                e => invalid("request.mask", e),
+            })?;
+            Some(masked)
+        }
     };
+    if !mask.is_null() && init_image.is_none() {
+        return Err(invalid("request.init_rgb", "NULL: inpainting (a mask) needs the image to repaint"));
+    }
     let controls = if num_controlnets == 0 {
         Vec::new()
     } else {

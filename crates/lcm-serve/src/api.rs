@@ -81,6 +81,8 @@ pub enum Api {
     Txt2Img,
     /// A1111's `POST /sdapi/v1/img2img`.
     Img2Img,
+    /// OpenAI's `POST /v1/images/edits` (multipart/form-data: [`parse_edits`]).
+    Edits,
 }
 
 /// One request body for `api`, parsed and checked against `limits` and the LoRAs of `loras` as the
@@ -99,8 +101,12 @@ pub fn parse_request_with(
     loras: &LoraDir,
     controlnets: &ControlNetDir,
 ) -> Result<Generation, ApiError> {
+    if api == Api::Edits {
+        return Err(ApiError::bad("content-type", "/v1/images/edits takes multipart/form-data: see parse_edits"));
+    }
     let obj = parse_object(body)?;
     match api {
+        Api::Edits => unreachable!("handled above"),
         Api::OpenAi => openai(&obj, limits, loras),
         Api::Txt2Img => a1111(&obj, limits, loras, controlnets, false),
         Api::Img2Img => a1111(&obj, limits, loras, controlnets, true),
@@ -291,6 +297,180 @@ pub fn openai(obj: &Map<String, Value>, limits: &Limits, loras: &LoraDir) -> Res
     Ok(Generation { reqs: vec![req], loras, controls: Vec::new() })
 }
 
+/// Form fields of `POST /v1/images/edits`: OpenAI's, then lcm's own.
+const EDITS_FIELDS: &[&str] = &[
+    "image",
+    "mask",
+    "prompt",
+    "n",
+    "size",
+    "response_format",
+    "model",
+    "user",
+    "seed",
+    "steps",
+    "guidance_scale",
+    "negative_prompt",
+    "loras",
+    "strength",
+];
+
+/// OpenAI's `POST /v1/images/edits` from its `multipart/form-data` body (`content_type` is the
+/// request's Content-Type, with the boundary): `image` (a PNG file), `mask` (optional: a PNG with
+/// alpha whose fully transparent pixels, alpha 0, mark the area to edit; without it, the image's own
+/// fully transparent pixels do, as OpenAI documents), `prompt`, `n`, `size` (absent or the image's
+/// own), `response_format` (b64_json), `model`/`user` (accepted, unused); lcm's `seed`, `steps`,
+/// `guidance_scale`, `negative_prompt`, `loras` (the JSON array generations takes, as text) and
+/// `strength` (default 1). Numbers come as form text ("5"). Inpainting: the engine's mask is 255
+/// (repaint) where the alpha is 0, else 0.
+pub fn parse_edits(
+    content_type: Option<&str>,
+    body: &[u8],
+    limits: &Limits,
+    loras: &LoraDir,
+) -> Result<Generation, ApiError> {
+    use super::multipart;
+    let boundary = multipart::boundary(content_type)?;
+    let parts = multipart::parse(body, &boundary)?;
+    let mut obj = Map::new();
+    let mut files: Vec<(&'static str, &[u8])> = Vec::new();
+    for p in &parts {
+        // The openai client sends a list of images as `image[]`; lcm takes one.
+        let name = p.name.strip_suffix("[]").unwrap_or(&p.name);
+        let Some(&known) = EDITS_FIELDS.iter().find(|k| **k == name) else {
+            return Err(ApiError::bad(
+                &p.name,
+                format!("not supported by lcm's OpenAI images edits API (supported: {})", EDITS_FIELDS.join(", ")),
+            ));
+        };
+        if obj.contains_key(known) || files.iter().any(|(k, _)| *k == known) {
+            return Err(ApiError::bad(known, "given twice: lcm takes one"));
+        }
+        match known {
+            "image" | "mask" => {
+                if !p.data.starts_with(b"\x89PNG\r\n\x1a\n") {
+                    return Err(ApiError::bad(
+                        known,
+                        format!(
+                            "not a PNG file ({} bytes{}): expected a PNG{}",
+                            p.data.len(),
+                            p.content_type.as_deref().map(|c| format!(", sent as {c}")).unwrap_or_default(),
+                            if known == "mask" { " with an alpha channel" } else { "" }
+                        ),
+                    ));
+                }
+                files.push((known, p.data));
+            }
+            "prompt" | "negative_prompt" | "size" | "response_format" | "model" | "user" => {
+                obj.insert(known.into(), Value::String(p.text()?.to_string()));
+            }
+            "loras" => {
+                let v: Value = serde_json::from_str(p.text()?)
+                    .map_err(|e| ApiError::bad("loras", format!("expected a JSON array of {{name, scale}}: {e}")))?;
+                obj.insert(known.into(), v);
+            }
+            _ => {
+                // Numbers as form text; anything else stays a string (refused as "expected a number").
+                let t = p.text()?.trim();
+                let v = serde_json::from_str::<Value>(t)
+                    .ok()
+                    .filter(Value::is_number)
+                    .unwrap_or_else(|| Value::String(t.to_string()));
+                obj.insert(known.into(), v);
+            }
+        }
+    }
+    let file = |k: &str| files.iter().find(|(n, _)| *n == k).map(|(_, d)| *d);
+    let f = Fields { obj: &obj };
+    let image = file("image").ok_or_else(|| ApiError::bad("image", "required: the PNG file to edit"))?;
+    let prompt = prompt(&f, "prompt", limits, true)?;
+    let n = f.uint("n", 1, limits.max_images)?.unwrap_or(1);
+    if let Some(fmt) = f.string("response_format", 32)? {
+        if fmt != "b64_json" {
+            return Err(ApiError::bad(
+                "response_format",
+                format!("`{fmt}`: only \"b64_json\" (lcm serves no image URLs; it keeps nothing)"),
+            ));
+        }
+    }
+    f.string("model", 256)?;
+    f.string("user", 256)?;
+    let strength = f.float("strength", 0.0, 1.0)?.unwrap_or(1.0);
+    if strength <= 0.0 {
+        return Err(ApiError::bad("strength", "0: expected a value in (0, 1]"));
+    }
+
+    let (w, h, rgb) = super::png::decode_rgb8(image, limits.size).map_err(|m| ApiError::bad("image", m))?;
+    if let Some(s) = f.string("size", 32)? {
+        if s != format!("{w}x{h}") {
+            return Err(ApiError::bad(
+                "size",
+                format!("`{s}`: an edit keeps the image's size, {w}x{h} (send size=\"{w}x{h}\" or omit it)"),
+            ));
+        }
+    }
+    let alpha_of = |field: &str, bytes: &[u8]| -> Result<Option<Vec<u8>>, ApiError> {
+        let (mw, mh, gray, from_alpha) =
+            lcm_pipeline::output::decode_png_mask(std::io::Cursor::new(bytes), limits.size.max())
+                .map_err(|m| ApiError::bad(field, m))?;
+        if (mw, mh) != (w, h) {
+            return Err(ApiError::bad(field, format!("{mw}x{mh}: the mask must have the image's size, {w}x{h}")));
+        }
+        Ok(from_alpha.then_some(gray))
+    };
+    let (field, alpha) = match file("mask") {
+        Some(m) => {
+            let alpha = alpha_of("mask", m)?.ok_or_else(|| {
+                ApiError::bad(
+                    "mask",
+                    "has no alpha channel: OpenAI's mask marks the area to edit with fully transparent pixels (alpha \
+                     0); send an RGBA or grey+alpha PNG",
+                )
+            })?;
+            ("mask", alpha)
+        }
+        None => {
+            let alpha = alpha_of("image", image)?.ok_or_else(|| {
+                ApiError::bad(
+                    "mask",
+                    "required: without a mask the image's fully transparent pixels (alpha 0) mark the area to edit, \
+                     and this image has no alpha channel",
+                )
+            })?;
+            ("image", alpha)
+        }
+    };
+    if !alpha.contains(&0) {
+        let msg = "has no fully transparent pixel (alpha 0): nothing to edit (OpenAI's transparent pixels mark the \
+                   area to edit)";
+        return Err(if field == "mask" {
+            ApiError::bad("mask", msg)
+        } else {
+            ApiError::bad("mask", format!("required: the image {msg}"))
+        });
+    }
+    let gray: Vec<u8> = alpha.iter().map(|&a| if a == 0 { 255 } else { 0 }).collect();
+    let init = InitImage::from_rgb8(w, h, &rgb, strength)
+        .map_err(|e| ApiError::bad("image", invalid_msg(&e)))?
+        .with_mask_gray8(w, h, &gray)
+        .map_err(|e| ApiError::bad(field, invalid_msg(&e)))?;
+    let seed = f.seed("seed", false)?.unwrap_or_else(random_seed);
+    let req = Request {
+        prompt,
+        negative_prompt: f.string("negative_prompt", limits.max_prompt_chars)?,
+        steps: f.uint("steps", 1, limits.max_steps)?.unwrap_or(4),
+        guidance_scale: f.float("guidance_scale", 0.0, MAX_GUIDANCE)?.unwrap_or(1.0),
+        seed,
+        width: w,
+        height: h,
+        num_images: n,
+        controls: Vec::new(),
+        init_image: Some(init),
+    };
+    let loras = lora_list(f.get("loras"), limits, loras)?;
+    Ok(Generation { reqs: vec![req], loras, controls: Vec::new() })
+}
+
 /// `loras: [{name, scale}]`: names from `--lora-dir` only (never paths).
 fn lora_list(v: Option<&Value>, limits: &Limits, dir: &LoraDir) -> Result<Vec<LoraChoice>, ApiError> {
     let Some(v) = v else { return Ok(Vec::new()) };
@@ -352,7 +532,18 @@ const A1111_IMG2IMG: &[&str] = &[
     "alwayson_scripts",
     "init_images",
     "denoising_strength",
+    "mask",
+    "mask_blur",
+    "mask_blur_x",
+    "mask_blur_y",
+    "inpainting_mask_invert",
+    "inpainting_fill",
+    "inpaint_full_res",
+    "inpaint_full_res_padding",
 ];
+
+/// The largest `mask_blur` accepted (A1111's slider goes to 64).
+pub const MAX_MASK_BLUR: usize = 64;
 
 /// A1111's `/sdapi/v1/txt2img` (`img2img` when `img2img`): `prompt` (with `<lora:NAME:SCALE>` tags
 /// naming LoRAs in `--lora-dir`, as A1111 does), `negative_prompt`, `seed` (-1: random), `steps`,
@@ -408,7 +599,9 @@ pub fn a1111(
             }
         }
         (width, height) = (Some(w), Some(h));
-        Some(InitImage::from_rgb8(w, h, &rgb, strength).map_err(|e| ApiError::bad("init_images[0]", e.to_string()))?)
+        let init =
+            InitImage::from_rgb8(w, h, &rgb, strength).map_err(|e| ApiError::bad("init_images[0]", e.to_string()))?;
+        Some(a1111_mask(&f, init, limits)?)
     } else {
         None
     };
@@ -435,6 +628,87 @@ pub fn a1111(
     };
     let reqs = (0..batch as u64).map(|i| Request { seed: seed.wrapping_add(i), ..base.clone() }).collect();
     Ok(Generation { reqs, loras, controls: choices })
+}
+
+/// A1111 img2img's inpainting fields on `init`: `mask` (a base64 PNG, white = inpaint; an RGBA PNG
+/// whose alpha is not all opaque gives its alpha, rounded at 128, as A1111's `create_binary_mask`),
+/// `inpainting_mask_invert` (0/1), `mask_blur` (or `mask_blur_x` / `mask_blur_y`; default 4: Pillow's
+/// `GaussianBlur` of that radius, [`super::blur`]) before the engine binarises the mask at 0.5;
+/// `inpainting_fill` (1, "original"), `inpaint_full_res` (false) and `inpaint_full_res_padding` (any:
+/// it acts only with inpaint_full_res) are accepted at the values that change nothing and refused by
+/// name otherwise. Without a mask they are checked for type only (nothing is inpainted, so no value
+/// changes anything).
+fn a1111_mask(f: &Fields, init: InitImage, limits: &Limits) -> Result<InitImage, ApiError> {
+    let flag = |k: &str| -> Result<Option<bool>, ApiError> {
+        match f.get(k) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(v) if v.as_u64() == Some(0) => Ok(Some(false)),
+            Some(v) if v.as_u64() == Some(1) => Ok(Some(true)),
+            Some(v) => Err(ApiError::bad(k, format!("{v}: expected 0 or 1 (or a boolean)"))),
+        }
+    };
+    let invert = flag("inpainting_mask_invert")?.unwrap_or(false);
+    let full_res = flag("inpaint_full_res")?.unwrap_or(false);
+    f.uint("inpaint_full_res_padding", 0, 4096)?;
+    let fill = f.int("inpainting_fill", 0, 3)?;
+    let blur = f.uint("mask_blur", 0, MAX_MASK_BLUR)?;
+    let blur_x = f.uint("mask_blur_x", 0, MAX_MASK_BLUR)?;
+    let blur_y = f.uint("mask_blur_y", 0, MAX_MASK_BLUR)?;
+    let Some(v) = f.get("mask") else { return Ok(init) };
+    if let Some(fill) = fill.filter(|&k| k != 1) {
+        let what = ["fill", "original", "latent noise", "latent nothing"][fill as usize];
+        return Err(ApiError::bad(
+            "inpainting_fill",
+            format!(
+                "{fill} (\"{what}\"): lcm inpaints from the original image's latents, as diffusers does: send 1 \
+                 (\"original\")"
+            ),
+        ));
+    }
+    if full_res {
+        return Err(ApiError::bad(
+            "inpaint_full_res",
+            "true (\"only masked\"): lcm inpaints the whole picture at its own size: send false (0)",
+        ));
+    }
+    let Value::String(s) = v else {
+        return Err(ApiError::bad("mask", format!("expected a base64 PNG string, got {}", kind(v))));
+    };
+    let bytes = base64_bytes(s, "mask")?;
+    let (w, h) = (init.pixels.shape[3], init.pixels.shape[2]);
+    let (mw, mh, mut gray) = a1111_mask_gray(&bytes, limits).map_err(|m| ApiError::bad("mask", m))?;
+    if (mw, mh) != (w, h) {
+        return Err(ApiError::bad("mask", format!("{mw}x{mh}: the mask must have init_images[0]'s size, {w}x{h}")));
+    }
+    if invert {
+        gray.iter_mut().for_each(|g| *g = 255 - *g);
+    }
+    // `mask_blur` sets both directions (A1111's StableDiffusionProcessingImg2Img); default 4 each.
+    let (rx, ry) = match blur {
+        Some(b) => (b, b),
+        None => (blur_x.unwrap_or(4), blur_y.unwrap_or(4)),
+    };
+    let gray = super::blur::gaussian_blur(&gray, w, h, rx as f32, ry as f32);
+    init.with_mask_gray8(w, h, &gray).map_err(|e| ApiError::bad("mask", invalid_msg(&e)))
+}
+
+/// A1111's mask as 8-bit gray: an RGBA PNG whose alpha is not all 255 gives its alpha (> 128 → 255,
+/// else 0); any other PNG its luma (Pillow's `convert("L")`).
+fn a1111_mask_gray(bytes: &[u8], limits: &Limits) -> Result<(usize, usize, Vec<u8>), String> {
+    let max = limits.size.max();
+    // IHDR's colour type: 6 is RGBA (Pillow's mode "RGBA"; grey+alpha opens as "LA", which A1111 converts to L).
+    let rgba = bytes.len() > 25 && &bytes[12..16] == b"IHDR" && bytes[25] == 6;
+    let (w, h, alpha, from_alpha) = lcm_pipeline::output::decode_png_mask(std::io::Cursor::new(bytes), max)?;
+    if rgba && from_alpha && alpha.iter().any(|&a| a != 255) {
+        return Ok((w, h, alpha.iter().map(|&a| if a > 128 { 255 } else { 0 }).collect()));
+    }
+    let (w, h, rgb) = lcm_pipeline::output::decode_png_rgb8(std::io::Cursor::new(bytes), max)?;
+    let luma = rgb
+        .chunks_exact(3)
+        .map(|p| ((p[0] as u32 * 19595 + p[1] as u32 * 38470 + p[2] as u32 * 7471 + 0x8000) >> 16) as u8)
+        .collect();
+    Ok((w, h, luma))
 }
 
 /// A1111's prompt syntax for LoRAs: `<lora:NAME>` or `<lora:NAME:SCALE>`, removed from the prompt.
@@ -861,15 +1135,17 @@ pub fn engine_error(api: Api, controls: &[ControlChoice], e: &Error) -> ApiError
     let Error::Invalid { msg, .. } = e else {
         return ApiError::internal(format!("generation failed: {}", hide(&e.to_string())));
     };
-    let a1111 = api != Api::OpenAi;
+    let a1111 = !matches!(api, Api::OpenAi | Api::Edits);
+    let edits = api == Api::Edits;
     let field = match Field::of(e) {
         Some(Field::Width) => (if a1111 { "width" } else { "size" }).to_string(),
         Some(Field::Height) => (if a1111 { "height" } else { "size" }).to_string(),
         Some(Field::Steps) => "steps".into(),
         Some(Field::NumImages) => (if a1111 { "batch_size" } else { "n" }).to_string(),
         Some(Field::GuidanceScale) => (if a1111 { "cfg_scale" } else { "guidance_scale" }).to_string(),
-        Some(Field::Strength) => "denoising_strength".into(),
-        Some(Field::InitImage) => "init_images[0]".into(),
+        Some(Field::Strength) => (if edits { "strength" } else { "denoising_strength" }).to_string(),
+        Some(Field::InitImage) => (if edits { "image" } else { "init_images[0]" }).to_string(),
+        Some(Field::Mask) => "mask".into(),
         Some(
             f @ (Field::ControlNet
             | Field::ControlImage

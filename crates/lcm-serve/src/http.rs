@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -46,15 +46,17 @@ impl Api {
             Api::OpenAi => "/v1/images/generations",
             Api::Txt2Img => "/sdapi/v1/txt2img",
             Api::Img2Img => "/sdapi/v1/img2img",
+            Api::Edits => "/v1/images/edits",
         }
     }
 }
 
 pub fn router(app: Arc<App>, debug_hooks: bool) -> Router {
     let mut r = Router::new()
-        .route("/v1/images/generations", post(|s, b| generation(s, b, Api::OpenAi)))
-        .route("/sdapi/v1/txt2img", post(|s, b| generation(s, b, Api::Txt2Img)))
-        .route("/sdapi/v1/img2img", post(|s, b| generation(s, b, Api::Img2Img)))
+        .route("/v1/images/generations", post(|s, h, b| generation(s, h, b, Api::OpenAi)))
+        .route("/v1/images/edits", post(|s, h, b| generation(s, h, b, Api::Edits)))
+        .route("/sdapi/v1/txt2img", post(|s, h, b| generation(s, h, b, Api::Txt2Img)))
+        .route("/sdapi/v1/img2img", post(|s, h, b| generation(s, h, b, Api::Img2Img)))
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
@@ -93,8 +95,10 @@ async fn guarded<F: Future<Output = Response> + Send + 'static>(metrics: &Metric
     }
 }
 
-async fn generation(State(app): State<Arc<App>>, body: Body, api: Api) -> Response {
-    let resp = guarded(&app.metrics, generate(app.clone(), body, api)).await;
+async fn generation(State(app): State<Arc<App>>, headers: HeaderMap, body: Body, api: Api) -> Response {
+    // The edits route's multipart boundary travels in the Content-Type.
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let resp = guarded(&app.metrics, generate(app.clone(), content_type, body, api)).await;
     app.metrics.request(api.endpoint(), resp.status().as_u16());
     resp
 }
@@ -125,14 +129,19 @@ impl Drop for Pending {
     }
 }
 
-async fn generate(app: Arc<App>, body: Body, api: Api) -> Response {
-    match generate_inner(&app, body, api).await {
+async fn generate(app: Arc<App>, content_type: Option<String>, body: Body, api: Api) -> Response {
+    match generate_inner(&app, content_type, body, api).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
 }
 
-async fn generate_inner(app: &Arc<App>, body: Body, api: Api) -> Result<Response, ApiError> {
+async fn generate_inner(
+    app: &Arc<App>,
+    content_type: Option<String>,
+    body: Body,
+    api: Api,
+) -> Result<Response, ApiError> {
     let t0 = Instant::now();
     let m = &app.metrics;
     if m.draining.load(Ordering::SeqCst) {
@@ -152,8 +161,9 @@ async fn generate_inner(app: &Arc<App>, body: Body, api: Api) -> Result<Response
     let gen = {
         let app = app.clone();
         // img2img and ControlNet units decode base64 and PNGs (and resize): off the async threads.
-        tokio::task::spawn_blocking(move || {
-            api::parse_request_with(api, &bytes, &app.limits, &app.loras, &app.controlnets)
+        tokio::task::spawn_blocking(move || match api {
+            Api::Edits => api::parse_edits(content_type.as_deref(), &bytes, &app.limits, &app.loras),
+            _ => api::parse_request_with(api, &bytes, &app.limits, &app.loras, &app.controlnets),
         })
         .await
         .map_err(|_| ApiError::internal("request parsing panicked; see the server log"))??
@@ -243,7 +253,7 @@ fn respond(app: &App, api: Api, gen: &Generation, out: Generated) -> Result<Json
     app.metrics.stage(Stage::Encode, t.elapsed());
     let r0: &Request = &gen.reqs[0];
     let body = match api {
-        Api::OpenAi => json!({
+        Api::OpenAi | Api::Edits => json!({
             "created": SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
             "data": b64.into_iter().map(|b| json!({"b64_json": b})).collect::<Vec<_>>(),
             "seed": r0.seed,

@@ -8,12 +8,14 @@
 //! batch at a time (a pipeline generates one batch at a time; its backend parallelises inside).
 
 mod api;
+pub mod blur;
 mod controlnets;
 mod error;
 mod http;
 mod lora_cache;
 mod loras;
 mod metrics;
+pub mod multipart;
 mod png;
 mod queue;
 
@@ -27,7 +29,7 @@ use lcm_core::{Backend, Error, Result};
 use lcm_pipeline::pipeline::Pipeline;
 use lcm_pipeline::spec::LoraSpec;
 
-pub use api::{parse_request, parse_request_with, Api, ControlChoice, Generation, Limits};
+pub use api::{parse_edits, parse_request, parse_request_with, Api, ControlChoice, Generation, Limits};
 pub use controlnets::{ControlNetDir, MODULES as CONTROL_MODULES};
 pub use error::ApiError;
 pub use loras::{LoraChoice, LoraDir};

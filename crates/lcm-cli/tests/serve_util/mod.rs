@@ -34,8 +34,12 @@ impl Server {
     /// `lcm serve --model tests/fixtures/tiny-sd --device cpu --port 0 --lora-dir tests/fixtures/loras
     /// --debug-hooks` plus `extra`; returns once it listens.
     pub fn start(name: &str, extra: &[&str]) -> Server {
+        Server::start_model(name, &fixtures().join("tiny-sd"), extra)
+    }
+
+    /// [`Server::start`] on another model folder.
+    pub fn start_model(name: &str, model: &Path, extra: &[&str]) -> Server {
         let log = scratch(name).join("server.log");
-        let model = fixtures().join("tiny-sd");
         let loras = fixtures().join("loras");
         let mut child = Command::new(env!("CARGO_BIN_EXE_lcm"))
             .args(["serve", "--model", model.to_str().unwrap(), "--device", "cpu", "--port", "0"])
@@ -57,6 +61,11 @@ impl Server {
 
     pub fn post(&self, path: &str, body: &str) -> Resp {
         request(&self.addr, "POST", path, body.as_bytes())
+    }
+
+    /// POST with its own Content-Type (multipart bodies).
+    pub fn post_as(&self, path: &str, content_type: &str, body: &[u8]) -> Resp {
+        read_response(send_as(&self.addr, "POST", path, content_type, body))
     }
 
     pub fn get(&self, path: &str) -> Resp {
@@ -146,10 +155,15 @@ impl Resp {
 
 /// Sends the request bytes (`Connection: close`) on a new connection.
 pub fn send(addr: &str, method: &str, path: &str, body: &[u8]) -> TcpStream {
+    send_as(addr, method, path, "application/json", body)
+}
+
+/// [`send`] with its own Content-Type.
+pub fn send_as(addr: &str, method: &str, path: &str, content_type: &str, body: &[u8]) -> TcpStream {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     s.write_all(head.as_bytes()).unwrap();
@@ -195,9 +209,13 @@ pub fn png_rgb(b64_png: &str) -> (usize, usize, Vec<u8>, String) {
 
 /// `lcm generate` on the tiny fixture (CPU) with `args`: the RGB of each image written.
 pub fn lcm_generate(name: &str, args: &[&str], images: usize) -> Vec<Vec<u8>> {
+    lcm_generate_model(name, &fixtures().join("tiny-sd"), args, images)
+}
+
+/// [`lcm_generate`] on another model folder.
+pub fn lcm_generate_model(name: &str, model: &Path, args: &[&str], images: usize) -> Vec<Vec<u8>> {
     let dir = scratch(name);
     let out = dir.join("ref.png");
-    let model = fixtures().join("tiny-sd");
     let o = Command::new(env!("CARGO_BIN_EXE_lcm"))
         .args(["generate", "--model", model.to_str().unwrap(), "--device", "cpu", "--output", out.to_str().unwrap()])
         .args(args)
