@@ -249,20 +249,9 @@ impl InitImage {
     /// From 8-bit RGB pixels, row-major `[height, width, 3]`; `rgb` must hold exactly width·height
     /// pixels (an error names both sizes otherwise).
     pub fn from_rgb8(width: usize, height: usize, rgb: &[u8], strength: f32) -> Result<Self> {
-        if rgb.len() != 3 * width * height {
-            return Err(Field::InitImage.invalid(format!(
-                "{} bytes of RGB for a {width}x{height} image (expected {})",
-                rgb.len(),
-                3 * width * height
-            )));
-        }
-        let mut data = vec![0.0f32; 3 * width * height];
-        for (p, px) in rgb.chunks_exact(3).enumerate() {
-            for c in 0..3 {
-                data[c * width * height + p] = 2.0 * (px[c] as f32 / 255.0) - 1.0;
-            }
-        }
-        Ok(InitImage { pixels: Tensor::new(vec![1, 3, height, width], data), strength, mask: None })
+        // diffusers' VaeImageProcessor: u8/255, then normalised to [-1, 1].
+        let pixels = planar_rgb(Field::InitImage, width, height, rgb, |v| 2.0 * (v as f32 / 255.0) - 1.0)?;
+        Ok(InitImage { pixels, strength, mask: None })
     }
 
     /// Inpainting: the mask from 8-bit gray values, row-major `[height, width]` (white = repaint), as
@@ -332,20 +321,7 @@ impl ControlUnit {
     /// The control image from 8-bit RGB pixels, row-major `[height, width, 3]`, as `[1, 3, H, W]` in
     /// [0, 1]; `rgb` must hold exactly width·height pixels.
     pub fn image_from_rgb8(width: usize, height: usize, rgb: &[u8]) -> Result<Tensor> {
-        if rgb.len() != 3 * width * height || width == 0 || height == 0 {
-            return Err(Field::ControlImage.invalid(format!(
-                "{} bytes of RGB for a {width}x{height} image (expected {})",
-                rgb.len(),
-                3 * width * height
-            )));
-        }
-        let mut data = vec![0.0f32; 3 * width * height];
-        for (p, px) in rgb.chunks_exact(3).enumerate() {
-            for c in 0..3 {
-                data[c * width * height + p] = px[c] as f32 / 255.0;
-            }
-        }
-        Ok(Tensor::new(vec![1, 3, height, width], data))
+        planar_rgb(Field::ControlImage, width, height, rgb, |v| v as f32 / 255.0)
     }
 
     /// The control image from 8-bit RGB pixels (`[height, width, 3]`) at the output's size
@@ -390,6 +366,25 @@ impl ControlUnit {
         }
         Ok(())
     }
+}
+
+/// 8-bit RGB pixels, row-major `[height, width, 3]`, as a planar `[1, 3, H, W]` tensor of `f(value)`;
+/// `rgb` must hold exactly width·height pixels (an error naming `field` and both sizes otherwise).
+fn planar_rgb(field: Field, width: usize, height: usize, rgb: &[u8], f: impl Fn(u8) -> f32) -> Result<Tensor> {
+    if rgb.len() != 3 * width * height || width == 0 || height == 0 {
+        return Err(field.invalid(format!(
+            "{} bytes of RGB for a {width}x{height} image (expected {})",
+            rgb.len(),
+            3 * width * height
+        )));
+    }
+    let mut data = vec![0.0f32; 3 * width * height];
+    for (p, px) in rgb.chunks_exact(3).enumerate() {
+        for c in 0..3 {
+            data[c * width * height + p] = f(px[c]);
+        }
+    }
+    Ok(Tensor::new(vec![1, 3, height, width], data))
 }
 
 /// What to generate. `validate` checks everything before any model runs.

@@ -7,22 +7,15 @@
 
 mod common;
 
-use common::fixtures;
+use common::{against_record, case_loras, fixtures};
 
 use std::collections::HashMap;
 
-use lcm_core::{rel_l2, SafeTensorsFile};
 use lcm_cpu::CpuBackend;
 use lcm_pipeline::output::read_png;
 use lcm_pipeline::pipeline::Pipeline;
-use lcm_pipeline::spec::{ControlUnit, InitImage, LoadSpec, LoraSpec, Request};
+use lcm_pipeline::spec::{ControlUnit, InitImage, LoadSpec, Request};
 use serde_json::Value;
-
-fn recorded(case: &str, name: &str) -> Option<(Vec<usize>, Vec<f32>)> {
-    let f = SafeTensorsFile::open(fixtures().join(format!("records/controlnet/{case}.safetensors"))).unwrap();
-    let v = f.get(name).ok()?;
-    Some((v.shape.to_vec(), v.to_f32()))
-}
 
 /// The case's request, its control images read and resized as the CLI does.
 fn request(c: &Value) -> lcm_core::Result<Request> {
@@ -68,34 +61,15 @@ fn every_recorded_controlnet_case_matches_diffusers() {
     let mut failures = Vec::new();
     for c in &all {
         let name = c["name"].as_str().unwrap();
-        let loras: Vec<LoraSpec> = c["loras"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|l| LoraSpec { path: fixtures().join(l[0].as_str().unwrap()), scale: l[1].as_f64().unwrap() as f32 })
-            .collect();
+        let loras = case_loras(c);
         let model = c["model"].as_str().unwrap();
         let pipe = pipes.entry(format!("{model}|{loras:?}")).or_insert_with(|| {
             let spec = LoadSpec { model_dir: fixtures().join(model), loras: loras.clone(), ..LoadSpec::default() };
             Pipeline::load(CpuBackend::new(), spec).unwrap_or_else(|e| panic!("{name}: {e}"))
         });
-        let generated = request(c).and_then(|req| Ok((pipe.generate(&req, &mut |_| {})?, req)));
-        let (out, req) = match generated {
-            Ok(out) => out,
-            Err(e) => {
-                failures.push(format!("{name}: {e}"));
-                continue;
-            }
-        };
-        let (lshape, latents) = recorded(name, "latents").expect("latents recorded");
-        assert_eq!(out.latents.shape, lshape, "{name}: latent shape");
-        let lat_err = rel_l2(&out.latents.data, &latents);
-        let (_, u8s) = recorded(name, "image_u8").expect("image_u8 recorded");
-        let ours: Vec<u8> = (0..req.num_images).flat_map(|i| out.rgb8(i)).collect();
-        let mad = ours.iter().zip(&u8s).map(|(&a, &b)| (a as f64 - b as f64).abs()).sum::<f64>() / u8s.len() as f64;
-        println!("{name:<16} latents rel L2 {lat_err:.2e}  image MAD {:.3}/255", mad);
-        if !(lat_err < 1e-3 && mad < 1.0) {
-            failures.push(format!("{name}: latents rel L2 {lat_err:.2e}, image MAD {mad:.3}/255"));
+        match request(c).and_then(|req| pipe.generate(&req, &mut |_| {})) {
+            Ok(out) => failures.extend(against_record("controlnet", name, &out)),
+            Err(e) => failures.push(format!("{name}: {e}")),
         }
     }
     assert!(failures.is_empty(), "cases off diffusers:\n{}", failures.join("\n"));

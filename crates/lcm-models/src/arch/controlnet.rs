@@ -244,9 +244,7 @@ impl<B: Backend> ControlNet<B> {
         let time_rows: Vec<f32>;
         match (cfg.unet.text_time, added) {
             (Some(_), Some(a)) if a.time_ids.shape == [bsz, TEXT_TIME_IDS] => {
-                time_rows = (0..TEXT_TIME_IDS)
-                    .flat_map(|r| (0..bsz).map(move |i| a.time_ids.data[i * TEXT_TIME_IDS + r]))
-                    .collect();
+                time_rows = a.time_id_rows();
                 inputs.push(HostData::F32(&a.text_embeds.data));
                 inputs.push(HostData::F32(&time_rows));
             }

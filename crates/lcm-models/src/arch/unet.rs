@@ -369,6 +369,15 @@ pub struct AddedCond<'a> {
     pub time_ids: &'a Tensor,
 }
 
+impl AddedCond<'_> {
+    /// The time ids as the graphs take them: id r of every image in row r (`[6, B]`), each row one
+    /// sinusoid op's input.
+    pub fn time_id_rows(&self) -> Vec<f32> {
+        let bsz = self.time_ids.shape[0];
+        (0..TEXT_TIME_IDS).flat_map(|r| (0..bsz).map(move |i| self.time_ids.data[i * TEXT_TIME_IDS + r])).collect()
+    }
+}
+
 /// A loaded UNet on a backend.
 pub struct Unet<B: Backend> {
     /// The config the graph is built from.
@@ -451,10 +460,7 @@ impl<B: Backend> Unet<B> {
                         ),
                     ));
                 }
-                time_rows = (0..TEXT_TIME_IDS)
-                    .flat_map(|r| (0..bsz).map(move |i| (r, i)))
-                    .map(|(r, i)| a.time_ids.data[i * TEXT_TIME_IDS + r])
-                    .collect();
+                time_rows = a.time_id_rows();
                 inputs.push(HostData::F32(&a.text_embeds.data));
                 inputs.push(HostData::F32(&time_rows));
             }
