@@ -92,3 +92,36 @@ fn bad_masks_fail_naming_the_mask() {
     assert!(lcm(&["frames", "--help"]).1.contains("--mask"), "frames --help lacks --mask");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `lcm frames --mask FILE` inpaints every frame with that mask: each output is `lcm generate --image
+/// frame --mask FILE` with the same flags.
+#[test]
+fn frames_with_a_mask_are_generate_with_it() {
+    let dir = scratch("frames");
+    let (input, output) = (dir.join("in"), dir.join("out"));
+    std::fs::create_dir_all(&input).unwrap();
+    let (_, _, init, _) = read_png(Path::new(&fx("inpaint/images/init_64x64.png"))).unwrap();
+    for (k, name) in ["a.png", "b.png"].iter().enumerate() {
+        let shifted: Vec<u8> = init.iter().map(|&v| v.wrapping_add(40 * k as u8)).collect();
+        write_png(&input.join(name), 64, 64, &shifted, "").unwrap();
+    }
+    let (model, mask) = (fx("inpaint/tiny-sd-inpaint"), fx("inpaint/images/mask_l_64x64.png"));
+    let flags = ["--prompt", "a cat", "--strength", "1", "--steps", "2", "--seed", "4", "--device", "cpu"];
+    let (i, o) = (input.to_str().unwrap(), output.to_str().unwrap());
+    let (ok, _, stderr) =
+        lcm(&[&["frames", "--model", &model, "--input", i, "--output", o, "--mask", &mask][..], &flags].concat());
+    assert!(ok, "lcm frames --mask: {stderr}");
+    for name in ["a.png", "b.png"] {
+        let (frame, out) = (input.join(name).display().to_string(), dir.join(format!("gen-{name}")));
+        let gen =
+            ["generate", "--model", &model, "--image", &frame, "--mask", &mask, "--output", out.to_str().unwrap()];
+        let (ok, _, stderr) = lcm(&[&gen[..], &flags].concat());
+        assert!(ok, "generate {name}: {stderr}");
+        assert_eq!(
+            read_png(&output.join(name)).unwrap().2,
+            read_png(&out).unwrap().2,
+            "{name}: frames and generate differ"
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
