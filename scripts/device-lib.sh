@@ -55,8 +55,10 @@ for line in open(f"{d}/cargo.json"):
         continue
     if m.get("reason") == "build-script-executed" and re.search(r"/build/lcm-[0-9a-f]+/out$", m["out_dir"]):
         out_dir = m["out_dir"]
-    # A binary's own unit-test harness carries the binary's name too: take the binary itself.
-    harness = "bin" in m.get("target", {}).get("kind", []) and m.get("profile", {}).get("test")
+    # A binary's own unit-test harness carries the binary's name too, and so does the root package's
+    # library harness (the package and the CLI binary are both `lcm`): take the binary itself.
+    kinds = m.get("target", {}).get("kind", [])
+    harness = ("bin" in kinds or "lib" in kinds) and m.get("profile", {}).get("test")
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] in wanted and not harness:
         shutil.copy(m["executable"], f"{d}/bin/{m['target']['name']}")
         wanted.discard(m["target"]["name"])
