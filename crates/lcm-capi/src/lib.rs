@@ -22,7 +22,9 @@ use lcm::{Device, Engine, Prepared};
 use lcm_pipeline::spec::{ControlUnit, InitImage, LoadSpec, LoraMode, Request, SizeRule, MAX_IMAGES};
 
 mod ffi;
+mod generate;
 use ffi::{clear_out, control_units, guard, invalid, lora_specs, request_error, string, Failure, LAST_ERROR};
+use generate::generate;
 
 /// A status code: `LCM_OK` or one of the `LCM_ERR_*` values.
 pub type LcmStatus = i32;
@@ -329,92 +331,6 @@ pub unsafe extern "C" fn lcm_generate_controlled(
 ) -> LcmStatus {
     // SAFETY: the caller's contract.
     guard(|| unsafe { generate(pipeline, request, std::ptr::null(), controlnets, num_controlnets, out) })
-}
-
-/// The body of [`lcm_generate`] and [`lcm_generate_controlled`].
-///
-/// # Safety
-/// As [`lcm_generate_controlled`].
-unsafe fn generate(
-    pipeline: *mut LcmPipeline,
-    request: *const LcmRequest,
-    mask: *const u8,
-    controlnets: *const LcmControlNet,
-    num_controlnets: usize,
-    out: *mut *mut LcmImages,
-) -> Result<(), Failure> {
-    // SAFETY: the caller's contract.
-    unsafe { clear_out(out) }?;
-    // SAFETY: the caller's contract (a live pipeline; shared access, the engine is behind a lock).
-    let p = unsafe { pipeline.as_ref() }.ok_or_else(|| invalid("pipeline", "NULL"))?;
-    // SAFETY: the caller's contract.
-    let r = unsafe { request.as_ref() }.ok_or_else(|| invalid("request", "NULL"))?;
-    // SAFETY: the caller's contract.
-    let prompt = unsafe { string(r.prompt, "request.prompt") }?.ok_or_else(|| invalid("request.prompt", "NULL"))?;
-    // SAFETY: the caller's contract.
-    let negative_prompt = unsafe { string(r.negative_prompt, "request.negative_prompt") }?;
-    let (width, height) = (r.width as usize, r.height as usize);
-    let init_image = if r.init_rgb.is_null() {
-        None
-    } else {
-        if width * height == 0 || width > SizeRule::DEFAULT_MAX || height > SizeRule::DEFAULT_MAX {
-            return Err(invalid("request.width/height", format!("{width}x{height}: out of range for init_rgb")));
-        }
-        // SAFETY: the caller's contract (width·height·3 readable bytes); sizes bounded above.
-        let rgb = unsafe { std::slice::from_raw_parts(r.init_rgb, width * height * 3) };
-        let init = InitImage::from_rgb8(width, height, rgb, r.strength)?;
-        if mask.is_null() {
-            Some(init)
-        } else {
-            // SAFETY: the caller's contract (width·height readable bytes); sizes bounded above.
-            let gray = unsafe { std::slice::from_raw_parts(mask, width * height) };
-            let masked = init.with_mask_gray8(width, height, gray).map_err(|e| match e {
-                lcm_core::Error::Invalid { msg, .. } => invalid("request.mask", msg),
-                e => invalid("request.mask", e),
-            })?;
-            Some(masked)
-        }
-    };
-    if !mask.is_null() && init_image.is_none() {
-        return Err(invalid("request.init_rgb", "NULL: inpainting (a mask) needs the image to repaint"));
-    }
-    let controls = if num_controlnets == 0 {
-        Vec::new()
-    } else {
-        // The control images are resized to the request's size: that size first.
-        SizeRule::default().check_size(width, height).map_err(|e| request_error(e, &[]))?;
-        // SAFETY: the caller's contract.
-        unsafe { control_units(controlnets, num_controlnets, width, height) }?
-    };
-    let req = Request {
-        prompt,
-        negative_prompt,
-        steps: r.steps as usize,
-        guidance_scale: r.guidance_scale,
-        seed: r.seed,
-        width,
-        height,
-        num_images: r.num_images as usize,
-        controls,
-        init_image,
-    };
-    if req.num_images > MAX_IMAGES {
-        return Err(invalid("request.num_images", format!("{}: at most {MAX_IMAGES}", req.num_images)));
-    }
-    let mut engine = lock(p);
-    // A cancel meant for an earlier generation does not stop this one.
-    p.cancel.store(false, Ordering::SeqCst);
-    let generated =
-        engine.generate_with(&req, &mut |_| {}, Some(&p.cancel)).map_err(|e| request_error(e, &req.controls))?;
-    drop(engine);
-    let count = generated.images.shape[0] as u32;
-    let rgb: Box<[u8]> = (0..generated.images.shape[0]).flat_map(|i| generated.rgb8(i)).collect();
-    let len = rgb.len();
-    let rgb = Box::into_raw(rgb) as *mut u8;
-    let images = Box::new(LcmImages { width: r.width, height: r.height, count, rgb, len });
-    // SAFETY: checked non-NULL by clear_out.
-    unsafe { *out = Box::into_raw(images) };
-    Ok(())
 }
 
 /// Replaces the pipeline's LoRAs (those given at load included) with `loras` (none when

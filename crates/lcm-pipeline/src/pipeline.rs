@@ -4,6 +4,7 @@
 
 pub mod control;
 mod generate;
+mod inpaint;
 
 use std::time::Duration;
 

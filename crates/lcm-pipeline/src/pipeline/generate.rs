@@ -17,6 +17,7 @@ use lcm_core::{Backend, Error, Executor, HostData, ModelWeights, Op, Result, Ten
 use lcm_models::denoise::{input, DenoiseConfig, DenoiseInputs, DenoiseShape, Inpaint};
 
 use super::control::{control_inputs, ControlInputs};
+use super::inpaint::Inpainted;
 use lcm_models::{Encoded, Vae, VaeConfig, VaeTiling};
 
 use super::{Output, Pipeline, StageTimes, StepEvent};
@@ -224,24 +225,6 @@ impl<B: Backend> Pipeline<B> {
         })
     }
 
-    /// How `req` inpaints with this UNet, if it does: an inpainting UNet (2·latent + 1 input channels)
-    /// needs a mask and concatenates it; an ordinary one blends. Errors name the mask.
-    fn inpaint_kind(&self, req: &Request) -> Result<Option<Inpaint>> {
-        let u = &self.unet.config;
-        let masked = req.init_image.as_ref().is_some_and(|i| i.mask.is_some());
-        let inpainting_unet = u.in_channels == 2 * u.out_channels + 1;
-        match (masked, inpainting_unet) {
-            (false, false) => Ok(None),
-            (true, false) => Ok(Some(Inpaint::Blend)),
-            (true, true) => Ok(Some(Inpaint::Concat)),
-            (false, true) => Err(Field::Mask.invalid(format!(
-                "this is an inpainting UNet ({} input channels: latents, mask, masked image): it needs an init \
-                 image and a mask",
-                u.in_channels
-            ))),
-        }
-    }
-
     /// Every draw of each request, in diffusers' order, from its own generator: the latents (img2img:
     /// the posterior sample, then the noise; inpainting: see [`Pipeline::inpaint_draws`]), then one
     /// noise tensor per step but the last. The noise is step-major (step k holds every image's draw).
@@ -286,52 +269,9 @@ impl<B: Backend> Pipeline<B> {
         Ok(Draws { latents, noise, inpaint })
     }
 
-    /// Inpainting's draws for one request (diffusers' StableDiffusionInpaintPipeline `prepare_latents`
-    /// and `prepare_mask_latents`), in its order: the image's posterior sample (for an ordinary UNet or
-    /// strength < 1), the noise, the masked image's posterior sample (always: diffusers draws it even
-    /// where the UNet never reads it). The latents are the noise at strength 1, else the image latents
-    /// noised to the first timestep. NCHW, `n` images (the image's latents repeated).
-    fn inpaint_draws(
-        &mut self,
-        init: &InitImage,
-        n: usize,
-        t0: i64,
-        kind: Inpaint,
-        (h, w): (usize, usize),
-        rng: &mut TorchRng,
-    ) -> Result<InpaintDraws> {
-        let mask = init.mask.as_ref().ok_or_else(|| Field::Mask.invalid("inpainting without a mask"))?;
-        let full_strength = init.strength == 1.0;
-        let image = match kind == Inpaint::Blend || !full_strength {
-            true => Some(self.image_latents(&init.pixels, rng)?.repeat(n)),
-            false => None,
-        };
-        let noise0 = rng.randn(image.as_ref().map_or(0, Vec::len).max(n * self.unet.config.out_channels * h * w));
-        let latents = match &image {
-            Some(img) if !full_strength => {
-                let mut l = img.clone();
-                self.scheduler.add_noise(&mut l, &noise0, t0)?;
-                l
-            }
-            _ => noise0.clone(),
-        };
-        // masked_image = image · (mask < 0.5): the kept pixels, zero (mid-grey) where repainted.
-        let hw = mask.numel();
-        let masked_pixels: Vec<f32> =
-            init.pixels.data.iter().enumerate().map(|(i, &p)| p * (1.0 - mask.data[i % hw])).collect();
-        let masked = self.image_latents(&Tensor::new(init.pixels.shape.clone(), masked_pixels), rng)?.repeat(n);
-        Ok(InpaintDraws {
-            latents,
-            image: image.unwrap_or_default(),
-            noise0,
-            masked,
-            mask: latent_mask(mask, h, w).repeat(n),
-        })
-    }
-
     /// The VAE's latents of `pixels` (`[1, 3, H, W]` in [-1, 1]) times the scaling factor, NCHW: a
     /// posterior sample (one draw from `rng`) for AutoencoderKL, the encoder's output for TAESD.
-    fn image_latents(&mut self, pixels: &Tensor, rng: &mut TorchRng) -> Result<Vec<f32>> {
+    pub(super) fn image_latents(&mut self, pixels: &Tensor, rng: &mut TorchRng) -> Result<Vec<f32>> {
         let vae_dir = self.spec.model_dir.join("vae");
         let be = self.vae_backend.as_ref().unwrap_or(&self.backend);
         self.vae.load_encoder(be, &vae_dir, self.spec.variant)?;
@@ -564,50 +504,4 @@ fn check_vae_output(data: &[f32], vae: &VaeConfig, in_f16: bool) -> Result<()> {
         ),
         e => e,
     })
-}
-
-/// One request's inpainting draws and derived inputs, NCHW, for its `n` images.
-struct InpaintDraws {
-    latents: Vec<f32>,
-    /// The image's latents (empty where the UNet does not need them).
-    image: Vec<f32>,
-    /// The noise the latents were drawn with.
-    noise0: Vec<f32>,
-    /// The masked image's latents.
-    masked: Vec<f32>,
-    /// The mask on the latent grid, `[n, 1, h, w]`.
-    mask: Vec<f32>,
-}
-
-/// A batch's inpainting inputs, NHWC, gathered request by request.
-#[derive(Default)]
-struct Inpainted {
-    image: Vec<f32>,
-    noise0: Vec<f32>,
-    masked: Vec<f32>,
-    mask: Vec<f32>,
-}
-
-impl Inpainted {
-    fn extend(&mut self, d: InpaintDraws, nhwc: impl Fn(usize, Vec<f32>) -> Vec<f32>, n: usize) {
-        if !d.image.is_empty() {
-            self.image.extend(nhwc(n, d.image));
-        }
-        self.noise0.extend(nhwc(n, d.noise0));
-        self.masked.extend(nhwc(n, d.masked));
-        self.mask.extend(d.mask); // one channel: NCHW and NHWC agree
-    }
-}
-
-/// The mask `[1, 1, H, W]` resized to the latent grid `h`x`w` by nearest-neighbour sampling, as
-/// `torch.nn.functional.interpolate(mask, size=(h, w))` does: source index floor(i·(H/h)) with the
-/// scale in f32.
-fn latent_mask(mask: &Tensor, h: usize, w: usize) -> Vec<f32> {
-    let (mh, mw) = (mask.shape[2], mask.shape[3]);
-    let (sy, sx) = (mh as f32 / h as f32, mw as f32 / w as f32);
-    let src = |i: usize, s: f32, n: usize| ((i as f32 * s).floor() as usize).min(n - 1);
-    (0..h)
-        .flat_map(|y| (0..w).map(move |x| (y, x)))
-        .map(|(y, x)| mask.data[src(y, sy, mh) * mw + src(x, sx, mw)])
-        .collect()
 }
