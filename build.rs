@@ -265,6 +265,7 @@ fn abi_probe(kernels: &Path, out: &Path) {
             .header(include.join("lcm_abi.h").display().to_string())
             .allowlist_type("Lcm.*")
             .rustified_enum("LcmPrediction")
+            .rustified_enum("LcmStepRule")
             .layout_tests(false)
             .generate()
             .ok()

@@ -215,8 +215,9 @@ template <typename In, typename Out>
 static __device__ __forceinline__ void cast(const LcmCastParams& p) {
     const In* x = static_cast<const In*>(p.x);
     Out* out = static_cast<Out*>(p.out);
+    const float div = p.row ? p.row->input_div : p.div;
     LCM_GRID_STRIDE(i, p.n) {
-        const float v = __fadd_rn(__fdiv_rn((float)x[i % p.n_in], p.div), p.add);
+        const float v = __fadd_rn(__fdiv_rn((float)x[i % p.n_in], div), p.add);
         out[i] = Out(v);
     }
 }

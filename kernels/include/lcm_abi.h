@@ -32,31 +32,45 @@
 // What the model predicts (diffusers' `prediction_type`).
 enum LcmPrediction { LCM_PRED_EPSILON = 0, LCM_PRED_V = 1, LCM_PRED_SAMPLE = 2 };
 
+// How a step updates the sample (lcm_core::lcm::StepRule): LCMScheduler; DDIM and TCD; Euler(-ancestral).
+enum LcmStepRule { LCM_RULE_CONSISTENCY = 0, LCM_RULE_DDIM = 1, LCM_RULE_EULER = 2 };
+
 // One step's coefficients: a row of the denoising graph's schedule input. The same layout as
-// lcm_core::lcm::StepRow on the Rust side (tests/abi.rs compares them).
+// lcm_core::lcm::StepRow on the Rust side (tests/abi.rs compares them), where each field's meaning
+// and which rule reads it are documented.
 typedef struct LcmStepRow {
     float timestep;
+    float guidance;
     float sqrt_alpha_t;
     float sqrt_beta_t;
-    float sqrt_alpha_prev;
-    float sqrt_beta_prev;
-    float c_skip;
-    float c_out;
-    float guidance;
+    float sigma;
+    float sigma_sq1;
+    float input_div;
+    float x0_coef;
+    float skip_coef;
+    float eps_coef;
+    float dt;
+    float renoise;
+    float noise;
+    float keep_image;
+    float keep_noise;
+    float pad;
 } LcmStepRow;
-LCM_STATIC_ASSERT(sizeof(LcmStepRow) == 32, "LcmStepRow layout changed: update src/cuda/abi.rs and lcm_core::lcm");
+LCM_STATIC_ASSERT(sizeof(LcmStepRow) == 64, "LcmStepRow layout changed: update src/cuda/abi.rs and lcm_core::lcm");
 
-// One LCM scheduler step over `n` latent elements (kernels/lcm_step.cu; diffusers' LCMScheduler.step,
-// lcm_core::lcm::step on the host):
-//   e = guided ? u + g·(c − u) : model_output[i]       (u = model_output[i], c = model_output[n + i])
-//   x0 = (x − sqrt(1−a_t)·e)/sqrt(a_t)   (epsilon; v and sample predictions likewise), clamped when clip
-//   denoised = c_out·x0 + c_skip·x
-//   out = sqrt(a_prev)·denoised + sqrt(1−a_prev)·noise, or denoised on the last step (noise = 0)
+// One sampler step over `n` latent elements (kernels/lcm_step.cu; diffusers' LCMScheduler, DDIMScheduler,
+// TCDScheduler, EulerDiscreteScheduler and EulerAncestralDiscreteScheduler `step`; lcm_core::lcm::step
+// on the host, in the same order of operations):
+//   m = guided ? u + g·(c − u) : model_output[i]       (u = model_output[i], c = model_output[n + i])
+//   consistency: x0 from sqrt(a_t), sqrt(1−a_t) by the prediction, clamped when clip; y = x0_coef·x0 + skip_coef·x
+//   ddim:        x0 and eps likewise;                                            y = x0_coef·x0 + eps_coef·eps
+//   euler:       x0 = x − σ·m (v: m·(−σ/input_div) + x/sigma_sq1);               y = x + ((x − x0)/σ)·dt
+//   out = renoise·y + noise·z with this step's noise z, or y when it takes none (noise = 0)
 // Latents, noise and the row are f32: they travel from step to step, where f16 would cost accuracy.
 typedef struct LcmStepParams {
     LCM_CPTR(float) sample;
     LCM_CPTR(__half) model_output;  // [n] or [2n] when guided
-    LCM_CPTR(float) noise;          // 0 on the last step
+    LCM_CPTR(float) noise;          // 0 at steps that take none
     LCM_CPTR(LcmStepRow) row;
     LCM_PTR(float) out;
     unsigned long long n;
@@ -64,11 +78,13 @@ typedef struct LcmStepParams {
     int clip;
     int prediction;                 // enum LcmPrediction
     int guided;
+    int rule;                       // enum LcmStepRule
+    int pad0;
 } LcmStepParams;
-LCM_STATIC_ASSERT(sizeof(LcmStepParams) == 64, "LcmStepParams layout changed: update src/cuda/abi.rs");
+LCM_STATIC_ASSERT(sizeof(LcmStepParams) == 72, "LcmStepParams layout changed: update src/cuda/abi.rs");
 
 // Inpainting's blend after an LCM step (kernels/lcm_step.cu, `inpaint_blend_f32`), n latent elements of c
-// channels: keep = image (last != 0) or sqrt(a_prev)·image + sqrt(1−a_prev)·noise (the row's), then
+// channels: keep = image (last != 0) or keep_image·image + keep_noise·noise (the row's), then
 // out = (1 − mask[i / c])·keep + mask[i / c]·x. All f32; lcm_core::lcm::inpaint_blend is the host's twin.
 typedef struct LcmBlendParams {
     LCM_CPTR(float) x;
@@ -219,15 +235,17 @@ LCM_STATIC_ASSERT(sizeof(LcmConcatParams) == 40, "LcmConcatParams layout changed
 
 // Element-type conversion (kernels/eltwise.cu, `cast_f32_f16` and `cast_f16_f32`):
 // out[i] = x[i mod n_in] / div + add for i < n, so the output may repeat the input (a guided batch).
+// With a schedule row, the divisor is the row's input_div (the sampler's scale_model_input).
 typedef struct LcmCastParams {
     LCM_CPTR(void) x;
     LCM_PTR(void) out;
+    LCM_CPTR(LcmStepRow) row;       // 0: divide by div
     unsigned long long n;
     unsigned long long n_in;
     float div;
     float add;
 } LcmCastParams;
-LCM_STATIC_ASSERT(sizeof(LcmCastParams) == 40, "LcmCastParams layout changed: update src/cuda/abi.rs");
+LCM_STATIC_ASSERT(sizeof(LcmCastParams) == 48, "LcmCastParams layout changed: update src/cuda/abi.rs");
 
 // Nearest-neighbour resize NHWC `[B, h, w, c]` -> `[B, ho, wo, c]`, torch's rule:
 // src = min(floor(dst · (in/out as f32)), in − 1), with scale_* = (float)in / (float)out from the host.

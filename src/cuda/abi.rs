@@ -9,9 +9,9 @@
 include!("abi_bindings.rs");
 
 // The header asserts the same sizes on the C side.
-const _: () = assert!(std::mem::size_of::<LcmStepRow>() == 32);
-const _: () = assert!(std::mem::size_of::<LcmStepParams>() == 64);
-const _: () = assert!(std::mem::size_of::<LcmCastParams>() == 40);
+const _: () = assert!(std::mem::size_of::<LcmStepRow>() == 64);
+const _: () = assert!(std::mem::size_of::<LcmStepParams>() == 72);
+const _: () = assert!(std::mem::size_of::<LcmCastParams>() == 48);
 const _: () = assert!(std::mem::size_of::<LcmBlendParams>() == 64);
 const _: () = assert!(std::mem::size_of::<LcmGemmParams>() == 128);
 const _: () = assert!(std::mem::size_of::<LcmAttnParams>() == 72);
@@ -61,15 +61,36 @@ pub fn rust_layout() -> Vec<(String, u64)> {
     let mut v = Vec::new();
     v.extend(layout!(LcmStepRow {
         timestep,
+        guidance,
         sqrt_alpha_t,
         sqrt_beta_t,
-        sqrt_alpha_prev,
-        sqrt_beta_prev,
-        c_skip,
-        c_out,
-        guidance
+        sigma,
+        sigma_sq1,
+        input_div,
+        x0_coef,
+        skip_coef,
+        eps_coef,
+        dt,
+        renoise,
+        noise,
+        keep_image,
+        keep_noise,
+        pad
     }));
-    v.extend(layout!(LcmStepParams { sample, model_output, noise, row, out, n, clip_range, clip, prediction, guided }));
+    v.extend(layout!(LcmStepParams {
+        sample,
+        model_output,
+        noise,
+        row,
+        out,
+        n,
+        clip_range,
+        clip,
+        prediction,
+        guided,
+        rule,
+        pad0
+    }));
     v.extend(layout!(LcmGemmParams {
         x,
         weight,
@@ -134,7 +155,7 @@ pub fn rust_layout() -> Vec<(String, u64)> {
     v.extend(layout!(LcmBlendParams { x, image, noise, mask, row, out, n, c, last }));
     v.extend(layout!(LcmAddScaledParams { x, y, scale, out, n, per_image }));
     v.extend(layout!(LcmConcatParams { a, b, out, rows, ca, cb }));
-    v.extend(layout!(LcmCastParams { x, out, n, n_in, div, add }));
+    v.extend(layout!(LcmCastParams { x, out, row, n, n_in, div, add }));
     v.extend(layout!(LcmUpsampleParams { x, out, batch, h, w, c, ho, wo, scale_h, scale_w }));
     v.extend(layout!(LcmEmbedParams { ids, table, positions, out, error, batch, tokens, c, vocab }));
     v.extend(layout!(LcmTimestepParams { t, out, batch, dim, freq_shift, flip_sin_to_cos }));

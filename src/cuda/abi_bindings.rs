@@ -7,17 +7,32 @@ pub enum LcmPrediction {
     LCM_PRED_V = 1,
     LCM_PRED_SAMPLE = 2,
 }
+#[repr(u32)]
+#[derive(Debug, Copy, Clone, Hash, PartialEq, Eq)]
+pub enum LcmStepRule {
+    LCM_RULE_CONSISTENCY = 0,
+    LCM_RULE_DDIM = 1,
+    LCM_RULE_EULER = 2,
+}
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct LcmStepRow {
     pub timestep: f32,
+    pub guidance: f32,
     pub sqrt_alpha_t: f32,
     pub sqrt_beta_t: f32,
-    pub sqrt_alpha_prev: f32,
-    pub sqrt_beta_prev: f32,
-    pub c_skip: f32,
-    pub c_out: f32,
-    pub guidance: f32,
+    pub sigma: f32,
+    pub sigma_sq1: f32,
+    pub input_div: f32,
+    pub x0_coef: f32,
+    pub skip_coef: f32,
+    pub eps_coef: f32,
+    pub dt: f32,
+    pub renoise: f32,
+    pub noise: f32,
+    pub keep_image: f32,
+    pub keep_noise: f32,
+    pub pad: f32,
 }
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
@@ -32,6 +47,8 @@ pub struct LcmStepParams {
     pub clip: ::std::os::raw::c_int,
     pub prediction: ::std::os::raw::c_int,
     pub guided: ::std::os::raw::c_int,
+    pub rule: ::std::os::raw::c_int,
+    pub pad0: ::std::os::raw::c_int,
 }
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
@@ -169,6 +186,7 @@ pub struct LcmConcatParams {
 pub struct LcmCastParams {
     pub x: ::std::os::raw::c_ulonglong,
     pub out: ::std::os::raw::c_ulonglong,
+    pub row: ::std::os::raw::c_ulonglong,
     pub n: ::std::os::raw::c_ulonglong,
     pub n_in: ::std::os::raw::c_ulonglong,
     pub div: f32,

@@ -2,7 +2,7 @@
 //! GPU (or driver, or build) that computes wrong answers is refused before it serves a request, never
 //! silently used. Milliseconds on a GPU; `LCM_SKIP_SELF_CHECK=1` skips it (a service that ran it once).
 
-use lcm_core::lcm::{Prediction, StepRow, STEP_ROW};
+use lcm_core::lcm::{Prediction, Sampling, StepRow, StepRule, STEP_ROW};
 use lcm_core::{
     rel_l2, Activation, Backend, Elem, Error, Executor, Graph, GraphBuilder, HostData, ModelWeights, Result, WeightKind,
 };
@@ -113,17 +113,22 @@ pub fn families() -> Result<Vec<Family>> {
             })?,
         ),
         f16(
-            "denoising step (cast, LCM step with guidance, inpainting blend)",
+            "denoising step (cast, LCM/DDIM/Euler steps with guidance, scale_model_input, inpainting blend)",
             graph(|b| {
                 let x = b.input(&[1, 3, 5, 4], Elem::F32);
                 let eps = b.input(&[2, 3, 5, 4], Elem::Act);
                 let schedule = b.input(&[2, STEP_ROW], Elem::F32);
                 let noise = b.input(&[1, 1, 3, 5, 4], Elem::F32);
                 let doubled = b.cast(x, Elem::Act, 2, 1.0, 0.0);
-                let next = b.lcm_step(x, eps, Some(noise), schedule, 0, true, Prediction::Epsilon, None);
+                let next = b.lcm_step(x, eps, Some((noise, 0)), schedule, 0, true, Sampling::LCM);
+                let v = Sampling { rule: StepRule::Ddim, prediction: Prediction::VPrediction, clip: None };
+                let next = b.lcm_step(next, eps, Some((noise, 0)), schedule, 1, true, v);
+                let scaled = b.scale_model_input(next, 2, schedule, 1);
+                let euler = Sampling { rule: StepRule::Euler, ..Sampling::LCM };
+                let next = b.lcm_step(next, eps, None, schedule, 1, true, euler);
                 let (image, mask) = (b.input(&[1, 3, 5, 4], Elem::F32), b.input(&[1, 3, 5, 1], Elem::F32));
                 let blended = b.inpaint_blend(next, image, x, mask, schedule, 0, false);
-                vec![doubled, blended, b.cast(next, Elem::Act, 1, 0.18215, 0.0)]
+                vec![doubled, scaled, blended, b.cast(next, Elem::Act, 1, 0.18215, 0.0)]
             })?,
         ),
         Family {
@@ -177,16 +182,24 @@ fn compare(gpu: &CudaBackend, g: Graph, data: &mut Data) -> Result<f64> {
             }
             _ => {
                 let v = if d.shape.last() == Some(&STEP_ROW) {
-                    // A real step's coefficients (t = 999 of SD1.5's schedule, guidance 1.5).
+                    // Real steps' coefficients (t = 999 of SD1.5's schedule, guidance 1.5), every rule's.
                     let row = StepRow {
                         timestep: 999.0,
+                        guidance: 1.5,
                         sqrt_alpha_t: 0.0683,
                         sqrt_beta_t: 0.9977,
-                        sqrt_alpha_prev: 0.23,
-                        sqrt_beta_prev: 0.97,
-                        c_skip: 0.0,
-                        c_out: 1.0,
-                        guidance: 1.5,
+                        sigma: 14.61,
+                        sigma_sq1: 214.45,
+                        input_div: 14.644,
+                        x0_coef: 0.23,
+                        skip_coef: 0.001,
+                        eps_coef: 0.97,
+                        dt: -6.3,
+                        renoise: 0.9,
+                        noise: 0.43,
+                        keep_image: 0.23,
+                        keep_noise: 0.97,
+                        pad: 0.0,
                     };
                     row.as_slice().repeat(d.numel() / STEP_ROW)
                 } else {

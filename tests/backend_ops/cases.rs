@@ -3,7 +3,7 @@
 
 use crate::gpu_util::{self, fit, Input, Rng};
 use crate::Kind;
-use lcm_core::lcm::{Prediction, StepRow, STEP_ROW};
+use lcm_core::lcm::{Prediction, Sampling, StepRow, StepRule, STEP_ROW};
 use lcm_core::{Activation, Elem, Graph, GraphBuilder, MapKind, TensorId, WeightKind};
 
 /// One graph to run on both backends, with its inputs when random normal ones will not do.
@@ -385,30 +385,58 @@ pub fn cast_cases() -> Vec<Case> {
         });
         case(format!("cast {tag}: {s:?} {from:?} -> {to:?} x{copies}"), g)
     });
-    cases.collect()
+    // The sampler's scale_model_input: a cast dividing by a schedule row's input_div.
+    let scaled = [([1, h, w, 4], 2, 0), ([1, 3, 5, 3], 1, 1)].into_iter().map(|(s, copies, step)| {
+        let n: usize = s.iter().product();
+        let g = graph(|b| {
+            let x = b.input(&s, Elem::F32);
+            let sched = b.input(&[2, STEP_ROW], Elem::F32);
+            b.scale_model_input(x, copies, sched, step)
+        });
+        let inputs = vec![Input::F32(Rng::new(1750).vec(n, 3.0)), Input::F32(schedule())];
+        Case { name: format!("scale_model_input row {step} {s:?} x{copies}"), graph: g, inputs: Some(inputs) }
+    });
+    cases.chain(scaled).collect()
 }
 
-/// Schedule rows as a real run has them (SD1.5's at t = 999 and t = 259, guidance 1.5 and 8).
+/// Schedule rows as a real run has them (SD1.5's at t = 999 and t = 259, guidance 1.5 and 8), with
+/// every rule's coefficients filled (LCM's, DDIM's, Euler's).
 fn schedule() -> Vec<f32> {
     let first = StepRow {
         timestep: 999.0,
+        guidance: 1.5,
         sqrt_alpha_t: 0.0683,
         sqrt_beta_t: 0.9977,
-        sqrt_alpha_prev: 0.23,
-        sqrt_beta_prev: 0.97,
-        c_skip: 0.0,
-        c_out: 1.0,
-        guidance: 1.5,
+        sigma: 14.61,
+        sigma_sq1: 214.45,
+        input_div: 14.644,
+        x0_coef: 1.0,
+        skip_coef: 0.0,
+        eps_coef: 0.97,
+        dt: -6.3,
+        renoise: 0.23,
+        noise: 0.97,
+        keep_image: 0.23,
+        keep_noise: 0.97,
+        pad: 0.0,
     };
     let last = StepRow {
         timestep: 259.0,
+        guidance: 8.0,
         sqrt_alpha_t: 0.7374,
         sqrt_beta_t: 0.6755,
-        sqrt_alpha_prev: 0.9991,
-        sqrt_beta_prev: 0.0413,
-        c_skip: 0.0013,
-        c_out: 0.9987,
-        guidance: 8.0,
+        sigma: 0.916,
+        sigma_sq1: 1.839,
+        input_div: 1.356,
+        x0_coef: 0.9987,
+        skip_coef: 0.0013,
+        eps_coef: 0.0413,
+        dt: -0.916,
+        renoise: 0.9991,
+        noise: 0.0413,
+        keep_image: 0.9991,
+        keep_noise: 0.0413,
+        pad: 0.0,
     };
     [first.as_slice(), last.as_slice()].concat()
 }
@@ -416,20 +444,28 @@ fn schedule() -> Vec<f32> {
 pub fn lcm_step_cases() -> Vec<Case> {
     let (_, elems) = budget();
     let [h, w] = fit_hw([64, 64], 1, 4, elems);
+    let (lcm, ddim, euler) = (StepRule::Consistency, StepRule::Ddim, StepRule::Euler);
+    let (eps, v, x0) = (Prediction::Epsilon, Prediction::VPrediction, Prediction::Sample);
     let all = [
-        ([1, h, w, 4], 0, true, Prediction::Epsilon, None, "sd 512 guided, noise re-injected"),
-        ([2, h, w, 4], 1, false, Prediction::VPrediction, Some(1.0), "batch 2, v-prediction, clipped, last step"),
-        ([1, 3, 5, 3], 0, true, Prediction::Sample, None, "awkward, sample prediction"),
+        ([1, h, w, 4], 0, true, lcm, eps, None, "lcm sd 512 guided, noise re-injected"),
+        ([2, h, w, 4], 1, false, lcm, v, Some(1.0), "lcm batch 2, v-prediction, clipped, last step"),
+        ([1, 3, 5, 3], 0, true, lcm, x0, None, "lcm awkward, sample prediction"),
+        ([1, h, w, 4], 0, true, ddim, v, None, "ddim/tcd v-prediction guided, noise"),
+        ([2, 3, 5, 3], 1, false, ddim, x0, Some(1.0), "ddim sample prediction, clipped, last step"),
+        ([1, h, w, 4], 0, false, ddim, eps, None, "ddim/tcd epsilon, noise"),
+        ([1, h, w, 4], 0, true, euler, eps, None, "euler-ancestral epsilon guided, noise"),
+        ([2, 3, 5, 3], 1, false, euler, v, None, "euler v-prediction, last step"),
     ];
     let mut rng = Rng::new(1700);
-    let cases = all.into_iter().map(|(s, step, guided, prediction, clip, tag)| {
+    let cases = all.into_iter().map(|(s, step, guided, rule, prediction, clip, tag)| {
         let n: usize = s.iter().product();
+        let sampling = Sampling { rule, prediction, clip };
         let g = graph(|b| {
             let x = b.input(&s, Elem::F32);
             let eps = b.input(&[s[0] * if guided { 2 } else { 1 }, s[1], s[2], s[3]], Elem::Act);
             let sched = b.input(&[2, STEP_ROW], Elem::F32);
-            let noise = (step == 0).then(|| b.input(&[1, s[0], s[1], s[2], s[3]], Elem::F32));
-            b.lcm_step(x, eps, noise, sched, step, guided, prediction, clip)
+            let noise = (step == 0).then(|| (b.input(&[1, s[0], s[1], s[2], s[3]], Elem::F32), 0));
+            b.lcm_step(x, eps, noise, sched, step, guided, sampling)
         });
         let mut inputs = vec![
             Input::F32(rng.vec(n, 1.0)),

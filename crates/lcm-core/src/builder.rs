@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use crate::error::{Error, Result};
 use crate::graph::{Activation, Elem, Graph, MapKind, Op, Storage, TensorDesc, TensorId, WeightKind, WeightSpec};
-use crate::lcm::{Prediction, STEP_ROW};
+use crate::lcm::{Sampling, STEP_ROW};
 
 /// A graph under construction: its tensors and ops in forward order, weights deduplicated by checkpoint
 /// name within their model ([`GraphBuilder::set_weight_scope`]), and the first shape error met.
@@ -291,6 +291,31 @@ impl GraphBuilder {
 
     /// `x / div + add` as `elem` (`Act` or `F32`), repeated `copies` times along the batch.
     pub fn cast(&mut self, x: TensorId, elem: Elem, copies: usize, div: f32, add: f32) -> TensorId {
+        self.cast_by(x, elem, copies, div, add, None)
+    }
+
+    /// The sampler's `scale_model_input` into the UNet: `x / input_div` of row `step` of `schedule`,
+    /// as `Act`, repeated `copies` times along the batch.
+    pub fn scale_model_input(&mut self, x: TensorId, copies: usize, schedule: TensorId, step: usize) -> TensorId {
+        let rows = match *self.shape(schedule) {
+            [rows, STEP_ROW] if self.g.tensors[schedule].elem == Elem::F32 => rows,
+            _ => 0,
+        };
+        if step >= rows {
+            self.fail(format!("scale_model_input {step}: schedule {:?}", self.shape(schedule)));
+        }
+        self.cast_by(x, Elem::Act, copies, 1.0, 0.0, Some((schedule, step)))
+    }
+
+    fn cast_by(
+        &mut self,
+        x: TensorId,
+        elem: Elem,
+        copies: usize,
+        div: f32,
+        add: f32,
+        row: Option<(TensorId, usize)>,
+    ) -> TensorId {
         let mut s = self.shape(x).to_vec();
         if s.is_empty() || copies == 0 || elem == Elem::I32 || self.g.tensors[x].elem == Elem::I32 {
             self.fail(format!("cast of {s:?} ({:?}) to {elem:?} x{copies}", self.g.tensors[x].elem));
@@ -298,21 +323,21 @@ impl GraphBuilder {
             s[0] *= copies;
         }
         let out = self.tensor(s, elem, Storage::Activation);
-        self.push(Op::Cast { x, div, add, out })
+        self.push(Op::Cast { x, div, add, row, out })
     }
 
-    /// One LCM step (see [`Op::LcmStep`]); returns the next latents (`F32`, x's shape).
+    /// One sampler step (see [`Op::LcmStep`]); returns the next latents (`F32`, x's shape). `noise` is
+    /// the noise tensor and the row this step reads.
     #[allow(clippy::too_many_arguments)]
     pub fn lcm_step(
         &mut self,
         x: TensorId,
         model_output: TensorId,
-        noise: Option<TensorId>,
+        noise: Option<(TensorId, usize)>,
         schedule: TensorId,
         step: usize,
         guided: bool,
-        prediction: Prediction,
-        clip: Option<f32>,
+        sampling: Sampling,
     ) -> TensorId {
         let xs = self.shape(x).to_vec();
         let mut want = xs.clone();
@@ -323,9 +348,9 @@ impl GraphBuilder {
             [steps, STEP_ROW] => steps,
             _ => 0,
         };
-        let noise_ok = noise.is_none_or(|z| {
+        let noise_ok = noise.is_none_or(|(z, row)| {
             let zs = self.shape(z);
-            zs.len() == xs.len() + 1 && zs[1..] == xs[..] && step < zs[0] && self.g.tensors[z].elem == Elem::F32
+            zs.len() == xs.len() + 1 && zs[1..] == xs[..] && row < zs[0] && self.g.tensors[z].elem == Elem::F32
         });
         let elems_ok = self.g.tensors[x].elem == Elem::F32 && self.g.tensors[schedule].elem == Elem::F32;
         if self.shape(model_output) != want || step >= steps || !noise_ok || !elems_ok {
@@ -333,11 +358,11 @@ impl GraphBuilder {
                 "lcm_step {step}: latents {xs:?}, model output {:?} (guided: {guided}), schedule {:?}, noise {:?}",
                 self.shape(model_output),
                 self.shape(schedule),
-                noise.map(|z| self.shape(z).to_vec())
+                noise.map(|(z, row)| (self.shape(z).to_vec(), row))
             ));
         }
         let out = self.tensor(xs, Elem::F32, Storage::Activation);
-        self.push(Op::LcmStep { x, model_output, noise, schedule, step, guided, prediction, clip, out })
+        self.push(Op::LcmStep { x, model_output, noise, schedule, step, guided, sampling, out })
     }
 
     /// Inpainting's blend after an LCM step (see [`Op::InpaintBlend`]); returns the blended latents.

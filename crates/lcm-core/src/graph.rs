@@ -309,36 +309,37 @@ pub enum Op {
         div: f32,
         /// Offset, added after the division.
         add: f32,
+        /// When given, row `.1` of this schedule (`F32 [steps, STEP_ROW]`) supplies the divisor instead
+        /// of `div`: its `input_div` (the sampler's `scale_model_input`, latents into the UNet).
+        row: Option<(TensorId, usize)>,
         /// Output, `Act` or `F32`: x's shape with its batch repeated a whole number of times.
         out: TensorId,
     },
-    /// One LCM scheduler step (`lcm::step`) over latents `x` (`F32`): row `step` of `schedule`
-    /// (`F32 [steps, STEP_ROW]`) gives the coefficients, row `step` of `noise` (`F32 [steps − 1, …x]`)
-    /// the re-injected noise (absent on the last step). `model_output` (`Act`) has x's shape, or twice
+    /// One sampler step (`lcm::step`, by `sampling`'s rule) over latents `x` (`F32`): row `step` of `schedule`
+    /// (`F32 [steps, STEP_ROW]`) gives the coefficients, a row of `noise` the noise z of the step's tail
+    /// (absent at steps that take none). `model_output` (`Act`) has x's shape, or twice
     /// its batch when `guided`: then it is [uncond; cond], combined as u + g·(c − u) first.
     LcmStep {
         /// Latents x_t (`F32`).
         x: TensorId,
         /// The UNet's output (`Act`).
         model_output: TensorId,
-        /// Noise `F32 [rows, …x]`, row `step` read.
-        noise: Option<TensorId>,
+        /// Noise `F32 [rows, …x]` and the row read.
+        noise: Option<(TensorId, usize)>,
         /// Coefficients `F32 [steps, STEP_ROW]`, one [`crate::lcm::StepRow`] per step.
         schedule: TensorId,
-        /// Step index: the row of `schedule` and `noise`.
+        /// Step index: the row of `schedule`.
         step: usize,
         /// `model_output` is a guided [uncond; cond] batch.
         guided: bool,
-        /// What the model output means (the scheduler's `prediction_type`).
-        prediction: crate::lcm::Prediction,
-        /// x0 clamped to ±this (`clip_sample_range`, when `clip_sample` is on).
-        clip: Option<f32>,
+        /// The step's rule, what the model output means and x0's clamp.
+        sampling: crate::lcm::Sampling,
         /// Next latents (`F32`, x's shape).
         out: TensorId,
     },
     /// Inpainting with an ordinary (4-channel) UNet, after each LCM step (diffusers'
     /// StableDiffusionInpaintPipeline): the region to keep is the image's latents re-noised to the next
-    /// timestep, `keep = sqrt(ā_prev)·image + sqrt(1−ā_prev)·noise` with row `step` of `schedule` (the
+    /// timestep, `keep = keep_image·image + keep_noise·noise` with row `step` of `schedule` (the
     /// image's latents themselves after the `last` step), and `out = (1 − mask)·keep + mask·x`.
     InpaintBlend {
         /// The latents the LCM step gave (`F32 [N, h, w, c]`).
@@ -394,7 +395,11 @@ impl Op {
             }
             Op::GroupNorm { x, gamma, beta, .. } | Op::LayerNorm { x, gamma, beta, .. } => v.extend([x, gamma, beta]),
             Op::Attention { q, k, v: vv, .. } => v.extend([q, k, vv]),
-            Op::Geglu { x, .. } | Op::Upsample { x, .. } | Op::Cast { x, .. } => v.push(x),
+            Op::Geglu { x, .. } | Op::Upsample { x, .. } => v.push(x),
+            Op::Cast { x, row, .. } => {
+                v.push(x);
+                v.extend(row.map(|(schedule, _)| schedule));
+            }
             Op::Map { x, y, .. } => {
                 v.push(x);
                 v.extend(y);
@@ -406,7 +411,7 @@ impl Op {
             Op::TimestepEmbed { t, .. } => v.push(t),
             Op::LcmStep { x, model_output, noise, schedule, .. } => {
                 v.extend([x, model_output, schedule]);
-                v.extend(noise);
+                v.extend(noise.map(|(z, _)| z));
             }
             Op::InpaintBlend { x, image, noise, mask, schedule, .. } => v.extend([x, image, noise, mask, schedule]),
         }

@@ -1,7 +1,7 @@
-//! The LCM scheduler step over a whole latent (kernels/lcm_step.cu): `lcm_core::lcm::step` per element,
+//! The sampler step over a whole latent (kernels/lcm_step.cu): `lcm_core::lcm::step` per element,
 //! after classifier-free guidance when the model output is a guided [uncond; cond] batch.
 
-use lcm_core::lcm::{self, Prediction, StepRow};
+use lcm_core::lcm::{self, Sampling, StepRow};
 
 /// The latent's step inputs: x_t, the model output (twice x's length when guided) and the noise row
 /// re-injected (none on the last step).
@@ -15,19 +15,12 @@ pub struct StepInputs<'a> {
 }
 
 /// `out[i] = lcm::step(x[i], ε[i], noise[i], row)`, with ε = u + g·(c − u) of the guided halves.
-pub fn lcm_step(
-    s: StepInputs,
-    row: &StepRow,
-    guided: bool,
-    prediction: Prediction,
-    clip: Option<f32>,
-    out: &mut [f32],
-) {
+pub fn lcm_step(s: StepInputs, row: &StepRow, guided: bool, sampling: &Sampling, out: &mut [f32]) {
     let n = out.len();
     let eps = s.model_output;
     for (i, o) in out.iter_mut().enumerate() {
         let e = if guided { lcm::guide(eps[i], eps[n + i], row.guidance) } else { eps[i] };
-        *o = lcm::step(s.x[i], e, s.noise.map(|z| z[i]), row, prediction, clip);
+        *o = lcm::step(s.x[i], e, s.noise.map(|z| z[i]), row, sampling);
     }
 }
 

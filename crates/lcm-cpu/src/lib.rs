@@ -347,15 +347,16 @@ impl CpuBackend {
                 let ts = &m.src(t)[row * batch..(row + 1) * batch];
                 eltwise::timestep_embed(ts, dim, flip_sin_to_cos, freq_shift, out);
             }
-            (Op::Cast { x, div, add, .. }, Problem::Cast { .. }) => eltwise::cast(m.src(x), div, add, out),
-            (
-                Op::LcmStep { x, model_output, noise, schedule, step, guided, prediction, clip, .. },
-                Problem::Map { n },
-            ) => {
+            (Op::Cast { x, div, add, row, .. }, Problem::Cast { .. }) => {
+                // A schedule row's divisor: the sampler's scale_model_input (x / input_div + 0 is exact).
+                let div = row.map_or(div, |(schedule, step)| StepRow::of(m.src(schedule), step).input_div);
+                eltwise::cast(m.src(x), div, add, out)
+            }
+            (Op::LcmStep { x, model_output, noise, schedule, step, guided, sampling, .. }, Problem::Map { n }) => {
                 let row = &StepRow::of(m.src(schedule), step);
-                let noise = noise.map(|z| &m.src(z)[step * n..(step + 1) * n]);
+                let noise = noise.map(|(z, k)| &m.src(z)[k * n..(k + 1) * n]);
                 let s = StepInputs { x: m.src(x), model_output: m.src(model_output), noise };
-                lcm_step::lcm_step(s, row, guided, prediction, clip, out);
+                lcm_step::lcm_step(s, row, guided, &sampling, out);
             }
             (Op::InpaintBlend { x, image, noise, mask, schedule, step, last, .. }, Problem::Blend { c, .. }) => {
                 let row = &StepRow::of(m.src(schedule), step);

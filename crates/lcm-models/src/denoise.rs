@@ -5,7 +5,7 @@
 //! Inputs (in this order, see [`input`] and [`DenoiseInputs`]): the initial latents `F32 [N, h, w, c]`
 //! (NHWC), the text context `Act [B, T, D]` (B = 2N when guided: uncond then cond), the UNet's
 //! timesteps `Act [steps, B]`, the schedule `F32 [steps, STEP_ROW]` (`lcm_core::lcm::StepRow`), the
-//! noise `F32 [max(steps − 1, 1), N, h, w, c]`; for LCM UNets the guidance embedding `Act [B, d]`
+//! noise `F32 [rows, N, h, w, c]` (row k for step k; [`NoiseSteps::rows`]); for LCM UNets the guidance embedding `Act [B, d]`
 //! (B = N: the pipeline never runs such a UNet with CFG); with two text encoders the context comes in
 //! two parts, `Act [B, T, D₁]` then `Act [B, T, D − D₁]`, joined on the channels in the graph (each
 //! encoder copies its states into its own part); for SDXL UNets the pooled text embeds `Act [B, P]` and
@@ -24,7 +24,7 @@
 //! Outputs: 0 the final denoised latents (`F32`, NHWC), 1 the VAE decoder's input
 //! (`F32`, latents / scaling_factor + shift: the decoder takes `F32`, whatever its activations).
 
-use lcm_core::lcm::{Prediction, STEP_ROW};
+use lcm_core::lcm::{Prediction, Sampling, StepRule, STEP_ROW};
 use lcm_core::{Backend, Elem, Error, Executor, Graph, GraphBuilder, HostData, ModelWeights, Result, Tensor, TensorId};
 
 use crate::arch::clip::ClipTextModel;
@@ -42,7 +42,7 @@ pub mod input {
     pub const TIMESTEPS: usize = 2;
     /// One `lcm_core::lcm::StepRow` per step, `F32 [steps, STEP_ROW]`.
     pub const SCHEDULE: usize = 3;
-    /// The noise z re-injected after step k in row k, `F32 [noise_rows, N, h, w, c]`.
+    /// The noise z of step k's tail in row k, `F32 [rows, N, h, w, c]` ([`super::NoiseSteps::rows`]).
     pub const NOISE: usize = 4;
     /// LCM UNets only (`time_cond_proj_dim`).
     pub const COND: usize = 5;
@@ -112,8 +112,12 @@ pub struct DenoiseShape {
     pub w: usize,
     /// Text tokens (77 for CLIP).
     pub ctx_len: usize,
-    /// UNet calls (LCM steps) run.
+    /// UNet calls (sampler steps) run.
     pub steps: usize,
+    /// The sampler's update rule.
+    pub rule: StepRule,
+    /// Which steps take noise.
+    pub noise: NoiseSteps,
     /// Classifier-free guidance: the UNet runs a batch of 2N and the step combines u + g·(c − u).
     pub guided: bool,
     /// Inpainting, and how.
@@ -142,9 +146,39 @@ impl DenoiseShape {
         self.images * if self.guided { 2 } else { 1 }
     }
 
-    /// Rows of the noise input: one per step but the last (at least one, so the input always exists).
+    /// Rows of the noise input (see [`NoiseSteps::rows`]).
     pub fn noise_rows(&self) -> usize {
-        self.steps.saturating_sub(1).max(1)
+        self.noise.rows(self.steps)
+    }
+}
+
+/// Which steps of a loop draw noise z for their tail (`lcm_core::lcm::step`), as the scheduler does:
+/// LCM, TCD with eta > 0 and Euler-ancestral every step but the last; DDIM with eta > 0 every step;
+/// Euler and eta = 0 none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NoiseSteps {
+    /// No step.
+    None,
+    /// Every step but the last.
+    AllButLast,
+    /// Every step.
+    All,
+}
+
+impl NoiseSteps {
+    /// Whether step `step` of `steps` takes noise.
+    pub fn at(self, step: usize, steps: usize) -> bool {
+        match self {
+            NoiseSteps::None => false,
+            NoiseSteps::AllButLast => step + 1 < steps,
+            NoiseSteps::All => true,
+        }
+    }
+
+    /// Rows of the noise input: row k for step k, up to the last step that takes noise (at least one, so
+    /// the input always exists).
+    pub fn rows(self, steps: usize) -> usize {
+        (0..steps).filter(|&k| self.at(k, steps)).count().max(1)
     }
 }
 
@@ -177,6 +211,10 @@ impl UnetConfig {
     pub fn denoise_graph(&self, d: &DenoiseShape, cfg: &DenoiseConfig, controls: &[DenoiseControl]) -> Result<Graph> {
         if d.images == 0 || d.steps == 0 || d.h == 0 || d.w == 0 || d.ctx_len == 0 {
             return Err(Error::invalid("denoising loop", format!("empty: {d:?}")));
+        }
+        if !controls.is_empty() && d.steps > u64::BITS as usize {
+            // DenoiseControl::active has one bit per step.
+            return Err(Error::invalid("steps", format!("{}: ControlNets run at most 64 steps", d.steps)));
         }
         // The latents have the UNet's output channels (an inpainting UNet takes more in).
         let (n, batch, c) = (d.images, d.batch(), self.out_channels);
@@ -229,8 +267,13 @@ impl UnetConfig {
             }
         });
         let nets = self.control_inputs(&mut b, d, controls, added)?;
+        let sampling = Sampling { rule: d.rule, prediction: cfg.prediction, clip: cfg.clip };
         for step in 0..d.steps {
-            let mut sample = b.cast(x, Elem::Act, batch / n, 1.0, 0.0);
+            let mut sample = if d.rule.scales_input() {
+                b.scale_model_input(x, batch / n, schedule, step)
+            } else {
+                b.cast(x, Elem::Act, batch / n, 1.0, 0.0)
+            };
             if let (Some(Inpaint::Concat), Some([mask, masked, _])) = (d.inpaint, inpaint) {
                 // latents ++ mask ++ masked image latents, as the pipeline concatenates them.
                 let with_mask = b.concat(sample, mask);
@@ -245,8 +288,8 @@ impl UnetConfig {
                 residuals.push(ControlResiduals { down, mid, scale: (net.scales, k) });
             }
             let eps = self.build(&mut b, sample, (t, step), ctx, cond, aug, &residuals);
-            let z = (step + 1 < d.steps).then_some(noise);
-            x = b.lcm_step(x, eps, z, schedule, step, d.guided, cfg.prediction, cfg.clip);
+            let z = d.noise.at(step, d.steps).then_some((noise, step));
+            x = b.lcm_step(x, eps, z, schedule, step, d.guided, sampling);
             if let (Some(Inpaint::Blend), Some([image, noise0, mask])) = (d.inpaint, inpaint) {
                 x = b.inpaint_blend(x, image, noise0, mask, schedule, step, step + 1 == d.steps);
             }
@@ -309,6 +352,7 @@ impl UnetConfig {
 fn key(d: &DenoiseShape, controls: &[DenoiseControl]) -> Vec<usize> {
     let inpaint = d.inpaint.map_or(0, |k| 1 + k as usize);
     let mut k = vec![usize::MAX, d.images, d.h, d.w, d.ctx_len, d.steps, d.guided as usize, inpaint];
+    k.extend([d.rule as usize, d.noise as usize]);
     for c in controls {
         k.extend([c.id, c.active as usize]);
     }

@@ -51,8 +51,9 @@ fn sd15_plans_are_valid_and_tight() {
 /// The denoising loop graph (4 steps) shares the UNet's weights and fuses every block of every step.
 #[test]
 fn sd15_geglu_is_fused_on_every_transformer_block() {
-    use lcm_core::lcm::Prediction;
+    use lcm_core::lcm::{Prediction, StepRule};
     use lcm_core::{Op, Program};
+    use lcm_models::denoise::NoiseSteps;
     use lcm_models::denoise::{DenoiseConfig, DenoiseShape};
     let unet = UnetConfig::from_json(Path::new("sd15"), sd15::UNET_CONFIG).unwrap();
     let count = |p: &Program| {
@@ -70,7 +71,17 @@ fn sd15_geglu_is_fused_on_every_transformer_block() {
     };
     let step = Program::new(unet.graph(1, 64, 64, 77).unwrap(), 2).unwrap();
     assert_eq!(count(&step), 16);
-    let d = DenoiseShape { images: 1, h: 64, w: 64, ctx_len: 77, steps: 4, guided: false, inpaint: None };
+    let d = DenoiseShape {
+        images: 1,
+        h: 64,
+        w: 64,
+        ctx_len: 77,
+        steps: 4,
+        rule: StepRule::Consistency,
+        noise: NoiseSteps::AllButLast,
+        guided: false,
+        inpaint: None,
+    };
     let cfg = DenoiseConfig {
         prediction: Prediction::Epsilon,
         clip: None,

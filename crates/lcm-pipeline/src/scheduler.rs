@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use lcm_core::lcm::{self, Prediction, StepRow};
+use lcm_core::lcm::{self, Prediction, Sampling, StepRow, StepRule};
 use lcm_core::{Error, Result};
 use serde_json::Value;
 
@@ -358,14 +358,18 @@ impl LcmScheduler {
         };
 
         let row = self.row(step_index, 1.0);
-        let (prediction, clip) = (self.config.prediction_type, self.config.clip_sample);
+        let sampling = Sampling {
+            rule: StepRule::Consistency,
+            prediction: self.config.prediction_type,
+            clip: self.config.clip_sample,
+        };
         for i in 0..n {
             let x = sample[i];
             // The same value the last step returns as the next sample: x_prev without noise.
-            let d = lcm::step(x, model_output[i], None, &row, prediction, clip);
+            let d = lcm::step(x, model_output[i], None, &row, &sampling);
             denoised[i] = d;
             sample[i] = match noise {
-                Some(z) => lcm::step(x, model_output[i], Some(z[i]), &row, prediction, clip),
+                Some(z) => lcm::step(x, model_output[i], Some(z[i]), &row, &sampling),
                 None => d,
             };
         }
@@ -381,15 +385,21 @@ impl LcmScheduler {
         let alpha_t = self.alpha_cumprod_at(t);
         let alpha_prev = self.alpha_cumprod_at(prev_t);
         let (c_skip, c_out) = self.scalings(t);
+        let (sqrt_alpha_prev, sqrt_beta_prev) = (alpha_prev.sqrt(), (1.0 - alpha_prev).sqrt());
         StepRow {
             timestep: t as f32,
+            guidance,
             sqrt_alpha_t: alpha_t.sqrt(),
             sqrt_beta_t: (1.0 - alpha_t).sqrt(),
-            sqrt_alpha_prev: alpha_prev.sqrt(),
-            sqrt_beta_prev: (1.0 - alpha_prev).sqrt(),
-            c_skip,
-            c_out,
-            guidance,
+            input_div: 1.0,
+            x0_coef: c_out,
+            skip_coef: c_skip,
+            renoise: sqrt_alpha_prev,
+            noise: sqrt_beta_prev,
+            // add_noise at the next timestep, which is ā_prev's.
+            keep_image: sqrt_alpha_prev,
+            keep_noise: sqrt_beta_prev,
+            ..StepRow::default()
         }
     }
 

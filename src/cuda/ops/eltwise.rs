@@ -1,6 +1,7 @@
 //! The element-wise family (kernels/eltwise.cu): every `MapKind`, the broadcast channel add, GEGLU,
 //! concatenation, nearest resize, embeddings and casts — launch planning and the record arm.
 
+use lcm_core::lcm::StepRow;
 use lcm_core::{Activation, Elem, Error, MapKind, Op, Problem, Result};
 
 use crate::cuda::abi::*;
@@ -197,16 +198,17 @@ pub fn timestep_embed(
     })
 }
 
-/// `n` outputs `x[i mod n_in] / div + add` from elements of `from` to `to`; `sizes` = [n, n_in].
+/// `n` outputs `x[i mod n_in] / div + add` from elements of `from` to `to`; `sizes` = [n, n_in];
+/// `ptrs` = x, out, and a schedule row whose `input_div` replaces `div` (0: none).
 pub fn cast(
     [from, to]: [Precision; 2],
     sizes: [usize; 2],
     div: f32,
     add: f32,
-    x: u64,
-    out: u64,
+    ptrs: [u64; 3],
     lim: Limits,
 ) -> Result<Launch> {
+    let [x, out, row] = ptrs;
     let [n, n_in] = sizes;
     let kernel = match (from, to) {
         (Precision::F32, Precision::F16) => Kernel::CastF32F16,
@@ -219,7 +221,7 @@ pub fn cast(
         grid: stride_grid(n, lim),
         block: [256, 1, 1],
         smem: 0,
-        params: Params::Cast(LcmCastParams { x, out, n: n as u64, n_in: n_in.max(1) as u64, div, add }),
+        params: Params::Cast(LcmCastParams { x, out, row, n: n as u64, n_in: n_in.max(1) as u64, div, add }),
     })
 }
 
@@ -264,9 +266,13 @@ pub(crate) fn record(r: &Recorder, op: &Op, problem: &Problem, steps: &mut Vec<S
             let t = r.addr(t)? + (row * batch * 2) as u64; // row `row` of f16 timesteps
             timestep_embed(batch, dim, flip_sin_to_cos, freq_shift, t, r.addr(out)?, lim)?
         }
-        (Op::Cast { x, div, add, out }, Problem::Cast { n, n_in }) => {
+        (Op::Cast { x, div, add, row, out }, Problem::Cast { n, n_in }) => {
             let elems = [r.precision(x), r.precision(out)];
-            cast(elems, [n, n_in], div, add, r.addr(x)?, r.addr(out)?, lim)?
+            let row = match row {
+                Some((schedule, step)) => r.addr(schedule)? + (step * std::mem::size_of::<StepRow>()) as u64,
+                None => 0,
+            };
+            cast(elems, [n, n_in], div, add, [r.addr(x)?, r.addr(out)?, row], lim)?
         }
         _ => return Err(mislowered(op, problem)),
     };

@@ -1,26 +1,25 @@
-//! The LCM step family (kernels/lcm_step.cu): the sampler step over the latents, guidance included, and
+//! The step family (kernels/lcm_step.cu): the sampler step over the latents, guidance included, and
 //! inpainting's blend after it — launch planning and the record arms for `LcmStep` and `InpaintBlend`.
 
-use lcm_core::lcm::{Prediction, StepRow};
+use lcm_core::lcm::{Prediction, Sampling, StepRow, StepRule};
 use lcm_core::{Elem, Error, Op, Problem, Result};
 
-use crate::cuda::abi::{LcmBlendParams, LcmPrediction, LcmStepParams, LcmStepRow};
+use crate::cuda::abi::{LcmBlendParams, LcmPrediction, LcmStepParams, LcmStepRow, LcmStepRule};
 use crate::cuda::kernel_table::Kernel;
 use crate::cuda::launch::{dim, stride_grid, Launch, Limits, Params, Step};
 use crate::cuda::record::{mislowered, Recorder};
 
-/// The LCM step over `n` latent elements; `ptrs` = sample, model output, noise (0 on the last step),
-/// schedule row, out.
-pub fn lcm_step(
-    n: usize,
-    guided: bool,
-    prediction: Prediction,
-    clip: Option<f32>,
-    ptrs: [u64; 5],
-    lim: Limits,
-) -> Result<Launch> {
+/// The sampler step over `n` latent elements; `ptrs` = sample, model output, noise (0 at steps that take
+/// none), schedule row, out.
+pub fn lcm_step(n: usize, guided: bool, sampling: &Sampling, ptrs: [u64; 5], lim: Limits) -> Result<Launch> {
     let [sample, model_output, noise, row, out] = ptrs;
     const _: () = assert!(std::mem::size_of::<LcmStepRow>() == std::mem::size_of::<StepRow>());
+    let rule = match sampling.rule {
+        StepRule::Consistency => LcmStepRule::LCM_RULE_CONSISTENCY,
+        StepRule::Ddim => LcmStepRule::LCM_RULE_DDIM,
+        StepRule::Euler => LcmStepRule::LCM_RULE_EULER,
+    };
+    let (prediction, clip) = (sampling.prediction, sampling.clip);
     let prediction = match prediction {
         Prediction::Epsilon => LcmPrediction::LCM_PRED_EPSILON,
         Prediction::VPrediction => LcmPrediction::LCM_PRED_V,
@@ -42,6 +41,8 @@ pub fn lcm_step(
             clip: clip.is_some() as i32,
             prediction: prediction as i32,
             guided: guided as i32,
+            rule: rule as i32,
+            pad0: 0,
         }),
     })
 }
@@ -78,7 +79,7 @@ pub(crate) fn record(r: &Recorder, op: &Op, problem: &Problem, steps: &mut Vec<S
         steps.push(Step::Kernel(inpaint_blend(n, c, last, ptrs, r.limits())?));
         return Ok(());
     }
-    let (Op::LcmStep { x, model_output, noise, schedule, step, guided, prediction, clip, out }, Problem::Map { n }) =
+    let (Op::LcmStep { x, model_output, noise, schedule, step, guided, sampling, out }, Problem::Map { n }) =
         (*op, *problem)
     else {
         return Err(mislowered(op, problem));
@@ -89,10 +90,10 @@ pub(crate) fn record(r: &Recorder, op: &Op, problem: &Problem, steps: &mut Vec<S
     }
     let row = r.addr(schedule)? + (step * std::mem::size_of::<StepRow>()) as u64;
     let noise = match noise {
-        Some(z) => r.addr(z)? + (step * n * 4) as u64,
+        Some((z, k)) => r.addr(z)? + (k * n * 4) as u64,
         None => 0,
     };
     let ptrs = [r.addr(x)?, r.addr(model_output)?, noise, row, r.addr(out)?];
-    steps.push(Step::Kernel(lcm_step(n, guided, prediction, clip, ptrs, r.limits())?));
+    steps.push(Step::Kernel(lcm_step(n, guided, &sampling, ptrs, r.limits())?));
     Ok(())
 }

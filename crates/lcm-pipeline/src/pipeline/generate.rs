@@ -13,8 +13,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use lcm_core::lcm::StepRule;
 use lcm_core::{Backend, Error, Executor, HostData, ModelWeights, Op, Result, Tensor};
-use lcm_models::denoise::{input, DenoiseConfig, DenoiseInputs, DenoiseShape, Inpaint};
+use lcm_models::denoise::{input, DenoiseConfig, DenoiseInputs, DenoiseShape, Inpaint, NoiseSteps};
 
 use super::control::{control_inputs, ControlInputs};
 use super::inpaint::Inpainted;
@@ -182,7 +183,9 @@ impl<B: Backend> Pipeline<B> {
         let guided = !self.has_guidance_embedding() && req.guidance_scale > 1.0;
         let scale = self.vae.config.downscale();
         let (h, w) = (req.height / scale, req.width / scale);
-        let shape = DenoiseShape { images: n, h, w, ctx_len: CLIP_MAX_LEN, steps: run.len(), guided, inpaint };
+        let (rule, noise) = (StepRule::Consistency, NoiseSteps::AllButLast);
+        let shape =
+            DenoiseShape { images: n, h, w, ctx_len: CLIP_MAX_LEN, steps: run.len(), rule, noise, guided, inpaint };
         let channels = self.unet.config.out_channels;
         let Draws { latents, noise, inpaint: inpaint_inputs } = self.draw(reqs, &shape, channels, &run)?;
 
