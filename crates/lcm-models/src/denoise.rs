@@ -24,7 +24,7 @@
 //! Outputs: 0 the final denoised latents (`F32`, NHWC), 1 the VAE decoder's input
 //! (`F32`, latents / scaling_factor + shift: the decoder takes `F32`, whatever its activations).
 
-use lcm_core::lcm::{Prediction, Sampling, StepRule, STEP_ROW};
+use lcm_core::lcm::{Sampling, STEP_ROW};
 use lcm_core::{Backend, Elem, Error, Executor, Graph, GraphBuilder, HostData, ModelWeights, Result, Tensor, TensorId};
 
 use crate::arch::clip::ClipTextModel;
@@ -114,8 +114,8 @@ pub struct DenoiseShape {
     pub ctx_len: usize,
     /// UNet calls (sampler steps) run.
     pub steps: usize,
-    /// The sampler's update rule.
-    pub rule: StepRule,
+    /// The sampler's step: its rule, what the UNet predicts, x0's clamp.
+    pub sampling: Sampling,
     /// Which steps take noise.
     pub noise: NoiseSteps,
     /// Classifier-free guidance: the UNet runs a batch of 2N and the step combines u + g·(c − u).
@@ -124,13 +124,9 @@ pub struct DenoiseShape {
     pub inpaint: Option<Inpaint>,
 }
 
-/// The scheduler's and the VAE's settings the graph bakes in (fixed per pipeline).
+/// The VAE's and text encoders' settings the graph bakes in (fixed per pipeline).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DenoiseConfig {
-    /// The scheduler's `prediction_type`: what the UNet outputs.
-    pub prediction: Prediction,
-    /// `clip_sample_range` when `clip_sample` is on.
-    pub clip: Option<f32>,
     /// The VAE's `scaling_factor`: output 1 is latents / vae_scale + vae_shift.
     pub vae_scale: f32,
     /// The VAE's `shift_factor` (0 when absent).
@@ -267,9 +263,8 @@ impl UnetConfig {
             }
         });
         let nets = self.control_inputs(&mut b, d, controls, added)?;
-        let sampling = Sampling { rule: d.rule, prediction: cfg.prediction, clip: cfg.clip };
         for step in 0..d.steps {
-            let mut sample = if d.rule.scales_input() {
+            let mut sample = if d.sampling.rule.scales_input() {
                 b.scale_model_input(x, batch / n, schedule, step)
             } else {
                 b.cast(x, Elem::Act, batch / n, 1.0, 0.0)
@@ -289,7 +284,7 @@ impl UnetConfig {
             }
             let eps = self.build(&mut b, sample, (t, step), ctx, cond, aug, &residuals);
             let z = d.noise.at(step, d.steps).then_some((noise, step));
-            x = b.lcm_step(x, eps, z, schedule, step, d.guided, sampling);
+            x = b.lcm_step(x, eps, z, schedule, step, d.guided, d.sampling);
             if let (Some(Inpaint::Blend), Some([image, noise0, mask])) = (d.inpaint, inpaint) {
                 x = b.inpaint_blend(x, image, noise0, mask, schedule, step, step + 1 == d.steps);
             }
@@ -352,7 +347,9 @@ impl UnetConfig {
 fn key(d: &DenoiseShape, controls: &[DenoiseControl]) -> Vec<usize> {
     let inpaint = d.inpaint.map_or(0, |k| 1 + k as usize);
     let mut k = vec![usize::MAX, d.images, d.h, d.w, d.ctx_len, d.steps, d.guided as usize, inpaint];
-    k.extend([d.rule as usize, d.noise as usize]);
+    let s = &d.sampling;
+    let clip = s.clip.map_or(0, |c| 1 + c.to_bits() as usize);
+    k.extend([s.rule as usize, s.prediction as usize, clip, d.noise as usize]);
     for c in controls {
         k.extend([c.id, c.active as usize]);
     }

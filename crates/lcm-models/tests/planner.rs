@@ -51,7 +51,7 @@ fn sd15_plans_are_valid_and_tight() {
 /// The denoising loop graph (4 steps) shares the UNet's weights and fuses every block of every step.
 #[test]
 fn sd15_geglu_is_fused_on_every_transformer_block() {
-    use lcm_core::lcm::{Prediction, StepRule};
+    use lcm_core::lcm::Sampling;
     use lcm_core::{Op, Program};
     use lcm_models::denoise::NoiseSteps;
     use lcm_models::denoise::{DenoiseConfig, DenoiseShape};
@@ -77,18 +77,12 @@ fn sd15_geglu_is_fused_on_every_transformer_block() {
         w: 64,
         ctx_len: 77,
         steps: 4,
-        rule: StepRule::Consistency,
+        sampling: Sampling::LCM,
         noise: NoiseSteps::AllButLast,
         guided: false,
         inpaint: None,
     };
-    let cfg = DenoiseConfig {
-        prediction: Prediction::Epsilon,
-        clip: None,
-        vae_scale: 0.18215,
-        vae_shift: 0.0,
-        context_split: None,
-    };
+    let cfg = DenoiseConfig { vae_scale: 0.18215, vae_shift: 0.0, context_split: None };
     let lp = Program::new(unet.denoise_graph(&d, &cfg, &[]).unwrap(), 2).unwrap();
     assert_eq!(count(&lp), 4 * 16);
     assert_eq!(lp.graph.weights.len(), step.graph.weights.len(), "the loop shares the UNet's weights");

@@ -13,7 +13,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use lcm_core::lcm::StepRule;
+use lcm_core::lcm::{Sampling, StepRule};
 use lcm_core::{Backend, Error, Executor, HostData, ModelWeights, Op, Result, Tensor};
 use lcm_models::denoise::{input, DenoiseConfig, DenoiseInputs, DenoiseShape, Inpaint, NoiseSteps};
 
@@ -183,9 +183,14 @@ impl<B: Backend> Pipeline<B> {
         let guided = !self.has_guidance_embedding() && req.guidance_scale > 1.0;
         let scale = self.vae.config.downscale();
         let (h, w) = (req.height / scale, req.width / scale);
-        let (rule, noise) = (StepRule::Consistency, NoiseSteps::AllButLast);
+        let sampling = Sampling {
+            rule: StepRule::Consistency,
+            prediction: self.scheduler.config().prediction_type,
+            clip: self.scheduler.config().clip_sample,
+        };
+        let noise = NoiseSteps::AllButLast;
         let shape =
-            DenoiseShape { images: n, h, w, ctx_len: CLIP_MAX_LEN, steps: run.len(), rule, noise, guided, inpaint };
+            DenoiseShape { images: n, h, w, ctx_len: CLIP_MAX_LEN, steps: run.len(), sampling, noise, guided, inpaint };
         let channels = self.unet.config.out_channels;
         let Draws { latents, noise, inpaint: inpaint_inputs } = self.draw(reqs, &shape, channels, &run)?;
 
@@ -198,8 +203,6 @@ impl<B: Backend> Pipeline<B> {
             self.unet.config.time_cond_proj_dim.map(|d| guidance_embedding(&vec![req.guidance_scale - 1.0; n], d));
         let vae = &self.vae.config;
         let config = DenoiseConfig {
-            prediction: self.scheduler.config().prediction_type,
-            clip: self.scheduler.config().clip_sample,
             vae_scale: vae.scaling_factor,
             vae_shift: vae.shift_factor.unwrap_or(0.0),
             context_split: self.text.context_split(),
