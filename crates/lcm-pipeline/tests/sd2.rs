@@ -116,3 +116,32 @@ fn sd_turbo_loads_as_an_sd2_pipeline() {
     let out = pipe.generate(&Request { steps: 1, width: 64, height: 64, ..Request::default() }, &mut |_| {}).unwrap();
     assert!(out.latents.data.iter().all(|v| v.is_finite()));
 }
+
+#[test]
+fn sd2_pipelines_for_other_tasks_are_refused_by_class() {
+    let src = fixtures().join("sd2/tiny-sd2");
+    let index: Value = serde_json::from_str(&std::fs::read_to_string(src.join("model_index.json")).unwrap()).unwrap();
+    for (class, what) in [
+        ("StableDiffusionUpscalePipeline", "x4 upscaler"),
+        ("StableDiffusionDepth2ImgPipeline", "depth-to-image"),
+        ("StableUnCLIPImg2ImgPipeline", "unCLIP"),
+    ] {
+        let dir = std::env::temp_dir().join(format!("lcm-sd2-{}-{class}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for comp in ["scheduler", "text_encoder", "tokenizer", "unet", "vae"] {
+            std::os::unix::fs::symlink(src.join(comp).canonicalize().unwrap(), dir.join(comp)).unwrap();
+        }
+        let mut index = index.clone();
+        index["_class_name"] = Value::from(class);
+        std::fs::write(dir.join("model_index.json"), index.to_string()).unwrap();
+        let err = Pipeline::load(CpuBackend::new(), LoadSpec { model_dir: dir.clone(), ..LoadSpec::default() })
+            .err()
+            .expect("refused")
+            .to_string();
+        for part in [class, what, "model_index.json", "not supported"] {
+            assert!(err.contains(part), "`{err}` should mention `{part}`");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
