@@ -89,7 +89,7 @@ fn single_file_holds_the_folders_models() {
     // unused text_projection and logit_scale.
     ck.check(&unet, &te, None, Some(&vae)).unwrap();
     // The text encoder's sizes come from the shapes, one layer fewer than the file holds.
-    let inferred = ck.infer_text_encoder(0).err().expect("32 wide: no 64-wide heads").to_string();
+    let inferred = ck.infer_text_encoder(0).expect_err("32 wide: no 64-wide heads").to_string();
     assert!(inferred.contains("text_encoder/config.json") && inferred.contains("token_embedding"), "{inferred}");
 
     let be = CpuBackend::new();

@@ -209,10 +209,10 @@ fn family(dir: &Path) -> Result<Family> {
     // SD2's pipelines that take more than a prompt: their UNets take other inputs (a low-resolution
     // image and a noise level; a depth map; a CLIP image embedding).
     const OTHER_SD2: [(&str, &str); 4] = [
-        ("StableDiffusionUpscalePipeline", "the x4 upscaler"),
+        ("StableDiffusionUpscalePipeline", "x4 upscaler"),
         ("StableDiffusionDepth2ImgPipeline", "depth-to-image"),
-        ("StableUnCLIPPipeline", "Stable unCLIP"),
-        ("StableUnCLIPImg2ImgPipeline", "Stable unCLIP"),
+        ("StableUnCLIPPipeline", "unCLIP"),
+        ("StableUnCLIPImg2ImgPipeline", "unCLIP"),
     ];
     if let Some((_, what)) = OTHER_SD2.iter().find(|(name, _)| *name == class) {
         return Err(Error::config(
