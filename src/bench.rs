@@ -1,5 +1,5 @@
 //! `lcm bench`: the whole pipeline — CLIP, n UNet steps, VAE decode — after warm-up, repeated, with the
-//! median/min/max of each stage and of the end to end, and a TAESD decode of the same latents beside it. With no model folder it builds SD1.5-, SDXL- or
+//! median/min/max of each stage and of the end to end, and a TAESD decode of the same latents beside it. With no model folder it builds SD1.5-, SD2-, SDXL- or
 //! SSD-1B-shaped models ([`Arch`]) with seeded random weights (f16-rounded), so it needs no download.
 //! SDXL runs both text encoders and the UNet's pooled and time-id conditioning. `lora_rank` adds an
 //! unmerged LoRA on the UNet (CUDA only; see [`lora`]). `strength` times img2img as `lcm frames` runs
@@ -15,7 +15,7 @@ use lcm_models::arch::clip::{output, ClipOutput};
 use lcm_models::arch::unet::TEXT_TIME_IDS;
 use lcm_models::checkpoint::synthetic::random_source;
 use lcm_models::{
-    arch::{sd15, sdxl},
+    arch::{sd15, sd2, sdxl},
     AddedCond, ClipConfig, ClipTextModel, ControlNet, ControlNetConfig, Unet, UnetConfig, Vae, VaeConfig, VaeTiling,
     Variant,
 };
@@ -29,6 +29,9 @@ use serde_json::json;
 pub enum Arch {
     /// SD1.5: one text encoder, four UNet levels.
     Sd15,
+    /// SD2.1 (768-v): SD1.5's levels with 64-wide heads, linear projections, a 1024-wide OpenCLIP-H
+    /// context (23 layers, gelu).
+    Sd2,
     /// SDXL base: two text encoders, three levels with depths 1/2/10.
     Sdxl,
     /// An SSD-1B-shaped UNet (per-layer depths, own up path) with SDXL's text encoders and VAE.
@@ -39,6 +42,7 @@ impl Arch {
     fn name(self) -> &'static str {
         match self {
             Arch::Sd15 => "SD1.5",
+            Arch::Sd2 => "SD2.1",
             Arch::Sdxl => "SDXL",
             Arch::Ssd1b => "SSD-1B-shaped",
         }
@@ -169,6 +173,7 @@ fn load<B: Backend>(
             let mut src = random_source(seed);
             let (te, te2, unet, vae) = match arch {
                 Arch::Sd15 => (sd15::TEXT_ENCODER_CONFIG, None, sd15::UNET_CONFIG, sd15::VAE_CONFIG),
+                Arch::Sd2 => (sd2::TEXT_ENCODER_CONFIG, None, sd2::UNET_CONFIG, sd2::VAE_CONFIG),
                 Arch::Sdxl => {
                     (sdxl::TEXT_ENCODER_CONFIG, Some(sdxl::TEXT_ENCODER_2_CONFIG), sdxl::UNET_CONFIG, sdxl::VAE_CONFIG)
                 }

@@ -6,8 +6,9 @@
 //! every target (the CUDA run-time path `lcm bench --lora-rank` times) against the same LoRA merged on
 //! the CPU. Relative L2 < 1e-2 per model call; end to end, latents < 1e-2 and the image's mean absolute
 //! difference < 2/255. The SDXL-structured fixtures (tests/fixtures/sdxl: two text encoders, the pooled
-//! and time-id conditioning, LCM-SDXL and SSD-1B-style UNets, LoRAs, a single file) run the same
-//! pipeline comparison.
+//! and time-id conditioning, LCM-SDXL and SSD-1B-style UNets, LoRAs, a single file) and the SD2.x ones
+//! (tests/fixtures/sd2: the gelu text encoder padded with "!", linear projections with a head count per
+//! level, v-prediction, the LDM single file) run the same comparisons.
 //!
 //! Every model call runs twice on the GPU: once, then again after every arena the model owns is
 //! poisoned with NaN. The second run (a CUDA-graph replay) must rewrite everything it reads and give
@@ -306,6 +307,33 @@ fn sdxl_pipeline_matches_cpu(be: CudaBackend) {
     compare_pipelines(be, "sdxl", names);
 }
 
+/// SD2's models on CUDA: the gelu text encoder on prompts padded with "!" (three prompts, one empty),
+/// and the UNet with linear projections and head counts [1, 2, 4, 4] (cases a: batch 2 non-square, b).
+fn sd2_models_match_cpu(be: CudaBackend) {
+    let rec = record("sd2/models.safetensors");
+    let ids: Vec<i32> = tensor(&rec, "input_ids").data.iter().map(|&x| x as i32).collect();
+    let cpu = CpuBackend::new();
+    let dir = fixtures().join("sd2/tiny-sd2/text_encoder");
+    let mut g = ClipTextModel::load(&be, &dir, 0, LoadOptions::default()).expect("load SD2 text encoder on CUDA");
+    let mut c = ClipTextModel::load(&cpu, &dir, 0, LoadOptions::default()).expect("load SD2 text encoder on CPU");
+    let first = g.forward(&be, &ids, 3).expect("CUDA text encoder");
+    poison(&be, g.runner());
+    let again = g.forward(&be, &ids, 3).expect("CUDA text encoder, poisoned");
+    let want = c.forward(&cpu, &ids, 3).expect("CPU text encoder");
+    check("sd2 text encoder", &first, &again, &want, Some(&tensor(&rec, "last_hidden_state")));
+    check_unet(&be, "sd2/tiny-sd2/unet", "sd2/models.safetensors", &["a", "b"], false);
+}
+
+/// SD2 cases recorded by generate_sd2.py: CFG (guidance 3) with a negative prompt on two 80x64 images
+/// (v-prediction through the LCM step), and the LDM single file with OpenCLIP names. The reduced run
+/// keeps the first. Not `sd2_lcm_cfg`: at 64x64 it meets `sd_4step`'s 1x1 bottleneck (see
+/// PIPELINE_CASES), and guidance 3 triples what that GroupNorm amplifies (2.1e-2 on the emulator).
+const SD2_CASES: &[&str] = &["sd2_lcm_cfg_x2", "sd2_single_file"];
+
+fn sd2_pipeline_matches_cpu(be: CudaBackend) {
+    compare_pipelines(be, "sd2", if reduced() { &SD2_CASES[..1] } else { SD2_CASES });
+}
+
 /// The tiny LCM pipeline decoding with TAESD (generate_taesd.py's txt2img case): the loop's latents go
 /// to the TAESD decoder on the device.
 fn taesd_pipeline_matches_cpu(be: CudaBackend) {
@@ -504,6 +532,8 @@ fn main() -> std::process::ExitCode {
             ("taesd_pipeline_matches_cpu", taesd_pipeline_matches_cpu),
             ("pipeline_matches_cpu", pipeline_matches_cpu),
             ("sdxl_pipeline_matches_cpu", sdxl_pipeline_matches_cpu),
+            ("sd2_models_match_cpu", sd2_models_match_cpu),
+            ("sd2_pipeline_matches_cpu", sd2_pipeline_matches_cpu),
             ("second_generation_copies_only_inputs_and_outputs", second_generation_copies_only_inputs_and_outputs),
             ("runtime_lora_swaps_match_fresh_pipelines", runtime_lora_swaps_match_fresh_pipelines),
             ("prepared_lora_swaps_are_one_device_copy", prepared_lora_swaps_are_one_device_copy),

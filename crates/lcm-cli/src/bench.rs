@@ -15,12 +15,12 @@ use crate::vae_tiling::VaeTilingArgs;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// A diffusers folder to time (SD1.5 or SDXL layout); default: synthetic models of --arch with
+    /// A diffusers folder to time (SD1.5, SD2 or SDXL layout); default: synthetic models of --arch with
     /// seeded random weights (no download).
     #[arg(long, value_name = "DIR")]
     pub model: Option<PathBuf>,
-    /// The synthetic models' shapes without --model: sd15, sdxl (SDXL base) or ssd-1b (SSD-1B-shaped
-    /// UNet, SDXL's text encoders and VAE).
+    /// The synthetic models' shapes without --model: sd15, sd2 (SD2.1: OpenCLIP-H text encoder, 64-wide
+    /// UNet heads), sdxl (SDXL base) or ssd-1b (SSD-1B-shaped UNet, SDXL's text encoders and VAE).
     #[arg(long, value_enum, default_value_t = ArchArg::Sd15)]
     pub arch: ArchArg,
     /// Image width (default 512 on CUDA, 256 on the CPU).
@@ -76,6 +76,7 @@ pub struct BenchArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ArchArg {
     Sd15,
+    Sd2,
     Sdxl,
     #[value(name = "ssd-1b")]
     Ssd1b,
@@ -121,6 +122,7 @@ fn go<B: BenchBackend>(backend: &B, args: &BenchArgs, default_size: usize, varia
         model: args.model.clone(),
         arch: match args.arch {
             ArchArg::Sd15 => Arch::Sd15,
+            ArchArg::Sd2 => Arch::Sd2,
             ArchArg::Sdxl => Arch::Sdxl,
             ArchArg::Ssd1b => Arch::Ssd1b,
         },

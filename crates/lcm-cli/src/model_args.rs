@@ -8,7 +8,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use clap::Args;
 use lcm::{with_pipeline, Engine, Opened};
 use lcm_core::{Error, Result};
-use lcm_models::Variant;
+use lcm_models::checkpoint::single_file::Family;
+use lcm_models::{Checkpoint, Variant};
 use lcm_pipeline::lora::LoraSet;
 use lcm_pipeline::spec::{InitImage, LoadSpec, LoraMode, LoraSpec, Request, SizeRule};
 
@@ -19,8 +20,9 @@ use crate::vae_tiling::VaeTilingArgs;
 #[derive(Args, Debug)]
 pub struct ModelArgs {
     /// A diffusers folder (model_index.json, text_encoder/, tokenizer/, unet/, vae/, scheduler/), or a
-    /// single-file SD1.5-family checkpoint (.safetensors with original SD key names, as A1111, ComfyUI and
-    /// civitai ship fine-tunes: its architecture is read from the tensor shapes). Without it, SD1.5 + the
+    /// single-file SD1.5-family or SD2 checkpoint (.safetensors with original SD key names, as A1111,
+    /// ComfyUI and civitai ship fine-tunes: its architecture is read from the tensor shapes; SD2's needs
+    /// --config for its tokenizer), or an SDXL one with --config. Without it, SD1.5 + the
     /// LCM-LoRA are taken from the Hugging Face cache (downloaded if missing).
     #[arg(long, value_name = "DIR|FILE")]
     pub model: Option<PathBuf>,
@@ -187,9 +189,22 @@ impl ModelArgs {
     }
 
     /// Last before loading: a single file holds no tokenizer, so SD1.5's is fetched (as diffusers'
-    /// from_single_file does) unless `--config` names one.
+    /// from_single_file does) unless `--config` names one. An SD2 file is refused without `--config`:
+    /// SD2's tokenizer pads with "!", SD1.5's with the end-of-text token, and the wrong one would give
+    /// other text embeddings without a word.
     pub fn add_tokenizer(&self, spec: &mut LoadSpec) -> Result<()> {
         if spec.model_dir.is_file() && self.config.is_none() {
+            if Checkpoint::open(&spec.model_dir)?.family() == Family::Sd2 {
+                return Err(Error::invalid(
+                    "--config",
+                    format!(
+                        "not given, but {} is an SD2 checkpoint, whose tokenizer pads with \"!\" (SD1.5's, the one \
+                         lcm would fetch, pads with <|endoftext|>): pass --config DIR with SD2's diffusers folder \
+                         (its configs and tokenizer/; e.g. stabilityai/stable-diffusion-2-1's, or sd-turbo's)",
+                        spec.model_dir.display()
+                    ),
+                ));
+            }
             spec.tokenizer_dir = Some(crate::hub::sd15_tokenizer(&mut |m| eprintln!("{m}"))?);
         }
         Ok(())

@@ -135,6 +135,7 @@ fn single_file_errors_name_the_flag_or_file() {
     let model = fixtures().join("single-file/sd15_tiny.safetensors");
     let config = fixtures().join("single-file/config");
     let (folder, lora) = (fixtures().join("tiny-sd"), fixtures().join("single-file/lora_sf.safetensors"));
+    let sd2 = fixtures().join("sd2/tiny_sd2.safetensors");
     let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
         // No --config and no tokenizer in the cache (and no hub): what to download, or --config.
         (
@@ -153,6 +154,8 @@ fn single_file_errors_name_the_flag_or_file() {
         ),
         // A LoRA given as the model.
         (vec!["--model", path(&lora), "--config", path(&config)], vec!["lora_sf.safetensors", "looks like a LoRA"]),
+        // An SD2 file without --config: SD1.5's tokenizer would pad it wrongly.
+        (vec!["--model", path(&sd2)], vec!["--config", "tiny_sd2.safetensors", "SD2", "pads with \"!\""]),
     ];
     let out = empty.join("x.png");
     for (args, needles) in cases {

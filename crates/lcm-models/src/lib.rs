@@ -1,11 +1,11 @@
-//! lcm-models: the models of the SD1.5 and SDXL families (SSD-1B and Segmind-Vega among SDXL's
+//! lcm-models: the models of the SD1.5, SD2.x and SDXL families (SSD-1B and Segmind-Vega among SDXL's
 //! distilled UNets, and LCM's distilled UNets of each) as lcm graphs — CLIPTextModel (and
 //! CLIPTextModelWithProjection), UNet2DConditionModel, AutoencoderKL and AutoencoderTiny (TAESD) — and
 //! the checkpoint formats they load from.
 //!
 //! - [`arch`]: the networks, each built from its config: [`arch::blocks`] (ResnetBlock2D, attention,
 //!   Transformer2DModel), [`arch::clip`], [`arch::unet`], [`arch::controlnet`], [`arch::vae`], [`arch::taesd`],
-//!   [`arch::vae_tiling`], and the reference configs of the families ([`arch::sd15`], [`arch::sdxl`]).
+//!   [`arch::vae_tiling`], and the reference configs of the families ([`arch::sd15`], [`arch::sd2`], [`arch::sdxl`]).
 //! - [`checkpoint`]: where configs and weights come from — [`checkpoint::diffusers`] folders (their
 //!   `config.json` read by [`checkpoint::config`]), [`checkpoint::single_file`] checkpoints in LDM
 //!   names ([`checkpoint::ldm`], [`checkpoint::open_clip`]) and [`checkpoint::vae_file`]s, configs read

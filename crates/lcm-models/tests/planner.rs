@@ -88,3 +88,19 @@ fn sd15_geglu_is_fused_on_every_transformer_block() {
     assert_eq!(lp.graph.weights.len(), step.graph.weights.len(), "the loop shares the UNet's weights");
     println!("denoising loop, 4 steps at 64x64: {} ops, arena {} MiB f16", lp.graph.ops.len(), lp.plan.size >> 20);
 }
+
+/// SD2.1 at full size (what `lcm bench --arch sd2` builds): its parameter counts are diffusers' (UNet
+/// 865,910,724; the 23-layer text encoder 340,387,840), and its plans at 768² are valid and tight.
+#[test]
+fn sd2_plans_are_valid_and_tight_and_its_sizes_are_diffusers() {
+    use lcm_models::arch::sd2;
+    let origin = Path::new("sd2");
+    let unet = UnetConfig::from_json(origin, sd2::UNET_CONFIG).unwrap();
+    let clip = ClipConfig::from_json(origin, sd2::TEXT_ENCODER_CONFIG, 0).unwrap();
+    let numel =
+        |specs: Vec<lcm_core::WeightSpec>| specs.iter().map(|s| s.shape.iter().product::<usize>()).sum::<usize>();
+    assert_eq!(numel(unet.weights().unwrap()), 865_910_724, "SD2.1 UNet parameters");
+    assert_eq!(numel(clip.weights().unwrap()), 340_387_840, "SD2.1 text encoder parameters");
+    check("sd2 unet 96x96 b1", unet.graph(1, 96, 96, 77).unwrap());
+    check("sd2 clip b1", clip.graph(1, 77).unwrap());
+}

@@ -1,5 +1,5 @@
 //! Single-file (LDM-layout) checkpoints: the architecture read from the shapes is the one the fixture
-//! was made with (tests/fixtures/generate_single_file.py), and files that are not SD1.5 checkpoints, or
+//! was made with (tests/fixtures/generate_single_file.py), and files that are not checkpoints lcm runs, or
 //! are damaged, are refused with the file, the tensor and what was expected.
 
 mod common;
@@ -142,21 +142,20 @@ fn pickles_are_refused_by_name_and_by_content() {
 fn neither_sd15_nor_sdxl_is_refused_with_what_it_looks_like() {
     // A diffusers UNet file is no checkpoint.
     let err = refusal(&fixtures().join("tiny-sd/unet/diffusion_pytorch_model.safetensors"));
-    assert_mentions(
-        &err,
-        &["neither an SD1.5-family nor an SDXL checkpoint", "model.diffusion_model.", "diffusers UNet"],
-    );
+    assert_mentions(&err, &["not an SD1.5-family, SD2 or SDXL checkpoint", "model.diffusion_model.", "diffusers UNet"]);
     // Nor is a LoRA or a VAE alone.
     assert_mentions(&refusal(&fixtures().join("loras/lora_kohya.safetensors")), &["looks like a LoRA", "--lora"]);
     assert_mentions(&refusal(&fixtures().join("single-file/vae_ldm.safetensors")), &["looks like a VAE", "--vae"]);
 }
 
 #[test]
-fn sd2_and_sdxl_are_refused_by_name_inpainting_is_read() {
-    let (_s, p) = edited("sf-sd2", |t| {
-        t.push(("cond_stage_model.model.token_embedding.weight".into(), Dtype::F16, vec![1], vec![0; 2]))
-    });
-    assert_mentions(&refusal(&p), &["Stable Diffusion 2.x", "OpenCLIP", "cond_stage_model.model."]);
+fn sdxl_and_sd2_variants_are_refused_by_name_sd2_and_inpainting_are_read() {
+    // SD2 text-to-image files are read (tests/sd2.rs); its variants for other pipelines are refused.
+    let sd2 = Checkpoint::open(fixtures().join("sd2/tiny_sd2.safetensors")).unwrap();
+    assert_eq!(sd2.family(), lcm_models::checkpoint::single_file::Family::Sd2);
+    let (_s, p) =
+        edited("sf-sd2-upscaler", |t| t.push(("low_scale_model.betas".into(), Dtype::F32, vec![1], vec![0; 4])));
+    assert_mentions(&refusal(&p), &["x4 upscaler", "low_scale_model.", "StableDiffusionUpscalePipeline"]);
     let (_s, p) = edited("sf-sdxl", |t| {
         t.push(("conditioner.embedders.0.transformer.text_model.x".into(), Dtype::F16, vec![1], vec![0; 2]))
     });

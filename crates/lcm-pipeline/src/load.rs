@@ -6,9 +6,11 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use lcm_core::lcm::Prediction;
 use lcm_core::{Backend, Error, Result};
 use lcm_models::arch::clip::ClipOutput;
 use lcm_models::checkpoint::diffusers::component_config;
+use lcm_models::checkpoint::single_file::Family as CheckpointFamily;
 use lcm_models::{
     Checkpoint, ClipConfig, ClipTextModel, LoadOptions, Unet, UnetConfig, Vae, VaeConfig, VaeFile, VaeParts, Variant,
 };
@@ -57,8 +59,31 @@ pub fn sd15_scheduler_config() -> LcmConfig {
     LcmConfig { set_alpha_to_one: false, ..LcmConfig::sd15() }
 }
 
-/// The scheduler `spec` gets — its folder's, its config folder's, or SD1.5's for a bare single file —
-/// read without touching any weights (to check a request before loading).
+/// The scheduler a bare SD2 text-to-image single file gets: SD1.5's (SD2 trained on the same
+/// schedule) with v-prediction. An SD2 file does not say what it predicts; diffusers'
+/// `from_single_file` without a config takes it for stabilityai/stable-diffusion-2-1 (768 pixels,
+/// v_prediction; the rule's one exception, a `global_step` of 875000 in a pickled checkpoint, cannot
+/// occur in a safetensors file), and lcm does the same. SD2-base and SD-Turbo are epsilon models:
+/// give their config folder (`config_dir`), whose scheduler config says so.
+pub fn sd2_scheduler_config() -> LcmConfig {
+    LcmConfig { prediction_type: Prediction::VPrediction, ..sd15_scheduler_config() }
+}
+
+/// The image side diffusers' `from_single_file` gives a bare SD2 text-to-image file with no config:
+/// stable-diffusion-2-1's, 768.
+pub const SD2_V_IMAGE_SIZE: usize = 768;
+
+/// Whether the bare single file at `path` is an SD2 text-to-image model, which diffusers takes for
+/// stable-diffusion-2-1 (v-prediction, 768 pixels: [`sd2_scheduler_config`]); an SD2 inpainting file
+/// (9 input channels) it takes for stable-diffusion-2-inpainting, an epsilon model at 512, as SD1.5's.
+fn is_bare_sd2_v(path: &Path) -> Result<bool> {
+    let ck = Checkpoint::open(path)?;
+    Ok(ck.family() == CheckpointFamily::Sd2 && ck.unet_in_channels() != Some(9))
+}
+
+/// The scheduler `spec` gets — its folder's, its config folder's, or for a bare single file SD1.5's
+/// ([`sd15_scheduler_config`]; an SD2 text-to-image file's is [`sd2_scheduler_config`]) — read without
+/// touching any weights (to check a request before loading).
 pub fn scheduler(spec: &LoadSpec) -> Result<LcmScheduler> {
     let path = &spec.model_dir;
     match &spec.config_dir {
@@ -66,6 +91,7 @@ pub fn scheduler(spec: &LoadSpec) -> Result<LcmScheduler> {
         Some(cfg) if path.is_file() => {
             LcmScheduler::from_config_json(cfg.join("scheduler").join("scheduler_config.json"))
         }
+        None if path.is_file() && is_bare_sd2_v(path)? => LcmScheduler::new(sd2_scheduler_config()),
         None if path.is_file() => LcmScheduler::new(sd15_scheduler_config()),
         _ => Err(not_found(path)),
     }
@@ -76,11 +102,14 @@ pub const FALLBACK_IMAGE_SIZE: usize = 512;
 
 /// The image side a request without a size gets for `spec`, read from its configs without touching
 /// any weights: the UNet's `sample_size` times the VAE's downscale, as diffusers' pipelines default
-/// (512 for SD1.5, 1024 for SDXL); [`FALLBACK_IMAGE_SIZE`] for a bare single file or a config without
-/// a square `sample_size`.
+/// (512 for SD1.5, 1024 for SDXL); for a bare single file [`FALLBACK_IMAGE_SIZE`] ([`SD2_V_IMAGE_SIZE`] for
+/// an SD2 text-to-image file, as diffusers), and for a config without a square `sample_size`.
 pub fn default_image_size(spec: &LoadSpec) -> Result<usize> {
     let dir = if spec.model_dir.is_dir() { Some(&spec.model_dir) } else { spec.config_dir.as_ref() };
-    let Some(dir) = dir else { return Ok(FALLBACK_IMAGE_SIZE) };
+    let Some(dir) = dir else {
+        let sd2 = spec.model_dir.is_file() && is_bare_sd2_v(&spec.model_dir)?;
+        return Ok(if sd2 { SD2_V_IMAGE_SIZE } else { FALLBACK_IMAGE_SIZE });
+    };
     let unet = UnetConfig::from_file(&component_config(&dir.join("unet"))?)?;
     let vae = VaeConfig::from_file(&component_config(&dir.join("vae"))?)?;
     Ok(unet.default_image_size(vae.downscale()).unwrap_or(FALLBACK_IMAGE_SIZE))
@@ -174,6 +203,23 @@ fn family(dir: &Path) -> Result<Family> {
             format!(
                 "`_class_name` {class}: lcm runs StableDiffusionXLPipeline and StableDiffusionXLInpaintPipeline \
                  folders of the SDXL family"
+            ),
+        ));
+    }
+    // SD2's pipelines that take more than a prompt: their UNets take other inputs (a low-resolution
+    // image and a noise level; a depth map; a CLIP image embedding).
+    const OTHER_SD2: [(&str, &str); 4] = [
+        ("StableDiffusionUpscalePipeline", "x4 upscaler"),
+        ("StableDiffusionDepth2ImgPipeline", "depth-to-image"),
+        ("StableUnCLIPPipeline", "unCLIP"),
+        ("StableUnCLIPImg2ImgPipeline", "unCLIP"),
+    ];
+    if let Some((_, what)) = OTHER_SD2.iter().find(|(name, _)| *name == class) {
+        return Err(Error::config(
+            &index,
+            format!(
+                "`_class_name` {class}: Stable Diffusion 2's {what} is not supported; lcm runs SD2.x text-to-image \
+                 (StableDiffusionPipeline: 2.0, 2.1, SD-Turbo) and inpainting folders"
             ),
         ));
     }
@@ -319,8 +365,18 @@ fn from_single_file<B: Backend>(backend: &B, spec: &LoadSpec) -> Result<Componen
             let te = ClipConfig::from_file(&component_config(&cfg.join("text_encoder"))?, spec.clip_skip)?;
             let vae = VaeConfig::from_file(&component_config(&cfg.join("vae"))?)?;
             let tokenizer = spec.tokenizer_dir.clone().unwrap_or(cfg.join("tokenizer"));
+            let fam = family(cfg)?;
+            if fam.sdxl && !ck.is_sdxl() {
+                return Err(Error::file(
+                    cfg,
+                    format!(
+                        "is an SDXL config folder, but {} is {} checkpoint: give its own family's",
+                        ck.path().display(),
+                        family_name(ck.family())
+                    ),
+                ));
+            }
             if ck.is_sdxl() {
-                let fam = family(cfg)?;
                 if !fam.sdxl {
                     return Err(Error::file(
                         cfg,
@@ -348,8 +404,10 @@ fn from_single_file<B: Backend>(backend: &B, spec: &LoadSpec) -> Result<Componen
             let tokenizer = spec.tokenizer_dir.clone().ok_or_else(|| {
                 Field::TokenizerDir.invalid(format!(
                     "{} is a single-file checkpoint, which holds no tokenizer: give a config folder (`config_dir`) \
-                     or SD1.5's tokenizer folder",
-                    spec.model_dir.display()
+                     or {}'s tokenizer folder",
+                    spec.model_dir.display(),
+                    // SD2's pads with "!" where SD1.5's pads with the end-of-text token.
+                    if ck.family() == CheckpointFamily::Sd2 { "SD2" } else { "SD1.5" }
                 ))
             })?;
             let vae = ck.infer_vae(SD15_SCALING_FACTOR, None)?;
@@ -398,6 +456,15 @@ fn from_single_file<B: Backend>(backend: &B, spec: &LoadSpec) -> Result<Componen
     let text =
         TextEncoders { first: TextEncoder { tokenizer, model: text_encoder }, second, force_zeros_for_empty_prompt };
     Ok(Components { text, unet, vae, vae_backend, scheduler, lora_merged })
+}
+
+/// A checkpoint family as messages name it.
+fn family_name(family: CheckpointFamily) -> &'static str {
+    match family {
+        CheckpointFamily::Sd15 => "an SD1.5-family",
+        CheckpointFamily::Sd2 => "an SD2",
+        CheckpointFamily::Sdxl => "an SDXL",
+    }
 }
 
 /// Where a pipeline's VAE is read from, once its config is known: so the backend it runs on is chosen

@@ -156,7 +156,9 @@ impl ClipTokenizer {
 }
 
 /// The pad token a tokenizer folder names, from `special_tokens_map.json` or
-/// `tokenizer_config.json` (a string, or an object with `content`).
+/// `tokenizer_config.json` (a string, or an object with `content`). `special_tokens_map.json` wins,
+/// as in transformers: SD2's folder says "!" there and `<|endoftext|>` in `tokenizer_config.json`,
+/// and its prompts are padded with "!".
 fn configured_pad_token(dir: &Path) -> Result<Option<String>> {
     for name in ["special_tokens_map.json", "tokenizer_config.json"] {
         let path: PathBuf = dir.join(name);

@@ -7,6 +7,7 @@ pub mod blocks;
 pub mod clip;
 pub mod controlnet;
 pub mod sd15;
+pub mod sd2;
 pub mod sdxl;
 pub mod taesd;
 pub mod unet;

@@ -27,6 +27,8 @@ pub const UNET_PREFIX: &str = "model.diffusion_model.";
 pub const VAE_PREFIX: &str = "first_stage_model.";
 /// Key prefix of the CLIP-L text encoder's weights (HF names follow, with or without `text_model.`).
 pub const CLIP_PREFIX: &str = "cond_stage_model.transformer.";
+/// SD2.x: the key prefix of its text encoder (OpenCLIP-H, OpenCLIP names, see [`super::open_clip`]).
+pub const SD2_OPEN_CLIP_PREFIX: &str = "cond_stage_model.model.";
 /// SDXL: the key prefix of its first text encoder (CLIP-L, HF names as [`CLIP_PREFIX`]).
 pub const SDXL_CLIP_PREFIX: &str = "conditioner.embedders.0.transformer.";
 /// SDXL: the key prefix of its second text encoder (OpenCLIP names, see [`super::open_clip`]).

@@ -5,15 +5,17 @@
 //!   (LDM has none, and diffusers' `convert_diffusers_to_original_stable_diffusion.py` leaves unmapped
 //!   keys as they are);
 //! - `first_stage_model.…`: the VAE ([`super::vae_file`]);
-//! - `cond_stage_model.transformer.…`: CLIP-L with HF names, with or without the `text_model.` level;
-//!   SDXL's two text encoders under `conditioner.embedders.0.transformer.…` (CLIP-L) and
-//!   `conditioner.embedders.1.model.…` (OpenCLIP names, [`super::open_clip`]).
+//! - `cond_stage_model.transformer.…`: SD1.5's CLIP-L with HF names, with or without the `text_model.`
+//!   level; SD2's OpenCLIP-H under `cond_stage_model.model.…` (OpenCLIP names, [`super::open_clip`],
+//!   with one layer more than the model uses: see [`Family::Sd2`]); SDXL's two text encoders under
+//!   `conditioner.embedders.0.transformer.…` (CLIP-L) and `conditioner.embedders.1.model.…` (OpenCLIP).
 //!
 //! Every key must be accounted for: a weight of one of the models, or one of the known extras
-//! ([`known_extra`]). Anything else is an error naming the key, so a checkpoint of another kind (SD2,
-//! a LoRA, a bare VAE) is refused instead of half-loaded. Inpainting checkpoints (9 input channels)
-//! are read like any other. The configs come from the
-//! shapes ([`super::shapes`]) or from a config folder.
+//! ([`known_extra`]). Anything else is an error naming the key, so a checkpoint of another kind (a
+//! LoRA, a bare VAE) is refused instead of half-loaded; SD2's variants that run other pipelines (the
+//! x4 upscaler, depth-to-image, unCLIP) are refused by name. Inpainting checkpoints (9 input channels)
+//! are read like any other. The configs come from the shapes ([`super::shapes`]) or from a config
+//! folder.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -22,10 +24,12 @@ use std::sync::Arc;
 use lcm_core::{Backend, Error, Result, SafeTensorsFile};
 use serde_json::Value;
 
-use super::ldm::{UnetLayout, CLIP_PREFIX, SDXL_CLIP_PREFIX, SDXL_OPEN_CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX};
+use super::ldm::{
+    UnetLayout, CLIP_PREFIX, SD2_OPEN_CLIP_PREFIX, SDXL_CLIP_PREFIX, SDXL_OPEN_CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX,
+};
 use super::mapped::{check_tensor, mapped_source, open_safetensors, upload_mapped, FileKey};
 use super::open_clip::open_clip_key;
-use super::shapes::{self, View};
+use super::shapes::{self, UnetHeads, View};
 use super::vae_file::{VaeLayout, VaePart, VAE_FILE_PREFIXES};
 use super::weights::WeightHook;
 use crate::arch::clip::{ClipConfig, ClipOutput, ClipTextModel};
@@ -55,7 +59,11 @@ pub const SCHEDULE_BUFFERS: [&str; 12] = [
 /// - `model_ema.*`: EMA copies of the UNet and their bookkeeping (`decay`, `num_updates`);
 /// - `cond_stage_model.transformer.[text_model.]embeddings.position_ids`: 0..76, regenerated (merges
 ///   store them as floats, sometimes no longer exact);
+/// - OpenCLIP's `logit_scale` (SD2's and SDXL's), and SD2's `text_projection` (SD2 conditions on
+///   hidden states, not on the projected embedding);
 /// - the twelve [`SCHEDULE_BUFFERS`] (`betas`, `alphas_cumprod`, …).
+///
+/// (An SD2 file's last OpenCLIP layer is expected too, by [`Checkpoint::check`]: it depends on the config.)
 pub fn known_extra(key: &str) -> Option<&'static str> {
     if key.starts_with("model_ema.") {
         return Some("EMA weights and bookkeeping");
@@ -64,8 +72,11 @@ pub fn known_extra(key: &str) -> Option<&'static str> {
     if text_encoder && key.ends_with("embeddings.position_ids") {
         return Some("text-encoder position ids (regenerated)");
     }
-    if key == format!("{SDXL_OPEN_CLIP_PREFIX}logit_scale") {
+    if key == format!("{SDXL_OPEN_CLIP_PREFIX}logit_scale") || key == format!("{SD2_OPEN_CLIP_PREFIX}logit_scale") {
         return Some("OpenCLIP's contrastive temperature (no weight of the text tower)");
+    }
+    if key == format!("{SD2_OPEN_CLIP_PREFIX}text_projection") {
+        return Some("OpenCLIP's text projection (SD2 conditions on the hidden states)");
     }
     SCHEDULE_BUFFERS.contains(&key).then_some("DDPM schedule buffer (the scheduler config gives the schedule)")
 }
@@ -75,78 +86,105 @@ fn clip_key(prefix: &str, name: &str) -> Option<String> {
     name.strip_prefix("text_model.").map(|rest| format!("{prefix}{rest}"))
 }
 
-/// Text encoder `index`'s weight `name`: CLIP-L's under `clip_prefix`, or SDXL's OpenCLIP one.
-fn text_encoder_key(clip_prefix: &str, open_clip: Option<&str>, index: usize, name: &str) -> Option<FileKey> {
-    match (index, open_clip) {
-        (0, _) => clip_key(clip_prefix, name).map(FileKey::whole),
-        (_, Some(p)) => open_clip_key(p, name),
-        (_, None) => None,
+/// The model family a checkpoint's text encoders say it is (the UNets look alike).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// SD1.5 and its fine-tunes (inpainting too): CLIP-L at `cond_stage_model.transformer.`.
+    Sd15,
+    /// SD2.x (2.0, 2.1, their 512 and 768 models, SD-Turbo, SD2 inpainting): OpenCLIP-H at
+    /// `cond_stage_model.model.`, whose last layer the model does not use — LDM conditions on the
+    /// penultimate layer's states through `ln_final`, so diffusers' text encoder (and lcm's) has one
+    /// layer fewer (23 of OpenCLIP-H's 24). Which prediction type it was trained for is not in the
+    /// file.
+    Sd2,
+    /// SDXL: CLIP-L and OpenCLIP-bigG at `conditioner.embedders.{0,1}.`.
+    Sdxl,
+}
+
+/// Where a text encoder's weights are in the file, and under which names.
+#[derive(Debug, Clone)]
+enum Tower {
+    /// transformers' CLIP names (`text_model.` left out) after this prefix.
+    Clip(String),
+    /// OpenCLIP's names after this prefix ([`super::open_clip`]).
+    OpenClip(String),
+}
+
+impl Tower {
+    fn key(&self, name: &str) -> Option<FileKey> {
+        match self {
+            Tower::Clip(prefix) => clip_key(prefix, name).map(FileKey::whole),
+            Tower::OpenClip(prefix) => open_clip_key(prefix, name),
+        }
+    }
+
+    fn prefix(&self) -> &str {
+        match self {
+            Tower::Clip(p) | Tower::OpenClip(p) => p,
+        }
     }
 }
 
-/// A single-file SD1.5-family or SDXL checkpoint, memory-mapped (shared with the models loaded from
-/// it, which read their weights again from it on a LoRA swap).
+/// A single-file SD1.5-family, SD2 or SDXL checkpoint, memory-mapped (shared with the models loaded
+/// from it, which read their weights again from it on a LoRA swap).
 pub struct Checkpoint {
     file: Arc<SafeTensorsFile>,
-    /// `cond_stage_model.transformer.` (SDXL: `conditioner.embedders.0.transformer.`) plus
-    /// `text_model.` when the file has that level.
-    clip_prefix: String,
-    /// SDXL's second text encoder's prefix, [`SDXL_OPEN_CLIP_PREFIX`]; `None` for SD1.5.
-    open_clip: Option<String>,
+    family: Family,
+    /// The text encoders: SD1.5's CLIP-L under `cond_stage_model.transformer.[text_model.]`, SD2's
+    /// OpenCLIP-H, or SDXL's two.
+    towers: Vec<Tower>,
     vae: Option<(VaeLayout, usize)>,
 }
 
 impl Checkpoint {
-    /// Opens `path` and checks it is an SD1.5-family or SDXL checkpoint: SD2.x and files
-    /// that are no full checkpoint (a LoRA, a VAE, a diffusers component) are refused by name.
+    /// Opens `path` and checks it is an SD1.5-family, SD2 or SDXL checkpoint: files that are no full
+    /// checkpoint (a LoRA, a VAE, a diffusers component) and SD2's variants for other pipelines are
+    /// refused by name.
     pub fn open(path: impl AsRef<Path>) -> Result<Checkpoint> {
         let path = path.as_ref();
         let file = open_safetensors(path)?;
         let any = |prefix: &str| file.names().any(|k| k.starts_with(prefix));
-        let sdxl = any("conditioner.embedders.");
-        let (clip_root, open_clip) = if sdxl {
-            if !file.contains(&format!("{SDXL_OPEN_CLIP_PREFIX}token_embedding.weight")) {
-                return Err(Error::file(
-                    path,
-                    format!(
-                        "is an SDXL-style checkpoint (`conditioner.embedders.…`) without its second text encoder \
-                         (`{SDXL_OPEN_CLIP_PREFIX}token_embedding.weight`); the SDXL refiner (OpenCLIP alone) is not \
-                         supported"
-                    ),
-                ));
-            }
-            (SDXL_CLIP_PREFIX, Some(SDXL_OPEN_CLIP_PREFIX.to_string()))
-        } else {
-            (CLIP_PREFIX, None)
-        };
-        if any("cond_stage_model.model.") {
-            return Err(Error::file(
-                path,
-                "is a Stable Diffusion 2.x checkpoint (OpenCLIP text encoder `cond_stage_model.model.…`, usually \
-                 v-prediction); lcm runs the SD1.5 family (CLIP-L text encoder `cond_stage_model.transformer.…`)",
-            ));
+        if let Some(why) = other_sd2_pipeline(&file) {
+            return Err(Error::file(path, why));
         }
+        let family = if any("conditioner.embedders.") {
+            Family::Sdxl
+        } else if any(SD2_OPEN_CLIP_PREFIX) {
+            Family::Sd2
+        } else {
+            Family::Sd15
+        };
         if !any(UNET_PREFIX) {
             return Err(Error::file(path, not_a_checkpoint(&file)));
         }
-        let clip_prefix = ["text_model.", ""]
-            .iter()
-            .map(|level| format!("{clip_root}{level}"))
-            .find(|p| file.contains(&format!("{p}embeddings.token_embedding.weight")))
-            .ok_or_else(|| {
-                Error::file(
-                    path,
-                    format!(
-                        "has a UNet (`{UNET_PREFIX}…`) but no CLIP text encoder (`{clip_root}[text_model.]embeddings.\
-                         token_embedding.weight`); a full checkpoint holds both"
-                    ),
-                )
-            })?;
+        let open_clip = |prefix: &str, what: &str| {
+            let key = format!("{prefix}token_embedding.weight");
+            match file.contains(&key) {
+                true => Ok(Tower::OpenClip(prefix.to_string())),
+                false => Err(Error::file(path, format!("{what} (`{key}`)"))),
+            }
+        };
+        let towers = match family {
+            Family::Sd15 => vec![Tower::Clip(clip_prefix(&file, CLIP_PREFIX)?)],
+            Family::Sd2 => vec![open_clip(
+                SD2_OPEN_CLIP_PREFIX,
+                "is an SD2-style checkpoint (`cond_stage_model.model.…`) without its OpenCLIP token embedding",
+            )?],
+            Family::Sdxl => {
+                // The second encoder first: without it, this is the refiner, refused as such.
+                let open_clip = open_clip(
+                    SDXL_OPEN_CLIP_PREFIX,
+                    "is an SDXL-style checkpoint (`conditioner.embedders.…`) without its second text encoder; the \
+                     SDXL refiner (OpenCLIP alone) is not supported",
+                )?;
+                vec![Tower::Clip(clip_prefix(&file, SDXL_CLIP_PREFIX)?), open_clip]
+            }
+        };
         let vae = VaeLayout::detect(&file, &[VAE_PREFIX]).map(|l| {
             let levels = l.levels(&file);
             (l, levels)
         });
-        Ok(Checkpoint { file: Arc::new(file), clip_prefix, open_clip, vae })
+        Ok(Checkpoint { file: Arc::new(file), family, towers, vae })
     }
 
     /// The checkpoint file.
@@ -166,13 +204,21 @@ impl Checkpoint {
         }
     }
 
-    fn clip_key(&self, name: &str) -> Option<String> {
-        clip_key(&self.clip_prefix, name)
+    /// The family its text encoders say it is.
+    pub fn family(&self) -> Family {
+        self.family
+    }
+
+    /// The UNet's input channels, from `conv_in`'s shape (4; 9 for inpainting), without reading the
+    /// rest of its architecture; `None` when the file lacks it (the full check names it).
+    pub fn unet_in_channels(&self) -> Option<usize> {
+        let shape = self.file.shape(&format!("{UNET_PREFIX}input_blocks.0.0.weight"))?;
+        shape.get(1).copied()
     }
 
     /// Whether this is an SDXL checkpoint (two text encoders, `conditioner.embedders.…`).
     pub fn is_sdxl(&self) -> bool {
-        self.open_clip.is_some()
+        self.family == Family::Sdxl
     }
 
     fn vae_part(&self) -> Option<VaePart<'_>> {
@@ -187,32 +233,48 @@ impl Checkpoint {
             false => None,
         };
         let key = |n: &str| Some(format!("{UNET_PREFIX}{n}"));
-        let json = shapes::unet::unet_config(&View { file: &*self.file, key: &key, what: "the UNet" }, pooled)?;
+        let heads = if self.family == Family::Sd2 { UnetHeads::Sd2 } else { UnetHeads::Sd15 };
+        let view = View { file: &*self.file, key: &key, what: "the UNet" };
+        let json = shapes::unet::unet_config(&view, pooled, heads)?;
         UnetConfig::parse_value(self.path(), json)
     }
 
     /// SDXL's second text encoder's config as transformers would write it, read from its OpenCLIP
-    /// shapes; an error for an SD1.5 file.
+    /// shapes; an error for a file with one text encoder.
     fn text_encoder_2_json(&self) -> Result<Value> {
-        let prefix = self
-            .open_clip
-            .as_deref()
-            .ok_or_else(|| Error::file(self.path(), "has one text encoder (an SD1.5-family checkpoint)"))?;
+        let prefix = match self.towers.get(1) {
+            Some(tower) => tower.prefix(),
+            None => return Err(self.one_text_encoder()),
+        };
         let key = |n: &str| Some(format!("{prefix}{n}"));
         shapes::open_clip_config(&View { file: &*self.file, key: &key, what: "the second text encoder" })
     }
 
     /// SDXL's second text encoder's config read from its OpenCLIP shapes, with `clip_skip`; an error
-    /// for an SD1.5 file.
+    /// for a file with one text encoder.
     pub fn infer_text_encoder_2(&self, clip_skip: usize) -> Result<ClipConfig> {
         ClipConfig::parse_value(self.path(), self.text_encoder_2_json()?, clip_skip)
     }
 
-    /// The text encoder's config read from the shapes, with `clip_skip`.
+    /// The text encoder's config read from the shapes, with `clip_skip`: CLIP-L's names (SD1.5, SDXL's
+    /// first), or SD2's OpenCLIP-H without the last layer ([`Family::Sd2`]).
     pub fn infer_text_encoder(&self, clip_skip: usize) -> Result<ClipConfig> {
-        let key = |n: &str| self.clip_key(n);
-        let json = shapes::clip_config(&View { file: &*self.file, key: &key, what: "the text encoder" })?;
+        let json = match &self.towers[0] {
+            Tower::Clip(prefix) => {
+                let key = |n: &str| clip_key(prefix, n);
+                shapes::clip_config(&View { file: &*self.file, key: &key, what: "the text encoder" })?
+            }
+            Tower::OpenClip(prefix) => {
+                let key = |n: &str| Some(format!("{prefix}{n}"));
+                shapes::sd2_text_config(&View { file: &*self.file, key: &key, what: "the text encoder" })?
+            }
+        };
         ClipConfig::parse_value(self.path(), json, clip_skip)
+    }
+
+    fn one_text_encoder(&self) -> Error {
+        let kind = if self.family == Family::Sd2 { "an SD2" } else { "an SD1.5-family" };
+        Error::file(self.path(), format!("has one text encoder ({kind} checkpoint)"))
     }
 
     /// The VAE's config from its shapes, with the latent space's scaling (and shift) factor; `None`
@@ -239,30 +301,7 @@ impl Checkpoint {
             check_tensor(&self.file, &key, &spec, "the UNet")?;
             expected.insert(key.key);
         }
-        let encoders = [(Some(clip), "the text encoder"), (clip_2, "the second text encoder")];
-        if self.is_sdxl() != clip_2.is_some() {
-            let (kind, configs) = if self.is_sdxl() { ("an SDXL", "one") } else { ("an SD1.5-family", "two") };
-            return Err(Error::file(
-                self.path(),
-                format!("is {kind} checkpoint, checked against {configs} text encoder config(s)"),
-            ));
-        }
-        for (i, (config, what)) in encoders.into_iter().enumerate() {
-            let Some(config) = config else { continue };
-            // Every layer, whatever clip_skip leaves out (the file holds them).
-            let full = ClipConfig { clip_skip: 0, output: ClipOutput::FinalNorm, ..config.clone() };
-            let mut specs = full.weights()?;
-            if config.projection_dim.is_some() {
-                specs.extend(config.clone().with_output(ClipOutput::Penultimate).weights()?);
-            }
-            for spec in specs {
-                let key = self.text_encoder_key(i, &spec.name).ok_or_else(|| {
-                    Error::tensor(self.path(), &spec.name, format!("{what} weight has no name in this file's layout"))
-                })?;
-                check_tensor(&self.file, &key, &spec, what)?;
-                expected.insert(key.key);
-            }
-        }
+        self.check_text_encoders(clip, clip_2, &mut expected)?;
         if let (Some(part), Some(config)) = (self.vae_part(), vae) {
             for spec in config.decoder_weights()? {
                 let key = part.key(&spec.name).expect("decoder weights have LDM names");
@@ -279,14 +318,56 @@ impl Checkpoint {
                 *first,
                 format!(
                     "is not a weight of this checkpoint's UNet (`{UNET_PREFIX}…`), VAE (`{VAE_PREFIX}…`) or text \
-                     encoder(s) (`{}`{}) as their configs describe them, nor a known extra (model_ema.*, \
+                     encoder(s) (`{}`) as their configs describe them, nor a known extra (model_ema.*, \
                      position_ids, DDPM schedule buffers){}",
-                    self.clip_prefix,
-                    self.open_clip.as_deref().map_or(String::new(), |p| format!(", `{p}`")),
+                    self.towers.iter().map(Tower::prefix).collect::<Vec<_>>().join("`, `"),
                     if rest.is_empty() { String::new() } else { format!("; {} more unknown keys", rest.len()) }
                 ),
             )),
         }
+    }
+
+    /// [`Self::check`]'s part for the text encoders: every weight of each (whatever clip_skip leaves out:
+    /// the file holds them) present with its shape, and added to `expected` with, for SD2, the file's
+    /// last OpenCLIP layer, which the model does not use ([`Family::Sd2`]).
+    fn check_text_encoders(
+        &self,
+        clip: &ClipConfig,
+        clip_2: Option<&ClipConfig>,
+        expected: &mut HashSet<String>,
+    ) -> Result<()> {
+        if self.is_sdxl() != clip_2.is_some() {
+            let (kind, configs) = match self.family {
+                Family::Sdxl => ("an SDXL", "one"),
+                Family::Sd2 => ("an SD2", "two"),
+                Family::Sd15 => ("an SD1.5-family", "two"),
+            };
+            return Err(Error::file(
+                self.path(),
+                format!("is {kind} checkpoint, checked against {configs} text encoder config(s)"),
+            ));
+        }
+        let encoders = [(Some(clip), "the text encoder"), (clip_2, "the second text encoder")];
+        for (i, (config, what)) in encoders.into_iter().enumerate() {
+            let Some(config) = config else { continue };
+            let full = ClipConfig { clip_skip: 0, output: ClipOutput::FinalNorm, ..config.clone() };
+            let mut specs = full.weights()?;
+            if config.projection_dim.is_some() {
+                specs.extend(config.clone().with_output(ClipOutput::Penultimate).weights()?);
+            }
+            for spec in specs {
+                let key = self.text_encoder_key(i, &spec.name).ok_or_else(|| {
+                    Error::tensor(self.path(), &spec.name, format!("{what} weight has no name in this file's layout"))
+                })?;
+                check_tensor(&self.file, &key, &spec, what)?;
+                expected.insert(key.key);
+            }
+        }
+        if self.family == Family::Sd2 {
+            let unused = format!("{SD2_OPEN_CLIP_PREFIX}transformer.resblocks.{}.", clip.layers);
+            expected.extend(self.file.names().filter(|k| k.starts_with(&unused)).map(str::to_string));
+        }
+        Ok(())
     }
 
     /// The UNet, its weights through `hook` (LoRA merging) as they load; a LoRA swap reads them
@@ -301,7 +382,7 @@ impl Checkpoint {
 
     /// Where text encoder `index` (0; SDXL's second is 1) keeps weight `name` in this file.
     fn text_encoder_key(&self, index: usize, name: &str) -> Option<FileKey> {
-        text_encoder_key(&self.clip_prefix, self.open_clip.as_deref(), index, name)
+        self.towers.get(index)?.key(name)
     }
 
     /// The text encoder, its weights through `hook` (LoRA merging) as they load; a LoRA swap reads
@@ -316,7 +397,7 @@ impl Checkpoint {
     }
 
     /// SDXL's second text encoder (OpenCLIP in the file, built as a CLIPTextModelWithProjection);
-    /// an error for an SD1.5 file.
+    /// an error for a file with one text encoder.
     pub fn load_text_encoder_2<B: Backend>(
         &self,
         backend: &B,
@@ -324,7 +405,7 @@ impl Checkpoint {
         hook: Option<WeightHook>,
     ) -> Result<ClipTextModel<B>> {
         if !self.is_sdxl() {
-            return Err(Error::file(self.path(), "has one text encoder (an SD1.5-family checkpoint)"));
+            return Err(self.one_text_encoder());
         }
         self.load_encoder(backend, 1, config, hook)
     }
@@ -336,8 +417,8 @@ impl Checkpoint {
         config: ClipConfig,
         hook: Option<WeightHook>,
     ) -> Result<ClipTextModel<B>> {
-        let (prefix, open_clip) = (self.clip_prefix.clone(), self.open_clip.clone());
-        let key = move |n: &str| text_encoder_key(&prefix, open_clip.as_deref(), index, n);
+        let tower = self.towers[index].clone();
+        let key = move |n: &str| tower.key(n);
         let what = ["the text encoder", "the second text encoder"][index];
         let mut weights = upload_mapped(backend, &self.file, &config.weights()?, &key, what, hook)?;
         weights.source = Some(mapped_source(self.file.clone(), key, what));
@@ -370,8 +451,51 @@ fn not_a_checkpoint(file: &SafeTensorsFile) -> String {
     };
     let first = names.first().copied().unwrap_or("(no tensors)");
     format!(
-        "is neither an SD1.5-family nor an SDXL checkpoint: none of its {} tensors is named `{UNET_PREFIX}…` \
+        "is not an SD1.5-family, SD2 or SDXL checkpoint: none of its {} tensors is named `{UNET_PREFIX}…` \
          (first: `{first}`); {hint}",
         names.len()
     )
+}
+
+/// The CLIP prefix of a file's text encoder under `root`: with the `text_model.` level or without.
+fn clip_prefix(file: &SafeTensorsFile, root: &str) -> Result<String> {
+    ["text_model.", ""]
+        .iter()
+        .map(|level| format!("{root}{level}"))
+        .find(|p| file.contains(&format!("{p}embeddings.token_embedding.weight")))
+        .ok_or_else(|| {
+            Error::file(
+                file.path(),
+                format!(
+                    "has a UNet (`{UNET_PREFIX}…`) but no CLIP text encoder (`{root}[text_model.]embeddings.\
+                 token_embedding.weight`); a full checkpoint holds both"
+                ),
+            )
+        })
+}
+
+/// Why a file is an SD2 checkpoint of a pipeline lcm does not run, by what only it holds: the x4
+/// upscaler (`low_scale_model.…`, its noise-level schedule; diffusers tells it by a UNet resnet that
+/// changes width at `input_blocks.10`), depth-to-image (`depth_model.…`, MiDaS) or unCLIP
+/// (`embedder.…`, a CLIP image encoder, and `noise_augmentor.…`). `None` for any other file.
+fn other_sd2_pipeline(file: &SafeTensorsFile) -> Option<String> {
+    let any = |prefix: &str| file.names().any(|k| k.starts_with(prefix));
+    let upscaler_resnet = format!("{UNET_PREFIX}input_blocks.10.0.skip_connection.bias");
+    let (what, evidence, pipeline) = if any("low_scale_model.") || file.contains(&upscaler_resnet) {
+        ("the Stable Diffusion x4 upscaler", "`low_scale_model.…`, a 7-channel UNet", "StableDiffusionUpscalePipeline")
+    } else if any("depth_model.") {
+        (
+            "Stable Diffusion 2 depth-to-image",
+            "`depth_model.…` (MiDaS), a 5-channel UNet",
+            "StableDiffusionDepth2ImgPipeline",
+        )
+    } else if any("embedder.") || any("noise_augmentor.") {
+        ("Stable unCLIP", "`embedder.…` (a CLIP image encoder), `noise_augmentor.…`", "StableUnCLIPImg2ImgPipeline")
+    } else {
+        return None;
+    };
+    Some(format!(
+        "is a {what} checkpoint ({evidence}): it runs diffusers' {pipeline}, which lcm does not; lcm runs SD1.5, \
+         SD2.x text-to-image (2.0, 2.1, SD-Turbo, their inpainting models) and SDXL checkpoints"
+    ))
 }

@@ -109,6 +109,10 @@ fn refuse_unbuilt(c: &Config) -> Result<()> {
     ] {
         c.require_absent(key)?;
     }
+    // Not refused, and nothing to build: `upcast_attention` (SD2.x's UNets) makes diffusers compute f16
+    // attention scores and their softmax in f32. lcm's attention does so at every precision (the CPU in
+    // f32; the CUDA kernel keeps Q·Kᵀ and the online softmax in f32 accumulators), with or without it.
+    c.bool_or("upcast_attention", false)?;
     Ok(())
 }
 

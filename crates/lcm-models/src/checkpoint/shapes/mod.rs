@@ -7,7 +7,7 @@
 //! Shapes give channel widths, resnets and transformer layers per level, the context width, the
 //! projection kind, the guidance-embedding width, the VAE's widths and the text encoder's sizes.
 //! They do not give head counts or GroupNorm groups: those are the families' (SD1.5's 8 UNet heads,
-//! SDXL's 64-wide UNet heads, 64-wide text-encoder heads as CLIP-L's 12 × 64, 32 groups), and
+//! SD2's and SDXL's 64-wide UNet heads, 64-wide text-encoder heads as CLIP-L's 12 × 64, 32 groups), and
 //! `--config` overrides them for anything else.
 
 pub(crate) mod unet;
@@ -19,9 +19,18 @@ use serde_json::{json, Value};
 
 /// SD1.5's UNet reads `attention_head_dim: 8` as 8 heads at every level.
 const SD15_UNET_HEADS: usize = 8;
-/// SDXL's UNets (and SSD-1B's, Vega's) use 64-wide heads: `attention_head_dim` [5, 10, 20] at 320, 640
-/// and 1280 channels.
-const SDXL_UNET_HEAD_WIDTH: usize = 64;
+/// SD2's and SDXL's UNets (and SSD-1B's, Vega's) use 64-wide heads: `attention_head_dim` [5, 10, 20, 20]
+/// and [5, 10, 20] at 320, 640 and 1280 channels.
+const WIDE_UNET_HEAD_WIDTH: usize = 64;
+
+/// How a family's UNet splits its attention into heads, which the shapes do not say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UnetHeads {
+    /// SD1.5's [`SD15_UNET_HEADS`] at every level.
+    Sd15,
+    /// SD2's 64-wide heads (SDXL's UNets, told apart by their added embedding, always have them).
+    Sd2,
+}
 /// CLIP ViT-L/14's text tower (and every OpenCLIP one) uses 64-wide heads.
 const CLIP_HEAD_WIDTH: usize = 64;
 /// GroupNorm groups in every SD UNet and VAE.
@@ -119,6 +128,39 @@ pub(crate) fn clip_config(v: &View) -> Result<Value> {
 /// `text_projection` `[hidden, projection]`): gelu, 64-wide heads, and the legacy `eos_token_id` 2
 /// of SDXL's `text_encoder_2/config.json` (the pooled token is the largest id, the end of text).
 pub(crate) fn open_clip_config(v: &View) -> Result<Value> {
+    let (mut cfg, hidden) = open_clip_tower(v, "text_encoder_2")?;
+    let projection = v.need("text_projection", 2)?;
+    if projection[0] != hidden {
+        return Err(v.err("text_projection", format!("has shape {projection:?}, expected [{hidden}, projection]")));
+    }
+    cfg["architectures"] = json!(["CLIPTextModelWithProjection"]);
+    cfg["projection_dim"] = json!(projection[1]);
+    Ok(cfg)
+}
+
+/// SD2's text encoder's config (a CLIPTextModel, as stable-diffusion-2-1's `text_encoder/config.json`)
+/// from OpenCLIP's own names: [`open_clip_config`]'s sizes with one layer fewer than the file holds —
+/// LDM's FrozenOpenCLIPEmbedder conditions SD2 on the penultimate layer (then `ln_final`), and
+/// diffusers' `convert_open_clip_checkpoint` drops the last layer — and no projection (the file's
+/// `text_projection` serves OpenCLIP's image-text loss, not SD2).
+pub(crate) fn sd2_text_config(v: &View) -> Result<Value> {
+    let (mut cfg, _) = open_clip_tower(v, "text_encoder")?;
+    let layers = cfg["num_hidden_layers"].as_u64().unwrap_or(0);
+    if layers < 2 {
+        return Err(v.err(
+            "transformer.resblocks.1.mlp.c_fc.weight",
+            "missing: an SD2 text encoder conditions on its penultimate layer, so the file holds at least two",
+        ));
+    }
+    cfg["architectures"] = json!(["CLIPTextModel"]);
+    cfg["num_hidden_layers"] = json!(layers - 1);
+    Ok(cfg)
+}
+
+/// The sizes of an OpenCLIP text tower read from its names, as a CLIPTextConfig (gelu, 64-wide heads,
+/// the legacy bos/eos/pad ids 0/2/1 of SD2's and SDXL's configs), every layer of the file counted;
+/// and its width. `component`: the config folder's component that would say what the shapes cannot.
+fn open_clip_tower(v: &View, component: &str) -> Result<(Value, usize)> {
     let token = v.need("token_embedding.weight", 2)?;
     let (vocab_size, hidden) = (token[0], token[1]);
     let positions = v.need("positional_embedding", 2)?[0];
@@ -127,21 +169,16 @@ pub(crate) fn open_clip_config(v: &View) -> Result<Value> {
         return Err(v.err("transformer.resblocks.0.mlp.c_fc.weight", "missing: the text encoder has no layers"));
     }
     let intermediate = v.need("transformer.resblocks.0.mlp.c_fc.weight", 2)?[0];
-    let projection = v.need("text_projection", 2)?;
-    if projection[0] != hidden {
-        return Err(v.err("text_projection", format!("has shape {projection:?}, expected [{hidden}, projection]")));
-    }
     if hidden % CLIP_HEAD_WIDTH != 0 {
         return Err(v.err(
             "token_embedding.weight",
             format!(
                 "the text encoder is {hidden} wide, not a multiple of OpenCLIP's {CLIP_HEAD_WIDTH}-wide heads; pass \
-                 --config DIR with a text_encoder_2/config.json"
+                 --config DIR with a {component}/config.json"
             ),
         ));
     }
-    Ok(json!({
-        "architectures": ["CLIPTextModelWithProjection"],
+    let cfg = json!({
         "bos_token_id": 0,
         "eos_token_id": 2,
         "hidden_act": "gelu",
@@ -152,9 +189,9 @@ pub(crate) fn open_clip_config(v: &View) -> Result<Value> {
         "num_attention_heads": hidden / CLIP_HEAD_WIDTH,
         "num_hidden_layers": layers,
         "pad_token_id": 1,
-        "projection_dim": projection[1],
         "vocab_size": vocab_size,
-    }))
+    });
+    Ok((cfg, hidden))
 }
 
 /// AutoencoderKL's config from diffusers names (the view maps them to the file's layout), with
@@ -209,7 +246,7 @@ mod tests {
     use crate::arch::clip::{ClipConfig, ClipOutput};
     use crate::arch::unet::UnetConfig;
     use crate::arch::vae::VaeConfig;
-    use crate::arch::{sd15, sdxl};
+    use crate::arch::{sd15, sd2, sdxl};
     use crate::checkpoint::ldm::{vae_ldm_is_conv, vae_to_ldm, UnetLayout};
     use crate::checkpoint::open_clip::open_clip_key;
 
@@ -238,7 +275,8 @@ mod tests {
         });
         let table = Table(shapes.collect(), PathBuf::from("sd15.safetensors"));
         let key = |n: &str| Some(n.to_string());
-        let json = unet::unet_config(&View { file: &table, key: &key, what: "the UNet" }, None).unwrap();
+        let json =
+            unet::unet_config(&View { file: &table, key: &key, what: "the UNet" }, None, UnetHeads::Sd15).unwrap();
         // sample_size (a default image size) is no shape: the file cannot say it.
         same(UnetConfig::parse_value(Path::new("x"), json).unwrap(), UnetConfig { sample_size: None, ..cfg });
     }
@@ -253,10 +291,11 @@ mod tests {
             let shapes = cfg.weights().unwrap().into_iter().map(|w| (layout.to_ldm(&w.name).unwrap(), w.shape));
             let table = Table(shapes.collect(), PathBuf::from(format!("{name}.safetensors")));
             let key = |n: &str| Some(n.to_string());
-            let json = unet::unet_config(&View { file: &table, key: &key, what: "the UNet" }, Some(1280)).unwrap();
+            let view = View { file: &table, key: &key, what: "the UNet" };
+            // SDXL's 64-wide heads whatever family rule the caller gives: its added embedding says SDXL.
+            let json = unet::unet_config(&view, Some(1280), UnetHeads::Sd15).unwrap();
             same(UnetConfig::parse_value(Path::new("x"), json).unwrap(), UnetConfig { sample_size: None, ..cfg });
-            let err =
-                unet::unet_config(&View { file: &table, key: &key, what: "the UNet" }, None).unwrap_err().to_string();
+            let err = unet::unet_config(&view, None, UnetHeads::Sd15).unwrap_err().to_string();
             assert!(err.contains("label_emb.0.0.weight") && err.contains("second text encoder"), "{err}");
         }
         let te2 = ClipConfig::from_json(Path::new("sdxl"), sdxl::TEXT_ENCODER_2_CONFIG, 0).unwrap();
@@ -271,6 +310,36 @@ mod tests {
         let key = |n: &str| Some(format!("{p}{n}"));
         let json = open_clip_config(&View { file: &table, key: &key, what: "the second text encoder" }).unwrap();
         same(ClipConfig::parse_value(Path::new("x"), json, 0).unwrap(), te2);
+    }
+
+    /// SD2.1's UNet (64-wide heads, the SD1.5 block structure) and its text encoder from OpenCLIP-H's
+    /// 24 layers (23 kept), at full size.
+    #[test]
+    fn sd2_unet_and_text_encoder_from_their_ldm_shapes() {
+        let cfg = UnetConfig::from_json(Path::new("sd2"), sd2::UNET_CONFIG).unwrap();
+        let layout = UnetLayout::from_config(&cfg);
+        let shapes = cfg.weights().unwrap().into_iter().map(|w| (layout.to_ldm(&w.name).unwrap(), w.shape));
+        let table = Table(shapes.collect(), PathBuf::from("sd2.safetensors"));
+        let key = |n: &str| Some(n.to_string());
+        let view = View { file: &table, key: &key, what: "the UNet" };
+        let json = unet::unet_config(&view, None, UnetHeads::Sd2).unwrap();
+        same(UnetConfig::parse_value(Path::new("x"), json).unwrap(), UnetConfig { sample_size: None, ..cfg.clone() });
+        // SD1.5's rule would give 8 heads: the family decides.
+        let json = unet::unet_config(&view, None, UnetHeads::Sd15).unwrap();
+        assert_eq!(UnetConfig::parse_value(Path::new("x"), json).unwrap().heads, [8; 4]);
+
+        let te = ClipConfig::from_json(Path::new("sd2"), sd2::TEXT_ENCODER_CONFIG, 0).unwrap();
+        let file_te = ClipConfig { layers: te.layers + 1, ..te.clone() }; // OpenCLIP-H's 24
+        let p = "cond_stage_model.model.";
+        let shapes = file_te.weights().unwrap().into_iter().map(|w| {
+            let k = open_clip_key(p, &w.name).unwrap();
+            let shape = k.file_shape(&w.shape).into_owned();
+            (k.key, shape)
+        });
+        let table = Table(shapes.collect(), PathBuf::from("sd2.safetensors"));
+        let key = |n: &str| Some(format!("{p}{n}"));
+        let json = sd2_text_config(&View { file: &table, key: &key, what: "the text encoder" }).unwrap();
+        same(ClipConfig::parse_value(Path::new("x"), json, 0).unwrap(), te);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use lcm_core::Result;
 use serde_json::{json, Value};
 
-use super::{View, SD15_UNET_HEADS, SDXL_UNET_HEAD_WIDTH, SD_NORM_GROUPS};
+use super::{UnetHeads, View, SD15_UNET_HEADS, SD_NORM_GROUPS, WIDE_UNET_HEAD_WIDTH};
 use crate::arch::unet::UnetConfig;
 
 /// One level of the down path as read from its slots.
@@ -35,9 +35,10 @@ fn depth_entry(depths: &[usize]) -> Value {
 
 /// The config as diffusers would write it. SDXL's added embedding (`label_emb.0`) needs the pooled
 /// text width, `pooled_dim` (text_encoder_2's projection): the rest of its input is six sinusoids of
-/// `addition_time_embed_dim`.
-pub(crate) fn unet_config(v: &View, pooled_dim: Option<usize>) -> Result<Value> {
-    config(v, pooled_dim, None, true)
+/// `addition_time_embed_dim`. `heads`: the family's rule for the head counts (an SDXL UNet's are
+/// always 64 wide).
+pub(crate) fn unet_config(v: &View, pooled_dim: Option<usize>, heads: UnetHeads) -> Result<Value> {
+    config(v, pooled_dim, None, true, heads)
 }
 
 /// [`unet_config`] for the encoder alone, a ControlNet's copy of it (the same LDM names, no
@@ -46,10 +47,16 @@ pub(crate) fn unet_config(v: &View, pooled_dim: Option<usize>) -> Result<Value> 
 /// the shapes do not give (heads, GroupNorm groups) is `base`'s when its widths are the encoder's (the
 /// UNet a ControlNet was copied from), else the families' rules.
 pub(crate) fn encoder_config(v: &View, pooled_dim: Option<usize>, base: Option<&UnetConfig>) -> Result<Value> {
-    config(v, pooled_dim, base, false)
+    config(v, pooled_dim, base, false, UnetHeads::Sd15)
 }
 
-fn config(v: &View, pooled_dim: Option<usize>, base: Option<&UnetConfig>, decoder: bool) -> Result<Value> {
+fn config(
+    v: &View,
+    pooled_dim: Option<usize>,
+    base: Option<&UnetConfig>,
+    decoder: bool,
+    family_heads: UnetHeads,
+) -> Result<Value> {
     let conv_in = conv_in(v)?;
     let text_time = text_time(v, pooled_dim)?;
     let sdxl = text_time.is_some();
@@ -78,7 +85,7 @@ fn config(v: &View, pooled_dim: Option<usize>, base: Option<&UnetConfig>, decode
     let base = base.filter(|b| b.block_out_channels == channels);
     let heads = match base {
         Some(b) => json!(b.heads),
-        None => heads(v, &channels, sdxl)?,
+        None => heads(v, &channels, sdxl, family_heads)?,
     };
     let depths = Depths::read(v, &levels, up_depths, mid_depth)?;
     let cross = |l: &Level, down: bool| match (l.depths[0].is_some(), down) {
@@ -258,17 +265,23 @@ fn cross_attention(v: &View, slots: usize) -> Result<(usize, bool)> {
     Ok((to_k[1], proj_in.len() == 2))
 }
 
-/// `attention_head_dim`, which the shapes do not give: SD1.5's 8 heads everywhere, or SDXL's 64-wide
-/// heads (`[5, 10, 20]` read as heads). A level too narrow for the family's rule is an error.
-fn heads(v: &View, channels: &[usize], sdxl: bool) -> Result<Value> {
-    let (heads, rule) = if sdxl {
-        (json!(channels.iter().map(|c| c / SDXL_UNET_HEAD_WIDTH).collect::<Vec<_>>()), "SDXL family's 64-wide heads")
+/// `attention_head_dim`, which the shapes do not give: SD1.5's 8 heads everywhere, or SD2's and SDXL's
+/// 64-wide heads (`[5, 10, 20, 20]` and `[5, 10, 20]` read as heads). A level too narrow for the
+/// family's rule is an error.
+fn heads(v: &View, channels: &[usize], sdxl: bool, family: UnetHeads) -> Result<Value> {
+    let (wide, rule) = match (sdxl, family) {
+        (true, _) => (true, "SDXL family's 64-wide heads"),
+        (false, UnetHeads::Sd2) => (true, "SD2 family's 64-wide heads"),
+        (false, UnetHeads::Sd15) => (false, "SD1.5 family's 8 heads"),
+    };
+    let heads = if wide {
+        json!(channels.iter().map(|c| c / WIDE_UNET_HEAD_WIDTH).collect::<Vec<_>>())
     } else {
-        (json!(SD15_UNET_HEADS), "SD1.5 family's 8 heads")
+        json!(SD15_UNET_HEADS)
     };
     let splits = |c: usize| {
         c.is_multiple_of(SD_NORM_GROUPS)
-            && if sdxl { c.is_multiple_of(SDXL_UNET_HEAD_WIDTH) } else { c.is_multiple_of(SD15_UNET_HEADS) }
+            && if wide { c.is_multiple_of(WIDE_UNET_HEAD_WIDTH) } else { c.is_multiple_of(SD15_UNET_HEADS) }
     };
     if let Some(&bad) = channels.iter().find(|&&c| !splits(c)) {
         return Err(v.err(
