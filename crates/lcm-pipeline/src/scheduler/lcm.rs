@@ -6,7 +6,11 @@ use std::path::Path;
 
 use lcm_core::lcm::{self, Prediction, Sampling, StepRow, StepRule};
 use lcm_core::{Error, Result};
+#[cfg(test)]
 use serde_json::Value;
+
+use super::config::{cumprod_alphas, scaled_linear_betas, Params, SchedulerConfig};
+use super::SamplerKind;
 
 /// The scheduler settings LCM reads from a `scheduler_config.json` (any `_class_name`: SD1.5 ships
 /// a PNDMScheduler config, which diffusers turns into an LCMScheduler with `from_config`).
@@ -44,110 +48,37 @@ impl LcmConfig {
         }
     }
 
-    /// Reads a diffusers `scheduler_config.json`. Keys LCM does not use (steps_offset,
-    /// skip_prk_steps, timestep_spacing, ...) are ignored, as LCMScheduler ignores them; what LCM
-    /// cannot honour (thresholding, zero-SNR rescaling, other beta schedules) is an error naming
-    /// the key.
+    /// Reads a diffusers `scheduler_config.json` as `LCMScheduler.from_config` does (see
+    /// [`SchedulerConfig`]): keys LCM does not use (skip_prk_steps, timestep_spacing, ...) are ignored;
+    /// what LCM cannot honour (thresholding, unknown beta schedules) is an error naming the key.
     pub fn from_json_file(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
-        let json: Value = serde_json::from_str(&text).map_err(|e| Error::config(path, format!("not JSON: {e}")))?;
-        Self::from_json(&json).map_err(|msg| Error::config(path, msg))
+        let config = SchedulerConfig::from_json_file(path)?;
+        Self::from_config(&config)
     }
 
+    /// `LCMScheduler.from_config(config)`.
+    pub fn from_config(config: &SchedulerConfig) -> Result<Self> {
+        let params = Params::resolve(config, SamplerKind::Lcm).map_err(|msg| config.error(msg))?;
+        Ok(Self::from_params(params))
+    }
+
+    pub(crate) fn from_params(p: Params) -> Self {
+        LcmConfig {
+            num_train_timesteps: p.num_train_timesteps,
+            betas: p.betas,
+            set_alpha_to_one: p.set_alpha_to_one,
+            prediction_type: p.prediction,
+            clip_sample: p.clip,
+            timestep_scaling: p.timestep_scaling,
+            original_inference_steps: p.original_inference_steps,
+        }
+    }
+
+    #[cfg(test)]
     fn from_json(json: &Value) -> std::result::Result<Self, String> {
-        let obj = json.as_object().ok_or("expected a JSON object")?;
-        // JSON null means "not given" in diffusers' saved configs (e.g. "trained_betas": null).
-        let get = |key: &str| obj.get(key).filter(|v| !v.is_null());
-        let num = |key: &str, default: f64| -> std::result::Result<f64, String> {
-            get(key).map_or(Ok(default), |v| v.as_f64().ok_or(format!("`{key}`: expected a number, got {v}")))
-        };
-        let flag = |key: &str, default: bool| -> std::result::Result<bool, String> {
-            get(key).map_or(Ok(default), |v| v.as_bool().ok_or(format!("`{key}`: expected true or false, got {v}")))
-        };
-        let count = |key: &str, default: usize| -> std::result::Result<usize, String> {
-            get(key).map_or(Ok(default), |v| {
-                v.as_u64()
-                    .filter(|&n| n > 0)
-                    .map(|n| n as usize)
-                    .ok_or(format!("`{key}`: expected a positive integer, got {v}"))
-            })
-        };
-
-        let num_train_timesteps = count("num_train_timesteps", 1000)?;
-        let beta_start = num("beta_start", 0.00085)?;
-        let beta_end = num("beta_end", 0.012)?;
-        let betas = if let Some(trained) = get("trained_betas") {
-            let list = trained.as_array().ok_or("`trained_betas`: expected a list of numbers")?;
-            let betas: Option<Vec<f32>> = list.iter().map(|v| v.as_f64().map(|b| b as f32)).collect();
-            let betas = betas.ok_or("`trained_betas`: expected a list of numbers")?;
-            if betas.len() != num_train_timesteps {
-                return Err(format!(
-                    "`trained_betas`: {} values for {num_train_timesteps} training timesteps",
-                    betas.len()
-                ));
-            }
-            betas
-        } else {
-            let schedule = get("beta_schedule").map_or(Some("scaled_linear"), Value::as_str);
-            match schedule {
-                Some("scaled_linear") => scaled_linear_betas(beta_start, beta_end, num_train_timesteps),
-                Some("linear") => torch_linspace_f32(beta_start, beta_end, num_train_timesteps),
-                _ => {
-                    return Err(format!(
-                        "`beta_schedule` {}: supported are \"scaled_linear\" and \"linear\"",
-                        get("beta_schedule").map_or(String::new(), Value::to_string)
-                    ))
-                }
-            }
-        };
-        if flag("thresholding", false)? {
-            return Err("`thresholding`: true is not supported (it is for pixel-space models)".into());
-        }
-        if flag("rescale_betas_zero_snr", false)? {
-            return Err("`rescale_betas_zero_snr`: true is not supported".into());
-        }
-        let prediction_type = match get("prediction_type").map_or(Some("epsilon"), Value::as_str) {
-            Some("epsilon") => Prediction::Epsilon,
-            Some("v_prediction") => Prediction::VPrediction,
-            Some("sample") => Prediction::Sample,
-            _ => {
-                return Err(format!(
-                    "`prediction_type` {}: expected \"epsilon\", \"v_prediction\" or \"sample\"",
-                    get("prediction_type").map_or(String::new(), Value::to_string)
-                ))
-            }
-        };
-        let clip_sample = flag("clip_sample", false)?.then_some(num("clip_sample_range", 1.0)? as f32);
-        Ok(LcmConfig {
-            num_train_timesteps,
-            betas,
-            set_alpha_to_one: flag("set_alpha_to_one", true)?,
-            prediction_type,
-            clip_sample,
-            timestep_scaling: num("timestep_scaling", 10.0)? as f32,
-            original_inference_steps: count("original_inference_steps", 50)?,
-        })
+        let config = SchedulerConfig::from_json(json)?;
+        Params::resolve(&config, SamplerKind::Lcm).map(Self::from_params)
     }
-}
-
-/// `torch.linspace(start, end, n, dtype=torch.float32)` as torch's CPU kernel computes it: the
-/// first half counts up from `start`, the second half down from `end`, each as one f32 fused
-/// multiply–add (torch's x86 build contracts `start + step * i`).
-pub fn torch_linspace_f32(start: f64, end: f64, n: usize) -> Vec<f32> {
-    let (start, end) = (start as f32, end as f32);
-    if n == 1 {
-        return vec![start];
-    }
-    let step = (end - start) / (n - 1) as f32;
-    (0..n)
-        .map(|i| if i < n / 2 { step.mul_add(i as f32, start) } else { (-step).mul_add((n - 1 - i) as f32, end) })
-        .collect()
-}
-
-/// The "scaled_linear" schedule of latent diffusion: linspace(sqrt(b0), sqrt(b1), n)².
-pub fn scaled_linear_betas(beta_start: f64, beta_end: f64, n: usize) -> Vec<f32> {
-    torch_linspace_f32(beta_start.sqrt(), beta_end.sqrt(), n).into_iter().map(|b| b * b).collect()
 }
 
 /// The LCM scheduler: fixed noise schedule plus the timesteps chosen by the last `set_timesteps`.
@@ -169,16 +100,7 @@ impl LcmScheduler {
                 format!("{} betas for {} training timesteps", config.betas.len(), config.num_train_timesteps),
             ));
         }
-        // torch.cumprod on the CPU accumulates in double and stores each prefix product as f32.
-        let mut acc = 1.0f64;
-        let alphas_cumprod: Vec<f32> = config
-            .betas
-            .iter()
-            .map(|&b| {
-                acc *= (1.0 - b) as f64;
-                acc as f32
-            })
-            .collect();
+        let alphas_cumprod = cumprod_alphas(&config.betas);
         let final_alpha_cumprod = if config.set_alpha_to_one { 1.0 } else { alphas_cumprod[0] };
         Ok(LcmScheduler { config, alphas_cumprod, final_alpha_cumprod, timesteps: Vec::new() })
     }
@@ -186,6 +108,11 @@ impl LcmScheduler {
     /// From a diffusers `scheduler/scheduler_config.json`.
     pub fn from_config_json(path: impl AsRef<Path>) -> Result<Self> {
         Self::new(LcmConfig::from_json_file(path)?)
+    }
+
+    /// The schedule of the last `set_timesteps` / `set_custom_timesteps`.
+    pub fn timesteps(&self) -> &[i64] {
+        &self.timesteps
     }
 
     /// The settings it was built from.
@@ -418,7 +345,7 @@ impl LcmScheduler {
     }
 }
 
-fn check_len(what: &str, len: usize, sample_len: usize) -> Result<()> {
+pub(crate) fn check_len(what: &str, len: usize, sample_len: usize) -> Result<()> {
     if len == sample_len {
         Ok(())
     } else {
@@ -503,8 +430,8 @@ mod tests {
 
     #[test]
     fn unsupported_config_values_name_the_key() {
-        let err = LcmConfig::from_json(&serde_json::json!({"beta_schedule": "squaredcos_cap_v2"})).unwrap_err();
-        assert!(err.contains("beta_schedule") && err.contains("squaredcos_cap_v2"), "{err}");
+        let err = LcmConfig::from_json(&serde_json::json!({"beta_schedule": "cosine"})).unwrap_err();
+        assert!(err.contains("beta_schedule") && err.contains("cosine"), "{err}");
         let err = LcmConfig::from_json(&serde_json::json!({"thresholding": true})).unwrap_err();
         assert!(err.contains("thresholding"), "{err}");
         let pndm = serde_json::json!({"_class_name": "PNDMScheduler", "set_alpha_to_one": false,
