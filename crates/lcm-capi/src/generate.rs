@@ -68,6 +68,7 @@ pub(crate) unsafe fn generate(
         height,
         num_images: r.num_images as usize,
         controls,
+        sampler: None,
         init_image,
     };
     if req.num_images > MAX_IMAGES {

@@ -102,8 +102,9 @@ pub fn run(args: FramesArgs) -> Result<()> {
     let mut template = s.request(seed, (width, height), 1, Some(first));
     template.controls = args.control.units(&control_images(&args, &frames[0])?, (width, height), true)?;
     let mut spec = args.model.load_spec(model_dir, loras);
-    let sched = lcm_pipeline::load::scheduler(&spec)?;
-    template.validate(sched.config().original_inference_steps)?;
+    let (sampler, max_steps) = s.sampler(&lcm_pipeline::load::scheduler(&spec)?)?;
+    template.sampler = Some(sampler);
+    template.validate(max_steps)?;
     args.model.check_files(&spec)?;
     std::fs::create_dir_all(&args.output).map_err(|e| Error::file(&args.output, format!("--output: {e}")))?;
     args.model.add_tokenizer(&mut spec)?;

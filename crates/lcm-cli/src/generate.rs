@@ -107,8 +107,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     req.controls = control.units(&control_images, (width, height), img2img)?;
     // Everything that can be checked without loading a model is checked first.
     let mut spec = args.model.load_spec(model_dir, loras);
-    let sched = lcm_pipeline::load::scheduler(&spec)?;
-    req.validate(sched.config().original_inference_steps)?;
+    let (sampler, max_steps) = args.sampling.sampler(&lcm_pipeline::load::scheduler(&spec)?)?;
+    req.sampler = Some(sampler);
+    req.validate(max_steps)?;
     args.model.check_files(&spec)?;
     if let Some(dir) = args.output.parent().filter(|p| !p.as_os_str().is_empty()) {
         if !dir.is_dir() {

@@ -103,6 +103,10 @@ fn with_flag(e: Error) -> Error {
         Some(Field::ControlImage) => "--control-image",
         Some(Field::ControlStart) => "--control-start",
         Some(Field::ControlEnd) => "--control-end",
+        Some(Field::Scheduler) => "--scheduler",
+        Some(Field::Eta) => "--eta",
+        Some(Field::TimestepSpacing) => "--timestep-spacing",
+        Some(Field::PredictionType) => "--prediction-type",
     };
     match e {
         Error::Invalid { msg, .. } => Error::invalid(flag, msg),

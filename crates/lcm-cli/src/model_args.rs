@@ -7,11 +7,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Args;
 use lcm::{with_pipeline, Engine, Opened};
+use lcm_core::lcm::Prediction;
 use lcm_core::{Error, Result};
 use lcm_models::checkpoint::single_file::Family;
 use lcm_models::{Checkpoint, Variant};
 use lcm_pipeline::lora::LoraSet;
-use lcm_pipeline::spec::{InitImage, LoadSpec, LoraMode, LoraSpec, Request, SizeRule};
+use lcm_pipeline::pipeline::max_steps_for;
+use lcm_pipeline::scheduler::{SamplerKind, SamplerOptions, SchedulerConfig, Spacing};
+use lcm_pipeline::spec::{Field, InitImage, LoadSpec, LoraMode, LoraSpec, Request, SizeRule};
 
 use crate::device::DeviceArg;
 use crate::vae_tiling::VaeTilingArgs;
@@ -54,6 +57,12 @@ pub struct ModelArgs {
     /// diffusers' clip_skip: use the text encoder's output that many layers before the last.
     #[arg(long, default_value_t = 0)]
     pub clip_skip: usize,
+    /// What the UNet predicts, for single files, whose files do not say: epsilon or v_prediction
+    /// [default: the --config folder's scheduler config; a bare SD2 file v_prediction (SD2.1-768, as
+    /// diffusers' from_single_file), others epsilon]. An error where a model folder's config says
+    /// otherwise.
+    #[arg(long, value_name = "TYPE", value_parser = parse_prediction)]
+    pub prediction_type: Option<Prediction>,
     /// Where to run: auto takes cuda when a GPU and the kernels are present, else cpu (with a note);
     /// emulated runs the CUDA kernels on the CPU by the emulator (slow, for debugging on tiny models).
     #[arg(long, value_enum, default_value_t)]
@@ -85,6 +94,49 @@ pub struct SamplingArgs {
     /// int(steps·strength) of the steps; LCM models shorten their schedule instead (as diffusers does).
     #[arg(long, default_value_t = 0.8)]
     pub strength: f32,
+    /// The sampler, built from the model's scheduler config as diffusers' X.from_config(pipe.scheduler.config):
+    /// lcm (LCM models, LCM-LoRA), tcd (TCD LoRAs, Hyper-SD), euler and euler-a (SD-Turbo, SDXL-Turbo,
+    /// SDXL-Lightning; guidance 0 or 1), ddim (Hyper-SD, SD2 v-prediction models), or auto: the model
+    /// folder's own scheduler class (what a Turbo or Lightning folder ships).
+    #[arg(long, value_name = "NAME", default_value = "lcm", value_parser = parse_scheduler)]
+    pub scheduler: SchedulerArg,
+    /// tcd's gamma / ddim's eta, in [0, 1]: how much fresh noise each step takes [default: 0, what
+    /// diffusers' pipelines pass; TCD's authors suggest 0.3].
+    #[arg(long, value_name = "F")]
+    pub eta: Option<f32>,
+    /// ddim, euler and euler-a: leading, trailing (Turbo, Lightning, Hyper-SD) or linspace timesteps
+    /// [default: the model's scheduler config's, else the sampler's own].
+    #[arg(long, value_name = "SPACING", value_parser = parse_spacing)]
+    pub timestep_spacing: Option<Spacing>,
+}
+
+/// `--scheduler`: a sampler, or the model's own.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SchedulerArg {
+    Auto,
+    Kind(SamplerKind),
+}
+
+fn parse_scheduler(s: &str) -> std::result::Result<SchedulerArg, String> {
+    if s == "auto" {
+        return Ok(SchedulerArg::Auto);
+    }
+    SamplerKind::parse(s).map(SchedulerArg::Kind).ok_or_else(|| {
+        let names: Vec<&str> = SamplerKind::ALL.iter().map(|k| k.name()).collect();
+        format!("`{s}`: expected one of {}, auto", names.join(", "))
+    })
+}
+
+fn parse_spacing(s: &str) -> std::result::Result<Spacing, String> {
+    Spacing::parse(s).ok_or_else(|| format!("`{s}`: expected leading, trailing or linspace"))
+}
+
+fn parse_prediction(s: &str) -> std::result::Result<Prediction, String> {
+    match s {
+        "epsilon" => Ok(Prediction::Epsilon),
+        "v_prediction" | "v" => Ok(Prediction::VPrediction),
+        _ => Err(format!("`{s}`: expected epsilon or v_prediction")),
+    }
 }
 
 /// `--lora-mode`.
@@ -133,7 +185,24 @@ impl SamplingArgs {
             num_images,
             controls: Vec::new(),
             init_image,
+            sampler: None,
         }
+    }
+
+    /// The sampler these flags ask of a model with scheduler config `config` (`auto`: its own class),
+    /// and the most steps it takes; errors name the flag's field.
+    pub fn sampler(&self, config: &SchedulerConfig) -> Result<(SamplerOptions, usize)> {
+        let kind = match self.scheduler {
+            SchedulerArg::Kind(k) => k,
+            SchedulerArg::Auto => config.class_kind().ok_or_else(|| {
+                Field::Scheduler.invalid(format!(
+                    "auto: the model's scheduler is {}, not one lcm runs; name one (lcm, tcd, euler, euler-a, ddim)",
+                    config.class_name().unwrap_or("not named")
+                ))
+            })?,
+        };
+        let options = SamplerOptions { kind, eta: self.eta, timestep_spacing: self.timestep_spacing };
+        Ok((options, max_steps_for(config, &options)?))
     }
 }
 
@@ -175,6 +244,7 @@ impl ModelArgs {
                 LoraModeArg::Runtime => LoraMode::Runtime,
             },
             max_lora_rank: self.max_lora_rank,
+            prediction_type: self.prediction_type,
         }
     }
 

@@ -141,7 +141,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     eprintln!("loading {} on {}", spec.model_dir.display(), opened.name());
     let mut engine = opened.load(spec)?;
     with_pipeline!(&mut engine, p => p.set_vae_tiling(args.tiling.setting()))?;
-    let cfg = cfg(with_pipeline!(&engine, p => p.original_steps()));
+    let cfg = cfg(with_pipeline!(&engine, p => p.max_steps(None))?);
     eprintln!(
         "loaded in {:.0} ms; {} LoRAs in --lora-dir, {} ControlNets in --controlnet-dir; max batch {}, queue {}, \
          timeout {} s",

@@ -17,7 +17,7 @@ use lcm_models::{
 use serde_json::Value;
 
 use crate::lora::{LoraSet, Targets};
-use crate::scheduler::{LcmConfig, LcmScheduler};
+use crate::scheduler::SchedulerConfig;
 use crate::spec::{Field, LoadSpec};
 use crate::text::{TextEncoder, TextEncoders};
 use crate::tokenizer::ClipTokenizer;
@@ -37,8 +37,8 @@ pub struct Components<B: Backend> {
     pub vae: Vae<B>,
     /// The backend the VAE was loaded on when not the pipeline's ([`upcast_vae_backend`]).
     pub vae_backend: Option<B>,
-    /// The scheduler the model's folder (or SD1.5's defaults) configures.
-    pub scheduler: LcmScheduler,
+    /// The scheduler config of the model's folder (or SD1.5's defaults).
+    pub scheduler: SchedulerConfig,
     /// The weights a LoRA was merged into.
     pub lora_merged: BTreeSet<String>,
 }
@@ -52,48 +52,56 @@ fn component(dir: &Path, name: &str) -> Result<PathBuf> {
     Ok(dir.join(name))
 }
 
-/// The scheduler a bare single file gets: `LCMScheduler.from_config` of SD1.5's scheduler_config.json
-/// (scaled_linear 0.00085–0.012, `set_alpha_to_one: false`), what diffusers' `from_single_file` uses
-/// for an SD1.5 checkpoint.
-pub fn sd15_scheduler_config() -> LcmConfig {
-    LcmConfig { set_alpha_to_one: false, ..LcmConfig::sd15() }
-}
-
-/// The scheduler a bare SD2 text-to-image single file gets: SD1.5's (SD2 trained on the same
-/// schedule) with v-prediction. An SD2 file does not say what it predicts; diffusers'
-/// `from_single_file` without a config takes it for stabilityai/stable-diffusion-2-1 (768 pixels,
-/// v_prediction; the rule's one exception, a `global_step` of 875000 in a pickled checkpoint, cannot
-/// occur in a safetensors file), and lcm does the same. SD2-base and SD-Turbo are epsilon models:
-/// give their config folder (`config_dir`), whose scheduler config says so.
-pub fn sd2_scheduler_config() -> LcmConfig {
-    LcmConfig { prediction_type: Prediction::VPrediction, ..sd15_scheduler_config() }
-}
-
 /// The image side diffusers' `from_single_file` gives a bare SD2 text-to-image file with no config:
 /// stable-diffusion-2-1's, 768.
 pub const SD2_V_IMAGE_SIZE: usize = 768;
 
 /// Whether the bare single file at `path` is an SD2 text-to-image model, which diffusers takes for
-/// stable-diffusion-2-1 (v-prediction, 768 pixels: [`sd2_scheduler_config`]); an SD2 inpainting file
+/// stable-diffusion-2-1 (v-prediction, 768 pixels: [`scheduler`]); an SD2 inpainting file
 /// (9 input channels) it takes for stable-diffusion-2-inpainting, an epsilon model at 512, as SD1.5's.
 fn is_bare_sd2_v(path: &Path) -> Result<bool> {
     let ck = Checkpoint::open(path)?;
     Ok(ck.family() == CheckpointFamily::Sd2 && ck.unet_in_channels() != Some(9))
 }
 
-/// The scheduler `spec` gets — its folder's, its config folder's, or for a bare single file SD1.5's
-/// ([`sd15_scheduler_config`]; an SD2 text-to-image file's is [`sd2_scheduler_config`]) — read without
-/// touching any weights (to check a request before loading).
-pub fn scheduler(spec: &LoadSpec) -> Result<LcmScheduler> {
+/// The scheduler config `spec` gets — its folder's, its config folder's, or for a bare single file
+/// SD1.5's ([`SchedulerConfig::sd15`], what diffusers' `from_single_file` gives an SD1.5 checkpoint) —
+/// read without touching any weights (to check a request before loading). A bare SD2 text-to-image file
+/// gets SD1.5's with v-prediction: an SD2 file does not say what it predicts, and diffusers'
+/// `from_single_file` without a config takes it for stabilityai/stable-diffusion-2-1 (768 pixels,
+/// v_prediction; the rule's one exception, a `global_step` of 875000 in a pickled checkpoint, cannot
+/// occur in a safetensors file). SD2-base and SD-Turbo files are epsilon models: give their config
+/// folder, or `prediction_type`. `spec.prediction_type` sets what a config leaves unsaid, and is an
+/// error where the config says otherwise.
+pub fn scheduler(spec: &LoadSpec) -> Result<SchedulerConfig> {
     let path = &spec.model_dir;
-    match &spec.config_dir {
-        _ if path.is_dir() => LcmScheduler::from_config_json(path.join("scheduler").join("scheduler_config.json")),
-        Some(cfg) if path.is_file() => {
-            LcmScheduler::from_config_json(cfg.join("scheduler").join("scheduler_config.json"))
+    let file = |dir: &Path| SchedulerConfig::from_json_file(dir.join("scheduler").join("scheduler_config.json"));
+    let (config, implied) = match &spec.config_dir {
+        _ if path.is_dir() => (file(path)?, false),
+        Some(cfg) if path.is_file() => (file(cfg)?, false),
+        None if path.is_file() && is_bare_sd2_v(path)? => {
+            (SchedulerConfig::sd15().with_prediction(Prediction::VPrediction), true)
         }
-        None if path.is_file() && is_bare_sd2_v(path)? => LcmScheduler::new(sd2_scheduler_config()),
-        None if path.is_file() => LcmScheduler::new(sd15_scheduler_config()),
-        _ => Err(not_found(path)),
+        None if path.is_file() => (SchedulerConfig::sd15(), true),
+        _ => return Err(not_found(path)),
+    };
+    match (spec.prediction_type, config.prediction_type()) {
+        (None, _) => Ok(config),
+        (Some(asked), Some(written)) if asked != written && !implied => Err(Field::PredictionType.invalid(format!(
+            "{}: the model's scheduler config says {}; the flag is for single files, whose files do not say",
+            prediction_name(asked),
+            prediction_name(written)
+        ))),
+        (Some(asked), _) => Ok(config.with_prediction(asked)),
+    }
+}
+
+/// diffusers' name of a prediction type.
+pub fn prediction_name(p: Prediction) -> &'static str {
+    match p {
+        Prediction::Epsilon => "epsilon",
+        Prediction::VPrediction => "v_prediction",
+        Prediction::Sample => "sample",
     }
 }
 

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use lcm_core::{Error, Result, Tensor};
 
+use crate::scheduler::{SamplerKind, SamplerOptions};
 use crate::spec::{LoraSpec, Request, SizeRule};
 
 /// `out.png` for one image; `out-0.png` … `out-{n-1}.png` for several.
@@ -25,10 +26,24 @@ pub fn numbered_paths(path: &Path, n: usize) -> Vec<PathBuf> {
 pub fn parameters_text(req: &Request, model: &str, loras: &[LoraSpec]) -> String {
     let mut s = format!("prompt: {}\n", req.prompt);
     s += &format!("negative prompt: {}\n", req.negative_prompt.as_deref().unwrap_or(""));
+    // A request without its own sampler ran the pipeline's; front ends fill it in to name it here.
+    let sampler = req.sampler.unwrap_or(SamplerOptions::new(SamplerKind::Lcm));
     s += &format!(
-        "steps: {}, guidance scale: {}, seed: {}, size: {}x{}, model: {}, sampler: LCM",
-        req.steps, req.guidance_scale, req.seed, req.width, req.height, model
+        "steps: {}, guidance scale: {}, seed: {}, size: {}x{}, model: {}, sampler: {}",
+        req.steps,
+        req.guidance_scale,
+        req.seed,
+        req.width,
+        req.height,
+        model,
+        sampler.kind.a1111_name()
     );
+    if let Some(eta) = sampler.eta {
+        s += &format!(", eta: {eta}");
+    }
+    if let Some(spacing) = sampler.timestep_spacing {
+        s += &format!(", timestep spacing: {}", spacing.name());
+    }
     if let Some(init) = &req.init_image {
         let what = if init.mask.is_some() { "inpainting" } else { "img2img" };
         s += &format!(", {what} strength: {}", init.strength);

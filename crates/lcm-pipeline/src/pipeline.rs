@@ -13,7 +13,7 @@ use lcm_models::{Unet, Vae, VaeTiling};
 
 use crate::lora::Targets;
 use crate::lora_swap::{slot_rank, LoraState, PreparedLoras};
-use crate::scheduler::LcmScheduler;
+use crate::scheduler::{SamplerKind, SamplerOptions, Scheduler, SchedulerConfig};
 use crate::spec::{LoadSpec, LoraMode, LoraSpec};
 use crate::text::TextEncoders;
 use control::ControlNets;
@@ -59,9 +59,19 @@ pub struct StepEvent {
     /// Steps this generation runs.
     pub steps: usize,
     /// The step's timestep.
-    pub timestep: i64,
+    pub timestep: f64,
     /// Since the generation started.
     pub elapsed: Duration,
+}
+
+/// The most steps one generation runs: its whole loop is one graph, and few-step samplers need far
+/// fewer (LCM's 50-step grid is the largest of them).
+pub const MAX_STEPS: usize = 64;
+
+/// [`Pipeline::max_steps`] before loading: the most steps `sampler` takes with scheduler config `config`
+/// (`crate::load::scheduler`), at most [`MAX_STEPS`].
+pub fn max_steps_for(config: &SchedulerConfig, sampler: &SamplerOptions) -> Result<usize> {
+    Ok(Scheduler::new(config, sampler)?.max_steps().min(MAX_STEPS))
 }
 
 /// A loaded model on one backend: tokenizer, text encoder, UNet, VAE (decoder; its encoder on first
@@ -80,7 +90,10 @@ pub struct Pipeline<B: Backend> {
     vae_backend: Option<B>,
     /// Tiled VAE decoding and encoding ([`Pipeline::set_vae_tiling`]); off by default.
     vae_tiling: Option<VaeTiling>,
-    scheduler: LcmScheduler,
+    /// The model's scheduler config, which each request's sampler reads (`X.from_config`).
+    scheduler: SchedulerConfig,
+    /// The sampler a request without its own gets ([`Pipeline::set_sampler`]).
+    sampler: SamplerOptions,
     /// Which weights hold which LoRAs, merged or in runtime buffers.
     loras: LoraState,
     /// The ControlNets requests have named so far (loaded on first use).
@@ -107,6 +120,7 @@ impl<B: Backend> Pipeline<B> {
             vae_backend: c.vae_backend,
             vae_tiling: None,
             scheduler: c.scheduler,
+            sampler: SamplerOptions::new(SamplerKind::Lcm),
             loras: LoraState::new(c.lora_merged),
             controlnets: ControlNets::default(),
         };
@@ -128,9 +142,34 @@ impl<B: Backend> Pipeline<B> {
         Ok(())
     }
 
-    /// The scheduler's `original_inference_steps`: the most steps a request may ask for.
-    pub fn original_steps(&self) -> usize {
-        self.scheduler.config().original_inference_steps
+    /// The most steps a request with `sampler` (None: the pipeline's) may ask for: LCM's and TCD's
+    /// `original_inference_steps`, the others' training timesteps, at most [`MAX_STEPS`] (the whole loop
+    /// is one graph). An error when the sampler cannot run with this model's scheduler config.
+    pub fn max_steps(&self, sampler: Option<&SamplerOptions>) -> Result<usize> {
+        max_steps_for(&self.scheduler, sampler.unwrap_or(&self.sampler))
+    }
+
+    /// The sampler `sampler` (None: the pipeline's) built from the model's scheduler config.
+    pub(crate) fn scheduler_for(&self, sampler: Option<&SamplerOptions>) -> Result<Scheduler> {
+        Scheduler::new(&self.scheduler, sampler.unwrap_or(&self.sampler))
+    }
+
+    /// The sampler requests without their own run (LCM unless set). Checked against the model's
+    /// scheduler config.
+    pub fn set_sampler(&mut self, sampler: SamplerOptions) -> Result<()> {
+        Scheduler::new(&self.scheduler, &sampler)?;
+        self.sampler = sampler;
+        Ok(())
+    }
+
+    /// The sampler requests without their own run.
+    pub fn sampler(&self) -> SamplerOptions {
+        self.sampler
+    }
+
+    /// The model's scheduler config (its class is what `--scheduler auto` runs).
+    pub fn scheduler_config(&self) -> &SchedulerConfig {
+        &self.scheduler
     }
 
     /// Whether the VAE runs with f32 activations on a backend whose own are f16: an SDXL-family VAE

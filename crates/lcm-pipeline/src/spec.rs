@@ -10,8 +10,11 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use lcm_core::lcm::Prediction;
 use lcm_core::{Error, Result, Tensor};
 use lcm_models::{VaeTiling, Variant};
+
+use crate::scheduler::SamplerOptions;
 
 /// A field of [`LoadSpec`] or [`Request`] that an error can name: [`Error::Invalid`]'s `what` is
 /// [`Field::name`], so a front end can tell its own name for it from [`Field::of`].
@@ -51,11 +54,19 @@ pub enum Field {
     ControlStart,
     /// [`ControlUnit::end`].
     ControlEnd,
+    /// [`Request::sampler`]'s kind.
+    Scheduler,
+    /// [`SamplerOptions::eta`].
+    Eta,
+    /// [`SamplerOptions::timestep_spacing`].
+    TimestepSpacing,
+    /// [`LoadSpec::prediction_type`].
+    PredictionType,
 }
 
 impl Field {
     /// Every field, for a front end's mapping table.
-    pub const ALL: [Field; 17] = [
+    pub const ALL: [Field; 21] = [
         Field::Width,
         Field::Height,
         Field::Steps,
@@ -73,6 +84,10 @@ impl Field {
         Field::ControlScale,
         Field::ControlStart,
         Field::ControlEnd,
+        Field::Scheduler,
+        Field::Eta,
+        Field::TimestepSpacing,
+        Field::PredictionType,
     ];
 
     /// The field's name in the spec: `width`, `num_images`, `config_dir`, …
@@ -95,6 +110,10 @@ impl Field {
             Field::ControlScale => "controlnet_conditioning_scale",
             Field::ControlStart => "control_guidance_start",
             Field::ControlEnd => "control_guidance_end",
+            Field::Scheduler => "scheduler",
+            Field::Eta => "eta",
+            Field::TimestepSpacing => "timestep_spacing",
+            Field::PredictionType => "prediction_type",
         }
     }
 
@@ -229,6 +248,10 @@ pub struct LoadSpec {
     /// Runtime mode: the largest rank (summed over the LoRAs on one weight) the buffers hold; default
     /// [`DEFAULT_MAX_LORA_RANK`], or the load's LoRAs' if larger.
     pub max_lora_rank: Option<usize>,
+    /// What the UNet predicts, for single files (whose files do not say; a bare SD2 file is taken for
+    /// v-prediction as diffusers does): None keeps the scheduler config's. An error where the model's
+    /// scheduler config says otherwise.
+    pub prediction_type: Option<Prediction>,
 }
 
 /// img2img: the image to start from and how much of it to repaint; with a mask, inpainting (diffusers'
@@ -394,7 +417,7 @@ pub struct Request {
     pub prompt: String,
     /// The uncond prompt of classic CFG (`None`: ""); unused without CFG.
     pub negative_prompt: Option<String>,
-    /// LCM steps (UNet calls), 1..=`original_inference_steps`; SD img2img runs the last
+    /// Sampler steps (UNet calls), 1..=`Pipeline::max_steps`; SD img2img runs the last
     /// int(steps·strength) of them.
     pub steps: usize,
     /// A UNet with a guidance embedding gets w = guidance_scale − 1 embedded; any other UNet runs
@@ -413,6 +436,9 @@ pub struct Request {
     pub init_image: Option<InitImage>,
     /// ControlNets guiding the generation (none: plain txt2img / img2img), at most [`MAX_CONTROLNETS`].
     pub controls: Vec<ControlUnit>,
+    /// The sampler and its options; None: the pipeline's default (`Pipeline::set_sampler`, LCM unless
+    /// changed).
+    pub sampler: Option<SamplerOptions>,
 }
 
 impl Default for Request {
@@ -428,18 +454,20 @@ impl Default for Request {
             num_images: 1,
             init_image: None,
             controls: Vec::new(),
+            sampler: None,
         }
     }
 }
 
 impl Request {
-    /// Checks the size ([`SizeRule::default`]), steps against `original_steps`, the image count, the
-    /// guidance scale and the init image; an error names the [`Field`] and what it accepts.
-    pub fn validate(&self, original_steps: usize) -> Result<()> {
+    /// Checks the size ([`SizeRule::default`]), steps against `max_steps` (`Pipeline::max_steps`), the
+    /// image count, the guidance scale and the init image; an error names the [`Field`] and what it
+    /// accepts.
+    pub fn validate(&self, max_steps: usize) -> Result<()> {
         SizeRule::default().check_size(self.width, self.height)?;
-        if self.steps == 0 || self.steps > original_steps {
+        if self.steps == 0 || self.steps > max_steps {
             return Err(Field::Steps.invalid(format!(
-                "{}: expected 1..={original_steps} (the model's original_inference_steps)",
+                "{}: expected 1..={max_steps} (the most the sampler takes with this model)",
                 self.steps
             )));
         }

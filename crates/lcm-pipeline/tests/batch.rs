@@ -24,6 +24,7 @@ fn request(prompt: &str, seed: u64, num_images: usize, guidance_scale: f32) -> R
         width: 64,
         height: 64,
         num_images,
+        sampler: None,
         controls: Vec::new(),
         init_image: None,
     }

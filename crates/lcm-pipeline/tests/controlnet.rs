@@ -49,6 +49,7 @@ fn request(c: &Value) -> lcm_core::Result<Request> {
             InitImage::from_rgb8(w, h, &rgb, c["strength"].as_f64().unwrap() as f32).unwrap()
         }),
         controls,
+        sampler: None,
     })
 }
 

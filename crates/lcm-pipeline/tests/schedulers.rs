@@ -8,7 +8,7 @@ use common::fixtures;
 
 use lcm_core::lcm::{self, Prediction};
 use lcm_core::SafeTensorsFile;
-use lcm_pipeline::scheduler::{SamplerKind, SamplerOptions, Scheduler, SchedulerConfig, Spacing};
+use lcm_pipeline::scheduler::{LcmConfig, SamplerKind, SamplerOptions, Scheduler, SchedulerConfig, Spacing};
 use serde_json::{json, Value};
 
 struct Records {
@@ -295,9 +295,9 @@ fn names_and_config_accessors() {
     assert_eq!(s.sampling().clip, None, "SD1.5's config says clip_sample: false");
     let xl = fixtures().join("sdxl/tiny-sdxl/scheduler/scheduler_config.json");
     assert_eq!(SchedulerConfig::from_json_file(xl).unwrap().class_kind(), Some(SamplerKind::Euler));
-    // A bare single file's LCM is the one load.rs has always built.
+    // A bare single file's LCM is the one load.rs has always built (SD1.5's, set_alpha_to_one false).
     let lcm = Scheduler::new(&sd, &SamplerOptions::new(SamplerKind::Lcm)).unwrap();
-    let old = lcm_pipeline::load::sd15_scheduler_config();
+    let old = LcmConfig { set_alpha_to_one: false, ..LcmConfig::sd15() };
     let mut a = lcm.clone();
     let mut b = lcm_pipeline::scheduler::LcmScheduler::new(old).unwrap();
     let ts: Vec<f64> = b.set_timesteps(4, 1.0).unwrap().iter().map(|&t| t as f64).collect();

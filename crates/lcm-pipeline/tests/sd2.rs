@@ -15,6 +15,7 @@ use lcm_core::SafeTensorsFile;
 use lcm_cpu::CpuBackend;
 use lcm_pipeline::load;
 use lcm_pipeline::pipeline::Pipeline;
+use lcm_pipeline::scheduler::{LcmConfig, SamplerKind, SamplerOptions, Scheduler};
 use lcm_pipeline::spec::{LoadSpec, Request};
 use lcm_pipeline::tokenizer::ClipTokenizer;
 use serde_json::Value;
@@ -56,8 +57,9 @@ fn every_recorded_sd2_lcm_case_matches_diffusers() {
     for c in &lcm {
         let name = c["name"].as_str().unwrap();
         let req = request(c);
-        let timesteps: Vec<i64> = c["timesteps"].as_array().unwrap().iter().map(|t| t.as_i64().unwrap()).collect();
-        let mut scheduler = load::scheduler(&spec(c)).unwrap();
+        let timesteps: Vec<f64> = c["timesteps"].as_array().unwrap().iter().map(|t| t.as_f64().unwrap()).collect();
+        let config = load::scheduler(&spec(c)).unwrap();
+        let mut scheduler = Scheduler::new(&config, &SamplerOptions::new(SamplerKind::Lcm)).unwrap();
         assert_eq!(scheduler.set_timesteps(req.steps, 1.0).unwrap(), timesteps, "{name}: timesteps");
         let mut pipe = Pipeline::load(CpuBackend::new(), spec(c)).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(!pipe.is_sdxl(), "{name}: one text encoder");
@@ -87,21 +89,28 @@ fn sd2_schedulers_carry_their_prediction_type() {
     let folder = |dir: &str| LoadSpec { model_dir: fixtures().join(dir), ..LoadSpec::default() };
     // SD2.1's DDIM config says v_prediction; SD-Turbo's Euler config epsilon.
     let v = load::scheduler(&folder("sd2/tiny-sd2")).unwrap();
-    assert_eq!(v.config().prediction_type, Prediction::VPrediction);
+    assert_eq!(v.prediction_type(), Some(Prediction::VPrediction));
     let eps = load::scheduler(&folder("sd2/tiny-sd-turbo")).unwrap();
-    assert_eq!(eps.config().prediction_type, Prediction::Epsilon);
+    assert_eq!(eps.prediction_type(), Some(Prediction::Epsilon));
     // A bare SD2 single file says nothing: diffusers' from_single_file takes stable-diffusion-2-1's
     // config (v_prediction); an SD1.5 file stays epsilon.
     let bare = |file: &str| LoadSpec { model_dir: fixtures().join(file), config_dir: None, ..LoadSpec::default() };
     let sd2 = load::scheduler(&bare("sd2/tiny_sd2.safetensors")).unwrap();
-    assert_eq!(sd2.config().prediction_type, Prediction::VPrediction);
-    assert!(!sd2.config().set_alpha_to_one);
+    assert_eq!(sd2.prediction_type(), Some(Prediction::VPrediction));
+    let lcm = LcmConfig::from_config(&sd2).unwrap();
+    assert!(!lcm.set_alpha_to_one);
     let sd15 = load::scheduler(&bare("single-file/sd15_tiny.safetensors")).unwrap();
-    assert_eq!(sd15.config().prediction_type, Prediction::Epsilon);
+    assert_eq!(sd15.prediction_type(), None, "SD1.5's config leaves it to the sampler's default, epsilon");
     // The config folder's says otherwise when given (SD2-base is epsilon).
     let with_cfg =
         LoadSpec { config_dir: Some(fixtures().join("sd2/tiny-sd-turbo")), ..bare("sd2/tiny_sd2.safetensors") };
-    assert_eq!(load::scheduler(&with_cfg).unwrap().config().prediction_type, Prediction::Epsilon);
+    assert_eq!(load::scheduler(&with_cfg).unwrap().prediction_type(), Some(Prediction::Epsilon));
+    // The flag fills in what a bare file leaves unsaid, and is refused where the config says otherwise.
+    let flagged = LoadSpec { prediction_type: Some(Prediction::Epsilon), ..bare("sd2/tiny_sd2.safetensors") };
+    assert_eq!(load::scheduler(&flagged).unwrap().prediction_type(), Some(Prediction::Epsilon));
+    let contrary = LoadSpec { prediction_type: Some(Prediction::VPrediction), ..folder("sd2/tiny-sd-turbo") };
+    let err = load::scheduler(&contrary).unwrap_err().to_string();
+    assert!(err.contains("prediction_type") && err.contains("v_prediction") && err.contains("epsilon"), "{err}");
 }
 
 #[test]

@@ -58,6 +58,7 @@ fn cases() -> Vec<Case> {
                 width: c["width"].as_u64().unwrap() as usize,
                 height: c["height"].as_u64().unwrap() as usize,
                 num_images: c["num_images"].as_u64().unwrap() as usize,
+                sampler: None,
                 controls: Vec::new(),
                 init_image: None,
             },

@@ -39,6 +39,7 @@ fn request(c: &Value) -> Request {
         width: c["width"].as_u64().unwrap() as usize,
         height: c["height"].as_u64().unwrap() as usize,
         num_images: c["num_images"].as_u64().unwrap() as usize,
+        sampler: None,
         controls: Vec::new(),
         init_image: c.get("image").map(|img| {
             let (w, h, rgb, _) = read_png(&fixtures().join(img.as_str().unwrap())).unwrap();
@@ -338,7 +339,8 @@ fn a_bare_single_file_gets_lcm_from_sd15s_scheduler_config() {
     // diffusers' from_single_file gives an SD1.5 checkpoint.
     let sd15 =
         lcm_pipeline::scheduler::LcmConfig::from_json_file(fixtures().join("tiny-sd/scheduler/scheduler_config.json"));
-    assert_eq!(lcm_pipeline::load::sd15_scheduler_config(), sd15.unwrap());
+    let bare = lcm_pipeline::scheduler::SchedulerConfig::sd15();
+    assert_eq!(lcm_pipeline::scheduler::LcmConfig::from_config(&bare).unwrap(), sd15.unwrap());
 }
 
 #[test]

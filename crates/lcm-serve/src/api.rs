@@ -298,6 +298,7 @@ pub fn openai(obj: &Map<String, Value>, limits: &Limits, loras: &LoraDir) -> Res
         height,
         num_images: n,
         controls: Vec::new(),
+        sampler: None,
         init_image: None,
     };
     let loras = lora_list(f.get("loras"), limits, loras)?;
@@ -458,6 +459,7 @@ pub fn a1111(
         height,
         num_images: 1,
         controls,
+        sampler: None,
         init_image: init,
     };
     let reqs = (0..batch as u64).map(|i| Request { seed: seed.wrapping_add(i), ..base.clone() }).collect();

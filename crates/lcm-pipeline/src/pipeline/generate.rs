@@ -13,9 +13,8 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use lcm_core::lcm::{Sampling, StepRule};
 use lcm_core::{Backend, Error, Executor, HostData, ModelWeights, Op, Result, Tensor};
-use lcm_models::denoise::{input, DenoiseConfig, DenoiseInputs, DenoiseShape, Inpaint, NoiseSteps};
+use lcm_models::denoise::{input, DenoiseConfig, DenoiseInputs, DenoiseShape, Inpaint};
 
 use super::control::{control_inputs, ControlInputs};
 use super::inpaint::Inpainted;
@@ -23,7 +22,7 @@ use lcm_models::{Encoded, Vae, VaeConfig, VaeTiling};
 
 use super::{Output, Pipeline, StageTimes, StepEvent};
 use crate::rng::TorchRng;
-use crate::scheduler::guidance_embedding;
+use crate::scheduler::{guidance_embedding, SamplerKind, Scheduler};
 use crate::spec::{Field, InitImage, Request};
 use crate::text::PromptRows;
 use crate::tokenizer::CLIP_MAX_LEN;
@@ -37,11 +36,11 @@ struct Batch {
     /// The latents' channels (the UNet's `in_channels`).
     channels: usize,
     /// The timesteps the loop runs.
-    run: Vec<i64>,
+    run: Vec<f64>,
     /// The initial latents, NHWC.
     latents: Vec<f32>,
-    /// One noise tensor per step but the last (at least one), NHWC and step-major: step k holds every
-    /// image's draw for that step.
+    /// One noise tensor per step that takes noise (`NoiseSteps::rows`), NHWC and step-major: step k
+    /// holds every image's draw for that step.
     noise: Vec<f32>,
     /// Each step's timestep, once per row of the UNet's batch.
     timestep_rows: Vec<f32>,
@@ -61,7 +60,7 @@ struct Batch {
 struct Draws {
     /// The initial latents.
     latents: Vec<f32>,
-    /// One noise tensor per step but the last (at least one), step-major.
+    /// One noise tensor per step that takes noise (at least one), step-major.
     noise: Vec<f32>,
     /// Inpainting's inputs in the graph's order.
     inpaint: Vec<Vec<f32>>,
@@ -152,20 +151,21 @@ impl<B: Backend> Pipeline<B> {
     fn check_batch(&self, reqs: &[Request]) -> Result<()> {
         let req = &reqs[0];
         let strength = |r: &Request| r.init_image.as_ref().map(|i| i.strength.to_bits());
+        let sampler = |r: &Request| r.sampler.unwrap_or(self.sampler());
         for r in reqs {
-            r.validate(self.original_steps())?;
+            r.validate(self.max_steps(r.sampler.as_ref())?)?;
             let masked = |r: &Request| r.init_image.as_ref().is_some_and(|i| i.mask.is_some());
             let same = (r.width, r.height, r.steps, r.guidance_scale.to_bits(), strength(r), masked(r))
                 == (req.width, req.height, req.steps, req.guidance_scale.to_bits(), strength(req), masked(req));
             // ControlNets: the same models and windows (they shape the graph); images and weights are
             // each request's own.
             let window = |r: &Request| r.controls.iter().map(|c| (c.model.clone(), c.start, c.end)).collect::<Vec<_>>();
-            if !same || window(r) != window(req) {
+            if !same || window(r) != window(req) || sampler(r) != sampler(req) {
                 return Err(Error::invalid(
                     "batch",
                     "requests batched together must share width, height, steps and guidance scale, be \
                      all txt2img, all img2img or all inpainting with one strength, and use the same \
-                     ControlNets with the same guidance windows",
+                     sampler and the same ControlNets with the same guidance windows",
                 ));
             }
         }
@@ -178,26 +178,22 @@ impl<B: Backend> Pipeline<B> {
         let req = &reqs[0];
         let n: usize = reqs.iter().map(|r| r.num_images).sum();
         let inpaint = self.inpaint_kind(req)?; // before the schedule: a missing mask is the first error
-        let (timesteps, first) = self.timesteps(req)?;
-        let run = timesteps[first..].to_vec();
+        let mut scheduler = self.scheduler_for(req.sampler.as_ref())?;
+        let first = self.timesteps(req, &mut scheduler)?;
+        let run = scheduler.timesteps()[first..].to_vec();
         let guided = !self.has_guidance_embedding() && req.guidance_scale > 1.0;
         let scale = self.vae.config.downscale();
         let (h, w) = (req.height / scale, req.width / scale);
-        let sampling = Sampling {
-            rule: StepRule::Consistency,
-            prediction: self.scheduler.config().prediction_type,
-            clip: self.scheduler.config().clip_sample,
-        };
-        let noise = NoiseSteps::AllButLast;
+        let (sampling, noise) = (scheduler.sampling(), scheduler.noise_steps());
         let shape =
             DenoiseShape { images: n, h, w, ctx_len: CLIP_MAX_LEN, steps: run.len(), sampling, noise, guided, inpaint };
         let channels = self.unet.config.out_channels;
-        let Draws { latents, noise, inpaint: inpaint_inputs } = self.draw(reqs, &shape, channels, &run)?;
+        let Draws { latents, noise, inpaint: inpaint_inputs } = self.draw(reqs, &shape, channels, &scheduler, first)?;
 
         let batch = shape.batch();
         let timestep_rows = run.iter().flat_map(|&t| std::iter::repeat_n(t as f32, batch)).collect();
-        let schedule = (first..timesteps.len())
-            .flat_map(|i| self.scheduler.row(i, req.guidance_scale).as_slice().to_vec())
+        let schedule = (first..scheduler.timesteps().len())
+            .flat_map(|i| scheduler.row(i, req.guidance_scale).as_slice().to_vec())
             .collect();
         let w_embedding =
             self.unet.config.time_cond_proj_dim.map(|d| guidance_embedding(&vec![req.guidance_scale - 1.0; n], d));
@@ -233,32 +229,43 @@ impl<B: Backend> Pipeline<B> {
 
     /// Every draw of each request, in diffusers' order, from its own generator: the latents (img2img:
     /// the posterior sample, then the noise; inpainting: see [`Pipeline::inpaint_draws`]), then one
-    /// noise tensor per step but the last. The noise is step-major (step k holds every image's draw).
-    fn draw(&mut self, reqs: &[Request], shape: &DenoiseShape, c: usize, run: &[i64]) -> Result<Draws> {
+    /// noise tensor for each step that takes noise. The noise is step-major (row k holds every image's
+    /// draw for step k). `first` is the schedule's first step run.
+    fn draw(
+        &mut self,
+        reqs: &[Request],
+        shape: &DenoiseShape,
+        c: usize,
+        scheduler: &Scheduler,
+        first: usize,
+    ) -> Result<Draws> {
         let (n, h, w) = (shape.images, shape.h, shape.w);
         let per_image = c * h * w;
         let nchw = |k: usize, data: Vec<f32>| Tensor::new(vec![k, c, h, w], data).nchw_to_nhwc().data;
         let mut latents = Vec::with_capacity(n * per_image);
-        let mut noise = vec![0.0f32; n * per_image * (run.len() - 1).max(1)]; // one step reads none
+        let mut noise = vec![0.0f32; n * per_image * shape.noise_rows()];
         let mut inpaint = Inpainted::default();
         let mut image0 = 0;
+        let sigma = scheduler.init_noise_sigma();
         for r in reqs {
             let mut rng = TorchRng::new(r.seed);
             let numel = r.num_images * per_image;
             match (&r.init_image, shape.inpaint) {
-                (None, _) => latents.extend(nchw(r.num_images, rng.randn(numel))), // init_noise_sigma is 1
+                // prepare_latents: randn · init_noise_sigma (1 but for Euler, where × 1 is exact).
+                (None, _) => latents.extend(nchw(r.num_images, rng.randn(numel).iter().map(|z| z * sigma).collect())),
                 (Some(init), None) => {
-                    latents.extend(nchw(r.num_images, self.noised_image_latents(init, r.num_images, run[0], &mut rng)?))
+                    let l = self.noised_image_latents(init, r.num_images, scheduler, first, &mut rng)?;
+                    latents.extend(nchw(r.num_images, l))
                 }
                 (Some(init), Some(kind)) => {
-                    let mut d = self.inpaint_draws(init, r.num_images, run[0], kind, (h, w), &mut rng)?;
+                    let mut d = self.inpaint_draws(init, r.num_images, (scheduler, first), kind, (h, w), &mut rng)?;
                     latents.extend(nchw(r.num_images, std::mem::take(&mut d.latents)));
                     inpaint.extend(d, nchw, r.num_images);
                 }
             }
-            for k in 1..run.len() {
+            for k in (0..shape.steps).filter(|&k| shape.noise.at(k, shape.steps)) {
                 let z = nchw(r.num_images, rng.randn(numel));
-                let at = ((k - 1) * n + image0) * per_image;
+                let at = (k * n + image0) * per_image;
                 noise[at..at + numel].copy_from_slice(&z);
             }
             image0 += r.num_images;
@@ -296,22 +303,24 @@ impl<B: Backend> Pipeline<B> {
     /// The schedule and the index of its first step to run. txt2img and LCM img2img run all of it (LCM's
     /// img2img shortens the origin grid by the strength: LatentConsistencyModelImg2ImgPipeline); SD img2img
     /// keeps the last int(n·strength) steps (StableDiffusionImg2ImgPipeline's `get_timesteps`).
-    fn timesteps(&mut self, req: &Request) -> Result<(Vec<i64>, usize)> {
+    fn timesteps(&self, req: &Request, scheduler: &mut Scheduler) -> Result<usize> {
         let n = req.steps;
         match &req.init_image {
-            None => Ok((self.scheduler.set_timesteps(n, 1.0)?.to_vec(), 0)),
+            None => scheduler.set_timesteps(n, 1.0).map(|_| 0),
             // The inpainting pipelines keep the last int(n·strength) steps for every UNet.
-            Some(init) if self.has_guidance_embedding() && init.mask.is_none() => {
-                Ok((self.scheduler.set_timesteps(n, init.strength as f64)?.to_vec(), 0))
+            Some(init)
+                if self.has_guidance_embedding() && init.mask.is_none() && scheduler.kind() == SamplerKind::Lcm =>
+            {
+                scheduler.set_timesteps(n, init.strength as f64).map(|_| 0)
             }
             Some(init) => {
-                let all = self.scheduler.set_timesteps(n, 1.0)?.to_vec();
+                scheduler.set_timesteps(n, 1.0)?;
                 let keep = ((n as f64 * init.strength as f64) as usize).min(n);
                 if keep == 0 {
                     return Err(Field::Strength
                         .invalid(format!("{} of {n} steps runs none; raise strength or steps", init.strength)));
                 }
-                Ok((all, n - keep))
+                Ok(n - keep)
             }
         }
     }
@@ -320,10 +329,17 @@ impl<B: Backend> Pipeline<B> {
     /// clamped to [-30, 20]) times the scaling factor, repeated for the batch, then noised to the first
     /// timestep — two draws from the generator, in that order. TAESD's encoder gives latents, not a
     /// distribution (`retrieve_latents` takes `.latents`): then only the noise is drawn.
-    fn noised_image_latents(&mut self, init: &InitImage, n: usize, t: i64, rng: &mut TorchRng) -> Result<Vec<f32>> {
+    fn noised_image_latents(
+        &mut self,
+        init: &InitImage,
+        n: usize,
+        scheduler: &Scheduler,
+        first: usize,
+        rng: &mut TorchRng,
+    ) -> Result<Vec<f32>> {
         let mut latents = self.image_latents(&init.pixels, rng)?.repeat(n);
         let noise = rng.randn(latents.len());
-        self.scheduler.add_noise(&mut latents, &noise, t)?;
+        scheduler.add_noise(&mut latents, &noise, first)?;
         Ok(latents)
     }
 

@@ -6,6 +6,7 @@ use lcm_models::denoise::Inpaint;
 
 use super::Pipeline;
 use crate::rng::TorchRng;
+use crate::scheduler::Scheduler;
 use crate::spec::{Field, InitImage, Request};
 
 impl<B: Backend> Pipeline<B> {
@@ -36,7 +37,7 @@ impl<B: Backend> Pipeline<B> {
         &mut self,
         init: &InitImage,
         n: usize,
-        t0: i64,
+        (scheduler, first): (&Scheduler, usize),
         kind: Inpaint,
         (h, w): (usize, usize),
         rng: &mut TorchRng,
@@ -51,10 +52,11 @@ impl<B: Backend> Pipeline<B> {
         let latents = match &image {
             Some(img) if !full_strength => {
                 let mut l = img.clone();
-                self.scheduler.add_noise(&mut l, &noise0, t0)?;
+                scheduler.add_noise(&mut l, &noise0, first)?;
                 l
             }
-            _ => noise0.clone(),
+            // noise · init_noise_sigma (× 1, exact, but for Euler)
+            _ => noise0.iter().map(|z| z * scheduler.init_noise_sigma()).collect(),
         };
         // masked_image = image · (mask < 0.5): the kept pixels, zero (mid-grey) where repainted.
         let hw = mask.numel();

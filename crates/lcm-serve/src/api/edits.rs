@@ -153,6 +153,7 @@ pub fn parse_edits(
         height: h,
         num_images: n,
         controls: Vec::new(),
+        sampler: None,
         init_image: Some(init),
     };
     let loras = lora_list(f.get("loras"), limits, loras)?;
