@@ -4,11 +4,13 @@
 //! tokenizer pads with "!"): plain, CFG with a negative prompt, the LDM single file (OpenCLIP names, the
 //! extra last layer) with the folder as its config, and LoRAs as peft, kohya and kohya with LDM names.
 //! Same denoised latents (relative L2 < 1e-3) and 8-bit image (within 1/255 on average). The cases
-//! recorded for other samplers (Euler, Euler ancestral, DDIM) are not run here.
+//! recorded for other samplers (Euler, Euler ancestral, DDIM) run in tests/samplers.rs.
 
 mod common;
+#[path = "common/recorded_case.rs"]
+mod recorded_case;
 
-use common::{against_record, case_loras, fixtures};
+use common::{against_record, fixtures};
 
 use lcm_core::lcm::Prediction;
 use lcm_core::SafeTensorsFile;
@@ -25,30 +27,6 @@ fn cases() -> Vec<Value> {
     serde_json::from_str::<Value>(&text).unwrap().as_array().unwrap().clone()
 }
 
-fn spec(c: &Value) -> LoadSpec {
-    let path = |k: &str| c[k].as_str().map(|s| fixtures().join(s));
-    LoadSpec {
-        model_dir: path("model").unwrap(),
-        config_dir: path("config"),
-        loras: case_loras(c),
-        ..LoadSpec::default()
-    }
-}
-
-fn request(c: &Value) -> Request {
-    Request {
-        prompt: c["prompt"].as_str().unwrap().to_string(),
-        negative_prompt: c["negative_prompt"].as_str().map(str::to_string),
-        steps: c["steps"].as_u64().unwrap() as usize,
-        guidance_scale: c["guidance_scale"].as_f64().unwrap() as f32,
-        seed: c["seed"].as_u64().unwrap(),
-        width: c["width"].as_u64().unwrap() as usize,
-        height: c["height"].as_u64().unwrap() as usize,
-        num_images: c["num_images"].as_u64().unwrap() as usize,
-        ..Request::default()
-    }
-}
-
 #[test]
 fn every_recorded_sd2_lcm_case_matches_diffusers() {
     let lcm: Vec<Value> = cases().into_iter().filter(|c| c["scheduler"] == "LCMScheduler").collect();
@@ -56,12 +34,12 @@ fn every_recorded_sd2_lcm_case_matches_diffusers() {
     let mut failures = Vec::new();
     for c in &lcm {
         let name = c["name"].as_str().unwrap();
-        let req = request(c);
+        let (spec, req) = recorded_case::case(&fixtures(), "sd2", name);
         let timesteps: Vec<f64> = c["timesteps"].as_array().unwrap().iter().map(|t| t.as_f64().unwrap()).collect();
-        let config = load::scheduler(&spec(c)).unwrap();
+        let config = load::scheduler(&spec).unwrap();
         let mut scheduler = Scheduler::new(&config, &SamplerOptions::new(SamplerKind::Lcm)).unwrap();
         assert_eq!(scheduler.set_timesteps(req.steps, 1.0).unwrap(), timesteps, "{name}: timesteps");
-        let mut pipe = Pipeline::load(CpuBackend::new(), spec(c)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let mut pipe = Pipeline::load(CpuBackend::new(), spec).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(!pipe.is_sdxl(), "{name}: one text encoder");
         let out = pipe.generate(&req, &mut |_| {}).unwrap_or_else(|e| panic!("{name}: {e}"));
         failures.extend(against_record("sd2", name, &out));
