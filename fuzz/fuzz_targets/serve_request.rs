@@ -22,6 +22,7 @@ fuzz_target!(|data: &[u8]| {
         max_images: 8,
         max_steps: 50,
         max_loras: 8,
+        sampler: lcm_pipeline::scheduler::SamplerOptions::new(lcm_pipeline::scheduler::SamplerKind::Lcm),
     };
     let files = BTreeMap::from([("style".to_string(), PathBuf::from("/nonexistent/style.safetensors"))]);
     let loras = LoraDir { dir: Some(PathBuf::from("/nonexistent")), files };

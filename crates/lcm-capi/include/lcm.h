@@ -45,6 +45,10 @@ typedef struct LcmLoadOptions {
   int32_t runtime_loras;
   // Runtime LoRAs: the largest rank on one weight the buffers hold; 0 for the default (64).
   uint32_t max_lora_rank;
+  // May be NULL (the model's scheduler config says; a bare SD2 single file v_prediction, others
+  // epsilon). What the UNet predicts: "epsilon" or "v_prediction"; an error where a model folder's
+  // config says otherwise.
+  const char *prediction_type;
 } LcmLoadOptions;
 
 // What to generate. Start from [`lcm_request_default`] (512x512, 4 steps, guidance 1, one image).
@@ -69,6 +73,15 @@ typedef struct LcmRequest {
   const uint8_t *init_rgb;
   // img2img: in (0, 1]; 1 starts from noise, small values keep more of the image.
   float strength;
+  // May be NULL (the pipeline's sampler: LCM). The sampler, built from the model's scheduler config
+  // as diffusers' `X.from_config`: "lcm", "tcd", "euler", "euler-a", "ddim", or "auto" (the model
+  // folder's own scheduler class, e.g. Euler for SD-Turbo).
+  const char *scheduler;
+  // NaN for none (0). "tcd"'s gamma / "ddim"'s eta, in [0, 1]; an error for the other samplers.
+  float eta;
+  // May be NULL (the model's scheduler config's). "ddim", "euler", "euler-a": "leading",
+  // "trailing" or "linspace" timesteps.
+  const char *timestep_spacing;
 } LcmRequest;
 
 // A ControlNet guiding a generation ([`lcm_generate_controlled`]), as diffusers' ControlNet pipelines
@@ -149,11 +162,12 @@ typedef struct LcmImages {
 extern "C" {
 #endif // __cplusplus
 
-// The defaults: no model (set `model`), `LCM_DEVICE_AUTO`, no LoRAs, runtime LoRAs, default rank.
+// The defaults: no model (set `model`), `LCM_DEVICE_AUTO`, no LoRAs, runtime LoRAs, default rank,
+// the config's prediction type.
 struct LcmLoadOptions lcm_load_options_default(void);
 
 // The defaults: an empty prompt (set `prompt`), 512x512, 4 steps, guidance 1, seed 0, one image,
-// txt2img (strength 1).
+// txt2img (strength 1), the pipeline's sampler (`scheduler` NULL, `eta` NaN, `timestep_spacing` NULL).
 struct LcmRequest lcm_request_default(void);
 
 // The defaults: no model and no image (set `model`, `image_rgb`, `image_width`, `image_height`), no

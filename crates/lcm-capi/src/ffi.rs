@@ -179,6 +179,10 @@ pub(crate) fn request_error(e: Error, controls: &[ControlUnit]) -> Failure {
         (Field::Strength, "request.strength"),
         (Field::InitImage, "request.init_rgb"),
         (Field::Mask, "request.mask"),
+        (Field::Scheduler, "request.scheduler"),
+        (Field::Eta, "request.eta"),
+        (Field::TimestepSpacing, "request.timestep_spacing"),
+        (Field::PredictionType, "options.prediction_type"),
     ];
     let member = |f: Field| match f {
         Field::ControlNet => Some("model"),

@@ -1,6 +1,8 @@
 //! What every generate entry point does once its arguments are read: the request checked and built
 //! (init image, mask, ControlNets), the generation run under the pipeline's lock, the images handed out.
 
+use lcm_pipeline::scheduler::{SamplerKind, SamplerOptions, Spacing};
+
 use super::*;
 
 /// The body of [`lcm_generate`] and [`lcm_generate_controlled`].
@@ -71,10 +73,13 @@ pub(crate) unsafe fn generate(
         sampler: None,
         init_image,
     };
+    let mut req = req;
     if req.num_images > MAX_IMAGES {
         return Err(invalid("request.num_images", format!("{}: at most {MAX_IMAGES}", req.num_images)));
     }
     let mut engine = lock(p);
+    // SAFETY: the caller's contract.
+    req.sampler = unsafe { sampler(r, &engine) }?;
     // A cancel meant for an earlier generation does not stop this one.
     p.cancel.store(false, Ordering::SeqCst);
     let generated =
@@ -88,4 +93,41 @@ pub(crate) unsafe fn generate(
     // SAFETY: checked non-NULL by clear_out.
     unsafe { *out = Box::into_raw(images) };
     Ok(())
+}
+
+/// `request.scheduler`, `eta` and `timestep_spacing` as the sampler they ask of `engine`'s model: None
+/// when all are unset (the pipeline's); eta or a spacing alone modify the pipeline's sampler.
+///
+/// # Safety
+/// `r`'s strings are NULL or NUL-terminated.
+unsafe fn sampler(r: &LcmRequest, engine: &Engine) -> Result<Option<SamplerOptions>, Failure> {
+    // SAFETY: the caller's contract.
+    let name = unsafe { string(r.scheduler, "request.scheduler") }?;
+    // SAFETY: the caller's contract.
+    let spacing = unsafe { string(r.timestep_spacing, "request.timestep_spacing") }?;
+    if name.is_none() && spacing.is_none() && r.eta.is_nan() {
+        return Ok(None);
+    }
+    let (current, config) = lcm::with_pipeline!(engine, p => (p.sampler(), p.scheduler_config()));
+    let mut options = match name.as_deref() {
+        None => current,
+        Some("auto") => SamplerOptions::new(config.class_kind().ok_or_else(|| {
+            let class = config.class_name().unwrap_or("not named");
+            invalid("request.scheduler", format!("auto: the model's scheduler is {class}, not one lcm runs"))
+        })?),
+        Some(name) => SamplerOptions::new(SamplerKind::parse(name).ok_or_else(|| {
+            let names: Vec<&str> = SamplerKind::ALL.iter().map(|k| k.name()).collect();
+            invalid("request.scheduler", format!("`{name}`: expected one of {}, auto", names.join(", ")))
+        })?),
+    };
+    if !r.eta.is_nan() {
+        options.eta = Some(r.eta);
+    }
+    if let Some(s) = spacing {
+        let parsed = Spacing::parse(&s).ok_or_else(|| {
+            invalid("request.timestep_spacing", format!("`{s}`: expected leading, trailing or linspace"))
+        })?;
+        options.timestep_spacing = Some(parsed);
+    }
+    Ok(Some(options))
 }

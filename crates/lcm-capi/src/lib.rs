@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use lcm::{Device, Engine, Prepared};
+use lcm_core::lcm::Prediction;
 use lcm_pipeline::spec::{ControlUnit, InitImage, LoadSpec, LoraMode, Request, SizeRule, MAX_IMAGES};
 
 mod ffi;
@@ -83,6 +84,10 @@ pub struct LcmLoadOptions {
     pub runtime_loras: i32,
     /// Runtime LoRAs: the largest rank on one weight the buffers hold; 0 for the default (64).
     pub max_lora_rank: u32,
+    /// May be NULL (the model's scheduler config says; a bare SD2 single file v_prediction, others
+    /// epsilon). What the UNet predicts: "epsilon" or "v_prediction"; an error where a model folder's
+    /// config says otherwise.
+    pub prediction_type: *const c_char,
 }
 
 /// What to generate. Start from [`lcm_request_default`] (512x512, 4 steps, guidance 1, one image).
@@ -109,6 +114,15 @@ pub struct LcmRequest {
     pub init_rgb: *const u8,
     /// img2img: in (0, 1]; 1 starts from noise, small values keep more of the image.
     pub strength: f32,
+    /// May be NULL (the pipeline's sampler: LCM). The sampler, built from the model's scheduler config
+    /// as diffusers' `X.from_config`: "lcm", "tcd", "euler", "euler-a", "ddim", or "auto" (the model
+    /// folder's own scheduler class, e.g. Euler for SD-Turbo).
+    pub scheduler: *const c_char,
+    /// NaN for none (0). "tcd"'s gamma / "ddim"'s eta, in [0, 1]; an error for the other samplers.
+    pub eta: f32,
+    /// May be NULL (the model's scheduler config's). "ddim", "euler", "euler-a": "leading",
+    /// "trailing" or "linspace" timesteps.
+    pub timestep_spacing: *const c_char,
 }
 
 /// A ControlNet guiding a generation ([`lcm_generate_controlled`]), as diffusers' ControlNet pipelines
@@ -176,7 +190,8 @@ fn lock(p: &LcmPipeline) -> MutexGuard<'_, Engine> {
     p.engine.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The defaults: no model (set `model`), `LCM_DEVICE_AUTO`, no LoRAs, runtime LoRAs, default rank.
+/// The defaults: no model (set `model`), `LCM_DEVICE_AUTO`, no LoRAs, runtime LoRAs, default rank,
+/// the config's prediction type.
 #[no_mangle]
 pub extern "C" fn lcm_load_options_default() -> LcmLoadOptions {
     LcmLoadOptions {
@@ -187,11 +202,12 @@ pub extern "C" fn lcm_load_options_default() -> LcmLoadOptions {
         num_loras: 0,
         runtime_loras: 1,
         max_lora_rank: 0,
+        prediction_type: std::ptr::null(),
     }
 }
 
 /// The defaults: an empty prompt (set `prompt`), 512x512, 4 steps, guidance 1, seed 0, one image,
-/// txt2img (strength 1).
+/// txt2img (strength 1), the pipeline's sampler (`scheduler` NULL, `eta` NaN, `timestep_spacing` NULL).
 #[no_mangle]
 pub extern "C" fn lcm_request_default() -> LcmRequest {
     let r = Request::default();
@@ -206,6 +222,9 @@ pub extern "C" fn lcm_request_default() -> LcmRequest {
         num_images: r.num_images as u32,
         init_rgb: std::ptr::null(),
         strength: 1.0,
+        scheduler: std::ptr::null(),
+        eta: f32::NAN,
+        timestep_spacing: std::ptr::null(),
     }
 }
 
@@ -244,12 +263,22 @@ pub unsafe extern "C" fn lcm_pipeline_load(options: *const LcmLoadOptions, out: 
         let tokenizer_dir = unsafe { string(o.tokenizer_dir, "options.tokenizer_dir") }?.map(PathBuf::from);
         // SAFETY: the caller's contract.
         let loras = unsafe { lora_specs(o.loras, o.num_loras, "options.loras") }?;
+        // SAFETY: the caller's contract.
+        let prediction_type = match unsafe { string(o.prediction_type, "options.prediction_type") }?.as_deref() {
+            None => None,
+            Some("epsilon") => Some(Prediction::Epsilon),
+            Some("v_prediction") => Some(Prediction::VPrediction),
+            Some(other) => {
+                return Err(invalid("options.prediction_type", format!("`{other}`: expected epsilon or v_prediction")))
+            }
+        };
         let spec = LoadSpec {
             model_dir: PathBuf::from(model),
             loras,
             tokenizer_dir,
             lora_mode: if o.runtime_loras != 0 { LoraMode::Runtime } else { LoraMode::Merged },
             max_lora_rank: (o.max_lora_rank != 0).then_some(o.max_lora_rank as usize),
+            prediction_type,
             ..LoadSpec::default()
         };
         let device = match o.device {

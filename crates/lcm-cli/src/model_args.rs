@@ -117,7 +117,7 @@ pub enum SchedulerArg {
     Kind(SamplerKind),
 }
 
-fn parse_scheduler(s: &str) -> std::result::Result<SchedulerArg, String> {
+pub(crate) fn parse_scheduler(s: &str) -> std::result::Result<SchedulerArg, String> {
     if s == "auto" {
         return Ok(SchedulerArg::Auto);
     }
@@ -127,11 +127,11 @@ fn parse_scheduler(s: &str) -> std::result::Result<SchedulerArg, String> {
     })
 }
 
-fn parse_spacing(s: &str) -> std::result::Result<Spacing, String> {
+pub(crate) fn parse_spacing(s: &str) -> std::result::Result<Spacing, String> {
     Spacing::parse(s).ok_or_else(|| format!("`{s}`: expected leading, trailing or linspace"))
 }
 
-fn parse_prediction(s: &str) -> std::result::Result<Prediction, String> {
+pub(crate) fn parse_prediction(s: &str) -> std::result::Result<Prediction, String> {
     match s {
         "epsilon" => Ok(Prediction::Epsilon),
         "v_prediction" | "v" => Ok(Prediction::VPrediction),
@@ -192,18 +192,30 @@ impl SamplingArgs {
     /// The sampler these flags ask of a model with scheduler config `config` (`auto`: its own class),
     /// and the most steps it takes; errors name the flag's field.
     pub fn sampler(&self, config: &SchedulerConfig) -> Result<(SamplerOptions, usize)> {
-        let kind = match self.scheduler {
-            SchedulerArg::Kind(k) => k,
-            SchedulerArg::Auto => config.class_kind().ok_or_else(|| {
-                Field::Scheduler.invalid(format!(
-                    "auto: the model's scheduler is {}, not one lcm runs; name one (lcm, tcd, euler, euler-a, ddim)",
-                    config.class_name().unwrap_or("not named")
-                ))
-            })?,
-        };
-        let options = SamplerOptions { kind, eta: self.eta, timestep_spacing: self.timestep_spacing };
-        Ok((options, max_steps_for(config, &options)?))
+        sampler_options(self.scheduler, self.eta, self.timestep_spacing, config)
     }
+}
+
+/// `--scheduler` (`auto`: the class of the scheduler config `config`), `--eta` and
+/// `--timestep-spacing` as the sampler they ask of that model, and the most steps it takes; errors
+/// name the flag's field.
+pub(crate) fn sampler_options(
+    scheduler: SchedulerArg,
+    eta: Option<f32>,
+    timestep_spacing: Option<Spacing>,
+    config: &SchedulerConfig,
+) -> Result<(SamplerOptions, usize)> {
+    let kind = match scheduler {
+        SchedulerArg::Kind(k) => k,
+        SchedulerArg::Auto => config.class_kind().ok_or_else(|| {
+            Field::Scheduler.invalid(format!(
+                "auto: the model's scheduler is {}, not one lcm runs; name one (lcm, tcd, euler, euler-a, ddim)",
+                config.class_name().unwrap_or("not named")
+            ))
+        })?,
+    };
+    let options = SamplerOptions { kind, eta, timestep_spacing };
+    Ok((options, max_steps_for(config, &options)?))
 }
 
 fn random_seed() -> u64 {

@@ -12,8 +12,12 @@ use lcm_pipeline::spec::{LoadSpec, LoraMode, LoraSpec, SizeRule};
 use lcm_serve::{ControlNetDir, Limits, LoraDir, ServeConfig};
 
 use crate::device::{open, DeviceArg};
-use crate::model_args::{model_and_loras, parse_lora};
+use crate::model_args::{
+    model_and_loras, parse_lora, parse_prediction, parse_scheduler, parse_spacing, sampler_options, SchedulerArg,
+};
 use crate::vae_tiling::VaeTilingArgs;
+use lcm_core::lcm::Prediction;
+use lcm_pipeline::scheduler::Spacing;
 
 /// Images per batch when --max-batch is not given (docs/serving.md, "Batching": crates/lcm-cli/tests/serve_load.rs
 /// measures it; docs/BENCH_LOG.md: 4 beat 1 in mean time per image on the CPU).
@@ -76,6 +80,20 @@ pub struct ServeArgs {
     /// they hold [default: 64].
     #[arg(long, value_name = "N")]
     pub max_lora_rank: Option<usize>,
+    /// The sampler requests run unless they name one (A1111's `sampler_name`, the OpenAI routes'
+    /// `sampler`): lcm, tcd, euler, euler-a, ddim, or auto: the model folder's own scheduler class.
+    #[arg(long, value_name = "NAME", default_value = "lcm", value_parser = parse_scheduler)]
+    pub scheduler: SchedulerArg,
+    /// --scheduler tcd's gamma / ddim's eta, in [0, 1] [default: 0].
+    #[arg(long, value_name = "F")]
+    pub eta: Option<f32>,
+    /// --scheduler ddim, euler and euler-a: leading, trailing or linspace timesteps [default: the model's
+    /// scheduler config's].
+    #[arg(long, value_name = "SPACING", value_parser = parse_spacing)]
+    pub timestep_spacing: Option<Spacing>,
+    /// What the UNet predicts, for single files: epsilon or v_prediction (as `lcm generate`'s).
+    #[arg(long, value_name = "TYPE", value_parser = parse_prediction)]
+    pub prediction_type: Option<Prediction>,
     /// Test hooks (POST /debug/panic, a worker panic on one prompt): for the tests only.
     #[arg(long, hide = true)]
     pub debug_hooks: bool,
@@ -109,13 +127,14 @@ pub fn run(args: ServeArgs) -> Result<()> {
         // Unmerged on CUDA, so a swap between batches is a copy into fixed buffers; the CPU re-merges.
         lora_mode: LoraMode::Runtime,
         max_lora_rank: args.max_lora_rank,
+        prediction_type: args.prediction_type,
         ..LoadSpec::default()
     };
     if model_dir.is_file() {
         spec.tokenizer_dir = Some(crate::hub::sd15_tokenizer(&mut |m| eprintln!("{m}"))?);
     }
     let model_name = model_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
-    let cfg = |original_steps: usize| ServeConfig {
+    let cfg = |max_steps: usize, sampler| ServeConfig {
         host: args.host.clone(),
         port: args.port,
         max_batch: args.max_batch,
@@ -126,8 +145,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
             max_prompt_chars: 4000,
             size,
             max_images: args.max_images,
-            max_steps: original_steps,
+            max_steps,
             max_loras: 8,
+            sampler,
         },
         loras,
         controlnets,
@@ -141,11 +161,17 @@ pub fn run(args: ServeArgs) -> Result<()> {
     eprintln!("loading {} on {}", spec.model_dir.display(), opened.name());
     let mut engine = opened.load(spec)?;
     with_pipeline!(&mut engine, p => p.set_vae_tiling(args.tiling.setting()))?;
-    let cfg = cfg(with_pipeline!(&engine, p => p.max_steps(None))?);
+    let sampler = with_pipeline!(&mut engine, p => {
+        let (sampler, _) = sampler_options(args.scheduler, args.eta, args.timestep_spacing, p.scheduler_config())?;
+        p.set_sampler(sampler)?;
+        Ok::<_, Error>(sampler)
+    })?;
+    let cfg = cfg(with_pipeline!(&engine, p => p.max_steps(None))?, sampler);
     eprintln!(
-        "loaded in {:.0} ms; {} LoRAs in --lora-dir, {} ControlNets in --controlnet-dir; max batch {}, queue {}, \
-         timeout {} s",
+        "loaded in {:.0} ms; sampler {}; {} LoRAs in --lora-dir, {} ControlNets in --controlnet-dir; max batch {}, \
+         queue {}, timeout {} s",
         t.elapsed().as_secs_f64() * 1e3,
+        sampler.kind.name(),
         cfg.loras.files.len(),
         cfg.controlnets.models.len(),
         cfg.max_batch,

@@ -194,7 +194,7 @@ fn hostile_input_gets_a_4xx_naming_the_field() {
         ),
         (gen, json!({"prompt": "a", "loras": [{"name": "lora_peft", "path": "/x"}]}).to_string(), 400, "loras[0].path"),
         (gen, json!({"prompt": "a", "loras": vec![json!({"name": "lora_peft"}); 9]}).to_string(), 400, "loras"),
-        (t2i, json!({"prompt": "a", "sampler_name": "Euler a"}).to_string(), 400, "sampler_name"),
+        (t2i, json!({"prompt": "a", "sampler_name": "DPM++ 2M"}).to_string(), 400, "sampler_name"),
         (t2i, json!({"prompt": "a", "hr_scale": 2}).to_string(), 400, "hr_scale"),
         (t2i, json!({"prompt": "a", "n_iter": 3}).to_string(), 400, "n_iter"),
         (t2i, json!({"prompt": "a", "width": 100}).to_string(), 400, "width"),

@@ -8,6 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use lcm_core::Error;
 use lcm_pipeline::control_image::ControlPreprocess;
+use lcm_pipeline::scheduler::SamplerOptions;
 use lcm_pipeline::spec::{ControlUnit, Field, InitImage, Request, SizeRule, MAX_CONTROLNETS};
 use serde_json::{Map, Value};
 
@@ -17,10 +18,14 @@ use super::loras::{LoraChoice, LoraDir};
 
 mod controlnet;
 mod edits;
+mod engine_error;
 mod mask;
+mod sampler;
 use controlnet::alwayson_scripts;
 pub use edits::parse_edits;
+pub use engine_error::engine_error;
 use mask::{a1111_mask, a1111_noop};
+pub use sampler::{a1111_aliases, A1111_SCHEDULERS};
 
 /// Bounds on what one request may ask for (all checked before anything is queued).
 #[derive(Debug, Clone)]
@@ -33,8 +38,11 @@ pub struct Limits {
     pub size: SizeRule,
     /// Images per request (`n`, `batch_size`).
     pub max_images: usize,
-    /// Steps per request: the model's `original_inference_steps`.
+    /// Steps per request running `sampler`: its most (`Pipeline::max_steps(None)`); requests naming
+    /// another sampler are bounded by the pipeline when they run.
     pub max_steps: usize,
+    /// The sampler requests run when they name none: the pipeline's (`lcm serve --scheduler`).
+    pub sampler: SamplerOptions,
     /// LoRAs per request.
     pub max_loras: usize,
 }
@@ -257,11 +265,12 @@ const OPENAI_FIELDS: &[&str] = &[
     "guidance_scale",
     "negative_prompt",
     "loras",
+    "sampler",
 ];
 
 /// OpenAI's images API request: `prompt`, `n`, `size` "WxH", `response_format` (b64_json), `model`
 /// and `user` (accepted, not used: one model is served); lcm's `seed`, `steps`, `guidance_scale`,
-/// `negative_prompt`, `loras: [{name, scale}]`.
+/// `negative_prompt`, `loras: [{name, scale}]`, `sampler` ([`sampler::openai_sampler`]).
 pub fn openai(obj: &Map<String, Value>, limits: &Limits, loras: &LoraDir) -> Result<Generation, ApiError> {
     only_known(obj, OPENAI_FIELDS, "OpenAI images API")?;
     let f = Fields { obj };
@@ -288,17 +297,18 @@ pub fn openai(obj: &Map<String, Value>, limits: &Limits, loras: &LoraDir) -> Res
     f.string("model", 256)?;
     f.string("user", 256)?;
     let seed = f.seed("seed", false)?.unwrap_or_else(random_seed);
+    let sampler = sampler::openai_sampler(f.string("sampler", 64)?.as_deref(), limits)?;
     let req = Request {
         prompt,
         negative_prompt: f.string("negative_prompt", limits.max_prompt_chars)?,
-        steps: f.uint("steps", 1, limits.max_steps)?.unwrap_or(4),
+        steps: f.uint("steps", 1, sampler::max_steps(limits, &sampler))?.unwrap_or(4),
         guidance_scale: f.float("guidance_scale", 0.0, MAX_GUIDANCE)?.unwrap_or(1.0),
         seed,
         width,
         height,
         num_images: n,
         controls: Vec::new(),
-        sampler: None,
+        sampler: Some(sampler),
         init_image: None,
     };
     let loras = lora_list(f.get("loras"), limits, loras)?;
@@ -321,6 +331,7 @@ const EDITS_FIELDS: &[&str] = &[
     "negative_prompt",
     "loras",
     "strength",
+    "sampler",
 ];
 
 /// `loras: [{name, scale}]`: names from `--lora-dir` only (never paths).
@@ -353,8 +364,21 @@ fn lora_list(v: Option<&Value>, limits: &Limits, dir: &LoraDir) -> Result<Vec<Lo
     Ok(out)
 }
 
-const A1111_TXT2IMG: &[&str] =
-    &["prompt", "negative_prompt", "seed", "steps", "cfg_scale", "width", "height", "batch_size", "alwayson_scripts"];
+const A1111_TXT2IMG: &[&str] = &[
+    "prompt",
+    "negative_prompt",
+    "seed",
+    "steps",
+    "cfg_scale",
+    "width",
+    "height",
+    "batch_size",
+    "alwayson_scripts",
+    "sampler_name",
+    "sampler_index",
+    "scheduler",
+    "eta",
+];
 const A1111_IMG2IMG: &[&str] = &[
     "prompt",
     "negative_prompt",
@@ -365,6 +389,10 @@ const A1111_IMG2IMG: &[&str] = &[
     "height",
     "batch_size",
     "alwayson_scripts",
+    "sampler_name",
+    "sampler_index",
+    "scheduler",
+    "eta",
     "init_images",
     "denoising_strength",
     "mask",
@@ -385,7 +413,7 @@ pub const MAX_MASK_BLUR: usize = 64;
 /// `cfg_scale`, `width`, `height`, `batch_size` (images with seeds seed, seed+1, …, as A1111's
 /// `all_seeds`); img2img: `init_images` (one base64 PNG, its size the output's) and
 /// `denoising_strength`; ControlNets of `controlnets` in `alwayson_scripts.controlnet.args`
-/// ([`control_units`]).
+/// ([`control_units`]); `sampler_name`, `scheduler`, `eta` ([`sampler::a1111_sampler`]).
 pub fn a1111(
     obj: &Map<String, Value>,
     limits: &Limits,
@@ -441,7 +469,8 @@ pub fn a1111(
         None
     };
     let negative_prompt = f.string("negative_prompt", limits.max_prompt_chars)?;
-    let steps = f.uint("steps", 1, limits.max_steps)?.unwrap_or(4);
+    let sampler = sampler::a1111_sampler(&f, limits)?;
+    let steps = f.uint("steps", 1, sampler::max_steps(limits, &sampler))?.unwrap_or(4);
     let guidance_scale = f.float("cfg_scale", 0.0, MAX_GUIDANCE)?.unwrap_or(1.0);
     let width = width.unwrap_or(512.min(limits.size.max()));
     let height = height.unwrap_or(512.min(limits.size.max()));
@@ -459,7 +488,7 @@ pub fn a1111(
         height,
         num_images: 1,
         controls,
-        sampler: None,
+        sampler: Some(sampler),
         init_image: init,
     };
     let reqs = (0..batch as u64).map(|i| Request { seed: seed.wrapping_add(i), ..base.clone() }).collect();
@@ -541,62 +570,6 @@ fn invalid_msg(e: &Error) -> String {
         Error::Invalid { msg, .. } => msg.clone(),
         e => e.to_string(),
     }
-}
-
-/// An engine refusal ([`Error::Invalid`]) for a request parsed from `api` with the ControlNet units
-/// `controls`: 400 naming the request's JSON key for the spec's [`Field`] (a ControlNet's own
-/// settings: the unit's, `alwayson_scripts.controlnet.args[1].model`), with ControlNet paths shown as
-/// their names. Other errors are 500s.
-pub fn engine_error(api: Api, controls: &[ControlChoice], e: &Error) -> ApiError {
-    let hide =
-        |m: &str| super::controlnets::hide_paths(m, controls.iter().map(|c| (c.name.as_str(), c.path.as_path())));
-    let Error::Invalid { msg, .. } = e else {
-        return ApiError::internal(format!("generation failed: {}", hide(&e.to_string())));
-    };
-    let a1111 = !matches!(api, Api::OpenAi | Api::Edits);
-    let edits = api == Api::Edits;
-    let field = match Field::of(e) {
-        Some(Field::Width) => (if a1111 { "width" } else { "size" }).to_string(),
-        Some(Field::Height) => (if a1111 { "height" } else { "size" }).to_string(),
-        Some(Field::Steps) => "steps".into(),
-        Some(Field::NumImages) => (if a1111 { "batch_size" } else { "n" }).to_string(),
-        Some(Field::GuidanceScale) => (if a1111 { "cfg_scale" } else { "guidance_scale" }).to_string(),
-        Some(Field::Strength) => (if edits { "strength" } else { "denoising_strength" }).to_string(),
-        Some(Field::InitImage) => (if edits { "image" } else { "init_images[0]" }).to_string(),
-        Some(Field::Mask) => "mask".into(),
-        Some(
-            f @ (Field::ControlNet
-            | Field::ControlImage
-            | Field::ControlScale
-            | Field::ControlStart
-            | Field::ControlEnd),
-        ) => {
-            // "ControlNet K (PATH): …" from the request's checks, or a message naming the file.
-            let numbered = msg
-                .strip_prefix("ControlNet ")
-                .and_then(|r| r.split_once(" ("))
-                .and_then(|(k, _)| k.parse::<usize>().ok())
-                .and_then(|k| controls.get(k.wrapping_sub(1)));
-            let unit = numbered
-                .or_else(|| controls.iter().find(|c| msg.contains(&*c.path.to_string_lossy())))
-                .or(controls.first());
-            match unit {
-                None => "alwayson_scripts.controlnet".into(),
-                Some(u) => {
-                    let key = match f {
-                        Field::ControlImage => u.image_key,
-                        Field::ControlScale => "weight",
-                        Field::ControlStart => "guidance_start",
-                        Field::ControlEnd => "guidance_end",
-                        _ => "model",
-                    };
-                    format!("{}.{key}", u.field)
-                }
-            }
-        }
-        _ => "request".into(),
-    };
-    ApiError::bad(field, hide(msg))
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 use lcm_pipeline::output::parameters_text;
+use lcm_pipeline::scheduler::SamplerKind;
 use lcm_pipeline::spec::{LoraSpec, Request};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
@@ -62,6 +63,8 @@ pub fn router(app: Arc<App>, debug_hooks: bool) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/models", get(models))
         .route("/sdapi/v1/loras", get(loras))
+        .route("/sdapi/v1/samplers", get(samplers))
+        .route("/sdapi/v1/schedulers", get(schedulers))
         .route("/controlnet/model_list", get(controlnet_models))
         .route("/controlnet/module_list", get(controlnet_modules));
     if debug_hooks {
@@ -269,8 +272,8 @@ fn respond(app: &App, api: Api, gen: &Generation, out: Generated) -> Result<Json
                 "width": r0.width,
                 "height": r0.height,
                 "batch_size": gen.reqs.len(),
-                "sampler_name": "LCM",
             });
+            sampler_fields(&mut params, r0);
             if let Some(init) = &r0.init_image {
                 params["denoising_strength"] = json!(init.strength);
             }
@@ -292,6 +295,22 @@ fn respond(app: &App, api: Api, gen: &Generation, out: Generated) -> Result<Json
         }
     };
     Ok(Json(body))
+}
+
+/// A1111's `sampler_name`, `scheduler` and (when set) `eta` of the sampler `req` ran.
+fn sampler_fields(params: &mut Value, req: &Request) {
+    let Some(sampler) = req.sampler else { return };
+    params["sampler_name"] = json!(sampler.kind.a1111_name());
+    let schedule = api::A1111_SCHEDULERS.iter().find(|s| s.2 == sampler.timestep_spacing);
+    params["scheduler"] = match (schedule, sampler.timestep_spacing) {
+        (Some(s), _) => json!(s.1),
+        // A spacing set by `lcm serve --timestep-spacing` without an A1111 schedule type.
+        (None, Some(spacing)) => json!(spacing.name()),
+        (None, None) => Value::Null,
+    };
+    if let Some(eta) = sampler.eta {
+        params["eta"] = json!(eta);
+    }
 }
 
 /// `req` with its ControlNets' paths replaced by their names (for the PNGs' parameters: answers never
@@ -338,6 +357,33 @@ async fn models(State(app): State<Arc<App>>) -> Response {
 async fn loras(State(app): State<Arc<App>>) -> Response {
     app.metrics.request("/sdapi/v1/loras", 200);
     Json(app.loras.files.keys().map(|n| json!({"name": n, "alias": n})).collect::<Vec<_>>()).into_response()
+}
+
+/// A1111's sampler list: the samplers `sampler_name` accepts (A1111's names; its aliases and lcm's
+/// own names are accepted too).
+async fn samplers(State(app): State<Arc<App>>) -> Response {
+    app.metrics.request("/sdapi/v1/samplers", 200);
+    let list: Vec<Value> = SamplerKind::ALL
+        .iter()
+        .map(|&k| {
+            let mut aliases = vec![k.name()];
+            aliases.extend(api::a1111_aliases(k));
+            json!({"name": k.a1111_name(), "aliases": aliases, "options": {}})
+        })
+        .collect();
+    Json(list).into_response()
+}
+
+/// A1111's schedule type list (1.9+): the `scheduler`s lcm runs.
+async fn schedulers(State(app): State<Arc<App>>) -> Response {
+    app.metrics.request("/sdapi/v1/schedulers", 200);
+    let list: Vec<Value> = api::A1111_SCHEDULERS
+        .iter()
+        .map(|(name, label, _)| {
+            json!({"name": name, "label": label, "aliases": null, "default_rho": -1, "need_inner_model": false})
+        })
+        .collect();
+    Json(list).into_response()
 }
 
 /// The A1111 ControlNet extension's model list: the names `alwayson_scripts.controlnet.args[].model`

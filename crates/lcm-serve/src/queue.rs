@@ -1,7 +1,7 @@
 //! The bounded FIFO queue and the worker thread that owns the pipeline.
 //!
 //! The worker takes the oldest request, then every later one of the same shape (size, steps,
-//! guidance scale), LoRA set and ControlNets (the same models with the same guidance windows; control
+//! guidance scale), sampler, LoRA set and ControlNets (the same models with the same guidance windows; control
 //! images and weights are each request's own) while the batch holds at most `--max-batch` images, and
 //! runs them as one `Pipeline::generate_batch`. The head of the queue is always served first, so no request waits
 //! behind more than the requests that arrived before it. Batching waits for nothing: under load the
@@ -97,7 +97,8 @@ impl Job {
     }
 
     /// Jobs batch together when the pipeline can run them as one graph with one LoRA set: the same
-    /// shape, and the same ControlNets with the same guidance windows (`Pipeline::generate_batch`).
+    /// shape, sampler (one schedule per batch), and the same ControlNets with the same guidance windows
+    /// (`Pipeline::generate_batch`).
     fn batches_with(&self, other: &Job) -> bool {
         let (a, b) = (&self.reqs[0], &other.reqs[0]);
         let windows = |r: &Request| {
@@ -107,6 +108,7 @@ impl Job {
             && b.init_image.is_none()
             && (a.width, a.height, a.steps, a.guidance_scale.to_bits())
                 == (b.width, b.height, b.steps, b.guidance_scale.to_bits())
+            && a.sampler == b.sampler
             && self.loras == other.loras
             && windows(a) == windows(b)
     }

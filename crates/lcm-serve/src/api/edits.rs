@@ -9,7 +9,7 @@ use super::*;
 /// fully transparent pixels do, as OpenAI documents), `prompt`, `n`, `size` (absent or the image's
 /// own), `response_format` (b64_json), `model`/`user` (accepted, unused); lcm's `seed`, `steps`,
 /// `guidance_scale`, `negative_prompt`, `loras` (the JSON array generations takes, as text) and
-/// `strength` (default 1). Numbers come as form text ("5"). Inpainting: the engine's mask is 255
+/// `strength` (default 1), `sampler` (as generations'). Numbers come as form text ("5"). Inpainting: the engine's mask is 255
 /// (repaint) where the alpha is 0, else 0.
 pub fn parse_edits(
     content_type: Option<&str>,
@@ -143,17 +143,18 @@ pub fn parse_edits(
         .with_mask_gray8(w, h, &gray)
         .map_err(|e| ApiError::bad(field, invalid_msg(&e)))?;
     let seed = f.seed("seed", false)?.unwrap_or_else(random_seed);
+    let sampler = super::sampler::openai_sampler(f.string("sampler", 64)?.as_deref(), limits)?;
     let req = Request {
         prompt,
         negative_prompt: f.string("negative_prompt", limits.max_prompt_chars)?,
-        steps: f.uint("steps", 1, limits.max_steps)?.unwrap_or(4),
+        steps: f.uint("steps", 1, super::sampler::max_steps(limits, &sampler))?.unwrap_or(4),
         guidance_scale: f.float("guidance_scale", 0.0, MAX_GUIDANCE)?.unwrap_or(1.0),
         seed,
         width: w,
         height: h,
         num_images: n,
         controls: Vec::new(),
-        sampler: None,
+        sampler: Some(sampler),
         init_image: Some(init),
     };
     let loras = lora_list(f.get("loras"), limits, loras)?;

@@ -93,7 +93,10 @@ pub(super) fn a1111_noop(field: &str, v: &Value) -> Option<bool> {
             v.as_bool() == Some(false)
         }
         "subseed_strength" => v.as_f64() == Some(0.0),
-        "sampler_name" | "sampler_index" => v.as_str().is_some_and(|s| s.eq_ignore_ascii_case("lcm")),
+        // k-diffusion's churn and noise scale: none at these values (s_tmin/s_tmax act only with churn).
+        "s_churn" => v.as_f64() == Some(0.0),
+        "s_noise" => v.as_f64() == Some(1.0),
+        "s_tmin" | "s_tmax" => v.is_null() || v.as_f64().is_some(),
         "styles" | "script_args" => v.as_array().is_some_and(|a| a.is_empty()),
         "override_settings" => v.as_object().is_some_and(|o| o.is_empty()),
         _ => return None,

@@ -12,6 +12,7 @@ fn limits() -> Limits {
         max_images: 8,
         max_steps: 50,
         max_loras: 8,
+        sampler: SamplerOptions::new(lcm_pipeline::scheduler::SamplerKind::Lcm),
     }
 }
 
