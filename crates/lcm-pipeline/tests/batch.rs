@@ -1,12 +1,13 @@
 //! `Pipeline::generate_batch` (what `lcm serve` batches its queue with): every request in a batch gets
 //! the images it gets alone — its own prompts, its own generator — with and without CFG, up to f32
 //! rounding (the CPU GEMM's blocking depends on the batch size), and requests that cannot share a graph
-//! are refused by name.
+//! (another size, strength or sampler) are refused by name.
 
 use std::path::Path;
 
 use lcm_cpu::CpuBackend;
 use lcm_pipeline::pipeline::Pipeline;
+use lcm_pipeline::scheduler::{SamplerKind, SamplerOptions};
 use lcm_pipeline::spec::{InitImage, LoadSpec, Request};
 
 fn tiny() -> Pipeline<CpuBackend> {
@@ -85,6 +86,12 @@ fn mismatched_batches_are_refused() {
     let err = p.generate_batch(&[img, stronger], &mut |_| {}, None).err().expect("two strengths refused");
     assert!(err.to_string().contains("one strength"), "{err}");
     assert!(p.generate_batch(&[], &mut |_| {}, None).unwrap().is_empty());
+    // Two samplers are two graphs: refused by name; one named sampler equal to the default batches.
+    let euler = Request { sampler: Some(SamplerOptions::new(SamplerKind::Euler)), ..request("b", 2, 1, 1.0) };
+    let err = p.generate_batch(&[request("a", 1, 1, 1.0), euler], &mut |_| {}, None).err().expect("refused");
+    assert!(err.to_string().contains("same sampler"), "{err}");
+    let lcm = Request { sampler: Some(p.sampler()), ..request("b", 2, 1, 1.0) };
+    assert_eq!(p.generate_batch(&[request("a", 1, 1, 1.0), lcm], &mut |_| {}, None).expect("one sampler").len(), 2);
 }
 
 /// img2img requests of one strength batch too (`lcm frames`): each keeps its own init image and
