@@ -379,20 +379,8 @@ const A1111_TXT2IMG: &[&str] = &[
     "scheduler",
     "eta",
 ];
-const A1111_IMG2IMG: &[&str] = &[
-    "prompt",
-    "negative_prompt",
-    "seed",
-    "steps",
-    "cfg_scale",
-    "width",
-    "height",
-    "batch_size",
-    "alwayson_scripts",
-    "sampler_name",
-    "sampler_index",
-    "scheduler",
-    "eta",
+/// img2img's fields beyond txt2img's.
+const A1111_IMG2IMG_ONLY: &[&str] = &[
     "init_images",
     "denoising_strength",
     "mask",
@@ -421,7 +409,9 @@ pub fn a1111(
     controlnets: &ControlNetDir,
     img2img: bool,
 ) -> Result<Generation, ApiError> {
-    let known = if img2img { A1111_IMG2IMG } else { A1111_TXT2IMG };
+    let extra = if img2img { A1111_IMG2IMG_ONLY } else { &[] };
+    let known: Vec<&str> = A1111_TXT2IMG.iter().chain(extra).copied().collect();
+    let known = known.as_slice();
     let api = if img2img { "A1111 img2img API" } else { "A1111 txt2img API" };
     let mut keys: Vec<&String> = obj.keys().filter(|k| !known.contains(&k.as_str())).collect();
     keys.sort();
