@@ -82,6 +82,9 @@ typedef struct LcmRequest {
   // May be NULL (the model's scheduler config's). "ddim", "euler", "euler-a": "leading",
   // "trailing" or "linspace" timesteps.
   const char *timestep_spacing;
+  // May be NULL ("plain"). How the prompts are read: "plain" (as diffusers) or "a1111"
+  // (AUTOMATIC1111's weights, BREAK and long prompts; README, "Prompts").
+  const char *prompt_syntax;
 } LcmRequest;
 
 // A ControlNet guiding a generation ([`lcm_generate_controlled`]), as diffusers' ControlNet pipelines
@@ -167,7 +170,8 @@ extern "C" {
 struct LcmLoadOptions lcm_load_options_default(void);
 
 // The defaults: an empty prompt (set `prompt`), 512x512, 4 steps, guidance 1, seed 0, one image,
-// txt2img (strength 1), the pipeline's sampler (`scheduler` NULL, `eta` NaN, `timestep_spacing` NULL).
+// txt2img (strength 1), the pipeline's sampler (`scheduler` NULL, `eta` NaN, `timestep_spacing` NULL),
+// plain prompts (`prompt_syntax` NULL).
 struct LcmRequest lcm_request_default(void);
 
 // The defaults: no model and no image (set `model`, `image_rgb`, `image_width`, `image_height`), no

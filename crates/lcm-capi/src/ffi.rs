@@ -183,6 +183,8 @@ pub(crate) fn request_error(e: Error, controls: &[ControlUnit]) -> Failure {
         (Field::Eta, "request.eta"),
         (Field::TimestepSpacing, "request.timestep_spacing"),
         (Field::PredictionType, "options.prediction_type"),
+        (Field::Prompt, "request.prompt"),
+        (Field::NegativePrompt, "request.negative_prompt"),
     ];
     let member = |f: Field| match f {
         Field::ControlNet => Some("model"),

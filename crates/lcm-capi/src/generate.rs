@@ -1,6 +1,7 @@
 //! What every generate entry point does once its arguments are read: the request checked and built
 //! (init image, mask, ControlNets), the generation run under the pipeline's lock, the images handed out.
 
+use lcm_pipeline::prompt::PromptSyntax;
 use lcm_pipeline::scheduler::{SamplerKind, SamplerOptions, Spacing};
 
 use super::*;
@@ -72,6 +73,11 @@ pub(crate) unsafe fn generate(
         controls,
         sampler: None,
         init_image,
+        // SAFETY: the caller's contract.
+        prompt_syntax: match unsafe { string(r.prompt_syntax, "request.prompt_syntax") }? {
+            None => PromptSyntax::Plain,
+            Some(s) => PromptSyntax::parse(&s).map_err(|e| invalid("request.prompt_syntax", e))?,
+        },
     };
     let mut req = req;
     if req.num_images > MAX_IMAGES {

@@ -123,6 +123,9 @@ pub struct LcmRequest {
     /// May be NULL (the model's scheduler config's). "ddim", "euler", "euler-a": "leading",
     /// "trailing" or "linspace" timesteps.
     pub timestep_spacing: *const c_char,
+    /// May be NULL ("plain"). How the prompts are read: "plain" (as diffusers) or "a1111"
+    /// (AUTOMATIC1111's weights, BREAK and long prompts; README, "Prompts").
+    pub prompt_syntax: *const c_char,
 }
 
 /// A ControlNet guiding a generation ([`lcm_generate_controlled`]), as diffusers' ControlNet pipelines
@@ -207,7 +210,8 @@ pub extern "C" fn lcm_load_options_default() -> LcmLoadOptions {
 }
 
 /// The defaults: an empty prompt (set `prompt`), 512x512, 4 steps, guidance 1, seed 0, one image,
-/// txt2img (strength 1), the pipeline's sampler (`scheduler` NULL, `eta` NaN, `timestep_spacing` NULL).
+/// txt2img (strength 1), the pipeline's sampler (`scheduler` NULL, `eta` NaN, `timestep_spacing` NULL),
+/// plain prompts (`prompt_syntax` NULL).
 #[no_mangle]
 pub extern "C" fn lcm_request_default() -> LcmRequest {
     let r = Request::default();
@@ -225,6 +229,7 @@ pub extern "C" fn lcm_request_default() -> LcmRequest {
         scheduler: std::ptr::null(),
         eta: f32::NAN,
         timestep_spacing: std::ptr::null(),
+        prompt_syntax: std::ptr::null(),
     }
 }
 

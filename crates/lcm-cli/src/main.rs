@@ -107,6 +107,9 @@ fn with_flag(e: Error) -> Error {
         Some(Field::Eta) => "--eta",
         Some(Field::TimestepSpacing) => "--timestep-spacing",
         Some(Field::PredictionType) => "--prediction-type",
+        Some(Field::Prompt) => "--prompt",
+        Some(Field::NegativePrompt) => "--negative-prompt",
+        Some(Field::PromptSyntax) => "--prompt-syntax",
     };
     match e {
         Error::Invalid { msg, .. } => Error::invalid(flag, msg),

@@ -12,6 +12,7 @@ use lcm_core::{Error, Result};
 use lcm_models::checkpoint::single_file::Family;
 use lcm_models::{Checkpoint, Variant};
 use lcm_pipeline::lora::LoraSet;
+use lcm_pipeline::prompt::PromptSyntax;
 use lcm_pipeline::pipeline::max_steps_for;
 use lcm_pipeline::scheduler::{SamplerKind, SamplerOptions, SchedulerConfig, Spacing};
 use lcm_pipeline::spec::{Field, InitImage, LoadSpec, LoraMode, LoraSpec, Request, SizeRule};
@@ -108,6 +109,16 @@ pub struct SamplingArgs {
     /// [default: the model's scheduler config's, else the sampler's own].
     #[arg(long, value_name = "SPACING", value_parser = parse_spacing)]
     pub timestep_spacing: Option<Spacing>,
+    /// How the prompts are read. plain: as diffusers reads them (the same text gives diffusers' image;
+    /// cut at 75 tokens). a1111: AUTOMATIC1111's syntax — (word) x1.1, [word] /1.1, (word:1.3),
+    /// BREAK, prompts longer than 75 tokens in 75-token chunks, embeddings by trigger word (README,
+    /// "Prompts").
+    #[arg(long, value_name = "SYNTAX", default_value = "plain", value_parser = parse_prompt_syntax)]
+    pub prompt_syntax: PromptSyntax,
+}
+
+pub(crate) fn parse_prompt_syntax(s: &str) -> std::result::Result<PromptSyntax, String> {
+    PromptSyntax::parse(s).map_err(|e| e.to_string())
 }
 
 /// `--scheduler`: a sampler, or the model's own.
@@ -186,6 +197,7 @@ impl SamplingArgs {
             controls: Vec::new(),
             init_image,
             sampler: None,
+            prompt_syntax: self.prompt_syntax,
         }
     }
 

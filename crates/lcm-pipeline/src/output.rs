@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use lcm_core::{Error, Result, Tensor};
 
+use crate::prompt::PromptSyntax;
 use crate::scheduler::{SamplerKind, SamplerOptions};
 use crate::spec::{LoraSpec, Request, SizeRule};
 
@@ -43,6 +44,9 @@ pub fn parameters_text(req: &Request, model: &str, loras: &[LoraSpec]) -> String
     }
     if let Some(spacing) = sampler.timestep_spacing {
         s += &format!(", timestep spacing: {}", spacing.name());
+    }
+    if req.prompt_syntax != PromptSyntax::Plain {
+        s += &format!(", prompt syntax: {}", req.prompt_syntax.name());
     }
     if let Some(init) = &req.init_image {
         let what = if init.mask.is_some() { "inpainting" } else { "img2img" };

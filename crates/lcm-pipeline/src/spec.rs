@@ -14,6 +14,7 @@ use lcm_core::lcm::Prediction;
 use lcm_core::{Error, Result, Tensor};
 use lcm_models::{VaeTiling, Variant};
 
+use crate::prompt::PromptSyntax;
 use crate::scheduler::SamplerOptions;
 
 /// A field of [`LoadSpec`] or [`Request`] that an error can name: [`Error::Invalid`]'s `what` is
@@ -62,11 +63,17 @@ pub enum Field {
     TimestepSpacing,
     /// [`LoadSpec::prediction_type`].
     PredictionType,
+    /// [`Request::prompt`] (too long, say).
+    Prompt,
+    /// [`Request::negative_prompt`].
+    NegativePrompt,
+    /// [`Request::prompt_syntax`].
+    PromptSyntax,
 }
 
 impl Field {
     /// Every field, for a front end's mapping table.
-    pub const ALL: [Field; 21] = [
+    pub const ALL: [Field; 24] = [
         Field::Width,
         Field::Height,
         Field::Steps,
@@ -88,6 +95,9 @@ impl Field {
         Field::Eta,
         Field::TimestepSpacing,
         Field::PredictionType,
+        Field::Prompt,
+        Field::NegativePrompt,
+        Field::PromptSyntax,
     ];
 
     /// The field's name in the spec: `width`, `num_images`, `config_dir`, …
@@ -114,6 +124,9 @@ impl Field {
             Field::Eta => "eta",
             Field::TimestepSpacing => "timestep_spacing",
             Field::PredictionType => "prediction_type",
+            Field::Prompt => "prompt",
+            Field::NegativePrompt => "negative_prompt",
+            Field::PromptSyntax => "prompt_syntax",
         }
     }
 
@@ -413,7 +426,8 @@ fn planar_rgb(field: Field, width: usize, height: usize, rgb: &[u8], f: impl Fn(
 /// What to generate. `validate` checks everything before any model runs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Request {
-    /// The text the image follows (cut to the 75 tokens CLIP's 77 positions leave between bos and eos).
+    /// The text the image follows, read as [`Request::prompt_syntax`] says (plain: cut to the 75 tokens
+    /// CLIP's 77 positions leave between bos and eos, as diffusers does).
     pub prompt: String,
     /// The uncond prompt of classic CFG (`None`: ""); unused without CFG.
     pub negative_prompt: Option<String>,
@@ -439,6 +453,9 @@ pub struct Request {
     /// The sampler and its options; None: the pipeline's default (`Pipeline::set_sampler`, LCM unless
     /// changed).
     pub sampler: Option<SamplerOptions>,
+    /// How the prompts are read: plain text as diffusers reads it (the default), or AUTOMATIC1111's
+    /// syntax (weights, BREAK, long prompts; `crate::prompt`).
+    pub prompt_syntax: PromptSyntax,
 }
 
 impl Default for Request {
@@ -455,6 +472,7 @@ impl Default for Request {
             init_image: None,
             controls: Vec::new(),
             sampler: None,
+            prompt_syntax: PromptSyntax::Plain,
         }
     }
 }

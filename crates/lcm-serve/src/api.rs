@@ -8,6 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use lcm_core::Error;
 use lcm_pipeline::control_image::ControlPreprocess;
+use lcm_pipeline::prompt::PromptSyntax;
 use lcm_pipeline::scheduler::SamplerOptions;
 use lcm_pipeline::spec::{ControlUnit, Field, InitImage, Request, SizeRule, MAX_CONTROLNETS};
 use serde_json::{Map, Value};
@@ -310,6 +311,7 @@ pub fn openai(obj: &Map<String, Value>, limits: &Limits, loras: &LoraDir) -> Res
         controls: Vec::new(),
         sampler: Some(sampler),
         init_image: None,
+        prompt_syntax: PromptSyntax::Plain, // OpenAI clients send plain text
     };
     let loras = lora_list(f.get("loras"), limits, loras)?;
     Ok(Generation { reqs: vec![req], loras, controls: Vec::new() })
@@ -480,6 +482,7 @@ pub fn a1111(
         controls,
         sampler: Some(sampler),
         init_image: init,
+        prompt_syntax: PromptSyntax::A1111, // what A1111's clients write
     };
     let reqs = (0..batch as u64).map(|i| Request { seed: seed.wrapping_add(i), ..base.clone() }).collect();
     Ok(Generation { reqs, loras, controls: choices })

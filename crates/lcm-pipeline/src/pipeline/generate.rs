@@ -24,8 +24,7 @@ use super::{Output, Pipeline, StageTimes, StepEvent};
 use crate::rng::TorchRng;
 use crate::scheduler::{guidance_embedding, SamplerKind, Scheduler};
 use crate::spec::{Field, InitImage, Request};
-use crate::text::PromptRows;
-use crate::tokenizer::CLIP_MAX_LEN;
+use crate::text::{PromptPlan, PromptRows};
 
 /// One batch's denoising loop, laid out before any model runs: its graph's shape and settings, the
 /// timesteps it runs and every host input, random draws included.
@@ -117,7 +116,10 @@ impl<B: Backend> Pipeline<B> {
         )?;
         let start = Instant::now();
         let stop = || if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) { Err(Error::Cancelled) } else { Ok(()) };
-        let batch = self.lay_out(reqs, control_ids)?;
+        // The prompts' chunks fix the loop's context length; too long a prompt fails here, before work.
+        let guided = self.guided(&reqs[0]);
+        let plan = self.text.plan(reqs[0].prompt_syntax, &prompt_rows(reqs), guided, &self.triggers)?;
+        let batch = self.lay_out(reqs, control_ids, &plan)?;
 
         let Pipeline { backend, text, unet, vae, vae_backend, vae_tiling, controlnets, .. } = self;
         let vae_be = vae_backend.as_ref().unwrap_or(backend);
@@ -133,7 +135,8 @@ impl<B: Backend> Pipeline<B> {
         }
         stop()?;
         let t0 = Instant::now();
-        text.encode_into(backend, &prompt_rows(reqs), batch.shape.images, batch.shape.guided, den, &batch.inputs)?;
+        let (n, guided) = (batch.shape.images, batch.shape.guided);
+        text.encode_into(backend, &plan, &prompt_rows(reqs), n, guided, den, &batch.inputs)?;
         let text_encoder = t0.elapsed();
         batch.set_inputs(backend, den, &control)?;
         stop()?;
@@ -160,33 +163,41 @@ impl<B: Backend> Pipeline<B> {
             // ControlNets: the same models and windows (they shape the graph); images and weights are
             // each request's own.
             let window = |r: &Request| r.controls.iter().map(|c| (c.model.clone(), c.start, c.end)).collect::<Vec<_>>();
-            if !same || window(r) != window(req) || sampler(r) != sampler(req) {
+            let same_text = r.prompt_syntax == req.prompt_syntax;
+            if !same || !same_text || window(r) != window(req) || sampler(r) != sampler(req) {
                 return Err(Error::invalid(
                     "batch",
                     "requests batched together must share width, height, steps and guidance scale, be \
                      all txt2img, all img2img or all inpainting with one strength, and use the same \
-                     sampler and the same ControlNets with the same guidance windows",
+                     sampler, prompt syntax and ControlNets with the same guidance windows",
                 ));
             }
         }
         Ok(())
     }
 
+    /// Whether `req` runs classic CFG: a guidance scale above 1 on a UNet without a guidance embedding.
+    fn guided(&self, req: &Request) -> bool {
+        !self.has_guidance_embedding() && req.guidance_scale > 1.0
+    }
+
     /// The batch's loop before it runs: the schedule, every random draw (img2img encodes the init
     /// images here) and the loop's other inputs.
-    fn lay_out(&mut self, reqs: &[Request], control_ids: Vec<usize>) -> Result<Batch> {
+    fn lay_out(&mut self, reqs: &[Request], control_ids: Vec<usize>, prompts: &PromptPlan) -> Result<Batch> {
         let req = &reqs[0];
         let n: usize = reqs.iter().map(|r| r.num_images).sum();
         let inpaint = self.inpaint_kind(req)?; // before the schedule: a missing mask is the first error
         let mut scheduler = self.scheduler_for(req.sampler.as_ref())?;
         let first = self.timesteps(req, &mut scheduler)?;
         let run = scheduler.timesteps()[first..].to_vec();
-        let guided = !self.has_guidance_embedding() && req.guidance_scale > 1.0;
+        let guided = self.guided(req);
         let scale = self.vae.config.downscale();
         let (h, w) = (req.height / scale, req.width / scale);
         let (sampling, noise) = (scheduler.sampling(), scheduler.noise_steps());
-        let shape =
-            DenoiseShape { images: n, h, w, ctx_len: CLIP_MAX_LEN, steps: run.len(), sampling, noise, guided, inpaint };
+        let (ctx_len, uncond) = (prompts.cond_tokens, prompts.uncond_tokens);
+        let uncond_ctx_len = (guided && uncond != ctx_len).then_some(uncond);
+        let steps = run.len();
+        let shape = DenoiseShape { images: n, h, w, ctx_len, uncond_ctx_len, steps, sampling, noise, guided, inpaint };
         let channels = self.unet.config.out_channels;
         let Draws { latents, noise, inpaint: inpaint_inputs } = self.draw(reqs, &shape, channels, &scheduler, first)?;
 

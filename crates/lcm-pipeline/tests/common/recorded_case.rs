@@ -1,11 +1,13 @@
 //! A recorded pipeline case (`records/<set>/cases.json`, written by tests/fixtures/generate_*.py) as a
 //! load spec and a request: init image and mask, control images read and resized as the CLI does,
-//! LoRAs, and the sampler diffusers ran (`scheduler` class, `scheduler_config` overrides, `eta`). Shared
+//! LoRAs, the sampler diffusers ran (`scheduler` class, `scheduler_config` overrides, `eta`) and the
+//! prompt syntax (`prompt_syntax`, generate_a1111.py's cases; absent: plain). Shared
 //! by lcm-pipeline's CPU tests and the root crate's CUDA suites (tests/gpu_util/recorded.rs).
 
 use std::path::Path;
 
 use lcm_pipeline::output::{read_mask_gray8, read_png};
+use lcm_pipeline::prompt::PromptSyntax;
 use lcm_pipeline::scheduler::{SamplerKind, SamplerOptions, Spacing};
 use lcm_pipeline::spec::{ControlUnit, InitImage, LoadSpec, LoraSpec, Request};
 use serde_json::Value;
@@ -63,6 +65,7 @@ pub fn case(fixtures: &Path, set: &str, name: &str) -> (LoadSpec, Request) {
         init_image,
         controls: controls.collect(),
         sampler: sampler(c),
+        prompt_syntax: c["prompt_syntax"].as_str().map_or(PromptSyntax::Plain, |s| PromptSyntax::parse(s).expect("a syntax")),
     };
     (spec, req)
 }

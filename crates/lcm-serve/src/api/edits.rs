@@ -156,6 +156,7 @@ pub fn parse_edits(
         controls: Vec::new(),
         sampler: Some(sampler),
         init_image: Some(init),
+        prompt_syntax: PromptSyntax::Plain,
     };
     let loras = lora_list(f.get("loras"), limits, loras)?;
     Ok(Generation { reqs: vec![req], loras, controls: Vec::new() })

@@ -26,6 +26,8 @@ pub fn engine_error(api: Api, controls: &[ControlChoice], e: &Error) -> ApiError
         Some(Field::Scheduler) => (if a1111 { "sampler_name" } else { "sampler" }).to_string(),
         Some(Field::Eta) => "eta".into(),
         Some(Field::TimestepSpacing) => (if a1111 { "scheduler" } else { "sampler" }).to_string(),
+        Some(Field::Prompt) => "prompt".into(),
+        Some(Field::NegativePrompt) => "negative_prompt".into(),
         Some(
             f @ (Field::ControlNet
             | Field::ControlImage

@@ -8,13 +8,22 @@
 //! `force_zeros_for_empty_prompt` uses zeros for the negative context and pooled embeds; otherwise the
 //! negative prompt ("" when absent) is encoded the same way but from `hidden_states[-2]` whatever
 //! `clip_skip` says (diffusers applies clip_skip to the positive prompt only).
+//!
+//! With [`PromptSyntax::A1111`] the prompts are chunked, weighted and joined as AUTOMATIC1111 does
+//! ([`a1111`]); a [`PromptPlan`] says, before the loop is built, how many context tokens each half of
+//! the batch has.
+
+mod a1111;
 
 use lcm_core::{Backend, Error, Executor, HostData, Result};
 use lcm_models::arch::clip::output;
 use lcm_models::denoise::{input, DenoiseInputs, TextCopy};
 use lcm_models::ClipTextModel;
 
+use crate::prompt::{PromptSyntax, TriggerWord};
+use crate::spec::Field;
 use crate::tokenizer::{ClipTokenizer, CLIP_MAX_LEN};
+pub use a1111::Chunked;
 
 /// A tokenizer and the text encoder it feeds.
 pub struct TextEncoder<B: Backend> {
@@ -52,6 +61,29 @@ pub struct PromptRows<'a> {
     pub count: usize,
 }
 
+/// The batch's prompts as the encoders will take them, and the loop's context length for each half.
+#[derive(Debug, Clone)]
+pub struct PromptPlan {
+    /// How the prompts are read.
+    pub syntax: PromptSyntax,
+    /// A1111: each request's prompt and (guided) negative prompt in chunks; `None` for the negative
+    /// means zeros (SDXL's empty negative prompt). Empty for the plain syntax.
+    chunked: Vec<(Chunked, Option<Chunked>)>,
+    /// Context tokens of the cond rows (77 for the plain syntax, 77·chunks for A1111).
+    pub cond_tokens: usize,
+    /// Context tokens of the uncond rows: A1111 runs a prompt and a negative prompt of different
+    /// chunk counts as two UNet calls, which the loop reproduces by limiting each half's cross
+    /// attention to its own tokens.
+    pub uncond_tokens: usize,
+}
+
+impl PromptPlan {
+    /// Tokens of the loop's context input: the longer half.
+    pub fn tokens(&self) -> usize {
+        self.cond_tokens.max(self.uncond_tokens)
+    }
+}
+
 /// Which rows of the loop's batch a prompt fills.
 struct Rows {
     first: usize,
@@ -65,22 +97,80 @@ impl<B: Backend> TextEncoders<B> {
         self.second.as_ref().map(|_| self.first.model.config.hidden_size)
     }
 
-    /// Encodes each request's prompts into the denoising executor `den`, whose batch holds `n` images
-    /// (twice that when `guided`: every uncond row first, then every cond row): the context inputs
-    /// and, for SDXL, the pooled text embeds. Nothing goes through the host but token ids (and zeros
-    /// for a zeroed negative).
+    /// The batch's prompts read with `syntax`: for A1111, chunked (with `triggers`, the loaded
+    /// embeddings' trigger words), every request's prompt the same number of chunks and every negative
+    /// prompt too (a batch runs one loop; a server batches only such requests), else an error naming
+    /// the batch. A prompt too long for [`crate::prompt::MAX_CHUNKS`] is refused here, before any work.
+    pub fn plan(
+        &self,
+        syntax: PromptSyntax,
+        prompts: &[PromptRows<'_>],
+        guided: bool,
+        triggers: &[TriggerWord],
+    ) -> Result<PromptPlan> {
+        let plain = PromptPlan { syntax, chunked: Vec::new(), cond_tokens: CLIP_MAX_LEN, uncond_tokens: CLIP_MAX_LEN };
+        if syntax == PromptSyntax::Plain {
+            return Ok(plain);
+        }
+        let mut chunked = Vec::with_capacity(prompts.len());
+        for p in prompts {
+            // The chunker's errors (too long, say) name the prompt they are about.
+            let named = |f: Field| move |e: Error| match e {
+                Error::Invalid { msg, .. } => f.invalid(msg),
+                e => e,
+            };
+            let cond = self.chunk(p.prompt, triggers).map_err(named(Field::Prompt))?;
+            let negative = p.negative.unwrap_or("");
+            // A1111's SDXL conditioner zeroes an empty negative prompt (`force_zero_negative_prompt`
+            // in modules/sd_models_xl.py); SD1.5 and SD2 encode "".
+            let zeros = self.second.is_some() && negative.is_empty();
+            let uncond = (guided && !zeros).then(|| self.chunk(negative, triggers)).transpose();
+            let uncond = uncond.map_err(named(Field::NegativePrompt))?;
+            chunked.push((cond, uncond));
+        }
+        let tokens = |(c, u): &(Chunked, Option<Chunked>)| (c.tokens(), u.as_ref().map_or(CLIP_MAX_LEN, Chunked::tokens));
+        let (cond_tokens, uncond_tokens) = tokens(&chunked[0]);
+        if let Some((c, u)) = chunked.iter().map(tokens).find(|&t| t != (cond_tokens, uncond_tokens)) {
+            return Err(Error::invalid(
+                "batch",
+                format!(
+                    "requests batched together must have prompts of the same length in 75-token chunks \
+                     (A1111 syntax): {cond_tokens} and {c} context tokens, negative prompts {uncond_tokens} and {u}"
+                ),
+            ));
+        }
+        Ok(PromptPlan { chunked, cond_tokens, uncond_tokens: if guided { uncond_tokens } else { cond_tokens }, ..plain })
+    }
+
+    /// Encodes each request's prompts, as `plan` reads them, into the denoising executor `den`, whose
+    /// batch holds `n` images (twice that when `guided`: every uncond row first, then every cond
+    /// row): the context inputs and, for SDXL, the pooled text embeds. With the plain syntax nothing
+    /// goes through the host but token ids (and zeros for a zeroed negative).
+    #[allow(clippy::too_many_arguments)]
     pub fn encode_into(
         &mut self,
         backend: &B,
+        plan: &PromptPlan,
         prompts: &[PromptRows<'_>],
         n: usize,
         guided: bool,
         den: &mut Executor<B>,
         inputs: &DenoiseInputs,
     ) -> Result<()> {
-        for p in prompts {
+        let tokens = plan.tokens();
+        for (k, p) in prompts.iter().enumerate() {
             let cond = Rows { first: p.first + if guided { n } else { 0 }, count: p.count };
             let uncond = Rows { first: p.first, count: p.count };
+            if let Some((c, u)) = plan.chunked.get(k) {
+                self.write_chunked(backend, c, &cond, tokens, den, inputs)?;
+                if guided {
+                    match u {
+                        Some(u) => self.write_chunked(backend, u, &uncond, tokens, den, inputs)?,
+                        None => self.zeros(backend, &uncond, tokens, den, inputs)?,
+                    }
+                }
+                continue;
+            }
             if self.second.is_none() {
                 if guided {
                     self.encode_sd(backend, p.negative.unwrap_or(""), &uncond, den)?;
@@ -91,7 +181,7 @@ impl<B: Backend> TextEncoders<B> {
             self.encode_sdxl(backend, p.prompt, output::CONTEXT, &cond, den, inputs)?;
             if guided {
                 match p.negative {
-                    None if self.force_zeros_for_empty_prompt => self.zeros(backend, &uncond, den, inputs)?,
+                    None if self.force_zeros_for_empty_prompt => self.zeros(backend, &uncond, tokens, den, inputs)?,
                     neg => {
                         let neg = neg.unwrap_or("");
                         self.encode_sdxl(backend, neg, output::NEGATIVE_CONTEXT, &uncond, den, inputs)?
@@ -144,14 +234,14 @@ impl<B: Backend> TextEncoders<B> {
         Ok(())
     }
 
-    /// diffusers' `torch.zeros_like` negative context and pooled embeds.
-    fn zeros(&self, backend: &B, rows: &Rows, den: &mut Executor<B>, inputs: &DenoiseInputs) -> Result<()> {
+    /// diffusers' `torch.zeros_like` negative context and pooled embeds, for rows of `tokens` tokens.
+    fn zeros(&self, backend: &B, rows: &Rows, tokens: usize, den: &mut Executor<B>, inputs: &DenoiseInputs) -> Result<()> {
         let (context_2, text_embeds) = sdxl_inputs(inputs)?;
         let second = self.second.as_ref().expect("SDXL has a second encoder");
         let p = second.model.config.projection_dim.unwrap_or(0);
         for (input, width) in [
-            (input::CONTEXT, CLIP_MAX_LEN * self.first.model.config.hidden_size),
-            (context_2, CLIP_MAX_LEN * second.model.config.hidden_size),
+            (input::CONTEXT, tokens * self.first.model.config.hidden_size),
+            (context_2, tokens * second.model.config.hidden_size),
             (text_embeds, p),
         ] {
             let zeros = vec![0.0f32; rows.count * width];
