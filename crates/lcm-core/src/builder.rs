@@ -7,7 +7,9 @@
 use std::collections::HashMap;
 
 use crate::error::{Error, Result};
-use crate::graph::{Activation, Elem, Graph, MapKind, Op, Storage, TensorDesc, TensorId, WeightKind, WeightSpec};
+use crate::graph::{
+    Activation, Elem, Graph, KeyLimit, MapKind, Op, Storage, TensorDesc, TensorId, WeightKind, WeightSpec,
+};
 use crate::lcm::{Sampling, STEP_ROW};
 
 /// A graph under construction: its tensors and ops in forward order, weights deduplicated by checkpoint
@@ -161,6 +163,31 @@ impl GraphBuilder {
 
     /// Attention over q `[B, N, C]`, k/v `[B, M, C]`; q may be an NHWC image (its H·W are the tokens).
     pub fn attention(&mut self, q: TensorId, k: TensorId, v: TensorId, heads: usize, causal: bool) -> TensorId {
+        self.attention_op(q, k, v, heads, causal, None)
+    }
+
+    /// Non-causal attention (as [`GraphBuilder::attention`]) where the batch rows of `limit` see only its
+    /// first keys (see [`KeyLimit`]); `None` is plain attention.
+    pub fn attention_limited(
+        &mut self,
+        q: TensorId,
+        k: TensorId,
+        v: TensorId,
+        heads: usize,
+        limit: Option<KeyLimit>,
+    ) -> TensorId {
+        self.attention_op(q, k, v, heads, false, limit)
+    }
+
+    fn attention_op(
+        &mut self,
+        q: TensorId,
+        k: TensorId,
+        v: TensorId,
+        heads: usize,
+        causal: bool,
+        key_limit: Option<KeyLimit>,
+    ) -> TensorId {
         let c = self.channels(q);
         if heads == 0 || !c.is_multiple_of(heads) || self.channels(k) != c || self.shape(k) != self.shape(v) {
             self.fail(format!(
@@ -170,8 +197,14 @@ impl GraphBuilder {
                 self.shape(v)
             ));
         }
+        if let (Some(l), Some(&batch)) = (key_limit, self.shape(k).first()) {
+            let n_kv = self.shape(k).iter().product::<usize>() / (batch * c).max(1);
+            if let Err(e) = l.check(batch, n_kv) {
+                self.fail(format!("attention: {e}"));
+            }
+        }
         let out = self.act(self.shape(q).to_vec());
-        self.push(Op::Attention { q, k, v, heads, causal, out })
+        self.push(Op::Attention { q, k, v, heads, causal, key_limit, out })
     }
 
     /// GEGLU: `x = [hidden | gate]` on the last dimension -> `hidden·gelu(gate)`, half the width (which

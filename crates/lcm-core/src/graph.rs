@@ -132,6 +132,48 @@ impl MapKind {
     }
 }
 
+/// Batch rows `rows_begin..rows_end` of an attention see only keys `0..keys` (of its M): their result is
+/// exactly that of a call over k and v holding those keys alone, as if the keys past them did not exist
+/// (they contribute exactly zero). A guided batch whose uncond and cond texts have different token
+/// counts runs as one call this way: the shorter context is padded to the longer, and its rows limited.
+/// A pair of bounds rather than a `Range` so that `Op` stays `Copy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyLimit {
+    /// First batch row limited.
+    pub rows_begin: usize,
+    /// One past the last batch row limited.
+    pub rows_end: usize,
+    /// Keys those rows see: `0..keys`.
+    pub keys: usize,
+}
+
+impl KeyLimit {
+    /// The limited batch rows.
+    pub fn rows(&self) -> std::ops::Range<usize> {
+        self.rows_begin..self.rows_end
+    }
+
+    /// Whether the limit fits an attention over `batch` rows of `n_kv` keys: `1 ≤ keys ≤ n_kv` and a
+    /// non-empty row range within the batch; the error says what was expected.
+    pub fn check(&self, batch: usize, n_kv: usize) -> Result<(), String> {
+        if self.keys == 0 || self.keys > n_kv || self.rows_begin >= self.rows_end || self.rows_end > batch {
+            return Err(format!(
+                "key limit {self:?} does not fit {batch} batch rows of {n_kv} keys (want 1 ≤ keys ≤ {n_kv} and \
+                 a non-empty row range within 0..{batch})"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Keys batch row `row` sees, of `n_kv`.
+    pub fn keys_for(limit: Option<KeyLimit>, row: usize, n_kv: usize) -> usize {
+        match limit {
+            Some(l) if l.rows().contains(&row) => l.keys,
+            _ => n_kv,
+        }
+    }
+}
+
 /// One op: its input tensors, its parameters and the one tensor `out` it writes.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Op {
@@ -199,7 +241,8 @@ pub enum Op {
         out: TensorId,
     },
     /// Multi-head scaled dot-product attention. q `[B, N, H·d]`, k and v `[B, M, H·d]`; head h uses
-    /// channels `h·d..(h+1)·d`. `causal` masks key j > query i.
+    /// channels `h·d..(h+1)·d`. `causal` masks key j > query i; `key_limit` gives some batch rows fewer
+    /// keys.
     Attention {
         /// Queries `[B, N, H·d]`, or an NHWC image whose H·W pixels are the N tokens.
         q: TensorId,
@@ -211,6 +254,9 @@ pub enum Op {
         heads: usize,
         /// Mask keys after the query (CLIP's text encoder).
         causal: bool,
+        /// Batch rows that see only the first keys (a guided batch whose two halves have texts of
+        /// different lengths).
+        key_limit: Option<KeyLimit>,
         /// Output, q's shape.
         out: TensorId,
     },

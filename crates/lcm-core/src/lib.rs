@@ -22,7 +22,7 @@ pub use builder::GraphBuilder;
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use executor::Executor;
-pub use graph::{Activation, Elem, Graph, MapKind, Op, Storage, TensorId, WeightKind, WeightSpec};
+pub use graph::{Activation, Elem, Graph, KeyLimit, MapKind, Op, Storage, TensorId, WeightKind, WeightSpec};
 pub use lower::{Attention, Gemm, Problem};
 pub use program::Program;
 pub use tensor::{rel_l2, Tensor};

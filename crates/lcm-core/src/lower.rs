@@ -4,7 +4,7 @@
 //! geometry from tensor shapes.
 
 use crate::error::{Error, Result};
-use crate::graph::{Graph, Op, TensorId};
+use crate::graph::{Graph, KeyLimit, Op, TensorId};
 
 /// A convolution or a linear layer as one implicit GEMM: `out[m, n] = Σ_k A[m, k]·W[n, k]` with
 /// M = batch·ho·wo output pixels, N = co, K = kh·kw·ci; A is gathered from the NHWC input (zero outside
@@ -83,17 +83,25 @@ pub struct Attention {
     pub head_dim: usize,
     /// Query i sees keys 0..=i only.
     pub causal: bool,
+    /// Batch rows that see fewer keys (checked: `1 ≤ keys ≤ n_kv`, rows within the batch).
+    pub key_limit: Option<KeyLimit>,
 }
 
 impl Attention {
+    /// Keys batch row `b` sees.
+    pub fn keys_for(&self, b: usize) -> usize {
+        KeyLimit::keys_for(self.key_limit, b, self.n_kv)
+    }
+
     /// Channels of q, k and v: heads·head_dim.
     pub fn channels(&self) -> usize {
         self.heads * self.head_dim
     }
 
-    /// Q·Kᵀ and P·V.
+    /// Q·Kᵀ and P·V, over the keys each batch row sees.
     pub fn macs(&self) -> u64 {
-        (2 * self.batch * self.n_q * self.n_kv * self.channels()) as u64
+        let keys: usize = (0..self.batch).map(|b| self.keys_for(b)).sum();
+        (2 * self.n_q * keys * self.channels()) as u64
     }
 }
 
@@ -250,7 +258,7 @@ impl Graph {
                 }
                 Problem::Gemm(Gemm { geglu, ..Gemm::linear(n(x) / k, k, co) })
             }
-            Op::Attention { q, k, v, heads, causal, .. } => {
+            Op::Attention { q, k, v, heads, causal, key_limit, .. } => {
                 let (c, batch) = (last(q), self.shape(q)[0]);
                 let ok = heads > 0 && c % heads == 0 && last(k) == c && self.shape(k) == self.shape(v);
                 if !ok || batch == 0 || self.shape(k)[0] != batch {
@@ -262,13 +270,18 @@ impl Graph {
                     ));
                 }
                 let tokens = |t: TensorId| n(t) / (batch * c);
+                let n_kv = tokens(k);
+                if let Some(l) = key_limit {
+                    l.check(batch, n_kv)?;
+                }
                 Problem::Attention(Attention {
                     batch,
                     heads,
                     n_q: tokens(q),
-                    n_kv: tokens(k),
+                    n_kv,
                     head_dim: c / heads,
                     causal,
+                    key_limit,
                 })
             }
             Op::GroupNorm { x, groups, .. } => {
@@ -358,7 +371,7 @@ fn bad(i: usize, op: &Op, msg: String) -> Error {
 
 #[cfg(test)]
 mod tests {
-    use crate::{Elem, GraphBuilder};
+    use crate::{Elem, Graph, GraphBuilder, KeyLimit, Op, Problem};
 
     #[test]
     fn attention_macs_count_image_queries_as_tokens() {
@@ -369,5 +382,51 @@ mod tests {
         b.output(o);
         let g = b.finish().unwrap();
         assert_eq!(g.macs(), 2 * 2 * 32 * 77 * 16);
+    }
+
+    fn limited(limit: KeyLimit) -> Graph {
+        let mut b = GraphBuilder::new();
+        let q = b.input(&[3, 5, 8], Elem::Act);
+        let k = b.input(&[3, 154, 8], Elem::Act);
+        let o = b.attention_limited(q, k, k, 2, None);
+        b.output(o);
+        let mut g = b.finish().unwrap();
+        // Set after building, so the lowering's own check is the one tested.
+        if let Op::Attention { key_limit, .. } = &mut g.ops[0] {
+            *key_limit = Some(limit);
+        }
+        g
+    }
+
+    #[test]
+    fn a_key_limit_lowers_and_counts_only_the_keys_its_rows_see() {
+        let l = KeyLimit { rows_begin: 1, rows_end: 3, keys: 77 };
+        let g = limited(l);
+        let Problem::Attention(a) = g.lower().unwrap()[0] else { panic!("not attention") };
+        assert_eq!(a.key_limit, Some(l));
+        assert_eq!((a.keys_for(0), a.keys_for(1), a.keys_for(2)), (154, 77, 77));
+        assert_eq!(g.macs(), (2 * 5 * (154 + 77 + 77) * 8) as u64);
+    }
+
+    #[test]
+    fn a_key_limit_that_does_not_fit_is_an_error_naming_the_op() {
+        let bad = [
+            KeyLimit { rows_begin: 0, rows_end: 1, keys: 0 },
+            KeyLimit { rows_begin: 0, rows_end: 1, keys: 155 },
+            KeyLimit { rows_begin: 2, rows_end: 4, keys: 77 },
+            KeyLimit { rows_begin: 1, rows_end: 1, keys: 77 },
+        ];
+        for l in bad {
+            let e = limited(l).lower().unwrap_err().to_string();
+            assert!(e.contains("op 0 (attention)") && e.contains("key limit"), "{l:?}: {e}");
+        }
+        // The builder refuses it too, when it is given at build time.
+        let mut b = GraphBuilder::new();
+        let q = b.input(&[2, 5, 8], Elem::Act);
+        let k = b.input(&[2, 77, 8], Elem::Act);
+        let o = b.attention_limited(q, k, k, 2, Some(KeyLimit { rows_begin: 0, rows_end: 1, keys: 78 }));
+        b.output(o);
+        let e = b.finish().unwrap_err().to_string();
+        assert!(e.contains("attention: key limit"), "{e}");
     }
 }

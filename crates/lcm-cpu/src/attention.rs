@@ -7,6 +7,8 @@
 
 use rayon::prelude::*;
 
+use lcm_core::KeyLimit;
+
 use crate::gemm::{gemm_serial, MatRef};
 
 /// Queries per task. Measured (2-core AVX-512 VM, SD1.5 4096-token self-attention, CPU time against the
@@ -36,6 +38,9 @@ pub struct AttnShape {
     pub heads: usize,
     /// Query i sees keys 0..=i only.
     pub causal: bool,
+    /// Batch rows that see only the first keys: each such row runs the same key loop as a call whose
+    /// k and v hold those keys alone, so its result is bit for bit that call's.
+    pub key_limit: Option<KeyLimit>,
 }
 
 /// `out[b, i, h] = softmax(q_h·k_hᵀ / sqrt(d)) · v_h`, all `[B, tokens, C]`.
@@ -53,8 +58,10 @@ pub fn attention(s: &AttnShape, q: &[f32], k: &[f32], v: &[f32], out: &mut [f32]
             let (h, blk) = (rest / blocks, rest % blocks);
             let q0 = blk * QUERY_BLOCK;
             let rows = QUERY_BLOCK.min(s.n - q0);
-            // Causal: no query of this block sees a key past its own last row.
-            let keys = if s.causal { (q0 + rows).min(s.m) } else { s.m };
+            // The keys row b sees (its limit); causal: no query of this block sees a key past its own
+            // last row. The batch strides keep the full m.
+            let m = KeyLimit::keys_for(s.key_limit, b, s.m);
+            let keys = if s.causal { (q0 + rows).min(m) } else { m };
             let qv = MatRef { data: &q[(b * s.n + q0) * s.c + h * d..], rs: s.c, cs: 1 };
             t.start(rows);
             for k0 in (0..keys).step_by(KEY_BLOCK) {
@@ -153,7 +160,7 @@ mod tests {
     /// Checks `attention` against a float64 softmax over every visible key. The logits reach ~±20.
     fn check(batch: usize, n: usize, m: usize, heads: usize, d: usize, causal: bool) {
         let c = heads * d;
-        let s = AttnShape { batch, n, m, c, heads, causal };
+        let s = AttnShape { batch, n, m, c, heads, causal, key_limit: None };
         let val = |i: usize, a: usize, b: usize, span: f32| ((i * a % b) as f32 - (b / 2) as f32) / (b as f32) * span;
         let q: Vec<f32> = (0..batch * n * c).map(|i| val(i, 7, 17, 6.0)).collect();
         // Keys grow along the sequence, so later key blocks raise a row's max and the accumulated blocks
@@ -208,5 +215,48 @@ mod tests {
     #[test]
     fn cross_attention_77_keys() {
         check(2, 100, 77, 4, 4, false);
+    }
+
+    /// Rows of a batch limited to their first `keys` keys give, bit for bit, a separate call over k and
+    /// v truncated to those keys; the other rows give the unlimited call's result. Key counts of A1111
+    /// prompts (77·k), one key, a tile past 64, several key blocks; limits at the start and end.
+    #[test]
+    fn limited_rows_equal_a_call_over_the_truncated_keys() {
+        let (n, heads, d) = (37, 2, 8);
+        let c = heads * d;
+        let cases: &[(usize, usize, usize, usize, bool)] = &[
+            // (batch, m, rows_begin..rows_end, keys, causal)
+            (2, 154, 0, 1, false),
+            (2, 154, 1, 2, false),
+            (3, 231, 2, 3, false),
+            (3, 231, 0, 2, false),
+            (2, 65, 0, 1, false),
+            (2, 100, 1, 2, false),
+            (2, 77, 0, 2, false),
+            (2, 1, 0, 1, false),
+            (2, KEY_BLOCK + 100, 1, 2, false),
+            (2, 60, 0, 1, true),
+        ];
+        let keys_of: &[usize] = &[77, 77, 154, 154, 1, 65, 76, 1, KEY_BLOCK + 3, 21];
+        for (&(batch, m, r0, r1, causal), &keys) in cases.iter().zip(keys_of) {
+            let val = |i: usize, a: usize, b: usize| ((i * a % b) as f32 - (b / 2) as f32) / b as f32 * 4.0;
+            let q: Vec<f32> = (0..batch * n * c).map(|i| val(i, 7, 17)).collect();
+            let k: Vec<f32> = (0..batch * m * c).map(|i| val(i, 5, 13)).collect();
+            let v: Vec<f32> = (0..batch * m * c).map(|i| val(i, 3, 11)).collect();
+            let key_limit = Some(KeyLimit { rows_begin: r0, rows_end: r1, keys });
+            let s = AttnShape { batch, n, m, c, heads, causal, key_limit };
+            let mut out = vec![f32::NAN; q.len()];
+            attention(&s, &q, &k, &v, &mut out);
+            for b in 0..batch {
+                let mb = if (r0..r1).contains(&b) { keys } else { m };
+                let one = AttnShape { batch: 1, n, m: mb, c, heads, causal, key_limit: None };
+                let row = |t: &[f32], len: usize| t[b * len * c..(b * len + mb) * c].to_vec();
+                let mut want = vec![f32::NAN; n * c];
+                attention(&one, &q[b * n * c..(b + 1) * n * c], &row(&k, m), &row(&v, m), &mut want);
+                let got = &out[b * n * c..(b + 1) * n * c];
+                let same = got.iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits());
+                assert!(same, "batch {batch} of {m} keys, rows {r0}..{r1} see {keys}: row {b} differs");
+            }
+        }
     }
 }

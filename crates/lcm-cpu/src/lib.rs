@@ -320,6 +320,7 @@ impl CpuBackend {
                     c: a.channels(),
                     heads: a.heads,
                     causal: a.causal,
+                    key_limit: a.key_limit,
                 };
                 attention::attention(&s, m.src(q), m.src(k), m.src(v), out);
             }
