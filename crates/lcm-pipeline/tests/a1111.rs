@@ -61,10 +61,10 @@ fn overlong_prompts_and_mixed_lengths_are_named() {
     let (spec, req) = recorded_case::case(&fixtures(), "a1111", "sd_weighted");
     let mut pipe = Pipeline::load(CpuBackend::new(), spec).unwrap();
     let huge = Request { prompt: "cat ".repeat(75 * lcm_pipeline::prompt::MAX_CHUNKS + 1), ..req.clone() };
-    let e = pipe.generate(&huge, &mut |_| {}).unwrap_err();
+    let e = pipe.generate(&huge, &mut |_| {}).err().unwrap();
     assert_eq!(Field::of(&e), Some(Field::Prompt), "{e}");
     let neg = Request { negative_prompt: Some("cat ".repeat(10_000)), guidance_scale: 2.0, ..req.clone() };
-    let e = pipe.generate(&neg, &mut |_| {}).unwrap_err();
+    let e = pipe.generate(&neg, &mut |_| {}).err().unwrap();
     assert_eq!(Field::of(&e), Some(Field::NegativePrompt), "{e}");
     let two = Request { prompt: "dog ".repeat(100), ..req.clone() };
     let e = pipe.generate_batch(&[req, two], &mut |_| {}, None).err().unwrap();

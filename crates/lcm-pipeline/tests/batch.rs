@@ -26,6 +26,7 @@ fn request(prompt: &str, seed: u64, num_images: usize, guidance_scale: f32) -> R
         height: 64,
         num_images,
         sampler: None,
+        prompt_syntax: Default::default(),
         controls: Vec::new(),
         init_image: None,
     }

@@ -50,6 +50,7 @@ fn request(c: &Value) -> lcm_core::Result<Request> {
         }),
         controls,
         sampler: None,
+        prompt_syntax: Default::default(),
     })
 }
 

@@ -37,7 +37,7 @@ fn request(c: &Value) -> lcm_core::Result<Request> {
         num_images: c["num_images"].as_u64().unwrap() as usize,
         init_image: Some(init),
         controls: Vec::new(),
-        sampler: None,
+        ..Request::default()
     })
 }
 

@@ -59,6 +59,7 @@ fn cases() -> Vec<Case> {
                 height: c["height"].as_u64().unwrap() as usize,
                 num_images: c["num_images"].as_u64().unwrap() as usize,
                 sampler: None,
+                prompt_syntax: Default::default(),
                 controls: Vec::new(),
                 init_image: None,
             },

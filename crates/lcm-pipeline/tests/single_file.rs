@@ -40,6 +40,7 @@ fn request(c: &Value) -> Request {
         height: c["height"].as_u64().unwrap() as usize,
         num_images: c["num_images"].as_u64().unwrap() as usize,
         sampler: None,
+        prompt_syntax: Default::default(),
         controls: Vec::new(),
         init_image: c.get("image").map(|img| {
             let (w, h, rgb, _) = read_png(&fixtures().join(img.as_str().unwrap())).unwrap();
