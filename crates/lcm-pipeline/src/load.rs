@@ -16,6 +16,7 @@ use lcm_models::{
 };
 use serde_json::Value;
 
+use crate::embeddings::{load_embedding, scan_embeddings_dir, SkippedEmbedding};
 use crate::lora::{LoraSet, Targets};
 use crate::scheduler::SchedulerConfig;
 use crate::spec::{Field, LoadSpec};
@@ -137,13 +138,14 @@ fn not_found(path: &Path) -> Error {
 /// Loads every component `spec` names onto `backend` (LoRAs merged), checking that they fit each other.
 pub fn load<B: Backend>(backend: &B, spec: &LoadSpec) -> Result<Components<B>> {
     let path = &spec.model_dir;
-    let parts = if path.is_file() {
+    let mut parts = if path.is_file() {
         from_single_file(backend, spec)?
     } else if path.is_dir() {
         from_folder(backend, spec)?
     } else {
         return Err(not_found(path));
     };
+    add_embeddings(backend, &mut parts.text, spec)?;
     // The components must fit each other; a mismatch names the UNet's config and both numbers.
     let (unet, vae) = (&parts.unet.config, &parts.vae.config);
     let te = &parts.text.first.model.config;
@@ -184,6 +186,30 @@ pub fn load<B: Backend>(backend: &B, spec: &LoadSpec) -> Result<Components<B>> {
         }
     }
     Ok(parts)
+}
+
+/// The embeddings `spec` names, added in one growth of each token table: its files first (any that
+/// cannot be read or does not fit is an error), then its folder's (those that do not fit are skipped
+/// and listed, as A1111 skips them).
+fn add_embeddings<B: Backend>(backend: &B, text: &mut TextEncoders<B>, spec: &LoadSpec) -> Result<()> {
+    let mut accepted = Vec::new();
+    for (path, token) in &spec.embeddings {
+        let e = load_embedding(path, token.as_deref())?;
+        text.check_embedding(&e, &accepted)?;
+        accepted.push(e);
+    }
+    if let Some(dir) = &spec.embeddings_dir {
+        let found = scan_embeddings_dir(dir)?;
+        text.embeddings.skipped.extend(found.skipped);
+        for e in found.embeddings {
+            match text.check_embedding(&e, &accepted) {
+                Ok(()) => accepted.push(e),
+                Err(err) => text.embeddings.skipped.push(SkippedEmbedding { path: e.path, reason: err.to_string() }),
+            }
+        }
+    }
+    text.add_embeddings(backend, &accepted)?;
+    Ok(())
 }
 
 /// What a diffusers folder's `model_index.json` says about the text side: whether it is an SDXL
@@ -346,6 +372,7 @@ fn from_folder<B: Backend>(backend: &B, spec: &LoadSpec) -> Result<Components<B>
         first: TextEncoder { tokenizer, model: text_encoder },
         second,
         force_zeros_for_empty_prompt: fam.force_zeros_for_empty_prompt,
+        embeddings: Default::default(),
     };
     let (vae_cfg, source) = match &spec.vae {
         Some(v) => open_separate_vae(v, own_vae.scaling_factor, own_vae.shift_factor)?,
@@ -461,8 +488,12 @@ fn from_single_file<B: Backend>(backend: &B, spec: &LoadSpec) -> Result<Componen
         }
     };
     let (vae, vae_backend) = load_vae(backend, second.is_some(), vae_cfg, source, spec.variant)?;
-    let text =
-        TextEncoders { first: TextEncoder { tokenizer, model: text_encoder }, second, force_zeros_for_empty_prompt };
+    let text = TextEncoders {
+        first: TextEncoder { tokenizer, model: text_encoder },
+        second,
+        force_zeros_for_empty_prompt,
+        embeddings: Default::default(),
+    };
     Ok(Components { text, unet, vae, vae_backend, scheduler, lora_merged })
 }
 
