@@ -16,7 +16,7 @@ use lcm_models::{
 };
 use serde_json::Value;
 
-use crate::embeddings::{load_embedding, scan_embeddings_dir, SkippedEmbedding};
+use crate::embeddings::{load_embedding, scan_embeddings_dir, Embedding, EmbeddingDir, SkippedEmbedding};
 use crate::lora::{LoraSet, Targets};
 use crate::scheduler::SchedulerConfig;
 use crate::spec::{Field, LoadSpec};
@@ -138,6 +138,9 @@ fn not_found(path: &Path) -> Error {
 /// Loads every component `spec` names onto `backend` (LoRAs merged), checking that they fit each other.
 pub fn load<B: Backend>(backend: &B, spec: &LoadSpec) -> Result<Components<B>> {
     let path = &spec.model_dir;
+    // Embedding files are small: read before any weight, so that a bad one fails fast.
+    let files = spec.embeddings.iter().map(|(p, token)| load_embedding(p, token.as_deref())).collect::<Result<_>>()?;
+    let dir = spec.embeddings_dir.as_ref().map(scan_embeddings_dir).transpose()?;
     let mut parts = if path.is_file() {
         from_single_file(backend, spec)?
     } else if path.is_dir() {
@@ -145,7 +148,7 @@ pub fn load<B: Backend>(backend: &B, spec: &LoadSpec) -> Result<Components<B>> {
     } else {
         return Err(not_found(path));
     };
-    add_embeddings(backend, &mut parts.text, spec)?;
+    add_embeddings(backend, &mut parts.text, files, dir)?;
     // The components must fit each other; a mismatch names the UNet's config and both numbers.
     let (unet, vae) = (&parts.unet.config, &parts.vae.config);
     let te = &parts.text.first.model.config;
@@ -188,18 +191,21 @@ pub fn load<B: Backend>(backend: &B, spec: &LoadSpec) -> Result<Components<B>> {
     Ok(parts)
 }
 
-/// The embeddings `spec` names, added in one growth of each token table: its files first (any that
-/// cannot be read or does not fit is an error), then its folder's (those that do not fit are skipped
-/// and listed, as A1111 skips them).
-fn add_embeddings<B: Backend>(backend: &B, text: &mut TextEncoders<B>, spec: &LoadSpec) -> Result<()> {
+/// The embeddings a spec names, added in one growth of each token table: its files first (any that
+/// does not fit is an error), then its folder's (those that do not fit are skipped and listed, as A1111
+/// skips them).
+fn add_embeddings<B: Backend>(
+    backend: &B,
+    text: &mut TextEncoders<B>,
+    files: Vec<Embedding>,
+    dir: Option<EmbeddingDir>,
+) -> Result<()> {
     let mut accepted = Vec::new();
-    for (path, token) in &spec.embeddings {
-        let e = load_embedding(path, token.as_deref())?;
+    for e in files {
         text.check_embedding(&e, &accepted)?;
         accepted.push(e);
     }
-    if let Some(dir) = &spec.embeddings_dir {
-        let found = scan_embeddings_dir(dir)?;
+    if let Some(found) = dir {
         text.embeddings.skipped.extend(found.skipped);
         for e in found.embeddings {
             match text.check_embedding(&e, &accepted) {

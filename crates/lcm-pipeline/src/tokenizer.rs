@@ -337,6 +337,31 @@ mod tests {
     }
 
     #[test]
+    fn embedding_tokens_follow_the_vocabulary_and_expand_as_diffusers() {
+        let dir = toy_dir();
+        let mut tok = ClipTokenizer::from_dir(dir.path()).unwrap();
+        let size = tok.inner().get_vocab_size(false) as u32;
+        let before = tok.encode_unpadded("a <t>").unwrap();
+        let ids = tok.add_embedding_tokens(&["<t>".into(), "<t>_1".into()]).unwrap();
+        assert_eq!(ids, [size, size + 1]);
+        let a = tok.inner().token_to_id("a</w>").unwrap();
+        assert_eq!(tok.encode_unpadded("a <T>").unwrap(), [a, size], "normalized: matched in the lowercased text");
+        assert_eq!(tok.encode_base("a <t>").unwrap(), before, "the BPE ids without added tokens");
+        assert_eq!(tok.convert_prompt("a <t>, <t>").unwrap(), "a <t> <t>_1, <t> <t>_1");
+        // diffusers compares the matched (lowercased) text with the token's spelling: a token with
+        // capitals is matched but not expanded.
+        let up = tok.add_embedding_tokens(&["<U>".into(), "<U>_1".into()]).unwrap();
+        assert_eq!(up, [size + 2, size + 3]);
+        assert_eq!(tok.convert_prompt("a <U>").unwrap(), "a <U>");
+        assert_eq!(tok.encode_unpadded("<U>").unwrap(), [size + 2]);
+        // Names already in the vocabulary, added before, or twice in one call are refused whole.
+        for bad in [vec!["cat</w>".to_string()], vec!["<t>".into()], vec!["<v>".into(), "<v>".into()]] {
+            assert!(tok.add_embedding_tokens(&bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(tok.inner().token_to_id("<v>"), None);
+    }
+
+    #[test]
     fn missing_files_are_named() {
         let dir = toy_dir();
         std::fs::remove_file(dir.path().join("merges.txt")).unwrap();

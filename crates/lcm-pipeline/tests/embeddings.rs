@@ -303,3 +303,37 @@ fn file_formats_and_trigger_words() {
     let g = e.second.as_ref().unwrap();
     assert_eq!((e.trigger.as_str(), e.vectors(), e.first.width, g.width), ("sdxl_emb", 2, 16, 32));
 }
+
+/// A single-file checkpoint's text encoder grows the same way (its table read again from the mapped
+/// file): an embedding whose vector is the row of the word `a` encodes exactly as `a` does.
+#[test]
+fn single_file_text_encoder_takes_embeddings() {
+    let be = CpuBackend::new();
+    let ck = fixtures().join("single-file/sd15_tiny.safetensors");
+    let config = fixtures().join("single-file/config");
+    let tok = lcm_pipeline::tokenizer::ClipTokenizer::from_dir(config.join("tokenizer")).unwrap();
+    let word = tok.encode_unpadded("a").unwrap();
+    assert_eq!(word.len(), 1, "one token");
+    let file = SafeTensorsFile::open(&ck).unwrap();
+    let table = file.get("cond_stage_model.transformer.text_model.embeddings.token_embedding.weight").unwrap();
+    let width = table.shape[1];
+    let at = word[0] as usize * width;
+    let row = table.to_f32()[at..at + width].to_vec();
+    let dir = TempDir::new("sf");
+    let path = write(&dir, "a.safetensors", &[("emb_params", vec![1, width], row)]);
+    let spec = LoadSpec {
+        model_dir: ck,
+        config_dir: Some(config),
+        embeddings: vec![(path, Some("<p>".into()))],
+        ..LoadSpec::default()
+    };
+    let mut parts = lcm_pipeline::load::load(&be, &spec).unwrap();
+    let te = &mut parts.text.first;
+    let ids = |p: &str| te.tokenizer.encode(p).unwrap().iter().map(|&i| i as i32).collect::<Vec<_>>();
+    let (plain, with) = (ids("a dog and a cat"), ids("a dog and <p> cat"));
+    assert_eq!(te.model.config.vocab_size, table.shape[0] + 1);
+    assert_ne!(plain, with);
+    let a = te.model.forward(&be, &plain, 1).unwrap();
+    let b = te.model.forward(&be, &with, 1).unwrap();
+    assert_eq!(a.data, b.data);
+}
