@@ -11,6 +11,7 @@ use lcm_core::lcm::Prediction;
 use lcm_core::{Error, Result};
 use lcm_models::checkpoint::single_file::Family;
 use lcm_models::{Checkpoint, Variant};
+use lcm_pipeline::embeddings::load_embedding;
 use lcm_pipeline::lora::LoraSet;
 use lcm_pipeline::prompt::PromptSyntax;
 use lcm_pipeline::pipeline::max_steps_for;
@@ -47,6 +48,18 @@ pub struct ModelArgs {
     /// several.
     #[arg(long = "lora", value_name = "FILE[:SCALE]", value_parser = parse_lora)]
     pub loras: Vec<LoraSpec>,
+    /// A textual-inversion embedding (.safetensors: A1111's emb_params / string_to_param, diffusers'
+    /// learned_embeds, SDXL's clip_l + clip_g) with an optional token that calls it in prompts [default:
+    /// a diffusers file's own token, else the file's stem]. The part after the last ':' is the token
+    /// unless the whole argument is an existing file. Multi-vector embeddings expand as diffusers
+    /// expands them. Repeat for several.
+    #[arg(long = "embedding", value_name = "FILE[:TOKEN]", value_parser = parse_embedding)]
+    pub embeddings: Vec<(PathBuf, Option<String>)>,
+    /// A folder of embeddings, read as A1111 reads its embeddings/: every .safetensors file under it,
+    /// triggered by its stem; pickles (.pt, .bin), embeddings for another model family and names
+    /// already taken are skipped with a warning.
+    #[arg(long, value_name = "DIR")]
+    pub embeddings_dir: Option<PathBuf>,
     /// merged: LoRAs are merged into the weights at load (no cost per step). runtime: on CUDA the UNet
     /// runs them unmerged from fixed buffers that a service swaps by copying (Pipeline::set_loras);
     /// the CPU merges either way.
@@ -171,6 +184,20 @@ pub(crate) fn parse_lora(s: &str) -> std::result::Result<LoraSpec, String> {
     Ok(LoraSpec { path: PathBuf::from(path), scale })
 }
 
+/// `--embedding FILE[:TOKEN]`: the token follows the last ':' unless the whole argument is an existing
+/// file (so a file whose name holds ':' still loads with its own token).
+pub(crate) fn parse_embedding(s: &str) -> std::result::Result<(PathBuf, Option<String>), String> {
+    if Path::new(s).is_file() {
+        return Ok((PathBuf::from(s), None));
+    }
+    match s.rsplit_once(':') {
+        Some(("", _)) => Err(format!("`{s}`: no file before the ':'")),
+        Some((_, t)) if t.trim().is_empty() => Err(format!("`{s}`: empty token after the ':'")),
+        Some((p, t)) => Ok((PathBuf::from(p), Some(t.to_string()))),
+        None => Ok((PathBuf::from(s), None)),
+    }
+}
+
 impl SamplingArgs {
     /// `--seed`, or a random one (printed by the caller, so the run can be repeated).
     pub fn seed_or_random(&self) -> u64 {
@@ -269,6 +296,8 @@ impl ModelArgs {
             },
             max_lora_rank: self.max_lora_rank,
             prediction_type: self.prediction_type,
+            embeddings: self.embeddings.clone(),
+            embeddings_dir: self.embeddings_dir.clone(),
         }
     }
 
@@ -279,6 +308,12 @@ impl ModelArgs {
             return Err(Error::file(vae, "VAE not found (expected a .safetensors file or a diffusers VAE folder)"));
         }
         LoraSet::open(&spec.loras.iter().map(|l| (l.path.clone(), l.scale)).collect::<Vec<_>>())?;
+        for (path, token) in &spec.embeddings {
+            load_embedding(path, token.as_deref())?;
+        }
+        if let Some(dir) = spec.embeddings_dir.as_ref().filter(|d| !d.is_dir()) {
+            return Err(Error::file(dir, "embeddings folder not found (--embeddings-dir)"));
+        }
         Ok(())
     }
 
@@ -312,6 +347,11 @@ pub fn load_engine(opened: Opened, spec: LoadSpec, steps: usize, tiling: VaeTili
     eprintln!("loading {} on {}", spec.model_dir.display(), opened.name());
     let mut engine = opened.load(spec)?;
     with_pipeline!(&mut engine, p => p.set_vae_tiling(tiling.setting()))?;
+    with_pipeline!(&engine, p => {
+        for s in &p.embeddings().skipped {
+            eprintln!("warning: embedding skipped: {}: {}", s.path.display(), s.reason);
+        }
+    });
     let lcm_unet = with_pipeline!(&engine, p => p.has_guidance_embedding());
     if !lcm_unet && engine.spec().loras.is_empty() && steps < 8 {
         eprintln!(
@@ -374,5 +414,21 @@ mod tests {
         let l = parse_lora("dir:x/a.safetensors:0.5").unwrap();
         assert_eq!((l.path, l.scale), (PathBuf::from("dir:x/a.safetensors"), 0.5));
         assert!(parse_lora("a.safetensors:inf").is_err());
+    }
+
+    #[test]
+    fn embedding_flag_takes_the_token_after_the_last_colon() {
+        let parse = |s| parse_embedding(s).unwrap();
+        assert_eq!(parse("e.safetensors"), (PathBuf::from("e.safetensors"), None));
+        assert_eq!(parse("d:x/e.safetensors:<tok>"), (PathBuf::from("d:x/e.safetensors"), Some("<tok>".into())));
+        assert!(parse_embedding("e.safetensors:").is_err());
+        assert!(parse_embedding(":tok").is_err());
+        // An existing file whose name holds ':' is the file, not FILE:TOKEN.
+        let dir = std::env::temp_dir().join(format!("lcm-emb-flag-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let odd = dir.join("a:b.safetensors");
+        std::fs::write(&odd, b"x").unwrap();
+        assert_eq!(parse(odd.to_str().unwrap()), (odd.clone(), None));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -96,6 +96,13 @@ impl<B: Backend> Runner<B> {
         (0..ex.graph().outputs.len()).map(|i| Ok((ex.output(backend, i)?, ex.output_shape(i).to_vec()))).collect()
     }
 
+    /// Drops every executor built so far: what a change of a weight's shape needs (a text encoder's
+    /// token table grown by embeddings), since each was planned and recorded for the old shapes. The
+    /// next call for a shape builds its executor again.
+    pub fn clear_executors(&mut self) {
+        self.executors.clear();
+    }
+
     /// Every executor built so far (one per input shape): tests reach their arenas through it, e.g. to
     /// poison them before a run.
     pub fn executors(&self) -> impl Iterator<Item = &Executor<B>> {

@@ -16,6 +16,7 @@ use lcm_models::{
 };
 use serde_json::Value;
 
+use crate::embeddings::{load_embedding, scan_embeddings_dir, Embedding, EmbeddingDir, SkippedEmbedding};
 use crate::lora::{LoraSet, Targets};
 use crate::scheduler::SchedulerConfig;
 use crate::spec::{Field, LoadSpec};
@@ -137,13 +138,17 @@ fn not_found(path: &Path) -> Error {
 /// Loads every component `spec` names onto `backend` (LoRAs merged), checking that they fit each other.
 pub fn load<B: Backend>(backend: &B, spec: &LoadSpec) -> Result<Components<B>> {
     let path = &spec.model_dir;
-    let parts = if path.is_file() {
+    // Embedding files are small: read before any weight, so that a bad one fails fast.
+    let files = spec.embeddings.iter().map(|(p, token)| load_embedding(p, token.as_deref())).collect::<Result<_>>()?;
+    let dir = spec.embeddings_dir.as_ref().map(scan_embeddings_dir).transpose()?;
+    let mut parts = if path.is_file() {
         from_single_file(backend, spec)?
     } else if path.is_dir() {
         from_folder(backend, spec)?
     } else {
         return Err(not_found(path));
     };
+    add_embeddings(backend, &mut parts.text, files, dir)?;
     // The components must fit each other; a mismatch names the UNet's config and both numbers.
     let (unet, vae) = (&parts.unet.config, &parts.vae.config);
     let te = &parts.text.first.model.config;
@@ -184,6 +189,33 @@ pub fn load<B: Backend>(backend: &B, spec: &LoadSpec) -> Result<Components<B>> {
         }
     }
     Ok(parts)
+}
+
+/// The embeddings a spec names, added in one growth of each token table: its files first (any that
+/// does not fit is an error), then its folder's (those that do not fit are skipped and listed, as A1111
+/// skips them).
+fn add_embeddings<B: Backend>(
+    backend: &B,
+    text: &mut TextEncoders<B>,
+    files: Vec<Embedding>,
+    dir: Option<EmbeddingDir>,
+) -> Result<()> {
+    let mut accepted = Vec::new();
+    for e in files {
+        text.check_embedding(&e, &accepted)?;
+        accepted.push(e);
+    }
+    if let Some(found) = dir {
+        text.embeddings.skipped.extend(found.skipped);
+        for e in found.embeddings {
+            match text.check_embedding(&e, &accepted) {
+                Ok(()) => accepted.push(e),
+                Err(err) => text.embeddings.skipped.push(SkippedEmbedding { path: e.path, reason: err.to_string() }),
+            }
+        }
+    }
+    text.add_embeddings(backend, &accepted)?;
+    Ok(())
 }
 
 /// What a diffusers folder's `model_index.json` says about the text side: whether it is an SDXL
@@ -346,6 +378,7 @@ fn from_folder<B: Backend>(backend: &B, spec: &LoadSpec) -> Result<Components<B>
         first: TextEncoder { tokenizer, model: text_encoder },
         second,
         force_zeros_for_empty_prompt: fam.force_zeros_for_empty_prompt,
+        embeddings: Default::default(),
     };
     let (vae_cfg, source) = match &spec.vae {
         Some(v) => open_separate_vae(v, own_vae.scaling_factor, own_vae.shift_factor)?,
@@ -461,8 +494,12 @@ fn from_single_file<B: Backend>(backend: &B, spec: &LoadSpec) -> Result<Componen
         }
     };
     let (vae, vae_backend) = load_vae(backend, second.is_some(), vae_cfg, source, spec.variant)?;
-    let text =
-        TextEncoders { first: TextEncoder { tokenizer, model: text_encoder }, second, force_zeros_for_empty_prompt };
+    let text = TextEncoders {
+        first: TextEncoder { tokenizer, model: text_encoder },
+        second,
+        force_zeros_for_empty_prompt,
+        embeddings: Default::default(),
+    };
     Ok(Components { text, unet, vae, vae_backend, scheduler, lora_merged })
 }
 

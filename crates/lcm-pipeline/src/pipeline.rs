@@ -11,6 +11,7 @@ use std::time::Duration;
 use lcm_core::{Backend, Result, Tensor};
 use lcm_models::{Unet, Vae, VaeTiling};
 
+use crate::embeddings::EmbeddingSet;
 use crate::lora::Targets;
 use crate::lora_swap::{slot_rank, LoraState, PreparedLoras};
 use crate::scheduler::{SamplerKind, SamplerOptions, Scheduler, SchedulerConfig};
@@ -182,6 +183,12 @@ impl<B: Backend> Pipeline<B> {
     /// Whether this UNet takes the guidance scale as an embedding (a distilled LCM) rather than CFG.
     pub fn has_guidance_embedding(&self) -> bool {
         self.unet.config.time_cond_proj_dim.is_some()
+    }
+
+    /// The textual-inversion embeddings loaded (trigger words, vector counts, widths, token ids) and
+    /// the embeddings folder's files skipped, with why.
+    pub fn embeddings(&self) -> &EmbeddingSet {
+        &self.text.embeddings
     }
 
     /// Whether this pipeline runs SDXL's two text encoders.

@@ -265,6 +265,14 @@ pub struct LoadSpec {
     /// v-prediction as diffusers does): None keeps the scheduler config's. An error where the model's
     /// scheduler config says otherwise.
     pub prediction_type: Option<Prediction>,
+    /// Textual-inversion embedding files, each with the token that calls it (None: the file's own,
+    /// see `crate::embeddings`), added as diffusers' `load_textual_inversion` adds them. A file that
+    /// cannot be read or does not fit the model is an error.
+    pub embeddings: Vec<(PathBuf, Option<String>)>,
+    /// A folder of embeddings read as A1111 reads its `embeddings/` (`crate::embeddings::scan_embeddings_dir`):
+    /// each `*.safetensors` file triggered by its stem; files that cannot be loaded, or are for
+    /// another model family, are skipped and listed (`TextEncoders::embeddings`).
+    pub embeddings_dir: Option<PathBuf>,
 }
 
 /// img2img: the image to start from and how much of it to repaint; with a mask, inpainting (diffusers'

@@ -32,11 +32,15 @@ const CLIP_PATTERN: &str =
     r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
 
 /// A CLIP BPE tokenizer with its special ids.
+#[derive(Clone)]
 pub struct ClipTokenizer {
     inner: Tokenizer,
     bos: u32,
     eos: u32,
     pad: u32,
+    /// The pipeline as loaded, before [`ClipTokenizer::add_embedding_tokens`] added any token: A1111's
+    /// trigger words are matched on plain BPE ids ([`ClipTokenizer::encode_base`]).
+    base: Option<Tokenizer>,
 }
 
 impl ClipTokenizer {
@@ -68,7 +72,7 @@ impl ClipTokenizer {
             inner.token_to_id(token).ok_or_else(|| Error::file(dir, format!("the vocabulary has no `{token}` token")))
         };
         let (bos, eos, pad) = (id(BOS)?, id(EOS)?, id(&pad_name)?);
-        Ok(ClipTokenizer { inner, bos, eos, pad })
+        Ok(ClipTokenizer { inner, bos, eos, pad, base: None })
     }
 
     /// transformers' CLIPTokenizer pipeline around a BPE read from `vocab.json` + `merges.txt`.
@@ -147,6 +151,77 @@ impl ClipTokenizer {
     /// Whether the prompt is longer than the text encoder sees (diffusers warns and cuts it).
     pub fn is_truncated(&self, prompt: &str) -> Result<bool> {
         Ok(self.encode_unpadded(prompt)?.len() > CLIP_MAX_LEN - 2)
+    }
+
+    /// Adds textual-inversion tokens as diffusers' `load_textual_inversion` does (`tokenizer.add_tokens`:
+    /// plain added tokens, normalized, matched anywhere in the lowercased text) and returns their ids,
+    /// which follow the vocabulary in order. A name the vocabulary (or an earlier added token) already
+    /// holds is refused, as diffusers refuses it; nothing is added then.
+    pub fn add_embedding_tokens(&mut self, names: &[String]) -> Result<Vec<u32>> {
+        for (i, name) in names.iter().enumerate() {
+            if name.is_empty() || self.inner.token_to_id(name).is_some() || names[..i].contains(name) {
+                return Err(Error::invalid(
+                    "embedding token",
+                    format!("`{name}` is already in the tokenizer's vocabulary (or empty): choose another token name"),
+                ));
+            }
+        }
+        let mut grown = self.inner.clone();
+        grown
+            .add_tokens(names.iter().map(|n| AddedToken::from(n.as_str(), false)))
+            .map_err(|e| Error::invalid("embedding token", format!("cannot add {names:?}: {e}")))?;
+        let ids = names
+            .iter()
+            .map(|n| {
+                grown.token_to_id(n).ok_or_else(|| Error::invalid("embedding token", format!("`{n}` was not added")))
+            })
+            .collect::<Result<Vec<u32>>>()?;
+        let base = std::mem::replace(&mut self.inner, grown);
+        self.base.get_or_insert(base);
+        Ok(ids)
+    }
+
+    /// The prompt's BPE ids without specials, as if no embedding token had been added: what A1111
+    /// matches trigger words on (its tokenizer has no added tokens).
+    pub fn encode_base(&self, text: &str) -> Result<Vec<u32>> {
+        let tokenizer = self.base.as_ref().unwrap_or(&self.inner);
+        let encoding =
+            tokenizer.encode(text, false).map_err(|e| Error::invalid("prompt", format!("cannot tokenize: {e}")))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// diffusers' `maybe_convert_prompt`: each added token the prompt holds (as the tokenizer splits
+    /// it) that has `_1`, `_2`, … companions — a multi-vector embedding — is replaced everywhere in the
+    /// prompt's text by `tok tok_1 tok_2 …`, so that every vector is used. A prompt is returned as it
+    /// is when no embedding token was added.
+    pub fn convert_prompt(&self, prompt: &str) -> Result<String> {
+        if self.base.is_none() {
+            return Ok(prompt.to_string());
+        }
+        let encoding =
+            self.inner.encode(prompt, false).map_err(|e| Error::invalid("prompt", format!("cannot tokenize: {e}")))?;
+        let added: std::collections::HashSet<String> =
+            self.inner.get_added_tokens_decoder().into_values().map(|t| t.content).collect();
+        let mut found: Vec<&str> = Vec::new();
+        for token in encoding.get_tokens() {
+            if added.contains(token) && !found.contains(&token.as_str()) {
+                found.push(token);
+            }
+        }
+        let mut out = prompt.to_string();
+        for token in found {
+            let mut replacement = token.to_string();
+            for i in 1.. {
+                let next = format!("{token}_{i}");
+                if !added.contains(&next) {
+                    break;
+                }
+                replacement.push(' ');
+                replacement.push_str(&next);
+            }
+            out = out.replace(token, &replacement);
+        }
+        Ok(out)
     }
 
     /// The underlying `tokenizers` pipeline (to save it as a `tokenizer.json`, decode, inspect).
@@ -259,6 +334,31 @@ mod tests {
         let ids = tok.encode(&prompt).unwrap();
         assert_eq!(ids[CLIP_MAX_LEN - 1], tok.eos_id());
         assert_eq!(ids[CLIP_MAX_LEN - 2], tok.inner().token_to_id("cat</w>").unwrap());
+    }
+
+    #[test]
+    fn embedding_tokens_follow_the_vocabulary_and_expand_as_diffusers() {
+        let dir = toy_dir();
+        let mut tok = ClipTokenizer::from_dir(dir.path()).unwrap();
+        let size = tok.inner().get_vocab_size(false) as u32;
+        let before = tok.encode_unpadded("a <t>").unwrap();
+        let ids = tok.add_embedding_tokens(&["<t>".into(), "<t>_1".into()]).unwrap();
+        assert_eq!(ids, [size, size + 1]);
+        let a = tok.inner().token_to_id("a</w>").unwrap();
+        assert_eq!(tok.encode_unpadded("a <T>").unwrap(), [a, size], "normalized: matched in the lowercased text");
+        assert_eq!(tok.encode_base("a <t>").unwrap(), before, "the BPE ids without added tokens");
+        assert_eq!(tok.convert_prompt("a <t>, <t>").unwrap(), "a <t> <t>_1, <t> <t>_1");
+        // diffusers compares the matched (lowercased) text with the token's spelling: a token with
+        // capitals is matched but not expanded.
+        let up = tok.add_embedding_tokens(&["<U>".into(), "<U>_1".into()]).unwrap();
+        assert_eq!(up, [size + 2, size + 3]);
+        assert_eq!(tok.convert_prompt("a <U>").unwrap(), "a <U>");
+        assert_eq!(tok.encode_unpadded("<U>").unwrap(), [size + 2]);
+        // Names already in the vocabulary, added before, or twice in one call are refused whole.
+        for bad in [vec!["cat</w>".to_string()], vec!["<t>".into()], vec!["<v>".into(), "<v>".into()]] {
+            assert!(tok.add_embedding_tokens(&bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(tok.inner().token_to_id("<v>"), None);
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! final LayerNorm, and the projection of the pooled output. `config.json` is read into [`ClipConfig`]
 //! by `crate::checkpoint::config`.
 
+use std::ops::Range;
+
 use lcm_core::{Activation, Backend, Elem, Error, Graph, GraphBuilder, HostData, Result, Tensor, WeightSpec};
 
 use crate::runner::Runner;
@@ -100,11 +102,7 @@ impl ClipConfig {
         let c = self.hidden_size;
         let mut b = GraphBuilder::new();
         let ids = b.input(&[batch, tokens], Elem::I32);
-        let table = b.weight(
-            "text_model.embeddings.token_embedding.weight",
-            &[self.vocab_size, c],
-            lcm_core::WeightKind::Plain,
-        );
+        let table = b.weight(TOKEN_EMBEDDING, &[self.vocab_size, c], lcm_core::WeightKind::Plain);
         let pos = b.weight(
             "text_model.embeddings.position_embedding.weight",
             &[self.max_positions, c],
@@ -151,6 +149,9 @@ impl ClipConfig {
         b.finish()
     }
 }
+
+/// The token-embedding table's weight name: `[vocab_size, hidden_size]`.
+pub const TOKEN_EMBEDDING: &str = "text_model.embeddings.token_embedding.weight";
 
 /// A loaded CLIP text encoder on a backend.
 pub struct ClipTextModel<B: Backend> {
@@ -201,6 +202,65 @@ impl<B: Backend> ClipTextModel<B> {
             data.extend_from_slice(&projected.data[at..at + p]);
         }
         Ok(Tensor::new(vec![batch, p], data))
+    }
+
+    /// Appends `rows` (row-major `[n, hidden_size]`, f32) to the token-embedding table as ids
+    /// `vocab_size..vocab_size + n`, as transformers' `resize_token_embeddings` followed by writing the
+    /// new rows does for diffusers' `load_textual_inversion`; returns those ids. The table is read
+    /// again from the weights' source (the backend's copy may be f16), grown and uploaded anew, and the
+    /// source is wrapped so that a later re-read (a LoRA swap) gives the grown table. Every executor is
+    /// dropped: their graphs and plans hold the old table shape. Nothing changes on an error.
+    pub fn append_token_rows(&mut self, backend: &B, rows: &[f32]) -> Result<Range<usize>> {
+        let c = self.config.hidden_size;
+        if rows.is_empty() || !rows.len().is_multiple_of(c) {
+            return Err(Error::invalid(
+                "token embedding rows",
+                format!("{} values are not whole rows of the text encoder's width {c}", rows.len()),
+            ));
+        }
+        if let Some(i) = rows.iter().position(|v| !v.is_finite()) {
+            return Err(Error::invalid("token embedding rows", format!("value {i} is {} (must be finite)", rows[i])));
+        }
+        let weights = &mut self.runner.weights;
+        let i = weights
+            .index(TOKEN_EMBEDDING)
+            .ok_or_else(|| Error::invalid("text encoder", format!("has no `{TOKEN_EMBEDDING}` weight")))?;
+        let Some(mut source) = weights.source.take() else {
+            return Err(Error::invalid(
+                "text encoder",
+                "its weights have no file to read the token table from again (synthetic weights?)",
+            ));
+        };
+        let old = weights.specs[i].clone();
+        let mut table = Vec::new();
+        let grown = source(&old, &mut table).and_then(|()| {
+            table.extend_from_slice(rows);
+            let mut spec = old.clone();
+            spec.shape[0] += rows.len() / c;
+            Ok((backend.upload_weight(&spec, &table)?, spec))
+        });
+        let (w, spec) = match grown {
+            Ok(g) => g,
+            Err(e) => {
+                weights.source = Some(source);
+                return Err(e);
+            }
+        };
+        let added = old.shape[0]..spec.shape[0];
+        weights.weights[i] = w;
+        weights.specs[i] = spec;
+        let extra = rows.to_vec();
+        weights.source = Some(Box::new(move |s: &WeightSpec, buf: &mut Vec<f32>| {
+            if s.name != old.name {
+                return source(s, buf);
+            }
+            source(&old, buf)?;
+            buf.extend_from_slice(&extra);
+            Ok(())
+        }));
+        self.config.vocab_size = added.end;
+        self.runner.clear_executors();
+        Ok(added)
     }
 
     /// The weights and the executors built so far.

@@ -118,7 +118,7 @@ impl<B: Backend> Pipeline<B> {
         let stop = || if cancel.is_some_and(|c| c.load(Ordering::Relaxed)) { Err(Error::Cancelled) } else { Ok(()) };
         // The prompts' chunks fix the loop's context length; too long a prompt fails here, before work.
         let guided = self.guided(&reqs[0]);
-        let plan = self.text.plan(reqs[0].prompt_syntax, &prompt_rows(reqs), guided, &[])?;
+        let plan = self.text.plan(reqs[0].prompt_syntax, &prompt_rows(reqs), guided)?;
         let batch = self.lay_out(reqs, control_ids, &plan)?;
 
         let Pipeline { backend, text, unet, vae, vae_backend, vae_tiling, controlnets, .. } = self;

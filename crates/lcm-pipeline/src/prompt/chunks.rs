@@ -163,7 +163,7 @@ fn tokenize_line(tok: &ClipTokenizer, text: &str, triggers: &[TriggerWord]) -> R
             c.next_chunk(false);
             continue;
         }
-        let tokens = tok.encode_unpadded(fragment)?;
+        let tokens = tok.encode_base(fragment)?;
         let mut position = 0;
         while position < tokens.len() {
             let token = tokens[position];

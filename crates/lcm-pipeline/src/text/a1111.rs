@@ -20,7 +20,7 @@ use lcm_models::arch::clip::{output, ClipOutput};
 use lcm_models::denoise::{input, DenoiseInputs};
 
 use super::{sdxl_inputs, Rows, TextEncoder, TextEncoders};
-use crate::prompt::{chunks, Chunk, TriggerWord};
+use crate::prompt::{chunks, Chunk};
 use crate::tokenizer::CLIP_MAX_LEN;
 
 /// One prompt in A1111's chunks, for each encoder.
@@ -40,10 +40,15 @@ impl Chunked {
 }
 
 impl<B: Backend> TextEncoders<B> {
-    /// `text` as A1111 chunks it for each encoder, with the loaded embeddings' trigger words.
-    pub(super) fn chunk(&self, text: &str, triggers: &[TriggerWord]) -> Result<Chunked> {
-        let first = chunks(&self.first.tokenizer, text, triggers)?;
-        let second = self.second.as_ref().map(|te| chunks(&te.tokenizer, text, triggers)).transpose()?;
+    /// `text` as A1111 chunks it for each encoder, with each encoder's trigger words of the loaded
+    /// embeddings.
+    pub(super) fn chunk(&self, text: &str) -> Result<Chunked> {
+        let triggers = &self.embeddings.triggers;
+        let first = chunks(&self.first.tokenizer, text, &triggers[0])?;
+        let second = match self.second.as_ref() {
+            Some(te) => Some(chunks(&te.tokenizer, text, triggers.get(1).map_or(&[][..], Vec::as_slice))?),
+            None => None,
+        };
         // Each encoder chunks its own tokens, as A1111's one embedder per encoder; SDXL's two tokenizers
         // share a vocabulary, so their counts agree unless a folder ships another one.
         if let Some(s) = second.as_ref().filter(|s| s.len() != first.len()) {

@@ -14,13 +14,15 @@
 //! the batch has.
 
 mod a1111;
+mod embeddings;
 
 use lcm_core::{Backend, Error, Executor, HostData, Result};
 use lcm_models::arch::clip::output;
 use lcm_models::denoise::{input, DenoiseInputs, TextCopy};
 use lcm_models::ClipTextModel;
 
-use crate::prompt::{PromptSyntax, TriggerWord};
+use crate::embeddings::EmbeddingSet;
+use crate::prompt::PromptSyntax;
 use crate::spec::Field;
 use crate::tokenizer::{ClipTokenizer, CLIP_MAX_LEN};
 pub use a1111::Chunked;
@@ -34,8 +36,11 @@ pub struct TextEncoder<B: Backend> {
 }
 
 impl<B: Backend> TextEncoder<B> {
+    /// The prompt's 77 ids, multi-vector embedding tokens expanded first as diffusers'
+    /// `maybe_convert_prompt` does.
     fn ids(&self, prompt: &str) -> Result<Vec<i32>> {
-        Ok(self.tokenizer.encode(prompt)?.iter().map(|&i| i as i32).collect())
+        let prompt = self.tokenizer.convert_prompt(prompt)?;
+        Ok(self.tokenizer.encode(&prompt)?.iter().map(|&i| i as i32).collect())
     }
 }
 
@@ -47,6 +52,8 @@ pub struct TextEncoders<B: Backend> {
     pub second: Option<TextEncoder<B>>,
     /// `force_zeros_for_empty_prompt` from SDXL's `model_index.json` (diffusers' default: true).
     pub force_zeros_for_empty_prompt: bool,
+    /// The textual-inversion embeddings added ([`TextEncoders::add_embeddings`]) and those skipped.
+    pub embeddings: EmbeddingSet,
 }
 
 /// One request's prompts and the images of the batch they are for.
@@ -97,8 +104,8 @@ impl<B: Backend> TextEncoders<B> {
         self.second.as_ref().map(|_| self.first.model.config.hidden_size)
     }
 
-    /// The batch's prompts read with `syntax`: for A1111, chunked (with `triggers`, the loaded
-    /// embeddings' trigger words), every request's prompt the same number of chunks and every negative
+    /// The batch's prompts read with `syntax`: for A1111, chunked (with the loaded embeddings' trigger
+    /// words), every request's prompt the same number of chunks and every negative
     /// prompt too (a batch runs one loop; a server batches only such requests), else an error naming
     /// the batch. A prompt too long for [`crate::prompt::MAX_CHUNKS`] is refused here, before any work.
     pub fn plan(
@@ -106,7 +113,6 @@ impl<B: Backend> TextEncoders<B> {
         syntax: PromptSyntax,
         prompts: &[PromptRows<'_>],
         guided: bool,
-        triggers: &[TriggerWord],
     ) -> Result<PromptPlan> {
         let plain = PromptPlan { syntax, chunked: Vec::new(), cond_tokens: CLIP_MAX_LEN, uncond_tokens: CLIP_MAX_LEN };
         if syntax == PromptSyntax::Plain {
@@ -119,12 +125,12 @@ impl<B: Backend> TextEncoders<B> {
                 Error::Invalid { msg, .. } => f.invalid(msg),
                 e => e,
             };
-            let cond = self.chunk(p.prompt, triggers).map_err(named(Field::Prompt))?;
+            let cond = self.chunk(p.prompt).map_err(named(Field::Prompt))?;
             let negative = p.negative.unwrap_or("");
             // A1111's SDXL conditioner zeroes an empty negative prompt (`force_zero_negative_prompt`
             // in modules/sd_models_xl.py); SD1.5 and SD2 encode "".
             let zeros = self.second.is_some() && negative.is_empty();
-            let uncond = (guided && !zeros).then(|| self.chunk(negative, triggers)).transpose();
+            let uncond = (guided && !zeros).then(|| self.chunk(negative)).transpose();
             let uncond = uncond.map_err(named(Field::NegativePrompt))?;
             chunked.push((cond, uncond));
         }
@@ -250,6 +256,7 @@ impl<B: Backend> TextEncoders<B> {
         Ok(())
     }
 }
+
 
 fn sdxl_inputs(inputs: &DenoiseInputs) -> Result<(usize, usize)> {
     match (inputs.context_2, inputs.text_embeds) {

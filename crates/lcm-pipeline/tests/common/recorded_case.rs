@@ -1,8 +1,8 @@
 //! A recorded pipeline case (`records/<set>/cases.json`, written by tests/fixtures/generate_*.py) as a
 //! load spec and a request: init image and mask, control images read and resized as the CLI does,
-//! LoRAs, the sampler diffusers ran (`scheduler` class, `scheduler_config` overrides, `eta`) and the
-//! prompt syntax (`prompt_syntax`, generate_a1111.py's cases; absent: plain). Shared
-//! by lcm-pipeline's CPU tests and the root crate's CUDA suites (tests/gpu_util/recorded.rs).
+//! LoRAs, textual-inversion embeddings, the sampler diffusers ran (`scheduler` class, `scheduler_config`
+//! overrides, `eta`) and the prompt syntax (`prompt_syntax`, generate_a1111.py's cases; absent: plain).
+//! Shared by lcm-pipeline's CPU tests and the root crate's CUDA suites (tests/gpu_util/recorded.rs).
 
 use std::path::Path;
 
@@ -46,8 +46,15 @@ pub fn case(fixtures: &Path, set: &str, name: &str) -> (LoadSpec, Request) {
         .map_or(&[][..], |v| v.as_slice())
         .iter()
         .map(|l| LoraSpec { path: path(&l[0]), scale: l[1].as_f64().expect("scale") as f32 });
+    // Textual-inversion embeddings: `[[file, token or null], …]`.
+    let embeddings = c["embeddings"]
+        .as_array()
+        .map_or(&[][..], |v| v.as_slice())
+        .iter()
+        .map(|e| (path(&e[0]), e[1].as_str().map(str::to_string)));
     let spec = LoadSpec {
         model_dir: path(&c["model"]),
+        embeddings: embeddings.collect(),
         config_dir: c["config"].as_str().map(|s| fixtures.join(s)),
         clip_skip: c["clip_skip"].as_u64().unwrap_or(0) as usize,
         loras: loras.collect(),
