@@ -14,7 +14,10 @@
 //    the same softmax, and each accumulates its own DP/4-wide slice of O.
 //  - `flash_fwd_wide_tf32<DP>`: the wide kernel on f32 activations (see its comment).
 // Keys past n_kv (and, when causal, past the query) are masked with −inf; tiles past the diagonal are
-// skipped. Zero fill of K/V rows past n_kv matters: 0·NaN would poison a row otherwise.
+// skipped. Zero fill of K/V rows past n_kv matters: 0·NaN would poison a row otherwise. A batch row
+// under the key limit (kv_limit_*) takes its own key count as its n_kv for all of this — loads, tile
+// count, mask — so the keys past it (padding, whatever it holds) are never read; only the batch strides
+// use the full n_kv.
 #include "lcm_abi.h"
 #include "lcm_device.cuh"
 
@@ -121,6 +124,11 @@ static __device__ __forceinline__ void store_rows(const float (&o)[NO][4], const
     }
 }
 
+// The keys batch row b sees: the limit's count for its rows, n_kv for the others.
+static __device__ __forceinline__ int kv_count(const LcmAttnParams& p, int b) {
+    return b >= p.kv_limit_rows_begin && b < p.kv_limit_rows_end ? p.kv_limit_keys : p.n_kv;
+}
+
 constexpr int BQ = 64;
 
 template <int DP, int BKV, bool CAUSAL>
@@ -146,13 +154,14 @@ static __device__ __forceinline__ void flash_fwd(const LcmAttnParams& p) {
     const __half* vb = p.v + (long long)b * p.n_kv * p.ldv + h * d;
     __half* ob = p.out + (long long)b * p.n_q * p.ldo + h * d;
     const bool vec = (d % 8 == 0) && (p.ldq % 8 == 0) && (p.ldk % 8 == 0) && (p.ldv % 8 == 0);
+    const int n_kv = kv_count(p, b);
 
-    const int kv_end = CAUSAL ? min(p.n_kv, q0 + BQ) : p.n_kv;
+    const int kv_end = CAUSAL ? min(n_kv, q0 + BQ) : n_kv;
     const int ntiles = (kv_end + BKV - 1) / BKV;
 
     load_rows<DP, LD, BQ, 128>(Qs, qb, p.ldq, q0, p.n_q, d, vec);
-    load_rows<DP, LD, BKV, 128>(Ks[0], kb, p.ldk, 0, p.n_kv, d, vec);
-    load_rows<DP, LD, BKV, 128>(Vs[0], vb, p.ldv, 0, p.n_kv, d, vec);
+    load_rows<DP, LD, BKV, 128>(Ks[0], kb, p.ldk, 0, n_kv, d, vec);
+    load_rows<DP, LD, BKV, 128>(Vs[0], vb, p.ldv, 0, n_kv, d, vec);
     dev::cp_async_commit();
 
     uint32_t qf[DP / 16][4];
@@ -166,8 +175,8 @@ static __device__ __forceinline__ void flash_fwd(const LcmAttnParams& p) {
         const int buf = t & 1;
         if (t + 1 < ntiles) {
             // The other buffer was last read in iteration t-1, which ended with a barrier.
-            load_rows<DP, LD, BKV, 128>(Ks[buf ^ 1], kb, p.ldk, (t + 1) * BKV, p.n_kv, d, vec);
-            load_rows<DP, LD, BKV, 128>(Vs[buf ^ 1], vb, p.ldv, (t + 1) * BKV, p.n_kv, d, vec);
+            load_rows<DP, LD, BKV, 128>(Ks[buf ^ 1], kb, p.ldk, (t + 1) * BKV, n_kv, d, vec);
+            load_rows<DP, LD, BKV, 128>(Vs[buf ^ 1], vb, p.ldv, (t + 1) * BKV, n_kv, d, vec);
             dev::cp_async_commit();
             dev::cp_async_wait<1>();
         } else {
@@ -193,7 +202,7 @@ static __device__ __forceinline__ void flash_fwd(const LcmAttnParams& p) {
                 dev::mma_f16(s[2 * jn + 1], qf[kk], r[2], r[3]);
             }
         }
-        online_softmax<BKV / 8, DP / 8, CAUSAL>(s, o, mrow, lrow, t * BKV, q_row0, p.n_kv, p.scale_log2);
+        online_softmax<BKV / 8, DP / 8, CAUSAL>(s, o, mrow, lrow, t * BKV, q_row0, n_kv, p.scale_log2);
 
 #pragma unroll
         for (int kk = 0; kk < BKV / 16; ++kk) {
@@ -245,11 +254,12 @@ static __device__ __forceinline__ void flash_fwd_wide(const LcmAttnParams& p) {
     const __half* vb = p.v + (long long)b * p.n_kv * p.ldv + h * d;
     __half* ob = p.out + (long long)b * p.n_q * p.ldo + h * d;
     const bool vec = (d % 8 == 0) && (p.ldq % 8 == 0) && (p.ldk % 8 == 0) && (p.ldv % 8 == 0);
-    const int ntiles = (p.n_kv + BKW - 1) / BKW;
+    const int n_kv = kv_count(p, b);
+    const int ntiles = (n_kv + BKW - 1) / BKW;
 
     load_rows<DP, LD, BQW, 256>(Kst(1), qb, p.ldq, q0, p.n_q, d, vec);
-    load_rows<DP, LD, BKW, 256>(Kst(0), kb, p.ldk, 0, p.n_kv, d, vec);
-    load_rows<DP, LD, BKW, 256>(Vst(0), vb, p.ldv, 0, p.n_kv, d, vec);
+    load_rows<DP, LD, BKW, 256>(Kst(0), kb, p.ldk, 0, n_kv, d, vec);
+    load_rows<DP, LD, BKW, 256>(Vst(0), vb, p.ldv, 0, n_kv, d, vec);
     dev::cp_async_commit();
     dev::cp_async_wait<0>();
     __syncthreads();
@@ -268,8 +278,8 @@ static __device__ __forceinline__ void flash_fwd_wide(const LcmAttnParams& p) {
     for (int t = 0; t < ntiles; ++t) {
         const int buf = t & 1;
         if (t + 1 < ntiles) {
-            load_rows<DP, LD, BKW, 256>(Kst(buf ^ 1), kb, p.ldk, (t + 1) * BKW, p.n_kv, d, vec);
-            load_rows<DP, LD, BKW, 256>(Vst(buf ^ 1), vb, p.ldv, (t + 1) * BKW, p.n_kv, d, vec);
+            load_rows<DP, LD, BKW, 256>(Kst(buf ^ 1), kb, p.ldk, (t + 1) * BKW, n_kv, d, vec);
+            load_rows<DP, LD, BKW, 256>(Vst(buf ^ 1), vb, p.ldv, (t + 1) * BKW, n_kv, d, vec);
             dev::cp_async_commit();
             dev::cp_async_wait<1>();
         } else {
@@ -297,7 +307,7 @@ static __device__ __forceinline__ void flash_fwd_wide(const LcmAttnParams& p) {
             for (int e = 0; e < 4; ++e)
                 s[j][e] = Sp[rg][0][lane][j * 4 + e] + Sp[rg][1][lane][j * 4 + e] + Sp[rg][2][lane][j * 4 + e] +
                           Sp[rg][3][lane][j * 4 + e];
-        online_softmax<2, SL / 8, false>(s, o, mrow, lrow, t * BKW, q_row0, p.n_kv, p.scale_log2);
+        online_softmax<2, SL / 8, false>(s, o, mrow, lrow, t * BKW, q_row0, n_kv, p.scale_log2);
 
         const uint32_t a[4] = {dev::pack_half2(s[0][0], s[0][1]), dev::pack_half2(s[0][2], s[0][3]),
                                dev::pack_half2(s[1][0], s[1][1]), dev::pack_half2(s[1][2], s[1][3])};
@@ -354,11 +364,12 @@ static __device__ __forceinline__ void flash_fwd_wide_tf32(const LcmAttnParams& 
     const float* vb = reinterpret_cast<const float*>(p.v) + (long long)b * p.n_kv * p.ldv + h * d;
     float* ob = reinterpret_cast<float*>(p.out) + (long long)b * p.n_q * p.ldo + h * d;
     const bool vec = (d % 4 == 0) && (p.ldq % 4 == 0) && (p.ldk % 4 == 0) && (p.ldv % 4 == 0);
-    const int ntiles = (p.n_kv + BKT - 1) / BKT;
+    const int n_kv = kv_count(p, b);
+    const int ntiles = (n_kv + BKT - 1) / BKT;
     const int q_row0 = q0 + rg * 16;
 
-    load_rows<DP, LD, BKT, 256>(Kst(0), kb, p.ldk, 0, p.n_kv, d, vec);
-    load_rows<DP, LD, BKT, 256>(Vst(0), vb, p.ldv, 0, p.n_kv, d, vec);
+    load_rows<DP, LD, BKT, 256>(Kst(0), kb, p.ldk, 0, n_kv, d, vec);
+    load_rows<DP, LD, BKT, 256>(Vst(0), vb, p.ldv, 0, n_kv, d, vec);
     dev::cp_async_commit();
 
     // Q's A fragments for this warp's 16 rows and SL channels: a0 = Q[g][c], a1 = Q[g+8][c],
@@ -386,8 +397,8 @@ static __device__ __forceinline__ void flash_fwd_wide_tf32(const LcmAttnParams& 
         const int buf = t & 1;
         if (t + 1 < ntiles) {
             // The other stage was last read in iteration t-1, which ended with a barrier.
-            load_rows<DP, LD, BKT, 256>(Kst(buf ^ 1), kb, p.ldk, (t + 1) * BKT, p.n_kv, d, vec);
-            load_rows<DP, LD, BKT, 256>(Vst(buf ^ 1), vb, p.ldv, (t + 1) * BKT, p.n_kv, d, vec);
+            load_rows<DP, LD, BKT, 256>(Kst(buf ^ 1), kb, p.ldk, (t + 1) * BKT, n_kv, d, vec);
+            load_rows<DP, LD, BKT, 256>(Vst(buf ^ 1), vb, p.ldv, (t + 1) * BKT, n_kv, d, vec);
             dev::cp_async_commit();
             dev::cp_async_wait<1>();
         } else {
@@ -412,7 +423,7 @@ static __device__ __forceinline__ void flash_fwd_wide_tf32(const LcmAttnParams& 
         __syncthreads();
 #pragma unroll
         for (int e = 0; e < 4; ++e) s[0][e] = Sp[rg][0][lane][e] + Sp[rg][1][lane][e] + Sp[rg][2][lane][e] + Sp[rg][3][lane][e];
-        online_softmax<1, SL / 8, false>(s, o, mrow, lrow, t * BKT, q_row0, p.n_kv, p.scale_log2);
+        online_softmax<1, SL / 8, false>(s, o, mrow, lrow, t * BKT, q_row0, n_kv, p.scale_log2);
 
         // P (rows g, g+8; keys 2t, 2t+1) as the A fragment of logical k = t, t + 4.
         const uint32_t a[4] = {dev::to_tf32(dev::f32_bits(s[0][0])), dev::to_tf32(dev::f32_bits(s[0][2])),

@@ -15,15 +15,17 @@
 //! budget (`gpu_util::fit`; channels, heads and kernel sizes stay); `LCM_BACKEND_OPS_FULL=1` adds the
 //! rest of the model shapes and uses the GPU suites' larger budget. On a GPU nothing shrinks.
 //! `LCM_BACKEND_OPS_KIND=Silu` runs only the kinds whose name contains it.
+//! `limited_rows_match_calls_over_their_keys` checks the attention key limit against its meaning on the
+//! CUDA backend alone: a limited row is a call over its own keys.
 
 #[path = "backend_ops/cases.rs"]
 mod cases;
 mod gpu_util;
 
 use cases::*;
-use gpu_util::{fail_case, random_inputs, run_gpu_tests, Diff, Pair, Rng, TOL};
+use gpu_util::{fail_case, random_inputs, run_gpu_tests, Diff, Input, Pair, Rng, TOL};
 use lcm::cuda::{CudaBackend, Precision};
-use lcm_core::{Activation, MapKind, Op};
+use lcm_core::{Activation, Elem, MapKind, Op};
 
 macro_rules! kinds {
     ($($k:ident),* $(,)?) => {
@@ -45,6 +47,7 @@ kinds!(
     LayerNorm,
     Attention,
     AttentionCausal,
+    AttentionLimited,
     Geglu,
     Silu,
     Gelu,
@@ -75,8 +78,9 @@ fn kind_of(op: &Op) -> Kind {
         Op::GroupNorm { silu: false, .. } => Kind::GroupNorm,
         Op::GroupNorm { silu: true, .. } => Kind::GroupNormSilu,
         Op::LayerNorm { .. } => Kind::LayerNorm,
-        Op::Attention { causal: false, .. } => Kind::Attention,
-        Op::Attention { causal: true, .. } => Kind::AttentionCausal,
+        Op::Attention { key_limit: Some(_), .. } => Kind::AttentionLimited,
+        Op::Attention { causal: false, key_limit: None, .. } => Kind::Attention,
+        Op::Attention { causal: true, key_limit: None, .. } => Kind::AttentionCausal,
         Op::Geglu { .. } => Kind::Geglu,
         Op::Map { kind, .. } => match kind {
             MapKind::Act(Activation::Silu) => Kind::Silu,
@@ -103,7 +107,8 @@ fn kind_of(op: &Op) -> Kind {
 fn has_f32(k: Kind) -> bool {
     use Kind::*;
     match k {
-        Conv2d | Conv2dResidual | Linear | LinearResidual | GroupNorm | GroupNormSilu | Attention => true,
+        Conv2d | Conv2dResidual | Linear | LinearResidual | GroupNorm | GroupNormSilu | Attention
+        | AttentionLimited => true,
         Silu | Gelu | QuickGelu | Relu | TanhClamp | Scale | Add | Upsample | Cast => true,
         LinearGeglu | LayerNorm | AttentionCausal | Geglu | AddChannel | AddScaled | Concat | Embed | TimestepEmbed
         | LcmStep | InpaintBlend => false,
@@ -121,6 +126,7 @@ fn cases(k: Kind) -> Vec<Case> {
         Kind::LayerNorm => layer_norm_cases(),
         Kind::Attention => attention_cases(false),
         Kind::AttentionCausal => attention_cases(true),
+        Kind::AttentionLimited => attention_limited_cases(),
         Kind::Geglu | Kind::AddChannel | Kind::AddScaled => eltwise_cases(k),
         Kind::Silu => act_cases(Activation::Silu),
         Kind::Gelu => act_cases(Activation::Gelu),
@@ -194,6 +200,46 @@ fn every_op_matches_cpu_f32(be: CudaBackend) {
     run_kinds(&be.with_precision(Precision::F32), KINDS.iter().copied().filter(|&k| has_f32(k)));
 }
 
+/// On the CUDA backend, each batch row of a limited attention equals a batch-1 call over its own keys
+/// alone (q, and k and v cut to the keys it sees). The keys past a limited row's count are NaN, so a
+/// kernel that reads them (a key not masked, or not zero-filled under 0·P) fails.
+fn limited_rows_match_calls_over_their_keys(be: CudaBackend) {
+    for (i, c) in LIMITED_ATTN.iter().enumerate() {
+        let g = limited_attention_graph(c);
+        let (batch, n_kv, l, tag) = (c.0, c.2, c.5, c.6);
+        let (n_q, ch) = (g.shape(g.inputs[0])[1], c.3 * c.4);
+        let mut rng = Rng::new(20_000 + i as u64);
+        let [q, mut k, mut v] = [n_q, n_kv, n_kv].map(|t| rng.vec(batch * t * ch, 1.0));
+        for b in l.rows() {
+            for x in [&mut k, &mut v] {
+                x[(b * n_kv + l.keys) * ch..(b + 1) * n_kv * ch].fill(f32::NAN);
+            }
+        }
+        let mut pair = Pair::new(&be, g, &mut rng);
+        let inputs: Vec<Input> = [&q, &k, &v].map(|x| Input::F32(x.clone())).into();
+        pair.run(&inputs);
+        let limited = pair.gpu_output(0);
+        for b in 0..batch {
+            let keys = if l.rows().contains(&b) { l.keys } else { n_kv };
+            let one = graph(|gb| {
+                let qi = gb.input(&[1, n_q, ch], Elem::Act);
+                let ki = gb.input(&[1, keys, ch], Elem::Act);
+                let vi = gb.input(&[1, keys, ch], Elem::Act);
+                gb.attention(qi, ki, vi, c.3, false)
+            });
+            let cut = |x: &[f32], t: usize, m: usize| Input::F32(x[b * t * ch..(b * t + m) * ch].to_vec());
+            let mut alone = Pair::new(&be, one, &mut rng);
+            alone.run(&[cut(&q, n_q, n_q), cut(&k, n_kv, keys), cut(&v, n_kv, keys)]);
+            let row = &limited[b * n_q * ch..(b + 1) * n_q * ch];
+            let d = Diff::of(row, &alone.gpu_output(0));
+            println!("{tag}: row {b} ({keys} keys) against a call over its keys: {d}");
+            if !d.ok() {
+                fail_case(format!("{tag}: row {b} ({keys} keys): {d} (limit {TOL:.0e}); kernels: {}", pair.kernels()));
+            }
+        }
+    }
+}
+
 /// Diff's verdict is the one every case uses: NaN never passes, and the limit is strict.
 fn the_verdict_refuses_nan_and_the_limit(_be: CudaBackend) {
     let reference = [1.0, -2.0, 3.0, 0.5];
@@ -209,6 +255,7 @@ fn main() -> std::process::ExitCode {
             ("the_verdict_refuses_nan_and_the_limit", the_verdict_refuses_nan_and_the_limit),
             ("every_op_matches_cpu", every_op_matches_cpu),
             ("every_op_matches_cpu_f32", every_op_matches_cpu_f32),
+            ("limited_rows_match_calls_over_their_keys", limited_rows_match_calls_over_their_keys),
         ],
     )
 }

@@ -137,7 +137,9 @@ LCM_STATIC_ASSERT(sizeof(LcmGemmParams) == 128, "LcmGemmParams layout changed: u
 // Fused multi-head attention, flash style (kernels/attention.cu): out = softmax(q·kᵀ·scale)·v per head,
 // the scores never leave the chip. q `[B, n_q, ·]`, k and v `[B, n_kv, ·]`, out `[B, n_q, ·]`; head h
 // reads channels h·head_dim .. (h+1)·head_dim of each row; ld* are the row strides in elements (heads ·
-// head_dim when unpacked). causal masks key j > query i.
+// head_dim when unpacked). causal masks key j > query i. Batch rows kv_limit_rows_begin ..
+// kv_limit_rows_end see only keys 0 .. kv_limit_keys (≤ n_kv), as a call over those keys alone would;
+// the batch strides keep n_kv. An empty row range (0, 0) limits nothing.
 typedef struct LcmAttnParams {
     LCM_CPTR(__half) q;
     LCM_CPTR(__half) k;
@@ -146,8 +148,10 @@ typedef struct LcmAttnParams {
     int batch, heads, n_q, n_kv, head_dim;
     int ldq, ldk, ldv, ldo;
     float scale_log2;           // softmax scale · log2(e): the kernel works in base 2
+    int kv_limit_rows_begin, kv_limit_rows_end, kv_limit_keys;
+    int pad0;
 } LcmAttnParams;
-LCM_STATIC_ASSERT(sizeof(LcmAttnParams) == 72, "LcmAttnParams layout changed: update src/cuda/abi.rs");
+LCM_STATIC_ASSERT(sizeof(LcmAttnParams) == 88, "LcmAttnParams layout changed: update src/cuda/abi.rs");
 
 // GroupNorm over NHWC `[B, hw, C]` in three launches (kernels/norm.cu), all with this struct:
 //   stats:    grid (chunks, B): per chunk of `chunk_pixels` pixels, per group, (mean, M2) into `partial`

@@ -14,7 +14,7 @@ const _: () = assert!(std::mem::size_of::<LcmStepParams>() == 72);
 const _: () = assert!(std::mem::size_of::<LcmCastParams>() == 48);
 const _: () = assert!(std::mem::size_of::<LcmBlendParams>() == 64);
 const _: () = assert!(std::mem::size_of::<LcmGemmParams>() == 128);
-const _: () = assert!(std::mem::size_of::<LcmAttnParams>() == 72);
+const _: () = assert!(std::mem::size_of::<LcmAttnParams>() == 88);
 const _: () = assert!(std::mem::size_of::<LcmGroupNormParams>() == 80);
 const _: () = assert!(std::mem::size_of::<LcmLayerNormParams>() == 48);
 const _: () = assert!(std::mem::size_of::<LcmEltwiseParams>() == 56);
@@ -132,7 +132,11 @@ pub fn rust_layout() -> Vec<(String, u64)> {
         ldk,
         ldv,
         ldo,
-        scale_log2
+        scale_log2,
+        kv_limit_rows_begin,
+        kv_limit_rows_end,
+        kv_limit_keys,
+        pad0
     }));
     v.extend(layout!(LcmGroupNormParams {
         x,

@@ -109,6 +109,10 @@ pub struct LcmAttnParams {
     pub ldv: ::std::os::raw::c_int,
     pub ldo: ::std::os::raw::c_int,
     pub scale_log2: f32,
+    pub kv_limit_rows_begin: ::std::os::raw::c_int,
+    pub kv_limit_rows_end: ::std::os::raw::c_int,
+    pub kv_limit_keys: ::std::os::raw::c_int,
+    pub pad0: ::std::os::raw::c_int,
 }
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]

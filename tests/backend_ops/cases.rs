@@ -4,7 +4,7 @@
 use crate::gpu_util::{self, fit, Input, Rng};
 use crate::Kind;
 use lcm_core::lcm::{Prediction, Sampling, StepRow, StepRule, STEP_ROW};
-use lcm_core::{Activation, Elem, Graph, GraphBuilder, MapKind, TensorId, WeightKind};
+use lcm_core::{Activation, Elem, Graph, GraphBuilder, KeyLimit, MapKind, TensorId, WeightKind};
 
 /// One graph to run on both backends, with its inputs when random normal ones will not do.
 pub struct Case {
@@ -31,7 +31,7 @@ fn fit_hw([h, w]: [usize; 2], min: usize, per_pixel: usize, limit: u64) -> [usiz
     fit([h, w], [min, min], limit, |[h, w]| (h * w * per_pixel) as u64)
 }
 
-fn graph(f: impl FnOnce(&mut GraphBuilder) -> TensorId) -> Graph {
+pub fn graph(f: impl FnOnce(&mut GraphBuilder) -> TensorId) -> Graph {
     let mut b = GraphBuilder::new();
     let out = f(&mut b);
     b.output(out);
@@ -198,6 +198,13 @@ pub fn attention_cases(causal: bool) -> Vec<Case> {
             (2, 100, 33, 2, 8, "awkward: hd8"),
             (1, 70, 130, 3, 12, "awkward: hd12, scalar loads"),
             (1, 33, 47, 2, 200, "awkward: hd200 through the wide kernel"),
+            // A1111 prompts of k chunks: 77·k keys, and odd counts, through each kernel.
+            (2, 64, 154, 8, 40, "77·2 keys (hd40)"),
+            (1, 64, 231, 8, 80, "77·3 keys (hd80)"),
+            (1, 64, 308, 8, 160, "77·4 keys (hd160, key tiles of 32)"),
+            (1, 40, 1, 2, 16, "one key"),
+            (1, 40, 65, 2, 64, "65 keys: one past the tile"),
+            (1, 33, 231, 1, 512, "77·3 keys through the wide kernel"),
         ]
     };
     let more: &[AttnShape] = if causal {
@@ -219,6 +226,46 @@ pub fn attention_cases(causal: bool) -> Vec<Case> {
             b.attention(q, k, v, heads, causal)
         });
         case(format!("{tag}: {batch}x{n_q}x{n_kv}, {heads} heads of {d}"), g)
+    });
+    cases.collect()
+}
+
+/// (batch, n_q, n_kv, heads, head_dim, limit, tag): limited rows at the start and at the end of the
+/// batch, A1111's 77·k key counts and odd ones, through each kernel.
+pub type LimitedAttn = (usize, usize, usize, usize, usize, KeyLimit, &'static str);
+
+const fn limit(rows_begin: usize, rows_end: usize, keys: usize) -> KeyLimit {
+    KeyLimit { rows_begin, rows_end, keys }
+}
+
+pub const LIMITED_ATTN: &[LimitedAttn] = &[
+    (2, 1024, 154, 8, 80, limit(0, 1, 77), "unet cross 32x32, uncond 77 of 154 (hd80)"),
+    (2, 256, 154, 8, 160, limit(1, 2, 77), "unet cross 16x16, cond 77 of 154 (hd160)"),
+    (3, 64, 231, 8, 40, limit(2, 3, 154), "154 of 231, last row (hd40)"),
+    (4, 64, 231, 8, 40, limit(0, 2, 154), "154 of 231, first two rows (hd40)"),
+    (2, 100, 65, 2, 8, limit(0, 1, 1), "1 of 65 (hd8)"),
+    (2, 70, 100, 3, 12, limit(1, 2, 77), "77 of 100, scalar loads (hd12)"),
+    (2, 33, 154, 1, 512, limit(0, 1, 77), "77 of 154 through the wide kernel"),
+];
+
+/// Limited attention's graph, its queries shrunk to the emulator's budget.
+pub fn limited_attention_graph(&(batch, n_q, n_kv, heads, d, l, _): &LimitedAttn) -> Graph {
+    let (macs, _) = budget();
+    let [n_q] = fit([n_q], [1], macs, |[q]| (2 * batch * heads * d * q * n_kv) as u64);
+    graph(|b| {
+        let q = b.input(&[batch, n_q, heads * d], Elem::Act);
+        let k = b.input(&[batch, n_kv, heads * d], Elem::Act);
+        let v = b.input(&[batch, n_kv, heads * d], Elem::Act);
+        b.attention_limited(q, k, v, heads, Some(l))
+    })
+}
+
+pub fn attention_limited_cases() -> Vec<Case> {
+    let cases = LIMITED_ATTN.iter().map(|c| {
+        let (batch, _, n_kv, heads, d, l, tag) = *c;
+        let name =
+            format!("{tag}: batch {batch}, {n_kv} keys, rows {:?} see {}, {heads} heads of {d}", l.rows(), l.keys);
+        case(name, limited_attention_graph(c))
     });
     cases.collect()
 }

@@ -29,7 +29,7 @@ const CASES: &[Case] = &[
 
 impl Case {
     fn shape(&self) -> AttnShape {
-        AttnShape { batch: 1, n: self.n, m: self.m, c: self.c, heads: self.heads, causal: false }
+        AttnShape { batch: 1, n: self.n, m: self.m, c: self.c, heads: self.heads, causal: false, key_limit: None }
     }
     /// Two GEMMs of n·m·c MACs each, 2 flops per MAC.
     fn flops(&self) -> f64 {

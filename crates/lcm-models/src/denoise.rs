@@ -3,7 +3,8 @@
 //! loop is one graph replay), and the models hand their results to each other on the backend.
 //!
 //! Inputs (in this order, see [`input`] and [`DenoiseInputs`]): the initial latents `F32 [N, h, w, c]`
-//! (NHWC), the text context `Act [B, T, D]` (B = 2N when guided: uncond then cond), the UNet's
+//! (NHWC), the text context `Act [B, T, D]` (B = 2N when guided: uncond then cond; T = the longer of
+//! the two texts when they differ, [`DenoiseShape::uncond_ctx_len`]), the UNet's
 //! timesteps `Act [steps, B]`, the schedule `F32 [steps, STEP_ROW]` (`lcm_core::lcm::StepRow`), the
 //! noise `F32 [rows, N, h, w, c]` (row k for step k; [`NoiseSteps::rows`]); for LCM UNets the guidance embedding `Act [B, d]`
 //! (B = N: the pipeline never runs such a UNet with CFG); with two text encoders the context comes in
@@ -17,6 +18,12 @@
 //! (`controlnet_conditioning_scale` per ControlNet and row of the UNet's batch). All are written once
 //! per generation.
 //!
+//! Uncond and cond texts of different lengths (A1111 prompts of different chunk counts, which A1111 runs
+//! as two UNet calls) run as one batch: the shorter half's rows are padded to the longer and every
+//! cross-attention (UNet and ControlNets) limits those rows to their own tokens (`Op::Attention`'s
+//! `key_limit`), which gives exactly what a call over those tokens alone gives. The caller writes zeros
+//! into the padded tokens (never read by attention, but the k/v projections run over them).
+//!
 //! A ControlNet runs inside the same graph, with its own weights (`GraphBuilder::set_weight_scope`:
 //! the executor runs with the UNet's weights then each ControlNet's, `Executor::with_parts`): its
 //! control-image embedding (and SDXL added embedding) once before the loop, its encoder at each step
@@ -25,8 +32,11 @@
 //! (`F32`, latents / scaling_factor + shift: the decoder takes `F32`, whatever its activations).
 
 use lcm_core::lcm::{Sampling, STEP_ROW};
-use lcm_core::{Backend, Elem, Error, Executor, Graph, GraphBuilder, HostData, ModelWeights, Result, Tensor, TensorId};
+use lcm_core::{
+    Backend, Elem, Error, Executor, Graph, GraphBuilder, HostData, KeyLimit, ModelWeights, Result, Tensor, TensorId,
+};
 
+use crate::arch::blocks::Context;
 use crate::arch::clip::ClipTextModel;
 use crate::arch::controlnet::ControlNetConfig;
 use crate::arch::unet::{ControlResiduals, Unet, UnetConfig};
@@ -110,8 +120,14 @@ pub struct DenoiseShape {
     pub h: usize,
     /// Latent width.
     pub w: usize,
-    /// Text tokens (77 for CLIP).
+    /// Text tokens (77 for CLIP; 77·k for an A1111 prompt of k chunks): the cond rows' (all rows' when
+    /// `uncond_ctx_len` is `None`).
     pub ctx_len: usize,
+    /// Guided only, and only when it differs from `ctx_len`: the uncond rows' text tokens. The context
+    /// input(s) then hold [`DenoiseShape::context_tokens`] = max(this, `ctx_len`) tokens a row, the
+    /// shorter half's rows padded with zeros by the caller and each cross-attention limiting those rows
+    /// to their own tokens.
+    pub uncond_ctx_len: Option<usize>,
     /// UNet calls (sampler steps) run.
     pub steps: usize,
     /// The sampler's step: its rule, what the UNet predicts, x0's clamp.
@@ -140,6 +156,23 @@ impl DenoiseShape {
     /// The UNet's batch: 2N when guided.
     pub fn batch(&self) -> usize {
         self.images * if self.guided { 2 } else { 1 }
+    }
+
+    /// Tokens a row of the context input holds: the longer of the uncond and cond texts.
+    pub fn context_tokens(&self) -> usize {
+        self.uncond_ctx_len.map_or(self.ctx_len, |t| t.max(self.ctx_len))
+    }
+
+    /// The rows of the shorter text (the uncond rows `0..N` or the cond rows `N..2N`) and their token
+    /// count, for each cross-attention; `None` when every row sees the whole context.
+    pub fn context_limit(&self) -> Option<KeyLimit> {
+        let t = self.uncond_ctx_len?;
+        let n = self.images;
+        Some(if t < self.ctx_len {
+            KeyLimit { rows_begin: 0, rows_end: n, keys: t }
+        } else {
+            KeyLimit { rows_begin: n, rows_end: 2 * n, keys: self.ctx_len }
+        })
     }
 
     /// Rows of the noise input (see [`NoiseSteps::rows`]).
@@ -208,6 +241,18 @@ impl UnetConfig {
         if d.images == 0 || d.steps == 0 || d.h == 0 || d.w == 0 || d.ctx_len == 0 {
             return Err(Error::invalid("denoising loop", format!("empty: {d:?}")));
         }
+        if let Some(t) = d.uncond_ctx_len {
+            if !d.guided || t == 0 || t == d.ctx_len {
+                return Err(Error::invalid(
+                    "uncond_ctx_len",
+                    format!(
+                        "{t} with ctx_len {} (guided: {}): expected a guided loop and a non-zero token count \
+                         other than ctx_len (None when both texts have ctx_len tokens)",
+                        d.ctx_len, d.guided
+                    ),
+                ));
+            }
+        }
         if !controls.is_empty() && d.steps > u64::BITS as usize {
             // DenoiseControl::active has one bit per step.
             return Err(Error::invalid("steps", format!("{}: ControlNets run at most 64 steps", d.steps)));
@@ -237,18 +282,20 @@ impl UnetConfig {
         }
         let mut b = GraphBuilder::new();
         let mut x = b.input(&[n, d.h, d.w, c], Elem::F32);
-        let ctx = b.input(&[batch, d.ctx_len, cfg.context_split.unwrap_or(width)], Elem::Act);
+        let tokens = d.context_tokens();
+        let ctx = b.input(&[batch, tokens, cfg.context_split.unwrap_or(width)], Elem::Act);
         let t = b.input(&[d.steps, batch], Elem::Act);
         let schedule = b.input(&[d.steps, STEP_ROW], Elem::F32);
         let noise = b.input(&[d.noise_rows(), n, d.h, d.w, c], Elem::F32);
         let cond = self.time_cond_proj_dim.map(|dim| b.input(&[batch, dim], Elem::Act));
         let ctx = match cfg.context_split {
             Some(w1) => {
-                let second = b.input(&[batch, d.ctx_len, width - w1], Elem::Act);
+                let second = b.input(&[batch, tokens, width - w1], Elem::Act);
                 b.concat(ctx, second) // once, before the loop: every step reads the joined context
             }
             None => ctx,
         };
+        let ctx = Context { tensor: ctx, limit: d.context_limit() };
         let added = self.added_inputs(&mut b, batch);
         let aug = added.map(|(text, ids)| self.add_embedding(&mut b, text, ids));
         let inpaint = d.inpaint.map(|kind| match kind {
@@ -343,10 +390,11 @@ impl UnetConfig {
 }
 
 /// The executor key of a denoising graph: disjoint from the UNet's plain-call keys (4 values); each
-/// ControlNet adds which one it is and its active steps.
+/// ControlNet adds which one it is and its active steps. Every field of the shape is in it.
 fn key(d: &DenoiseShape, controls: &[DenoiseControl]) -> Vec<usize> {
     let inpaint = d.inpaint.map_or(0, |k| 1 + k as usize);
-    let mut k = vec![usize::MAX, d.images, d.h, d.w, d.ctx_len, d.steps, d.guided as usize, inpaint];
+    let uncond_ctx_len = d.uncond_ctx_len.map_or(0, |t| 1 + t);
+    let mut k = vec![usize::MAX, d.images, d.h, d.w, d.ctx_len, uncond_ctx_len, d.steps, d.guided as usize, inpaint];
     let s = &d.sampling;
     let clip = s.clip.map_or(0, |c| 1 + c.to_bits() as usize);
     k.extend([s.rule as usize, s.prediction as usize, clip, d.noise as usize]);

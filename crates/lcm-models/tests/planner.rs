@@ -76,6 +76,7 @@ fn sd15_geglu_is_fused_on_every_transformer_block() {
         h: 64,
         w: 64,
         ctx_len: 77,
+        uncond_ctx_len: None,
         steps: 4,
         sampling: Sampling::LCM,
         noise: NoiseSteps::AllButLast,

@@ -1,7 +1,7 @@
 //! The attention family (kernels/attention.cu): the head-dim instantiation table, launch planning,
 //! and the record arm for `Attention`.
 
-use lcm_core::{Attention, Error, Op, Problem, Result};
+use lcm_core::{Attention, Error, KeyLimit, Op, Problem, Result};
 
 use crate::cuda::abi::LcmAttnParams;
 use crate::cuda::kernel_table::Kernel;
@@ -54,6 +54,7 @@ pub fn attention(s: &Attention, q: u64, k: u64, v: u64, out: u64, prec: Precisio
     };
     let smem = check_smem(kernel, smem, lim)?;
     let c32 = dim(c, "attention channels")?;
+    let limit = s.key_limit.unwrap_or(KeyLimit { rows_begin: 0, rows_end: 0, keys: s.n_kv });
     dim(s.batch * s.n_q.max(s.n_kv) * c, "attention elements")?;
     let params = LcmAttnParams {
         q,
@@ -70,6 +71,11 @@ pub fn attention(s: &Attention, q: u64, k: u64, v: u64, out: u64, prec: Precisio
         ldv: c32,
         ldo: c32,
         scale_log2: std::f32::consts::LOG2_E / (s.head_dim as f32).sqrt(),
+        // The lowering checked the limit against the batch and n_kv; no limit is an empty row range.
+        kv_limit_rows_begin: dim(limit.rows_begin, "key limit rows")?,
+        kv_limit_rows_end: dim(limit.rows_end, "key limit rows")?,
+        kv_limit_keys: dim(limit.keys, "key limit keys")?,
+        pad0: 0,
     };
     if s.heads > 65535 || s.batch > 65535 {
         return Err(Error::backend("attention grid: heads and batch must be below 65536"));
@@ -100,7 +106,7 @@ mod tests {
     #[test]
     fn attention_table_covers_every_sd15_head_and_the_general_path() {
         let plan = |d: usize, causal: bool| {
-            let s = Attention { batch: 1, heads: 1, n_q: 77, n_kv: 77, head_dim: d, causal };
+            let s = Attention { batch: 1, heads: 1, n_q: 77, n_kv: 77, head_dim: d, causal, key_limit: None };
             attention(&s, 0, 0, 0, 0, Precision::F16, RTX)
         };
         let pick = |d: usize, causal: bool| plan(d, causal).map(|l| l.kernel);

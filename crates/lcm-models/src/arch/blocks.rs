@@ -2,7 +2,7 @@
 //! the attention of a BasicTransformerBlock, Transformer2DModel, and the VAE's mid-block attention.
 //! Names are checkpoint prefixes; the graph's fusion pass merges GroupNorm+SiLU and the residual adds.
 
-use lcm_core::{Activation, GraphBuilder, TensorId};
+use lcm_core::{Activation, GraphBuilder, KeyLimit, TensorId};
 
 /// A GroupNorm's settings, shared by the blocks of one model.
 pub struct Norm {
@@ -10,6 +10,24 @@ pub struct Norm {
     pub groups: usize,
     /// Added to the variance (`norm_eps` / `resnet_eps`).
     pub eps: f32,
+}
+
+/// The text context the cross-attentions read, `[B, T, D]`, and the batch rows that see only its first
+/// tokens (a guided batch whose uncond and cond texts have different lengths, the shorter padded:
+/// `DenoiseShape::uncond_ctx_len`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Context {
+    /// The context tensor.
+    pub tensor: TensorId,
+    /// The rows limited to fewer tokens, if any.
+    pub limit: Option<KeyLimit>,
+}
+
+impl From<TensorId> for Context {
+    /// A context every row sees whole.
+    fn from(tensor: TensorId) -> Self {
+        Context { tensor, limit: None }
+    }
 }
 
 /// ResnetBlock2D: norm1 → SiLU → conv1 (+ time_emb_proj(SiLU(temb)) per channel) → norm2 → SiLU →
@@ -47,22 +65,23 @@ pub fn resnet(
 }
 
 /// diffusers `Attention` as used in transformer blocks: to_q/k/v (bias as given), multi-head
-/// attention, to_out.0 with bias. `ctx` is the key/value source (the input itself for self-attention).
-pub fn attention(b: &mut GraphBuilder, p: &str, x: TensorId, ctx: TensorId, heads: usize, qkv_bias: bool) -> TensorId {
+/// attention, to_out.0 with bias. `ctx` is the key/value source (the input itself for self-attention),
+/// its `limit` the rows that see only its first tokens.
+pub fn attention(b: &mut GraphBuilder, p: &str, x: TensorId, ctx: Context, heads: usize, qkv_bias: bool) -> TensorId {
     let c = b.channels(x);
     let q = b.linear(&format!("{p}.to_q"), x, c, qkv_bias);
-    let k = b.linear(&format!("{p}.to_k"), ctx, c, qkv_bias);
-    let v = b.linear(&format!("{p}.to_v"), ctx, c, qkv_bias);
-    let o = b.attention(q, k, v, heads, false);
+    let k = b.linear(&format!("{p}.to_k"), ctx.tensor, c, qkv_bias);
+    let v = b.linear(&format!("{p}.to_v"), ctx.tensor, c, qkv_bias);
+    let o = b.attention_limited(q, k, v, heads, ctx.limit);
     b.linear(&format!("{p}.to_out.0"), o, c, true)
 }
 
 /// BasicTransformerBlock: self-attention, cross-attention, GEGLU feed-forward, each pre-LayerNorm
 /// with a residual add.
-fn transformer_block(b: &mut GraphBuilder, p: &str, x: TensorId, ctx: TensorId, heads: usize) -> TensorId {
+fn transformer_block(b: &mut GraphBuilder, p: &str, x: TensorId, ctx: Context, heads: usize) -> TensorId {
     let c = b.channels(x);
     let n = b.layer_norm(&format!("{p}.norm1"), x, 1e-5);
-    let a = attention(b, &format!("{p}.attn1"), n, n, heads, false);
+    let a = attention(b, &format!("{p}.attn1"), n, n.into(), heads, false);
     let x = b.add(a, x);
     let n = b.layer_norm(&format!("{p}.norm2"), x, 1e-5);
     let a = attention(b, &format!("{p}.attn2"), n, ctx, heads, false);
@@ -80,7 +99,7 @@ pub fn transformer_2d(
     b: &mut GraphBuilder,
     p: &str,
     x: TensorId,
-    ctx: TensorId,
+    ctx: Context,
     heads: usize,
     layers: usize,
     groups: usize,
@@ -114,7 +133,7 @@ pub fn vae_attention(
     output_scale: f32,
 ) -> TensorId {
     let h = b.group_norm(&format!("{p}.group_norm"), x, norm.groups, norm.eps, false);
-    let o = attention(b, p, h, h, heads, true);
+    let o = attention(b, p, h, h.into(), heads, true);
     let out = b.add(o, x);
     if output_scale != 1.0 {
         b.scale(out, 1.0 / output_scale, 0.0)

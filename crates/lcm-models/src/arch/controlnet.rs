@@ -7,6 +7,7 @@
 
 use lcm_core::{Activation, Backend, Elem, Error, Graph, GraphBuilder, HostData, Result, Tensor, TensorId};
 
+use crate::arch::blocks::Context;
 use crate::arch::unet::{AddedCond, UnetConfig, TEXT_TIME_IDS};
 use crate::runner::Runner;
 
@@ -87,7 +88,7 @@ impl ControlNetConfig {
         b: &mut GraphBuilder,
         sample: TensorId,
         t: (TensorId, usize),
-        ctx: TensorId,
+        ctx: Context,
         aug: Option<TensorId>,
         cond: TensorId,
     ) -> (Vec<TensorId>, TensorId) {
@@ -126,7 +127,7 @@ impl ControlNetConfig {
         let image = b.input(&[batch, h * f, w * f, self.conditioning_channels], Elem::Act);
         let cond = self.cond_embedding(&mut b, image);
         let aug = u.added_inputs(&mut b, batch).map(|(text, ids)| u.add_embedding(&mut b, text, ids));
-        let (down, mid) = self.residuals(&mut b, sample, (t, 0), ctx, aug, cond);
+        let (down, mid) = self.residuals(&mut b, sample, (t, 0), Context::from(ctx), aug, cond);
         for d in down {
             b.output(d);
         }

@@ -6,7 +6,7 @@
 
 use lcm_core::{Activation, Backend, Elem, Error, Graph, GraphBuilder, HostData, Result, Tensor, TensorId, WeightSpec};
 
-use crate::arch::blocks::{resnet, transformer_2d, Norm};
+use crate::arch::blocks::{resnet, transformer_2d, Context, Norm};
 use crate::runner::Runner;
 
 /// The kind of a UNet level's block, for the down path and (mirrored) the up path.
@@ -140,7 +140,7 @@ impl UnetConfig {
         let ctx = b.input(&[batch, ctx_len, self.cross_attention_dim], Elem::Act);
         let cond = self.time_cond_proj_dim.map(|d| b.input(&[batch, d], Elem::Act));
         let aug = self.added_inputs(&mut b, batch).map(|(text, ids)| self.add_embedding(&mut b, text, ids));
-        let out = self.build(&mut b, sample, (t, 0), ctx, cond, aug, &[]);
+        let out = self.build(&mut b, sample, (t, 0), Context::from(ctx), cond, aug, &[]);
         b.output(out);
         b.finish()
     }
@@ -178,7 +178,7 @@ impl UnetConfig {
     }
 
     /// The UNet's ops on `sample` `[B, H, W, in_channels]` with timesteps row `t.1` of `t.0` (`[B]` or
-    /// `[rows, B]`), context `ctx`, for LCM UNets the guidance embedding `cond` and for SDXL the added
+    /// `[rows, B]`), context `ctx` (with the rows that see fewer of its tokens), for LCM UNets the guidance embedding `cond` and for SDXL the added
     /// embedding `aug` ([`Self::add_embedding`]), each ControlNet's residuals in `control` added to the
     /// skip connections and the mid block's output: the model output. Weights are declared by name, so
     /// building it twice in one graph shares them.
@@ -188,7 +188,7 @@ impl UnetConfig {
         b: &mut GraphBuilder,
         sample: TensorId,
         t: (TensorId, usize),
-        ctx: TensorId,
+        ctx: Context,
         cond: Option<TensorId>,
         aug: Option<TensorId>,
         control: &[ControlResiduals],
@@ -245,7 +245,7 @@ impl UnetConfig {
         b: &mut GraphBuilder,
         h: TensorId,
         temb_act: TensorId,
-        ctx: TensorId,
+        ctx: Context,
     ) -> (TensorId, Vec<TensorId>) {
         let norm = Norm { groups: self.norm_groups, eps: self.norm_eps };
         let temb_act = Some(temb_act);
@@ -289,7 +289,7 @@ impl UnetConfig {
         mut x: TensorId,
         mut skips: Vec<TensorId>,
         temb_act: TensorId,
-        ctx: TensorId,
+        ctx: Context,
     ) -> TensorId {
         let norm = Norm { groups: self.norm_groups, eps: self.norm_eps };
         let temb_act = Some(temb_act);
@@ -333,7 +333,7 @@ impl UnetConfig {
         b: &mut GraphBuilder,
         p: &str,
         x: TensorId,
-        ctx: TensorId,
+        ctx: Context,
         level: usize,
         depth: usize,
     ) -> TensorId {

@@ -185,8 +185,18 @@ impl<B: Backend> Pipeline<B> {
         let scale = self.vae.config.downscale();
         let (h, w) = (req.height / scale, req.width / scale);
         let (sampling, noise) = (scheduler.sampling(), scheduler.noise_steps());
-        let shape =
-            DenoiseShape { images: n, h, w, ctx_len: CLIP_MAX_LEN, steps: run.len(), sampling, noise, guided, inpaint };
+        let shape = DenoiseShape {
+            images: n,
+            h,
+            w,
+            ctx_len: CLIP_MAX_LEN,
+            uncond_ctx_len: None,
+            steps: run.len(),
+            sampling,
+            noise,
+            guided,
+            inpaint,
+        };
         let channels = self.unet.config.out_channels;
         let Draws { latents, noise, inpaint: inpaint_inputs } = self.draw(reqs, &shape, channels, &scheduler, first)?;
 
