@@ -5,7 +5,7 @@
 //! - [`spec`]: what to load ([`spec::LoadSpec`], LoRAs, [`spec::LoraMode`]) and what to generate
 //!   ([`spec::Request`], [`spec::InitImage`]), checked before any model runs; the image-size rule
 //!   ([`spec::SizeRule`]) and the field names errors carry ([`spec::Field`]).
-//! - [`tokenizer`] (CLIP BPE), [`scheduler`] (LCM, TCD, DDIM, Euler, Euler-ancestral), [`rng`] (torch's CPU generator).
+//! - [`tokenizer`] (CLIP BPE, with [`clip_vocab`]: CLIP's vocabulary built in), [`scheduler`] (LCM, TCD, DDIM, Euler, Euler-ancestral), [`rng`] (torch's CPU generator).
 //! - [`lora`]: LoRA files (kohya, peft) resolved onto the model's weights and merged as they load.
 //! - [`text`]: one or two text encoders written straight into the denoising loop's inputs.
 //! - [`load`]: what a [`spec::LoadSpec`] reads, from where.
@@ -18,6 +18,7 @@
 
 #![warn(missing_docs)]
 
+pub mod clip_vocab;
 pub mod control_image;
 pub mod load;
 pub mod lora;
