@@ -92,7 +92,7 @@ fn with_clip_vocabulary(out: &Path) {
         new_header.insert(name.clone(), entry);
     }
     let mut text = Value::Object(new_header).to_string();
-    while text.len() % 8 != 0 {
+    while !text.len().is_multiple_of(8) {
         text.push(' ');
     }
     let mut file = (text.len() as u64).to_le_bytes().to_vec();
