@@ -31,8 +31,8 @@ typedef struct LcmLora {
 typedef struct LcmLoadOptions {
   // A diffusers folder, or a single-file SD1.5-family checkpoint (`.safetensors`).
   const char *model;
-  // May be NULL. The tokenizer folder (`tokenizer.json`, or `vocab.json` + `merges.txt`); a
-  // single-file checkpoint needs one (SD1.5's).
+  // May be NULL. The tokenizer folder (`tokenizer.json`, or `vocab.json` + `merges.txt`); NULL gives
+  // a single-file checkpoint CLIP's built-in tokenizer (no download).
   const char *tokenizer_dir;
   // `LCM_DEVICE_*`.
   LcmDevice device;

@@ -70,8 +70,8 @@ pub struct LcmLora {
 pub struct LcmLoadOptions {
     /// A diffusers folder, or a single-file SD1.5-family checkpoint (`.safetensors`).
     pub model: *const c_char,
-    /// May be NULL. The tokenizer folder (`tokenizer.json`, or `vocab.json` + `merges.txt`); a
-    /// single-file checkpoint needs one (SD1.5's).
+    /// May be NULL. The tokenizer folder (`tokenizer.json`, or `vocab.json` + `merges.txt`); NULL gives
+    /// a single-file checkpoint CLIP's built-in tokenizer (no download).
     pub tokenizer_dir: *const c_char,
     /// `LCM_DEVICE_*`.
     pub device: LcmDevice,

@@ -101,13 +101,12 @@ pub fn run(args: FramesArgs) -> Result<()> {
     let first = frame_init(&args, &frames[0], InitImage::from_rgb8(w, h, &rgb, s.strength)?)?;
     let mut template = s.request(seed, (width, height), 1, Some(first));
     template.controls = args.control.units(&control_images(&args, &frames[0])?, (width, height), true)?;
-    let mut spec = args.model.load_spec(model_dir, loras);
+    let spec = args.model.load_spec(model_dir, loras);
     let (sampler, max_steps) = s.sampler(&lcm_pipeline::load::scheduler(&spec)?)?;
     template.sampler = Some(sampler);
     template.validate(max_steps)?;
     args.model.check_files(&spec)?;
     std::fs::create_dir_all(&args.output).map_err(|e| Error::file(&args.output, format!("--output: {e}")))?;
-    args.model.add_tokenizer(&mut spec)?;
     eprintln!("seed: {seed}{}", if args.seed_per_frame { " + frame index" } else { " (every frame)" });
     let (mut engine, load_time) = load_engine(open(args.model.device)?, spec, template.steps, args.model.tiling)?;
     eprintln!("load {}", ms(load_time));

@@ -106,7 +106,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let mut req = args.sampling.request(seed, (width, height), args.num_images, init_image);
     req.controls = control.units(&control_images, (width, height), img2img)?;
     // Everything that can be checked without loading a model is checked first.
-    let mut spec = args.model.load_spec(model_dir, loras);
+    let spec = args.model.load_spec(model_dir, loras);
     let (sampler, max_steps) = args.sampling.sampler(&lcm_pipeline::load::scheduler(&spec)?)?;
     req.sampler = Some(sampler);
     req.validate(max_steps)?;
@@ -116,7 +116,6 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             return Err(Error::file(dir, "output folder does not exist"));
         }
     }
-    args.model.add_tokenizer(&mut spec)?;
     eprintln!("seed: {seed}");
     let (mut engine, load_time) = load_engine(open(args.model.device)?, spec, req.steps, args.model.tiling)?;
     with_pipeline!(&mut engine, p => generate_with(p, &req, &args, load_time))

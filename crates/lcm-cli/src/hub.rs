@@ -1,6 +1,7 @@
-//! The default model when `--model` is not given: Stable Diffusion 1.5 plus the LCM-LoRA (and SD1.5's
-//! tokenizer for a single-file `--model` without `--config`), looked up in the Hugging Face cache (`$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`) and,
-//! fetched into it when missing and the network allows.
+//! The default model when `--model` is not given: Stable Diffusion 1.5 plus the LCM-LoRA, looked up in
+//! the Hugging Face cache (`$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`) and
+//! fetched into it when missing and the network allows. Nothing else downloads: a single-file `--model`
+//! gets CLIP's tokenizer built into the engine (`ClipTokenizer::builtin`), its configs from its shapes.
 
 use std::path::{Path, PathBuf};
 
@@ -24,15 +25,6 @@ pub const SD15_FILES: &[&str] = &[
     "unet/diffusion_pytorch_model.fp16.safetensors",
     "vae/config.json",
     "vae/diffusion_pytorch_model.fp16.safetensors",
-];
-
-/// SD1.5's tokenizer files: what a single-file checkpoint without `--config` tokenizes with (diffusers'
-/// `from_single_file` fetches the same from the SD1.5 repository).
-pub const SD15_TOKENIZER_FILES: &[&str] = &[
-    "tokenizer/merges.txt",
-    "tokenizer/special_tokens_map.json",
-    "tokenizer/tokenizer_config.json",
-    "tokenizer/vocab.json",
 ];
 
 pub fn cache_dir() -> PathBuf {
@@ -86,30 +78,6 @@ pub fn default_model(log: &mut dyn FnMut(&str)) -> Result<DefaultModel> {
              (set HF_HOME or HF_HUB_CACHE to use another cache folder)",
             cache.display(),
             SD15_FILES.join(" ")
-        ),
-    ))
-}
-
-/// SD1.5's `tokenizer/` folder from the cache, downloading its four small files when missing.
-pub fn sd15_tokenizer(log: &mut dyn FnMut(&str)) -> Result<PathBuf> {
-    let cache = cache_dir();
-    let lookup = || cached_snapshot(&cache, SD15_REPO, SD15_TOKENIZER_FILES).map(|s| s.join("tokenizer"));
-    if let Some(found) = lookup() {
-        return Ok(found);
-    }
-    let download_error = download(&cache, &[(SD15_REPO, SD15_TOKENIZER_FILES)], log).err();
-    if let Some(found) = lookup() {
-        return Ok(found);
-    }
-    let why = download_error.unwrap_or_else(|| "the files are still incomplete after downloading".into());
-    Err(Error::invalid(
-        "--config",
-        format!(
-            "not given, so the single-file checkpoint needs SD1.5's tokenizer, which is not in the Hugging Face cache \
-             at {} ({why}).\nEither pass --config DIR (a diffusers folder with tokenizer/, e.g. SD1.5's), or download \
-             it into that cache:\n  huggingface-cli download {SD15_REPO} {}",
-            cache.display(),
-            SD15_TOKENIZER_FILES.join(" ")
         ),
     ))
 }

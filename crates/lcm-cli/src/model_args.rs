@@ -9,8 +9,8 @@ use clap::Args;
 use lcm::{with_pipeline, Engine, Opened};
 use lcm_core::lcm::Prediction;
 use lcm_core::{Error, Result};
-use lcm_models::checkpoint::single_file::Family;
-use lcm_models::{Checkpoint, Variant};
+use lcm_models::checkpoint::pickle::{is_pickle, pickle_refusal};
+use lcm_models::Variant;
 use lcm_pipeline::embeddings::load_embedding;
 use lcm_pipeline::lora::LoraSet;
 use lcm_pipeline::prompt::PromptSyntax;
@@ -26,15 +26,16 @@ use crate::vae_tiling::VaeTilingArgs;
 pub struct ModelArgs {
     /// A diffusers folder (model_index.json, text_encoder/, tokenizer/, unet/, vae/, scheduler/), or a
     /// single-file SD1.5-family or SD2 checkpoint (.safetensors with original SD key names, as A1111,
-    /// ComfyUI and civitai ship fine-tunes: its architecture is read from the tensor shapes; SD2's needs
-    /// --config for its tokenizer), or an SDXL one with --config. Without it, SD1.5 + the
-    /// LCM-LoRA are taken from the Hugging Face cache (downloaded if missing).
+    /// ComfyUI and civitai ship fine-tunes: its architecture is read from the tensor shapes, its
+    /// tokenizer is CLIP's, built in: nothing is downloaded), or an SDXL one with --config. Without it,
+    /// SD1.5 + the LCM-LoRA are taken from the Hugging Face cache (downloaded if missing).
     #[arg(long, value_name = "DIR|FILE")]
     pub model: Option<PathBuf>,
     /// With a single-file --model: a diffusers folder whose unet/, vae/, text_encoder/ configs, tokenizer/
     /// and scheduler/ are used instead of what the shapes say (diffusers' from_single_file(config=...)),
     /// for non-standard architectures. Only configs are read from it, never weights. Without it, the
-    /// tokenizer is SD1.5's from the Hugging Face cache and the scheduler SD1.5's.
+    /// tokenizer is CLIP's, built in (padding as SD1.5's, or SD2's for an SD2 file), and the scheduler
+    /// SD1.5's.
     #[arg(long, value_name = "DIR")]
     pub config: Option<PathBuf>,
     /// A separate VAE instead of the model's: a diffusers VAE folder (config.json + weights), a model folder
@@ -316,28 +317,6 @@ impl ModelArgs {
         }
         Ok(())
     }
-
-    /// Last before loading: a single file holds no tokenizer, so SD1.5's is fetched (as diffusers'
-    /// from_single_file does) unless `--config` names one. An SD2 file is refused without `--config`:
-    /// SD2's tokenizer pads with "!", SD1.5's with the end-of-text token, and the wrong one would give
-    /// other text embeddings without a word.
-    pub fn add_tokenizer(&self, spec: &mut LoadSpec) -> Result<()> {
-        if spec.model_dir.is_file() && self.config.is_none() {
-            if Checkpoint::open(&spec.model_dir)?.family() == Family::Sd2 {
-                return Err(Error::invalid(
-                    "--config",
-                    format!(
-                        "not given, but {} is an SD2 checkpoint, whose tokenizer pads with \"!\" (SD1.5's, the one \
-                         lcm would fetch, pads with <|endoftext|>): pass --config DIR with SD2's diffusers folder \
-                         (its configs and tokenizer/; e.g. stabilityai/stable-diffusion-2-1's, or sd-turbo's)",
-                        spec.model_dir.display()
-                    ),
-                ));
-            }
-            spec.tokenizer_dir = Some(crate::hub::sd15_tokenizer(&mut |m| eprintln!("{m}"))?);
-        }
-        Ok(())
-    }
 }
 
 /// Loads the pipeline on the opened device, saying where, and warns when few steps on a non-LCM UNet
@@ -393,6 +372,8 @@ pub fn model_label(dir: &Path) -> String {
 /// for every command that loads a model.
 pub fn model_and_loras(model: Option<&PathBuf>, extra: &[LoraSpec]) -> Result<(PathBuf, Vec<LoraSpec>)> {
     let (model_dir, mut loras) = match model {
+        // A pickle is refused by name before anything else reads it (lcm never unpickles).
+        Some(file) if file.is_file() && is_pickle(file) => return Err(pickle_refusal(file)),
         Some(dir) => (dir.clone(), Vec::new()),
         None => {
             let found = crate::hub::default_model(&mut |m| eprintln!("{m}"))?;

@@ -121,7 +121,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let controlnets = ControlNetDir::scan(args.controlnet_dir.as_deref())?;
     let (model_dir, base_loras) = model_and_loras(args.model.as_ref(), &args.loras)?;
     LoraSet::open(&base_loras.iter().map(|l| (l.path.clone(), l.scale)).collect::<Vec<_>>())?;
-    let mut spec = LoadSpec {
+    let spec = LoadSpec {
         model_dir: model_dir.clone(),
         loras: base_loras.clone(),
         // Unmerged on CUDA, so a swap between batches is a copy into fixed buffers; the CPU re-merges.
@@ -130,9 +130,6 @@ pub fn run(args: ServeArgs) -> Result<()> {
         prediction_type: args.prediction_type,
         ..LoadSpec::default()
     };
-    if model_dir.is_file() {
-        spec.tokenizer_dir = Some(crate::hub::sd15_tokenizer(&mut |m| eprintln!("{m}"))?);
-    }
     let model_name = model_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
     let cfg = |max_steps: usize, sampler| ServeConfig {
         host: args.host.clone(),

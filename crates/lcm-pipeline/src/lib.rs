@@ -5,7 +5,9 @@
 //! - [`spec`]: what to load ([`spec::LoadSpec`], LoRAs, [`spec::LoraMode`]) and what to generate
 //!   ([`spec::Request`], [`spec::InitImage`]), checked before any model runs; the image-size rule
 //!   ([`spec::SizeRule`]) and the field names errors carry ([`spec::Field`]).
-//! - [`tokenizer`] (CLIP BPE), [`prompt`] (A1111's emphasis syntax and 75-token chunks, on the tokenizer), [`scheduler`] (LCM, TCD, DDIM, Euler, Euler-ancestral), [`rng`] (torch's CPU generator).
+//! - [`tokenizer`] (CLIP BPE, with [`clip_vocab`]: CLIP's vocabulary built in), [`prompt`] (A1111's
+//!   emphasis syntax and 75-token chunks, on the tokenizer), [`scheduler`] (LCM, TCD, DDIM, Euler,
+//!   Euler-ancestral), [`rng`] (torch's CPU generator).
 //! - [`embeddings`]: textual-inversion embedding files (A1111, diffusers, SDXL) and folders.
 //! - [`lora`]: LoRA files (kohya, peft) resolved onto the model's weights and merged as they load.
 //! - [`text`]: one or two text encoders written straight into the denoising loop's inputs.
@@ -19,6 +21,7 @@
 
 #![warn(missing_docs)]
 
+pub mod clip_vocab;
 pub mod control_image;
 pub mod embeddings;
 pub mod load;

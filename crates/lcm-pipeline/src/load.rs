@@ -16,12 +16,13 @@ use lcm_models::{
 };
 use serde_json::Value;
 
+use crate::clip_vocab::CLIP_VOCAB_SIZE;
 use crate::embeddings::{load_embedding, scan_embeddings_dir, Embedding, EmbeddingDir, SkippedEmbedding};
 use crate::lora::{LoraSet, Targets};
 use crate::scheduler::SchedulerConfig;
 use crate::spec::{Field, LoadSpec};
 use crate::text::{TextEncoder, TextEncoders};
-use crate::tokenizer::ClipTokenizer;
+use crate::tokenizer::{BuiltinPad, ClipTokenizer};
 
 /// SD1.5's VAE scaling factor: a single file's latent space when no config says otherwise.
 pub const SD15_SCALING_FACTOR: f32 = 0.18215;
@@ -405,7 +406,7 @@ fn from_single_file<B: Backend>(backend: &B, spec: &LoadSpec) -> Result<Componen
             let unet = UnetConfig::from_file(&component_config(&cfg.join("unet"))?)?;
             let te = ClipConfig::from_file(&component_config(&cfg.join("text_encoder"))?, spec.clip_skip)?;
             let vae = VaeConfig::from_file(&component_config(&cfg.join("vae"))?)?;
-            let tokenizer = spec.tokenizer_dir.clone().unwrap_or(cfg.join("tokenizer"));
+            let tokenizer = Some(spec.tokenizer_dir.clone().unwrap_or(cfg.join("tokenizer")));
             let fam = family(cfg)?;
             if fam.sdxl && !ck.is_sdxl() {
                 return Err(Error::file(
@@ -442,15 +443,8 @@ fn from_single_file<B: Backend>(backend: &B, spec: &LoadSpec) -> Result<Componen
             ))
         }
         None => {
-            let tokenizer = spec.tokenizer_dir.clone().ok_or_else(|| {
-                Field::TokenizerDir.invalid(format!(
-                    "{} is a single-file checkpoint, which holds no tokenizer: give a config folder (`config_dir`) \
-                     or {}'s tokenizer folder",
-                    spec.model_dir.display(),
-                    // SD2's pads with "!" where SD1.5's pads with the end-of-text token.
-                    if ck.family() == CheckpointFamily::Sd2 { "SD2" } else { "SD1.5" }
-                ))
-            })?;
+            // The file holds no tokenizer: `tokenizer_dir`, else the built-in one of its family.
+            let tokenizer = spec.tokenizer_dir.clone();
             let vae = ck.infer_vae(SD15_SCALING_FACTOR, None)?;
             (ck.infer_unet()?, ck.infer_text_encoder(spec.clip_skip)?, vae, tokenizer, scheduler(spec)?)
         }
@@ -461,7 +455,10 @@ fn from_single_file<B: Backend>(backend: &B, spec: &LoadSpec) -> Result<Componen
     ck.check(&unet_cfg, &te_cfg, te2_cfg.as_ref(), own_vae)?;
     let text_cfgs: Vec<&ClipConfig> = std::iter::once(&te_cfg).chain(te2_cfg.as_ref()).collect();
     check_weight_memory(backend, ck.path(), &unet_cfg, &text_cfgs, own_vae.map(|v| (v, ck.is_sdxl())))?;
-    let tokenizer = ClipTokenizer::from_dir(tokenizer_dir)?;
+    let tokenizer = match tokenizer_dir {
+        Some(dir) => ClipTokenizer::from_dir(dir)?,
+        None => builtin_tokenizer(&ck, te_cfg.vocab_size)?,
+    };
 
     let mut merger = loras.resolve(&Targets::for_pipeline(&unet_cfg, &te_cfg, te2_cfg.as_ref())?)?;
     let text_encoder = {
@@ -501,6 +498,27 @@ fn from_single_file<B: Backend>(backend: &B, spec: &LoadSpec) -> Result<Componen
         embeddings: Default::default(),
     };
     Ok(Components { text, unet, vae, vae_backend, scheduler, lora_merged })
+}
+
+/// The tokenizer a single file gets without a config or tokenizer folder: CLIP's, built in, padding
+/// as the tokenizer folder diffusers' `from_single_file` fetches for its family does —
+/// stable-diffusion-v1-5's (openai/clip-vit-large-patch14's) with `<|endoftext|>`,
+/// stable-diffusion-2-1's (OpenCLIP-H) with "!" (its special_tokens_map.json). Its ids index the text
+/// encoder's token embedding, which must have CLIP's 49408 rows (or more: added embeddings).
+fn builtin_tokenizer(ck: &Checkpoint, vocab_size: usize) -> Result<ClipTokenizer> {
+    if vocab_size < CLIP_VOCAB_SIZE {
+        return Err(Error::file(
+            ck.path(),
+            format!(
+                "its text encoder has {vocab_size} token embeddings, fewer than the {CLIP_VOCAB_SIZE} ids of CLIP's \
+                 vocabulary (the built-in tokenizer): give its own tokenizer in a config folder (`config_dir`)"
+            ),
+        ));
+    }
+    ClipTokenizer::builtin(match ck.family() {
+        CheckpointFamily::Sd2 => BuiltinPad::Exclamation,
+        CheckpointFamily::Sd15 | CheckpointFamily::Sdxl => BuiltinPad::EndOfText,
+    })
 }
 
 /// A checkpoint family as messages name it.

@@ -253,7 +253,8 @@ pub struct LoadSpec {
     /// or a file with LDM or diffusers names.
     pub vae: Option<PathBuf>,
     /// The tokenizer folder (`tokenizer.json`, or `vocab.json` + `merges.txt`) instead of the model's
-    /// or `config_dir`'s; a single-file model without `config_dir` needs it (SD1.5's).
+    /// or `config_dir`'s. A single-file model without either gets CLIP's built-in tokenizer, padding as
+    /// its family's (`ClipTokenizer::builtin`): nothing is downloaded.
     pub tokenizer_dir: Option<PathBuf>,
     /// Merged into the weights (default), or unmerged from fixed buffers a swap copies into
     /// (`Pipeline::set_loras`, `crate::lora_swap`).

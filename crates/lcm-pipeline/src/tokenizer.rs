@@ -12,13 +12,15 @@ use std::path::{Path, PathBuf};
 
 use lcm_core::{Error, Result};
 use serde_json::Value;
-use tokenizers::models::bpe::BPE;
+use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::normalizers::replace::ReplacePattern;
 use tokenizers::normalizers::{Lowercase, Replace, Sequence as NormalizerSequence, NFC};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::sequence::Sequence as PreTokenizerSequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{AddedToken, NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer};
+
+use crate::clip_vocab::ClipVocab;
 
 /// CLIP's context length: the text encoder has 77 positions.
 pub const CLIP_MAX_LEN: usize = 77;
@@ -30,6 +32,20 @@ const EOS: &str = "<|endoftext|>";
 /// letter runs, single digits, runs of anything else that is not whitespace.
 const CLIP_PATTERN: &str =
     r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
+
+/// What a built-in tokenizer ([`ClipTokenizer::builtin`]) pads prompts with, as the tokenizer folders
+/// diffusers' `from_single_file` fetches say (their `special_tokens_map.json`; the legacy
+/// `download_from_original_stable_diffusion_ckpt` loaded the same: openai/clip-vit-large-patch14's
+/// tokenizer as is, laion/CLIP-ViT-bigG-14-laion2B-39B-b160k's with `pad_token="!"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BuiltinPad {
+    /// `<|endoftext|>` (49407): openai/clip-vit-large-patch14's tokenizer, SD1.5's and SDXL's first
+    /// (stable-diffusion-v1-5's and stable-diffusion-xl-base-1.0's `tokenizer/`).
+    EndOfText,
+    /// `!` (id 0): OpenCLIP's convention (it pads with zeros), SD2's tokenizer
+    /// (stable-diffusion-2-1's `tokenizer/`) and SDXL's `tokenizer_2/`.
+    Exclamation,
+}
 
 /// A CLIP BPE tokenizer with its special ids.
 #[derive(Clone)]
@@ -91,7 +107,11 @@ impl ClipTokenizer {
             .end_of_word_suffix("</w>".to_string())
             .build()
             .map_err(|e| Error::file(vocab.parent().unwrap_or(vocab), format!("bad vocab.json / merges.txt: {e}")))?;
+        Self::clip_pipeline(bpe).map_err(|e| Error::file(vocab, e))
+    }
 
+    /// transformers' CLIPTokenizer pipeline (normalizer, pre-tokenizer, specials) around `bpe`.
+    fn clip_pipeline(bpe: BPE) -> std::result::Result<Tokenizer, String> {
         let normalizer = NormalizerSequence::new(vec![
             NormalizerWrapper::NFC(NFC),
             NormalizerWrapper::Replace(Replace::new(ReplacePattern::Regex(r"\s+".into()), " ").expect("valid regex")),
@@ -111,8 +131,30 @@ impl ClipTokenizer {
         // them.
         tokenizer
             .add_special_tokens([AddedToken::from(BOS, true), AddedToken::from(EOS, true)])
-            .map_err(|e| Error::file(vocab, format!("cannot register {BOS} / {EOS}: {e}")))?;
+            .map_err(|e| format!("cannot register {BOS} / {EOS}: {e}"))?;
         Ok(tokenizer)
+    }
+
+    /// CLIP's tokenizer from the vocabulary built into the engine ([`ClipVocab`]), for what holds none
+    /// (a single-file checkpoint): the one SD1.5, SD2 and SDXL use, padding with `pad`.
+    pub fn builtin(pad: BuiltinPad) -> Result<Self> {
+        let vocab = ClipVocab::get();
+        let ids: Vocab = vocab.tokens().iter().enumerate().map(|(id, t)| (t.clone(), id as u32)).collect();
+        let builtin = |e: String| Error::invalid("tokenizer", format!("the built-in CLIP vocabulary: {e}"));
+        let bpe = BPE::builder()
+            .vocab_and_merges(ids, vocab.merges().to_vec())
+            .unk_token(EOS.to_string())
+            .end_of_word_suffix("</w>".to_string())
+            .build()
+            .map_err(|e| builtin(e.to_string()))?;
+        let inner = Self::clip_pipeline(bpe).map_err(builtin)?;
+        let id = |token: &str| inner.token_to_id(token).ok_or_else(|| builtin(format!("no `{token}` token")));
+        let pad = match pad {
+            BuiltinPad::EndOfText => EOS,
+            BuiltinPad::Exclamation => "!",
+        };
+        let (bos, eos, pad) = (id(BOS)?, id(EOS)?, id(pad)?);
+        Ok(ClipTokenizer { inner, bos, eos, pad, base: None })
     }
 
     /// The id of `<|startoftext|>` (49406 in CLIP's vocabulary).
