@@ -13,7 +13,8 @@ use lcm_serve::{ControlNetDir, Limits, LoraDir, ServeConfig};
 
 use crate::device::{open, DeviceArg};
 use crate::model_args::{
-    model_and_loras, parse_lora, parse_prediction, parse_scheduler, parse_spacing, sampler_options, SchedulerArg,
+    model_and_loras, parse_embedding, parse_lora, parse_prediction, parse_scheduler, parse_spacing, sampler_options,
+    SchedulerArg,
 };
 use crate::vae_tiling::VaeTilingArgs;
 use lcm_core::lcm::Prediction;
@@ -42,6 +43,14 @@ pub struct ServeArgs {
     /// file by its name without .safetensors. Each loads on its first use and stays loaded.
     #[arg(long, value_name = "DIR")]
     pub controlnet_dir: Option<PathBuf>,
+    /// A textual-inversion embedding every request may use by its trigger word, as `lcm generate
+    /// --embedding` (FILE[:TOKEN], repeatable).
+    #[arg(long = "embedding", value_name = "FILE[:TOKEN]", value_parser = parse_embedding)]
+    pub embeddings: Vec<(PathBuf, Option<String>)>,
+    /// A folder of embeddings every request may use (A1111's embeddings/: each .safetensors file by
+    /// its stem; misfits skipped with a warning); `GET /sdapi/v1/embeddings` lists them.
+    #[arg(long, value_name = "DIR")]
+    pub embeddings_dir: Option<PathBuf>,
     /// Where to run: auto takes cuda when a GPU opens, else cpu (with a note); emulated is for debugging.
     #[arg(long, value_enum, default_value_t)]
     pub device: DeviceArg,
@@ -128,10 +137,12 @@ pub fn run(args: ServeArgs) -> Result<()> {
         lora_mode: LoraMode::Runtime,
         max_lora_rank: args.max_lora_rank,
         prediction_type: args.prediction_type,
+        embeddings: args.embeddings.clone(),
+        embeddings_dir: args.embeddings_dir.clone(),
         ..LoadSpec::default()
     };
     let model_name = model_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
-    let cfg = |max_steps: usize, sampler| ServeConfig {
+    let cfg = |max_steps: usize, sampler, embeddings| ServeConfig {
         host: args.host.clone(),
         port: args.port,
         max_batch: args.max_batch,
@@ -152,6 +163,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         lora_cache: args.lora_cache,
         model_name,
         debug_hooks: args.debug_hooks,
+        embeddings,
     };
     let opened = open(args.device)?;
     let t = std::time::Instant::now();
@@ -163,7 +175,11 @@ pub fn run(args: ServeArgs) -> Result<()> {
         p.set_sampler(sampler)?;
         Ok::<_, Error>(sampler)
     })?;
-    let cfg = cfg(with_pipeline!(&engine, p => p.max_steps(None))?, sampler);
+    let embeddings = with_pipeline!(&engine, p => p.embeddings().clone());
+    for s in &embeddings.skipped {
+        eprintln!("warning: embedding {} skipped: {}", s.path.display(), s.reason);
+    }
+    let cfg = cfg(with_pipeline!(&engine, p => p.max_steps(None))?, sampler, embeddings);
     eprintln!(
         "loaded in {:.0} ms; sampler {}; {} LoRAs in --lora-dir, {} ControlNets in --controlnet-dir; max batch {}, \
          queue {}, timeout {} s",

@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
+use lcm_pipeline::embeddings::EmbeddingSet;
 use lcm_pipeline::output::parameters_text;
 use lcm_pipeline::scheduler::SamplerKind;
 use lcm_pipeline::spec::{LoraSpec, Request};
@@ -38,6 +39,8 @@ pub struct App {
     pub max_batch: usize,
     /// Shown in the PNGs' parameters and in `/v1/models`: the model folder's name, never its path.
     pub model_name: String,
+    /// The textual-inversion embeddings every request may use.
+    pub embeddings: EmbeddingSet,
     pub ids: AtomicU64,
 }
 
@@ -63,6 +66,7 @@ pub fn router(app: Arc<App>, debug_hooks: bool) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/models", get(models))
         .route("/sdapi/v1/loras", get(loras))
+        .route("/sdapi/v1/embeddings", get(embeddings))
         .route("/sdapi/v1/samplers", get(samplers))
         .route("/sdapi/v1/schedulers", get(schedulers))
         .route("/controlnet/model_list", get(controlnet_models))
@@ -357,6 +361,22 @@ async fn models(State(app): State<Arc<App>>) -> Response {
 async fn loras(State(app): State<Arc<App>>) -> Response {
     app.metrics.request("/sdapi/v1/loras", 200);
     Json(app.loras.files.keys().map(|n| json!({"name": n, "alias": n})).collect::<Vec<_>>()).into_response()
+}
+
+/// A1111's embedding list: `{"loaded": {TRIGGER: {"step", "sd_checkpoint", "sd_checkpoint_name",
+/// "shape", "vectors"}}, "skipped": {NAME: …}}` — the trigger words prompts may use (`shape` is the
+/// first encoder's width, as A1111 reports it).
+async fn embeddings(State(app): State<Arc<App>>) -> Response {
+    app.metrics.request("/sdapi/v1/embeddings", 200);
+    let entry = |shape: Option<usize>, vectors: Option<usize>| {
+        json!({"step": null, "sd_checkpoint": null, "sd_checkpoint_name": null, "shape": shape, "vectors": vectors})
+    };
+    let e = &app.embeddings;
+    let loaded: serde_json::Map<String, Value> =
+        e.loaded.iter().map(|l| (l.trigger.clone(), entry(l.widths.first().copied(), Some(l.vectors)))).collect();
+    let stem = |p: &std::path::Path| p.file_stem().map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+    let skipped: serde_json::Map<String, Value> = e.skipped.iter().map(|s| (stem(&s.path), entry(None, None))).collect();
+    Json(json!({"loaded": loaded, "skipped": skipped})).into_response()
 }
 
 /// A1111's sampler list: the samplers `sampler_name` accepts (A1111's names; its aliases and lcm's

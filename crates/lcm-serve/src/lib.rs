@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use lcm::{with_pipeline, Engine};
 use lcm_core::{Backend, Error, Result};
+use lcm_pipeline::embeddings::EmbeddingSet;
 use lcm_pipeline::pipeline::Pipeline;
 use lcm_pipeline::spec::LoraSpec;
 
@@ -59,6 +60,8 @@ pub struct ServeConfig {
     pub model_name: String,
     /// Test hooks: `POST /debug/panic` and a worker panic on the prompt `__lcm_test_panic__`.
     pub debug_hooks: bool,
+    /// The pipeline's textual-inversion embeddings (`GET /sdapi/v1/embeddings`).
+    pub embeddings: EmbeddingSet,
 }
 
 /// Serves `engine` until SIGTERM/SIGINT, then drains and returns. The engine is loaded before this is
@@ -98,6 +101,7 @@ where
         timeout: cfg.timeout,
         max_batch: cfg.max_batch,
         model_name: cfg.model_name,
+        embeddings: cfg.embeddings,
         ids: AtomicU64::new(1),
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
