@@ -13,8 +13,8 @@ use lcm_models::checkpoint::pickle::{is_pickle, pickle_refusal};
 use lcm_models::Variant;
 use lcm_pipeline::embeddings::load_embedding;
 use lcm_pipeline::lora::LoraSet;
-use lcm_pipeline::prompt::PromptSyntax;
 use lcm_pipeline::pipeline::max_steps_for;
+use lcm_pipeline::prompt::PromptSyntax;
 use lcm_pipeline::scheduler::{SamplerKind, SamplerOptions, SchedulerConfig, Spacing};
 use lcm_pipeline::spec::{Field, InitImage, LoadSpec, LoraMode, LoraSpec, Request, SizeRule};
 

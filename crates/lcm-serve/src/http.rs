@@ -368,14 +368,13 @@ async fn loras(State(app): State<Arc<App>>) -> Response {
 /// first encoder's width, as A1111 reports it).
 async fn embeddings(State(app): State<Arc<App>>) -> Response {
     app.metrics.request("/sdapi/v1/embeddings", 200);
-    let entry = |shape: Option<usize>, vectors: Option<usize>| {
-        json!({"step": null, "sd_checkpoint": null, "sd_checkpoint_name": null, "shape": shape, "vectors": vectors})
-    };
+    let entry = |shape: Option<usize>, vectors: Option<usize>| json!({"step": null, "sd_checkpoint": null, "sd_checkpoint_name": null, "shape": shape, "vectors": vectors});
     let e = &app.embeddings;
     let loaded: serde_json::Map<String, Value> =
         e.loaded.iter().map(|l| (l.trigger.clone(), entry(l.widths.first().copied(), Some(l.vectors)))).collect();
     let stem = |p: &std::path::Path| p.file_stem().map_or_else(String::new, |s| s.to_string_lossy().into_owned());
-    let skipped: serde_json::Map<String, Value> = e.skipped.iter().map(|s| (stem(&s.path), entry(None, None))).collect();
+    let skipped: serde_json::Map<String, Value> =
+        e.skipped.iter().map(|s| (stem(&s.path), entry(None, None))).collect();
     Json(json!({"loaded": loaded, "skipped": skipped})).into_response()
 }
 

@@ -146,7 +146,8 @@ impl<B: Backend> TextEncoders<B> {
                 // tokenizers differ).
                 let vectors = second[span.clone()].to_vec();
                 ids.push(vectors.clone());
-                self.embeddings.triggers[1].push(TriggerWord { tokens: te.tokenizer.encode_base(&e.trigger)?, vectors });
+                self.embeddings.triggers[1]
+                    .push(TriggerWord { tokens: te.tokenizer.encode_base(&e.trigger)?, vectors });
             }
             self.embeddings.loaded.push(EmbeddingInfo {
                 trigger: e.trigger.clone(),

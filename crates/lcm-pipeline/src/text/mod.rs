@@ -108,12 +108,7 @@ impl<B: Backend> TextEncoders<B> {
     /// words), every request's prompt the same number of chunks and every negative
     /// prompt too (a batch runs one loop; a server batches only such requests), else an error naming
     /// the batch. A prompt too long for [`crate::prompt::MAX_CHUNKS`] is refused here, before any work.
-    pub fn plan(
-        &self,
-        syntax: PromptSyntax,
-        prompts: &[PromptRows<'_>],
-        guided: bool,
-    ) -> Result<PromptPlan> {
+    pub fn plan(&self, syntax: PromptSyntax, prompts: &[PromptRows<'_>], guided: bool) -> Result<PromptPlan> {
         let plain = PromptPlan { syntax, chunked: Vec::new(), cond_tokens: CLIP_MAX_LEN, uncond_tokens: CLIP_MAX_LEN };
         if syntax == PromptSyntax::Plain {
             return Ok(plain);
@@ -121,9 +116,11 @@ impl<B: Backend> TextEncoders<B> {
         let mut chunked = Vec::with_capacity(prompts.len());
         for p in prompts {
             // The chunker's errors (too long, say) name the prompt they are about.
-            let named = |f: Field| move |e: Error| match e {
-                Error::Invalid { msg, .. } => f.invalid(msg),
-                e => e,
+            let named = |f: Field| {
+                move |e: Error| match e {
+                    Error::Invalid { msg, .. } => f.invalid(msg),
+                    e => e,
+                }
             };
             let cond = self.chunk(p.prompt).map_err(named(Field::Prompt))?;
             let negative = p.negative.unwrap_or("");
@@ -134,7 +131,8 @@ impl<B: Backend> TextEncoders<B> {
             let uncond = uncond.map_err(named(Field::NegativePrompt))?;
             chunked.push((cond, uncond));
         }
-        let tokens = |(c, u): &(Chunked, Option<Chunked>)| (c.tokens(), u.as_ref().map_or(CLIP_MAX_LEN, Chunked::tokens));
+        let tokens =
+            |(c, u): &(Chunked, Option<Chunked>)| (c.tokens(), u.as_ref().map_or(CLIP_MAX_LEN, Chunked::tokens));
         let (cond_tokens, uncond_tokens) = tokens(&chunked[0]);
         if let Some((c, u)) = chunked.iter().map(tokens).find(|&t| t != (cond_tokens, uncond_tokens)) {
             return Err(Error::invalid(
@@ -145,7 +143,12 @@ impl<B: Backend> TextEncoders<B> {
                 ),
             ));
         }
-        Ok(PromptPlan { chunked, cond_tokens, uncond_tokens: if guided { uncond_tokens } else { cond_tokens }, ..plain })
+        Ok(PromptPlan {
+            chunked,
+            cond_tokens,
+            uncond_tokens: if guided { uncond_tokens } else { cond_tokens },
+            ..plain
+        })
     }
 
     /// Encodes each request's prompts, as `plan` reads them, into the denoising executor `den`, whose
@@ -241,7 +244,14 @@ impl<B: Backend> TextEncoders<B> {
     }
 
     /// diffusers' `torch.zeros_like` negative context and pooled embeds, for rows of `tokens` tokens.
-    fn zeros(&self, backend: &B, rows: &Rows, tokens: usize, den: &mut Executor<B>, inputs: &DenoiseInputs) -> Result<()> {
+    fn zeros(
+        &self,
+        backend: &B,
+        rows: &Rows,
+        tokens: usize,
+        den: &mut Executor<B>,
+        inputs: &DenoiseInputs,
+    ) -> Result<()> {
         let (context_2, text_embeds) = sdxl_inputs(inputs)?;
         let second = self.second.as_ref().expect("SDXL has a second encoder");
         let p = second.model.config.projection_dim.unwrap_or(0);
@@ -256,7 +266,6 @@ impl<B: Backend> TextEncoders<B> {
         Ok(())
     }
 }
-
 
 fn sdxl_inputs(inputs: &DenoiseInputs) -> Result<(usize, usize)> {
     match (inputs.context_2, inputs.text_embeds) {

@@ -72,7 +72,9 @@ pub fn case(fixtures: &Path, set: &str, name: &str) -> (LoadSpec, Request) {
         init_image,
         controls: controls.collect(),
         sampler: sampler(c),
-        prompt_syntax: c["prompt_syntax"].as_str().map_or(PromptSyntax::Plain, |s| PromptSyntax::parse(s).expect("a syntax")),
+        prompt_syntax: c["prompt_syntax"]
+            .as_str()
+            .map_or(PromptSyntax::Plain, |s| PromptSyntax::parse(s).expect("a syntax")),
     };
     (spec, req)
 }
