@@ -1,6 +1,7 @@
 //! The request's sampler fields (called through the C ABI's Rust symbols) on the tiny SD-Turbo fixture
 //! (CPU): "euler-a" gives the pipeline's image for the same request and sampler, "auto" the model's own
-//! sampler, eta the DDIM image; bad names and values come back naming the field.
+//! sampler, eta the DDIM image; bad names and values come back naming the field. And its
+//! `prompt_syntax` on tiny SD1.5: "a1111" gives the pipeline's A1111-syntax image, NULL the plain one.
 
 use std::ffi::{CStr, CString};
 use std::path::{Path, PathBuf};
@@ -8,11 +9,16 @@ use std::path::{Path, PathBuf};
 use lcm::cpu::CpuBackend;
 use lcm_capi::*;
 use lcm_pipeline::pipeline::Pipeline;
+use lcm_pipeline::prompt::PromptSyntax;
 use lcm_pipeline::scheduler::{SamplerKind, SamplerOptions};
 use lcm_pipeline::spec::{LoadSpec, Request};
 
 fn model() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/sd2/tiny-sd-turbo")
+}
+
+fn tiny_sd() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny-sd")
 }
 
 fn last_error() -> String {
@@ -97,4 +103,37 @@ fn request_samplers_are_the_pipelines() {
         assert_ne!(unsafe { lcm_pipeline_load(&opts, &mut p) }, LCM_OK);
         assert!(p.is_null() && last_error().contains("prediction_type"), "{value}: {}", last_error());
     }
+}
+
+#[test]
+fn request_prompt_syntax_is_the_pipelines() {
+    let text = "a ((red)) house BREAK [dark] sky";
+    let base = Request { prompt: text.into(), seed: 5, steps: 2, width: 64, height: 64, ..Request::default() };
+    let mut pipe = Pipeline::load(CpuBackend::new(), LoadSpec { model_dir: tiny_sd(), ..LoadSpec::default() }).unwrap();
+    let mut run =
+        |syntax| pipe.generate(&Request { prompt_syntax: syntax, ..base.clone() }, &mut |_| {}).unwrap().rgb8(0);
+    let (plain, a1111) = (run(PromptSyntax::Plain), run(PromptSyntax::A1111));
+    assert!(plain != a1111, "the syntaxes gave one image: the comparisons prove nothing");
+
+    let model_c = CString::new(tiny_sd().to_str().unwrap()).unwrap();
+    let mut opts = lcm_load_options_default();
+    opts.model = model_c.as_ptr();
+    opts.device = LCM_DEVICE_CPU;
+    let mut p = std::ptr::null_mut();
+    // SAFETY: valid options and out pointer.
+    assert_eq!(unsafe { lcm_pipeline_load(&opts, &mut p) }, LCM_OK, "{}", last_error());
+    let prompt = CString::new(text).unwrap();
+    let mut r = lcm_request_default();
+    r.prompt = prompt.as_ptr();
+    (r.seed, r.steps, r.width, r.height) = (5, 2, 64, 64);
+    assert!(generate(p, &r).unwrap() == plain, "NULL: the plain image");
+    let (a, bogus) = (CString::new("a1111").unwrap(), CString::new("comfy").unwrap());
+    r.prompt_syntax = a.as_ptr();
+    assert!(generate(p, &r).unwrap() == a1111, "a1111: the C ABI's image differs from the pipeline's");
+    r.prompt_syntax = bogus.as_ptr();
+    let (status, msg) = generate(p, &r).unwrap_err();
+    assert_eq!(status, LCM_ERR_INVALID_ARGUMENT, "{msg}");
+    assert!(msg.starts_with("request.prompt_syntax: "), "{msg}");
+    // SAFETY: p came from lcm_pipeline_load.
+    unsafe { lcm_free_pipeline(p) };
 }
