@@ -23,6 +23,7 @@
 #                    vs CPU; a new conditioning scale re-records nothing
 #   gpu_inpaint      inpainting pipelines (9-channel and blended 4-channel UNets, SDXL) vs CPU
 #   gpu_samplers     TCD, Euler, Euler ancestral and DDIM pipelines (SD1.5, SDXL, SD2, SD-Turbo) vs CPU
+#   gpu_prompts      A1111-syntax prompts (77·k keys, halves of different lengths) and embeddings vs CPU
 #   gpu_fullsize     the full-size UNet (batch 1 and CFG batch 2), VAE decode and CLIP vs PyTorch
 #   memcheck_*       compute-sanitizer memcheck on reduced runs, kernels first (plain launches so an error
 #                    names its kernel; models and the tiny pipeline with CUDA graphs)
@@ -51,7 +52,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/device-lib.sh
 
-SUITES="gpu_kernels backend_ops gpu_models gpu_pipeline gpu_controlnet gpu_inpaint gpu_samplers gpu_fullsize"
+SUITES="gpu_kernels backend_ops gpu_models gpu_pipeline gpu_controlnet gpu_inpaint gpu_samplers gpu_prompts gpu_fullsize"
 
 build() {
     set -e
@@ -97,6 +98,7 @@ run() {
     suite gpu_controlnet 30 "${reduced[@]}" "$B/gpu_controlnet"
     suite gpu_inpaint 30 "${reduced[@]}" "$B/gpu_inpaint"
     suite gpu_samplers 30 "${reduced[@]}" "$B/gpu_samplers"
+    suite gpu_prompts 30 "${reduced[@]}" "$B/gpu_prompts"
     if ! wanted gpu_fullsize; then
         :
     elif [ $fullsize = 0 ]; then
