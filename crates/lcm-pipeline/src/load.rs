@@ -17,7 +17,7 @@ use lcm_models::{
 use serde_json::Value;
 
 use crate::clip_vocab::CLIP_VOCAB_SIZE;
-use crate::embeddings::{load_embedding, scan_embeddings_dir, Embedding, EmbeddingDir, SkippedEmbedding};
+use crate::embeddings::{load_embedding, scan_embeddings_dir};
 use crate::lora::{LoraSet, Targets};
 use crate::scheduler::SchedulerConfig;
 use crate::spec::{Field, LoadSpec};
@@ -149,7 +149,7 @@ pub fn load<B: Backend>(backend: &B, spec: &LoadSpec) -> Result<Components<B>> {
     } else {
         return Err(not_found(path));
     };
-    add_embeddings(backend, &mut parts.text, files, dir)?;
+    parts.text.add_named_embeddings(backend, files, dir)?;
     // The components must fit each other; a mismatch names the UNet's config and both numbers.
     let (unet, vae) = (&parts.unet.config, &parts.vae.config);
     let te = &parts.text.first.model.config;
@@ -190,33 +190,6 @@ pub fn load<B: Backend>(backend: &B, spec: &LoadSpec) -> Result<Components<B>> {
         }
     }
     Ok(parts)
-}
-
-/// The embeddings a spec names, added in one growth of each token table: its files first (any that
-/// does not fit is an error), then its folder's (those that do not fit are skipped and listed, as A1111
-/// skips them).
-fn add_embeddings<B: Backend>(
-    backend: &B,
-    text: &mut TextEncoders<B>,
-    files: Vec<Embedding>,
-    dir: Option<EmbeddingDir>,
-) -> Result<()> {
-    let mut accepted = Vec::new();
-    for e in files {
-        text.check_embedding(&e, &accepted)?;
-        accepted.push(e);
-    }
-    if let Some(found) = dir {
-        text.embeddings.skipped.extend(found.skipped);
-        for e in found.embeddings {
-            match text.check_embedding(&e, &accepted) {
-                Ok(()) => accepted.push(e),
-                Err(err) => text.embeddings.skipped.push(SkippedEmbedding { path: e.path, reason: err.to_string() }),
-            }
-        }
-    }
-    text.add_embeddings(backend, &accepted)?;
-    Ok(())
 }
 
 /// What a diffusers folder's `model_index.json` says about the text side: whether it is an SDXL

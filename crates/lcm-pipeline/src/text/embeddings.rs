@@ -5,7 +5,7 @@
 use lcm_core::{Backend, Error, Result};
 
 use super::{TextEncoder, TextEncoders};
-use crate::embeddings::{Embedding, EmbeddingInfo, Vectors};
+use crate::embeddings::{Embedding, EmbeddingDir, EmbeddingInfo, SkippedEmbedding, Vectors};
 use crate::prompt::TriggerWord;
 
 impl<B: Backend> TextEncoders<B> {
@@ -105,6 +105,35 @@ impl<B: Backend> TextEncoders<B> {
             }
             (None, None) => Ok(()),
         }
+    }
+
+    /// The embeddings a spec names, added in one growth of each token table: its files first (any that
+    /// does not fit is an error), then its folder's (those that do not fit are skipped and listed, as
+    /// A1111 skips them).
+    pub(crate) fn add_named_embeddings(
+        &mut self,
+        backend: &B,
+        files: Vec<Embedding>,
+        dir: Option<EmbeddingDir>,
+    ) -> Result<()> {
+        let mut accepted = Vec::new();
+        for e in files {
+            self.check_embedding(&e, &accepted)?;
+            accepted.push(e);
+        }
+        if let Some(found) = dir {
+            self.embeddings.skipped.extend(found.skipped);
+            for e in found.embeddings {
+                match self.check_embedding(&e, &accepted) {
+                    Ok(()) => accepted.push(e),
+                    Err(err) => {
+                        self.embeddings.skipped.push(SkippedEmbedding { path: e.path, reason: err.to_string() })
+                    }
+                }
+            }
+        }
+        self.add_embeddings(backend, &accepted)?;
+        Ok(())
     }
 
     /// Adds textual-inversion embeddings as diffusers' `load_textual_inversion` does, for each text
