@@ -15,6 +15,7 @@
 //! - [`lora_swap`]: the LoRA state of a loaded pipeline, merged or in runtime buffers.
 //! - [`pipeline`]: [`pipeline::Pipeline`], loaded once and generating many times (txt2img and
 //!   img2img, batches, LoRA swaps, tiled VAE).
+//! - [`infer`]: the Triton / Open Inference Protocol tensor contract, inputs to [`spec::Request`]s.
 //! - [`output`]: PNGs with the settings in a tEXt chunk, latents as safetensors, init images read.
 //! - [`control_image`]: ControlNet control-image preprocessing (Pillow's Lanczos resize, OpenCV's
 //!   Canny), exact against those libraries; depends on nothing else here.
@@ -24,6 +25,7 @@
 pub mod clip_vocab;
 pub mod control_image;
 pub mod embeddings;
+pub mod infer;
 pub mod load;
 pub mod lora;
 pub mod lora_swap;

@@ -17,6 +17,9 @@ use lcm_models::{VaeTiling, Variant};
 use crate::prompt::PromptSyntax;
 use crate::scheduler::SamplerOptions;
 
+mod batch;
+pub use batch::BatchKey;
+
 /// A field of [`LoadSpec`] or [`Request`] that an error can name: [`Error::Invalid`]'s `what` is
 /// [`Field::name`], so a front end can tell its own name for it from [`Field::of`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use lcm_core::{Backend, Error};
 use lcm_pipeline::pipeline::Pipeline;
-use lcm_pipeline::prompt::PromptSyntax;
 use lcm_pipeline::spec::{LoraSpec, Request};
 use tokio::sync::oneshot;
 
@@ -97,26 +96,12 @@ impl Job {
         self.reqs.iter().map(|r| r.num_images).sum()
     }
 
-    /// Jobs batch together when the pipeline can run them as one graph with one LoRA set: the same
-    /// shape, sampler (one schedule per batch), and the same ControlNets with the same guidance windows
-    /// (`Pipeline::generate_batch`). A1111-syntax prompts shape the graph by their length in 75-token
-    /// chunks, which only the pipeline's tokenizer knows: such jobs batch when their prompts are the
-    /// same text (A1111 clients' `batch_size` and repeated requests), never by a guess.
+    /// Jobs batch together when the pipeline can run them as one graph with one LoRA set
+    /// (`Request::batches_with`: the same schedule, sampler, prompt reading and ControlNet windows) and
+    /// both are txt2img.
     fn batches_with(&self, other: &Job) -> bool {
         let (a, b) = (&self.reqs[0], &other.reqs[0]);
-        let windows = |r: &Request| {
-            r.controls.iter().map(|c| (c.model.clone(), c.start.to_bits(), c.end.to_bits())).collect::<Vec<_>>()
-        };
-        a.init_image.is_none()
-            && b.init_image.is_none()
-            && (a.width, a.height, a.steps, a.guidance_scale.to_bits())
-                == (b.width, b.height, b.steps, b.guidance_scale.to_bits())
-            && a.sampler == b.sampler
-            && a.prompt_syntax == b.prompt_syntax
-            && (a.prompt_syntax == PromptSyntax::Plain
-                || (a.prompt == b.prompt && a.negative_prompt == b.negative_prompt))
-            && self.loras == other.loras
-            && windows(a) == windows(b)
+        a.init_image.is_none() && b.init_image.is_none() && a.batches_with(b) && self.loras == other.loras
     }
 }
 

@@ -23,7 +23,7 @@ use lcm_models::{Encoded, Vae, VaeConfig, VaeTiling};
 use super::{Output, Pipeline, StageTimes, StepEvent};
 use crate::rng::TorchRng;
 use crate::scheduler::{guidance_embedding, SamplerKind, Scheduler};
-use crate::spec::{Field, InitImage, Request};
+use crate::spec::{BatchKey, Field, InitImage, Request};
 use crate::text::{PromptPlan, PromptRows};
 
 /// One batch's denoising loop, laid out before any model runs: its graph's shape and settings, the
@@ -150,21 +150,14 @@ impl<B: Backend> Pipeline<B> {
         Ok(split_outputs(reqs, &denoised, &images, &times))
     }
 
-    /// Every request valid, and all of them on one schedule (see [`Pipeline::generate_batch`]).
+    /// Every request valid, and all of them on one schedule (see [`Pipeline::generate_batch`]): equal
+    /// [`BatchKey`]s, the default sampler resolved.
     fn check_batch(&self, reqs: &[Request]) -> Result<()> {
-        let req = &reqs[0];
-        let strength = |r: &Request| r.init_image.as_ref().map(|i| i.strength.to_bits());
-        let sampler = |r: &Request| r.sampler.unwrap_or(self.sampler());
+        let key = |r: &Request| BatchKey { sampler: Some(r.sampler.unwrap_or(self.sampler())), ..r.batch_key() };
+        let first = key(&reqs[0]);
         for r in reqs {
             r.validate(self.max_steps(r.sampler.as_ref())?)?;
-            let masked = |r: &Request| r.init_image.as_ref().is_some_and(|i| i.mask.is_some());
-            let same = (r.width, r.height, r.steps, r.guidance_scale.to_bits(), strength(r), masked(r))
-                == (req.width, req.height, req.steps, req.guidance_scale.to_bits(), strength(req), masked(req));
-            // ControlNets: the same models and windows (they shape the graph); images and weights are
-            // each request's own.
-            let window = |r: &Request| r.controls.iter().map(|c| (c.model.clone(), c.start, c.end)).collect::<Vec<_>>();
-            let same_text = r.prompt_syntax == req.prompt_syntax;
-            if !same || !same_text || window(r) != window(req) || sampler(r) != sampler(req) {
+            if key(r) != first {
                 return Err(Error::invalid(
                     "batch",
                     "requests batched together must share width, height, steps and guidance scale, be \
