@@ -333,3 +333,107 @@ impl Plan {
         s
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sd15(gpu: &str, steps: usize) -> Plan {
+        let cfg = PlanConfig { arch: Arch::Sd15, width: 512, height: 512, num_images: 1, steps };
+        plan(GpuSpec::by_name(gpu).unwrap(), &cfg).unwrap()
+    }
+
+    #[test]
+    fn a_unet_call_is_the_launches_of_one_unet_graph() {
+        let p = sd15("h100", 3);
+        let unet = UnetConfig::from_json(Path::new("sd15"), Arch::Sd15.configs().unet).unwrap();
+        let alone = Program::new(unet.graph(1, 64, 64, TOKENS).unwrap(), 2).unwrap();
+        let alone: Vec<String> = plan_launches(&alone, p.gpu.limits(), Precision::F16)
+            .unwrap()
+            .iter()
+            .map(|(_, l)| format!("{} {:?}", l.kernel.name(), l.grid))
+            .collect();
+        for step in 0..3 {
+            let staged: Vec<String> = p
+                .launches
+                .iter()
+                .filter(|l| l.stage == Stage::Unet && l.step == step)
+                .map(|l| format!("{} {:?}", l.cost.kernel.name(), l.cost.grid))
+                .collect();
+            assert_eq!(staged, alone, "step {step}");
+        }
+        assert_eq!(p.unet_call().launches, alone.len());
+        assert_eq!(p.stage(Stage::Unet).launches, 3 * alone.len());
+        // Each step: the input cast and the sampler step; once: the decoder's input.
+        assert_eq!(p.stage(Stage::Step).launches, 3 * 2);
+        assert_eq!(p.stage(Stage::Once).launches, 1);
+        let sum: usize = Stage::ALL.iter().map(|&s| p.stage(s).launches).sum();
+        assert_eq!(sum, p.generation().launches);
+    }
+
+    #[test]
+    fn sdxl_joins_its_contexts_and_embeds_its_time_ids_once() {
+        let cfg = PlanConfig { arch: Arch::Sdxl, width: 1024, height: 1024, num_images: 1, steps: 2 };
+        let p = plan(GpuSpec::by_name("h100").unwrap(), &cfg).unwrap();
+        let once: Vec<&str> =
+            p.launches.iter().filter(|l| l.stage == Stage::Once).map(|l| l.cost.kernel.name()).collect();
+        assert!(once.contains(&"concat_v8_f16") && once.iter().any(|k| k.starts_with("igemm")), "{once:?}");
+        // The f32 VAE (force_upcast) runs the tf32 kernels.
+        assert!(p.launches.iter().any(|l| l.stage == Stage::Vae && l.cost.kernel.name().contains("tf32")));
+    }
+
+    #[test]
+    fn no_launch_is_predicted_faster_than_its_flops_at_the_tensor_peak() {
+        for gpu in ["h100", "a100", "l40s"] {
+            let p = sd15(gpu, 1);
+            let peak = p.gpu.tensor_peak_tflops * 1e12;
+            for l in &p.launches {
+                let floor_us = l.cost.work.flops / peak * 1e6;
+                assert!(
+                    l.cost.predicted_us >= floor_us,
+                    "{gpu} {}: {} < {floor_us}",
+                    l.cost.kernel.name(),
+                    l.cost.predicted_us
+                );
+            }
+            let g = p.generation();
+            assert!(g.predicted_us >= g.flops / peak * 1e6);
+        }
+    }
+
+    #[test]
+    fn the_json_has_the_documented_fields() {
+        let v = sd15("h200", 2).json();
+        for k in ["gpu", "arch", "width", "height", "num_images", "steps", "unet_call", "generation", "launches"] {
+            assert!(v.get(k).is_some(), "missing {k}");
+        }
+        assert_eq!((v["gpu"].as_str(), v["arch"].as_str(), v["steps"].as_u64()), (Some("h200"), Some("sd15"), Some(2)));
+        for part in ["unet_call", "generation"] {
+            for k in ["launches", "flops", "predicted_us"] {
+                assert!(v[part][k].is_number(), "{part}.{k}");
+            }
+        }
+        let launches = v["launches"].as_array().unwrap();
+        assert_eq!(launches.len() as u64, v["generation"]["launches"].as_u64().unwrap());
+        for l in launches {
+            for k in ["stage", "kernel", "ctas", "ctas_per_sm", "waves", "flops", "bytes", "bound", "predicted_us"] {
+                assert!(l.get(k).is_some(), "launch field {k}");
+            }
+            let stage = l["stage"].as_str().unwrap();
+            assert!(["text", "once", "unet", "step", "vae"].contains(&stage), "{stage}");
+        }
+    }
+
+    #[test]
+    fn bad_sizes_and_counts_are_errors_naming_the_flag() {
+        let gpu = GpuSpec::by_name("h100").unwrap();
+        let e = plan(gpu, &PlanConfig { arch: Arch::Sd15, width: 500, height: 512, num_images: 1, steps: 4 })
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--width") && e.contains("500"), "{e}");
+        let e = plan(gpu, &PlanConfig { arch: Arch::Sd15, width: 512, height: 512, num_images: 1, steps: 0 })
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--steps"), "{e}");
+    }
+}
