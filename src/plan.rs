@@ -141,7 +141,7 @@ pub fn plan(gpu: &'static GpuSpec, cfg: &PlanConfig) -> Result<Plan> {
     let vae = VaeConfig::from_json(origin, configs.vae)?;
     let scale = vae.downscale();
     for (what, v) in [("--width", cfg.width), ("--height", cfg.height)] {
-        if v == 0 || v % scale != 0 {
+        if v == 0 || !v.is_multiple_of(scale) {
             return Err(Error::invalid(what, format!("{v}: expected a positive multiple of {scale}")));
         }
     }

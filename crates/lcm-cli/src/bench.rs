@@ -72,6 +72,10 @@ pub struct BenchArgs {
     /// native one (512 for sd15, 1024 for sdxl and ssd-1b).
     #[arg(long, value_name = "GPU", conflicts_with_all = ["model", "lora_rank", "strength", "controlnet", "profile"])]
     pub plan: Option<String>,
+    /// With --plan: also write the launches as a roofline chart (SVG): arithmetic intensity against
+    /// predicted TFLOP/s, the GPU's ceilings drawn, points by stage, the ten costliest labelled.
+    #[arg(long, value_name = "FILE.svg", requires = "plan")]
+    pub plot: Option<PathBuf>,
     /// Run a ControlNet before each UNet step and time it (the controlnet_step stage, its share of a
     /// step): `synthetic` (diffusers' ControlNetModel.from_unet of the benchmarked UNet, seeded random
     /// weights), or a ControlNet folder or .safetensors file of the model's family.
@@ -137,6 +141,10 @@ fn plan(gpu: &str, args: &BenchArgs) -> Result<()> {
         println!("{}", p.json());
     } else {
         print!("{}", p.table());
+    }
+    if let Some(path) = &args.plot {
+        crate::plan_plot::roofline(&p, path)?;
+        eprintln!("roofline written to {}", path.display());
     }
     Ok(())
 }
