@@ -102,9 +102,13 @@ pub struct Plan {
     pub launches: Vec<PlannedLaunch>,
 }
 
-/// The arch's native image size: its VAE's `sample_size` (512 for SD1.5, 1024 for SDXL).
+/// The image size the arch's pipelines default to (`UnetConfig::default_image_size`: 512 for SD1.5,
+/// 768 for SD2.1, 1024 for SDXL).
 pub fn native_size(arch: Arch) -> Result<usize> {
-    Ok(VaeConfig::from_json(Path::new(arch.name()), arch.configs().vae)?.tile_size())
+    let origin = Path::new(arch.name());
+    let vae = VaeConfig::from_json(origin, arch.configs().vae)?;
+    let unet = UnetConfig::from_json(origin, arch.configs().unet)?;
+    Ok(unet.default_image_size(vae.downscale()).unwrap_or_else(|| vae.tile_size()))
 }
 
 /// Plans one txt2img generation of `cfg` on `gpu`, as the pipeline runs it: no classifier-free
@@ -422,6 +426,12 @@ mod tests {
             let stage = l["stage"].as_str().unwrap();
             assert!(["text", "once", "unet", "step", "vae"].contains(&stage), "{stage}");
         }
+    }
+
+    #[test]
+    fn native_sizes_are_the_pipelines_defaults() {
+        let sizes = [Arch::Sd15, Arch::Sd2, Arch::Sdxl, Arch::Ssd1b].map(|a| native_size(a).unwrap());
+        assert_eq!(sizes, [512, 768, 1024, 1024]);
     }
 
     #[test]

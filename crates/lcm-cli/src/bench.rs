@@ -69,7 +69,7 @@ pub struct BenchArgs {
     /// No run: print the launches one generation makes on this GPU (h100, h200, a100, l40s) as the CUDA
     /// backend plans them, each with its grid, occupancy, waves, FLOPs, bytes, bound and predicted time
     /// (a cost model, docs/kernels.md), and totals per stage. Needs no GPU. Default size: the arch's
-    /// native one (512 for sd15, 1024 for sdxl and ssd-1b).
+    /// native one (512 for sd15, 768 for sd2, 1024 for sdxl and ssd-1b).
     #[arg(long, value_name = "GPU", conflicts_with_all = ["model", "lora_rank", "strength", "controlnet", "profile"])]
     pub plan: Option<String>,
     /// With --plan: also write the launches as a roofline chart (SVG): arithmetic intensity against
@@ -137,10 +137,12 @@ fn plan(gpu: &str, args: &BenchArgs) -> Result<()> {
     SizeRule::default().check("--height", height)?;
     let cfg = lcm::plan::PlanConfig { arch, width, height, num_images: args.num_images, steps: args.steps };
     let p = lcm::plan::plan(gpu, &cfg)?;
-    if args.json {
-        println!("{}", p.json());
-    } else {
-        print!("{}", p.table());
+    let text = if args.json { format!("{}\n", p.json()) } else { p.table() };
+    // A reader that stops early (`| head`) is not an error: the table is long.
+    if let Err(e) = std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes()) {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            return Err(Error::invalid("stdout", e.to_string()));
+        }
     }
     if let Some(path) = &args.plot {
         crate::plan_plot::roofline(&p, path)?;
