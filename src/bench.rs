@@ -38,8 +38,46 @@ pub enum Arch {
     Ssd1b,
 }
 
+/// The `config.json` texts of an [`Arch`]'s models.
+#[derive(Debug, Clone, Copy)]
+pub struct ArchConfigs {
+    pub text_encoder: &'static str,
+    /// SDXL's second text encoder.
+    pub text_encoder_2: Option<&'static str>,
+    pub unet: &'static str,
+    pub vae: &'static str,
+}
+
 impl Arch {
-    fn name(self) -> &'static str {
+    /// Its models' configs: what the synthetic models and the launch plan (`crate::plan`) are built from.
+    pub fn configs(self) -> ArchConfigs {
+        let (text_encoder, text_encoder_2, unet, vae) = match self {
+            Arch::Sd15 => (sd15::TEXT_ENCODER_CONFIG, None, sd15::UNET_CONFIG, sd15::VAE_CONFIG),
+            Arch::Sd2 => (sd2::TEXT_ENCODER_CONFIG, None, sd2::UNET_CONFIG, sd2::VAE_CONFIG),
+            Arch::Sdxl => {
+                (sdxl::TEXT_ENCODER_CONFIG, Some(sdxl::TEXT_ENCODER_2_CONFIG), sdxl::UNET_CONFIG, sdxl::VAE_CONFIG)
+            }
+            Arch::Ssd1b => (
+                sdxl::TEXT_ENCODER_CONFIG,
+                Some(sdxl::TEXT_ENCODER_2_CONFIG),
+                sdxl::SSD_1B_UNET_CONFIG,
+                sdxl::VAE_CONFIG,
+            ),
+        };
+        ArchConfigs { text_encoder, text_encoder_2, unet, vae }
+    }
+
+    /// Its `--arch` value.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Arch::Sd15 => "sd15",
+            Arch::Sd2 => "sd2",
+            Arch::Sdxl => "sdxl",
+            Arch::Ssd1b => "ssd-1b",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
         match self {
             Arch::Sd15 => "SD1.5",
             Arch::Sd2 => "SD2.1",
@@ -171,19 +209,7 @@ fn load<B: Backend>(
         None => {
             let origin = Path::new("synthetic");
             let mut src = random_source(seed);
-            let (te, te2, unet, vae) = match arch {
-                Arch::Sd15 => (sd15::TEXT_ENCODER_CONFIG, None, sd15::UNET_CONFIG, sd15::VAE_CONFIG),
-                Arch::Sd2 => (sd2::TEXT_ENCODER_CONFIG, None, sd2::UNET_CONFIG, sd2::VAE_CONFIG),
-                Arch::Sdxl => {
-                    (sdxl::TEXT_ENCODER_CONFIG, Some(sdxl::TEXT_ENCODER_2_CONFIG), sdxl::UNET_CONFIG, sdxl::VAE_CONFIG)
-                }
-                Arch::Ssd1b => (
-                    sdxl::TEXT_ENCODER_CONFIG,
-                    Some(sdxl::TEXT_ENCODER_2_CONFIG),
-                    sdxl::SSD_1B_UNET_CONFIG,
-                    sdxl::VAE_CONFIG,
-                ),
-            };
+            let ArchConfigs { text_encoder: te, text_encoder_2: te2, unet, vae } = arch.configs();
             let two = te2.is_some();
             let mut clip_model = |json: &str| {
                 let cfg = penultimate(ClipConfig::from_json(origin, json, 0)?, two);

@@ -36,6 +36,7 @@
 pub mod bench;
 pub mod cuda;
 mod engine;
+pub mod plan;
 
 pub use engine::{Device, Engine, Opened, Prepared};
 pub use lcm_core as core;

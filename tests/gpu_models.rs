@@ -106,6 +106,30 @@ fn graph_replay_and_plain_launches_agree_bit_for_bit(be: CudaBackend) {
     assert!(first.iter().zip(&pair.gpu_output(0)).all(|(x, y)| x.to_bits() == y.to_bits()), "two runs differ");
 }
 
+/// `lcm bench --plan` makes no launch list of its own: `cuda::plan_launches` runs the backend's recorder
+/// without a device. On the tiny SD UNet (and the block above) its launches are the ones the backend
+/// records, kernel for kernel, grid for grid.
+fn the_launch_plan_is_what_the_backend_records(be: CudaBackend) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-sd/unet");
+    let json = std::fs::read_to_string(dir.join("config.json")).expect("tiny-sd unet config");
+    let unet = lcm_models::UnetConfig::from_json(&dir, &json).expect("tiny-sd unet config");
+    for (name, g) in [("tiny-sd unet", unet.graph(1, 8, 8, 77).expect("unet graph")), ("unet block", unet_block())] {
+        let mut rng = Rng::new(3);
+        let mut pair = Pair::new(&be, g.clone(), &mut rng);
+        pair.run(&random_inputs(&g, &mut rng, 1));
+        let recorded = pair.ge.arena().recorded_kernels();
+        let program = lcm_core::Program::new(g, be.precision().bytes()).expect("program");
+        let planned: Vec<String> = lcm::cuda::plan_launches(&program, be.limits(), be.precision())
+            .expect("plan")
+            .iter()
+            .map(|(_, l)| l.describe())
+            .collect();
+        println!("{name}: {} launches recorded, {} planned", recorded.len(), planned.len());
+        assert!(!planned.is_empty());
+        assert_eq!(planned, recorded, "{name}: the plan differs from the recorded run");
+    }
+}
+
 fn main() -> std::process::ExitCode {
     run_gpu_tests(
         "gpu_models",
@@ -115,6 +139,7 @@ fn main() -> std::process::ExitCode {
                 unet_block_matches_cpu_and_second_run_allocates_nothing,
             ),
             ("graph_replay_and_plain_launches_agree_bit_for_bit", graph_replay_and_plain_launches_agree_bit_for_bit),
+            ("the_launch_plan_is_what_the_backend_records", the_launch_plan_is_what_the_backend_records),
         ],
     )
 }

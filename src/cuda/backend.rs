@@ -89,13 +89,7 @@ impl CudaArena {
         steps
             .iter()
             .filter_map(|s| match s {
-                Step::Kernel(l) => Some(format!(
-                    "{} grid {:?} block {} smem {}",
-                    l.kernel.name(),
-                    l.grid,
-                    l.block[0] * l.block[1] * l.block[2],
-                    l.smem
-                )),
+                Step::Kernel(l) => Some(l.describe()),
                 Step::Zero32 { .. } => None,
             })
             .collect()
@@ -145,6 +139,11 @@ impl CudaBackend {
     /// (GEMM and attention on tf32 tensor cores, GroupNorm, element-wise). Other families refuse f32.
     pub fn with_precision(&self, precision: Precision) -> CudaBackend {
         CudaBackend { dev: self.dev.clone(), limits: self.limits, precision, graphs: self.graphs }
+    }
+
+    /// The device limits the launch planners read (what `cuda::plan_launches` takes).
+    pub fn limits(&self) -> Limits {
+        self.limits
     }
 
     /// What this backend stores activations and weights in.

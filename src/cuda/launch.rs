@@ -88,6 +88,20 @@ pub struct Launch {
     pub params: Params,
 }
 
+impl Launch {
+    /// Kernel, grid, threads and dynamic shared memory on one line: what a failing test prints so the
+    /// failure names its kernel and geometry, and what the launch plan is compared by.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} grid {:?} block {} smem {}",
+            self.kernel.name(),
+            self.grid,
+            self.block[0] * self.block[1] * self.block[2],
+            self.smem
+        )
+    }
+}
+
 /// One step of a recorded run: a kernel, or zeroing a few 32-bit words (the embed error flag).
 #[derive(Debug, Clone, Copy)]
 pub enum Step {

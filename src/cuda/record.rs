@@ -8,30 +8,62 @@ use lcm_core::graph::{Elem, Op, Storage, TensorId};
 use lcm_core::{Error, Problem, Program, Result};
 
 use super::backend::{CudaBackend, CudaWeight, STATUS_BYTES};
-use super::launch::{no_f32, Limits, Precision, Step};
+use super::launch::{no_f32, Launch, Limits, Precision, Step};
+use super::lora::LoraBuffers;
 use super::ops::{attention, eltwise, gemm, lcm_step, norm};
 
+/// Where a plan without a device puts the arena, the scratch buffer and weight `i` (`PLAN_WEIGHTS` +
+/// 256·i): non-zero, since the planners read a zero address as "absent" (no bias, no residual).
+const PLAN_ARENA: u64 = 1 << 40;
+const PLAN_SCRATCH: u64 = 1 << 41;
+const PLAN_WEIGHTS: u64 = 1 << 42;
+
 pub(crate) struct Recorder<'a> {
-    be: &'a CudaBackend,
+    limits: Limits,
+    precision: Precision,
     p: &'a Program,
-    weights: &'a [&'a CudaWeight],
+    /// The uploaded weights; `None` when planning without a device (`plan_launches`).
+    weights: Option<&'a [&'a CudaWeight]>,
     arena: u64,
     /// The scratch buffer: status words (the embed error flag), then kernel workspaces.
     scratch: u64,
 }
 
+/// A weight as the GEMM planner needs it: its address and the unmerged LoRA attached to it.
+pub(crate) struct WeightRef<'a> {
+    pub(crate) ptr: u64,
+    pub(crate) lora: Option<&'a LoraBuffers>,
+}
+
+/// The launches one run of `program` makes on a GPU with `limits` whose activations are `precision`,
+/// each with the index of the op (in `program.graph.ops`) it runs: the recorder the backend runs, with
+/// placeholder addresses and no LoRA, so no device is needed (`lcm bench --plan`). Memsets (the embed
+/// error flag) are left out: they are not kernels.
+pub fn plan_launches(program: &Program, limits: Limits, precision: Precision) -> Result<Vec<(usize, Launch)>> {
+    let mut r = Recorder { limits, precision, p: program, weights: None, arena: PLAN_ARENA, scratch: 0 };
+    let (steps, ops) = r.record_ops(PLAN_SCRATCH)?;
+    Ok(steps
+        .into_iter()
+        .zip(ops)
+        .filter_map(|(s, op)| match s {
+            Step::Kernel(l) => Some((op, l)),
+            Step::Zero32 { .. } => None,
+        })
+        .collect())
+}
+
 impl<'a> Recorder<'a> {
     pub(crate) fn new(be: &'a CudaBackend, p: &'a Program, weights: &'a [&'a CudaWeight], arena: u64) -> Self {
-        Recorder { be, p, weights, arena, scratch: 0 }
+        Recorder { limits: be.limits, precision: be.precision, p, weights: Some(weights), arena, scratch: 0 }
     }
 
     pub(crate) fn limits(&self) -> Limits {
-        self.be.limits
+        self.limits
     }
 
     /// What `Elem::Act` tensors are stored in.
     pub(crate) fn act_precision(&self) -> Precision {
-        self.be.precision
+        self.precision
     }
 
     pub(crate) fn elem(&self, t: TensorId) -> Elem {
@@ -41,14 +73,14 @@ impl<'a> Recorder<'a> {
     /// The element type tensor `t` is stored in here.
     pub(crate) fn precision(&self, t: TensorId) -> Precision {
         match self.elem(t) {
-            Elem::Act => self.be.precision,
+            Elem::Act => self.precision,
             _ => Precision::F32,
         }
     }
 
     /// The f16-only families refuse an f32-activation backend by name.
     pub(crate) fn f16_only(&self, family: &str) -> Result<()> {
-        match self.be.precision {
+        match self.precision {
             Precision::F16 => Ok(()),
             Precision::F32 => Err(no_f32(family)),
         }
@@ -56,11 +88,7 @@ impl<'a> Recorder<'a> {
 
     pub(crate) fn addr(&self, t: TensorId) -> Result<u64> {
         match self.p.graph.tensors[t].storage {
-            Storage::Weight(i) => self
-                .weights
-                .get(i)
-                .map(|w| w.buf.ptr)
-                .ok_or_else(|| Error::backend(format!("weight {i} was not uploaded"))),
+            Storage::Weight(_) => self.weight_at(t).map(|w| w.ptr),
             _ => self.p.plan.offsets[t]
                 .map(|o| self.arena + o as u64)
                 .ok_or_else(|| Error::backend(format!("tensor {t} has no place in the arena"))),
@@ -82,11 +110,24 @@ impl<'a> Recorder<'a> {
     }
 
     /// The stored weight behind tensor `t`, checked against the shape the graph expects.
-    pub(crate) fn weight(&self, t: TensorId) -> Result<&'a CudaWeight> {
-        let Storage::Weight(i) = self.p.graph.tensors[t].storage else {
+    pub(crate) fn weight(&self, t: TensorId) -> Result<WeightRef<'a>> {
+        let Storage::Weight(_) = self.p.graph.tensors[t].storage else {
             return Err(Error::backend(format!("tensor {t} is used as a GEMM weight but is not a weight")));
         };
-        let w = *self.weights.get(i).ok_or_else(|| Error::backend(format!("weight {i} was not uploaded")))?;
+        self.weight_at(t)
+    }
+
+    fn weight_at(&self, t: TensorId) -> Result<WeightRef<'a>> {
+        let Storage::Weight(i) = self.p.graph.tensors[t].storage else {
+            return Err(Error::backend(format!("tensor {t} is not a weight")));
+        };
+        let Some(weights) = self.weights else {
+            return match self.p.graph.weights.get(i) {
+                Some(_) => Ok(WeightRef { ptr: PLAN_WEIGHTS + 256 * i as u64, lora: None }),
+                None => Err(Error::backend(format!("weight {i} is not in the graph"))),
+            };
+        };
+        let w = *weights.get(i).ok_or_else(|| Error::backend(format!("weight {i} was not uploaded")))?;
         if w.spec.shape != self.p.graph.shape(t) {
             return Err(Error::backend(format!(
                 "weight {} is {:?}, the graph wants {:?}",
@@ -95,7 +136,7 @@ impl<'a> Recorder<'a> {
                 self.p.graph.shape(t)
             )));
         }
-        Ok(w)
+        Ok(WeightRef { ptr: w.buf.ptr, lora: w.lora.as_deref() })
     }
 
     /// Scratch bytes the graph's kernels need beyond the status words.
@@ -114,13 +155,19 @@ impl<'a> Recorder<'a> {
 
     /// The steps of one run, with the status words at `scratch` and kernel workspaces after them.
     pub(crate) fn record(&mut self, scratch: u64) -> Result<Vec<Step>> {
+        Ok(self.record_ops(scratch)?.0)
+    }
+
+    /// [`Recorder::record`], with the index of the op each step runs (the memset counts as op 0's).
+    fn record_ops(&mut self, scratch: u64) -> Result<(Vec<Step>, Vec<usize>)> {
         self.scratch = scratch;
         let g = &self.p.graph;
         let mut steps = Vec::with_capacity(g.ops.len() + 8);
+        let mut step_ops = Vec::with_capacity(g.ops.len() + 8);
         if g.ops.iter().any(|op| matches!(op, Op::Embed { .. })) {
             steps.push(Step::Zero32 { ptr: self.status(), words: 2 });
         }
-        for (op, problem) in g.ops.iter().zip(&self.p.problems) {
+        for (i, (op, problem)) in g.ops.iter().zip(&self.p.problems).enumerate() {
             let want = match op {
                 Op::LcmStep { .. } | Op::InpaintBlend { .. } => Some(Elem::F32),
                 Op::Cast { .. } => None, // Act or F32 either way; the cast's kernel checks the pair
@@ -145,8 +192,9 @@ impl<'a> Recorder<'a> {
                 | Op::Cast { .. } => eltwise::record(self, op, problem, &mut steps)?,
                 Op::LcmStep { .. } | Op::InpaintBlend { .. } => lcm_step::record(self, op, problem, &mut steps)?,
             }
+            step_ops.resize(steps.len(), i);
         }
-        Ok(steps)
+        Ok((steps, step_ops))
     }
 }
 

@@ -66,6 +66,16 @@ pub struct BenchArgs {
     /// Tiled decoding (the report's VAE arena line shows the memory it saves).
     #[command(flatten)]
     pub tiling: VaeTilingArgs,
+    /// No run: print the launches one generation makes on this GPU (h100, h200, a100, l40s) as the CUDA
+    /// backend plans them, each with its grid, occupancy, waves, FLOPs, bytes, bound and predicted time
+    /// (a cost model, docs/kernels.md), and totals per stage. Needs no GPU. Default size: the arch's
+    /// native one (512 for sd15, 768 for sd2, 1024 for sdxl and ssd-1b).
+    #[arg(long, value_name = "GPU", conflicts_with_all = ["model", "lora_rank", "strength", "controlnet", "profile"])]
+    pub plan: Option<String>,
+    /// With --plan: also write the launches as a roofline chart (SVG): arithmetic intensity against
+    /// predicted TFLOP/s, the GPU's ceilings drawn, points by stage, the ten costliest labelled.
+    #[arg(long, value_name = "FILE.svg", requires = "plan")]
+    pub plot: Option<PathBuf>,
     /// Run a ControlNet before each UNet step and time it (the controlnet_step stage, its share of a
     /// step): `synthetic` (diffusers' ControlNetModel.from_unet of the benchmarked UNet, seeded random
     /// weights), or a ControlNet folder or .safetensors file of the model's family.
@@ -83,6 +93,9 @@ pub enum ArchArg {
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
+    if let Some(gpu) = &args.plan {
+        return plan(gpu, &args);
+    }
     if args.steps == 0 || args.num_images == 0 || args.repeat == 0 {
         return Err(Error::invalid("lcm bench", "--steps, --num-images and --repeat must be at least 1"));
     }
@@ -114,18 +127,46 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
 }
 
+/// `--plan GPU`: the launch plan, as a table or (`--json`) one JSON object.
+fn plan(gpu: &str, args: &BenchArgs) -> Result<()> {
+    let gpu = lcm::cuda::GpuSpec::by_name(gpu)?;
+    let arch = arch(args.arch);
+    let native = lcm::plan::native_size(arch)?;
+    let (width, height) = (args.width.unwrap_or(native), args.height.unwrap_or(native));
+    SizeRule::default().check("--width", width)?;
+    SizeRule::default().check("--height", height)?;
+    let cfg = lcm::plan::PlanConfig { arch, width, height, num_images: args.num_images, steps: args.steps };
+    let p = lcm::plan::plan(gpu, &cfg)?;
+    let text = if args.json { format!("{}\n", p.json()) } else { p.table() };
+    // A reader that stops early (`| head`) is not an error: the table is long.
+    if let Err(e) = std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes()) {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            return Err(Error::invalid("stdout", e.to_string()));
+        }
+    }
+    if let Some(path) = &args.plot {
+        crate::plan_plot::roofline(&p, path)?;
+        eprintln!("roofline written to {}", path.display());
+    }
+    Ok(())
+}
+
+fn arch(a: ArchArg) -> Arch {
+    match a {
+        ArchArg::Sd15 => Arch::Sd15,
+        ArchArg::Sd2 => Arch::Sd2,
+        ArchArg::Sdxl => Arch::Sdxl,
+        ArchArg::Ssd1b => Arch::Ssd1b,
+    }
+}
+
 fn go<B: BenchBackend>(backend: &B, args: &BenchArgs, default_size: usize, variant: Variant) -> Result<()> {
     let (width, height) = (args.width.unwrap_or(default_size), args.height.unwrap_or(default_size));
     SizeRule::default().check("--width", width)?;
     SizeRule::default().check("--height", height)?;
     let cfg = BenchConfig {
         model: args.model.clone(),
-        arch: match args.arch {
-            ArchArg::Sd15 => Arch::Sd15,
-            ArchArg::Sd2 => Arch::Sd2,
-            ArchArg::Sdxl => Arch::Sdxl,
-            ArchArg::Ssd1b => Arch::Ssd1b,
-        },
+        arch: arch(args.arch),
         width,
         height,
         steps: args.steps,

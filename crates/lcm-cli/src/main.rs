@@ -15,6 +15,7 @@ mod generate;
 mod hub;
 mod kernels;
 mod model_args;
+mod plan_plot;
 mod progress;
 mod serve;
 mod vae_tiling;

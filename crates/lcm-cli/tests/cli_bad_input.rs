@@ -219,3 +219,24 @@ fn long_and_control_character_prompts_and_limits() {
         assert!(stderr.contains(flag), "{extra:?}: {stderr}");
     }
 }
+
+/// `lcm bench --plan`: an unknown GPU or a bad size is an error naming the flag; a plan needs no device
+/// and prints one JSON object with every launch.
+#[test]
+fn plan_names_a_bad_gpu_or_size_and_needs_no_device() {
+    let run = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_lcm")).args(args).output().expect("run lcm");
+        let stderr = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(!stderr.contains("panicked"), "lcm panicked on {args:?}: {stderr}");
+        (o.status.code().expect("exited"), String::from_utf8_lossy(&o.stdout).to_string(), stderr)
+    };
+    let (code, _, err) = run(&["bench", "--plan", "h300"]);
+    assert_fails(code, &err, &["--plan", "h300", "h100, h200, a100, l40s"]);
+    let (code, _, err) = run(&["bench", "--plan", "h100", "--width", "500"]);
+    assert_fails(code, &err, &["--width", "500"]);
+    let (code, out, err) = run(&["bench", "--plan", "a100", "--steps", "2", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("one JSON object");
+    assert_eq!((v["gpu"].as_str(), v["steps"].as_u64()), (Some("a100"), Some(2)));
+    assert_eq!(v["launches"].as_array().map(|l| l.len() as u64), v["generation"]["launches"].as_u64());
+}

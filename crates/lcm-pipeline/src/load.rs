@@ -514,12 +514,17 @@ enum VaeSource<'a> {
     Checkpoint(&'a Checkpoint),
 }
 
+/// Whether a pipeline decodes with `vae` in f32 whatever its own precision ([`upcast_vae_backend`]).
+pub fn vae_upcast(sdxl: bool, vae: &VaeConfig) -> bool {
+    sdxl && vae.force_upcast
+}
+
 /// The backend a pipeline's VAE runs on when it is not the pipeline's own: diffusers' SDXL pipelines
 /// decode (and encode) a `force_upcast` VAE in f32 even in an f16 pipeline, because SDXL's VAE
 /// overflows in f16 (StableDiffusionPipeline ignores the flag). A backend whose activations are f16
 /// lends its f32 twin ([`Backend::f32_activations`]); one already in f32 (the CPU) needs none.
 pub fn upcast_vae_backend<B: Backend>(backend: &B, sdxl: bool, vae: &VaeConfig) -> Option<B> {
-    if sdxl && vae.force_upcast {
+    if vae_upcast(sdxl, vae) {
         backend.f32_activations()
     } else {
         None

@@ -138,7 +138,7 @@ pub fn gemm(s: &Gemm, k2: usize, p: GemmPtrs, prec: Precision, lim: Limits) -> R
 pub(crate) fn scratch_bytes(r: &Recorder, op: &Op, problem: &Problem) -> Result<usize> {
     match (*op, *problem) {
         (Op::Conv2d { w, .. } | Op::Linear { w, .. }, Problem::Gemm(g)) => {
-            Ok(r.weight(w)?.lora.as_ref().map_or(0, |l| g.m() * l.rp * 2))
+            Ok(r.weight(w)?.lora.map_or(0, |l| g.m() * l.rp * 2))
         }
         _ => Ok(0),
     }
@@ -155,7 +155,7 @@ pub(crate) fn record(r: &Recorder, op: &Op, problem: &Problem, steps: &mut Vec<S
     let weight = r.weight(w)?;
     let mut p = GemmPtrs {
         x: r.addr(x)?,
-        weight: weight.buf.ptr,
+        weight: weight.ptr,
         bias: r.opt_addr(bias)?,
         residual: r.opt_addr(residual)?,
         out: r.addr(out)?,
@@ -163,7 +163,7 @@ pub(crate) fn record(r: &Recorder, op: &Op, problem: &Problem, steps: &mut Vec<S
         weight2: 0,
     };
     let mut k2 = 0;
-    if let Some(l) = &weight.lora {
+    if let Some(l) = weight.lora {
         // u = x·Aᵀ (a conv with the LoRA's down weight, same taps), then [x | u]·[W | s·B]ᵀ.
         let down = Gemm { co: l.rp, geglu: false, ..s };
         let work = r.work();
