@@ -18,7 +18,7 @@ fn run(inputs: &[Input]) -> Result<Vec<Request>> {
 }
 
 fn err(inputs: &[Input]) -> String {
-    run(inputs).err().expect("an error").to_string()
+    run(inputs).expect_err("an error").to_string()
 }
 
 #[test]
