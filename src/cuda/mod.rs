@@ -37,3 +37,8 @@ pub use lora::{LoraImage, LoraSlot};
 pub fn emulator_built() -> bool {
     cfg!(lcm_emulator)
 }
+
+/// How many GPUs the CUDA driver sees (0 without the driver library or a GPU): `lcm serve --devices all`.
+pub fn gpu_count() -> usize {
+    driver::device_count()
+}
