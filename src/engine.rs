@@ -88,6 +88,21 @@ impl Opened {
         })
     }
 
+    /// [`Opened::open`] on the GPU with this ordinal (one server worker per device): for
+    /// [`Device::Cuda`] and [`Device::Auto`] the CUDA device `ordinal` (an error says how many exist);
+    /// the CPU and the emulator are one device each, opened anew (`ordinal` is only the worker's slot).
+    pub fn open_ordinal(device: Device, ordinal: usize) -> Result<(Opened, Option<String>)> {
+        let gpu = || CudaBackend::open(DeviceKind::Gpu(ordinal as i32)).map(|b| Opened::Cuda(Box::new(b)));
+        Ok(match device {
+            Device::Cpu | Device::Emulated => return Opened::open(device),
+            Device::Cuda => (gpu()?, None),
+            Device::Auto => match gpu() {
+                Ok(b) => (b, None),
+                Err(e) => (Opened::Cpu(CpuBackend::new()), Some(format!("running on the CPU ({e})"))),
+            },
+        })
+    }
+
     /// The backend's name (`Backend::name`).
     pub fn name(&self) -> &'static str {
         match self {

@@ -44,6 +44,21 @@ pub(crate) struct Gpu {
 unsafe impl Send for Gpu {}
 unsafe impl Sync for Gpu {}
 
+/// How many CUDA devices the driver sees (0 without the driver library or a GPU).
+pub(crate) fn device_count() -> usize {
+    // SAFETY: probing for the library has no preconditions; the driver calls run only if it loaded.
+    unsafe {
+        if !sys::is_culib_present() || sys::cuInit(0) != sys::CUresult::CUDA_SUCCESS {
+            return 0;
+        }
+        let mut count = 0;
+        if sys::cuDeviceGetCount(&mut count) != sys::CUresult::CUDA_SUCCESS {
+            return 0;
+        }
+        count.max(0) as usize
+    }
+}
+
 impl Gpu {
     /// Opens device `ordinal`, loads `fatbin` and resolves every kernel. Fails cleanly (never panics)
     /// when the driver library is missing, no GPU is present, or the fatbin has no image for this GPU.
@@ -57,7 +72,8 @@ impl Gpu {
             let mut count = 0;
             check(sys::cuDeviceGetCount(&mut count), "cuDeviceGetCount")?;
             if ordinal >= count {
-                return Err(Error::backend(format!("CUDA device {ordinal} requested, {count} present")));
+                let exist = if count > 0 { format!("ordinals 0..={}", count - 1) } else { "none".to_string() };
+                return Err(Error::backend(format!("CUDA device {ordinal} requested; {count} present ({exist})")));
             }
             let mut dev = 0;
             check(sys::cuDeviceGet(&mut dev, ordinal), "cuDeviceGet")?;

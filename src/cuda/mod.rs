@@ -44,3 +44,8 @@ pub use record::plan_launches;
 pub fn emulator_built() -> bool {
     cfg!(lcm_emulator)
 }
+
+/// How many GPUs the CUDA driver sees (0 without the driver library or a GPU): `lcm serve --devices all`.
+pub fn gpu_count() -> usize {
+    driver::device_count()
+}

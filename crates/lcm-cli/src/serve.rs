@@ -1,17 +1,18 @@
-//! `lcm serve`: load a model once, then answer OpenAI images API and A1111 txt2img/img2img requests
-//! over HTTP (crates/lcm-serve, docs/serving.md).
+//! `lcm serve`: load a model once per device, then answer OpenAI images API, A1111 txt2img/img2img and
+//! Open Inference Protocol requests over HTTP (crates/lcm-serve, docs/serving.md).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
 use lcm::with_pipeline;
+use lcm::Opened;
 use lcm_core::{Error, Result};
 use lcm_pipeline::lora::LoraSet;
 use lcm_pipeline::spec::{LoadSpec, LoraMode, LoraSpec, SizeRule};
-use lcm_serve::{ControlNetDir, Limits, LoraDir, ServeConfig};
+use lcm_serve::{ApiKeys, ControlNetDir, Limits, LoraDir, ServeConfig};
 
-use crate::device::{open, DeviceArg};
+use crate::device::DeviceArg;
 use crate::model_args::{
     model_and_loras, parse_embedding, parse_lora, parse_prediction, parse_scheduler, parse_spacing, sampler_options,
     SchedulerArg,
@@ -54,6 +55,17 @@ pub struct ServeArgs {
     /// Where to run: auto takes cuda when a GPU opens, else cpu (with a note); emulated is for debugging.
     #[arg(long, value_enum, default_value_t)]
     pub device: DeviceArg,
+    /// Several devices, one worker and pipeline each, all taking batches from one queue: GPU
+    /// ordinals (`0,1,3`) or `all` (every GPU the driver sees) with --device cuda/auto; with --device
+    /// cpu or emulated, N entries are N workers (each its own copy of the model; the CPU backend already
+    /// uses every core, so more than one is for tests and overlap) and `all` is one. Default: one.
+    #[arg(long, value_name = "LIST|all", value_parser = parse_devices)]
+    pub devices: Option<Devices>,
+    /// A file of API keys, one per line: every API route then wants `Authorization: Bearer KEY` (what
+    /// the openai clients send as api_key); /health, /ready, /v2/health/* and /metrics stay open. The
+    /// environment variable LCM_API_KEY (one key) does the same when this is not given.
+    #[arg(long, value_name = "FILE")]
+    pub api_key_file: Option<PathBuf>,
     /// Address to listen on. Loopback by default; 0.0.0.0 (or ::) serves every interface.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
@@ -111,6 +123,48 @@ pub struct ServeArgs {
     pub tiling: VaeTilingArgs,
 }
 
+/// `--devices`: GPU ordinals or worker slots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Devices {
+    All,
+    List(Vec<usize>),
+}
+
+fn parse_devices(s: &str) -> std::result::Result<Devices, String> {
+    if s == "all" {
+        return Ok(Devices::All);
+    }
+    let mut list = Vec::new();
+    for part in s.split(',') {
+        let n: usize =
+            part.trim().parse().map_err(|_| format!("`{part}`: expected device ordinals like 0,1 or `all`"))?;
+        if list.contains(&n) {
+            return Err(format!("device {n} is listed twice"));
+        }
+        if n > 255 {
+            return Err(format!("device {n}: expected an ordinal below 256"));
+        }
+        list.push(n);
+    }
+    Ok(Devices::List(list))
+}
+
+/// The ordinals `--devices` names for `device` (see its help).
+fn ordinals(device: DeviceArg, devices: Option<&Devices>) -> Result<Vec<usize>> {
+    Ok(match (devices, device) {
+        (None, _) => vec![0],
+        (Some(Devices::List(list)), _) => list.clone(),
+        (Some(Devices::All), DeviceArg::Cpu | DeviceArg::Emulated) => vec![0],
+        (Some(Devices::All), DeviceArg::Cuda | DeviceArg::Auto) => match lcm::cuda::gpu_count() {
+            0 if device == DeviceArg::Cuda => {
+                return Err(Error::invalid("--devices all", "the CUDA driver sees no GPU"));
+            }
+            0 => vec![0],
+            n => (0..n).collect(),
+        },
+    })
+}
+
 pub fn run(args: ServeArgs) -> Result<()> {
     // Everything that can be checked before loading a model is checked first.
     if args.max_batch == 0 || args.max_batch > 64 {
@@ -126,6 +180,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
     if args.max_images == 0 || args.max_body_mb == 0 {
         return Err(Error::invalid("--max-images/--max-body-mb", "expected at least 1"));
     }
+    let api_keys = ApiKeys::load(args.api_key_file.as_deref(), std::env::var("LCM_API_KEY").ok())?;
+    let ordinals = ordinals(args.device, args.devices.as_ref())?;
     let loras = LoraDir::scan(args.lora_dir.as_deref())?;
     let controlnets = ControlNetDir::scan(args.controlnet_dir.as_deref())?;
     let (model_dir, base_loras) = model_and_loras(args.model.as_ref(), &args.loras)?;
@@ -141,6 +197,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         embeddings_dir: args.embeddings_dir.clone(),
         ..LoadSpec::default()
     };
+    let default_size = lcm_pipeline::load::default_image_size(&spec)?.min(size.max());
     let model_name = model_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
     let cfg = |max_steps: usize, sampler, embeddings| ServeConfig {
         host: args.host.clone(),
@@ -164,32 +221,49 @@ pub fn run(args: ServeArgs) -> Result<()> {
         model_name,
         debug_hooks: args.debug_hooks,
         embeddings,
+        api_keys,
+        default_size,
     };
-    let opened = open(args.device)?;
     let t = std::time::Instant::now();
-    eprintln!("loading {} on {}", spec.model_dir.display(), opened.name());
-    let mut engine = opened.load(spec)?;
-    with_pipeline!(&mut engine, p => p.set_vae_tiling(args.tiling.setting()))?;
-    let sampler = with_pipeline!(&mut engine, p => {
-        let (sampler, _) = sampler_options(args.scheduler, args.eta, args.timestep_spacing, p.scheduler_config())?;
-        p.set_sampler(sampler)?;
-        Ok::<_, Error>(sampler)
-    })?;
-    let embeddings = with_pipeline!(&engine, p => p.embeddings().clone());
+    let mut workers = Vec::with_capacity(ordinals.len());
+    for &ordinal in &ordinals {
+        let (opened, note) = Opened::open_ordinal(args.device.into(), ordinal)?;
+        if let Some(note) = note {
+            eprintln!("note: {note}");
+        }
+        let device = match opened.name() {
+            "cpu" => format!("cpu:{ordinal}"),
+            "cuda" => format!("cuda:{ordinal}"),
+            _ => format!("emulated:{ordinal}"),
+        };
+        eprintln!("loading {} on {device}", spec.model_dir.display());
+        let mut engine = opened.load(spec.clone())?;
+        with_pipeline!(&mut engine, p => p.set_vae_tiling(args.tiling.setting()))?;
+        workers.push(lcm_serve::Worker { device, engine });
+    }
+    let (sampler, _) = with_pipeline!(&workers[0].engine, p =>
+        sampler_options(args.scheduler, args.eta, args.timestep_spacing, p.scheduler_config()))?;
+    for w in &mut workers {
+        with_pipeline!(&mut w.engine, p => p.set_sampler(sampler))?;
+    }
+    let engine = &workers[0].engine;
+    let embeddings = with_pipeline!(engine, p => p.embeddings().clone());
     for s in &embeddings.skipped {
         eprintln!("warning: embedding {} skipped: {}", s.path.display(), s.reason);
     }
-    let cfg = cfg(with_pipeline!(&engine, p => p.max_steps(None))?, sampler, embeddings);
+    let cfg = cfg(with_pipeline!(engine, p => p.max_steps(None))?, sampler, embeddings);
     eprintln!(
-        "loaded in {:.0} ms; sampler {}; {} LoRAs in --lora-dir, {} ControlNets in --controlnet-dir; max batch {}, \
-         queue {}, timeout {} s",
+        "loaded on {} device(s) in {:.0} ms; sampler {}; {} LoRAs in --lora-dir, {} ControlNets in --controlnet-dir; \
+         max batch {}, queue {}, timeout {} s{}",
+        workers.len(),
         t.elapsed().as_secs_f64() * 1e3,
         sampler.kind.name(),
         cfg.loras.files.len(),
         cfg.controlnets.models.len(),
         cfg.max_batch,
         cfg.queue,
-        cfg.timeout.as_secs_f64()
+        cfg.timeout.as_secs_f64(),
+        if cfg.api_keys.is_some() { "; API keys required" } else { "" }
     );
-    lcm_serve::run(engine, cfg)
+    lcm_serve::run(workers, cfg)
 }

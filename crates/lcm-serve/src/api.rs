@@ -99,6 +99,8 @@ pub enum Api {
     Img2Img,
     /// OpenAI's `POST /v1/images/edits` (multipart/form-data: [`parse_edits`]).
     Edits,
+    /// The Open Inference Protocol's `POST /v2/models/lcm/infer` (JSON tensors: `oip::parse_infer`).
+    Oip,
 }
 
 /// One request body for `api`, parsed and checked against `limits` and the LoRAs of `loras` as the
@@ -117,12 +119,16 @@ pub fn parse_request_with(
     loras: &LoraDir,
     controlnets: &ControlNetDir,
 ) -> Result<Generation, ApiError> {
-    if api == Api::Edits {
-        return Err(ApiError::bad("content-type", "/v1/images/edits takes multipart/form-data: see parse_edits"));
+    match api {
+        Api::Edits => {
+            return Err(ApiError::bad("content-type", "/v1/images/edits takes multipart/form-data: see parse_edits"))
+        }
+        Api::Oip => return Err(ApiError::bad("inputs", "/v2/models/lcm/infer takes tensors: see oip::parse_infer")),
+        _ => {}
     }
     let obj = parse_object(body)?;
     match api {
-        Api::Edits => unreachable!("handled above"),
+        Api::Edits | Api::Oip => unreachable!("handled above"),
         Api::OpenAi => openai(&obj, limits, loras),
         Api::Txt2Img => a1111(&obj, limits, loras, controlnets, false),
         Api::Img2Img => a1111(&obj, limits, loras, controlnets, true),

@@ -15,6 +15,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 use lcm_pipeline::embeddings::EmbeddingSet;
+use lcm_pipeline::infer::Defaults;
 use lcm_pipeline::output::parameters_text;
 use lcm_pipeline::scheduler::SamplerKind;
 use lcm_pipeline::spec::{LoraSpec, Request};
@@ -22,11 +23,13 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
 use super::api::{self, Api, Generation, Limits};
+use super::auth::{self, ApiKeys};
 use super::controlnets::{ControlNetDir, MODULES};
 use super::error::ApiError;
 use super::loras::LoraDir;
 use super::metrics::{Metrics, Stage};
-use super::queue::{Generated, Job, JobState, Queue};
+use super::oip;
+use super::queue::{Generated, Job, JobResult, JobState, Queue};
 
 /// What every handler shares.
 pub struct App {
@@ -42,6 +45,8 @@ pub struct App {
     /// The textual-inversion embeddings every request may use.
     pub embeddings: EmbeddingSet,
     pub ids: AtomicU64,
+    /// What an Open Inference Protocol request gets for the inputs it leaves out.
+    pub oip_defaults: Defaults,
 }
 
 impl Api {
@@ -51,19 +56,28 @@ impl Api {
             Api::Txt2Img => "/sdapi/v1/txt2img",
             Api::Img2Img => "/sdapi/v1/img2img",
             Api::Edits => "/v1/images/edits",
+            Api::Oip => oip::INFER,
         }
     }
 }
 
-pub fn router(app: Arc<App>, debug_hooks: bool) -> Router {
+/// Every route; with `keys`, all but the probes and `/metrics` want `Authorization: Bearer KEY`.
+pub fn router(app: Arc<App>, debug_hooks: bool, keys: Option<Arc<ApiKeys>>) -> Router {
+    let open = Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/v2/health/live", get(oip::live))
+        .route("/v2/health/ready", get(oip::ready));
     let mut r = Router::new()
+        .route("/v2", get(oip::server_metadata))
+        .route("/v2/models/lcm", get(oip::model_metadata))
+        .route("/v2/models/lcm/ready", get(oip::model_ready))
+        .route("/v2/models/lcm/infer", post(oip::infer))
         .route("/v1/images/generations", post(|s, h, b| generation(s, h, b, Api::OpenAi)))
         .route("/v1/images/edits", post(|s, h, b| generation(s, h, b, Api::Edits)))
         .route("/sdapi/v1/txt2img", post(|s, h, b| generation(s, h, b, Api::Txt2Img)))
         .route("/sdapi/v1/img2img", post(|s, h, b| generation(s, h, b, Api::Img2Img)))
-        .route("/health", get(health))
-        .route("/ready", get(ready))
-        .route("/metrics", get(metrics))
         .route("/v1/models", get(models))
         .route("/sdapi/v1/loras", get(loras))
         .route("/sdapi/v1/embeddings", get(embeddings))
@@ -74,7 +88,11 @@ pub fn router(app: Arc<App>, debug_hooks: bool) -> Router {
     if debug_hooks {
         r = r.route("/debug/panic", post(debug_panic));
     }
-    r.fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, None, "no such endpoint (see docs/serving.md)") })
+    if let Some(keys) = keys {
+        r = r.route_layer(axum::middleware::from_fn_with_state((keys, app.metrics.clone()), auth::require_key));
+    }
+    open.merge(r)
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, None, "no such endpoint (see docs/serving.md)") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, None, "method not allowed on this endpoint")
         })
@@ -83,7 +101,7 @@ pub fn router(app: Arc<App>, debug_hooks: bool) -> Router {
 
 /// Runs `fut` as its own task: a panic in it becomes a 500 here, and dropping this future (the client
 /// went away) aborts the task.
-async fn guarded<F: Future<Output = Response> + Send + 'static>(metrics: &Metrics, fut: F) -> Response {
+pub async fn guarded<F: Future<Output = Response> + Send + 'static>(metrics: &Metrics, fut: F) -> Response {
     struct AbortOnDrop(tokio::task::AbortHandle);
     impl Drop for AbortOnDrop {
         fn drop(&mut self) {
@@ -111,7 +129,7 @@ async fn generation(State(app): State<Arc<App>>, headers: HeaderMap, body: Body,
 }
 
 /// Counts a request in flight from its body read to its answer.
-struct InFlight(Arc<Metrics>);
+pub struct InFlight(Arc<Metrics>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -151,20 +169,8 @@ async fn generate_inner(
 ) -> Result<Response, ApiError> {
     let t0 = Instant::now();
     let m = &app.metrics;
-    if m.draining.load(Ordering::SeqCst) {
-        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, None, "draining: this server is shutting down")
-            .retry_after(1));
-    }
-    // Bodies in flight are bounded too (each up to --max-body-mb), not only the queue.
-    let in_flight = m.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-    let _in_flight = InFlight(m.clone());
-    if in_flight > 2 * app.limits_queue() + app.max_batch {
-        return Err(busy(app));
-    }
-    let limit = app.limits.max_body_bytes;
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, Some("body"), format!("larger than {limit} bytes (--max-body-mb)"))
-    })?;
+    let _in_flight = admit(app)?;
+    let bytes = read_body(app, body).await?;
     let gen = {
         let app = app.clone();
         // img2img and ControlNet units decode base64 and PNGs (and resize): off the async threads.
@@ -175,37 +181,8 @@ async fn generate_inner(
         .await
         .map_err(|_| ApiError::internal("request parsing panicked; see the server log"))??
     };
-
-    let (tx, rx) = oneshot::channel();
-    let state = Arc::new(JobState::default());
-    let job = Job {
-        api,
-        reqs: gen.reqs.clone(),
-        loras: gen.loras.clone(),
-        controls: gen.controls.clone(),
-        enqueued: Instant::now(),
-        state: state.clone(),
-        reply: tx,
-    };
-    if app.queue.push(job).is_err() {
-        return Err(busy(app));
-    }
-    let mut pending = Pending { state: state.clone(), metrics: m.clone(), done: false };
-    let waited = tokio::time::timeout(app.timeout.saturating_sub(t0.elapsed()), rx).await;
-    pending.done = true;
-    let generated = match waited {
-        Ok(Ok(result)) => result?,
-        Ok(Err(_)) => return Err(ApiError::internal("the worker dropped the request")),
-        Err(_) => {
-            state.cancel();
-            m.cancelled_timeout.fetch_add(1, Ordering::Relaxed);
-            return Err(ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                None,
-                format!("not finished within {} s (--timeout-s); cancelled", app.timeout.as_secs_f64()),
-            ));
-        }
-    };
+    let ticket = queue_job(app, api, &gen)?;
+    let generated = wait_job(app, ticket, t0).await?;
 
     let id = app.ids.fetch_add(1, Ordering::Relaxed);
     let batch_images = generated.batch_images;
@@ -226,6 +203,79 @@ async fn generate_inner(
 impl App {
     fn limits_queue(&self) -> usize {
         self.metrics.queue_capacity
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.metrics.draining.load(Ordering::SeqCst)
+    }
+}
+
+/// Lets a generation request in, or refuses it: 503 while draining, 429 when the bodies in flight
+/// (each up to --max-body-mb) pass their bound, not only the queue. Held until the answer.
+pub fn admit(app: &Arc<App>) -> Result<InFlight, ApiError> {
+    let m = &app.metrics;
+    if app.is_draining() {
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, None, "draining: this server is shutting down")
+            .retry_after(1));
+    }
+    let in_flight = m.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    let guard = InFlight(m.clone());
+    if in_flight > 2 * app.limits_queue() + app.max_batch {
+        return Err(busy(app));
+    }
+    Ok(guard)
+}
+
+/// The request body, up to --max-body-mb.
+pub async fn read_body(app: &App, body: Body) -> Result<axum::body::Bytes, ApiError> {
+    let limit = app.limits.max_body_bytes;
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, Some("body"), format!("larger than {limit} bytes (--max-body-mb)"))
+    })
+}
+
+/// A queued job's answer to come: dropped before it comes (the client went away), it cancels the work.
+pub struct Ticket {
+    rx: oneshot::Receiver<JobResult>,
+    pending: Pending,
+}
+
+/// Queues `gen`'s requests as one job (429 when the queue is full).
+pub fn queue_job(app: &Arc<App>, api: Api, gen: &Generation) -> Result<Ticket, ApiError> {
+    let (tx, rx) = oneshot::channel();
+    let state = Arc::new(JobState::default());
+    let job = Job {
+        api,
+        reqs: gen.reqs.clone(),
+        loras: gen.loras.clone(),
+        controls: gen.controls.clone(),
+        enqueued: Instant::now(),
+        state: state.clone(),
+        reply: tx,
+    };
+    if app.queue.push(job).is_err() {
+        return Err(busy(app));
+    }
+    Ok(Ticket { rx, pending: Pending { state, metrics: app.metrics.clone(), done: false } })
+}
+
+/// Waits for a queued job's images until --timeout-s after `t0` (then cancels it: 504).
+pub async fn wait_job(app: &App, ticket: Ticket, t0: Instant) -> Result<Generated, ApiError> {
+    let Ticket { rx, mut pending } = ticket;
+    let waited = tokio::time::timeout(app.timeout.saturating_sub(t0.elapsed()), rx).await;
+    pending.done = true;
+    match waited {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => Err(ApiError::internal("the worker dropped the request")),
+        Err(_) => {
+            pending.state.cancel();
+            app.metrics.cancelled_timeout.fetch_add(1, Ordering::Relaxed);
+            Err(ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                None,
+                format!("not finished within {} s (--timeout-s); cancelled", app.timeout.as_secs_f64()),
+            ))
+        }
     }
 }
 
@@ -265,6 +315,7 @@ fn respond(app: &App, api: Api, gen: &Generation, out: Generated) -> Result<Json
             "data": b64.into_iter().map(|b| json!({"b64_json": b})).collect::<Vec<_>>(),
             "seed": r0.seed,
         }),
+        Api::Oip => return Err(ApiError::internal("the infer route answers tensors (oip::infer)")),
         Api::Txt2Img | Api::Img2Img => {
             let seeds: Vec<u64> = gen.reqs.iter().map(|r| r.seed).collect();
             let mut params = json!({

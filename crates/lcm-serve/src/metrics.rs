@@ -75,6 +75,18 @@ impl Stage {
     }
 }
 
+/// One worker's device (`lcm serve --devices`): its series carry `device="LABEL"`.
+pub struct DeviceStats {
+    /// `cuda:1`, `cpu:0`, …
+    pub label: String,
+    /// Images in the batch it runs now (0 when idle).
+    pub generating: AtomicUsize,
+    pub batches: AtomicU64,
+    pub images: AtomicU64,
+    /// Time spent running batches, µs (its utilisation is the rate of this).
+    pub busy_micros: AtomicU64,
+}
+
 pub struct Metrics {
     requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
     stages: Mutex<BTreeMap<Stage, Histogram>>,
@@ -97,10 +109,16 @@ pub struct Metrics {
     pub batches_stopped: AtomicU64,
     pub panics: AtomicU64,
     pub draining: std::sync::atomic::AtomicBool,
+    /// One per worker, in `--devices` order.
+    pub devices: Vec<DeviceStats>,
+    /// Devices running a batch now, and the most there ever were at once.
+    pub busy_devices: AtomicUsize,
+    pub busy_devices_peak: AtomicUsize,
 }
 
 impl Metrics {
-    pub fn new(queue_capacity: usize) -> Self {
+    /// Metrics for a server with a queue of `queue_capacity` and one worker per label of `devices`.
+    pub fn new(queue_capacity: usize, devices: &[String]) -> Self {
         Metrics {
             requests: Mutex::default(),
             stages: Mutex::default(),
@@ -119,7 +137,39 @@ impl Metrics {
             batches_stopped: AtomicU64::new(0),
             panics: AtomicU64::new(0),
             draining: std::sync::atomic::AtomicBool::new(false),
+            devices: devices
+                .iter()
+                .map(|label| DeviceStats {
+                    label: label.clone(),
+                    generating: AtomicUsize::new(0),
+                    batches: AtomicU64::new(0),
+                    images: AtomicU64::new(0),
+                    busy_micros: AtomicU64::new(0),
+                })
+                .collect(),
+            busy_devices: AtomicUsize::new(0),
+            busy_devices_peak: AtomicUsize::new(0),
         }
+    }
+
+    /// Device `k` starts a batch of `images`.
+    pub fn device_start(&self, k: usize, images: usize) {
+        let d = &self.devices[k];
+        d.generating.store(images, Ordering::Relaxed);
+        d.batches.fetch_add(1, Ordering::Relaxed);
+        self.generating.fetch_add(images, Ordering::Relaxed);
+        let busy = self.busy_devices.fetch_add(1, Ordering::SeqCst) + 1;
+        self.busy_devices_peak.fetch_max(busy, Ordering::SeqCst);
+    }
+
+    /// Device `k` ends the batch it started after `took`, having made `made` images.
+    pub fn device_end(&self, k: usize, took: Duration, made: usize) {
+        let d = &self.devices[k];
+        let images = d.generating.swap(0, Ordering::Relaxed);
+        self.generating.fetch_sub(images, Ordering::Relaxed);
+        d.images.fetch_add(made as u64, Ordering::Relaxed);
+        d.busy_micros.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        self.busy_devices.fetch_sub(1, Ordering::SeqCst);
     }
 
     pub fn request(&self, endpoint: &'static str, status: u16) {
@@ -190,6 +240,19 @@ impl Metrics {
             "1 after SIGTERM: new work is refused while in-flight work finishes.",
             self.draining.load(Ordering::Relaxed) as u8 as f64,
         );
+        gauge(
+            &mut o,
+            "lcm_busy_devices",
+            "Devices running a batch now.",
+            self.busy_devices.load(Ordering::Relaxed) as f64,
+        );
+        gauge(
+            &mut o,
+            "lcm_busy_devices_peak",
+            "The most devices that ran batches at once since the start.",
+            self.busy_devices_peak.load(Ordering::Relaxed) as f64,
+        );
+        self.render_devices(&mut o);
         counter(&mut o, "lcm_images_total", "Images generated.", get(&self.images));
         counter(&mut o, "lcm_unet_steps_total", "UNet steps run (one per step per batch).", get(&self.steps));
         counter(&mut o, "lcm_lora_swaps_total", "LoRA hot-swaps between batches.", get(&self.swaps));
@@ -229,6 +292,33 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    /// The per-device series (`--devices`), one line per worker each.
+    fn render_devices(&self, o: &mut String) {
+        type Read = fn(&DeviceStats) -> f64;
+        let series: [(&str, &str, &str, Read); 4] = [
+            ("lcm_device_generating_images", "gauge", "Images in the batch the device runs now.", |d| {
+                d.generating.load(Ordering::Relaxed) as f64
+            }),
+            ("lcm_device_batches_total", "counter", "Batches the device ran.", |d| {
+                d.batches.load(Ordering::Relaxed) as f64
+            }),
+            ("lcm_device_images_total", "counter", "Images the device generated.", |d| {
+                d.images.load(Ordering::Relaxed) as f64
+            }),
+            ("lcm_device_busy_seconds_total", "counter", "Seconds the device spent running batches.", |d| {
+                d.busy_micros.load(Ordering::Relaxed) as f64 / 1e6
+            }),
+        ];
+        for (name, kind, help, read) in series {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for d in &self.devices {
+                let _ = writeln!(o, "{name}{{device=\"{}\"}} {}", d.label, read(d));
+            }
+        }
+    }
+}
+
 /// A poisoned metrics lock (a panic while holding it) still holds valid counts: keep using them.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -240,7 +330,9 @@ mod tests {
 
     #[test]
     fn histogram_buckets_are_cumulative() {
-        let m = Metrics::new(4);
+        let m = Metrics::new(4, &["cpu:0".to_string(), "cpu:1".to_string()]);
+        m.device_start(1, 2);
+        m.device_end(1, Duration::from_millis(1500), 2);
         m.stage(Stage::UnetStep, Duration::from_millis(3));
         m.stage(Stage::UnetStep, Duration::from_millis(30));
         m.request("/health", 200);
@@ -250,5 +342,10 @@ mod tests {
         assert!(text.contains("lcm_stage_seconds_count{stage=\"unet_step\"} 2"), "{text}");
         assert!(text.contains("lcm_requests_total{endpoint=\"/health\",status=\"200\"} 1"), "{text}");
         assert!(text.contains("lcm_queue_capacity 4"), "{text}");
+        assert!(text.contains("lcm_device_batches_total{device=\"cpu:0\"} 0"), "{text}");
+        assert!(text.contains("lcm_device_batches_total{device=\"cpu:1\"} 1"), "{text}");
+        assert!(text.contains("lcm_device_images_total{device=\"cpu:1\"} 2"), "{text}");
+        assert!(text.contains("lcm_device_busy_seconds_total{device=\"cpu:1\"} 1.5"), "{text}");
+        assert!(text.contains("lcm_busy_devices_peak 1"), "{text}");
     }
 }

@@ -1,4 +1,5 @@
-//! The bounded FIFO queue and the worker thread that owns the pipeline.
+//! The bounded FIFO queue and the worker threads (one per device, each owning its pipeline) that take
+//! batches from it.
 //!
 //! The worker takes the oldest request, then every later one of the same shape (size, steps,
 //! guidance scale), sampler, LoRA set and ControlNets (the same models with the same guidance windows; control
@@ -175,7 +176,8 @@ impl Queue {
     }
 }
 
-/// Worker settings.
+/// Worker settings (each worker has its own copy).
+#[derive(Clone)]
 pub struct WorkerConfig {
     pub max_batch: usize,
     /// LoRAs every request runs with (`--lora`, e.g. the LCM-LoRA), before its own.
@@ -184,9 +186,12 @@ pub struct WorkerConfig {
     pub panic_prompt: Option<String>,
     /// LoRA sets kept prepared for a fast swap back (`--lora-cache`; see `lora_cache`).
     pub lora_cache: usize,
+    /// This worker's index in `Metrics::devices`.
+    pub device: usize,
 }
 
-/// Runs batches until the queue is closed and empty. A panic inside a generation is caught and
+/// Runs batches until the queue is closed and empty. Several workers (one per device) may take
+/// batches from one queue: each takes the next batch when it is idle. A panic inside a generation is caught and
 /// answered 500 to that batch's requests; the worker goes on with the next batch.
 pub fn work<B: Backend>(mut pipe: Pipeline<B>, queue: &Queue, metrics: &Metrics, cfg: &WorkerConfig) {
     // The LoRAs applied now (the pipeline was loaded with the base set only).
@@ -247,7 +252,8 @@ fn run_batch<B: Backend>(
     let reqs: Vec<Request> = batch.iter().flat_map(|j| j.reqs.iter().cloned()).collect();
     let images: usize = batch.iter().map(Job::images).sum();
     metrics.batch(images);
-    metrics.generating.store(images, Ordering::Relaxed);
+    metrics.device_start(cfg.device, images);
+    let started = Instant::now();
     let hook = cfg.panic_prompt.as_deref();
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
         if hook.is_some_and(|p| reqs.iter().any(|r| r.prompt == p)) {
@@ -261,7 +267,11 @@ fn run_batch<B: Backend>(
             Some(&ctl.stop),
         )
     }));
-    metrics.generating.store(0, Ordering::Relaxed);
+    let made = match &result {
+        Ok(Ok(_)) => images,
+        _ => 0,
+    };
+    metrics.device_end(cfg.device, started.elapsed(), made);
     let outs = match result {
         Ok(Ok(outs)) => outs,
         Ok(Err(Error::Cancelled)) => {

@@ -160,10 +160,15 @@ pub fn send(addr: &str, method: &str, path: &str, body: &[u8]) -> TcpStream {
 
 /// [`send`] with its own Content-Type.
 pub fn send_as(addr: &str, method: &str, path: &str, content_type: &str, body: &[u8]) -> TcpStream {
+    send_with(addr, method, path, &format!("Content-Type: {content_type}\r\n"), body)
+}
+
+/// [`send`] with extra header lines (each ending in CRLF), e.g. `Authorization: Bearer KEY\r\n`.
+pub fn send_with(addr: &str, method: &str, path: &str, headers: &str, body: &[u8]) -> TcpStream {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     s.write_all(head.as_bytes()).unwrap();

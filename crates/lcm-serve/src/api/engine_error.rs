@@ -9,6 +9,9 @@ use super::*;
 pub fn engine_error(api: Api, controls: &[ControlChoice], e: &Error) -> ApiError {
     let hide =
         |m: &str| crate::controlnets::hide_paths(m, controls.iter().map(|c| (c.name.as_str(), c.path.as_path())));
+    if api == Api::Oip {
+        return crate::oip::engine_refusal(e);
+    }
     let Error::Invalid { msg, .. } = e else {
         return ApiError::internal(format!("generation failed: {}", hide(&e.to_string())));
     };
