@@ -176,7 +176,7 @@ impl Data {
             }
             return Ok(Data::Bytes(items));
         };
-        if raw.len() % size != 0 {
+        if !raw.len().is_multiple_of(size) {
             return Err(bad(format!("{} bytes is not a whole number of {} elements", raw.len(), dtype.name())));
         }
         let words = raw.chunks_exact(size);
