@@ -21,7 +21,8 @@ print(server)
 have() { [ -x "$PY" ] && "$PY" -c "$check" "$PYTRITON_VERSION" "$TRITONCLIENT_VERSION" 2>/dev/null; }
 if ! have >/dev/null; then
     python3 -m venv "$VENV"
-    "$PY" -m pip install -q --disable-pip-version-check \
+    # No pip cache: the wheels would take their size again on a CI disk that can be tight.
+    "$PY" -m pip install -q --disable-pip-version-check --no-cache-dir \
         "nvidia-pytriton==$PYTRITON_VERSION" "tritonclient[http,grpc]==$TRITONCLIENT_VERSION" >&2
     have >/dev/null || { echo "triton-venv.sh: the pinned packages did not install into $VENV" >&2; exit 1; }
 fi

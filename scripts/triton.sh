@@ -12,7 +12,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 PROFILE="${LCM_TRITON_PROFILE:-release}"
-case "$PROFILE" in dev) OUT=debug ;; *) OUT="$PROFILE" ;; esac
+case "$PROFILE" in dev | test) OUT=debug ;; bench) OUT=release ;; *) OUT="$PROFILE" ;; esac
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}/$OUT"
 usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
@@ -40,6 +40,8 @@ serve)
     [ -f "$repo/lcm/config.pbtxt" ] || { echo "triton.sh serve: $repo/lcm/config.pbtxt not found (scripts/triton.sh repo writes it)" >&2; exit 1; }
     server="$("$ROOT/scripts/triton-venv.sh")"
     lib="${LCM_TRITON_LIB:-$TARGET/libtriton_lcm.so}"
+    # `cargo test` leaves the test profile's backend in deps/ (not copied up).
+    [ -n "${LCM_TRITON_LIB:-}" ] || [ -f "$lib" ] || [ ! -f "$TARGET/deps/libtriton_lcm.so" ] || lib="$TARGET/deps/libtriton_lcm.so"
     if [ ! -f "$lib" ]; then
         echo "building the backend ($PROFILE profile): $lib" >&2
         (cd "$ROOT" && cargo build --locked --profile "$PROFILE" -p lcm-triton --lib)
