@@ -3,7 +3,7 @@
 //! [`Pipeline`].
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use clap::Args;
 use lcm::{with_pipeline, Engine, Opened};
@@ -171,18 +171,9 @@ pub enum LoraModeArg {
     Runtime,
 }
 
-/// `--lora FILE[:SCALE]`, for `generate`, `frames` and `serve`.
+/// `--lora FILE[:SCALE]`, for `generate`, `frames` and `serve` ([`LoraSpec::parse`]).
 pub(crate) fn parse_lora(s: &str) -> std::result::Result<LoraSpec, String> {
-    // The scale follows the last ':' only when it parses as a number, so paths with ':' still work.
-    let (path, scale) = match s.rsplit_once(':') {
-        Some((p, sc)) if !p.is_empty() => match sc.parse::<f32>() {
-            Ok(v) if v.is_finite() => (p, v),
-            Ok(_) => return Err(format!("scale `{sc}` must be finite")),
-            Err(_) => (s, 1.0),
-        },
-        _ => (s, 1.0),
-    };
-    Ok(LoraSpec { path: PathBuf::from(path), scale })
+    LoraSpec::parse(s)
 }
 
 /// `--embedding FILE[:TOKEN]`: the token follows the last ':' unless the whole argument is an existing
@@ -202,7 +193,7 @@ pub(crate) fn parse_embedding(s: &str) -> std::result::Result<(PathBuf, Option<S
 impl SamplingArgs {
     /// `--seed`, or a random one (printed by the caller, so the run can be repeated).
     pub fn seed_or_random(&self) -> u64 {
-        self.seed.unwrap_or_else(random_seed)
+        self.seed.unwrap_or_else(lcm_pipeline::rng::random_seed)
     }
 
     /// The request these flags describe, with what the command decides itself.
@@ -256,16 +247,6 @@ pub(crate) fn sampler_options(
     };
     let options = SamplerOptions { kind, eta, timestep_spacing };
     Ok((options, max_steps_for(config, &options)?))
-}
-
-fn random_seed() -> u64 {
-    let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    // splitmix64 of time and pid: distinct per run, no dependency for one number.
-    let mut z = t.as_nanos() as u64 ^ ((std::process::id() as u64) << 32);
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    (z ^ (z >> 31)) >> 11 // keep it short enough to type back
 }
 
 impl ModelArgs {

@@ -16,6 +16,21 @@
 //! - n < 16 takes the element-wise `normal_distribution<double>` path: two 53-bit uniforms per
 //!   pair, Box–Muller in f64, and the sine half cached in the generator for the next element.
 
+/// A seed when the user gives none (`lcm generate` without `--seed`, a Triton request without `seed`):
+/// distinct per call (time, process id and a counter through splitmix64), and short enough to type
+/// back or to pass through any JSON reader (< 2^53).
+pub fn random_seed() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::{SystemTime, UNIX_EPOCH};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
+    let mut z = t ^ ((std::process::id() as u64) << 32) ^ COUNTER.fetch_add(1, Ordering::Relaxed).rotate_left(17);
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    (z ^ (z >> 31)) >> 11
+}
+
 /// MT19937 state size (words) and twist offset.
 const MT_N: usize = 624;
 const MT_M: usize = 397;

@@ -221,6 +221,22 @@ pub struct LoraSpec {
     pub scale: f32,
 }
 
+impl LoraSpec {
+    /// `FILE[:SCALE]`, as `--lora` and the Triton backend's `loras` parameter write it (default scale
+    /// 1). The scale follows the last ':' only when it parses as a number, so paths with ':' still work.
+    pub fn parse(s: &str) -> std::result::Result<LoraSpec, String> {
+        let (path, scale) = match s.rsplit_once(':') {
+            Some((p, sc)) if !p.is_empty() => match sc.parse::<f32>() {
+                Ok(v) if v.is_finite() => (p, v),
+                Ok(_) => return Err(format!("scale `{sc}` must be finite")),
+                Err(_) => (s, 1.0),
+            },
+            _ => (s, 1.0),
+        };
+        Ok(LoraSpec { path: PathBuf::from(path), scale })
+    }
+}
+
 /// How a pipeline applies LoRAs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LoraMode {
