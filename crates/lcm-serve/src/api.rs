@@ -3,7 +3,6 @@
 //! hand, so that every refusal names the field (`size`, `loras[1].name`, `init_images[0]`) and what it
 //! accepts; fields an API defines but lcm cannot honour are refused by name, never ignored.
 
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use lcm_core::Error;
@@ -135,18 +134,8 @@ pub fn parse_request_with(
     }
 }
 
-/// A seed when the client gives none: distinct per call, short enough for any JSON reader (< 2^53).
-pub fn random_seed() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
-    // splitmix64 of time, pid and a counter.
-    let mut z = t ^ ((std::process::id() as u64) << 32) ^ COUNTER.fetch_add(1, Ordering::Relaxed).rotate_left(17);
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    (z ^ (z >> 31)) >> 11
-}
+/// A seed when the client gives none: the engine's (distinct per call, < 2^53 for any JSON reader).
+pub use lcm_pipeline::rng::random_seed;
 
 /// The body as a JSON object.
 pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
