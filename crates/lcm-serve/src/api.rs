@@ -3,7 +3,6 @@
 //! hand, so that every refusal names the field (`size`, `loras[1].name`, `init_images[0]`) and what it
 //! accepts; fields an API defines but lcm cannot honour are refused by name, never ignored.
 
-
 use base64::Engine as _;
 use lcm_core::Error;
 use lcm_pipeline::control_image::ControlPreprocess;
