@@ -35,9 +35,9 @@ from starlette.responses import JSONResponse
 
 import lcm
 
-MODEL = os.environ.get("LCM_MODEL", "models/lcm-dreamshaper-v7")
-LORA_DIR = os.environ.get("LCM_LORA_DIR", "loras")
 GPUS = float(os.environ.get("LCM_GPUS_PER_REPLICA", "1"))
+# The multiplexing key of "no LoRA" (Ray's model IDs cannot be empty).
+NO_LORA = "none"
 
 
 def _autoscaling() -> Dict[str, Any]:
@@ -61,15 +61,18 @@ def _autoscaling() -> Dict[str, Any]:
 class LcmImages:
     def __init__(self) -> None:
         # runtime LoRA mode: on CUDA a swap copies into fixed buffers instead of re-merging the UNet.
-        self.pipe = lcm.Pipeline.from_pretrained(MODEL, device=os.environ.get("LCM_DEVICE", "auto"),
+        # Read in the replica's process (Ray passes the environment in runtime_env).
+        model = os.environ.get("LCM_MODEL", "models/lcm-dreamshaper-v7")
+        self.lora_dir = os.environ.get("LCM_LORA_DIR", "loras")
+        self.pipe = lcm.Pipeline.from_pretrained(model, device=os.environ.get("LCM_DEVICE", "auto"),
                                                  lora_mode="runtime")
-        self.active = ""  # the LoRA the pipeline holds now ("" none)
+        self.active = NO_LORA  # the LoRA key the pipeline holds now
         self.replica = f"pid {os.getpid()}"
 
     @serve.multiplexed(max_num_models_per_replica=8)
     async def get_loras(self, lora: str) -> lcm.PreparedLoras:
         """A LoRA read and laid out once per replica (evicted least recently used)."""
-        files = [] if lora == "" else [(os.path.join(LORA_DIR, f"{lora}.safetensors"), 1.0)]
+        files = [] if lora == NO_LORA else [(os.path.join(self.lora_dir, f"{lora}.safetensors"), 1.0)]
         return await asyncio.to_thread(self.pipe.prepare_loras, files)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.02)
@@ -117,7 +120,7 @@ class LcmImages:
                 "steps": int(body.get("num_inference_steps", 4)),
                 "guidance": float(body.get("guidance_scale", 1.0)),
                 "seed": int(body.get("seed", time.time_ns() % 2**31)),
-                "lora": str(body.get("lora", serve.get_multiplexed_model_id() or "")),
+                "lora": str(body.get("lora") or serve.get_multiplexed_model_id() or NO_LORA),
             }
         except (KeyError, ValueError) as e:
             return JSONResponse({"error": {"message": f"bad request: {e}", "type": "invalid_request_error"}}, 400)
@@ -160,14 +163,14 @@ def _demo() -> None:
 
     def post(i: int) -> Dict[str, Any]:
         body = {"prompt": f"a photo of a cat, take {i}", "n": 1 + i % 2, "size": "64x64", "seed": i,
-                "lora": "lora_peft" if i % 4 == 0 else ""}
+                "lora": "lora_peft" if i % 4 == 0 else NO_LORA}
         r = urllib.request.Request("http://127.0.0.1:8000/v1/images/generations", json.dumps(body).encode(),
                                    {"Content-Type": "application/json"})
         t = time.perf_counter()
         with urllib.request.urlopen(r, timeout=300) as resp:
             out = json.load(resp)
         return {"i": i, "ms": (time.perf_counter() - t) * 1e3, "images": len(out["data"]), **out["lcm"],
-                "lora": body["lora"] or "-"}
+                "lora": body["lora"]}
 
     t0 = time.perf_counter()
     with ThreadPoolExecutor(8) as pool:

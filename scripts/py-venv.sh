@@ -2,7 +2,8 @@
 # The Python packages the Python module's build and tests need (maturin, pytest, numpy, Pillow), pinned,
 # in a venv at target/py-venv (or $LCM_PY_VENV). Idempotent and quick when already installed (the pinned
 # versions are checked, nothing is fetched); pip's cache makes a fresh venv fast. No diffusers or torch:
-# the tests compare with outputs recorded from diffusers (tests/fixtures/records). Prints the venv's python.
+# the tests compare with outputs recorded from diffusers (tests/fixtures/records). Prints the venv's
+# python (an absolute path).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PINS=(maturin==1.16.0 pytest==9.2.0 numpy==2.4.6 Pillow==13.0.0)
@@ -19,4 +20,4 @@ if ! have; then
     "$PY" -m pip install -q --disable-pip-version-check "${PINS[@]}" >&2
     have || { echo "py-venv.sh: ${PINS[*]} did not install into $VENV" >&2; exit 1; }
 fi
-echo "$PY"
+echo "$(cd "$VENV" && pwd)/bin/python"
