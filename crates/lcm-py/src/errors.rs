@@ -48,12 +48,9 @@ fn kwarg(field: Field) -> &'static str {
 
 /// The Python exception for an engine error.
 pub fn to_py(e: Error) -> PyErr {
+    let field = Field::of(&e);
     match e {
-        Error::Invalid { what, msg } => {
-            let name =
-                Field::of(&Error::Invalid { what: what.clone(), msg: String::new() }).map_or(what, |f| kwarg(f).into());
-            PyValueError::new_err(format!("{name}: {msg}"))
-        }
+        Error::Invalid { what, msg } => invalid(field.map_or(what.as_str(), |f| kwarg(f)), msg),
         Error::File { ref path, .. } if !path.exists() => PyFileNotFoundError::new_err(e.to_string()),
         e => LcmError::new_err(e.to_string()),
     }

@@ -136,6 +136,13 @@ impl Pipeline {
         self.default_size
     }
 
+    /// Whether a generation (or a LoRA swap) holds the pipeline now: readable from Python while the
+    /// engine works, since it works without the GIL.
+    #[getter]
+    fn busy(&self) -> bool {
+        self.engine.try_lock().is_err()
+    }
+
     /// The backend it runs on: `cpu`, `cuda` or `cuda (emulated)`.
     #[getter]
     fn device(&self) -> &'static str {

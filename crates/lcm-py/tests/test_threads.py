@@ -16,10 +16,32 @@ from conftest import FIXTURES
 STUCK_S = 120
 
 
+def test_python_runs_while_the_engine_works(tiny_sd):
+    """A watcher thread sees the pipeline busy: Python code ran while the engine held the pipeline in
+    native code. The generation has no callback, so an engine holding the GIL would let no Python run
+    from the moment it took the pipeline until it let go (the watcher would never see it busy)."""
+    seen_busy, stop = threading.Event(), threading.Event()
+
+    def watch():
+        while not stop.is_set() and not seen_busy.is_set():
+            if tiny_sd.busy:
+                seen_busy.set()
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        assert not tiny_sd.busy
+        tiny_sd("a cat", num_inference_steps=8, width=128, height=128, seed=0)
+    finally:
+        stop.set()
+        watcher.join()
+    assert seen_busy.is_set()
+    assert not tiny_sd.busy
+
+
 def test_two_pipelines_generate_at_once():
     """Each generation's first step waits until the other generation has run a step too: both are in
-    flight together, which a call holding the GIL would make impossible (the second could not start
-    until the first returned, and the first would wait in vain)."""
+    flight together (two threads, two pipelines; the first is still running when the second starts)."""
     pipes = [lcm.Pipeline.from_pretrained(FIXTURES / "tiny-sd", device="cpu") for _ in range(2)]
     started = [threading.Event(), threading.Event()]
     results, errors = [None, None], []
@@ -85,3 +107,26 @@ def test_a_raising_callback_cancels_and_raises(tiny_sd):
     with pytest.raises(RuntimeError, match="stop here"):
         tiny_sd("a cat", num_inference_steps=8, width=64, height=64, seed=0, callback=callback)
     assert [s for s, _ in steps] == [0, 1] and steps[0][1] == 999.0
+
+
+def test_an_asyncio_loop_runs_while_the_engine_works(tiny_sd):
+    """`await asyncio.to_thread(pipe, ...)`: the first step waits until the event loop has run on
+    after starting the job, so the loop was live while the generation was in flight."""
+    import asyncio
+
+    loop_ran = threading.Event()
+
+    def callback(step, timestep, elapsed):
+        if step == 0 and not loop_ran.wait(STUCK_S):
+            raise RuntimeError("the event loop did not run while the engine worked")
+
+    async def main():
+        job = asyncio.create_task(asyncio.to_thread(
+            tiny_sd, "a cat", num_inference_steps=2, width=64, height=64, seed=0, callback=callback))
+        await asyncio.sleep(0)
+        while not job.done():
+            loop_ran.set()
+            await asyncio.sleep(0.001)
+        return await job
+
+    assert asyncio.run(main()).images[0].size == (64, 64)

@@ -54,6 +54,8 @@ class PipelineOutput:
 
 def _loras(loras: Optional[Loras], name: str) -> List[Tuple[str, float]]:
     """LoRAs as (path, scale) pairs: a bare path has scale 1."""
+    if isinstance(loras, (str, os.PathLike)):
+        loras = [loras]
     out = []
     for item in loras or []:
         if isinstance(item, (str, os.PathLike)):
@@ -149,6 +151,11 @@ class Pipeline:
     def device(self) -> str:
         """The backend it runs on: cpu, cuda or cuda (emulated)."""
         return self._native.device
+
+    @property
+    def busy(self) -> bool:
+        """Whether a generation or a LoRA swap holds the pipeline now (another thread's call waits)."""
+        return self._native.busy
 
     @property
     def default_size(self) -> int:
