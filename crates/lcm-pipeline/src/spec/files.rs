@@ -17,9 +17,10 @@ impl LoadSpec {
         if model.is_file() && is_pickle(model) {
             return Err(pickle_refusal(model));
         }
-        if self.config_dir.is_some() && !model.is_file() {
+        // A missing model is left to the loader, whose error says "not found".
+        if self.config_dir.is_some() && model.is_dir() {
             return Err(Field::ConfigDir.invalid(format!(
-                "names the configs of a single-file checkpoint, but the model {} is not a file; give the \
+                "names the configs of a single-file checkpoint, but the model {} is a folder; give the \
                  model as FILE.safetensors with it",
                 model.display()
             )));
