@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 scripts/install-nvcc.sh
 export LCM_REQUIRE_CUDA=1
 cargo test --workspace --locked "$@"
+# The Python module (crates/lcm-py) built from the rlibs the tests just compiled, and its pytest suite
+# (docs/python.md, "Tests").
+scripts/py-test.sh
 # The engine stays below the apps: its dependency tree has no CLI, HTTP or download crates (they belong
 # to crates/lcm-cli and crates/lcm-serve; docs/architecture.md).
 apps=$(cargo tree -p lcm -e normal --prefix none --locked | grep -oE '^(clap|tokio|axum|hyper|hf-hub|ureq) ' | sort -u | tr -d ' ' | tr '\n' ' ' || true)

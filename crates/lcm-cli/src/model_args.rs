@@ -9,10 +9,7 @@ use clap::Args;
 use lcm::{with_pipeline, Engine, Opened};
 use lcm_core::lcm::Prediction;
 use lcm_core::{Error, Result};
-use lcm_models::checkpoint::pickle::{is_pickle, pickle_refusal};
 use lcm_models::Variant;
-use lcm_pipeline::embeddings::load_embedding;
-use lcm_pipeline::lora::LoraSet;
 use lcm_pipeline::pipeline::max_steps_for;
 use lcm_pipeline::prompt::PromptSyntax;
 use lcm_pipeline::scheduler::{SamplerKind, SamplerOptions, SchedulerConfig, Spacing};
@@ -253,13 +250,11 @@ impl ModelArgs {
     /// The model folder (the Hugging Face cache's SD1.5 + LCM-LoRA without `--model`) and every LoRA.
     /// Only the default model may download; nothing is loaded.
     pub fn model_and_loras(&self) -> Result<(PathBuf, Vec<LoraSpec>)> {
-        if self.config.is_some() && self.model.as_ref().is_none_or(|m| m.is_dir()) {
-            return Err(Error::invalid(
-                "--config",
-                "names the configs of a single-file checkpoint; give --model FILE.safetensors with it",
-            ));
+        if self.config.is_some() && self.model.is_none() {
+            return Err(Field::ConfigDir
+                .invalid("names the configs of a single-file checkpoint; give --model FILE.safetensors with it"));
         }
-        model_and_loras(self.model.as_ref(), &self.loras)
+        model_and_loras(self.model.as_ref(), self.config.as_ref(), &self.loras)
     }
 
     /// The load spec (the engine picks the weight precision for the device it loads on).
@@ -283,20 +278,9 @@ impl ModelArgs {
         }
     }
 
-    /// The checks that need no model loaded: the VAE exists and every LoRA file parses (headers of
-    /// memory-mapped files; shapes are checked against the model at load).
+    /// The checks that need no model loaded ([`LoadSpec::check_files`]; shared with the Python module).
     pub fn check_files(&self, spec: &LoadSpec) -> Result<()> {
-        if let Some(vae) = self.vae.as_ref().filter(|v| !v.exists()) {
-            return Err(Error::file(vae, "VAE not found (expected a .safetensors file or a diffusers VAE folder)"));
-        }
-        LoraSet::open(&spec.loras.iter().map(|l| (l.path.clone(), l.scale)).collect::<Vec<_>>())?;
-        for (path, token) in &spec.embeddings {
-            load_embedding(path, token.as_deref())?;
-        }
-        if let Some(dir) = spec.embeddings_dir.as_ref().filter(|d| !d.is_dir()) {
-            return Err(Error::file(dir, "embeddings folder not found (--embeddings-dir)"));
-        }
-        Ok(())
+        spec.check_files()
     }
 }
 
@@ -350,12 +334,18 @@ pub fn model_label(dir: &Path) -> String {
 }
 
 /// `--model` (or, without it, the Hugging Face cache's SD1.5 with the LCM-LoRA first) and the `--lora`s:
-/// for every command that loads a model.
-pub fn model_and_loras(model: Option<&PathBuf>, extra: &[LoraSpec]) -> Result<(PathBuf, Vec<LoraSpec>)> {
+/// for every command that loads a model. The model path is checked before anything else reads it
+/// ([`LoadSpec::check_model`]: pickles are refused by name; `--config` only with a single file).
+pub fn model_and_loras(
+    model: Option<&PathBuf>,
+    config: Option<&PathBuf>,
+    extra: &[LoraSpec],
+) -> Result<(PathBuf, Vec<LoraSpec>)> {
     let (model_dir, mut loras) = match model {
-        // A pickle is refused by name before anything else reads it (lcm never unpickles).
-        Some(file) if file.is_file() && is_pickle(file) => return Err(pickle_refusal(file)),
-        Some(dir) => (dir.clone(), Vec::new()),
+        Some(dir) => {
+            LoadSpec { model_dir: dir.clone(), config_dir: config.cloned(), ..LoadSpec::default() }.check_model()?;
+            (dir.clone(), Vec::new())
+        }
         None => {
             let found = crate::hub::default_model(&mut |m| eprintln!("{m}"))?;
             eprintln!("model: {} + LCM-LoRA {}", found.model_dir.display(), found.lora.display());

@@ -184,7 +184,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let ordinals = ordinals(args.device, args.devices.as_ref())?;
     let loras = LoraDir::scan(args.lora_dir.as_deref())?;
     let controlnets = ControlNetDir::scan(args.controlnet_dir.as_deref())?;
-    let (model_dir, base_loras) = model_and_loras(args.model.as_ref(), &args.loras)?;
+    let (model_dir, base_loras) = model_and_loras(args.model.as_ref(), None, &args.loras)?;
     LoraSet::open(&base_loras.iter().map(|l| (l.path.clone(), l.scale)).collect::<Vec<_>>())?;
     let spec = LoadSpec {
         model_dir: model_dir.clone(),

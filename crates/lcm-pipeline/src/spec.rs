@@ -18,6 +18,7 @@ use crate::prompt::PromptSyntax;
 use crate::scheduler::SamplerOptions;
 
 mod batch;
+mod files;
 pub use batch::BatchKey;
 
 /// A field of [`LoadSpec`] or [`Request`] that an error can name: [`Error::Invalid`]'s `what` is
