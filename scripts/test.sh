@@ -6,6 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-nvcc.sh
 export LCM_REQUIRE_CUDA=1
+# pyo3 (crates/lcm-py) configures itself from this interpreter: the same one for `cargo test` and the
+# build in scripts/py-test.sh, so pyo3 is compiled once.
+PYO3_PYTHON=$(scripts/py-venv.sh)
+export PYO3_PYTHON
 cargo test --workspace --locked "$@"
 # The Python module (crates/lcm-py) built from the rlibs the tests just compiled, and its pytest suite
 # (docs/python.md, "Tests").
